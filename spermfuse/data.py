@@ -1,0 +1,422 @@
+"""Finding samples, fold splits, class weights, the Dataset and the loaders.
+
+Three layouts are read (``discover``):
+
+- ImageFolder: ``root/<Class>/*.png``;
+- official folds: ``root/fold<k>/{train,test}/<Class>/*`` (how Hi-LabSpermMorpho is shared);
+  each image is tested in exactly one fold, so samples are read from the ``test`` folders;
+- a CSV manifest ``path,label[,fold]`` (paths relative to the CSV's folder).
+
+Classes are always sorted by name; the class list travels with every output.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+_FOLD_DIR = re.compile(r"^fold(\d+)$")
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file and the fix."""
+
+
+@dataclass
+class Samples:
+    """Image paths (relative to ``root``), integer labels, sorted class names, optional folds."""
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    folds: np.ndarray | None = None  # 1-based test fold of each sample, when the layout has one
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) with on_error="skip"
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        """Images per class."""
+        return {name: int(n) for name, n in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))}
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def check_image(path: Path) -> str | None:
+    """Decode the whole file; return why it is unusable, or None when it is fine."""
+    try:
+        if path.stat().st_size == 0:
+            return "zero-byte file"
+        with Image.open(path) as image:
+            image.load()
+    except FileNotFoundError:
+        return "file not found"
+    except UnidentifiedImageError:
+        return "not an image (the extension says image, the content does not)"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"unreadable or truncated image ({error})"
+    return None
+
+
+def _list_class_folders(folder: Path) -> dict[str, list[Path]]:
+    classes = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            classes[child.name] = sorted(p for p in child.iterdir() if p.is_file() and is_image_file(p))
+    return classes
+
+
+def _from_class_folders(root: Path, folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[str]]:
+    found = _list_class_folders(folder)
+    paths, names = [], []
+    for name, files in found.items():
+        if not files:
+            raise DataError(f"{folder / name}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder")
+        if classes is not None and name not in classes:
+            raise DataError(f"{folder / name}: class {name!r} is not in the other folds' classes {classes}")
+        paths += [p.relative_to(root).as_posix() for p in files]
+        names += [name] * len(files)
+    return paths, names
+
+
+def _discover_folds(root: Path, fold_dirs: dict[int, Path]) -> tuple[list[str], list[str], list[int]]:
+    expected = list(range(1, len(fold_dirs) + 1))
+    if sorted(fold_dirs) != expected:
+        raise DataError(f"{root}: fold folders must be fold1..fold{len(fold_dirs)}, found {sorted(fold_dirs)}")
+    paths, names, folds = [], [], []
+    for k, fold_dir in sorted(fold_dirs.items()):
+        test_dir = fold_dir / "test"
+        if not test_dir.is_dir():
+            raise DataError(f"{fold_dir}: missing 'test' folder; the official-folds layout is fold<k>/{{train,test}}/<Class>/")
+        fold_paths, fold_names = _from_class_folders(root, test_dir)
+        paths += fold_paths
+        names += fold_names
+        folds += [k] * len(fold_paths)
+    return paths, names, folds
+
+
+def _discover_manifest(csv_path: Path) -> tuple[Path, list[str], list[str], list[int] | None]:
+    root = csv_path.parent
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        unknown = set(columns) - {"path", "label", "fold"}
+        if "path" not in columns or "label" not in columns or unknown:
+            raise DataError(f"{csv_path}: columns must be path,label[,fold]; found {','.join(columns) or 'none'}")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{csv_path}: manifest lists no images")
+    paths, names, folds = [], [], []
+    for line, row in enumerate(rows, start=2):
+        if not (root / row["path"]).is_file():
+            raise DataError(f"{csv_path}:{line}: image {row['path']!r} not found (paths are relative to the CSV's folder)")
+        paths.append(row["path"])
+        names.append(row["label"])
+        if "fold" in columns:
+            try:
+                folds.append(int(row["fold"]))
+            except ValueError:
+                raise DataError(f"{csv_path}:{line}: fold {row['fold']!r} is not an integer") from None
+    return root, paths, names, (folds if "fold" in columns else None)
+
+
+def discover(
+    root: str | os.PathLike,
+    on_error: Literal["raise", "skip"] = "raise",
+    check_images: bool = True,
+) -> Samples:
+    """Find the samples of a data set in any of the three layouts (see module docstring).
+
+    With ``check_images`` every image is decoded once so that a bad file fails here,
+    naming the file, instead of in the middle of training. ``on_error="skip"`` drops
+    unreadable files and lists them in ``Samples.skipped``.
+    """
+    root = Path(root)
+    folds: list[int] | None = None
+    if root.is_file() and root.suffix.lower() == ".csv":
+        root, paths, names, folds = _discover_manifest(root)
+    elif not root.is_dir():
+        raise DataError(f"{root}: data folder not found; pass an ImageFolder, fold<k>/ folders or a .csv manifest")
+    else:
+        fold_dirs = {int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _FOLD_DIR.match(p.name))}
+        if fold_dirs:
+            paths, names, folds = _discover_folds(root, fold_dirs)
+        else:
+            paths, names = _from_class_folders(root, root)
+    if not paths:
+        raise DataError(f"{root}: no images found; expected <Class>/ folders of {', '.join(sorted(IMAGE_EXTENSIONS))} files")
+
+    skipped = []
+    if check_images:
+        keep = []
+        for i, rel in enumerate(paths):
+            reason = check_image(root / rel)
+            if reason is None:
+                keep.append(i)
+            elif on_error == "skip":
+                skipped.append((rel, reason))
+            else:
+                raise DataError(f"{root / rel}: {reason}; remove or replace it, or skip bad files (--skip-bad)")
+        for rel, reason in skipped:
+            log.warning("skipped %s: %s", root / rel, reason)
+        paths = [paths[i] for i in keep]
+        names = [names[i] for i in keep]
+        folds = [folds[i] for i in keep] if folds is not None else None
+
+    classes = sorted(set(names))
+    index = {name: i for i, name in enumerate(classes)}
+    labels = np.array([index[n] for n in names], dtype=np.int64)
+    fold_array = np.array(folds, dtype=np.int64) if folds is not None else None
+    return Samples(root, paths, labels, classes, fold_array, skipped)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def make_folds(labels: np.ndarray, classes: Sequence[str], k: int = 5, seed: int = 42) -> np.ndarray:
+    """Stratified k-fold assignment (1-based test fold per sample), reproducible from ``seed``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels, minlength=len(classes))
+    for name, n in zip(classes, counts):
+        if 0 < n < k:
+            raise DataError(f"class {name!r} has {n} images, fewer than the {k} folds; add images or use fewer folds")
+    folds = np.zeros(len(labels), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels), start=1):
+        folds[test_idx] = fold
+    return folds
+
+
+def write_folds(path: Path, samples: Samples, folds: np.ndarray) -> None:
+    """Write ``path,label,fold`` atomically."""
+    lines = ["path,label,fold"] + [f"{p},{samples.classes[y]},{f}" for p, y, f in zip(samples.paths, samples.labels, folds)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_folds(path: Path, samples: Samples) -> np.ndarray:
+    """Read a folds.csv and check it describes exactly these samples."""
+    with open(path, newline="") as handle:
+        rows = {row["path"]: row for row in csv.DictReader(handle)}
+    if set(rows) != set(samples.paths):
+        raise DataError(f"{path}: lists other images than the data set; delete it to re-split, or point --out elsewhere")
+    for rel, y in zip(samples.paths, samples.labels):
+        if rows[rel]["label"] != samples.classes[y]:
+            raise DataError(f"{path}: {rel} is labelled {rows[rel]['label']!r} there but {samples.classes[y]!r} in the data")
+    return np.array([int(rows[p]["fold"]) for p in samples.paths], dtype=np.int64)
+
+
+def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: int = 42) -> np.ndarray:
+    """The fold of every sample: from the layout, else from ``folds_csv``, else made and saved there.
+
+    Written once and reused, so every model trained on the data sees identical splits.
+    """
+    if samples.folds is not None:
+        folds = samples.folds
+    elif folds_csv.exists():
+        folds = read_folds(folds_csv, samples)
+    else:
+        folds = make_folds(samples.labels, samples.classes, k, seed)
+        write_folds(folds_csv, samples, folds)
+        log.info("wrote %s (%d-fold stratified, seed %d)", folds_csv, k, seed)
+    return folds
+
+
+def stratified_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` into (rest, subset) with ``fraction`` of each class in the subset.
+
+    Every class with at least two samples gives at least one to the subset, so small
+    classes are still validated on; single-sample classes stay in the rest.
+    """
+    rng = np.random.default_rng(seed)
+    subset = []
+    for c in np.unique(labels[indices]):
+        members = indices[labels[indices] == c]
+        members = members[rng.permutation(len(members))]
+        n = int(round(fraction * len(members)))
+        n = min(max(n, 1), len(members) - 1) if len(members) >= 2 else 0
+        subset.append(members[:n])
+    subset = np.sort(np.concatenate(subset)) if subset else np.array([], dtype=np.int64)
+    rest = np.setdiff1d(indices, subset)
+    return rest, subset
+
+
+@dataclass
+class Split:
+    """Indices into Samples for training, validation (model selection) and test."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def fold_split(folds: np.ndarray, labels: np.ndarray, fold: int, val_fraction: float = 0.1, seed: int = 42) -> Split:
+    """Fold ``fold`` is the test set; a stratified ``val_fraction`` of the rest is the validation set.
+
+    The test fold is never used for early stopping or model selection.
+    """
+    if fold not in set(folds.tolist()):
+        raise DataError(f"fold {fold} does not exist; folds are {sorted(set(folds.tolist()))}")
+    test = np.flatnonzero(folds == fold)
+    train, val = stratified_subset(np.flatnonzero(folds != fold), labels, val_fraction, seed + fold)
+    return Split(train, val, test)
+
+
+def holdout_split(labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42) -> Split:
+    """Stratified train/val/test split (method B uses 70/15/15)."""
+    everything = np.arange(len(labels))
+    rest, test = stratified_subset(everything, labels, test_fraction, seed)
+    train, val = stratified_subset(rest, labels, val_fraction / (1.0 - test_fraction), seed + 1)
+    return Split(train, val, test)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """w_c = N / (C * n_c) from the training labels; a class absent from training gets 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+    if (counts == 0).any():
+        log.warning("classes %s have no training images; their loss weight is 0", np.flatnonzero(counts == 0).tolist())
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def load_rgb(path: Path, background: tuple[int, int, int] = (204, 191, 183)) -> Image.Image:
+    """Open an image as 8-bit RGB: EXIF orientation applied; grey, palette, 16-bit and alpha handled.
+
+    Transparent pixels are composited onto ``background`` rather than turning black.
+    """
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: cannot read image ({error}); remove or replace it") from None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, (*background, 255))
+        image = Image.alpha_composite(canvas, image)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed for one sample in one epoch: augmentations independent of workers and resume point."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images of ``samples`` at ``indices``; items are (tensor, label, sample index).
+
+    Keys may be plain indices or (index, epoch) pairs from :class:`EpochSampler`; the
+    augmentation of a sample is seeded by (seed, epoch, index).
+    """
+
+    def __init__(self, samples: Samples, indices: Sequence[int], transform: Callable, seed: int = 42) -> None:
+        self.samples = samples
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        position, epoch = key if isinstance(key, tuple) else (key, 0)
+        index = int(self.indices[position])
+        image = load_rgb(self.samples.root / self.samples.paths[index])
+        rng = np.random.default_rng(sample_seed(self.seed, epoch, index))
+        return self.transform(image, rng), int(self.samples.labels[index]), index
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Wraps a sampler and tags each index with the epoch, for per-epoch augmentation seeds.
+
+    The tag travels with the index, so it reaches persistent workers too.
+    """
+
+    def __init__(self, sampler: torch.utils.data.Sampler, seed: int = 42) -> None:
+        self.sampler = sampler
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        generator = getattr(self.sampler, "generator", None)
+        if generator is not None:
+            # Shuffle order a function of the epoch alone, so a resumed run draws the same order.
+            generator.manual_seed(self.seed + epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.sampler:
+            yield int(index), self.epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker its own base seed (from the loader's generator); pass it on to
+    # numpy and random so any library code using them differs between workers too.
+    import random
+
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 42,
+    num_workers: int = 2,
+    device: torch.device | str = "cpu",
+    sampler: torch.utils.data.Sampler | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader: seeded shuffling for training, seeded workers, pinned memory on CUDA.
+
+    Call ``loader.sampler.set_epoch(epoch)`` each epoch (an :class:`EpochSampler`).
+    """
+    if sampler is None:
+        if train:
+            sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        else:
+            sampler = torch.utils.data.SequentialSampler(dataset)
+    epoch_sampler = EpochSampler(sampler, seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=epoch_sampler,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=False,
+    )

@@ -1,0 +1,229 @@
+"""Own image transforms: letterbox, flips, rotation, affine, photometric jitter, noise.
+
+The paper (method A, Sec. 2.2) resizes every crop to 240x240 keeping the aspect
+ratio, pads with the mean border colour RGB (204, 191, 183), and augments the
+training images on the fly. Method B uses rotation, translation, zoom and both
+flips. Geometry runs on PIL images (its C resampling is fast); photometric steps
+run on the float tensor so the image is converted only once.
+
+Every random step draws from a ``numpy.random.Generator`` handed in by the
+caller, so the same seed gives the same augmented tensor.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+Transform = Callable[..., object]
+
+
+def letterbox(image: Image.Image, size: int, fill: Sequence[int] = PAD_COLOR) -> Image.Image:
+    """Resize so the longer side is ``size`` keeping aspect ratio, then pad to a centred square."""
+    width, height = image.size
+    scale = size / max(width, height)
+    new_w = max(1, round(width * scale))
+    new_h = max(1, round(height * scale))
+    resized = image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=None)
+    if new_w == size and new_h == size:
+        return resized
+    canvas = Image.new("RGB", (size, size), tuple(fill))
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return canvas
+
+
+def estimate_pad_color(images: Iterable[Image.Image], border: int = 1) -> tuple[int, int, int]:
+    """Mean colour of the outermost ``border`` pixels over images (how the paper found 204,191,183)."""
+    total = np.zeros(3, dtype=np.float64)
+    count = 0
+    for image in images:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        edge = np.ones(pixels.shape[:2], dtype=bool)
+        edge[border:-border, border:-border] = False
+        total += pixels[edge].sum(axis=0)
+        count += int(edge.sum())
+    if count == 0:
+        raise ValueError("estimate_pad_color needs at least one image")
+    return tuple(int(round(v)) for v in total / count)
+
+
+@dataclass
+class RandomFlip:
+    """Flip horizontally (p_horizontal) and vertically (p_vertical), each independently."""
+
+    p_horizontal: float = 0.5
+    p_vertical: float = 0.3
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        if rng.random() < self.p_horizontal:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        if rng.random() < self.p_vertical:
+            image = image.transpose(Image.FLIP_TOP_BOTTOM)
+        return image
+
+
+@dataclass
+class RandomAffine:
+    """Rotate by U(-degrees, degrees), translate by up to ``translate`` of the size, zoom by 1 +- ``zoom``.
+
+    One inverse-affine resample (no chain of resamples), empty area filled with ``fill``.
+    """
+
+    degrees: float = 15.0
+    translate: float = 0.0
+    zoom: float = 0.0
+    fill: tuple[int, int, int] = PAD_COLOR
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        angle = rng.uniform(-self.degrees, self.degrees) if self.degrees else 0.0
+        width, height = image.size
+        shift_x = rng.uniform(-self.translate, self.translate) * width if self.translate else 0.0
+        shift_y = rng.uniform(-self.translate, self.translate) * height if self.translate else 0.0
+        scale = rng.uniform(1 - self.zoom, 1 + self.zoom) if self.zoom else 1.0
+        if angle == 0.0 and shift_x == 0.0 and shift_y == 0.0 and scale == 1.0:
+            return image
+        # PIL wants the map output->input: x_in = A^-1 (x_out - c - t) + c.
+        theta = math.radians(angle)
+        cos, sin = math.cos(theta) / scale, math.sin(theta) / scale
+        cx, cy = width / 2, height / 2
+        ox, oy = cx + shift_x, cy + shift_y
+        matrix = (cos, sin, cx - cos * ox - sin * oy, -sin, cos, cy + sin * ox - cos * oy)
+        return image.transform(image.size, Image.AFFINE, matrix, resample=Image.BILINEAR, fillcolor=self.fill)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> float32 tensor [3, H, W] in [0, 1]."""
+    array = np.array(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+@dataclass
+class RandomBrightnessContrast:
+    """With probability p, x -> (x - mean) * contrast + mean + brightness, factors from +-limit."""
+
+    p: float = 0.3
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+
+    def __call__(self, tensor: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if rng.random() >= self.p:
+            return tensor
+        brightness = rng.uniform(-self.brightness_limit, self.brightness_limit)
+        contrast = 1.0 + rng.uniform(-self.contrast_limit, self.contrast_limit)
+        mean = tensor.mean()
+        return tensor.sub(mean).mul_(contrast).add_(mean + brightness).clamp_(0.0, 1.0)
+
+
+@dataclass
+class RandomGaussianNoise:
+    """With probability p, add N(0, sigma^2) noise, sigma drawn from U(0, max_sigma) (in [0,1] units)."""
+
+    p: float = 0.2
+    max_sigma: float = 0.04
+
+    def __call__(self, tensor: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if rng.random() >= self.p:
+            return tensor
+        sigma = rng.uniform(0.0, self.max_sigma)
+        seed = int(rng.integers(0, 2**63 - 1))
+        noise = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(seed))
+        return tensor.add(noise.mul_(sigma)).clamp_(0.0, 1.0)
+
+
+@dataclass
+class Normalize:
+    """Subtract the channel mean and divide by the channel std (ImageNet by default)."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        self._mean = torch.tensor(self.mean).view(3, 1, 1)
+        self._std = torch.tensor(self.std).view(3, 1, 1)
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.sub(self._mean).div_(self._std)
+
+
+class Pipeline:
+    """PIL image -> normalised tensor: preprocess, letterbox, geometric and photometric steps.
+
+    ``preprocess`` steps take and return a PIL image (e.g. the hybrid Otsu of method B);
+    ``geometric`` steps take (PIL image, rng); ``photometric`` steps take (tensor, rng).
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        pad_color: tuple[int, int, int] = PAD_COLOR,
+        preprocess: Sequence[Callable[[Image.Image], Image.Image]] = (),
+        geometric: Sequence[Callable] = (),
+        photometric: Sequence[Callable] = (),
+        normalize: Normalize | None = None,
+    ) -> None:
+        self.img_size = img_size
+        self.pad_color = pad_color
+        self.preprocess = list(preprocess)
+        self.geometric = list(geometric)
+        self.photometric = list(photometric)
+        self.normalize = normalize or Normalize()
+
+    @property
+    def is_random(self) -> bool:
+        return bool(self.geometric or self.photometric)
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if rng is None:
+            rng = np.random.default_rng()
+        for step in self.preprocess:
+            image = step(image)
+        image = letterbox(image, self.img_size, self.pad_color)
+        for step in self.geometric:
+            image = step(image, rng)
+        tensor = to_tensor(image)
+        for step in self.photometric:
+            tensor = step(tensor, rng)
+        return self.normalize(tensor)
+
+    def __repr__(self) -> str:
+        steps = [*self.preprocess, f"letterbox({self.img_size}, fill={self.pad_color})", *self.geometric, *self.photometric, self.normalize]
+        return "Pipeline(\n  " + ",\n  ".join(map(str, steps)) + "\n)"
+
+
+def build(
+    train: bool,
+    img_size: int = 240,
+    *,
+    preset: str = "paper_a",
+    pad_color: tuple[int, int, int] = PAD_COLOR,
+    rotation: float = 15.0,
+    preprocess: Sequence[Callable[[Image.Image], Image.Image]] = (),
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> Pipeline:
+    """The train or eval pipeline of a method.
+
+    ``paper_a`` (method A): h-flip 0.5, v-flip 0.3, rotation +-15 deg, brightness/contrast 0.3,
+    Gaussian noise 0.2. ``paper_b`` (method B): rotation 15 deg, translation 10 %, zoom 10 %,
+    both flips at 0.5. ``none``: no augmentation. Eval is letterbox + normalise only.
+    """
+    normalize = Normalize(mean, std)
+    if not train or preset == "none":
+        return Pipeline(img_size, pad_color, preprocess, normalize=normalize)
+    if preset == "paper_a":
+        geometric = [RandomFlip(0.5, 0.3), RandomAffine(degrees=rotation, fill=pad_color)]
+        photometric = [RandomBrightnessContrast(p=0.3), RandomGaussianNoise(p=0.2)]
+    elif preset == "paper_b":
+        geometric = [RandomFlip(0.5, 0.5), RandomAffine(degrees=rotation, translate=0.1, zoom=0.1, fill=pad_color)]
+        photometric = []
+    else:
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose paper_a, paper_b or none")
+    return Pipeline(img_size, pad_color, preprocess, geometric, photometric, normalize)

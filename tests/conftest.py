@@ -1,0 +1,30 @@
+"""Shared fixtures: small real images written to a temporary folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+
+def draw_cell(size: tuple[int, int], radius: int, seed: int) -> Image.Image:
+    """A dark stained ellipse on a light beige background, a little noisy."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, (204, 191, 183))
+    draw = ImageDraw.Draw(image)
+    cx, cy = size[0] // 2 + int(rng.integers(-3, 4)), size[1] // 2 + int(rng.integers(-3, 4))
+    draw.ellipse([cx - radius, cy - radius // 2, cx + radius, cy + radius // 2], fill=(120, 60, 140))
+    pixels = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, size=(size[1], size[0], 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """ImageFolder with classes Big (6 images) and Small (5 images)."""
+    root = tmp_path / "images"
+    for name, radius, count in (("Small", 6, 5), ("Big", 14, 6)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            draw_cell((48 + i, 40), radius, seed=i + radius).save(root / name / f"{name.lower()}_{i}.png")
+    return root

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from spermfuse.segmentation import binary_closing, elliptical_kernel, hybrid_otsu, otsu_threshold
+
+
+def test_otsu_separates_a_bimodal_histogram():
+    rng = np.random.default_rng(0)
+    dark = rng.normal(60, 8, 5000)
+    bright = rng.normal(190, 8, 5000)
+    gray = np.clip(np.concatenate([dark, bright]), 0, 255).astype(np.uint8)
+    t = otsu_threshold(gray)
+    assert 60 < t < 190
+    assert (gray[:5000] <= t).mean() > 0.999 and (gray[5000:] > t).mean() > 0.999
+
+
+def test_otsu_two_levels_split_between_them():
+    gray = np.array([10] * 30 + [200] * 70, dtype=np.uint8)
+    t = otsu_threshold(gray)
+    assert 10 <= t < 200
+
+
+def test_otsu_of_a_constant_image_keeps_everything_in_one_class():
+    gray = np.full((8, 8), 77, dtype=np.uint8)
+    assert not (gray > otsu_threshold(gray)).any()
+
+
+def test_otsu_refuses_non_uint8():
+    with pytest.raises(TypeError):
+        otsu_threshold(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_elliptical_kernel_is_opencv_5x5_ellipse():
+    expected = np.array(
+        [[0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]], dtype=bool
+    )
+    assert np.array_equal(elliptical_kernel(5), expected)
+
+
+def test_closing_fills_a_one_pixel_hole():
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:15, 5:15] = True
+    mask[10, 10] = False
+    closed = binary_closing(mask, elliptical_kernel(5))
+    assert closed[10, 10]
+    assert np.array_equal(closed[5:15, 5:15], np.ones((10, 10), dtype=bool))
+
+
+def test_closing_keeps_objects_touching_the_border():
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[:, :4] = True  # a band along the left edge
+    closed = binary_closing(mask, elliptical_kernel(5))
+    assert np.array_equal(closed, mask)
+
+
+def test_hybrid_otsu_keeps_the_dark_cell_and_blanks_the_background():
+    image = Image.new("RGB", (60, 60), (220, 210, 205))
+    pixels = np.array(image)
+    pixels[20:40, 20:40] = (90, 40, 120)
+    out = np.asarray(hybrid_otsu(Image.fromarray(pixels)))
+    assert out.shape == (60, 60, 3)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert out[30, 30, 0] > 0 and out[2, 2, 0] == 0
+    mask = np.asarray(hybrid_otsu(Image.fromarray(pixels), mode="mask"))
+    assert set(np.unique(mask)) == {0, 255} and mask[30, 30, 0] == 255
+
+
+def test_hybrid_otsu_bright_foreground_is_the_papers_literal_rule():
+    pixels = np.full((30, 30, 3), 220, dtype=np.uint8)
+    pixels[10:20, 10:20] = 40
+    mask = np.asarray(hybrid_otsu(Image.fromarray(pixels), mode="mask", foreground="bright"))
+    assert mask[15, 15, 0] == 0 and mask[0, 0, 0] == 255
