@@ -1,0 +1,77 @@
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spermfuse import synthetic
+from spermfuse.data import discover
+
+
+def digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sperm18_has_exactly_the_papers_classes():
+    assert synthetic.SPERM18_CLASSES == sorted(synthetic.SPERM18_CLASSES)
+    assert len(synthetic.SPERM18_CLASSES) == 18 and "RounHead" in synthetic.SPERM18_CLASSES
+
+
+def test_same_seed_writes_byte_identical_files(tmp_path):
+    a = synthetic.generate(tmp_path / "a", "sperm18", seed=3, per_class=1)
+    b = synthetic.generate(tmp_path / "b", "sperm18", seed=3, per_class=1)
+    c = synthetic.generate(tmp_path / "c", "sperm18", seed=4, per_class=1)
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+
+
+def test_generated_set_is_an_image_folder_with_metadata(tmp_path):
+    out = synthetic.generate(tmp_path / "s", "sperm18", per_class=2)
+    samples = discover(out)
+    assert samples.classes == synthetic.SPERM18_CLASSES
+    assert samples.counts() == {name: 2 for name in synthetic.SPERM18_CLASSES}
+    with open(out / "metadata.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["path"] for r in rows} == set(samples.paths)
+    row = next(r for r in rows if r["label"] == "ThinNeck")
+    assert float(row["neck_thickness"]) < 0.13
+
+
+@pytest.mark.parametrize("kind, size", [("hushem4", (131, 131)), ("blood4", (160, 160))])
+def test_other_kinds_have_their_classes_and_sizes(tmp_path, kind, size):
+    out = synthetic.generate(tmp_path / kind, kind, per_class=1)
+    samples = discover(out)
+    assert samples.classes == synthetic.KINDS[kind][0]
+    assert Image.open(out / samples.paths[0]).size == size
+
+
+def test_sperm18_crops_vary_in_size_and_look_like_bright_field():
+    sizes, backgrounds = set(), []
+    for i in range(6):
+        image, _ = synthetic.render("sperm18", "Normal", 42, i)
+        sizes.add(image.size)
+        backgrounds.append(np.asarray(image)[0:4, 0:4].reshape(-1, 3).mean(0))
+        assert 80 <= min(image.size) and max(image.size) <= 200
+    assert len(sizes) > 1
+    assert np.abs(np.mean(backgrounds, 0) - [204, 191, 183]).max() < 30
+
+
+def test_default_counts_mirror_the_papers_imbalance():
+    counts = synthetic.class_counts("sperm18")
+    assert counts["VacuolatedHead"] == max(counts.values())
+    assert {"DoubleHead", "LongTail", "ThinNeck"} == set(sorted(counts, key=counts.get)[:3])
+    assert min(counts.values()) >= synthetic.MIN_PER_CLASS
+
+
+def test_existing_non_empty_folder_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        synthetic.generate(tmp_path / "s", per_class=1)
+
+
+def test_preview_writes_a_labelled_grid(tmp_path):
+    path = synthetic.preview("blood4", tmp_path / "p.png", per_class=2, tile=40)
+    image = Image.open(path)
+    assert image.size == (120 + 2 * 40, 4 * 40)
