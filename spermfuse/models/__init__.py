@@ -1,0 +1,85 @@
+"""Model registry: ``create_model(name, num_classes)`` and ``list_models()``.
+
+| name               | what                                              | default dropout |
+|--------------------|---------------------------------------------------|-----------------|
+| efficientnetv2_s   | torchvision EfficientNetV2-S (method A)           | 0.7             |
+| resnet50v2         | BiT ResNetV2-50x1, own implementation (method A)  | 0.5             |
+| efficientnet_b4    | torchvision EfficientNet-B4 (method B)            | 0.4             |
+| resnet26v2         | BiT ResNetV2-26x1 (blocks 2,2,2,2)                | 0.5             |
+| resnetv2_tiny      | ResNetV2 blocks 1,1,1,1 at width x0.25 (tests, CPU demo) | 0.5      |
+| efficientnet_b0    | torchvision EfficientNet-B0                       | 0.2             |
+| efficientnet_tiny  | four-stage narrow EfficientNetV2-style net (tests, CPU demo) | 0.2  |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from . import efficientnet
+from .resnetv2 import ResNetV2, StdConv2d
+from .weights import WeightsError, load_pretrained, load_weights
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    builder: Callable[[int, float], nn.Module]
+    dropout: float
+    family: str  # "resnetv2" or "efficientnet": which checkpoint formats apply
+    head: str  # name of the classifier module, re-initialised for a new class count
+
+
+def _resnetv2(layers, width=1.0, stem=64) -> Callable[[int, float], nn.Module]:
+    return lambda num_classes, dropout: ResNetV2(layers, num_classes, width, stem, dropout)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "efficientnetv2_s": ModelSpec(efficientnet.efficientnet_v2_s, 0.7, "efficientnet", "classifier.1"),
+    "resnet50v2": ModelSpec(_resnetv2((3, 4, 6, 3)), 0.5, "resnetv2", "fc"),
+    "efficientnet_b4": ModelSpec(efficientnet.efficientnet_b4, 0.4, "efficientnet", "classifier.1"),
+    "resnet26v2": ModelSpec(_resnetv2((2, 2, 2, 2)), 0.5, "resnetv2", "fc"),
+    "resnetv2_tiny": ModelSpec(_resnetv2((1, 1, 1, 1), width=0.25, stem=64), 0.5, "resnetv2", "fc"),
+    "efficientnet_b0": ModelSpec(efficientnet.efficientnet_b0, 0.2, "efficientnet", "classifier.1"),
+    "efficientnet_tiny": ModelSpec(efficientnet.efficientnet_tiny, 0.2, "efficientnet", "classifier.1"),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return list(REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    dropout: float | None = None,
+) -> nn.Module:
+    """Build a registered model; optionally load ImageNet weights or a checkpoint file.
+
+    ``pretrained=True`` uses torchvision's weights API (downloads, so only when asked);
+    ``weights=PATH`` loads a local file (state dict, spermfuse checkpoint, BiT .npz, timm
+    state dict), re-initialising the head when the class count differs.
+    """
+    spec = get_spec(name)
+    model = spec.builder(num_classes, spec.dropout if dropout is None else dropout)
+    if pretrained and weights is not None:
+        raise ValueError("give either pretrained=True or weights=PATH, not both")
+    if pretrained:
+        load_pretrained(model, name, spec)
+    elif weights is not None:
+        load_weights(model, weights, spec)
+    return model
+
+
+__all__ = ["create_model", "list_models", "get_spec", "REGISTRY", "ResNetV2", "StdConv2d", "WeightsError"]

@@ -1,0 +1,218 @@
+"""Loading checkpoints into registered models, safely and completely.
+
+Accepted files:
+
+- a state dict or a spermfuse checkpoint (``.pt``/``.pth``; DDP ``module.`` prefixes removed);
+- for ResNetV2 models: Google's BiT ``.npz`` (BiT-M-R50x1.npz, the distilled R50x1) and
+  timm ``resnetv2_50x1_bit`` state dicts;
+- for EfficientNets: timm ``tf_efficientnetv2_s`` (and other timm EfficientNet) state dicts,
+  matched to torchvision's layout module by module.
+
+Note on timm ``tf_`` EfficientNets: they were trained with TensorFlow's asymmetric "same"
+padding; torchvision pads symmetrically, so every stride-2 convolution sees its window
+shifted by one pixel. The weights load exactly, but features shift slightly; expect a
+small accuracy drop before fine-tuning (which recovers it).
+
+The classifier head is dropped and left freshly initialised when its class count
+differs; every other unmatched key is an error, never a silent partial load.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointError, safe_np_load, safe_torch_load
+
+if TYPE_CHECKING:
+    from . import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """A checkpoint that does not fit the model; the message names the file and what is wrong."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did: keys left at their initial values and keys dropped from the file."""
+
+    source: str
+    format: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"loaded {self.source} ({self.format})"]
+        if self.missing:
+            parts.append(f"re-initialised: {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"ignored from file: {', '.join(self.unexpected)}")
+        return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- BiT .npz
+
+
+def _hwio_to_oihw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array))
+
+
+def bit_npz_to_state_dict(arrays: dict[str, np.ndarray], model: nn.Module, prefix: str = "resnet/") -> dict[str, torch.Tensor]:
+    """Google's BiT checkpoint names (``resnet/block1/unit01/a/...``) -> this ResNetV2's keys."""
+    def take(name: str) -> np.ndarray:
+        if prefix + name not in arrays:
+            raise WeightsError(f"BiT checkpoint lacks {prefix + name!r}; is it a BiT ResNetV2 .npz for this depth?")
+        return arrays[prefix + name]
+
+    state = {"stem.conv.weight": _hwio_to_oihw(take("root_block/standardized_conv2d/kernel"))}
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage):
+            unit = f"block{i + 1}/unit{j + 1:02d}/"
+            ours = f"stages.{i}.{j}."
+            for letter, k in (("a", 1), ("b", 2), ("c", 3)):
+                state[f"{ours}conv{k}.weight"] = _hwio_to_oihw(take(f"{unit}{letter}/standardized_conv2d/kernel"))
+                state[f"{ours}norm{k}.weight"] = torch.from_numpy(take(f"{unit}{letter}/group_norm/gamma").reshape(-1))
+                state[f"{ours}norm{k}.bias"] = torch.from_numpy(take(f"{unit}{letter}/group_norm/beta").reshape(-1))
+            if block.shortcut is not None:
+                state[f"{ours}shortcut.weight"] = _hwio_to_oihw(take(f"{unit}a/proj/standardized_conv2d/kernel"))
+    state["norm.weight"] = torch.from_numpy(take("group_norm/gamma").reshape(-1))
+    state["norm.bias"] = torch.from_numpy(take("group_norm/beta").reshape(-1))
+    if prefix + "head/conv2d/kernel" in arrays:
+        kernel = take("head/conv2d/kernel")  # [1, 1, in, classes]
+        state["fc.weight"] = torch.from_numpy(kernel.reshape(kernel.shape[-2], kernel.shape[-1]).T.copy())
+        state["fc.bias"] = torch.from_numpy(take("head/conv2d/bias").reshape(-1))
+    return {k: v.float() for k, v in state.items()}
+
+
+# --------------------------------------------------------------------------- timm names
+
+
+def timm_resnetv2_to_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``resnetv2_*_bit`` keys -> this ResNetV2's keys (head conv 1x1 -> linear)."""
+    converted = {}
+    for key, value in state.items():
+        new = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+        new = new.replace(".downsample.conv.", ".shortcut.")
+        if new.startswith("head.fc."):
+            new = new.replace("head.fc.", "fc.")
+            value = value.flatten(1) if value.ndim == 4 else value
+        converted[new] = value
+    return converted
+
+
+def timm_efficientnet_to_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """timm EfficientNet keys -> torchvision's, matched in module order with equal shapes.
+
+    Both implementations register stem, blocks (expand, depthwise, SE, project) and head in
+    the same order, so the i-th tensor of one is the i-th of the other; a shape mismatch
+    anywhere means a different architecture and is an error.
+    """
+    theirs = [(k, v) for k, v in state.items() if not k.startswith("classifier.")]
+    ours = [(k, v) for k, v in model.state_dict().items() if not k.startswith("classifier.")]
+    if len(theirs) != len(ours):
+        raise WeightsError(f"{source}: {len(theirs)} tensors for {len(ours)} in the model; not the same EfficientNet")
+    converted = {}
+    for (their_key, value), (our_key, target) in zip(theirs, ours):
+        if value.shape != target.shape:
+            raise WeightsError(f"{source}: {their_key} {tuple(value.shape)} does not fit {our_key} {tuple(target.shape)}")
+        converted[our_key] = value
+    if "classifier.weight" in state:
+        converted["classifier.1.weight"] = state["classifier.weight"]
+        converted["classifier.1.bias"] = state["classifier.bias"]
+    return converted
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # a spermfuse checkpoint
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{source}: not a state dict (expected a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def convert(model: nn.Module, path: Path, spec: "ModelSpec") -> tuple[dict[str, torch.Tensor], str]:
+    """Read ``path`` and return a state dict in this model's names, and the format found."""
+    source = str(path)
+    if path.suffix.lower() == ".npz":
+        if spec.family != "resnetv2":
+            raise WeightsError(f"{source}: .npz (BiT) checkpoints fit only ResNetV2 models")
+        return bit_npz_to_state_dict(safe_np_load(path), model), "BiT .npz"
+    state = _unwrap(safe_torch_load(path), source)
+    if spec.family == "resnetv2" and any(k.startswith("stages.0.blocks.") for k in state):
+        return timm_resnetv2_to_state_dict(state), "timm ResNetV2"
+    if spec.family == "efficientnet" and "conv_stem.weight" in state:
+        return timm_efficientnet_to_state_dict(state, model, source), "timm EfficientNet"
+    return state, "state dict"
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], head: str, source: str, fmt: str) -> LoadReport:
+    """Load ``state`` fully; only the head may be missing or dropped (class-count change)."""
+    report = LoadReport(source, fmt)
+    expected = model.state_dict()
+    for key in [k for k in state if k.startswith(head + ".")]:
+        if key in expected and state[key].shape != expected[key].shape:
+            del state[key]
+            report.unexpected.append(key)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    report.missing = [k for k in missing]
+    report.unexpected += [k for k in unexpected]
+    wrong = [k for k in report.missing + report.unexpected if not k.startswith(head + ".")]
+    if wrong:
+        shown = ", ".join(wrong[:4]) + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+        raise WeightsError(f"{source}: does not fit this model ({fmt}); unmatched keys: {shown}")
+    return report
+
+
+def load_weights(model: nn.Module, path: str | Path, spec: "ModelSpec") -> LoadReport:
+    """Load a local checkpoint file into ``model`` (see module docstring for formats)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        state, fmt = convert(model, path, spec)
+    except CheckpointError as error:
+        raise WeightsError(str(error)) from None
+    with torch.no_grad():
+        report = load_state(model, state, spec.head, str(path), fmt)
+    log.info("%s", report)
+    return report
+
+
+TORCHVISION_WEIGHTS = {
+    "efficientnetv2_s": "EfficientNet_V2_S_Weights",
+    "efficientnet_b4": "EfficientNet_B4_Weights",
+    "efficientnet_b0": "EfficientNet_B0_Weights",
+}
+
+
+def load_pretrained(model: nn.Module, name: str, spec: "ModelSpec") -> LoadReport:
+    """ImageNet weights through torchvision's weights API (downloads; only when asked)."""
+    if name not in TORCHVISION_WEIGHTS:
+        raise WeightsError(
+            f"{name}: no downloadable weights; pass a local file with --weights PATH "
+            "(for resnet50v2: BiT-M-R50x1.npz or a timm resnetv2_50x1_bit state dict)"
+        )
+    import torchvision.models as tvm
+
+    enum = getattr(tvm, TORCHVISION_WEIGHTS[name]).DEFAULT
+    try:
+        state = enum.get_state_dict(progress=False)
+    except Exception as error:  # offline, proxy, HTTP error
+        raise WeightsError(
+            f"{name}: could not download {enum.url} ({type(error).__name__}); download it elsewhere and pass --weights PATH"
+        ) from None
+    with torch.no_grad():
+        return load_state(model, state, spec.head, enum.url, "torchvision")

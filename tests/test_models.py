@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+import torch
+
+from spermfuse.models import create_model, get_spec, list_models
+from spermfuse.models.freezing import freeze_backbone, layers, set_frozen_norms_to_eval, unfreeze_last
+from spermfuse.models.weights import WeightsError
+
+timm = pytest.importorskip("timm")
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, millions", [("efficientnetv2_s", 20.20), ("resnet50v2", 23.54)])
+def test_parameter_counts_match_the_paper(name, millions):
+    assert round(n_params(create_model(name, 18)) / 1e6, 2) == millions
+
+
+@pytest.mark.parametrize("name, dropout", [("efficientnetv2_s", 0.7), ("resnet50v2", 0.5), ("efficientnet_b4", 0.4)])
+def test_default_dropouts_are_the_papers(name, dropout):
+    model = create_model(name, 4)
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates[-1] == dropout
+    assert [m.p for m in create_model(name, 4, dropout=0.1).modules() if isinstance(m, torch.nn.Dropout)][-1] == 0.1
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="resnet50v2"):
+        create_model("resnet50", 18)
+
+
+@pytest.mark.parametrize("name", ["resnetv2_tiny", "efficientnet_tiny"])
+def test_small_variants_run_forward_and_backward_in_channels_last(name):
+    model = create_model(name, 5).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    out = model(x)
+    assert out.shape == (2, 5)
+    out.sum().backward()
+
+
+def random_timm_bit(num_classes=18):
+    torch.manual_seed(0)
+    reference = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=num_classes).eval()
+    with torch.no_grad():  # timm zero-initialises the head; give it values so logits are informative
+        reference.head.fc.weight.normal_(0, 0.02)
+        reference.head.fc.bias.normal_(0, 0.02)
+        for module in reference.modules():  # and non-trivial norm affine parameters
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    return reference
+
+
+def test_timm_resnetv2_state_dict_gives_the_same_logits(tmp_path):
+    reference = random_timm_bit()
+    path = tmp_path / "timm_bit.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_model("resnet50v2", 18, weights=path).eval()
+    x = torch.randn(2, 3, 240, 240)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max().item() < 1e-4
+
+
+def test_bit_npz_gives_the_same_logits(tmp_path):
+    reference = random_timm_bit(num_classes=18)
+    arrays = {}
+
+    def hwio(t):
+        return t.detach().numpy().transpose(2, 3, 1, 0) if t.ndim == 4 else t.detach().numpy()
+
+    p = "resnet/"
+    arrays[p + "root_block/standardized_conv2d/kernel"] = hwio(reference.stem.conv.weight)
+    arrays[p + "group_norm/gamma"] = hwio(reference.norm.weight)
+    arrays[p + "group_norm/beta"] = hwio(reference.norm.bias)
+    arrays[p + "head/conv2d/kernel"] = hwio(reference.head.fc.weight)
+    arrays[p + "head/conv2d/bias"] = hwio(reference.head.fc.bias)
+    for i, stage in enumerate(reference.stages):
+        for j, block in enumerate(stage.blocks):
+            unit = f"{p}block{i + 1}/unit{j + 1:02d}/"
+            for letter, k in (("a", 1), ("b", 2), ("c", 3)):
+                arrays[f"{unit}{letter}/standardized_conv2d/kernel"] = hwio(getattr(block, f"conv{k}").weight)
+                arrays[f"{unit}{letter}/group_norm/gamma"] = hwio(getattr(block, f"norm{k}").weight)
+                arrays[f"{unit}{letter}/group_norm/beta"] = hwio(getattr(block, f"norm{k}").bias)
+            if block.downsample is not None:
+                arrays[f"{unit}a/proj/standardized_conv2d/kernel"] = hwio(block.downsample.conv.weight)
+    path = tmp_path / "BiT-M-R50x1.npz"
+    np.savez(path, **arrays)
+    ours = create_model("resnet50v2", 18, weights=path).eval()
+    x = torch.randn(1, 3, 240, 240)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max().item() < 1e-4
+
+
+def test_head_is_reinitialised_when_class_count_differs(tmp_path):
+    source = create_model("resnetv2_tiny", 10)
+    path = tmp_path / "ten.pt"
+    torch.save({"model": source.state_dict(), "arch": "resnetv2_tiny"}, path)
+    target = create_model("resnetv2_tiny", 3, weights=path)
+    assert torch.equal(target.stem.conv.weight, source.stem.conv.weight)
+    assert target.fc.weight.shape == (3, source.fc.weight.shape[1])
+
+
+def test_mismatched_checkpoint_is_an_error_not_a_partial_load(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(create_model("efficientnet_tiny", 3).state_dict(), path)
+    with pytest.raises(WeightsError, match="does not fit"):
+        create_model("resnetv2_tiny", 3, weights=path)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"x": torch.zeros(1)}, "payload": object()}, path)
+    with pytest.raises(WeightsError, match="evil.pt"):
+        create_model("resnetv2_tiny", 3, weights=path)
+
+
+def test_timm_tf_efficientnetv2_s_weights_load_into_torchvision_layout(tmp_path):
+    reference = timm.create_model("tf_efficientnetv2_s", pretrained=False, num_classes=1000)
+    path = tmp_path / "tf_v2s.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_model("efficientnetv2_s", 18, weights=path)
+    assert torch.equal(ours.features[0][0].weight, reference.conv_stem.weight)
+    assert torch.equal(ours.features[7][0].weight, reference.conv_head.weight)
+    assert ours.classifier[1].weight.shape == (18, 1280)
+
+
+def test_resnet50v2_without_downloadable_weights_says_how_to_pass_a_file():
+    with pytest.raises(WeightsError, match="--weights PATH"):
+        create_model("resnet50v2", 18, pretrained=True)
+
+
+def test_freeze_backbone_leaves_only_the_head_trainable():
+    model = create_model("efficientnet_tiny", 4)
+    freeze_backbone(model, get_spec("efficientnet_tiny").head)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["classifier.1.weight", "classifier.1.bias"]
+
+
+def test_unfreeze_last_counts_leaf_modules_from_the_output_end():
+    model = create_model("efficientnet_tiny", 4)
+    freeze_backbone(model, "classifier.1")
+    names = unfreeze_last(model, 5)
+    assert names == [name for name, _ in layers(model)[-5:]]
+    assert names[-1] == "classifier.1" and names[-2] == "classifier.0"  # dropout counts as a layer
+    model.train()
+    set_frozen_norms_to_eval(model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not norms[0].training  # frozen: running statistics
+    assert norms[-1].training  # within the last 5 layers: trains
+
+
+def test_registry_lists_every_model():
+    assert {"efficientnetv2_s", "resnet50v2", "efficientnet_b4"} <= set(list_models())
