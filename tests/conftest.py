@@ -28,3 +28,20 @@ def image_folder(tmp_path: Path) -> Path:
         for i in range(count):
             draw_cell((48 + i, 40), radius, seed=i + radius).save(root / name / f"{name.lower()}_{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sperm(tmp_path_factory) -> Path:
+    """A small synthetic sperm18 set (6 images per class), generated once per test session."""
+    from spermfuse import synthetic
+
+    return synthetic.generate(tmp_path_factory.mktemp("data") / "sperm18", "sperm18", seed=42, per_class=6)
+
+
+def tiny_config(data: Path, out: Path, **overrides):
+    """A TrainConfig that trains in seconds: tiny model, 32 px, two epochs, no workers."""
+    from spermfuse.trainer import TrainConfig
+
+    settings = dict(arch="resnetv2_tiny", data=str(data), out=str(out), img_size=32, epochs=2, workers=0, lr=1e-3, val_fraction=0.2)
+    settings.update(overrides)
+    return TrainConfig(**settings)

@@ -1,0 +1,192 @@
+"""The training loop, written out: mixed precision, GradScaler, clipping, early stopping.
+
+One optimiser step per batch through ``scaler.step``; autocast wraps the forward *and*
+the loss; ``scaler.unscale_`` before clipping; ``scaler.update()`` after every step.
+Steps the scaler skips (inf/NaN gradients, normal early in fp16 training) are counted.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, float], None]  # (batch, batches, images per second)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says what to change."""
+
+
+def amp_dtype_for(device: torch.device, amp: str) -> torch.dtype | None:
+    """autocast dtype for ``--amp on|off|auto``: fp16 on CUDA, bf16 on CPU, None when off.
+
+    ``auto`` is on for CUDA and off for the CPU (bf16 on CPU is slower than fp32 on most CPUs).
+    """
+    if amp not in ("on", "off", "auto"):
+        raise ValueError(f"amp must be on, off or auto, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@dataclass
+class EpochResult:
+    """Sums over one epoch of this process (sums, so they can be all-reduced for DDP)."""
+
+    loss_sum: float
+    correct: int
+    images: int
+    seconds: float
+    skipped_steps: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.images, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.images, 1)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float | None = None,
+    progress: Progress | None = None,
+    before_step: Callable[[nn.Module], None] | None = None,
+    channels_last: bool = False,
+) -> EpochResult:
+    """One pass over ``loader``: one optimiser step per batch through the scaler."""
+    model.train()
+    if before_step is not None:
+        before_step(model)  # e.g. keep frozen BatchNorm layers in eval mode
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen, skipped = 0, 0
+    start = time.perf_counter()
+    batches = len(loader)
+    for step, (images, labels, _) in enumerate(loader, start=1):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss.item()}) at batch {step}; lower --lr or set --grad-clip")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.step(optimizer)
+        scaler.update()
+        if scale_before is not None and scaler.get_scale() < scale_before:
+            skipped += 1  # the scaler backs off exactly when it skipped the step
+        total_loss += loss.detach().double() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+        if progress is not None:
+            progress(step, batches, seen / (time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    if skipped:
+        log.info("GradScaler skipped %d of %d steps (inf/NaN gradients; normal early in fp16)", skipped, batches)
+    return EpochResult(total_loss.item(), int(correct.item()), seen, seconds, skipped)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (float32), labels and sample indices over ``loader``, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels, all_indices = [], [], []
+    for images, labels, indices in loader:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels)
+        all_indices.append(indices)
+    model.train(was_training)
+    if not all_logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean (class-weighted, as in training) cross-entropy and accuracy of logits."""
+    if len(labels) == 0:
+        return math.nan, math.nan
+    loss = F.cross_entropy(logits, labels, weight=weight).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs without improvement of the monitored metric."""
+
+    patience: int
+    mode: str = "max"  # "max" for accuracy, "min" for loss
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record ``value``; True when it is a new best."""
+        improved = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"patience": self.patience, "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.patience, self.mode = state["patience"], state["mode"]
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+
+def build_optimizer(name: str, parameters, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """adamw (the papers'), adam, or sgd with Nesterov momentum 0.9."""
+    parameters = [p for p in parameters if p.requires_grad]
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose adamw, adam or sgd")

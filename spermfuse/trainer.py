@@ -1,0 +1,524 @@
+"""Train one fold end to end: data, model, stages, checkpoints, logits files.
+
+Method A (default, Sec. 2.4 of the fusion paper): class-weighted cross-entropy, AdamW
+lr 1e-4 wd 1e-4, ReduceLROnPlateau on validation accuracy (factor 0.5, patience 3),
+early stopping after 10 epochs without improvement, batch 8, 240 px, seed 42.
+Method B (``method_b_config``): Otsu preprocessing, EfficientNet-B4 at 224 px, a
+head-only stage then the last 60 layers, early stopping on validation loss
+(patience 7), constant learning rate, a 70/15/15 split.
+
+Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split):
+``config.json``, ``history.csv``, ``best.pt``, ``last.pt``, ``val_logits.npz``,
+``test_logits.npz``. ``last.pt`` holds everything needed to resume to the same result.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data as data_lib
+from . import distributed, engine, synthetic
+from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from .models import create_model, get_spec
+from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
+from .segmentation import HybridOtsu
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A setting or input that cannot work; the message names the flag or file and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; defaults are the paper's (method A)."""
+
+    arch: str = "resnet50v2"
+    data: str | None = None  # None: the embedded synthetic sperm18 set
+    out: str = "runs"
+    fold: int = 1
+    num_folds: int = 5
+    split: str = "kfold"  # kfold | holdout
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15  # holdout only
+    img_size: int = 240
+    batch_size: int = 8
+    epochs: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    class_weights: str = "balanced"  # balanced | none
+    augment: str = "paper_a"  # paper_a | paper_b | none
+    rotation: float = 15.0
+    scheduler: str = "plateau"  # plateau | constant
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    early_stopping: int = 10
+    monitor: str = "val_acc"  # val_acc | val_loss
+    preprocess: str = "none"  # none | otsu
+    otsu_foreground: str = "dark"
+    freeze_epochs: int = 0  # > 0: method B's head-only stage first
+    unfreeze_last: int = 60
+    finetune_epochs: int = 30
+    amp: str = "auto"
+    grad_clip: float | None = None
+    channels_last: bool = False
+    seed: int = 42
+    workers: int = 2
+    device: str = "auto"
+    pretrained: bool = False
+    weights: str | None = None
+    dropout: float | None = None
+    skip_bad: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    pad_color: tuple[int, int, int] = PAD_COLOR
+    synthetic_scale: float | None = None  # size of the embedded default set
+
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.arch / (f"fold{self.fold}" if self.split == "kfold" else "holdout")
+
+
+def method_b_config(**overrides) -> TrainConfig:
+    """Method B's protocol (Otsu + two-stage EfficientNet-B4); ``overrides`` win."""
+    settings = dict(
+        arch="efficientnet_b4", img_size=224, preprocess="otsu", augment="paper_b", scheduler="constant",
+        monitor="val_loss", early_stopping=7, freeze_epochs=50, unfreeze_last=60, finetune_epochs=30,
+        split="holdout", val_fraction=0.15, test_fraction=0.15,
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@dataclass
+class Stage:
+    name: str
+    epochs: int
+    trainable: str | int  # "all", "head", or the number of last layers
+
+
+def stages_of(config: TrainConfig) -> list[Stage]:
+    if config.freeze_epochs > 0:
+        return [Stage("frozen", config.freeze_epochs, "head"), Stage("finetune", config.finetune_epochs, config.unfreeze_last)]
+    return [Stage("train", config.epochs, "all")]
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch; deterministic cuDNN and algorithms (warn only)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str, context: distributed.DistributedContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+        if context.enabled:
+            device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def default_data_dir(scale: float | None = None) -> Path:
+    """Where the embedded synthetic sperm18 set is cached ($SPERMFUSE_CACHE or ~/.cache/spermfuse)."""
+    cache = Path(os.environ.get("SPERMFUSE_CACHE", Path.home() / ".cache" / "spermfuse"))
+    suffix = "" if scale is None else f"-scale{scale:g}"
+    return cache / f"sperm18-seed42{suffix}"
+
+
+def ensure_default_data(scale: float | None, context: distributed.DistributedContext) -> Path:
+    """Generate the embedded default data set on first use (rank 0), then reuse it."""
+    folder = default_data_dir(scale)
+    if context.is_main and not (folder / "metadata.csv").exists():
+        log.info("no --data given: generating the embedded synthetic sperm18 set in %s (once)", folder)
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        synthetic.generate(folder, "sperm18", seed=42, scale=scale)
+    distributed.barrier(context)
+    return folder
+
+
+def environment_info(device: torch.device) -> dict:
+    import torchvision
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "git_commit": commit, "device": str(device), "device_name": name,
+    }  # fmt: skip
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or peak resident memory of this process on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+HISTORY_COLUMNS = [
+    "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second",
+    "peak_memory_mb", "skipped_steps",
+]  # fmt: skip
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, samples, arch: str, fold: int) -> None:
+    """The logits file of DESIGN.md: logits, labels, paths, classes, arch, fold."""
+    atomic_savez(
+        path,
+        logits=logits.numpy().astype(np.float32),
+        labels=labels.numpy().astype(np.int64),
+        paths=np.array([samples.paths[i] for i in indices.tolist()], dtype=str),
+        classes=np.array(samples.classes, dtype=str),
+        arch=np.array(arch),
+        fold=np.array(fold, dtype=np.int64),
+    )
+
+
+def checkpoint_metadata(config: TrainConfig, classes: list[str]) -> dict:
+    """What best.pt needs so that prediction rebuilds the exact test-time preprocessing."""
+    return {
+        "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
+        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout,
+    }  # fmt: skip
+
+
+def load_samples(config: TrainConfig, context: distributed.DistributedContext) -> data_lib.Samples:
+    if config.data is None:
+        root = ensure_default_data(config.synthetic_scale, context)
+    else:
+        root = Path(config.data)
+        if not root.exists():
+            raise ConfigError(f"--data {root}: not found; pass an ImageFolder, fold<k>/ folders or a .csv manifest")
+    return data_lib.discover(root, on_error="skip" if config.skip_bad else "raise")
+
+
+def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> data_lib.Split:
+    if config.split == "holdout":
+        return data_lib.holdout_split(samples.labels, config.val_fraction, config.test_fraction, config.seed)
+    if config.split != "kfold":
+        raise ConfigError(f"--split {config.split}: choose kfold or holdout")
+    folds_csv = Path(config.out) / "folds.csv"
+    if context.is_main:
+        folds = data_lib.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
+    distributed.barrier(context)
+    if not context.is_main:
+        folds = data_lib.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
+    available = sorted(set(folds.tolist()))
+    if config.fold not in available:
+        raise ConfigError(f"--fold {config.fold}: out of range; this data set has folds {available[0]}..{available[-1]}")
+    return data_lib.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed)
+
+
+def validate_config(config: TrainConfig) -> None:
+    get_spec(config.arch)  # raises with the list of valid names
+    checks = [
+        (config.batch_size >= 1, "--batch-size must be >= 1"),
+        (config.epochs >= 1, "--epochs must be >= 1"),
+        (config.img_size >= 16, "--img-size must be >= 16"),
+        (0.0 <= config.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+        (config.monitor in ("val_acc", "val_loss"), "--monitor must be val_acc or val_loss"),
+        (config.class_weights in ("balanced", "none"), "--class-weights must be balanced or none"),
+        (config.preprocess in ("none", "otsu"), "--preprocess must be none or otsu"),
+        (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class FoldTrainer:
+    """State of one fold's training; :meth:`run` does it all and returns the run folder."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        progress: engine.Progress | None = None,
+        on_epoch_end: Callable[[dict], None] | None = None,
+    ) -> None:
+        validate_config(config)
+        self.config = config
+        self.progress = progress
+        self.on_epoch_end = on_epoch_end
+        self.context = distributed.init_from_environment("cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(config.device, self.context)
+        self.amp_dtype = engine.amp_dtype_for(self.device, config.amp)
+        seed_everything(config.seed)
+        self.samples = load_samples(config, self.context)
+        self.split = make_split(config, self.samples, self.context)
+        self.run_dir = config.run_dir()
+        self._build_data()
+        self._build_model()
+        self.history: list[dict] = []
+
+    # ---- construction
+
+    def _build_data(self) -> None:
+        c = self.config
+        preprocess = [HybridOtsu(foreground=c.otsu_foreground)] if c.preprocess == "otsu" else []
+        train_tf = build(True, c.img_size, preset=c.augment, pad_color=c.pad_color, rotation=c.rotation, preprocess=preprocess)
+        eval_tf = build(False, c.img_size, pad_color=c.pad_color, preprocess=preprocess)
+        self.train_set = data_lib.ImageDataset(self.samples, self.split.train, train_tf, c.seed)
+        self.val_set = data_lib.ImageDataset(self.samples, self.split.val, eval_tf, c.seed)
+        self.test_set = data_lib.ImageDataset(self.samples, self.split.test, eval_tf, c.seed)
+        if len(self.val_set) == 0:
+            raise ConfigError("validation set is empty: use a larger --val-fraction or more images per class")
+        self.train_loader = self._loader(self.train_set, train=True)
+        self.val_loader = self._loader(self.val_set, train=False)
+        self.test_loader = self._loader(self.test_set, train=False)
+        if c.class_weights == "balanced":
+            weights = data_lib.class_weights(self.samples.labels[self.split.train], len(self.samples.classes))
+        else:
+            weights = None
+        self.loss_weight = weights.to(self.device) if weights is not None else None
+        self.criterion = nn.CrossEntropyLoss(weight=self.loss_weight)
+
+    def _loader(self, dataset: data_lib.ImageDataset, train: bool) -> torch.utils.data.DataLoader:
+        c = self.config
+        sampler = None
+        if self.context.enabled:
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                dataset, num_replicas=self.context.world_size, rank=self.context.rank, shuffle=train, seed=c.seed
+            )
+        return data_lib.make_loader(dataset, c.batch_size, train=train, seed=c.seed, num_workers=c.workers, device=self.device, sampler=sampler)
+
+    def _build_model(self) -> None:
+        c = self.config
+        self.spec = get_spec(c.arch)
+        self.model = create_model(c.arch, len(self.samples.classes), pretrained=c.pretrained, weights=c.weights, dropout=c.dropout)
+        self.model.to(self.device)
+        if c.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _set_trainable(self, stage: Stage) -> None:
+        if stage.trainable == "all":
+            for parameter in self.model.parameters():
+                parameter.requires_grad = True
+        else:
+            freeze_backbone(self.model, self.spec.head)
+            if stage.trainable != "head":
+                unfreeze_last(self.model, int(stage.trainable))
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info("stage %s: %d epochs max, %.2f M trainable parameters", stage.name, stage.epochs, trainable / 1e6)
+
+    def _wrapped_model(self) -> nn.Module:
+        if not self.context.enabled:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # ---- checkpoints
+
+    def _resume_state(self) -> dict | None:
+        last = self.run_dir / "last.pt"
+        if not last.exists():
+            if self.config.resume:
+                log.info("--resume: no %s yet, starting from scratch", last)
+            return None
+        if not (self.config.resume or self.config.overwrite):
+            raise ConfigError(f"{self.run_dir}: a run is already there; add --resume to continue it or --overwrite to start again")
+        if self.config.overwrite:
+            return None
+        state = safe_torch_load(last)
+        if state.get("arch") != self.config.arch or state.get("classes") != list(self.samples.classes):
+            raise ConfigError(
+                f"{last}: was trained as {state.get('arch')} on classes {state.get('classes')}; "
+                f"not resumable as {self.config.arch} on this data (use another --out or --overwrite)"
+            )
+        return state
+
+    def _save_last(self, stage_index: int, next_epoch: int, global_epoch: int, optimizer, scaler, scheduler, stopper, finished=False) -> None:
+        if not self.context.is_main:
+            return
+        atomic_torch_save(
+            self.run_dir / "last.pt",
+            {
+                "arch": self.config.arch, "classes": list(self.samples.classes), "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "early_stopping": stopper.state_dict(), "stage": stage_index, "next_epoch": next_epoch,
+                "global_epoch": global_epoch, "history": self.history, "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [], "finished": finished,
+            },
+        )  # fmt: skip
+
+    def _save_best(self, epoch: int, metric: float) -> None:
+        if self.context.is_main:
+            meta = checkpoint_metadata(self.config, self.samples.classes)
+            atomic_torch_save(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_metric": metric, **meta})
+
+    def _load_best(self) -> None:
+        distributed.barrier(self.context)
+        best = safe_torch_load(self.run_dir / "best.pt")
+        self.model.load_state_dict(best["model"])
+
+    # ---- loop
+
+    def _evaluate(self, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, labels, indices = engine.predict(self.model, loader, self.device, self.amp_dtype, self.config.channels_last)
+        return distributed.gather_predictions(logits, labels, indices, self.context)
+
+    def _run_epoch(self, stage: Stage, model: nn.Module, optimizer, scaler, global_epoch: int) -> dict:
+        self.train_loader.sampler.set_epoch(global_epoch)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        result = engine.train_one_epoch(
+            model, self.train_loader, self.criterion, optimizer, scaler, self.device, self.amp_dtype,
+            self.config.grad_clip, self.progress if self.context.is_main else None,
+            before_step=set_frozen_norms_to_eval if stage.trainable != "all" else None,
+            channels_last=self.config.channels_last,
+        )  # fmt: skip
+        loss_sum, correct, images, seconds = distributed.all_reduce_sum(
+            [result.loss_sum, result.correct, result.images, result.seconds], self.context, self.device
+        )
+        logits, labels, _ = self._evaluate(self.val_loader)
+        val_loss, val_acc = engine.loss_and_accuracy(logits, labels, self.loss_weight.cpu() if self.loss_weight is not None else None)
+        return {
+            "epoch": global_epoch, "stage": stage.name, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / images, "train_acc": correct / images, "val_loss": val_loss, "val_acc": val_acc,
+            "seconds": round(result.seconds, 3), "images_per_second": round(images / max(seconds / self.context.world_size, 1e-9), 2),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1), "skipped_steps": result.skipped_steps,
+        }  # fmt: skip
+
+    def run(self) -> Path:
+        """Train every stage (resuming if asked), then write the logits of the best weights."""
+        c = self.config
+        state = self._resume_state()
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "config.json", {**asdict(c), "environment": environment_info(self.device), "classes": self.samples.classes})
+        stages = stages_of(c)
+        start_stage, start_epoch, global_epoch = 0, 0, 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.history = list(state["history"])
+            start_stage, start_epoch, global_epoch = state["stage"], state["next_epoch"], state["global_epoch"]
+            log.info("resuming %s at stage %d epoch %d", self.run_dir, start_stage, start_epoch + 1)
+        finished = state is not None and state.get("finished", False)
+        mode = "max" if c.monitor == "val_acc" else "min"
+
+        for stage_index in range(start_stage, len(stages)):
+            if finished:
+                break
+            stage = stages[stage_index]
+            if stage_index > start_stage or (state is None and stage_index > 0):
+                self._load_best()  # the next stage starts from the best weights of the previous one
+            self._set_trainable(stage)
+            model = self._wrapped_model()
+            optimizer = engine.build_optimizer(c.optimizer, self.model.parameters(), c.lr, c.weight_decay)
+            scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+            scheduler = (
+                torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience)
+                if c.scheduler == "plateau" else None
+            )  # fmt: skip
+            stopper = engine.EarlyStopping(c.early_stopping, mode)
+            first_epoch = 0
+            if state is not None and stage_index == start_stage:
+                optimizer.load_state_dict(state["optimizer"])
+                scaler.load_state_dict(state["scaler"])
+                if scheduler is not None and state["scheduler"] is not None:
+                    scheduler.load_state_dict(state["scheduler"])
+                stopper.load_state_dict(state["early_stopping"])
+                torch.set_rng_state(state["torch_rng"])
+                if state["cuda_rng"]:
+                    torch.cuda.set_rng_state_all(state["cuda_rng"])
+                first_epoch = start_epoch
+            if stopper.should_stop:
+                continue
+            for epoch in range(first_epoch, stage.epochs):
+                global_epoch += 1
+                row = self._run_epoch(stage, model, optimizer, scaler, global_epoch)
+                metric = row[c.monitor]
+                if not np.isfinite(metric):
+                    raise engine.TrainingError(f"validation {c.monitor} is {metric} at epoch {global_epoch}; the last good state is in {self.run_dir / 'last.pt'}")
+                if scheduler is not None:
+                    scheduler.step(metric)
+                if stopper.step(metric, global_epoch):
+                    self._save_best(global_epoch, metric)
+                self.history.append(row)
+                if self.context.is_main:
+                    write_history(self.run_dir / "history.csv", self.history)
+                self._save_last(stage_index, epoch + 1, global_epoch, optimizer, scaler, scheduler, stopper)
+                log.info(
+                    "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
+                    global_epoch, stage.name, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                    row["lr"], row["images_per_second"], row["seconds"],
+                    " *" if stopper.best_epoch == global_epoch else "",
+                )  # fmt: skip
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(row)
+                if stopper.should_stop:
+                    log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)", c.monitor, stopper.patience, stopper.best, stopper.best_epoch)
+                    break
+            self._save_last(stage_index, stage.epochs, global_epoch, optimizer, scaler, scheduler, stopper, finished=stage_index == len(stages) - 1)
+            state = None
+        self._write_outputs()
+        return self.run_dir
+
+    def _write_outputs(self) -> None:
+        self._load_best()
+        fold = self.config.fold if self.config.split == "kfold" else 1
+        for name, loader in (("val", self.val_loader), ("test", self.test_loader)):
+            logits, labels, indices = self._evaluate(loader)
+            if self.context.is_main:
+                write_logits(self.run_dir / f"{name}_logits.npz", logits, labels, indices, self.samples, self.config.arch, fold)
+        if self.context.is_main:
+            logits = np.load(self.run_dir / "test_logits.npz", allow_pickle=False)
+            accuracy = float((logits["logits"].argmax(1) == logits["labels"]).mean())
+            log.info("%s: test accuracy %.4f on %d images (best weights)", self.run_dir, accuracy, len(logits["labels"]))
+        distributed.barrier(self.context)
+
+
+def train_fold(config: TrainConfig, progress: engine.Progress | None = None, on_epoch_end: Callable[[dict], None] | None = None) -> Path:
+    """Train one fold (or the holdout split) as configured; returns the run folder."""
+    return FoldTrainer(config, progress, on_epoch_end).run()

@@ -1,0 +1,183 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from spermfuse import checkpoint, engine, trainer
+from spermfuse.data import DataError
+from spermfuse.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_a_fold_writes_every_output_in_the_logits_schema(tiny_sperm, tmp_path):
+    run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, fold=2))
+    assert run == tmp_path / "resnetv2_tiny" / "fold2"
+    for name in ("config.json", "history.csv", "best.pt", "last.pt", "val_logits.npz", "test_logits.npz"):
+        assert (run / name).is_file(), name
+    logits = load(run / "test_logits.npz")
+    n = len(logits["labels"])
+    assert logits["logits"].dtype == np.float32 and logits["logits"].shape == (n, 18)
+    assert logits["labels"].dtype == np.int64 and len(logits["paths"]) == n
+    assert list(logits["classes"]) == sorted(logits["classes"]) and str(logits["arch"]) == "resnetv2_tiny"
+    assert int(logits["fold"]) == 2
+    folds = {line.split(",")[0]: line.split(",")[2] for line in (tmp_path / "folds.csv").read_text().splitlines()[1:]}
+    assert all(folds[p] == "2" for p in logits["paths"])  # the test set is exactly fold 2
+    val = load(run / "val_logits.npz")
+    assert not set(val["paths"]) & set(logits["paths"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["environment"]["torch"] == torch.__version__ and config["batch_size"] == 8
+    header = (run / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,stage,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second")
+    best = checkpoint.safe_torch_load(run / "best.pt")
+    assert best["arch"] == "resnetv2_tiny" and best["img_size"] == 32 and len(best["classes"]) == 18
+
+
+def test_same_seed_gives_the_same_logits(tiny_sperm, tmp_path):
+    a = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "a", epochs=1))
+    b = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "b", epochs=1))
+    assert np.array_equal(load(a / "test_logits.npz")["logits"], load(b / "test_logits.npz")["logits"])
+
+
+def test_killed_and_resumed_run_ends_with_the_same_logits(tiny_sperm, tmp_path):
+    full = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "full", epochs=3))
+
+    def die_after_first_epoch(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    config = tiny_config(tiny_sperm, tmp_path / "cut", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_fold(config, on_epoch_end=die_after_first_epoch)
+    assert not (config.run_dir() / "test_logits.npz").exists()
+    resumed = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "cut", epochs=3, resume=True))
+    assert np.array_equal(load(full / "test_logits.npz")["logits"], load(resumed / "test_logits.npz")["logits"])
+    assert len((resumed / "history.csv").read_text().splitlines()) == 4
+
+
+def test_a_crash_during_a_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.atomic_torch_save(path, {"epoch": 1})
+
+    def power_cut(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", power_cut)
+    with pytest.raises(OSError):
+        checkpoint.atomic_torch_save(path, {"epoch": 2})
+    assert checkpoint.safe_torch_load(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_existing_run_needs_resume_or_overwrite(tiny_sperm, tmp_path):
+    trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
+    with pytest.raises(trainer.ConfigError, match="--resume"):
+        trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
+
+
+def test_resume_from_another_arch_is_refused(tiny_sperm, tmp_path):
+    run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
+    state = checkpoint.safe_torch_load(run / "last.pt")
+    state["arch"] = "efficientnet_tiny"
+    checkpoint.atomic_torch_save(run / "last.pt", state)
+    with pytest.raises(trainer.ConfigError, match="not resumable"):
+        trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, resume=True))
+
+
+def test_method_b_two_stages_freeze_then_unfreeze(tiny_sperm, tmp_path):
+    config = trainer.method_b_config(
+        arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path), img_size=32, workers=0,
+        freeze_epochs=1, finetune_epochs=1, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2,
+    )  # fmt: skip
+    run = trainer.train_fold(config)
+    assert run.name == "holdout"
+    stages = [line.split(",")[1] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert stages == ["frozen", "finetune"]
+    assert load(run / "test_logits.npz")["logits"].shape[1] == 18
+
+
+class ExplodingLoss(torch.nn.Module):
+    def forward(self, logits, labels):
+        return logits.sum() * float("nan")
+
+
+def test_non_finite_loss_stops_with_a_clear_message():
+    model = create_model("resnetv2_tiny", 3)
+    batch = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    optimizer = engine.build_optimizer("adamw", model.parameters(), 1e-3, 0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with pytest.raises(engine.TrainingError, match="non-finite loss"):
+        engine.train_one_epoch(model, batch, ExplodingLoss(), optimizer, scaler, torch.device("cpu"))
+
+
+def test_one_optimizer_step_per_batch():
+    model = create_model("resnetv2_tiny", 3)
+    optimizer = engine.build_optimizer("adamw", model.parameters(), 1e-3, 0.0)
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0, 1]))] * 3
+    engine.train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"))
+    assert optimizer.state_dict()["state"][0]["step"].item() == 3
+
+
+def test_bf16_autocast_on_cpu_trains():
+    model = create_model("resnetv2_tiny", 3)
+    optimizer = engine.build_optimizer("adamw", model.parameters(), 1e-3, 0.0)
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    dtype = engine.amp_dtype_for(torch.device("cpu"), "on")
+    result = engine.train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), dtype, grad_clip=1.0)
+    assert dtype == torch.bfloat16 and np.isfinite(result.loss)
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    stopper = engine.EarlyStopping(patience=2, mode="max")
+    assert stopper.step(0.5, 1) and not stopper.step(0.5, 2) and not stopper.should_stop
+    assert not stopper.step(0.4, 3) and stopper.should_stop and stopper.best_epoch == 1
+
+
+def run_script(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "vgg16"], "resnet50v2"),
+        (["--fold", "7"], "--fold 7: out of range"),
+        (["--data", "/nonexistent/folder"], "--data /nonexistent/folder: not found"),
+    ],
+)
+def test_bad_flags_get_one_clear_line(tmp_path, args, message):
+    result = run_script("--out", str(tmp_path), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_empty_data_folder_gets_one_clear_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_script("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "no images found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchrun_two_processes_on_cpu_match_the_sample_set(tiny_sperm, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
+        "--data", str(tiny_sperm), "--out", str(tmp_path), "--arch", "resnetv2_tiny", "--img-size", "32",
+        "--epochs", "1", "--workers", "0", "--val-fraction", "0.2", "--device", "cpu",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    logits = load(tmp_path / "resnetv2_tiny" / "fold1" / "test_logits.npz")
+    folds = [line.split(",") for line in (tmp_path / "folds.csv").read_text().splitlines()[1:]]
+    expected = sorted(p for p, _, f in folds if f == "1")
+    assert sorted(logits["paths"]) == expected  # each test sample exactly once, padding dropped
