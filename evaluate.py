@@ -1,5 +1,105 @@
-"""evaluate.py: not implemented yet (see the open issues)."""
+"""The paper's full evaluation of logits files: tables, report.json and figures.
+
+    python evaluate.py                                   # every model under runs/ (and runs/fusion)
+    python evaluate.py --logits effnet=runs/efficientnetv2_s fused=runs/fusion --main fused
+    python evaluate.py --ablation baseline=runs_base weighted=runs_cw augmented=runs_aug both=runs
+
+Writes reports/<name>/report.md, report.json, confusion_<model>.png, roc_<model>.png,
+pr_<model>.png and f1_comparison.png.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spermfuse import fusion, report
+from spermfuse.checkpoint import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("evaluate")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="run root to search when --logits is not given")
+    p.add_argument("--logits", nargs="+", metavar="NAME=DIR", help="named model folders holding fold logits")
+    p.add_argument("--main", help="model for Tables 3 and 7 (default: fusion if present, else the first)")
+    p.add_argument("--name", default="evaluation", help="report name: output goes to <reports>/<name>/")
+    p.add_argument("--reports", type=Path, default=Path("reports"))
+    p.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="Table 2 from several run roots")
+    p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
+    p.add_argument("--no-figures", action="store_true")
+    return p.parse_args(argv)
+
+
+def named_folders(pairs: list[str]) -> dict[str, Path]:
+    folders = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise fusion.FusionError(f"{pair}: expected NAME=DIR")
+        folders[name] = Path(folder)
+    return folders
+
+
+def check_comparable(models: dict[str, list[fusion.LogitsSet]]) -> None:
+    first_name, first = next(iter(models.items()))
+    for name, sets in models.items():
+        if sets[0].classes != first[0].classes:
+            raise fusion.FusionError(f"{name} ({sets[0].source}): classes differ from {first_name}; evaluate them separately")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    out = args.reports / args.name
+    try:
+        if args.ablation:
+            rows = [[name] + row for name, folder in named_folders(args.ablation).items() for row in report.ablation_rows(folder, fusion.parse_alphas(args.alphas))]
+            table = report.markdown_table(["setting", "model", "accuracy", "weighted F1", "macro F1"], rows)
+            atomic_write_text(out / "ablation.md", "# Table 2. Ablation\n\n" + table)
+            print(table)
+            return 0
+        folders = named_folders(args.logits) if args.logits else fusion.discover_models(args.runs)
+        if not folders:
+            raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
+        models = {name: fusion.load_fold_sets(folder) for name, folder in folders.items()}
+        check_comparable(models)
+        notes = [f"{name}: only one fold, so no standard deviation or confidence interval" for name, sets in models.items() if len(sets) < 2]
+        main_name = args.main or ("fusion" if "fusion" in models else next(iter(models)))
+        if main_name not in models:
+            raise fusion.FusionError(f"--main {main_name}: not among {', '.join(models)}")
+        result = report.build_report(models)
+        grid_md = None
+        for folder in folders.values():
+            if (folder / "grid.md").is_file():
+                grid_md = (folder / "grid.md").read_text()
+        atomic_write_json(out / "report.json", result)
+        atomic_write_text(out / "report.md", report.report_markdown(result, main_name, grid_md, notes))
+        if not args.no_figures:
+            for name, sets in models.items():
+                labels = np.concatenate([s.labels for s in sets])
+                logits = np.concatenate([s.logits for s in sets])
+                report.plot_confusion(result["models"][name]["aggregate"]["confusion"], result["classes"], out / f"confusion_{name}.png", name)
+                report.plot_roc(sets, out / f"roc_{name}.png", name)
+                report.plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)
+            report.plot_f1_comparison(result, out / "f1_comparison.png")
+    except (fusion.FusionError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in notes:
+        log.warning("note: %s", note)
+    for name, m in result["models"].items():
+        a = m["aggregate"]
+        log.info("%-18s acc %.4f  F1w %.4f  F1m %.4f  AUROC %.4f", name, a["accuracy"], a["f1_weighted"], a["f1_macro"], a["auroc_macro"])
+    log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit("evaluate.py: not implemented yet")
+    sys.exit(main())

@@ -1,5 +1,138 @@
-"""fuse.py: not implemented yet (see the open issues)."""
+"""Adaptive logit fusion of trained backbones, and prediction on new images.
+
+    python fuse.py --grid                        # a* on {0.0, ..., 1.0} by mean weighted F1 (the paper)
+    python fuse.py --grid --select nested        # a per fold chosen on the other folds (no leakage)
+    python fuse.py --alpha 0.5                   # a fixed weight
+    python fuse.py --predict new_images/         # fused class probabilities -> predictions.csv
+
+a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
 import sys
+from pathlib import Path
+
+import numpy as np
+
+from spermfuse import fusion, report
+from spermfuse.checkpoint import CheckpointError, atomic_savez, atomic_write_json, atomic_write_text
+from spermfuse.data import DataError
+from spermfuse.inference import fused_probabilities, list_images, load_classifier
+
+log = logging.getLogger("fuse")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--grid", action="store_true", help="search the weight grid")
+    mode.add_argument("--alpha", type=float, help="fixed weight a of the first model (two models)")
+    mode.add_argument("--predict", type=Path, metavar="FOLDER", help="classify the images in FOLDER with the fused models")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="run root written by train.py")
+    p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help="model folders under --runs (N >= 2)")
+    p.add_argument("--alphas", default="0:1:0.1", help="grid, start:stop:step or a comma list (default 0:1:0.1)")
+    p.add_argument("--select", choices=["test", "val", "nested"], default="test",
+                   help="test: the paper's choice on the test folds; val: per fold on validation logits; nested: per fold on the other folds")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
+    p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
+    p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, ...]], dict]:
+    """The weights used on each fold, and the summary written to fusion.json."""
+    names = args.models
+    if args.alpha is not None:
+        if len(names) != 2 or not 0.0 <= args.alpha <= 1.0:
+            raise fusion.FusionError("--alpha needs exactly two --models and a value in [0, 1]")
+        chosen = [(args.alpha, 1.0 - args.alpha)] * len(per_fold)
+        return chosen, {"rule": "fixed", "weights": list(chosen[0])}
+    alphas = fusion.parse_alphas(args.alphas)
+    result = fusion.grid_search(per_fold, alphas)
+    header, rows = fusion.grid_table(result, names)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "grid.csv", report.csv_table(header, rows))
+    atomic_write_text(args.out / "grid.md", report.markdown_table(header, rows))
+    summary = {"rule": "max mean weighted F1 over the test folds (the paper's; optimistic)", "weights": list(result.best)}
+    honest = {"test (paper, optimistic)": [result.best] * len(per_fold), "nested": fusion.nested_selection(result) if len(per_fold) > 1 else None}
+    if per_fold_val is not None:
+        honest["val"] = fusion.validation_selection(per_fold_val, alphas)
+    comparison = {name: fusion.evaluate_choice(per_fold, c) | {"weights_per_fold": [list(w) for w in c]} for name, c in honest.items() if c}
+    summary["selection_comparison"] = comparison
+    log.info("selection            mean acc   mean F1w   mean F1m   weights per fold")
+    for name, figures in comparison.items():
+        shown = " ".join("/".join(f"{x:.1f}" for x in w) for w in figures["weights_per_fold"])
+        log.info("%-20s %8.4f   %8.4f   %8.4f   %s", name, figures["accuracy"], figures["f1_weighted"], figures["f1_macro"], shown)
+    key = {"test": "test (paper, optimistic)", "val": "val", "nested": "nested"}[args.select]
+    if honest.get(key) is None:
+        raise fusion.FusionError(f"--select {args.select}: not possible here (needs val_logits.npz / two or more folds)")
+    if args.select != "test":
+        summary["rule"] = {"val": "per fold, max weighted F1 on that fold's validation logits", "nested": "per fold, max mean weighted F1 on the other folds"}[args.select]
+        summary["weights"] = None
+    return honest[key], summary
+
+
+def run_fusion(args) -> int:
+    args.out = args.out or args.runs / "fusion"
+    per_fold = fusion.collect_folds(args.runs, args.models, "test")
+    try:
+        per_fold_val = fusion.collect_folds(args.runs, args.models, "val")
+    except fusion.FusionError:
+        per_fold_val = None
+    chosen, summary = weights_for_folds(args, per_fold, per_fold_val)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for sets, weights in zip(per_fold, chosen):
+        fused = fusion.fuse([s.logits for s in sets], weights)
+        first = sets[0]
+        atomic_savez(
+            args.out / f"fold{first.fold}_logits.npz", logits=fused.astype(np.float32), labels=first.labels, paths=first.paths,
+            classes=np.array(first.classes, dtype=str), arch=np.array("fusion"), fold=np.array(first.fold, dtype=np.int64),
+        )  # fmt: skip
+    summary.update({
+        "models": args.models, "select": args.select, "alphas": args.alphas, "weights_per_fold": [list(w) for w in chosen],
+        "inputs": [s.source for sets in per_fold for s in sets], "folds": [sets[0].fold for sets in per_fold],
+    })  # fmt: skip
+    atomic_write_json(args.out / "fusion.json", summary)
+    log.info("wrote %s (weights %s)", args.out, summary["weights"] if summary["weights"] else "per fold")
+    return 0
+
+
+def run_prediction(args) -> int:
+    fusion_json = (args.out or args.runs / "fusion") / "fusion.json"
+    if not fusion_json.is_file():
+        raise fusion.FusionError(f"{fusion_json}: not found; run python fuse.py --grid first")
+    settings = json.loads(fusion_json.read_text())
+    names, weights_per_fold = settings["models"], settings["weights_per_fold"]
+    folds = settings["folds"] if args.fold == "all" else [int(args.fold)]
+    if any(k not in settings["folds"] for k in folds):
+        raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']}")
+    members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", args.device) for n in names] for k in folds]
+    # One weight vector for all folds: the global a* if there is one, else the mean of the per-fold choices.
+    weights = settings["weights"] or list(np.mean(weights_per_fold, axis=0))
+    images = list_images(args.predict)
+    probabilities = fused_probabilities(images, members, weights, args.device)
+    classes = members[0][0].classes
+    lines = ["path,predicted," + ",".join(f"p_{c}" for c in classes)]
+    for path, p in zip(images, probabilities):
+        lines.append(f"{path.relative_to(args.predict).as_posix()},{classes[int(p.argmax())]}," + ",".join(f"{v:.6f}" for v in p))
+    atomic_write_text(args.output, "\n".join(lines) + "\n")
+    log.info("wrote %s: %d images, models %s, weights %s, folds %s", args.output, len(images), names, [round(w, 3) for w in weights], folds)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return run_prediction(args) if args.predict else run_fusion(args)
+    except (fusion.FusionError, DataError, CheckpointError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
 
 if __name__ == "__main__":
-    sys.exit("fuse.py: not implemented yet")
+    sys.exit(main())

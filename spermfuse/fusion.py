@@ -1,0 +1,257 @@
+"""Adaptive logit fusion (Sec. 2.5): z = a * z_EfficientNetV2S + (1 - a) * z_ResNet50V2.
+
+The paper picks a on a grid {0.0, 0.1, ..., 1.0} by the mean weighted F1 over the five
+test folds, which reports an optimistic figure (a is tuned on the data it is scored
+on). Two honest selections are offered beside it: ``val`` (pick a on each fold's
+validation logits) and ``nested`` (pick a for fold k on the other folds' test logits).
+N >= 2 models are supported, with weights on the simplex grid.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .checkpoint import CheckpointError, safe_np_load
+from .metrics import fold_metrics
+
+LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
+
+
+class FusionError(ValueError):
+    """Logits files that cannot be fused or evaluated together; the message names them."""
+
+
+@dataclass
+class LogitsSet:
+    """One logits file (the schema of DESIGN.md)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    paths: np.ndarray
+    classes: list[str]
+    arch: str
+    fold: int
+    source: str = ""
+
+
+def load_logits(path: str | Path) -> LogitsSet:
+    """Read and check a logits file: every key present, shapes consistent, no NaN/inf."""
+    try:
+        arrays = safe_np_load(path)
+    except CheckpointError as error:
+        raise FusionError(str(error)) from None
+    missing = [k for k in LOGITS_KEYS if k not in arrays]
+    if missing:
+        raise FusionError(f"{path}: not a logits file, missing {', '.join(missing)}")
+    logits = arrays["logits"].astype(np.float32)
+    labels = arrays["labels"].astype(np.int64)
+    classes = [str(c) for c in arrays["classes"]]
+    if logits.ndim != 2 or logits.shape != (len(labels), len(classes)) or len(arrays["paths"]) != len(labels):
+        raise FusionError(f"{path}: logits {logits.shape}, {len(labels)} labels, {len(classes)} classes do not agree")
+    if not np.isfinite(logits).all():
+        raise FusionError(f"{path}: contains NaN or infinite logits; re-run the model that wrote it")
+    return LogitsSet(logits, labels, arrays["paths"].astype(str), classes, str(arrays["arch"]), int(arrays["fold"]), str(path))
+
+
+def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
+    """Reorder every set to the first one's sample order, joining on ``paths``.
+
+    Refuses sets whose classes differ, whose samples differ, or whose labels disagree.
+    """
+    reference = sets[0]
+    order = {p: i for i, p in enumerate(reference.paths)}
+    aligned = [reference]
+    for other in sets[1:]:
+        if other.classes != reference.classes:
+            raise FusionError(f"{other.source}: classes differ from {reference.source}; both must be trained on the same class list")
+        if len(other.paths) != len(reference.paths) or set(other.paths) != set(order):
+            raise FusionError(f"{other.source}: holds other samples than {reference.source}; were both trained on the same folds.csv?")
+        position = np.argsort([order[p] for p in other.paths])
+        moved = LogitsSet(other.logits[position], other.labels[position], other.paths[position], other.classes, other.arch, other.fold, other.source)
+        if not np.array_equal(moved.labels, reference.labels):
+            raise FusionError(f"{other.source}: labels differ from {reference.source} for the same images")
+        aligned.append(moved)
+    return aligned
+
+
+def fuse(logit_list: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of logits, sum_i w_i z_i (Eq. of Sec. 2.5)."""
+    if len(logit_list) != len(weights):
+        raise ValueError(f"{len(logit_list)} logit arrays but {len(weights)} weights")
+    return sum(float(w) * np.asarray(z, dtype=np.float32) for w, z in zip(weights, logit_list))
+
+
+def simplex_grid(num_models: int, alphas: Sequence[float]) -> list[tuple[float, ...]]:
+    """Weight vectors to try. Two models: (a, 1 - a) for a in ``alphas``. More: every vector
+    whose entries are multiples of the grid step and sum to 1."""
+    if num_models == 2:
+        return [(round(a, 10), round(1.0 - a, 10)) for a in alphas]
+    step = min(b - a for a, b in zip(sorted(alphas), sorted(alphas)[1:]))
+    units = int(round(1 / step))
+    grid = [tuple(round(k / units, 10) for k in combo) for combo in itertools.product(range(units + 1), repeat=num_models) if sum(combo) == units]
+    return grid
+
+
+def closest_to_uniform(weights: tuple[float, ...]) -> float:
+    return sum((w - 1 / len(weights)) ** 2 for w in weights)
+
+
+def select_best(scores: dict[tuple[float, ...], float]) -> tuple[float, ...]:
+    """Highest score; ties (within 1e-12) go to the weights closest to equal (0.5 for two)."""
+    best = max(scores.values())
+    tied = [w for w, s in scores.items() if s >= best - 1e-12]
+    return min(tied, key=closest_to_uniform)
+
+
+@dataclass
+class GridResult:
+    """Table 1: per fold and weight vector, accuracy and weighted F1; plus the choice."""
+
+    weights: list[tuple[float, ...]]
+    folds: list[int]
+    accuracy: np.ndarray  # [len(weights), len(folds)]
+    f1_weighted: np.ndarray
+    best: tuple[float, ...]
+
+    def mean_f1(self) -> np.ndarray:
+        return self.f1_weighted.mean(axis=1)
+
+
+def score_grid(per_fold: Sequence[Sequence[LogitsSet]], grid: Sequence[tuple[float, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and weighted F1 of every weight vector on every fold ([weights, folds])."""
+    accuracy = np.zeros((len(grid), len(per_fold)))
+    f1 = np.zeros_like(accuracy)
+    for j, sets in enumerate(per_fold):
+        labels = sets[0].labels
+        for i, weights in enumerate(grid):
+            fused = fuse([s.logits for s in sets], weights)
+            predicted = fused.argmax(axis=1)
+            accuracy[i, j] = (predicted == labels).mean()
+            f1[i, j] = weighted_f1(labels, predicted, len(sets[0].classes))
+    return accuracy, f1
+
+
+def weighted_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    """Support-weighted F1, computed from one bincount (fast enough for an 11 x 5 grid on 18k samples)."""
+    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    tp = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted_count = confusion.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(support + predicted_count > 0, 2 * tp / (support + predicted_count), 0.0)
+    return float((f1 * support).sum() / max(support.sum(), 1))
+
+
+def grid_search(per_fold: Sequence[Sequence[LogitsSet]], alphas: Sequence[float]) -> GridResult:
+    """The paper's search: a* = argmax of the mean weighted F1 over the folds."""
+    grid = simplex_grid(len(per_fold[0]), alphas)
+    accuracy, f1 = score_grid(per_fold, grid)
+    best = select_best({w: s for w, s in zip(grid, f1.mean(axis=1))})
+    return GridResult(grid, [sets[0].fold for sets in per_fold], accuracy, f1, best)
+
+
+def nested_selection(result: GridResult) -> list[tuple[float, ...]]:
+    """For each fold, the weights that are best on the *other* folds (no test leakage)."""
+    chosen = []
+    for j in range(len(result.folds)):
+        others = [k for k in range(len(result.folds)) if k != j]
+        if not others:
+            raise FusionError("nested selection needs at least two folds")
+        chosen.append(select_best({w: result.f1_weighted[i, others].mean() for i, w in enumerate(result.weights)}))
+    return chosen
+
+
+def validation_selection(per_fold_val: Sequence[Sequence[LogitsSet]], alphas: Sequence[float]) -> list[tuple[float, ...]]:
+    """For each fold, the weights that are best on that fold's validation logits."""
+    grid = simplex_grid(len(per_fold_val[0]), alphas)
+    chosen = []
+    for sets in per_fold_val:
+        _, f1 = score_grid([sets], grid)
+        chosen.append(select_best({w: s for w, s in zip(grid, f1[:, 0])}))
+    return chosen
+
+
+def evaluate_choice(per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[tuple[float, ...]]) -> dict:
+    """Fold-wise test metrics of per-fold weight choices, and their means."""
+    rows = [fold_metrics(sets[0].labels, fuse([s.logits for s in sets], w)) for sets, w in zip(per_fold, chosen)]
+    return {key: float(np.mean([r[key] for r in rows])) for key in ("accuracy", "f1_weighted", "f1_macro")}
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``0:1:0.1`` (start:stop:step, inclusive) or ``0,0.25,0.5``."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values = [round(start + i * step, 10) for i in range(count)]
+        else:
+            values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise FusionError(f"--alphas {text}: give start:stop:step (e.g. 0:1:0.1) or a comma list") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise FusionError(f"--alphas {text}: weights must lie in [0, 1]")
+    return values
+
+
+# --------------------------------------------------------------------------- runs on disk
+
+
+def find_fold_files(runs: Path, arch: str, split: str = "test") -> dict[int, Path]:
+    """``<runs>/<arch>/fold<k>/<split>_logits.npz`` by fold number."""
+    found = {}
+    for path in sorted((runs / arch).glob(f"fold*/{split}_logits.npz")):
+        suffix = path.parent.name.removeprefix("fold")
+        if suffix.isdigit():
+            found[int(suffix)] = path
+    return found
+
+
+def collect_folds(runs: Path, archs: Sequence[str], split: str = "test") -> list[list[LogitsSet]]:
+    """For every fold, the aligned logits sets of all ``archs``; every model must have every fold."""
+    files = {arch: find_fold_files(runs, arch, split) for arch in archs}
+    for arch, by_fold in files.items():
+        if not by_fold:
+            raise FusionError(f"{runs / arch}: no fold*/{split}_logits.npz; train it first (python train.py --fold all --arch {arch})")
+    all_folds = sorted(set().union(*[set(f) for f in files.values()]))
+    for arch, by_fold in files.items():
+        missing = [k for k in all_folds if k not in by_fold]
+        if missing:
+            raise FusionError(f"{runs / arch}: fold(s) {missing} missing ({split}_logits.npz); train them or leave that model out")
+    return [align([load_logits(files[arch][k]) for arch in archs]) for k in all_folds]
+
+
+def grid_table(result: GridResult, names: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Table 1 as header + rows: weights, per-fold accuracy and weighted F1, means."""
+    weight_columns = ["a"] if len(names) == 2 else [f"w_{n}" for n in names]
+    header = weight_columns + [f"fold{k}_{m}" for k in result.folds for m in ("acc", "f1w")] + ["mean_acc", "mean_f1w"]
+    rows = []
+    for i, weights in enumerate(result.weights):
+        shown = [f"{weights[0]:.2f}"] if len(names) == 2 else [f"{w:.2f}" for w in weights]
+        cells = [f"{v:.4f}" for j in range(len(result.folds)) for v in (result.accuracy[i, j], result.f1_weighted[i, j])]
+        rows.append(shown + cells + [f"{result.accuracy[i].mean():.4f}", f"{result.f1_weighted[i].mean():.4f}"])
+    return header, rows
+
+
+def load_fold_sets(folder: Path) -> list[LogitsSet]:
+    """All folds of one model: ``fold<k>/test_logits.npz`` (train.py) or ``fold<k>_logits.npz`` (fuse.py)."""
+    paths = sorted(folder.glob("fold*/test_logits.npz")) or sorted(folder.glob("fold*_logits.npz"))
+    if not paths:
+        raise FusionError(f"{folder}: no fold*/test_logits.npz or fold*_logits.npz files")
+    sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
+    for s in sets[1:]:
+        if s.classes != sets[0].classes:
+            raise FusionError(f"{s.source}: classes differ from {sets[0].source}")
+    return sets
+
+
+def discover_models(runs: Path) -> dict[str, Path]:
+    """Every model folder under ``runs`` that holds fold logits, the fusion last."""
+    found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and p.name != "fusion" and any(p.glob("fold*/test_logits.npz"))} if runs.is_dir() else {}
+    if (runs / "fusion").is_dir() and any((runs / "fusion").glob("fold*_logits.npz")):
+        found["fusion"] = runs / "fusion"
+    return found

@@ -1,0 +1,85 @@
+"""Prediction on new images with trained models and their fusion weights.
+
+Each model's ``best.pt`` carries its architecture, classes, image size, normalisation,
+pad colour and preprocessing, so the test-time pipeline is rebuilt exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import safe_torch_load
+from .data import IMAGE_EXTENSIONS, DataError, load_rgb
+from .metrics import softmax
+from .models import create_model
+from .segmentation import HybridOtsu
+from .transforms import Pipeline, build
+
+
+@dataclass
+class Classifier:
+    model: nn.Module
+    pipeline: Pipeline
+    classes: list[str]
+    source: Path
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
+    """A trained model from its ``best.pt`` and the eval pipeline it was tested with."""
+    path = Path(path)
+    checkpoint = safe_torch_load(path)
+    classes = list(checkpoint["classes"])
+    model = create_model(checkpoint["arch"], len(classes), dropout=checkpoint.get("dropout"))
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    preprocess = [HybridOtsu(foreground=checkpoint.get("otsu_foreground", "dark"))] if checkpoint.get("preprocess") == "otsu" else []
+    pipeline = build(
+        False, checkpoint["img_size"], pad_color=tuple(checkpoint["pad_color"]), preprocess=preprocess,
+        mean=tuple(checkpoint["mean"]), std=tuple(checkpoint["std"]),
+    )  # fmt: skip
+    return Classifier(model, pipeline, classes, path)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder of images not found")
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return images
+
+
+@torch.no_grad()
+def fused_probabilities(
+    images: Sequence[Path],
+    members: Sequence[Sequence[Classifier]],
+    weights: Sequence[float],
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+) -> np.ndarray:
+    """softmax of the fused logits, averaged over ``members`` (one list of models per fold).
+
+    Within a fold the logits are fused with ``weights`` (the paper's rule); the folds'
+    fused logits are averaged, a plain ensemble of the cross-validation models.
+    """
+    classes = members[0][0].classes
+    for fold in members:
+        for classifier in fold:
+            if classifier.classes != classes:
+                raise DataError(f"{classifier.source}: classes differ from {members[0][0].source}")
+    total = np.zeros((len(images), len(classes)), dtype=np.float64)
+    for start in range(0, len(images), batch_size):
+        batch = [load_rgb(p) for p in images[start : start + batch_size]]
+        for fold in members:
+            fused = 0.0
+            for classifier, weight in zip(fold, weights):
+                tensor = torch.stack([classifier.pipeline(image) for image in batch]).to(device)
+                fused = fused + weight * classifier.model(tensor).float().cpu().numpy()
+            total[start : start + len(batch)] += fused
+    return softmax(total / len(members))

@@ -1,0 +1,180 @@
+"""The paper's evaluation (Sec. 3): per-class and averaged metrics, fold statistics, paired tests.
+
+scikit-learn computes what it already does well (precision/recall/F1, AUROC, AUPRC);
+what it lacks (specificity, Student-t intervals, McNemar, calibration) is written here.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    out = np.zeros((len(labels), num_classes), dtype=np.int64)
+    out[np.arange(len(labels)), labels] = 1
+    return out
+
+
+def specificity_per_class(confusion: np.ndarray) -> np.ndarray:
+    """TN / (TN + FP) for every class of a confusion matrix (rows true, columns predicted)."""
+    total = confusion.sum()
+    tp = np.diag(confusion)
+    fp = confusion.sum(axis=0) - tp
+    fn = confusion.sum(axis=1) - tp
+    tn = total - tp - fp - fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tn + fp > 0, tn / np.maximum(tn + fp, 1), 0.0)
+
+
+def ranking_scores(labels: np.ndarray, probabilities: np.ndarray, average: str, scorer) -> float:
+    """Macro/weighted AUROC or AUPRC over the classes present (one-vs-rest); micro as sklearn does."""
+    num_classes = probabilities.shape[1]
+    truth = one_hot(labels, num_classes)
+    if average == "micro":
+        return float(scorer(truth.ravel(), probabilities.ravel()))
+    present = [c for c in range(num_classes) if 0 < truth[:, c].sum() < len(labels)]
+    if not present:
+        return math.nan
+    scores = np.array([scorer(truth[:, c], probabilities[:, c]) for c in present])
+    if average == "macro":
+        return float(scores.mean())
+    support = truth[:, present].sum(axis=0)
+    return float((scores * support).sum() / support.sum())
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
+    """ECE: |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def summarize(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) -> dict:
+    """Every aggregate metric of one model's predictions (the report.json ``aggregate`` block).
+
+    Prediction = argmax of the logits; probabilities = softmax(logits) for AUROC/AUPRC.
+    """
+    labels = np.asarray(labels)
+    num_classes = len(classes)
+    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    predicted = probabilities.argmax(axis=1)
+    index = list(range(num_classes))
+    confusion = confusion_matrix(labels, predicted, labels=index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes never predicted: precision 0, as sklearn's zero_division=0
+        precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=index, zero_division=0)
+    specificity = specificity_per_class(confusion)
+    weights = support / max(support.sum(), 1)
+    present = support > 0
+    result = {
+        "accuracy": float((predicted == labels).mean()),
+        "precision_macro": float(precision[present].mean()),
+        "recall_macro": float(recall[present].mean()),
+        "f1_macro": float(f1[present].mean()),
+        "precision_weighted": float((precision * weights).sum()),
+        "recall_weighted": float((recall * weights).sum()),
+        "f1_weighted": float((f1 * weights).sum()),
+        "specificity_macro": float(specificity[present].mean()),
+        "specificity_weighted": float((specificity * weights).sum()),
+        "auroc_macro": ranking_scores(labels, probabilities, "macro", roc_auc_score),
+        "auroc_weighted": ranking_scores(labels, probabilities, "weighted", roc_auc_score),
+        "auprc_macro": ranking_scores(labels, probabilities, "macro", average_precision_score),
+        "auprc_weighted": ranking_scores(labels, probabilities, "weighted", average_precision_score),
+        "ece": expected_calibration_error(labels, probabilities),
+        "per_class": {
+            name: {
+                "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                "support": int(support[c]), "specificity": float(specificity[c]),
+            }  # fmt: skip
+            for c, name in enumerate(classes)
+        },
+        "confusion": confusion.astype(int).tolist(),
+    }
+    return result
+
+
+def fold_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
+    """The fold-wise figures of Table 5: accuracy, weighted/macro F1, micro AUROC/AUPRC."""
+    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    predicted = probabilities.argmax(axis=1)
+    present = sorted(set(labels.tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, _, f1, support = precision_recall_fscore_support(labels, predicted, labels=present, zero_division=0)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "f1_weighted": float((f1 * support).sum() / support.sum()),
+        "f1_macro": float(f1.mean()),
+        "auroc_micro": ranking_scores(labels, probabilities, "micro", roc_auc_score),
+        "auprc_micro": ranking_scores(labels, probabilities, "micro", average_precision_score),
+    }
+
+
+def mean_std_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean, unbiased std and Student-t confidence interval (t with k-1 degrees of freedom).
+
+    With a single value there is no spread: std and the interval are None.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    k = len(values)
+    mean = float(values.mean())
+    if k < 2:
+        return {"mean": mean, "std": None, "ci95": None}
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, k - 1) * std / math.sqrt(k))
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
+
+def mcnemar_p(labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray) -> float:
+    """Exact McNemar test on the samples where exactly one of the two models is right."""
+    right_a = predicted_a == labels
+    right_b = predicted_b == labels
+    only_a = int((right_a & ~right_b).sum())
+    only_b = int((~right_a & right_b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_tests(fold_scores_a: Sequence[float], fold_scores_b: Sequence[float]) -> dict:
+    """Paired t-test and Wilcoxon signed-rank on fold-wise scores (Table 6); None when undefined."""
+    a, b = np.asarray(fold_scores_a, dtype=np.float64), np.asarray(fold_scores_b, dtype=np.float64)
+    if len(a) < 2:
+        return {"paired_t_p": None, "wilcoxon_p": None}
+    differences = a - b
+    if np.allclose(differences, 0):
+        return {"paired_t_p": 1.0, "wilcoxon_p": 1.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_p = float(stats.ttest_rel(a, b).pvalue)
+        w_p = float(stats.wilcoxon(a, b).pvalue)
+    return {"paired_t_p": None if math.isnan(t_p) else t_p, "wilcoxon_p": w_p}
+
+
+def top_confusions(confusion: Sequence[Sequence[int]], classes: Sequence[str], top: int = 3) -> dict[str, list[tuple[str, int]]]:
+    """For each true class, the classes it is most often mistaken for (Table 7)."""
+    matrix = np.asarray(confusion)
+    out = {}
+    for c, name in enumerate(classes):
+        row = matrix[c].copy()
+        row[c] = 0
+        order = [j for j in np.argsort(-row, kind="stable") if row[j] > 0][:top]
+        out[name] = [(classes[j], int(row[j])) for j in order]
+    return out

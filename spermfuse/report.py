@@ -1,0 +1,243 @@
+"""Reports: Markdown and JSON tables and figures (matplotlib, imported only when drawing)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import metrics
+from .checkpoint import atomic_write_bytes
+from .fusion import LogitsSet
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    return "\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n"
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+def evaluate_model(folds: Sequence[LogitsSet]) -> dict:
+    """``aggregate`` (all folds' predictions together), ``folds`` and ``summary`` of one model."""
+    labels = np.concatenate([f.labels for f in folds])
+    logits = np.concatenate([f.logits for f in folds])
+    per_fold = [metrics.fold_metrics(f.labels, f.logits) for f in folds]
+    keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_micro", "auprc_micro"]
+    return {
+        "aggregate": metrics.summarize(labels, logits, folds[0].classes),
+        "folds": {key: [row[key] for row in per_fold] for key in keys} | {"fold": [f.fold for f in folds]},
+        "summary": {key: metrics.mean_std_ci([row[key] for row in per_fold]) for key in keys},
+    }
+
+
+def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, dict]) -> list[dict]:
+    """Paired tests for every pair of models tested on the same samples (Table 6, McNemar beyond)."""
+    from .fusion import FusionError, align
+
+    names = list(models)
+    tests = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if [f.fold for f in models[a]] != [f.fold for f in models[b]]:
+                continue
+            try:
+                pairs = [align([x, y]) for x, y in zip(models[a], models[b])]
+            except FusionError:
+                continue  # different samples: no paired test
+            labels = np.concatenate([x.labels for x, _ in pairs])
+            predicted_a = np.concatenate([x.logits for x, _ in pairs]).argmax(1)
+            predicted_b = np.concatenate([y.logits for _, y in pairs]).argmax(1)
+            paired = metrics.paired_tests(evaluated[a]["folds"]["f1_weighted"], evaluated[b]["folds"]["f1_weighted"])
+            tests.append({"a": a, "b": b, "metric": "f1_weighted", **paired, "mcnemar_p": metrics.mcnemar_p(labels, predicted_a, predicted_b)})
+    return tests
+
+
+def build_report(models: dict[str, Sequence[LogitsSet]]) -> dict:
+    """report.json: ``classes``, ``models`` {name: aggregate/folds/summary}, ``tests``."""
+    classes = next(iter(models.values()))[0].classes
+    evaluated = {name: evaluate_model(folds) for name, folds in models.items()}
+    return {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated)}
+
+
+def fmt(value: object, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def report_markdown(report: dict, main: str, grid_markdown: str | None = None, notes: Sequence[str] = ()) -> str:
+    """The paper's Tables 1 and 3-7 for ``main`` (and the comparison with the others)."""
+    classes, models = report["classes"], report["models"]
+    out = ["# spermfuse evaluation\n"]
+    out += [f"> {note}\n" for note in notes]
+    keys = ["accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro", "specificity_macro",
+            "specificity_weighted", "auroc_macro", "auroc_weighted", "auprc_macro", "auprc_weighted", "ece"]  # fmt: skip
+    out.append("## Aggregated over all folds\n")
+    out.append(markdown_table(["model"] + keys, [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in models.items()]))
+    if grid_markdown:
+        out.append("## Table 1. Fusion weight grid (per-fold accuracy and weighted F1)\n")
+        out.append(grid_markdown)
+    per_class = models[main]["aggregate"]["per_class"]
+    out.append(f"## Table 3. Per-class results of {main}\n")
+    out.append(markdown_table(
+        ["class", "precision", "recall", "F1", "specificity", "support"],
+        [[c, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), fmt(v["specificity"]), v["support"]] for c, v in per_class.items()],
+    ))  # fmt: skip
+    out.append("## Table 4. Per-class F1 of every model\n")
+    out.append(markdown_table(["class"] + list(models), [[c] + [fmt(m["aggregate"]["per_class"][c]["f1"]) for m in models.values()] for c in classes]))
+    out.append("## Table 5. Fold-wise mean, std and Student-t 95 % CI\n")
+    rows = []
+    for name, m in models.items():
+        for key, s in m["summary"].items():
+            ci = f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]" if s["ci95"] else "n/a (one fold)"
+            rows.append([name, key, fmt(s["mean"]), fmt(s["std"]), ci])
+    out.append(markdown_table(["model", "metric", "mean", "std", "95 % CI"], rows))
+    if report["tests"]:
+        out.append("## Table 6. Paired tests on fold-wise weighted F1 (McNemar on all predictions)\n")
+        out.append(markdown_table(
+            ["A", "B", "paired t p", "Wilcoxon p", "McNemar p"],
+            [[t["a"], t["b"], fmt(t["paired_t_p"]), fmt(t["wilcoxon_p"]), fmt(t["mcnemar_p"])] for t in report["tests"]],
+        ))  # fmt: skip
+    out.append(f"## Table 7. Most frequent confusions of {main}\n")
+    confusions = metrics.top_confusions(models[main]["aggregate"]["confusion"], classes)
+    out.append(markdown_table(["true class", "most often predicted as"], [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()]))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str) -> None:
+    """Counts and row-normalised confusion matrices side by side."""
+    plt = _pyplot()
+    matrix = np.asarray(confusion, dtype=np.float64)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(6, 0.45 * len(classes))
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size))
+    for ax, values, name, fmt_ in ((axes[0], matrix, "counts", "{:.0f}"), (axes[1], normalised, "row-normalised", "{:.2f}")):
+        ax.imshow(values, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title}: {name}")
+        peak = values.max() if values.max() > 0 else 1
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if values[i, j] > 0:
+                    ax.text(j, i, fmt_.format(values[i, j]), ha="center", va="center", fontsize=5, color="white" if values[i, j] > peak / 2 else "black")
+    _save(figure, path)
+
+
+def macro_roc_curve(labels: np.ndarray, logits: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Macro-average one-vs-rest ROC (TPR interpolated on a common FPR grid)."""
+    from sklearn.metrics import roc_curve
+
+    probabilities = metrics.softmax(logits.astype(np.float64))
+    curves = []
+    for c in range(logits.shape[1]):
+        truth = labels == c
+        if 0 < truth.sum() < len(labels):
+            fpr, tpr, _ = roc_curve(truth, probabilities[:, c])
+            curves.append(np.interp(grid, fpr, tpr))
+    return np.mean(curves, axis=0)
+
+
+def plot_roc(folds: Sequence[LogitsSet], path: Path, title: str) -> None:
+    """Macro ROC per fold, their mean and a +-1 std band (Figure 8 of the paper)."""
+    from sklearn.metrics import auc
+
+    plt = _pyplot()
+    grid = np.linspace(0, 1, 201)
+    curves = np.array([macro_roc_curve(f.labels, f.logits, grid) for f in folds])
+    aucs = [auc(grid, c) for c in curves]
+    mean = curves.mean(axis=0)
+    std = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    for f, c in zip(folds, curves):
+        ax.plot(grid, c, lw=0.7, alpha=0.5, label=f"fold {f.fold}")
+    spread = f" +- {np.std(aucs, ddof=1):.4f}" if len(aucs) > 1 else ""
+    ax.plot(grid, mean, color="black", lw=2, label=f"mean macro AUROC {np.mean(aucs):.4f}{spread}")
+    ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color="grey", alpha=0.3, label="+-1 std")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: macro ROC over folds")
+    ax.legend(loc="lower right", fontsize=7)
+    _save(figure, path)
+
+
+def plot_precision_recall(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
+    """One-vs-rest precision-recall curve of every class, with its average precision."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    plt = _pyplot()
+    probabilities = metrics.softmax(logits.astype(np.float64))
+    figure, ax = plt.subplots(figsize=(7, 5.5))
+    colours = plt.get_cmap("tab20")
+    for c, name in enumerate(classes):
+        truth = labels == c
+        if truth.any():
+            precision, recall, _ = precision_recall_curve(truth, probabilities[:, c])
+            ax.plot(recall, precision, lw=1, color=colours(c % 20), label=f"{name} ({average_precision_score(truth, probabilities[:, c]):.2f})")
+    ax.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall (AP per class)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize=6, ncol=2, loc="lower left")
+    _save(figure, path)
+
+
+def plot_f1_comparison(report: dict, path: Path) -> None:
+    """Per-class F1 of every model as grouped bars (Table 4 as a picture)."""
+    plt = _pyplot()
+    classes, models = report["classes"], report["models"]
+    width = 0.8 / len(models)
+    figure, ax = plt.subplots(figsize=(max(8, 0.6 * len(classes)), 4.5))
+    for i, (name, m) in enumerate(models.items()):
+        values = [m["aggregate"]["per_class"][c]["f1"] for c in classes]
+        ax.bar(np.arange(len(classes)) + i * width - 0.4 + width / 2, values, width, label=name)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    ax.set(ylabel="F1", ylim=(0, 1), title="per-class F1")
+    ax.legend(fontsize=8)
+    _save(figure, path)
+
+
+def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
+    """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
+    from . import fusion
+
+    models = {name: path for name, path in fusion.discover_models(runs).items() if name != "fusion"}
+    rows = []
+    for name, path in models.items():
+        agg = evaluate_model(fusion.load_fold_sets(path))["aggregate"]
+        rows.append([name, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
+    if len(models) >= 2:
+        names = list(models)[:2]
+        per_fold = fusion.collect_folds(runs, names)
+        labels = np.concatenate([sets[0].labels for sets in per_fold])
+        tuned = fusion.grid_search(per_fold, alphas).best
+        for label, weights in (("fusion a=0.5", (0.5, 0.5)), (f"fusion a*={tuned[0]:.1f}", tuned)):
+            logits = np.concatenate([fusion.fuse([s.logits for s in sets], weights) for sets in per_fold])
+            agg = metrics.summarize(labels, logits, per_fold[0][0].classes)
+            rows.append([label, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
+    return rows

@@ -1,0 +1,198 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spermfuse import fusion, metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["A", "B", "C"]
+
+
+def write_logits(path, logits, labels, paths, arch, fold, classes=CLASSES):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int64), paths=np.array(paths, dtype=str),
+             classes=np.array(classes, dtype=str), arch=np.array(arch), fold=np.array(fold, dtype=np.int64))  # fmt: skip
+
+
+def fake_runs(root, folds=5, n=60, seed=0):
+    """Two models whose errors differ: fusing them beats both."""
+    rng = np.random.default_rng(seed)
+    for k in range(1, folds + 1):
+        labels = rng.integers(0, 3, n)
+        paths = [f"img_{k}_{i}.png" for i in range(n)]
+        truth = np.eye(3)[labels]
+        for arch, noise in (("modelx", 1.2), ("modely", 1.2)):
+            for split in ("test", "val"):
+                logits = truth * 1.0 + rng.normal(0, noise, (n, 3))
+                order = rng.permutation(n)  # files need not share an order
+                write_logits(root / arch / f"fold{k}" / f"{split}_logits.npz", logits[order], labels[order], [paths[i] for i in order], arch, k)
+    return root
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_fuse_is_the_weighted_sum_of_logits():
+    a, b = np.array([[1.0, 2.0]]), np.array([[3.0, -1.0]])
+    assert np.allclose(fusion.fuse([a, b], [0.25, 0.75]), 0.25 * a + 0.75 * b)
+
+
+def test_align_joins_on_paths_whatever_the_order(tmp_path):
+    write_logits(tmp_path / "a.npz", [[1, 0, 0], [0, 1, 0]], [0, 1], ["x", "y"], "a", 1)
+    write_logits(tmp_path / "b.npz", [[0, 2, 0], [2, 0, 0]], [1, 0], ["y", "x"], "b", 1)
+    a, b = fusion.align([fusion.load_logits(tmp_path / "a.npz"), fusion.load_logits(tmp_path / "b.npz")])
+    assert list(b.paths) == ["x", "y"] and b.logits[0, 0] == 2
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (dict(classes=["A", "B", "D"]), "classes differ"),
+        (dict(paths=["x", "z"]), "other samples"),
+        (dict(labels=[0, 0]), "labels differ"),
+    ],
+)
+def test_align_refuses_sets_that_do_not_match(tmp_path, other, message):
+    write_logits(tmp_path / "a.npz", [[1, 0, 0], [0, 1, 0]], [0, 1], ["x", "y"], "a", 1)
+    settings = dict(logits=[[1, 0, 0], [0, 1, 0]], labels=[0, 1], paths=["x", "y"], arch="b", fold=1, classes=CLASSES) | other
+    write_logits(tmp_path / "b.npz", **settings)
+    with pytest.raises(fusion.FusionError, match=message):
+        fusion.align([fusion.load_logits(tmp_path / "a.npz"), fusion.load_logits(tmp_path / "b.npz")])
+
+
+def test_nan_logits_are_refused(tmp_path):
+    write_logits(tmp_path / "a.npz", [[np.nan, 0, 0]], [0], ["x"], "a", 1)
+    with pytest.raises(fusion.FusionError, match="NaN"):
+        fusion.load_logits(tmp_path / "a.npz")
+
+
+def test_grid_search_picks_the_better_model_and_breaks_ties_toward_half(tmp_path):
+    labels = np.array([0, 1, 2, 0])
+    good = fusion.LogitsSet(np.eye(3)[labels] * 5, labels, np.array(list("abcd")), CLASSES, "good", 1)
+    bad = fusion.LogitsSet(np.eye(3)[[1, 2, 0, 1]] * 5.0, labels, np.array(list("abcd")), CLASSES, "bad", 1)
+    result = fusion.grid_search([[good, bad]], [i / 10 for i in range(11)])
+    assert result.best[0] > 0.5
+    same = fusion.grid_search([[good, good]], [i / 10 for i in range(11)])
+    assert same.best == (0.5, 0.5)
+
+
+def test_simplex_grid_for_three_models_sums_to_one():
+    grid = fusion.simplex_grid(3, [0.0, 0.5, 1.0])
+    assert len(grid) == 6 and all(abs(sum(w) - 1) < 1e-9 for w in grid)
+
+
+def test_nested_selection_never_looks_at_its_own_fold():
+    result = fusion.GridResult([(0.0, 1.0), (1.0, 0.0)], [1, 2, 3], np.zeros((2, 3)), np.array([[0.9, 0.1, 0.1], [0.1, 0.5, 0.5]]), (0.0, 1.0))
+    assert fusion.nested_selection(result) == [(1.0, 0.0), (0.0, 1.0), (0.0, 1.0)]
+
+
+def test_weighted_f1_matches_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    labels, predicted = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    assert fusion.weighted_f1(labels, predicted, 5) == pytest.approx(f1_score(labels, predicted, average="weighted"))
+
+
+def test_specificity_from_a_hand_made_confusion_matrix():
+    confusion = np.array([[5, 1], [2, 2]])  # class 0: TN = 2, FP = 2
+    assert metrics.specificity_per_class(confusion).tolist() == pytest.approx([2 / 4, 5 / 6])
+
+
+def test_student_t_interval_uses_k_minus_one_degrees_of_freedom():
+    summary = metrics.mean_std_ci([1.0, 2.0, 3.0])
+    assert summary["mean"] == 2.0 and summary["std"] == 1.0
+    assert summary["ci95"][1] - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
+    assert metrics.mean_std_ci([0.7])["ci95"] is None
+
+
+def test_mcnemar_is_exact_binomial_on_discordant_pairs():
+    labels = np.zeros(12, dtype=int)
+    a = np.array([0] * 10 + [1] * 2)  # a right on 10
+    b = np.array([1] * 8 + [0] * 4)  # b right on 4
+    # discordant: a right only on 8 (idx 0-7), b right only on 2 (idx 10-11)
+    from scipy.stats import binomtest
+
+    assert metrics.mcnemar_p(labels, a, b) == pytest.approx(binomtest(8, 10, 0.5).pvalue)
+
+
+def test_summarize_reports_every_key_of_report_json():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 90)
+    summary = metrics.summarize(labels, np.eye(3)[labels] + rng.normal(0, 1, (90, 3)), CLASSES)
+    expected = {"accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted", "f1_weighted",
+                "specificity_macro", "specificity_weighted", "auroc_macro", "auroc_weighted", "auprc_macro", "auprc_weighted",
+                "per_class", "confusion"}  # fmt: skip
+    assert expected <= set(summary)
+    assert summary["recall_weighted"] == pytest.approx(summary["accuracy"])
+    assert 0.5 < summary["auroc_macro"] <= 1.0
+    assert set(summary["per_class"]["A"]) == {"precision", "recall", "f1", "support", "specificity"}
+
+
+def test_fuse_grid_writes_table_weights_and_fused_logits(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely", "--select", "nested")
+    assert result.returncode == 0, result.stderr
+    out = runs / "fusion"
+    grid = (out / "grid.csv").read_text().splitlines()
+    assert grid[0].startswith("a,fold1_acc,fold1_f1w") and len(grid) == 12
+    settings = json.loads((out / "fusion.json").read_text())
+    assert {"test (paper, optimistic)", "nested", "val"} <= set(settings["selection_comparison"])
+    assert len(settings["weights_per_fold"]) == 5
+    fused = fusion.load_logits(out / "fold3_logits.npz")
+    assert fused.arch == "fusion" and fused.fold == 3
+    assert "nested" in result.stderr and "optimistic" in result.stderr
+
+
+def test_fuse_refuses_a_missing_fold(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    (runs / "modely" / "fold4" / "test_logits.npz").unlink()
+    result = run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely")
+    assert result.returncode == 2 and "fold(s) [4] missing" in result.stderr
+
+
+def test_evaluate_writes_report_json_markdown_and_figures(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--alpha", "0.5", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "reports" / "evaluation"
+    report = json.loads((out / "report.json").read_text())
+    assert report["classes"] == CLASSES and set(report["models"]) == {"modelx", "modely", "fusion"}
+    fused = report["models"]["fusion"]
+    assert len(fused["folds"]["accuracy"]) == 5 and len(fused["summary"]["f1_weighted"]["ci95"]) == 2
+    assert {t["a"] + "/" + t["b"] for t in report["tests"]} == {"modelx/modely", "modelx/fusion", "modely/fusion"}
+    assert fused["aggregate"]["f1_macro"] > report["models"]["modelx"]["aggregate"]["f1_macro"]
+    markdown = (out / "report.md").read_text()
+    for table in ("Table 3", "Table 4", "Table 5", "Table 6", "Table 7"):
+        assert table in markdown
+    for figure in ("confusion_fusion.png", "roc_fusion.png", "pr_modelx.png", "f1_comparison.png"):
+        assert (out / figure).stat().st_size > 1000
+
+
+def test_evaluate_with_a_single_fold_says_so_instead_of_crashing(tmp_path):
+    runs = fake_runs(tmp_path / "runs", folds=1)
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    assert result.returncode == 0, result.stderr
+    assert "only one fold" in (tmp_path / "r" / "evaluation" / "report.md").read_text()
+
+
+def test_evaluate_refuses_models_with_different_classes(tmp_path):
+    runs = fake_runs(tmp_path / "runs", folds=1)
+    write_logits(runs / "other" / "fold1" / "test_logits.npz", [[0, 1, 0, 0]], [1], ["q"], "other", 1, classes=["A", "B", "C", "D"])
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    assert result.returncode == 2 and "classes differ" in result.stderr
+
+
+def test_ablation_lays_out_table_2(tmp_path):
+    base = fake_runs(tmp_path / "base", seed=1)
+    both = fake_runs(tmp_path / "both", seed=2)
+    result = run("evaluate.py", "--ablation", f"baseline={base}", f"both={both}", "--reports", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "r" / "evaluation" / "ablation.md").read_text()
+    assert table.count("fusion a=0.5") == 2 and "| baseline | modelx |" in table
