@@ -1,5 +1,236 @@
-"""benchmark.py: not implemented yet (see the open issues)."""
+"""Complexity and speed of the backbones and their fusion (the paper's Table 8, and more).
+
+    python benchmark.py                                  # params, GFLOPs, batch-1 latency, FPS
+    python benchmark.py --device cuda --amp on --channels-last
+    python benchmark.py --train                          # training images/s and memory, AMP vs fp32
+    python benchmark.py --suite transforms               # own augmentation vs torchvision.transforms.v2
+    python benchmark.py --suite loader                   # data loader alone vs the full training step
+    python benchmark.py --suite timm                     # our ResNetV2 vs timm's resnetv2_50x1_bit
+
+Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
+CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
 import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spermfuse import flops, profiling
+from spermfuse.checkpoint import atomic_write_json
+from spermfuse.models import create_model, list_models
+from spermfuse.report import markdown_table
+
+PAPER = {  # RTX 5070 Ti, batch 1, 240 px (Table 8)
+    "efficientnetv2_s": {"params_m": 20.20, "gflops": 3.39, "latency_ms": 10.82, "fps": 92.43},
+    "resnet50v2": {"params_m": 23.54, "gflops": 4.95, "latency_ms": 6.54, "fps": 152.99},
+    "fusion": {"params_m": 43.74, "gflops": 8.34, "latency_ms": 16.96, "fps": 58.95},
+}
+PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": "~0 % memory, +17.4 % speed"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm"], default="models")
+    p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
+    p.add_argument("--num-classes", type=int, default=18)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--img-size", type=int, default=240)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--amp", choices=["on", "off"], default="off", help="autocast (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models first")
+    p.add_argument("--throughput", nargs="*", type=int, metavar="BATCH", help="also images/s at these batch sizes")
+    p.add_argument("--train", action="store_true", help="training steps (batch 8): fp32 vs AMP")
+    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def build(name: str, args, device) -> torch.nn.Module:
+    model = create_model(name, args.num_classes).eval().to(device)
+    return torch.compile(model) if args.compile else model
+
+
+def models_suite(args, device) -> dict:
+    results, rows = {}, []
+    models = {name: build(name, args, device) for name in args.models}
+    pair = profiling.FusedPair(*models.values()) if len(models) == 2 else None
+    candidates = dict(models, **({"fusion": pair} if pair is not None else {}))
+    example = torch.randn(1, 3, args.img_size, args.img_size)
+    for name, model in candidates.items():
+        logging.info("timing %s ...", name)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        gflops = flops.count_flops(model.cpu(), example) / 1e9
+        latency = profiling.inference_latency(model, device, args.batch_size, args.img_size, args.amp, args.channels_last, args.warmup, args.iters)
+        entry = {"params_m": params, "gflops": gflops, **vars(latency), "fps": latency.fps * args.batch_size}
+        for batch in args.throughput or []:
+            t = profiling.inference_latency(model, device, batch, args.img_size, args.amp, args.channels_last, max(args.warmup // 10, 2), max(args.iters // 10, 5))
+            entry[f"throughput_b{batch}"] = batch * 1000.0 / t.median_ms
+        results[name] = entry
+        paper = PAPER.get(name, {})
+        rows.append([name, f"{params:.2f}", f"{gflops:.2f}", f"{latency.median_ms:.2f}", f"{latency.p10_ms:.2f} / {latency.p90_ms:.2f}",
+                     f"{entry['fps']:.2f}", paper.get("params_m", "-"), paper.get("gflops", "-"), paper.get("latency_ms", "-"), paper.get("fps", "-")])  # fmt: skip
+    header = ["model", "params (M)", "GFLOPs", "median ms", "p10 / p90 ms", "FPS", "paper M", "paper GFLOPs", "paper ms (GPU)", "paper FPS"]
+    print(markdown_table(header, rows))
+    if "fusion" in results and len(models) == 2:
+        slower = max(results[n]["median_ms"] for n in models)
+        print(f"fusion / slower member latency: {results['fusion']['median_ms'] / slower:.2f}x (paper: {16.96 / 10.82:.2f}x)\n")
+    if args.train:
+        results["training"] = training_suite(args, device)
+    return results
+
+
+def training_suite(args, device) -> dict:
+    out, rows = {}, []
+    for name in args.models:
+        costs = {}
+        for amp in ("off", "on"):
+            model = create_model(name, args.num_classes)
+            costs[amp] = profiling.training_cost(model, device, 8, args.img_size, amp, args.train_steps, 3, args.num_classes)
+        memory = 100.0 * (costs["on"].peak_memory_mb / costs["off"].peak_memory_mb - 1.0)
+        speed = 100.0 * (costs["on"].images_per_second / costs["off"].images_per_second - 1.0)
+        out[name] = {amp: vars(c) for amp, c in costs.items()} | {"memory_change_pct": memory, "speed_change_pct": speed}
+        rows.append([name, f"{costs['off'].images_per_second:.1f}", f"{costs['on'].images_per_second:.1f}", f"{speed:+.1f} %",
+                     f"{costs['off'].peak_memory_mb:.0f}", f"{costs['on'].peak_memory_mb:.0f}", f"{memory:+.1f} %", PAPER_AMP.get(name, "-")])  # fmt: skip
+    memory_kind = "peak CUDA MB" if device.type == "cuda" else "peak RSS MB (process, cumulative)"
+    print(markdown_table(["model", "fp32 img/s", "AMP img/s", "speed", f"fp32 {memory_kind}", f"AMP {memory_kind}", "memory", "paper"], rows))
+    return out
+
+
+def sample_images(args, count: int = 200):
+    from spermfuse import synthetic
+    from spermfuse.data import discover, load_rgb
+
+    if args.data is not None:
+        samples = discover(args.data)
+        return [load_rgb(samples.root / p) for p in samples.paths[:count]]
+    classes = synthetic.SPERM18_CLASSES
+    return [synthetic.render("sperm18", classes[i % len(classes)], 42, i)[0] for i in range(count)]
+
+
+def transforms_suite(args, device) -> dict:
+    """Own train pipeline vs the equivalent torchvision.transforms.v2 one, same 200 images."""
+    from torchvision.transforms import v2
+
+    from spermfuse.transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
+
+    images = sample_images(args)
+    size = args.img_size
+    ours = build(True, size)
+
+    class LetterboxV2(torch.nn.Module):  # v2 has no letterbox: resize longer side + centred pad
+        def forward(self, img):
+            h, w = img.shape[-2:]
+            scale = size / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            img = v2.functional.resize(img, [nh, nw], antialias=True)
+            left, top = (size - nw) // 2, (size - nh) // 2
+            return v2.functional.pad(img, [left, top, size - nw - left, size - nh - top], fill=list(PAD_COLOR))
+
+    theirs = v2.Compose([
+        v2.PILToTensor(), LetterboxV2(), v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.3),
+        v2.RandomRotation(15, fill=list(PAD_COLOR)), v2.ToDtype(torch.float32, scale=True),
+        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.3),
+        v2.RandomApply([v2.GaussianNoise(sigma=0.04)], p=0.2), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])  # fmt: skip
+    rng = np.random.default_rng(0)
+    times = {"spermfuse": [], "torchvision_v2": []}
+    for _ in range(5):  # alternate to share the machine's noise fairly
+        start = time.perf_counter()
+        for image in images:
+            ours(image, rng)
+        times["spermfuse"].append((time.perf_counter() - start) / len(images) * 1000)
+        start = time.perf_counter()
+        for image in images:
+            theirs(image)
+        times["torchvision_v2"].append((time.perf_counter() - start) / len(images) * 1000)
+    medians = {k: float(np.median(v)) for k, v in times.items()}
+    print(markdown_table(["pipeline", "median ms / image", "images / s"], [[k, f"{v:.3f}", f"{1000 / v:.0f}"] for k, v in medians.items()]))
+    print(f"torchvision v2 / spermfuse time ratio: {medians['torchvision_v2'] / medians['spermfuse']:.2f}x ({len(images)} images, {size} px, 5 rounds)\n")
+    return {"ms_per_image": medians, "rounds": times}
+
+
+def loader_suite(args, device) -> dict:
+    """Images/s of the data loader alone and of the full training step (resnet50v2, batch 8)."""
+    import tempfile
+
+    from spermfuse import data, synthetic
+    from spermfuse.transforms import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data or synthetic.generate(Path(tmp) / "s", "sperm18", per_class=12)
+        samples = data.discover(root)
+        dataset = data.ImageDataset(samples, np.arange(len(samples)), build(True, args.img_size))
+        results = {}
+        for workers in (0, 2):
+            loader = data.make_loader(dataset, 8, train=True, num_workers=workers)
+            start, seen = time.perf_counter(), 0
+            for images, _, _ in loader:
+                seen += len(images)
+            results[f"loader_workers{workers}"] = seen / (time.perf_counter() - start)
+        model = create_model(args.models[-1], len(samples.classes))
+        cost = profiling.training_cost(model, device, 8, args.img_size, args.amp, args.train_steps, 3, len(samples.classes))
+        results[f"train_step_{args.models[-1]}"] = cost.images_per_second
+    print(markdown_table(["what", "images / s"], [[k, f"{v:.1f}"] for k, v in results.items()]))
+    return results
+
+
+def timm_suite(args, device) -> dict:
+    """Our resnet50v2 vs timm's resnetv2_50x1_bit: training step (batch 8) and batch-1 latency."""
+    import timm
+
+    results, rows = {}, []
+    for rounds in range(3):  # interleave the two implementations
+        for name in ("spermfuse", "timm"):
+            make = (lambda: create_model("resnet50v2", args.num_classes)) if name == "spermfuse" else (lambda: timm.create_model("resnetv2_50x1_bit", num_classes=args.num_classes))
+            train = profiling.training_cost(make(), device, 8, args.img_size, "off", args.train_steps, 3, args.num_classes)
+            latency = profiling.inference_latency(make(), device, 1, args.img_size, "off", False, args.warmup, args.iters)
+            results.setdefault(name, {"train_ms": [], "latency_ms": []})
+            results[name]["train_ms"].append(train.median_step_ms)
+            results[name]["latency_ms"].append(latency.median_ms)
+    for name, r in results.items():
+        rows.append([name, f"{np.median(r['train_ms']):.1f}", f"{np.median(r['latency_ms']):.2f}"])
+    print(markdown_table(["implementation", "train step ms (batch 8)", "latency ms (batch 1)"], rows))
+    ratio_train = np.median(results["timm"]["train_ms"]) / np.median(results["spermfuse"]["train_ms"])
+    ratio_latency = np.median(results["timm"]["latency_ms"]) / np.median(results["spermfuse"]["latency_ms"])
+    print(f"timm / spermfuse time: training step {ratio_train:.2f}x, batch-1 latency {ratio_latency:.2f}x (>1: ours faster)\n")
+    return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    try:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device here; use --device cpu")
+        for model in args.models:
+            if model not in list_models():
+                raise ValueError(f"--models {model}: unknown; choose from {', '.join(list_models())}")
+        dtype = {"on": "fp16" if device.type == "cuda" else "bf16", "off": "fp32"}[args.amp]
+        print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
+              f"{' | channels_last' if args.channels_last else ''} | batch {args.batch_size} | {args.img_size} px"
+              f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
+        suite = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite}[args.suite]
+        results = suite(args, device)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        atomic_write_json(args.json, {"device": profiling.device_description(device), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}, "results": results})
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit("benchmark.py: not implemented yet")
+    sys.exit(main())

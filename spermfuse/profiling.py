@@ -1,0 +1,156 @@
+"""Timing helpers: latency percentiles, training throughput and peak memory.
+
+On CUDA every timed iteration is bracketed by CUDA events and synchronised; on the CPU
+``time.perf_counter`` is used. Report medians: these machines are shared and noisy.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .engine import amp_dtype_for, autocast
+
+
+@dataclass
+class Latency:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    iterations: int
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
+
+
+def summarize_times(times_ms: Sequence[float]) -> Latency:
+    values = np.asarray(times_ms, dtype=np.float64)
+    return Latency(float(np.median(values)), float(np.percentile(values, 10)), float(np.percentile(values, 90)), float(values.mean()), len(values))
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 100, iters: int = 200) -> Latency:
+    """Run ``fn`` ``warmup`` times untimed, then time ``iters`` runs one by one."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1000.0)
+    return summarize_times(times)
+
+
+class FusedPair(nn.Module):
+    """Both backbones on the same input and their weighted logit sum, as one module."""
+
+    def __init__(self, first: nn.Module, second: nn.Module, alpha: float = 0.5) -> None:
+        super().__init__()
+        self.first, self.second, self.alpha = first, second, alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * self.first(x) + (1.0 - self.alpha) * self.second(x)
+
+
+def inference_latency(
+    model: nn.Module,
+    device: torch.device,
+    batch_size: int = 1,
+    img_size: int = 240,
+    amp: str = "off",
+    channels_last: bool = False,
+    warmup: int = 100,
+    iters: int = 200,
+) -> Latency:
+    """Latency of ``model`` in eval mode under no_grad (optionally autocast, channels_last)."""
+    model = model.eval().to(device)
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = amp_dtype_for(device, amp)
+
+    def step():
+        with torch.inference_mode(), autocast(device, dtype):
+            return model(x)
+
+    return time_call(step, device, warmup, iters)
+
+
+@dataclass
+class TrainingCost:
+    images_per_second: float
+    peak_memory_mb: float
+    median_step_ms: float
+
+
+def training_cost(
+    model: nn.Module,
+    device: torch.device,
+    batch_size: int = 8,
+    img_size: int = 240,
+    amp: str = "off",
+    steps: int = 20,
+    warmup: int = 3,
+    num_classes: int = 18,
+) -> TrainingCost:
+    """Images/s and peak memory of full training steps (forward, loss, backward, AdamW step)."""
+    model = model.train().to(device)
+    dtype = amp_dtype_for(device, amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+
+    def step():
+        with autocast(device, dtype):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    latency = time_call(step, device, warmup, steps)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return TrainingCost(batch_size * 1000.0 / latency.median_ms, peak, latency.median_ms)
+
+
+def device_description(device: torch.device) -> str:
+    """The machine line: GPU name, or the CPU model and core count."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}"
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
