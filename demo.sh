@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Method A end to end on the embedded synthetic sperm18 data: train both backbones on
+# every fold, fuse them with the grid search, evaluate, and write the report and figures.
+#
+#   bash demo.sh                   CPU demo: the small registered backbones at 80 px (about 10 minutes on 2 cores)
+#   bash demo.sh --preset paper    the paper: efficientnetv2_s + resnet50v2, 240 px, batch 8 (a GPU job)
+#   bash demo.sh --preset tiny     a smoke test in seconds (what the test suite runs)
+#
+# Other flags: --data DIR (your own data instead of the synthetic set), --out DIR (runs/<preset>),
+# --reports DIR (reports). Every step is a plain command you can run yourself.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python}"
+preset=demo data=() out="" reports=reports
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --preset) preset="$2"; shift 2 ;;
+    --data) data=(--data "$2"); shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --reports) reports="$2"; shift 2 ;;
+    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports)" >&2; exit 2 ;;
+  esac
+done
+out="${out:-runs/$preset}"
+case "$preset" in
+  demo)
+    archs=(efficientnet_tiny resnetv2_tiny)
+    train=(--img-size 80 --epochs 20 --lr 3e-3 --batch-size 16 --early-stopping 6)
+    echo "demo preset: small backbones (${archs[*]}) at 80 px, lr 3e-3, batch 16, at most 20 epochs, so that it runs on a CPU;"
+    echo "the paper's settings are: bash demo.sh --preset paper" ;;
+  paper)
+    archs=(efficientnetv2_s resnet50v2)
+    train=() ;;
+  tiny)
+    archs=(efficientnet_tiny resnetv2_tiny)
+    train=(--img-size 32 --epochs 1 --lr 3e-3 --num-folds 2 --val-fraction 0.2 --workers 0) ;;
+  *) echo "demo.sh: --preset must be demo, paper or tiny" >&2; exit 2 ;;
+esac
+
+for arch in "${archs[@]}"; do
+  "$PYTHON" train.py --fold all --arch "$arch" --out "$out" "${data[@]}" "${train[@]}" --overwrite
+done
+"$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
+"$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset"
+echo "report: $reports/$preset/report.md"

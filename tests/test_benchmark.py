@@ -1,0 +1,90 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from spermfuse import profiling
+from spermfuse.flops import count_flops, count_flops_by_op
+from spermfuse.models import create_model
+from spermfuse.models.resnetv2 import StdConv2d
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_convolution_counts_one_flop_per_multiply_add():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    assert count_flops(conv, torch.randn(1, 3, 10, 10)) == 8 * 10 * 10 * 3 * 3 * 3
+
+
+def test_grouped_convolution_divides_by_groups():
+    conv = nn.Conv2d(8, 8, kernel_size=3, padding=1, groups=8, bias=False)
+    assert count_flops(conv, torch.randn(2, 8, 5, 5)) == 2 * 8 * 5 * 5 * 1 * 3 * 3
+
+
+def test_linear_counts_in_times_out_per_sample():
+    assert count_flops(nn.Linear(20, 7), torch.randn(4, 20)) == 4 * 20 * 7
+
+
+def test_norms_count_per_element_as_fvcore():
+    x = torch.randn(2, 8, 6, 6)
+    assert count_flops(nn.BatchNorm2d(8).eval(), x) == 2 * x.numel()  # eval, affine
+    assert count_flops(nn.BatchNorm2d(8, affine=False).eval(), x) == x.numel()
+    assert count_flops(nn.BatchNorm2d(8).train(), x) == 5 * x.numel()  # training mode, affine
+    assert count_flops(nn.GroupNorm(4, 8), x) == 5 * x.numel()
+    assert count_flops(nn.GroupNorm(4, 8, affine=False), x) == 4 * x.numel()
+
+
+def test_adaptive_average_pool_counts_its_input_and_activations_count_nothing():
+    x = torch.randn(1, 4, 6, 6)
+    assert count_flops(nn.AdaptiveAvgPool2d(1), x) == x.numel()
+    assert count_flops(nn.AdaptiveAvgPool2d(2), x) == x.numel()
+    assert count_flops(nn.Sequential(nn.ReLU(), nn.SiLU(), nn.Sigmoid()), x) == 0
+
+
+def test_weight_standardisation_counts_four_per_weight_element():
+    conv = StdConv2d(3, 4, kernel_size=3, padding=1, bias=False).eval()
+    counter = count_flops_by_op(conv, torch.randn(1, 3, 5, 5))
+    assert counter.by_op["weight_standardization"] == 4 * conv.weight.numel()
+    assert counter.by_op["convolution"] == 4 * 5 * 5 * 3 * 3 * 3
+
+
+@pytest.mark.parametrize("name, gflops", [("efficientnetv2_s", 3.39), ("resnet50v2", 4.95)])
+def test_paper_gflops_at_240_pixels(name, gflops):
+    model = create_model(name, 18).eval()
+    assert round(count_flops(model, torch.randn(1, 3, 240, 240)) / 1e9, 2) == gflops
+
+
+def test_standardised_kernel_cache_follows_weight_updates():
+    conv = StdConv2d(2, 3, kernel_size=1, bias=False).eval()
+    x = torch.randn(1, 2, 4, 4)
+    with torch.no_grad():
+        first = conv(x)
+        conv.weight.mul_(-1.0)
+        second = conv(x)
+    assert torch.allclose(first, -second, atol=1e-5)
+
+
+def test_latency_harness_reports_percentiles():
+    latency = profiling.inference_latency(create_model("efficientnet_tiny", 3), torch.device("cpu"), img_size=32, warmup=1, iters=4)
+    assert latency.iterations == 4 and latency.p10_ms <= latency.median_ms <= latency.p90_ms
+    assert latency.fps == pytest.approx(1000 / latency.median_ms)
+
+
+def test_fused_pair_is_the_weighted_sum_of_both_models():
+    a, b = create_model("efficientnet_tiny", 3).eval(), create_model("resnetv2_tiny", 3).eval()
+    nn.init.normal_(b.fc.weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(profiling.FusedPair(a, b, 0.3)(x), 0.3 * a(x) + 0.7 * b(x), atol=1e-6)
+
+
+def test_benchmark_script_prints_the_table(tmp_path):
+    command = [sys.executable, "benchmark.py", "--models", "resnetv2_tiny", "efficientnet_tiny", "--img-size", "32",
+               "--iters", "3", "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json")]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| fusion |" in result.stdout and "machine: CPU" in result.stdout and "measured on the CPU" in result.stdout
+    assert (tmp_path / "b.json").is_file()

@@ -1,0 +1,45 @@
+"""The demo pipeline at a tiny size: train both backbones, fuse, evaluate, predict new images."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_pipeline_end_to_end(tiny_sperm, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    command = ["bash", "demo.sh", "--preset", "tiny", "--data", str(tiny_sperm), "--out", str(tmp_path / "runs"), "--reports", str(tmp_path / "reports")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for arch in ("efficientnet_tiny", "resnetv2_tiny"):
+        for fold in (1, 2):
+            assert (runs / arch / f"fold{fold}" / "test_logits.npz").is_file()
+    fusion = json.loads((runs / "fusion" / "fusion.json").read_text())
+    assert fusion["models"] == ["efficientnet_tiny", "resnetv2_tiny"] and len(fusion["weights"]) == 2
+    report = json.loads((tmp_path / "reports" / "tiny" / "report.json").read_text())
+    assert set(report["models"]) == {"efficientnet_tiny", "resnetv2_tiny", "fusion"}
+    total = sum(report["models"]["fusion"]["aggregate"]["per_class"][c]["support"] for c in report["classes"])
+    assert total == 18 * 6  # every image tested exactly once over the folds
+    assert (tmp_path / "reports" / "tiny" / "confusion_fusion.png").is_file()
+
+    new_images = tmp_path / "new"
+    new_images.mkdir()
+    for name in ("Normal/Normal_00000.png", "PinHead/PinHead_00001.png"):
+        shutil.copy(tiny_sperm / name, new_images / name.replace("/", "_"))
+    predict = [sys.executable, "fuse.py", "--predict", str(new_images), "--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny",
+               "--output", str(tmp_path / "predictions.csv")]  # fmt: skip
+    result = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["path"] for r in rows] == ["Normal_Normal_00000.png", "PinHead_PinHead_00001.png"]
+    probabilities = np.array([[float(r[f"p_{c}"]) for c in report["classes"]] for r in rows])
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert all(r["predicted"] == report["classes"][int(p.argmax())] for r, p in zip(rows, probabilities))
