@@ -6,6 +6,7 @@
     python benchmark.py --suite transforms               # own augmentation vs torchvision.transforms.v2
     python benchmark.py --suite loader                   # data loader alone vs the full training step
     python benchmark.py --suite timm                     # our ResNetV2 vs timm's resnetv2_50x1_bit
+    python benchmark.py --suite fusion                   # grid search + full evaluation at the paper's size
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
@@ -37,7 +38,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -207,6 +208,34 @@ def timm_suite(args, device) -> dict:
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
+def fusion_suite(args, device) -> dict:
+    """fuse.py --grid and evaluate.py (with figures) on made-up logits of the paper's size:
+    18,456 samples in 5 folds, 18 classes, two models."""
+    import subprocess
+    import tempfile
+
+    rng = np.random.default_rng(0)
+    classes = np.array([f"class{c:02d}" for c in range(18)])
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs"
+        for k, part in enumerate(np.array_split(np.arange(18456), 5), start=1):
+            labels = rng.integers(0, 18, len(part))
+            for arch in ("efficientnetv2_s", "resnet50v2"):
+                logits = (np.eye(18)[labels] * 2 + rng.normal(0, 1.5, (len(part), 18))).astype(np.float32)
+                folder = runs / arch / f"fold{k}"
+                folder.mkdir(parents=True)
+                np.savez(folder / "test_logits.npz", logits=logits, labels=labels, paths=np.array([f"img{i}.png" for i in part]),
+                         classes=classes, arch=np.array(arch), fold=np.array(k))  # fmt: skip
+        times = {}
+        for name, command in (("fuse --grid (11 weights x 5 folds)", ["fuse.py", "--grid", "--runs", str(runs)]),
+                              ("evaluate (3 models, tables + figures)", ["evaluate.py", "--runs", str(runs), "--reports", str(Path(tmp) / "r")])):  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *command], check=True, capture_output=True, cwd=Path(__file__).parent)
+            times[name] = time.perf_counter() - start
+    print(markdown_table(["command (18,456 x 18 logits, 5 folds)", "seconds (incl. interpreter start)"], [[k, f"{v:.1f}"] for k, v in times.items()]))
+    return times
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -222,7 +251,7 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suite = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite}[args.suite]
+        suite = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite}[args.suite]
         results = suite(args, device)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

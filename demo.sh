@@ -25,8 +25,8 @@ out="${out:-runs/$preset}"
 case "$preset" in
   demo)
     archs=(efficientnet_tiny resnetv2_tiny)
-    train=(--img-size 80 --epochs 20 --lr 3e-3 --batch-size 16 --early-stopping 6)
-    echo "demo preset: small backbones (${archs[*]}) at 80 px, lr 3e-3, batch 16, at most 20 epochs, so that it runs on a CPU;"
+    train=(--img-size 80 --epochs 20 --lr 2e-3 --batch-size 16 --early-stopping 20 --workers 1)
+    echo "demo preset: small backbones (${archs[*]}) from scratch at 80 px, lr 2e-3, batch 16, 20 epochs, so that it runs on a CPU;"
     echo "the paper's settings are: bash demo.sh --preset paper" ;;
   paper)
     archs=(efficientnetv2_s resnet50v2)
@@ -37,8 +37,13 @@ case "$preset" in
   *) echo "demo.sh: --preset must be demo, paper or tiny" >&2; exit 2 ;;
 esac
 
+# A demo starts clean: its own earlier output (marked) is replaced, anything else is left alone.
+if [ -e "$out" ]; then
+  if [ -f "$out/.spermfuse-demo" ]; then rm -rf "$out"; else echo "demo.sh: $out exists and is not a demo output; choose another --out" >&2; exit 2; fi
+fi
+mkdir -p "$out" && touch "$out/.spermfuse-demo"
 for arch in "${archs[@]}"; do
-  "$PYTHON" train.py --fold all --arch "$arch" --out "$out" "${data[@]}" "${train[@]}" --overwrite
+  "$PYTHON" train.py --fold all --arch "$arch" --out "$out" "${data[@]}" "${train[@]}"
 done
 "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
 "$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset"

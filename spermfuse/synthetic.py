@@ -53,6 +53,8 @@ SPERM18_FREQUENCY = {
 DEFAULT_SCALE = {"sperm18": 0.08, "hushem4": None, "blood4": None}
 MIN_PER_CLASS = 12
 SUPERSAMPLE = 2
+# Bumped whenever rendering changes, so cached default data sets are regenerated.
+GENERATOR_VERSION = 3
 
 
 # --------------------------------------------------------------------------- drawing helpers
@@ -213,7 +215,7 @@ def render_sperm(label: str, rng: np.random.Generator) -> tuple[Image.Image, dic
     """One single-sperm crop of class ``label`` and its generating parameters."""
     width, height = int(rng.integers(80, 201)), 0
     height = int(np.clip(width * rng.uniform(0.7, 1.4), 80, 200))
-    head_px = min(width, height) * rng.uniform(0.17, 0.22)
+    head_px = min(width, height) * rng.uniform(0.2, 0.26)
     p = sperm_params(label, rng, head_px)
     W, H, S = width * SUPERSAMPLE, height * SUPERSAMPLE, p.head_length_px * SUPERSAMPLE
 
@@ -267,7 +269,7 @@ def render_sperm(label: str, rng: np.random.Generator) -> tuple[Image.Image, dic
     end = middle + half * np.array([math.cos(heading2), math.sin(heading2)])
     neck_width = max(1, int(round(p.neck_thickness * S)))
 
-    tail_width = max(1, int(round(0.045 * S)))
+    tail_width = max(1, int(round(0.08 * S)))  # a tail is about a sixth of the head's width
     tails = [heading2]
     if p.double_tail:
         split = math.radians(rng.uniform(18, 40))

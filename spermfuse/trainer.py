@@ -151,7 +151,7 @@ def default_data_dir(scale: float | None = None) -> Path:
     """Where the embedded synthetic sperm18 set is cached ($SPERMFUSE_CACHE or ~/.cache/spermfuse)."""
     cache = Path(os.environ.get("SPERMFUSE_CACHE", Path.home() / ".cache" / "spermfuse"))
     suffix = "" if scale is None else f"-scale{scale:g}"
-    return cache / f"sperm18-seed42{suffix}"
+    return cache / f"sperm18-v{synthetic.GENERATOR_VERSION}-seed42{suffix}"
 
 
 def ensure_default_data(scale: float | None, context: distributed.DistributedContext) -> Path:

@@ -6,9 +6,9 @@
 | resnet50v2         | BiT ResNetV2-50x1, own implementation (method A)  | 0.5             |
 | efficientnet_b4    | torchvision EfficientNet-B4 (method B)            | 0.4             |
 | resnet26v2         | BiT ResNetV2-26x1 (blocks 2,2,2,2)                | 0.5             |
-| resnetv2_tiny      | ResNetV2 blocks 1,1,1,1 at width x0.25 (tests, CPU demo) | 0.5      |
+| resnetv2_tiny      | ResNetV2 blocks 1,1,1,1 at width x0.25, 0.51 M (tests, CPU demo) | 0.5 |
 | efficientnet_b0    | torchvision EfficientNet-B0                       | 0.2             |
-| efficientnet_tiny  | four-stage narrow EfficientNetV2-style net (tests, CPU demo) | 0.2  |
+| efficientnet_tiny  | narrow four-stage EfficientNetV2-style net, 0.43 M (tests, CPU demo) | 0.2 |
 """
 from __future__ import annotations
 
