@@ -14,7 +14,6 @@ CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -191,7 +190,7 @@ def timm_suite(args, device) -> dict:
     import timm
 
     results, rows = {}, []
-    for rounds in range(3):  # interleave the two implementations
+    for _ in range(3):  # interleave the two implementations
         for name in ("spermfuse", "timm"):
             make = (lambda: create_model("resnet50v2", args.num_classes)) if name == "spermfuse" else (lambda: timm.create_model("resnetv2_50x1_bit", num_classes=args.num_classes))
             train = profiling.training_cost(make(), device, 8, args.img_size, "off", args.train_steps, 3, args.num_classes)

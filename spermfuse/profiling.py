@@ -5,9 +5,7 @@ On CUDA every timed iteration is bracketed by CUDA events and synchronised; on t
 """
 from __future__ import annotations
 
-import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -131,13 +129,16 @@ def training_cost(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     latency = time_call(step, device, warmup, steps)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        import resource
+    return TrainingCost(batch_size * 1000.0 / latency.median_ms, peak_memory_mb(device), latency.median_ms)
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return TrainingCost(batch_size * 1000.0 / latency.median_ms, peak, latency.median_ms)
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or peak resident memory of this process on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def device_description(device: torch.device) -> str:

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import platform
 import random
-import resource
 import subprocess
-import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +33,7 @@ from . import distributed, engine, synthetic
 from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
 from .models import create_model, get_spec
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
+from .profiling import peak_memory_mb
 from .segmentation import HybridOtsu
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
 
@@ -182,13 +180,6 @@ def environment_info(device: torch.device) -> dict:
         "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "git_commit": commit, "device": str(device), "device_name": name,
     }  # fmt: skip
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or peak resident memory of this process on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- outputs

@@ -10,7 +10,6 @@ import torch
 
 from conftest import tiny_config
 from spermfuse import checkpoint, engine, trainer
-from spermfuse.data import DataError
 from spermfuse.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
