@@ -107,7 +107,10 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 @dataclass
 class RandomBrightnessContrast:
-    """With probability p, x -> (x - mean) * contrast + mean + brightness, factors from +-limit."""
+    """With probability p, x -> (x - mean) * contrast + mean + brightness, factors from +-limit.
+
+    Photometric steps work in place on the tensor that ``to_tensor`` made for them.
+    """
 
     p: float = 0.3
     brightness_limit: float = 0.2
@@ -118,8 +121,9 @@ class RandomBrightnessContrast:
             return tensor
         brightness = rng.uniform(-self.brightness_limit, self.brightness_limit)
         contrast = 1.0 + rng.uniform(-self.contrast_limit, self.contrast_limit)
-        mean = tensor.mean()
-        return tensor.sub(mean).mul_(contrast).add_(mean + brightness).clamp_(0.0, 1.0)
+        mean = tensor.mean().item()
+        # (x - m) * c + m + b as one multiply-add: x * c + (m (1 - c) + b).
+        return tensor.mul_(contrast).add_(mean * (1.0 - contrast) + brightness).clamp_(0.0, 1.0)
 
 
 @dataclass
@@ -133,9 +137,8 @@ class RandomGaussianNoise:
         if rng.random() >= self.p:
             return tensor
         sigma = rng.uniform(0.0, self.max_sigma)
-        seed = int(rng.integers(0, 2**63 - 1))
-        noise = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(seed))
-        return tensor.add(noise.mul_(sigma)).clamp_(0.0, 1.0)
+        noise = torch.from_numpy(rng.standard_normal(tuple(tensor.shape), dtype=np.float32))
+        return tensor.add_(noise, alpha=sigma).clamp_(0.0, 1.0)
 
 
 @dataclass
@@ -150,7 +153,7 @@ class Normalize:
         self._std = torch.tensor(self.std).view(3, 1, 1)
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.sub(self._mean).div_(self._std)
+        return tensor.sub_(self._mean).div_(self._std)
 
 
 class Pipeline:

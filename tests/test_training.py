@@ -79,6 +79,14 @@ def test_a_crash_during_a_checkpoint_write_leaves_the_previous_file(tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "report.json"
+    checkpoint.atomic_write_json(path, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_existing_run_needs_resume_or_overwrite(tiny_sperm, tmp_path):
     trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
     with pytest.raises(trainer.ConfigError, match="--resume"):
