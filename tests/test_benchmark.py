@@ -47,8 +47,9 @@ def test_adaptive_average_pool_counts_its_input_and_activations_count_nothing():
 def test_weight_standardisation_counts_four_per_weight_element():
     conv = StdConv2d(3, 4, kernel_size=3, padding=1, bias=False).eval()
     counter = count_flops_by_op(conv, torch.randn(1, 3, 5, 5))
-    assert counter.by_op["weight_standardization"] == 4 * conv.weight.numel()
+    assert counter.by_op["native_batch_norm"] == 4 * conv.weight.numel()
     assert counter.by_op["convolution"] == 4 * 5 * 5 * 3 * 3 * 3
+    assert conv.use_inference_cache  # restored after counting
 
 
 @pytest.mark.parametrize("name, gflops", [("efficientnetv2_s", 3.39), ("resnet50v2", 4.95)])

@@ -169,6 +169,14 @@ def test_bad_flags_get_one_clear_line(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_unwritable_output_gets_one_clear_line(tiny_sperm, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the run folder should go")
+    result = run_script("--data", str(tiny_sperm), "--out", str(blocker), "--arch", "resnetv2_tiny", "--img-size", "32", "--epochs", "1", "--workers", "0")
+    assert result.returncode == 2 and "error:" in result.stderr and "not_a_folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_empty_data_folder_gets_one_clear_line(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_script("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"))

@@ -92,3 +92,23 @@ def test_estimate_pad_colour_is_the_mean_border_colour():
 def test_unknown_preset_is_refused():
     with pytest.raises(ValueError, match="preset"):
         build(train=True, preset="imagenet")
+
+
+@pytest.mark.parametrize("size", [(200, 100), (90, 180), (700, 500)])
+def test_composed_geometry_without_randomness_is_the_letterbox(size):
+    from spermfuse.transforms import Pipeline
+
+    image = gradient_image(*size)
+    still = Pipeline(96, geometric=[RandomFlip(0.0, 0.0), RandomAffine(degrees=0.0)])
+    composed = np.asarray(still._geometry(image, np.random.default_rng(0)), dtype=np.float64)
+    plain = np.asarray(letterbox(image, 96), dtype=np.float64)
+    assert np.abs(composed - plain).mean() < 1.5  # one bilinear resample either way, same placement
+
+
+def test_composed_flip_matches_flipping_the_letterboxed_image():
+    from spermfuse.transforms import Pipeline
+
+    image = gradient_image(120, 80)
+    flipped = Pipeline(96, geometric=[RandomFlip(1.0, 0.0)])._geometry(image, np.random.default_rng(0))
+    expected = np.asarray(letterbox(image, 96))[:, ::-1]
+    assert np.abs(np.asarray(flipped, dtype=np.float64) - expected).mean() < 1.5
