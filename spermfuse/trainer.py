@@ -331,6 +331,14 @@ class FoldTrainer:
         if c.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    def _warn_if_frozen_without_weights(self) -> None:
+        c = self.config
+        if c.freeze_epochs > 0 and not c.pretrained and c.weights is None:
+            log.warning(
+                "the head-only stage assumes pretrained weights (--pretrained or --weights PATH); "
+                "with random weights the frozen backbone and its BatchNorm statistics carry no information"
+            )
+
     def _set_trainable(self, stage: Stage) -> None:
         if stage.trainable == "all":
             for parameter in self.model.parameters():
@@ -429,6 +437,7 @@ class FoldTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run_dir / "config.json", {**asdict(c), "environment": environment_info(self.device), "classes": self.samples.classes})
         stages = stages_of(c)
+        self._warn_if_frozen_without_weights()
         start_stage, start_epoch, global_epoch = 0, 0, 0
         if state is not None:
             self.model.load_state_dict(state["model"])

@@ -31,8 +31,8 @@ def test_unknown_model_lists_the_valid_ones():
         create_model("resnet50", 18)
 
 
-@pytest.mark.parametrize("name", ["resnetv2_tiny", "efficientnet_tiny"])
-def test_small_variants_run_forward_and_backward_in_channels_last(name):
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_forward_and_backward_in_channels_last(name):
     model = create_model(name, 5).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
     out = model(x)
