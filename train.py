@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 
-from spermfuse import trainer
+from spermfuse import distributed, trainer
 from spermfuse.checkpoint import CheckpointError
 from spermfuse.data import DataError
 from spermfuse.engine import TrainingError
@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

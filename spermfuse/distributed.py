@@ -38,8 +38,9 @@ def init_from_environment(device_type: str) -> DistributedContext:
     return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def shutdown(context: DistributedContext) -> None:
-    if context.enabled and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

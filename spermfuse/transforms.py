@@ -23,9 +23,6 @@ PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-Transform = Callable[..., object]
-
-
 def letterbox(image: Image.Image, size: int, fill: Sequence[int] = PAD_COLOR) -> Image.Image:
     """Resize so the longer side is ``size`` keeping aspect ratio, then pad to a centred square."""
     width, height = image.size
