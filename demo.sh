@@ -7,18 +7,22 @@
 #   bash demo.sh --preset tiny     a smoke test in seconds (what the test suite runs)
 #
 # Other flags: --data DIR (your own data instead of the synthetic set), --out DIR (runs/<preset>),
-# --reports DIR (reports). Every step is a plain command you can run yourself.
+# --reports DIR (reports), --weights1 PATH / --weights2 PATH (checkpoints for the first and
+# second backbone, e.g. timm's tf_efficientnetv2_s and BiT-M-R50x1.npz, as the paper fine-tunes
+# pretrained models). Every step is a plain command you can run yourself.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python}"
-preset=demo data=() out="" reports=reports
+preset=demo data=() out="" reports=reports weights=("" "")
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
     --data) data=(--data "$2"); shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --reports) reports="$2"; shift 2 ;;
-    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports)" >&2; exit 2 ;;
+    --weights1) weights[0]="$2"; shift 2 ;;
+    --weights2) weights[1]="$2"; shift 2 ;;
+    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --weights1, --weights2)" >&2; exit 2 ;;
   esac
 done
 out="${out:-runs/$preset}"
@@ -42,8 +46,10 @@ if [ -e "$out" ]; then
   if [ -f "$out/.spermfuse-demo" ]; then rm -rf "$out"; else echo "demo.sh: $out exists and is not a demo output; choose another --out" >&2; exit 2; fi
 fi
 mkdir -p "$out" && touch "$out/.spermfuse-demo"
-for arch in "${archs[@]}"; do
-  "$PYTHON" train.py --fold all --arch "$arch" --out "$out" "${data[@]}" "${train[@]}"
+for i in 0 1; do
+  init=()
+  if [ -n "${weights[$i]}" ]; then init=(--weights "${weights[$i]}"); fi
+  "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${train[@]}" "${init[@]}"
 done
 "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
 "$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset"
