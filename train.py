@@ -114,10 +114,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         folds = parse_folds(args.fold, args.num_folds)
+        samples = None  # discovered (and every image checked) once for all folds
         for fold in folds:
-            config = build_config(args, fold)
-            run_dir = trainer.train_fold(config, progress=ProgressLine())
-            logging.info("done: %s", run_dir)
+            fold_trainer = trainer.FoldTrainer(build_config(args, fold), progress=ProgressLine(), samples=samples)
+            samples = fold_trainer.samples
+            logging.info("done: %s", fold_trainer.run())
     except ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -276,7 +276,9 @@ class FoldTrainer:
         config: TrainConfig,
         progress: engine.Progress | None = None,
         on_epoch_end: Callable[[dict], None] | None = None,
+        samples: data_lib.Samples | None = None,
     ) -> None:
+        """``samples``: an already discovered data set (``--fold all`` checks the images once)."""
         validate_config(config)
         self.config = config
         self.progress = progress
@@ -285,7 +287,7 @@ class FoldTrainer:
         self.device = resolve_device(config.device, self.context)
         self.amp_dtype = engine.amp_dtype_for(self.device, config.amp)
         seed_everything(config.seed)
-        self.samples = load_samples(config, self.context)
+        self.samples = samples if samples is not None else load_samples(config, self.context)
         self.split = make_split(config, self.samples, self.context)
         self.run_dir = config.run_dir()
         self._build_data()
