@@ -153,3 +153,16 @@ def test_unfreeze_last_counts_leaf_modules_from_the_output_end():
 
 def test_registry_lists_every_model():
     assert {"efficientnetv2_s", "resnet50v2", "efficientnet_b4"} <= set(list_models())
+
+
+def test_offline_pretrained_download_says_how_to_pass_a_local_file(monkeypatch):
+    import urllib.error
+
+    from torchvision.models import EfficientNet_B0_Weights
+
+    def no_network(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(type(EfficientNet_B0_Weights.DEFAULT), "get_state_dict", no_network)
+    with pytest.raises(WeightsError, match="could not download .* pass --weights PATH"):
+        create_model("efficientnet_b0", 4, pretrained=True)
