@@ -440,72 +440,77 @@ class FoldTrainer:
             atomic_write_json(self.run_dir / "config.json", {**asdict(c), "environment": environment_info(self.device), "classes": self.samples.classes})
         stages = stages_of(c)
         self._warn_if_frozen_without_weights()
-        start_stage, start_epoch, global_epoch = 0, 0, 0
+        start_stage, global_epoch, finished = 0, 0, False
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.history = list(state["history"])
-            start_stage, start_epoch, global_epoch = state["stage"], state["next_epoch"], state["global_epoch"]
-            log.info("resuming %s at stage %d epoch %d", self.run_dir, start_stage, start_epoch + 1)
-        finished = state is not None and state.get("finished", False)
-        mode = "max" if c.monitor == "val_acc" else "min"
-
-        for stage_index in range(start_stage, len(stages)):
-            if finished:
-                break
-            stage = stages[stage_index]
-            if stage_index > start_stage or (state is None and stage_index > 0):
+            start_stage, global_epoch, finished = state["stage"], state["global_epoch"], state.get("finished", False)
+            log.info("resuming %s at stage %d, epoch %d", self.run_dir, start_stage + 1, state["next_epoch"] + 1)
+        for stage_index in range(start_stage, start_stage if finished else len(stages)):
+            if stage_index > start_stage:
                 self._load_best()  # the next stage starts from the best weights of the previous one
-            self._set_trainable(stage)
-            model = self._wrapped_model()
-            optimizer = engine.build_optimizer(c.optimizer, self.model.parameters(), c.lr, c.weight_decay)
-            scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-            scheduler = (
-                torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience)
-                if c.scheduler == "plateau" else None
-            )  # fmt: skip
-            stopper = engine.EarlyStopping(c.early_stopping, mode)
-            first_epoch = 0
-            if state is not None and stage_index == start_stage:
-                optimizer.load_state_dict(state["optimizer"])
-                scaler.load_state_dict(state["scaler"])
-                if scheduler is not None and state["scheduler"] is not None:
-                    scheduler.load_state_dict(state["scheduler"])
-                stopper.load_state_dict(state["early_stopping"])
-                torch.set_rng_state(state["torch_rng"])
-                if state["cuda_rng"]:
-                    torch.cuda.set_rng_state_all(state["cuda_rng"])
-                first_epoch = start_epoch
-            if stopper.should_stop:
-                continue
-            for epoch in range(first_epoch, stage.epochs):
-                global_epoch += 1
-                row = self._run_epoch(stage, model, optimizer, scaler, global_epoch)
-                metric = row[c.monitor]
-                if not np.isfinite(metric):
-                    raise engine.TrainingError(f"validation {c.monitor} is {metric} at epoch {global_epoch}; the last good state is in {self.run_dir / 'last.pt'}")
-                if scheduler is not None:
-                    scheduler.step(metric)
-                if stopper.step(metric, global_epoch):
-                    self._save_best(global_epoch, metric)
-                self.history.append(row)
-                if self.context.is_main:
-                    write_history(self.run_dir / "history.csv", self.history)
-                self._save_last(stage_index, epoch + 1, global_epoch, optimizer, scaler, scheduler, stopper)
-                log.info(
-                    "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
-                    global_epoch, stage.name, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                    row["lr"], row["images_per_second"], row["seconds"],
-                    " *" if stopper.best_epoch == global_epoch else "",
-                )  # fmt: skip
-                if self.on_epoch_end is not None:
-                    self.on_epoch_end(row)
-                if stopper.should_stop:
-                    log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)", c.monitor, stopper.patience, stopper.best, stopper.best_epoch)
-                    break
-            self._save_last(stage_index, stage.epochs, global_epoch, optimizer, scaler, scheduler, stopper, finished=stage_index == len(stages) - 1)
-            state = None
+            resumed = state if stage_index == start_stage else None
+            global_epoch = self._train_stage(stage_index, stages, resumed, global_epoch)
         self._write_outputs()
         return self.run_dir
+
+    def _stage_tools(self, stage: Stage, resumed: dict | None):
+        """Optimiser, scaler, scheduler and early stopping of a stage, restored when resuming."""
+        c = self.config
+        mode = "max" if c.monitor == "val_acc" else "min"
+        optimizer = engine.build_optimizer(c.optimizer, self.model.parameters(), c.lr, c.weight_decay)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        scheduler = None
+        if c.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience)
+        stopper = engine.EarlyStopping(c.early_stopping, mode)
+        if resumed is not None:
+            optimizer.load_state_dict(resumed["optimizer"])
+            scaler.load_state_dict(resumed["scaler"])
+            if scheduler is not None and resumed["scheduler"] is not None:
+                scheduler.load_state_dict(resumed["scheduler"])
+            stopper.load_state_dict(resumed["early_stopping"])
+            torch.set_rng_state(resumed["torch_rng"])  # dropout draws continue where they stopped
+            if resumed["cuda_rng"]:
+                torch.cuda.set_rng_state_all(resumed["cuda_rng"])
+        return optimizer, scaler, scheduler, stopper
+
+    def _train_stage(self, stage_index: int, stages: list[Stage], resumed: dict | None, global_epoch: int) -> int:
+        """Epochs of one stage until its budget or early stopping; returns the global epoch count."""
+        c, stage = self.config, stages[stage_index]
+        self._set_trainable(stage)
+        model = self._wrapped_model()
+        optimizer, scaler, scheduler, stopper = self._stage_tools(stage, resumed)
+        first_epoch = resumed["next_epoch"] if resumed is not None else 0
+        if stopper.should_stop:
+            return global_epoch
+        for epoch in range(first_epoch, stage.epochs):
+            global_epoch += 1
+            row = self._run_epoch(stage, model, optimizer, scaler, global_epoch)
+            metric = row[c.monitor]
+            if not np.isfinite(metric):
+                raise engine.TrainingError(f"validation {c.monitor} is {metric} at epoch {global_epoch}; the last good state is in {self.run_dir / 'last.pt'}")
+            if scheduler is not None:
+                scheduler.step(metric)
+            if stopper.step(metric, global_epoch):
+                self._save_best(global_epoch, metric)
+            self.history.append(row)
+            if self.context.is_main:
+                write_history(self.run_dir / "history.csv", self.history)
+            self._save_last(stage_index, epoch + 1, global_epoch, optimizer, scaler, scheduler, stopper)
+            log.info(
+                "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
+                global_epoch, stage.name, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                row["lr"], row["images_per_second"], row["seconds"], " *" if stopper.best_epoch == global_epoch else "",
+            )  # fmt: skip
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(row)
+            if stopper.should_stop:
+                log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)", c.monitor, stopper.patience, stopper.best, stopper.best_epoch)
+                break
+        last_stage = stage_index == len(stages) - 1
+        self._save_last(stage_index, stage.epochs, global_epoch, optimizer, scaler, scheduler, stopper, finished=last_stage)
+        return global_epoch
 
     def _write_outputs(self) -> None:
         self._load_best()

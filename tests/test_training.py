@@ -114,6 +114,25 @@ def test_method_b_two_stages_freeze_then_unfreeze(tiny_sperm, tmp_path):
     assert load(run / "test_logits.npz")["logits"].shape[1] == 18
 
 
+def test_method_b_resumed_across_the_stage_boundary_matches(tiny_sperm, tmp_path):
+    def config(out, **extra):
+        return trainer.method_b_config(
+            arch="efficientnet_tiny", data=str(tiny_sperm), out=str(out), img_size=32, workers=0,
+            freeze_epochs=2, finetune_epochs=2, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2, **extra,
+        )  # fmt: skip
+
+    full = trainer.train_fold(config(tmp_path / "full"))
+
+    def die_after_the_frozen_stage(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_fold(config(tmp_path / "cut"), on_epoch_end=die_after_the_frozen_stage)
+    resumed = trainer.train_fold(config(tmp_path / "cut", resume=True))
+    assert np.array_equal(load(full / "test_logits.npz")["logits"], load(resumed / "test_logits.npz")["logits"])
+
+
 class ExplodingLoss(torch.nn.Module):
     def forward(self, logits, labels):
         return logits.sum() * float("nan")
