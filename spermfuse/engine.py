@@ -91,6 +91,7 @@ def train_one_epoch(
         with autocast(device, amp_dtype):
             logits = model(images)
             loss = criterion(logits, labels)
+        # Checked every step (one host sync) so a divergence stops before it reaches the weights.
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.item()}) at batch {step}; lower --lr or set --grad-clip")
         optimizer.zero_grad(set_to_none=True)
