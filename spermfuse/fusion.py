@@ -118,9 +118,6 @@ class GridResult:
     f1_weighted: np.ndarray
     best: tuple[float, ...]
 
-    def mean_f1(self) -> np.ndarray:
-        return self.f1_weighted.mean(axis=1)
-
 
 def score_grid(per_fold: Sequence[Sequence[LogitsSet]], grid: Sequence[tuple[float, ...]]) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and weighted F1 of every weight vector on every fold ([weights, folds])."""

@@ -23,6 +23,11 @@ PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+def as_rgb(image: Image.Image) -> Image.Image:
+    """The image itself when already RGB (``convert`` would copy it on the data-loading hot path)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def letterbox(image: Image.Image, size: int, fill: Sequence[int] = PAD_COLOR) -> Image.Image:
     """Resize so the longer side is ``size`` keeping aspect ratio, then pad to a centred square."""
     width, height = image.size
@@ -119,7 +124,7 @@ class RandomAffine:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB image -> float32 tensor [3, H, W] in [0, 1]."""
-    array = np.array(image.convert("RGB"), dtype=np.uint8)
+    array = np.array(as_rgb(image), dtype=np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -198,10 +203,6 @@ class Pipeline:
         self.photometric = list(photometric)
         self.normalize = normalize or Normalize()
 
-    @property
-    def is_random(self) -> bool:
-        return bool(self.geometric or self.photometric)
-
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         if rng is None:
             rng = np.random.default_rng()
@@ -226,7 +227,7 @@ class Pipeline:
         matrix = letterbox_matrix(image.width, image.height, self.img_size)
         for step in self.geometric:
             matrix = step.matrix(self.img_size, rng) @ matrix
-        return apply_affine(image.convert("RGB"), matrix, (self.img_size, self.img_size), self.pad_color)
+        return apply_affine(as_rgb(image), matrix, (self.img_size, self.img_size), self.pad_color)
 
     def __repr__(self) -> str:
         steps = [*self.preprocess, f"letterbox({self.img_size}, fill={self.pad_color})", *self.geometric, *self.photometric, self.normalize]
