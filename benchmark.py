@@ -2,6 +2,7 @@
 
     python benchmark.py                                  # params, GFLOPs, batch-1 latency, FPS
     python benchmark.py --device cuda --amp on --channels-last
+    python benchmark.py --device cuda --half --channels-last --cuda-graph   # fused pair ~ its slower member
     python benchmark.py --train                          # training images/s and memory, AMP vs fp32
     python benchmark.py --suite transforms               # own augmentation vs torchvision.transforms.v2
     python benchmark.py --suite loader                   # data loader alone vs the full training step
@@ -24,6 +25,7 @@ import torch
 
 from spermfuse import flops, profiling
 from spermfuse.checkpoint import atomic_write_json
+from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model, list_models
 from spermfuse.report import markdown_table
 
@@ -47,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--amp", choices=["on", "off"], default="off", help="autocast (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--half", action="store_true", help="weights and input in fp16 (CUDA): no autocast casts at run time")
+    p.add_argument("--cuda-graph", action="store_true", help="capture each model once as a CUDA graph and time its replays")
     p.add_argument("--compile", action="store_true", help="torch.compile the models first")
     p.add_argument("--throughput", nargs="*", type=int, metavar="BATCH", help="also images/s at these batch sizes")
     p.add_argument("--train", action="store_true", help="training steps (batch 8): fp32 vs AMP")
@@ -61,30 +65,40 @@ def build(name: str, args, device) -> torch.nn.Module:
     return torch.compile(model) if args.compile else model
 
 
+def settings_for(args, batch_size: int) -> profiling.InferenceSettings:
+    return profiling.InferenceSettings(batch_size, args.img_size, args.amp, args.half, args.channels_last, args.cuda_graph)
+
+
 def models_suite(args, device) -> dict:
-    results, rows = {}, []
+    """Each backbone, then the pair as the paper runs it (one member after the other) and
+    with both members at once (two CUDA streams, or two CPU threads)."""
     models = {name: build(name, args, device) for name in args.models}
-    pair = profiling.FusedPair(*models.values()) if len(models) == 2 else None
-    candidates = dict(models, **({"fusion": pair} if pair is not None else {}))
+    candidates = dict(models)
+    if len(models) == 2:
+        candidates["fusion"] = FusedPair(*models.values())
+        candidates["fusion_concurrent"] = FusedPair(*models.values(), concurrent=True)
     example = torch.randn(1, 3, args.img_size, args.img_size)
+    results = {}
+    for name, model in candidates.items():  # counted before --half / --channels-last convert the members
+        results[name] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "gflops": flops.count_flops(model.cpu(), example) / 1e9}
+    rows = []
     for name, model in candidates.items():
         logging.info("timing %s ...", name)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        gflops = flops.count_flops(model.cpu(), example) / 1e9
-        latency = profiling.inference_latency(model, device, args.batch_size, args.img_size, args.amp, args.channels_last, args.warmup, args.iters)
-        entry = {"params_m": params, "gflops": gflops, **vars(latency), "fps": latency.fps * args.batch_size}
+        latency = profiling.inference_latency(model, device, settings_for(args, args.batch_size), args.warmup, args.iters)
+        entry = results[name] | vars(latency) | {"fps": latency.fps * args.batch_size}
         for batch in args.throughput or []:
-            t = profiling.inference_latency(model, device, batch, args.img_size, args.amp, args.channels_last, max(args.warmup // 10, 2), max(args.iters // 10, 5))
+            t = profiling.inference_latency(model, device, settings_for(args, batch), max(args.warmup // 10, 2), max(args.iters // 10, 5))
             entry[f"throughput_b{batch}"] = batch * 1000.0 / t.median_ms
         results[name] = entry
         paper = PAPER.get(name, {})
-        rows.append([name, f"{params:.2f}", f"{gflops:.2f}", f"{latency.median_ms:.2f}", f"{latency.p10_ms:.2f} / {latency.p90_ms:.2f}",
+        rows.append([name, f"{entry['params_m']:.2f}", f"{entry['gflops']:.2f}", f"{latency.median_ms:.2f}", f"{latency.p10_ms:.2f} / {latency.p90_ms:.2f}",
                      f"{entry['fps']:.2f}", paper.get("params_m", "-"), paper.get("gflops", "-"), paper.get("latency_ms", "-"), paper.get("fps", "-")])  # fmt: skip
     header = ["model", "params (M)", "GFLOPs", "median ms", "p10 / p90 ms", "FPS", "paper M", "paper GFLOPs", "paper ms (GPU)", "paper FPS"]
     print(markdown_table(header, rows))
-    if "fusion" in results and len(models) == 2:
+    if len(models) == 2:
         slower = max(results[n]["median_ms"] for n in models)
-        print(f"fusion / slower member latency: {results['fusion']['median_ms'] / slower:.2f}x (paper: {16.96 / 10.82:.2f}x)\n")
+        print(f"fused pair / slower member latency: {results['fusion']['median_ms'] / slower:.2f}x one after the other, "
+              f"{results['fusion_concurrent']['median_ms'] / slower:.2f}x concurrent (paper: {16.96 / 10.82:.2f}x)\n")  # fmt: skip
     if args.train:
         results["training"] = training_suite(args, device)
     return results
@@ -197,7 +211,7 @@ def timm_suite(args, device) -> dict:
         for name in ("spermfuse", "timm"):
             make = (lambda: create_model("resnet50v2", args.num_classes)) if name == "spermfuse" else (lambda: timm.create_model("resnetv2_50x1_bit", num_classes=args.num_classes))
             train = profiling.training_cost(make(), device, 8, args.img_size, "off", args.train_steps, 3, args.num_classes)
-            latency = profiling.inference_latency(make(), device, 1, args.img_size, "off", False, args.warmup, args.iters)
+            latency = profiling.inference_latency(make(), device, profiling.InferenceSettings(img_size=args.img_size), args.warmup, args.iters)
             results.setdefault(name, {"train_ms": [], "latency_ms": []})
             results[name]["train_ms"].append(train.median_step_ms)
             results[name]["latency_ms"].append(latency.median_ms)
@@ -249,9 +263,10 @@ def main(argv=None) -> int:
         for model in args.models:
             if model not in list_models():
                 raise ValueError(f"--models {model}: unknown; choose from {', '.join(list_models())}")
-        dtype = {"on": "fp16" if device.type == "cuda" else "bf16", "off": "fp32"}[args.amp]
+        settings_for(args, args.batch_size).check(device)
+        dtype = "fp16 weights" if args.half else {"on": "fp16 autocast" if device.type == "cuda" else "bf16 autocast", "off": "fp32"}[args.amp]
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
-              f"{' | channels_last' if args.channels_last else ''} | batch {args.batch_size} | {args.img_size} px"
+              f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
         suite = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite}[args.suite]
         results = suite(args, device)

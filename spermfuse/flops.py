@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .fused_pair import FusedPair
 from .models.resnetv2 import StdConv2d
 
 aten = torch.ops.aten
@@ -121,15 +122,18 @@ def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
 def count_flops_by_op(model: nn.Module, example_input: torch.Tensor) -> FlopCounter:
     """Like :func:`count_flops`, keeping the breakdown by op (``counter.by_op``)."""
     counter = FlopCounter()
-    # Weight standardisation must run (not come from the inference cache) to be observed:
-    # it is a training-mode batch norm over the weights, 4 FLOPs per weight element.
-    standardised = [m for m in model.modules() if isinstance(m, StdConv2d)]
-    for module in standardised:
-        module.use_inference_cache = False
+    # The counter sees only ops that run, and only in this thread: weight standardisation
+    # (a training-mode batch norm over the weights, 4 FLOPs per weight element) must not come
+    # from the inference cache, and a concurrent fused pair must run both members here.
+    switched = [(m, "use_inference_cache") for m in model.modules() if isinstance(m, StdConv2d)]
+    switched += [(m, "concurrent") for m in model.modules() if isinstance(m, FusedPair)]
+    saved = [getattr(module, name) for module, name in switched]
+    for module, name in switched:
+        setattr(module, name, False)
     try:
         with torch.no_grad(), counter:
             model(example_input)
     finally:
-        for module in standardised:
-            module.use_inference_cache = True
+        for (module, name), value in zip(switched, saved):
+            setattr(module, name, value)
     return counter

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cuda_graph import CudaGraph
 from .engine import amp_dtype_for, autocast
 
 
@@ -56,40 +57,57 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 100,
     return summarize_times(times)
 
 
-class FusedPair(nn.Module):
-    """Both backbones on the same input and their weighted logit sum, as one module."""
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a model is run when timed: batch, input size, precision, memory layout, launches."""
 
-    def __init__(self, first: nn.Module, second: nn.Module, alpha: float = 0.5) -> None:
-        super().__init__()
-        self.first, self.second, self.alpha = first, second, alpha
+    batch_size: int = 1
+    img_size: int = 240
+    amp: str = "off"  # autocast: fp16 on CUDA, bf16 on the CPU
+    half: bool = False  # weights and input stored in fp16 (CUDA only): no casts at run time
+    channels_last: bool = False
+    cuda_graph: bool = False  # replay one captured CUDA graph per call (CUDA only)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.alpha * self.first(x) + (1.0 - self.alpha) * self.second(x)
+    def check(self, device: torch.device) -> None:
+        """Raise ValueError naming the flag when a setting cannot run on ``device``."""
+        if device.type != "cuda" and (self.half or self.cuda_graph):
+            flag = "--half" if self.half else "--cuda-graph"
+            raise ValueError(f"{flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16")
+
+
+def inference_step(model: nn.Module, device: torch.device, settings: InferenceSettings) -> Callable[[], torch.Tensor]:
+    """One batch of random input and a call that runs ``model`` on it as ``settings`` say."""
+    settings.check(device)
+    model = model.eval().to(device)
+    x = torch.randn(settings.batch_size, 3, settings.img_size, settings.img_size, device=device)
+    if settings.half:
+        model, x = model.half(), x.half()
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = amp_dtype_for(device, settings.amp)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        # Cached casts would be freed after a graph capture, so the cache is off there.
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=not settings.cuda_graph):
+            return model(inputs)
+
+    if settings.cuda_graph:
+        graph = CudaGraph(forward, x)
+        return lambda: graph(x)
+
+    def step() -> torch.Tensor:
+        with torch.inference_mode():
+            return forward(x)
+
+    return step
 
 
 def inference_latency(
-    model: nn.Module,
-    device: torch.device,
-    batch_size: int = 1,
-    img_size: int = 240,
-    amp: str = "off",
-    channels_last: bool = False,
-    warmup: int = 100,
-    iters: int = 200,
+    model: nn.Module, device: torch.device, settings: InferenceSettings = InferenceSettings(), warmup: int = 100, iters: int = 200
 ) -> Latency:
-    """Latency of ``model`` in eval mode under no_grad (optionally autocast, channels_last)."""
-    model = model.eval().to(device)
-    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    dtype = amp_dtype_for(device, amp)
-
-    def step():
-        with torch.inference_mode(), autocast(device, dtype):
-            return model(x)
-
-    return time_call(step, device, warmup, iters)
+    """Latency of ``model`` in eval mode without autograd, run as ``settings`` say."""
+    return time_call(inference_step(model, device, settings), device, warmup, iters)
 
 
 @dataclass

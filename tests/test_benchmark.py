@@ -69,17 +69,10 @@ def test_standardised_kernel_cache_follows_weight_updates():
 
 
 def test_latency_harness_reports_percentiles():
-    latency = profiling.inference_latency(create_model("efficientnet_tiny", 3), torch.device("cpu"), img_size=32, warmup=1, iters=4)
+    settings = profiling.InferenceSettings(img_size=32)
+    latency = profiling.inference_latency(create_model("efficientnet_tiny", 3), torch.device("cpu"), settings, warmup=1, iters=4)
     assert latency.iterations == 4 and latency.p10_ms <= latency.median_ms <= latency.p90_ms
     assert latency.fps == pytest.approx(1000 / latency.median_ms)
-
-
-def test_fused_pair_is_the_weighted_sum_of_both_models():
-    a, b = create_model("efficientnet_tiny", 3).eval(), create_model("resnetv2_tiny", 3).eval()
-    nn.init.normal_(b.fc.weight)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(profiling.FusedPair(a, b, 0.3)(x), 0.3 * a(x) + 0.7 * b(x), atol=1e-6)
 
 
 def test_benchmark_script_prints_the_table(tmp_path):
@@ -87,5 +80,14 @@ def test_benchmark_script_prints_the_table(tmp_path):
                "--iters", "3", "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json")]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "| fusion |" in result.stdout and "machine: CPU" in result.stdout and "measured on the CPU" in result.stdout
+    assert "| fusion |" in result.stdout and "| fusion_concurrent |" in result.stdout and "machine: CPU" in result.stdout and "measured on the CPU" in result.stdout
     assert (tmp_path / "b.json").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--half", "--cuda-graph"])
+def test_gpu_only_flags_on_the_cpu_fail_with_one_line_before_any_output(flag, tmp_path):
+    command = [sys.executable, "benchmark.py", "--device", "cpu", flag, "--json", str(tmp_path / "b.json")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: {flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16"]
+    assert not (tmp_path / "b.json").exists()
