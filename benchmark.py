@@ -81,10 +81,12 @@ def models_suite(args, device) -> dict:
     results = {}
     for name, model in candidates.items():  # counted before --half / --channels-last convert the members
         results[name] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "gflops": flops.count_flops(model.cpu(), example) / 1e9}
+    logging.info("timing %s side by side, %d rounds after %d warm-up calls each ...", ", ".join(candidates), args.iters, args.warmup)
+    steps = {name: profiling.inference_step(model, device, settings_for(args, args.batch_size)) for name, model in candidates.items()}
+    latencies = profiling.time_interleaved(steps, device, args.warmup, args.iters)
     rows = []
     for name, model in candidates.items():
-        logging.info("timing %s ...", name)
-        latency = profiling.inference_latency(model, device, settings_for(args, args.batch_size), args.warmup, args.iters)
+        latency = latencies[name]
         entry = results[name] | vars(latency) | {"fps": latency.fps * args.batch_size}
         for batch in args.throughput or []:
             t = profiling.inference_latency(model, device, settings_for(args, batch), max(args.warmup // 10, 2), max(args.iters // 10, 5))

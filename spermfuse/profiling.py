@@ -37,24 +37,36 @@ def summarize_times(times_ms: Sequence[float]) -> Latency:
 
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 100, iters: int = 200) -> Latency:
     """Run ``fn`` ``warmup`` times untimed, then time ``iters`` runs one by one."""
-    for _ in range(warmup):
-        fn()
-    times = []
+    return time_interleaved({"fn": fn}, device, warmup, iters)["fn"]
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 100, iters: int = 200) -> dict[str, Latency]:
+    """Time several calls side by side: each timed round runs every one of them once, so
+    drifting load on a shared machine affects all alike and their ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1000.0)
-    return summarize_times(times)
+    for _ in range(iters):
+        for name, fn in fns.items():
+            times[name].append(_time_once(fn, device))
+    return {name: summarize_times(values) for name, values in times.items()}
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call: CUDA events around it on a GPU, the wall clock on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start_time = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start_time) * 1000.0
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,13 @@ def test_latency_harness_reports_percentiles():
     assert latency.fps == pytest.approx(1000 / latency.median_ms)
 
 
+def test_side_by_side_timing_alternates_the_calls_after_warming_each():
+    calls = []
+    latencies = profiling.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), warmup=2, iters=3)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert latencies["a"].iterations == latencies["b"].iterations == 3
+
+
 def test_benchmark_script_prints_the_table(tmp_path):
     command = [sys.executable, "benchmark.py", "--models", "resnetv2_tiny", "efficientnet_tiny", "--img-size", "32",
                "--iters", "3", "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json")]  # fmt: skip
