@@ -53,6 +53,16 @@ def random_timm_bit(num_classes=18):
     return reference
 
 
+def test_resnetv2_compiles_to_one_graph_for_inference():
+    model = create_model("resnetv2_tiny", 3).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: a graph break is an error
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)  # fills the eager inference cache, which compiled code must not consult
+        compiled(x)
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
 def test_timm_resnetv2_state_dict_gives_the_same_logits(tmp_path):
     reference = random_timm_bit()
     path = tmp_path / "timm_bit.pth"

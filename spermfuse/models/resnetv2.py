@@ -50,7 +50,10 @@ class StdConv2d(nn.Conv2d):
         return self._cached_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        use_cache = self.use_inference_cache and not self.training and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+        # Under torch.compile the cache's Python-side key would break the graph and force a
+        # recompile per layer; the compiled graph computes the standardisation itself.
+        compiling = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        use_cache = self.use_inference_cache and not self.training and not torch.is_grad_enabled() and not compiling
         weight = self._inference_weight() if use_cache else self.standardized_weight()
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
