@@ -38,8 +38,12 @@ def amp_dtype_for(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+def autocast(device: torch.device, dtype: torch.dtype | None, cache_enabled: bool = True):
+    """autocast to ``dtype`` on ``device``, or nothing when ``dtype`` is None.
+
+    ``cache_enabled=False`` inside a CUDA graph capture: cached weight casts would be freed after it.
+    """
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled) if dtype is not None else nullcontext()
 
 
 @dataclass

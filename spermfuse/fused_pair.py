@@ -12,8 +12,6 @@ concurrent draws would make the result depend on thread timing.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from typing import Callable
 
 import torch
 from torch import nn
@@ -43,10 +41,12 @@ class FusedPair(nn.Module):
         module: a new thread per call would also start a new OpenMP team each time."""
         if self._helper is None:
             self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spermfuse-fused-pair")
-        in_caller_state = _caller_state()
+        # Grad mode, inference mode and autocast are thread-local: the helper re-enters the caller's.
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+        autocast, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 
         def run_second() -> torch.Tensor:
-            with in_caller_state():
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype, enabled=autocast):
                 return self.second(x)
 
         pending = self._helper.submit(run_second)
@@ -80,19 +80,3 @@ def _on_two_streams(first: nn.Module, second: nn.Module, x: torch.Tensor) -> tup
             output.record_stream(main)
     return outputs[0], outputs[1]
 
-
-def _caller_state() -> Callable[[], ExitStack]:
-    """Grad mode, inference mode and CPU autocast are thread-local: re-enter the caller's in the helper."""
-    inference = torch.is_inference_mode_enabled()
-    grad = torch.is_grad_enabled()
-    autocast = torch.is_autocast_enabled("cpu")
-    dtype = torch.get_autocast_dtype("cpu")
-
-    def enter() -> ExitStack:
-        stack = ExitStack()
-        stack.enter_context(torch.inference_mode(inference))
-        stack.enter_context(torch.set_grad_enabled(grad))
-        stack.enter_context(torch.autocast("cpu", dtype=dtype, enabled=autocast))
-        return stack
-
-    return enter

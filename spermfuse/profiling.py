@@ -100,8 +100,7 @@ def inference_step(model: nn.Module, device: torch.device, settings: InferenceSe
     dtype = amp_dtype_for(device, settings.amp)
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
-        # Cached casts would be freed after a graph capture, so the cache is off there.
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=not settings.cuda_graph):
+        with autocast(device, dtype, cache_enabled=not settings.cuda_graph):
             return model(inputs)
 
     if settings.cuda_graph:
