@@ -85,6 +85,9 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen, skipped = 0, 0
+    # The scaler backs off exactly when it skipped a step; one read of the scale per step
+    # (a host sync on CUDA) tells, against the value the previous step left.
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     start = time.perf_counter()
     batches = len(loader)
     for step, (images, labels, _) in enumerate(loader, start=1):
@@ -103,11 +106,11 @@ def train_one_epoch(
         if grad_clip is not None:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scale_before = scaler.get_scale() if scaler.is_enabled() else None
         scaler.step(optimizer)
         scaler.update()
-        if scale_before is not None and scaler.get_scale() < scale_before:
-            skipped += 1  # the scaler backs off exactly when it skipped the step
+        if scale is not None:
+            previous, scale = scale, scaler.get_scale()
+            skipped += int(scale < previous)
         total_loss += loss.detach().double() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)

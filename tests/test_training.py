@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -153,6 +154,19 @@ def test_one_optimizer_step_per_batch():
     batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0, 1]))] * 3
     engine.train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"))
     assert optimizer.state_dict()["state"][0]["step"].item() == 3
+
+
+def test_steps_the_scaler_skips_are_counted():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    optimizer = engine.build_optimizer("adamw", model.parameters(), 1e-3, 0.0)
+    batches = [(8 * torch.randn(2, 3, 2, 2), torch.tensor([0, 1]), torch.tensor([0, 1]))] * 6
+    # A scale near float32's maximum overflows the scaled gradients: those steps are skipped
+    # and each halves the scale (no growth within 1000 steps), until the gradients are finite.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
+    result = engine.train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"))
+    halvings = round(math.log2(2.0**127 / scaler.get_scale()))
+    assert 1 <= result.skipped_steps == halvings < 6
 
 
 def test_bf16_autocast_on_cpu_trains():
