@@ -28,6 +28,7 @@ from spermfuse.checkpoint import atomic_write_json
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model, list_models
 from spermfuse.report import markdown_table
+from spermfuse.trainer import resolve_device
 
 PAPER = {  # RTX 5070 Ti, batch 1, 240 px (Table 8)
     "efficientnetv2_s": {"params_m": 20.20, "gflops": 3.39, "latency_ms": 10.82, "fps": 92.43},
@@ -258,11 +259,8 @@ def fusion_suite(args, device) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     try:
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device here; use --device cpu")
+        device = resolve_device(args.device)
         for model in args.models:
             if model not in list_models():
                 raise ValueError(f"--models {model}: unknown; choose from {', '.join(list_models())}")

@@ -21,6 +21,7 @@ from spermfuse import fusion, report
 from spermfuse.checkpoint import CheckpointError, atomic_savez, atomic_write_json, atomic_write_text
 from spermfuse.data import DataError
 from spermfuse.inference import fused_probabilities, list_images, load_classifier
+from spermfuse.trainer import resolve_device
 
 log = logging.getLogger("fuse")
 
@@ -39,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="--predict: cpu, cuda or auto")
     return p.parse_args(argv)
 
 
@@ -102,6 +103,7 @@ def run_fusion(args) -> int:
 
 
 def run_prediction(args) -> int:
+    device = resolve_device(args.device)
     fusion_json = (args.out or args.runs / "fusion") / "fusion.json"
     if not fusion_json.is_file():
         raise fusion.FusionError(f"{fusion_json}: not found; run python fuse.py --grid first")
@@ -110,11 +112,11 @@ def run_prediction(args) -> int:
     folds = settings["folds"] if args.fold == "all" else [int(args.fold)]
     if any(k not in settings["folds"] for k in folds):
         raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']}")
-    members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", args.device) for n in names] for k in folds]
+    members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", device) for n in names] for k in folds]
     # One weight vector for all folds: the global a* if there is one, else the mean of the per-fold choices.
     weights = settings["weights"] or list(np.mean(weights_per_fold, axis=0))
     images = list_images(args.predict)
-    probabilities = fused_probabilities(images, members, weights, args.device)
+    probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
     lines = ["path,predicted," + ",".join(f"p_{c}" for c in classes)]
     for path, p in zip(images, probabilities):

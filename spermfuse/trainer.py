@@ -132,10 +132,14 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def resolve_device(name: str, context: distributed.DistributedContext) -> torch.device:
+def resolve_device(name: str, context: distributed.DistributedContext = distributed.DistributedContext()) -> torch.device:
+    """``--device auto|cpu|cuda[:k]`` as a device; a missing GPU is a ConfigError naming the flag."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device; use auto, cpu or cuda") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")

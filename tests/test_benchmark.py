@@ -100,3 +100,9 @@ def test_gpu_only_flags_on_the_cpu_fail_with_one_line_before_any_output(flag, tm
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [f"error: {flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16"]
     assert not (tmp_path / "b.json").exists()
+
+
+def test_an_unknown_device_fails_with_one_line():
+    result = subprocess.run([sys.executable, "benchmark.py", "--device", "gpu0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["error: --device gpu0: not a device; use auto, cpu or cuda"]

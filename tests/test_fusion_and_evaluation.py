@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from spermfuse import fusion, metrics
 
@@ -196,3 +197,12 @@ def test_ablation_lays_out_table_2(tmp_path):
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "r" / "evaluation" / "ablation.md").read_text()
     assert table.count("fusion a=0.5") == 2 and "| baseline | modelx |" in table
+
+
+@pytest.mark.parametrize("device, message", [("gpu0", "--device gpu0: not a device"), ("cuda", "--device cuda: no CUDA device")])
+def test_prediction_on_a_missing_device_gets_one_clear_line(tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = run("fuse.py", "--predict", str(tmp_path), "--runs", str(tmp_path), "--device", device)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {message}") and len(result.stderr.strip().splitlines()) == 1

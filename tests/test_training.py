@@ -194,6 +194,7 @@ def run_script(*args, cwd=ROOT, env=None):
         (["--arch", "vgg16"], "resnet50v2"),
         (["--fold", "7"], "--fold 7: out of range"),
         (["--data", "/nonexistent/folder"], "--data /nonexistent/folder: not found"),
+        (["--device", "gpu0"], "--device gpu0: not a device; use auto, cpu or cuda"),
     ],
 )
 def test_bad_flags_get_one_clear_line(tmp_path, args, message):
