@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from spermfuse import fusion, report
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
@@ -83,8 +82,7 @@ def main(argv=None) -> int:
         atomic_write_text(out / "report.md", report.report_markdown(result, main_name, grid_md, notes))
         if not args.no_figures:
             for name, sets in models.items():
-                labels = np.concatenate([s.labels for s in sets])
-                logits = np.concatenate([s.logits for s in sets])
+                labels, logits = report.pooled(sets)
                 report.plot_confusion(result["models"][name]["aggregate"]["confusion"], result["classes"], out / f"confusion_{name}.png", name)
                 report.plot_roc(sets, out / f"roc_{name}.png", name)
                 report.plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)

@@ -7,9 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from . import metrics
+from . import fusion, metrics
 from .checkpoint import atomic_write_bytes
-from .fusion import LogitsSet
+from .fusion import FusionError, LogitsSet, align
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -25,10 +25,14 @@ def csv_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 # --------------------------------------------------------------------------- the evaluation
 
 
+def pooled(folds: Sequence[LogitsSet]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and logits of all folds together."""
+    return np.concatenate([f.labels for f in folds]), np.concatenate([f.logits for f in folds])
+
+
 def evaluate_model(folds: Sequence[LogitsSet]) -> dict:
     """``aggregate`` (all folds' predictions together), ``folds`` and ``summary`` of one model."""
-    labels = np.concatenate([f.labels for f in folds])
-    logits = np.concatenate([f.logits for f in folds])
+    labels, logits = pooled(folds)
     per_fold = [metrics.fold_metrics(f.labels, f.logits) for f in folds]
     keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_micro", "auprc_micro"]
     return {
@@ -40,8 +44,6 @@ def evaluate_model(folds: Sequence[LogitsSet]) -> dict:
 
 def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, dict]) -> list[dict]:
     """Paired tests for every pair of models tested on the same samples (Table 6, McNemar beyond)."""
-    from .fusion import FusionError, align
-
     names = list(models)
     tests = []
     for i, a in enumerate(names):
@@ -224,12 +226,11 @@ def plot_f1_comparison(report: dict, path: Path) -> None:
 
 def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
     """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
-    from . import fusion
-
     models = {name: path for name, path in fusion.discover_models(runs).items() if name != "fusion"}
     rows = []
     for name, path in models.items():
-        agg = evaluate_model(fusion.load_fold_sets(path))["aggregate"]
+        sets = fusion.load_fold_sets(path)
+        agg = metrics.summarize(*pooled(sets), sets[0].classes)
         rows.append([name, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
     if len(models) >= 2:
         names = list(models)[:2]

@@ -167,8 +167,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], head: str, sour
             del state[key]
             report.unexpected.append(key)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    report.missing = [k for k in missing]
-    report.unexpected += [k for k in unexpected]
+    report.missing = list(missing)
+    report.unexpected += unexpected
     wrong = [k for k in report.missing + report.unexpected if not k.startswith(head + ".")]
     if wrong:
         shown = ", ".join(wrong[:4]) + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
