@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from spermfuse import fusion, report
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 
