@@ -76,10 +76,15 @@ def fused_probabilities(
     total = np.zeros((len(images), len(classes)), dtype=np.float64)
     for start in range(0, len(images), batch_size):
         batch = [load_rgb(p) for p in images[start : start + batch_size]]
+        # The eval pipelines are deterministic and the folds of one model share theirs:
+        # preprocess each image once per distinct pipeline, not once per fold.
+        prepared: dict[str, torch.Tensor] = {}
         for fold in members:
             fused = 0.0
             for classifier, weight in zip(fold, weights):
-                tensor = torch.stack([classifier.pipeline(image) for image in batch]).to(device)
-                fused = fused + weight * classifier.model(tensor).float().cpu().numpy()
+                key = repr(classifier.pipeline)
+                if key not in prepared:
+                    prepared[key] = torch.stack([classifier.pipeline(image) for image in batch]).to(device)
+                fused = fused + weight * classifier.model(prepared[key]).float().cpu().numpy()
             total[start : start + len(batch)] += fused
     return softmax(total / len(members))
