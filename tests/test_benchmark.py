@@ -14,6 +14,10 @@ from spermfuse.models.resnetv2 import StdConv2d
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "benchmark.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_convolution_counts_one_flop_per_multiply_add():
     conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
     assert count_flops(conv, torch.randn(1, 3, 10, 10)) == 8 * 10 * 10 * 3 * 3 * 3
@@ -83,9 +87,8 @@ def test_side_by_side_timing_alternates_the_calls_after_warming_each():
 
 
 def test_benchmark_script_prints_the_table(tmp_path):
-    command = [sys.executable, "benchmark.py", "--models", "resnetv2_tiny", "efficientnet_tiny", "--img-size", "32",
-               "--iters", "3", "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json")]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_benchmark("--models", "resnetv2_tiny", "efficientnet_tiny", "--img-size", "32", "--iters", "3", "--warmup", "1",
+                           "--device", "cpu", "--json", str(tmp_path / "b.json"))  # fmt: skip
     assert result.returncode == 0, result.stderr
     fusion_row = next(line for line in result.stdout.splitlines() if line.startswith("| fusion |"))
     assert fusion_row.endswith("| - | - | - | - |")  # the paper's figures belong to the paper's pair only
@@ -95,14 +98,13 @@ def test_benchmark_script_prints_the_table(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--half", "--cuda-graph"])
 def test_gpu_only_flags_on_the_cpu_fail_with_one_line_before_any_output(flag, tmp_path):
-    command = [sys.executable, "benchmark.py", "--device", "cpu", flag, "--json", str(tmp_path / "b.json")]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_benchmark("--device", "cpu", flag, "--json", str(tmp_path / "b.json"))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [f"error: {flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16"]
     assert not (tmp_path / "b.json").exists()
 
 
 def test_an_unknown_device_fails_with_one_line():
-    result = subprocess.run([sys.executable, "benchmark.py", "--device", "gpu0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_benchmark("--device", "gpu0")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["error: --device gpu0: not a device; use auto, cpu or cuda"]
