@@ -72,6 +72,17 @@ def test_standardised_kernel_cache_follows_weight_updates():
     assert torch.allclose(first, -second, atol=1e-5)
 
 
+def test_standardised_kernel_cache_keeps_the_channels_last_layout():
+    conv = StdConv2d(4, 8, kernel_size=3, padding=1, bias=False).eval()
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        expected = conv(x)
+        conv.to(memory_format=torch.channels_last)
+        actual = conv(x.contiguous(memory_format=torch.channels_last))
+    assert conv._cached_weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(actual, expected, atol=1e-5)
+
+
 def test_latency_harness_reports_percentiles():
     settings = profiling.InferenceSettings(img_size=32)
     latency = profiling.inference_latency(create_model("efficientnet_tiny", 3), torch.device("cpu"), settings, warmup=1, iters=4)

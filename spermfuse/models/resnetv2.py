@@ -45,7 +45,9 @@ class StdConv2d(nn.Conv2d):
     def _inference_weight(self) -> torch.Tensor:
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device, self.weight.dtype)
         if key != self._cached_key:
-            self._cached_weight = self.standardized_weight().detach()
+            # Keep the weight's own layout (channels_last after model.to(memory_format=...)):
+            # a kernel in the other layout would be converted again by every convolution.
+            self._cached_weight = torch.empty_like(self.weight).copy_(self.standardized_weight().detach())
             self._cached_key = key
         return self._cached_weight
 
