@@ -25,12 +25,13 @@ class FusedPair(nn.Module):
         self.first, self.second = first, second
         self.alpha, self.concurrent = alpha, concurrent
         self._helper: ThreadPoolExecutor | None = None
+        self._streams: tuple[torch.cuda.Stream, torch.cuda.Stream] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.concurrent or self.first.training or self.second.training:
             first, second = self.first(x), self.second(x)
         elif x.is_cuda:
-            first, second = _on_two_streams(self.first, self.second, x)
+            first, second = self._on_two_streams(x)
         else:
             first, second = self._on_two_threads(x)
         return self.alpha * first + (1.0 - self.alpha) * second
@@ -56,27 +57,30 @@ class FusedPair(nn.Module):
             output_second = pending.result()  # waits, and re-raises the helper's error here
         return output_first, output_second
 
+    def _on_two_streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queue each member on its own side stream, forked from and joined back to the current one."""
+        # The same two streams on every call: a graph capture then runs on the streams its
+        # warm-up used (cuBLAS keeps a workspace per stream) and creates none while capturing.
+        if self._streams is None or self._streams[0].device != x.device:
+            self._streams = (torch.cuda.Stream(x.device), torch.cuda.Stream(x.device))
+        main = torch.cuda.current_stream(x.device)
+        outputs = []
+        for member, stream in zip((self.first, self.second), self._streams):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                outputs.append(member(x))
+        for stream in self._streams:
+            main.wait_stream(stream)
+        if not torch.cuda.is_current_stream_capturing():
+            # Tell the caching allocator who else uses these tensors, so their memory is not
+            # handed out again while another stream may still read it. (In a graph capture the
+            # input is static and the graph owns its memory pool.)
+            for stream, output in zip(self._streams, outputs):
+                x.record_stream(stream)
+                output.record_stream(main)
+        return outputs[0], outputs[1]
+
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "_helper": None}  # a thread can be neither copied nor pickled
-
-
-def _on_two_streams(first: nn.Module, second: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Queue each member on its own side stream, forked from and joined back to the current one."""
-    main = torch.cuda.current_stream(x.device)
-    streams = (torch.cuda.Stream(x.device), torch.cuda.Stream(x.device))  # taken from torch's pool
-    outputs = []
-    for member, stream in zip((first, second), streams):
-        stream.wait_stream(main)
-        with torch.cuda.stream(stream):
-            outputs.append(member(x))
-    for stream in streams:
-        main.wait_stream(stream)
-    if not torch.cuda.is_current_stream_capturing():
-        # Tell the caching allocator who else uses these tensors, so their memory is not
-        # handed out again while another stream may still read it. (In a graph capture the
-        # input is static and the graph owns its memory pool.)
-        for stream, output in zip(streams, outputs):
-            x.record_stream(stream)
-            output.record_stream(main)
-    return outputs[0], outputs[1]
+        # Neither a thread nor a CUDA stream can be copied or pickled; a copy makes its own.
+        return {**super().__getstate__(), "_helper": None, "_streams": None}
 
