@@ -78,14 +78,14 @@ class RandomFlip:
     p_horizontal: float = 0.5
     p_vertical: float = 0.3
 
-    def matrix(self, size: int, rng: np.random.Generator) -> np.ndarray:
-        """The flip as a map of a ``size`` x ``size`` image onto itself."""
+    def matrix(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+        """The flip as a map of a ``width`` x ``height`` image onto itself."""
         sx = -1.0 if rng.random() < self.p_horizontal else 1.0
         sy = -1.0 if rng.random() < self.p_vertical else 1.0
-        return np.array([[sx, 0, size if sx < 0 else 0], [0, sy, size if sy < 0 else 0], [0, 0, 1]], dtype=np.float64)
+        return np.array([[sx, 0, width if sx < 0 else 0], [0, sy, height if sy < 0 else 0], [0, 0, 1]], dtype=np.float64)
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        matrix = self.matrix(image.width, rng)
+        matrix = self.matrix(image.width, image.height, rng)
         if matrix[0, 0] < 0:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         if matrix[1, 1] < 0:
@@ -102,21 +102,21 @@ class RandomAffine:
     zoom: float = 0.0
     fill: tuple[int, int, int] = PAD_COLOR
 
-    def matrix(self, size: int, rng: np.random.Generator) -> np.ndarray:
-        """Rotation and zoom about the centre, then the shift, as a map of the image onto itself."""
+    def matrix(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+        """Rotation and zoom about the centre, then the shift, as a map of a ``width`` x ``height`` image onto itself."""
         angle = math.radians(rng.uniform(-self.degrees, self.degrees)) if self.degrees else 0.0
-        shift_x = rng.uniform(-self.translate, self.translate) * size if self.translate else 0.0
-        shift_y = rng.uniform(-self.translate, self.translate) * size if self.translate else 0.0
+        shift_x = rng.uniform(-self.translate, self.translate) * width if self.translate else 0.0
+        shift_y = rng.uniform(-self.translate, self.translate) * height if self.translate else 0.0
         scale = rng.uniform(1 - self.zoom, 1 + self.zoom) if self.zoom else 1.0
         cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
-        centre = size / 2
+        cx, cy = width / 2, height / 2
         return np.array(
-            [[cos, -sin, centre - cos * centre + sin * centre + shift_x], [sin, cos, centre - sin * centre - cos * centre + shift_y], [0, 0, 1]],
+            [[cos, -sin, cx - cos * cx + sin * cy + shift_x], [sin, cos, cy - sin * cx - cos * cy + shift_y], [0, 0, 1]],
             dtype=np.float64,
         )
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        matrix = self.matrix(image.width, rng)
+        matrix = self.matrix(image.width, image.height, rng)
         if np.allclose(matrix, np.eye(3)):
             return image
         return apply_affine(image, matrix, image.size, self.fill)
@@ -183,7 +183,7 @@ class Pipeline:
     """PIL image -> normalised tensor: preprocess, letterbox, geometric and photometric steps.
 
     ``preprocess`` steps take and return a PIL image (e.g. the hybrid Otsu of method B);
-    ``geometric`` steps give a 3x3 map (``step.matrix(size, rng)``), all composed with the
+    ``geometric`` steps give a 3x3 map (``step.matrix(width, height, rng)``), all composed with the
     letterbox into one resample; ``photometric`` steps take (tensor, rng).
     """
 
@@ -226,7 +226,7 @@ class Pipeline:
             image = letterbox(image, self.img_size, self.pad_color)
         matrix = letterbox_matrix(image.width, image.height, self.img_size)
         for step in self.geometric:
-            matrix = step.matrix(self.img_size, rng) @ matrix
+            matrix = step.matrix(self.img_size, self.img_size, rng) @ matrix
         return apply_affine(as_rgb(image), matrix, (self.img_size, self.img_size), self.pad_color)
 
     def __repr__(self) -> str:

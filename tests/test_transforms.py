@@ -54,6 +54,16 @@ def test_rotation_fills_corners_with_pad_colour():
     assert tuple(out[50, 50]) == (0, 0, 0)
 
 
+def test_rotation_of_a_non_square_image_turns_about_its_centre():
+    pixels = np.zeros((30, 60, 3), dtype=np.uint8)
+    pixels[13:17, 28:32] = 255  # a bright square at the centre of a 60 x 30 image
+    out = np.asarray(RandomAffine(degrees=15.0, fill=(0, 0, 0))(Image.fromarray(pixels), np.random.default_rng(0)))
+    weights = out[..., 0].astype(np.float64)
+    rows, cols = np.indices(weights.shape)
+    centroid = ((rows * weights).sum() / weights.sum(), (cols * weights).sum() / weights.sum())
+    assert centroid == pytest.approx((14.5, 29.5), abs=0.5)
+
+
 def test_zero_affine_is_identity():
     image = gradient_image(40, 30)
     assert RandomAffine(degrees=0.0)(image, np.random.default_rng(0)) is image
