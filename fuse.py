@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from spermfuse import fusion, report
-from spermfuse.checkpoint import CheckpointError, atomic_savez, atomic_write_json, atomic_write_text
+from spermfuse.checkpoint import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
 from spermfuse.data import DataError
 from spermfuse.inference import fused_probabilities, list_images, load_classifier
 from spermfuse.trainer import resolve_device
@@ -56,7 +56,7 @@ def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, .
     result = fusion.grid_search(per_fold, alphas)
     header, rows = fusion.grid_table(result, names)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "grid.csv", report.csv_table(header, rows))
+    atomic_write_csv(args.out / "grid.csv", header, rows)
     atomic_write_text(args.out / "grid.md", report.markdown_table(header, rows))
     summary = {"rule": "max mean weighted F1 over the test folds (the paper's; optimistic)", "weights": list(result.best)}
     honest = {"test (paper, optimistic)": [result.best] * len(per_fold), "nested": fusion.nested_selection(result) if len(per_fold) > 1 else None}
@@ -118,10 +118,9 @@ def run_prediction(args) -> int:
     images = list_images(args.predict)
     probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
-    lines = ["path,predicted," + ",".join(f"p_{c}" for c in classes)]
-    for path, p in zip(images, probabilities):
-        lines.append(f"{path.relative_to(args.predict).as_posix()},{classes[int(p.argmax())]}," + ",".join(f"{v:.6f}" for v in p))
-    atomic_write_text(args.output, "\n".join(lines) + "\n")
+    header = ["path", "predicted"] + [f"p_{c}" for c in classes]
+    rows = ([path.relative_to(args.predict).as_posix(), classes[int(p.argmax())]] + [f"{v:.6f}" for v in p] for path, p in zip(images, probabilities))
+    atomic_write_csv(args.output, header, rows)
     log.info("wrote %s: %d images, models %s, weights %s, folds %s", args.output, len(images), names, [round(w, 3) for w in weights], folds)
     return 0
 

@@ -1,12 +1,13 @@
 """Atomic writes and safe loading: nothing half-written, nothing unpickled from strangers."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +46,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """CSV through the csv module, so a comma or quote inside a value (a file name) stays one field."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    atomic_write_text(path, csv_text(header, rows))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_csv
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,7 @@ def make_folds(labels: np.ndarray, classes: Sequence[str], k: int = 5, seed: int
 
 def write_folds(path: Path, samples: Samples, folds: np.ndarray) -> None:
     """Write ``path,label,fold`` atomically."""
-    lines = ["path,label,fold"] + [f"{p},{samples.classes[y]},{f}" for p, y, f in zip(samples.paths, samples.labels, folds)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_csv(path, ["path", "label", "fold"], ([p, samples.classes[y], int(f)] for p, y, f in zip(samples.paths, samples.labels, folds)))
 
 
 def read_folds(path: Path, samples: Samples) -> np.ndarray:

@@ -18,10 +18,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines) + "\n"
 
 
-def csv_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    return "\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n"
-
-
 # --------------------------------------------------------------------------- the evaluation
 
 

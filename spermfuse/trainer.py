@@ -13,8 +13,6 @@ Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split):
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import platform
@@ -30,7 +28,7 @@ from torch import nn
 
 from . import data as data_lib
 from . import distributed, engine, synthetic
-from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
 from .models import create_model, get_spec
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .profiling import peak_memory_mb
@@ -196,11 +194,7 @@ HISTORY_COLUMNS = [
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history))
 
 
 def write_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, samples, arch: str, fold: int) -> None:

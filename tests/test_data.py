@@ -1,3 +1,4 @@
+import csv
 import shutil
 
 import numpy as np
@@ -116,6 +117,19 @@ def test_folds_csv_is_written_once_and_reused(image_folder, tmp_path):
     written = folds_csv.read_text()
     second = data.load_or_create_folds(samples, folds_csv, k=5, seed=7)  # seed ignored: file wins
     assert np.array_equal(first, second) and folds_csv.read_text() == written
+
+
+def test_folds_csv_keeps_commas_and_quotes_in_file_names(image_folder, tmp_path):
+    (image_folder / "Big" / "big_0.png").rename(image_folder / "Big" / "a,1.png")
+    (image_folder / "Small" / "small_0.png").rename(image_folder / "Small" / 'say "hi".png')
+    samples = discover(image_folder)
+    folds_csv = tmp_path / "folds.csv"
+    first = data.load_or_create_folds(samples, folds_csv, k=3)
+    again = data.load_or_create_folds(samples, folds_csv, k=3)  # read back: the same samples, no error
+    assert np.array_equal(first, again)
+    with open(folds_csv, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert all(len(row) == 3 for row in rows) and ["Big/a,1.png", "Big"] in [row[:2] for row in rows]
 
 
 def test_validation_subset_comes_from_training_part_only(image_folder):

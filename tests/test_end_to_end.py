@@ -31,15 +31,15 @@ def test_demo_pipeline_end_to_end(tiny_sperm, tmp_path):
 
     new_images = tmp_path / "new"
     new_images.mkdir()
-    for name in ("Normal/Normal_00000.png", "PinHead/PinHead_00001.png"):
-        shutil.copy(tiny_sperm / name, new_images / name.replace("/", "_"))
+    for name, new_name in (("Normal/Normal_00000.png", "normal, 1.png"), ("PinHead/PinHead_00001.png", 'pin "head".png')):
+        shutil.copy(tiny_sperm / name, new_images / new_name)
     predict = [sys.executable, "fuse.py", "--predict", str(new_images), "--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny",
                "--output", str(tmp_path / "predictions.csv")]  # fmt: skip
     result = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    with open(tmp_path / "predictions.csv") as handle:
+    with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["path"] for r in rows] == ["Normal_Normal_00000.png", "PinHead_PinHead_00001.png"]
+    assert [r["path"] for r in rows] == ["normal, 1.png", 'pin "head".png']  # quoted, one field each
     probabilities = np.array([[float(r[f"p_{c}"]) for c in report["classes"]] for r in rows])
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert all(r["predicted"] == report["classes"][int(p.argmax())] for r, p in zip(rows, probabilities))
