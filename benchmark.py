@@ -25,6 +25,7 @@ import torch
 
 from spermfuse import flops, profiling
 from spermfuse.checkpoint import atomic_write_json
+from spermfuse.errors import ConfigError, SpermfuseError, user_message
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model, list_models
 from spermfuse.report import markdown_table
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         for model in args.models:
             if model not in list_models():
-                raise ValueError(f"--models {model}: unknown; choose from {', '.join(list_models())}")
+                raise ConfigError(f"--models {model}: unknown; choose from {', '.join(list_models())}")
         settings_for(args, args.batch_size).check(device)
         dtype = "fp16 weights" if args.half else {"on": "fp16 autocast" if device.type == "cuda" else "bf16 autocast", "off": "fp32"}[args.amp]
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
@@ -271,8 +272,10 @@ def main(argv=None) -> int:
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
         suite = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite}[args.suite]
         results = suite(args, device)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (SpermfuseError, OSError) as error:
+        if user_message(error) is None:
+            raise  # a bug, not bad input: keep the traceback
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
     if args.json:
         atomic_write_json(args.json, {"device": profiling.device_description(device), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}, "results": results})

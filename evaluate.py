@@ -17,6 +17,7 @@ from pathlib import Path
 
 from spermfuse import fusion, report
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
+from spermfuse.errors import SpermfuseError, user_message
 
 log = logging.getLogger("evaluate")
 
@@ -86,8 +87,10 @@ def main(argv=None) -> int:
                 report.plot_roc(sets, out / f"roc_{name}.png", name)
                 report.plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)
             report.plot_f1_comparison(result, out / "f1_comparison.png")
-    except (fusion.FusionError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (SpermfuseError, OSError) as error:
+        if user_message(error) is None:
+            raise  # a bug, not bad input: keep the traceback
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
     for note in notes:
         log.warning("note: %s", note)

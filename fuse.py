@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from spermfuse import fusion, report
-from spermfuse.checkpoint import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
-from spermfuse.data import DataError
+from spermfuse.checkpoint import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
+from spermfuse.errors import SpermfuseError, user_message
 from spermfuse.inference import fused_probabilities, list_images, load_classifier
 from spermfuse.trainer import resolve_device
 
@@ -130,8 +130,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run_prediction(args) if args.predict else run_fusion(args)
-    except (fusion.FusionError, DataError, CheckpointError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (SpermfuseError, OSError) as error:
+        if user_message(error) is None:
+            raise  # a bug, not bad input: keep the traceback
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
 
 

@@ -16,12 +16,8 @@ import sys
 import time
 
 from spermfuse import distributed, trainer
-from spermfuse.checkpoint import CheckpointError
-from spermfuse.data import DataError
-from spermfuse.engine import TrainingError
-from spermfuse.models import WeightsError, list_models
-
-ERRORS = (trainer.ConfigError, DataError, WeightsError, TrainingError, CheckpointError, ValueError, OSError)
+from spermfuse.errors import ConfigError, SpermfuseError, user_message
+from spermfuse.models import list_models
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,9 +80,9 @@ def parse_folds(text: str, num_folds: int) -> list[int]:
     try:
         fold = int(text)
     except ValueError:
-        raise trainer.ConfigError(f"--fold {text}: give a number 1..{num_folds} or 'all'") from None
+        raise ConfigError(f"--fold {text}: give a number 1..{num_folds} or 'all'") from None
     if not 1 <= fold <= num_folds:
-        raise trainer.ConfigError(f"--fold {fold}: out of range; choose 1..{num_folds} or 'all'")
+        raise ConfigError(f"--fold {fold}: out of range; choose 1..{num_folds} or 'all'")
     return [fold]
 
 
@@ -119,8 +115,10 @@ def main(argv=None) -> int:
             fold_trainer = trainer.FoldTrainer(build_config(args, fold), progress=ProgressLine(), samples=samples)
             samples = fold_trainer.samples
             logging.info("done: %s", fold_trainer.run())
-    except ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (SpermfuseError, OSError) as error:
+        if user_message(error) is None:
+            raise  # a bug, not bad input: keep the traceback
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)

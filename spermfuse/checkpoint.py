@@ -12,8 +12,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from .errors import SpermfuseError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(SpermfuseError):
     """A checkpoint or output file that cannot be used; the message names the file."""
 
 

@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from .errors import ConfigError
+
 
 class CudaGraph:
     """Replays ``fn(static_input)`` for inputs of one fixed shape and dtype (CUDA only).
@@ -24,7 +26,7 @@ class CudaGraph:
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3) -> None:
         if example.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, got {example.device} (use --device cuda, or leave out --cuda-graph)")
+            raise ConfigError(f"CUDA graphs need a CUDA device, got {example.device} (use --device cuda, or leave out --cuda-graph)")
         self.static_input = example.detach().clone()
         side = torch.cuda.Stream(example.device)
         side.wait_stream(torch.cuda.current_stream(example.device))

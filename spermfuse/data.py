@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checkpoint import atomic_write_csv
+from .errors import SpermfuseError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
 
 
-class DataError(ValueError):
+class DataError(SpermfuseError):
     """Bad input data; the message is one line naming the file and the fix."""
 
 

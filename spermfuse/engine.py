@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import SpermfuseError
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, float], None]  # (batch, batches, images per second)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SpermfuseError):
     """Training cannot go on (e.g. a non-finite loss); the message says what to change."""
 
 

@@ -17,12 +17,13 @@ from typing import Sequence
 import numpy as np
 
 from .checkpoint import CheckpointError, safe_np_load
+from .errors import SpermfuseError
 from .metrics import fold_metrics
 
 LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
 
 
-class FusionError(ValueError):
+class FusionError(SpermfuseError):
     """Logits files that cannot be fused or evaluated together; the message names them."""
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .cuda_graph import CudaGraph
+from .errors import ConfigError
 from .engine import amp_dtype_for, autocast
 
 
@@ -84,7 +85,7 @@ class InferenceSettings:
         """Raise ValueError naming the flag when a setting cannot run on ``device``."""
         if device.type != "cuda" and (self.half or self.cuda_graph):
             flag = "--half" if self.half else "--cuda-graph"
-            raise ValueError(f"{flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16")
+            raise ConfigError(f"{flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16")
 
 
 def inference_step(model: nn.Module, device: torch.device, settings: InferenceSettings) -> Callable[[], torch.Tensor]:

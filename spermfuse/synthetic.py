@@ -31,6 +31,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SPERM18_CLASSES = [
@@ -404,10 +406,10 @@ def generate(
     interrupted run never leaves a half-written data set behind.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir}: folder exists and is not empty; choose another --out or delete it")
+        raise ConfigError(f"{out_dir}: folder exists and is not empty; choose another --out or delete it")
     tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
     if tmp_dir.exists():
         import shutil
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             out = generate(args.out, args.kind, args.seed, args.per_class, args.scale, progress=_log_progress)
-        except FileExistsError as error:
+        except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         n = sum(class_counts(args.kind, args.per_class, args.scale).values())

@@ -29,6 +29,7 @@ from torch import nn
 from . import data as data_lib
 from . import distributed, engine, synthetic
 from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
+from .errors import ConfigError
 from .models import create_model, get_spec
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .profiling import peak_memory_mb
@@ -36,10 +37,6 @@ from .segmentation import HybridOtsu
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A setting or input that cannot work; the message names the flag or file and the fix."""
 
 
 @dataclass

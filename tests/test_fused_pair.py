@@ -7,6 +7,7 @@ from torch import nn
 
 from spermfuse import profiling
 from spermfuse.cuda_graph import CudaGraph
+from spermfuse.errors import ConfigError
 from spermfuse.flops import count_flops
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model
@@ -81,7 +82,7 @@ def test_an_error_in_the_helper_thread_reaches_the_caller():
 
 
 def test_cuda_graph_refuses_a_cpu_tensor_with_the_fix():
-    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device.*--device cuda"):
+    with pytest.raises(ConfigError, match="CUDA graphs need a CUDA device.*--device cuda"):
         CudaGraph(nn.Identity(), torch.randn(1, 3, 8, 8))
 
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from spermfuse.errors import ConfigError
 from spermfuse.models import create_model, get_spec, list_models
 from spermfuse.models.freezing import freeze_backbone, layers, set_frozen_norms_to_eval, unfreeze_last
 from spermfuse.models.weights import WeightsError
@@ -27,7 +28,7 @@ def test_default_dropouts_are_the_papers(name, dropout):
 
 
 def test_unknown_model_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="resnet50v2"):
+    with pytest.raises(ConfigError, match="resnet50v2"):
         create_model("resnet50", 18)
 
 

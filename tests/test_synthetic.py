@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from spermfuse import synthetic
+from spermfuse.errors import ConfigError
 from spermfuse.data import discover
 
 
@@ -67,7 +68,7 @@ def test_default_counts_mirror_the_papers_imbalance():
 def test_existing_non_empty_folder_is_refused(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(ConfigError, match="not empty"):
         synthetic.generate(tmp_path / "s", per_class=1)
 
 

@@ -230,3 +230,16 @@ def test_torchrun_two_processes_on_cpu_match_the_sample_set(tiny_sperm, tmp_path
     folds = [line.split(",") for line in (tmp_path / "folds.csv").read_text().splitlines()[1:]]
     expected = sorted(p for p, _, f in folds if f == "1")
     assert sorted(logits["paths"]) == expected  # each test sample exactly once, padding dropped
+
+
+def test_a_bug_keeps_its_traceback_while_bad_input_is_one_line(monkeypatch, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug, not bad input")
+
+    monkeypatch.setattr(trainer, "FoldTrainer", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        train.main(["--out", str(tmp_path), "--data", str(tmp_path)])
+    assert train.main(["--out", str(tmp_path), "--fold", "x"]) == 2  # a user's mistake: a line, exit 2

@@ -18,6 +18,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..errors import ConfigError
 from . import efficientnet
 from .resnetv2 import ResNetV2, StdConv2d
 from .weights import WeightsError, load_pretrained, load_weights
@@ -55,7 +56,7 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -76,7 +77,7 @@ def create_model(
     spec = get_spec(name)
     model = spec.builder(num_classes, spec.dropout if dropout is None else dropout)
     if pretrained and weights is not None:
-        raise ValueError("give either pretrained=True or weights=PATH, not both")
+        raise ConfigError("give either pretrained=True or weights=PATH, not both")
     if pretrained:
         load_pretrained(model, name, spec)
     elif weights is not None:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, safe_np_load, safe_torch_load
+from ..errors import SpermfuseError
 
 if TYPE_CHECKING:
     from . import ModelSpec
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class WeightsError(ValueError):
+class WeightsError(SpermfuseError):
     """A checkpoint that does not fit the model; the message names the file and what is wrong."""
 
 
