@@ -29,15 +29,15 @@ out="${out:-runs/$preset}"
 case "$preset" in
   demo)
     archs=(efficientnet_tiny resnetv2_tiny)
-    train=(--img-size 64 --epochs 18 --lr 2e-3 --batch-size 32 --early-stopping 18 --workers 1)
-    echo "demo preset: small backbones (${archs[*]}) from scratch at 64 px, lr 2e-3, batch 32, 18 epochs, so that it runs on a CPU;"
+    train=(--preset demo)  # its settings: PRESETS in spermfuse/config.py
+    echo "demo preset: small backbones (${archs[*]}) from scratch at CPU scale (PRESETS['demo'] in spermfuse/config.py);"
     echo "the paper's settings are: bash demo.sh --preset paper" ;;
   paper)
     archs=(efficientnetv2_s resnet50v2)
-    train=() ;;
+    train=(--preset paper_a) ;;
   tiny)
     archs=(efficientnet_tiny resnetv2_tiny)
-    train=(--img-size 32 --epochs 1 --lr 3e-3 --num-folds 2 --val-fraction 0.2 --workers 0) ;;
+    train=(--preset tiny) ;;
   *) echo "demo.sh: --preset must be demo, paper or tiny" >&2; exit 2 ;;
 esac
 

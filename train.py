@@ -16,65 +16,73 @@ import sys
 import time
 
 from spermfuse import distributed, trainer
+from spermfuse.config import PRESETS, preset_config
 from spermfuse.errors import ConfigError, SpermfuseError, user_message
 from spermfuse.models import list_models
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Every flag defaults to None: only the flags given override the preset (``spermfuse/config.py``)."""
     d = trainer.TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["paper_a", "paper_b"], default="paper_a", help="method A (default) or B; flags override it")
-    p.add_argument("--arch", default=None, help=f"one of {', '.join(list_models())} (default resnet50v2; B: efficientnet_b4)")
-    p.add_argument("--data", default=None, help="ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV")
-    p.add_argument("--out", default=d.out, help="run root (default runs/)")
-    p.add_argument("--fold", default="1", help="fold to test on, 1-based, or 'all'")
-    p.add_argument("--num-folds", type=int, default=d.num_folds)
-    p.add_argument("--split", choices=["kfold", "holdout"], default=None, help="kfold (A) or 70/15/15 holdout (B)")
-    p.add_argument("--val-fraction", type=float, default=None, help="validation share of the training part (A: 0.1)")
-    p.add_argument("--img-size", type=int, default=None, help="A: 240, B: 224")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (method A)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=d.optimizer)
-    p.add_argument("--class-weights", choices=["balanced", "none"], default=d.class_weights)
-    p.add_argument("--augment", choices=["paper_a", "paper_b", "none"], default=None)
-    p.add_argument("--rotation", type=float, default=d.rotation, help="rotation range in degrees")
-    p.add_argument("--scheduler", choices=["plateau", "constant"], default=None)
-    p.add_argument("--plateau-patience", type=int, default=d.plateau_patience)
-    p.add_argument("--plateau-factor", type=float, default=d.plateau_factor)
-    p.add_argument("--early-stopping", type=int, default=None, help="patience in epochs (A: 10, B: 7)")
-    p.add_argument("--monitor", choices=["val_acc", "val_loss"], default=None)
-    p.add_argument("--preprocess", choices=["none", "otsu"], default=None)
-    p.add_argument("--otsu-foreground", choices=["dark", "bright"], default=d.otsu_foreground)
-    p.add_argument("--freeze-epochs", type=int, default=None, help="head-only epochs before fine-tuning (B: 50)")
-    p.add_argument("--unfreeze-last", type=int, default=d.unfreeze_last, help="layers trained in the fine-tuning stage (B: 60)")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--amp", choices=["auto", "on", "off"], default=d.amp, help="auto = fp16 on CUDA, off on CPU; on = bf16 on CPU")
-    p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (after unscaling)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
-    p.add_argument("--pretrained", action="store_true", help="download ImageNet weights (torchvision models)")
-    p.add_argument("--weights", default=None, help="local checkpoint: .pt/.pth, BiT .npz, timm state dict")
-    p.add_argument("--dropout", type=float, default=None, help="dropout before the classifier (A: 0.7 / 0.5)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument("--resume", action="store_true", help="continue from last.pt")
-    p.add_argument("--overwrite", action="store_true", help="start again over an existing run")
-    p.add_argument("--synthetic-scale", type=float, default=None, help="size of the embedded default set (default 0.08)")
+    p.add_argument("--preset", choices=list(PRESETS), default="paper_a", help="paper_a (default), paper_b, demo or tiny; flags override it")
+    p.add_argument("--arch", help=f"one of {', '.join(list_models())} (default {d.arch}; B: efficientnet_b4)")
+    p.add_argument("--data", help="ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV")
+    p.add_argument("--out", help=f"run root (default {d.out})")
+    p.add_argument("--fold", default="1", help="fold to test on, 1-based, or 'all' (a holdout split has one run)")
+    p.add_argument("--num-folds", type=int, help=f"default {d.num_folds}")
+    p.add_argument("--split", choices=["kfold", "holdout"], help="kfold (A) or 70/15/15 holdout (B)")
+    p.add_argument("--val-fraction", type=float, help=f"validation share of the training part, in (0, 1) (A: {d.val_fraction})")
+    p.add_argument("--img-size", type=int, help=f"A: {d.img_size}, B: 224")
+    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    p.add_argument("--epochs", type=int, help=f"maximum epochs (method A, default {d.epochs})")
+    p.add_argument("--lr", type=float, help=f"default {d.lr:g} (assumed: the paper's text lost it)")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g} (assumed: the paper's text lost it)")
+    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], help=f"default {d.optimizer}")
+    p.add_argument("--class-weights", choices=["balanced", "none"], help=f"default {d.class_weights}")
+    p.add_argument("--augment", choices=["paper_a", "paper_b", "none"])
+    p.add_argument("--rotation", type=float, help=f"rotation range in degrees (default {d.rotation:g}, assumed)")
+    p.add_argument("--scheduler", choices=["plateau", "constant"])
+    p.add_argument("--plateau-patience", type=int, help=f"default {d.plateau_patience}")
+    p.add_argument("--plateau-factor", type=float, help=f"default {d.plateau_factor}")
+    p.add_argument("--early-stopping", type=int, help=f"patience in epochs (A: {d.early_stopping}, B: 7)")
+    p.add_argument("--monitor", choices=["val_acc", "val_loss"])
+    p.add_argument("--preprocess", choices=["none", "otsu"])
+    p.add_argument("--otsu-foreground", choices=["dark", "bright"], help=f"default {d.otsu_foreground}")
+    p.add_argument("--freeze-epochs", type=int, help="head-only epochs before fine-tuning (B: 50)")
+    p.add_argument("--unfreeze-last", type=int, help=f"layers trained in the fine-tuning stage (B: {d.unfreeze_last})")
+    p.add_argument("--finetune-epochs", type=int, help=f"default {d.finetune_epochs}")
+    p.add_argument("--amp", choices=["auto", "on", "off"], help="auto (default) = fp16 on CUDA, off on CPU; on = bf16 on CPU")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm (after unscaling)")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--workers", type=int, help=f"default {d.workers}")
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--pretrained", action="store_true", default=None, help="download ImageNet weights (torchvision models)")
+    p.add_argument("--weights", help="local checkpoint: .pt/.pth, BiT .npz, timm state dict")
+    p.add_argument("--dropout", type=float, help="dropout before the classifier (A: 0.7 / 0.5)")
+    p.add_argument("--drop-path", type=float, help=f"stochastic depth of the EfficientNets (default {d.drop_path:g}: the paper names none)")
+    p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of stopping")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from last.pt (the same settings)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="start again over an existing run")
+    p.add_argument("--synthetic-scale", type=float, help="size of the embedded default set (default 0.08)")
     return p.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace, fold: int) -> trainer.TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(trainer.TrainConfig) if getattr(args, f.name, None) is not None}
-    values["fold"] = fold
-    if args.preset == "paper_b":
-        return trainer.method_b_config(**values)
-    return trainer.TrainConfig(**values)
+    """The preset with the flags that were given on top."""
+    names = [f.name for f in dataclasses.fields(trainer.TrainConfig) if f.name != "fold"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return preset_config(args.preset, **given, fold=fold)
 
 
-def parse_folds(text: str, num_folds: int) -> list[int]:
+def parse_folds(text: str, config: trainer.TrainConfig) -> list[int]:
+    """The folds to train; a holdout split (method B) is one run, so 'all' means that one."""
+    if config.split == "holdout":
+        if text not in ("1", "all"):
+            raise ConfigError(f"--fold {text}: a holdout split has one run; leave --fold out or give 'all'")
+        return [1]
+    num_folds = config.num_folds
     if text == "all":
         return list(range(1, num_folds + 1))
     try:
@@ -109,7 +117,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        folds = parse_folds(args.fold, args.num_folds)
+        folds = parse_folds(args.fold, build_config(args, 1))
         samples = None  # discovered (and every image checked) once for all folds
         for fold in folds:
             fold_trainer = trainer.FoldTrainer(build_config(args, fold), progress=ProgressLine(), samples=samples)

@@ -241,8 +241,9 @@ def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: in
 def stratified_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (rest, subset) with ``fraction`` of each class in the subset.
 
-    Every class with at least two samples gives at least one to the subset, so small
-    classes are still validated on; single-sample classes stay in the rest.
+    With ``fraction > 0``, every class with at least two samples gives at least one to the
+    subset, so small classes are still validated on; single-sample classes stay in the rest.
+    ``fraction == 0`` gives an empty subset.
     """
     rng = np.random.default_rng(seed)
     subset = []
@@ -250,7 +251,7 @@ def stratified_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, 
         members = indices[labels[indices] == c]
         members = members[rng.permutation(len(members))]
         n = int(round(fraction * len(members)))
-        n = min(max(n, 1), len(members) - 1) if len(members) >= 2 else 0
+        n = min(max(n, 1), len(members) - 1) if len(members) >= 2 and fraction > 0 else 0
         subset.append(members[:n])
     subset = np.sort(np.concatenate(subset)) if subset else np.array([], dtype=np.int64)
     rest = np.setdiff1d(indices, subset)

@@ -3,7 +3,7 @@
 Method A (default, Sec. 2.4 of the fusion paper): class-weighted cross-entropy, AdamW
 lr 1e-4 wd 1e-4, ReduceLROnPlateau on validation accuracy (factor 0.5, patience 3),
 early stopping after 10 epochs without improvement, batch 8, 240 px, seed 42.
-Method B (``method_b_config``): Otsu preprocessing, EfficientNet-B4 at 224 px, a
+Method B (preset ``paper_b`` in ``config.py``): Otsu preprocessing, EfficientNet-B4 at 224 px, a
 head-only stage then the last 60 layers, early stopping on validation loss
 (patience 7), constant learning rate, a 70/15/15 split.
 
@@ -29,75 +29,15 @@ from torch import nn
 from . import data as data_lib
 from . import distributed, engine, synthetic
 from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
+from .config import TrainConfig, method_b_config, preset_config, validate_config  # noqa: F401 (re-exported)
 from .errors import ConfigError
 from .models import create_model, get_spec
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .profiling import peak_memory_mb
 from .segmentation import HybridOtsu
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run; defaults are the paper's (method A)."""
-
-    arch: str = "resnet50v2"
-    data: str | None = None  # None: the embedded synthetic sperm18 set
-    out: str = "runs"
-    fold: int = 1
-    num_folds: int = 5
-    split: str = "kfold"  # kfold | holdout
-    val_fraction: float = 0.1
-    test_fraction: float = 0.15  # holdout only
-    img_size: int = 240
-    batch_size: int = 8
-    epochs: int = 100
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    class_weights: str = "balanced"  # balanced | none
-    augment: str = "paper_a"  # paper_a | paper_b | none
-    rotation: float = 15.0
-    scheduler: str = "plateau"  # plateau | constant
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    early_stopping: int = 10
-    monitor: str = "val_acc"  # val_acc | val_loss
-    preprocess: str = "none"  # none | otsu
-    otsu_foreground: str = "dark"
-    freeze_epochs: int = 0  # > 0: method B's head-only stage first
-    unfreeze_last: int = 60
-    finetune_epochs: int = 30
-    amp: str = "auto"
-    grad_clip: float | None = None
-    channels_last: bool = False
-    seed: int = 42
-    workers: int = 2
-    device: str = "auto"
-    pretrained: bool = False
-    weights: str | None = None
-    dropout: float | None = None
-    skip_bad: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    pad_color: tuple[int, int, int] = PAD_COLOR
-    synthetic_scale: float | None = None  # size of the embedded default set
-
-    def run_dir(self) -> Path:
-        return Path(self.out) / self.arch / (f"fold{self.fold}" if self.split == "kfold" else "holdout")
-
-
-def method_b_config(**overrides) -> TrainConfig:
-    """Method B's protocol (Otsu + two-stage EfficientNet-B4); ``overrides`` win."""
-    settings = dict(
-        arch="efficientnet_b4", img_size=224, preprocess="otsu", augment="paper_b", scheduler="constant",
-        monitor="val_loss", early_stopping=7, freeze_epochs=50, unfreeze_last=60, finetune_epochs=30,
-        split="holdout", val_fraction=0.15, test_fraction=0.15,
-    )  # fmt: skip
-    settings.update(overrides)
-    return TrainConfig(**settings)
 
 
 @dataclass
@@ -241,23 +181,6 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
     if config.fold not in available:
         raise ConfigError(f"--fold {config.fold}: out of range; this data set has folds {available[0]}..{available[-1]}")
     return data_lib.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed)
-
-
-def validate_config(config: TrainConfig) -> None:
-    get_spec(config.arch)  # raises with the list of valid names
-    checks = [
-        (config.batch_size >= 1, "--batch-size must be >= 1"),
-        (config.epochs >= 1, "--epochs must be >= 1"),
-        (config.img_size >= 16, "--img-size must be >= 16"),
-        (0.0 <= config.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
-        (config.monitor in ("val_acc", "val_loss"), "--monitor must be val_acc or val_loss"),
-        (config.class_weights in ("balanced", "none"), "--class-weights must be balanced or none"),
-        (config.preprocess in ("none", "otsu"), "--preprocess must be none or otsu"),
-        (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
 
 
 # --------------------------------------------------------------------------- the run

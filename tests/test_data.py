@@ -200,3 +200,9 @@ def test_loader_order_and_augmentation_do_not_depend_on_workers(image_folder):
         assert torch.equal(ia, ib) and torch.equal(xa, xb)
     other_epoch = one_epoch(0, 2)
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(serial, other_epoch))
+
+
+def test_a_zero_fraction_gives_an_empty_subset():
+    labels = np.repeat(np.arange(3), 10)
+    rest, subset = data.stratified_subset(np.arange(30), labels, 0.0, seed=1)
+    assert len(subset) == 0 and len(rest) == 30

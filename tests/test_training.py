@@ -14,6 +14,7 @@ from spermfuse import checkpoint, engine, trainer
 from spermfuse.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scripts (train.py) are imported as modules
 
 
 def load(path):
@@ -233,7 +234,6 @@ def test_torchrun_two_processes_on_cpu_match_the_sample_set(tiny_sperm, tmp_path
 
 
 def test_a_bug_keeps_its_traceback_while_bad_input_is_one_line(monkeypatch, tmp_path):
-    sys.path.insert(0, str(ROOT))
     import train
 
     def broken(*args, **kwargs):
@@ -243,3 +243,27 @@ def test_a_bug_keeps_its_traceback_while_bad_input_is_one_line(monkeypatch, tmp_
     with pytest.raises(ValueError, match="internal bug"):
         train.main(["--out", str(tmp_path), "--data", str(tmp_path)])
     assert train.main(["--out", str(tmp_path), "--fold", "x"]) == 2  # a user's mistake: a line, exit 2
+
+
+def test_a_preset_value_survives_when_its_flag_is_absent():
+    import train
+    from spermfuse.config import PRESETS
+
+    config = train.build_config(train.parse_args(["--preset", "demo"]), fold=1)
+    assert (config.batch_size, config.img_size, config.lr) == tuple(PRESETS["demo"][k] for k in ("batch_size", "img_size", "lr"))
+    assert config.plateau_patience == trainer.TrainConfig().plateau_patience  # not in the preset: the default
+    assert train.build_config(train.parse_args(["--preset", "demo", "--batch-size", "4"]), fold=1).batch_size == 4
+
+
+def test_val_fraction_zero_is_refused_naming_the_flag(tiny_sperm, tmp_path):
+    with pytest.raises(trainer.ConfigError, match="--val-fraction"):
+        trainer.train_fold(tiny_config(tiny_sperm, tmp_path, val_fraction=0.0))
+
+
+def test_method_b_fold_all_trains_its_one_holdout_run_and_exits_0(tiny_sperm, tmp_path):
+    import train
+
+    argv = ["--preset", "paper_b", "--fold", "all", "--data", str(tiny_sperm), "--out", str(tmp_path), "--arch", "efficientnet_tiny",
+            "--img-size", "32", "--workers", "0", "--freeze-epochs", "1", "--finetune-epochs", "1", "--unfreeze-last", "10"]  # fmt: skip
+    assert train.main(argv) == 0
+    assert [p.name for p in (tmp_path / "efficientnet_tiny").iterdir()] == ["holdout"]

@@ -1,0 +1,127 @@
+"""The settings of a training run: one dataclass, the named presets, and their checks.
+
+Every default lives here once. ``TrainConfig``'s defaults are method A's (Sec. 2.4 of the
+fusion paper); a preset changes some of them; a flag the user gives changes one more.
+``train.py`` passes only the flags that were given, so an absent flag never overrides a
+preset.
+
+The paper's text lost the values of the learning rate, the weight decay and the rotation
+range; 1e-4, 1e-4 and +-15 degrees are assumed values (common for AdamW fine-tuning and
+for microscopy rotation), not the paper's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import ConfigError
+from .models import get_spec
+from .transforms import PAD_COLOR
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; defaults are method A's (the paper's, or assumed where its text lost them)."""
+
+    arch: str = "resnet50v2"
+    data: str | None = None  # None: the embedded synthetic sperm18 set
+    out: str = "runs"
+    fold: int = 1
+    num_folds: int = 5
+    split: str = "kfold"  # kfold | holdout
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15  # holdout only
+    img_size: int = 240
+    batch_size: int = 8
+    epochs: int = 100
+    lr: float = 1e-4  # assumed (lost in the paper's text)
+    weight_decay: float = 1e-4  # assumed (lost in the paper's text)
+    optimizer: str = "adamw"
+    class_weights: str = "balanced"  # balanced | none
+    augment: str = "paper_a"  # paper_a | paper_b | none
+    rotation: float = 15.0  # assumed (lost in the paper's text)
+    scheduler: str = "plateau"  # plateau | constant
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    early_stopping: int = 10
+    monitor: str = "val_acc"  # val_acc | val_loss
+    preprocess: str = "none"  # none | otsu
+    otsu_foreground: str = "dark"
+    freeze_epochs: int = 0  # > 0: method B's head-only stage first
+    unfreeze_last: int = 60
+    finetune_epochs: int = 30
+    amp: str = "auto"
+    grad_clip: float | None = None
+    channels_last: bool = False
+    seed: int = 42
+    workers: int = 2
+    device: str = "auto"
+    pretrained: bool = False
+    weights: str | None = None
+    dropout: float | None = None
+    # Stochastic depth of the EfficientNets. The paper names only dropout (0.7) and the
+    # checkpoint it fine-tunes runs without drop-path, so none by default (torchvision's
+    # EfficientNetV2-S builder would silently use up to 0.2).
+    drop_path: float = 0.0
+    skip_bad: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    pad_color: tuple[int, int, int] = PAD_COLOR
+    synthetic_scale: float | None = None  # size of the embedded default set
+
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.arch / (f"fold{self.fold}" if self.split == "kfold" else "holdout")
+
+
+# What each preset changes from TrainConfig's defaults; the only place these values live.
+PRESETS: dict[str, dict] = {
+    # Method A as published: the defaults themselves.
+    "paper_a": {},
+    # Method B (Otsu + two-stage EfficientNet-B4): head only for up to 50 epochs, then the
+    # last 60 layers; early stopping on validation loss; a 70/15/15 holdout split.
+    "paper_b": dict(
+        arch="efficientnet_b4", img_size=224, preprocess="otsu", augment="paper_b", scheduler="constant",
+        monitor="val_loss", early_stopping=7, freeze_epochs=50, unfreeze_last=60, finetune_epochs=30,
+        split="holdout", val_fraction=0.15, test_fraction=0.15,
+    ),  # fmt: skip
+    # The CPU demo (demo.sh): small backbones from scratch at 64 px in minutes.
+    "demo": dict(img_size=64, epochs=18, lr=2e-3, batch_size=32, early_stopping=18, workers=1),
+    # A smoke test in seconds (the test suite's demo run).
+    "tiny": dict(img_size=32, epochs=1, lr=3e-3, num_folds=2, val_fraction=0.2, workers=0),
+}
+
+
+def preset_config(preset: str = "paper_a", **overrides) -> TrainConfig:
+    """The ``preset``'s settings with ``overrides`` on top (only the settings actually given)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset}: unknown; choose one of {', '.join(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
+    return TrainConfig(**{**PRESETS[preset], **overrides})
+
+
+def method_b_config(**overrides) -> TrainConfig:
+    """Method B's protocol (``paper_b``); ``overrides`` win."""
+    return preset_config("paper_b", **overrides)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot work, naming the flag."""
+    get_spec(config.arch)  # raises with the list of valid names
+    checks = [
+        (config.batch_size >= 1, "--batch-size must be >= 1"),
+        (config.epochs >= 1, "--epochs must be >= 1"),
+        (config.img_size >= 16, "--img-size must be >= 16"),
+        # Early stopping and model selection need validation images: 0 is refused, not ignored.
+        (0.0 < config.val_fraction < 1.0, "--val-fraction must be in (0, 1): training selects its best epoch on the validation set"),
+        (config.split in ("kfold", "holdout"), "--split must be kfold or holdout"),
+        (config.monitor in ("val_acc", "val_loss"), "--monitor must be val_acc or val_loss"),
+        (config.class_weights in ("balanced", "none"), "--class-weights must be balanced or none"),
+        (config.preprocess in ("none", "otsu"), "--preprocess must be none or otsu"),
+        (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
+        (0.0 <= config.drop_path < 1.0, "--drop-path must be in [0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
