@@ -246,7 +246,7 @@ class FoldTrainer:
     def _build_model(self) -> None:
         c = self.config
         self.spec = get_spec(c.arch)
-        self.model = create_model(c.arch, len(self.samples.classes), pretrained=c.pretrained, weights=c.weights, dropout=c.dropout)
+        self.model = create_model(c.arch, len(self.samples.classes), pretrained=c.pretrained, weights=c.weights, dropout=c.dropout, drop_path=c.drop_path)
         self.model.to(self.device)
         if c.channels_last:
             self.model.to(memory_format=torch.channels_last)

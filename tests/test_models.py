@@ -177,3 +177,15 @@ def test_offline_pretrained_download_says_how_to_pass_a_local_file(monkeypatch):
     monkeypatch.setattr(type(EfficientNet_B0_Weights.DEFAULT), "get_state_dict", no_network)
     with pytest.raises(WeightsError, match="could not download .* pass --weights PATH"):
         create_model("efficientnet_b0", 4, pretrained=True)
+
+
+def test_efficientnets_have_no_stochastic_depth_unless_asked():
+    from torchvision.ops import StochasticDepth
+
+    def rates(model):
+        return [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+
+    assert max(rates(create_model("efficientnetv2_s", 18))) == 0.0  # torchvision's builder alone would use 0.2
+    assert max(rates(create_model("efficientnetv2_s", 18, drop_path=0.2))) == pytest.approx(0.2, abs=0.01)
+    with pytest.raises(ConfigError, match="--drop-path"):
+        create_model("resnetv2_tiny", 3, drop_path=0.1)

@@ -38,7 +38,7 @@ def test_a_fold_writes_every_output_in_the_logits_schema(tiny_sperm, tmp_path):
     val = load(run / "val_logits.npz")
     assert not set(val["paths"]) & set(logits["paths"])
     config = json.loads((run / "config.json").read_text())
-    assert config["environment"]["torch"] == torch.__version__ and config["batch_size"] == 8
+    assert config["environment"]["torch"] == torch.__version__ and config["batch_size"] == 8 and config["drop_path"] == 0.0
     header = (run / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,stage,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second")
     best = checkpoint.safe_torch_load(run / "best.pt")

@@ -26,14 +26,19 @@ from .weights import WeightsError, load_pretrained, load_weights
 
 @dataclass(frozen=True)
 class ModelSpec:
-    builder: Callable[[int, float], nn.Module]
+    builder: Callable[[int, float, float], nn.Module]  # (num_classes, dropout, drop_path)
     dropout: float
     family: str  # "resnetv2" or "efficientnet": which checkpoint formats apply
     head: str  # name of the classifier module, re-initialised for a new class count
 
 
-def _resnetv2(layers, width=1.0, stem=64, groups=32) -> Callable[[int, float], nn.Module]:
-    return lambda num_classes, dropout: ResNetV2(layers, num_classes, width, stem, dropout, groups)
+def _resnetv2(layers, width=1.0, stem=64, groups=32) -> Callable[[int, float, float], nn.Module]:
+    def build(num_classes: int, dropout: float, drop_path: float) -> nn.Module:
+        if drop_path > 0:
+            raise ConfigError("--drop-path: the ResNetV2 models have no stochastic depth; leave it at 0")
+        return ResNetV2(layers, num_classes, width, stem, dropout, groups)
+
+    return build
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -67,15 +72,17 @@ def create_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     dropout: float | None = None,
+    drop_path: float = 0.0,
 ) -> nn.Module:
     """Build a registered model; optionally load ImageNet weights or a checkpoint file.
 
     ``pretrained=True`` uses torchvision's weights API (downloads, so only when asked);
     ``weights=PATH`` loads a local file (state dict, spermfuse checkpoint, BiT .npz, timm
-    state dict), re-initialising the head when the class count differs.
+    state dict), re-initialising the head when the class count differs. ``drop_path``:
+    stochastic depth of the EfficientNets (none by default; the papers name none).
     """
     spec = get_spec(name)
-    model = spec.builder(num_classes, spec.dropout if dropout is None else dropout)
+    model = spec.builder(num_classes, spec.dropout if dropout is None else dropout, drop_path)
     if pretrained and weights is not None:
         raise ConfigError("give either pretrained=True or weights=PATH, not both")
     if pretrained:
