@@ -45,6 +45,12 @@ def named_folders(pairs: list[str]) -> dict[str, Path]:
     return folders
 
 
+def single_split_note(name: str, sets: list[fusion.LogitsSet]) -> str:
+    if fusion.is_single_split(sets):
+        return f"{name}: one holdout test split ({sets[0].source}), evaluated as a single split: no folds, so no standard deviation, confidence interval or fold-wise paired test"
+    return f"{name}: only one fold, so no standard deviation or confidence interval"
+
+
 def check_comparable(models: dict[str, list[fusion.LogitsSet]]) -> None:
     first_name, first = next(iter(models.items()))
     for name, sets in models.items():
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
             raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
         models = {name: fusion.load_fold_sets(folder) for name, folder in folders.items()}
         check_comparable(models)
-        notes = [f"{name}: only one fold, so no standard deviation or confidence interval" for name, sets in models.items() if len(sets) < 2]
+        notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
         main_name = args.main or ("fusion" if "fusion" in models else next(iter(models)))
         if main_name not in models:
             raise fusion.FusionError(f"--main {main_name}: not among {', '.join(models)}")

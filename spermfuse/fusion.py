@@ -235,11 +235,23 @@ def grid_table(result: GridResult, names: Sequence[str]) -> tuple[list[str], lis
     return header, rows
 
 
+SINGLE_SPLIT_FOLDER = "holdout"  # train.py's run folder of a train/val/test split (method B)
+
+
+def is_single_split(sets: Sequence[LogitsSet]) -> bool:
+    """True for the one test set of a holdout run, which has no fold statistics."""
+    return len(sets) == 1 and Path(sets[0].source).parent.name == SINGLE_SPLIT_FOLDER
+
+
 def load_fold_sets(folder: Path) -> list[LogitsSet]:
-    """All folds of one model: ``fold<k>/test_logits.npz`` (train.py) or ``fold<k>_logits.npz`` (fuse.py)."""
-    paths = sorted(folder.glob("fold*/test_logits.npz")) or sorted(folder.glob("fold*_logits.npz"))
+    """All folds of one model: ``fold<k>/test_logits.npz`` (train.py), ``fold<k>_logits.npz`` (fuse.py),
+    or the one split of a holdout run: ``holdout/test_logits.npz``, or the run folder itself."""
+    paths = (
+        sorted(folder.glob("fold*/test_logits.npz")) or sorted(folder.glob("fold*_logits.npz"))
+        or sorted(folder.glob(f"{SINGLE_SPLIT_FOLDER}/test_logits.npz")) or sorted(folder.glob("test_logits.npz"))
+    )  # fmt: skip
     if not paths:
-        raise FusionError(f"{folder}: no fold*/test_logits.npz or fold*_logits.npz files")
+        raise FusionError(f"{folder}: no fold*/test_logits.npz, fold*_logits.npz or {SINGLE_SPLIT_FOLDER}/test_logits.npz files")
     sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
     for s in sets[1:]:
         if s.classes != sets[0].classes:
@@ -248,8 +260,11 @@ def load_fold_sets(folder: Path) -> list[LogitsSet]:
 
 
 def discover_models(runs: Path) -> dict[str, Path]:
-    """Every model folder under ``runs`` that holds fold logits, the fusion last."""
-    found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and p.name != "fusion" and any(p.glob("fold*/test_logits.npz"))} if runs.is_dir() else {}
+    """Every model folder under ``runs`` that holds fold (or holdout) logits, the fusion last."""
+    def has_logits(folder: Path) -> bool:
+        return any(folder.glob("fold*/test_logits.npz")) or (folder / SINGLE_SPLIT_FOLDER / "test_logits.npz").is_file()
+
+    found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and p.name != "fusion" and has_logits(p)} if runs.is_dir() else {}
     if (runs / "fusion").is_dir() and any((runs / "fusion").glob("fold*_logits.npz")):
         found["fusion"] = runs / "fusion"
     return found

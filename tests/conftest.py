@@ -1,11 +1,14 @@
 """Shared fixtures: small real images written to a temporary folder."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripts (train.py, evaluate.py) import as modules
 
 
 def draw_cell(size: tuple[int, int], radius: int, seed: int) -> Image.Image:

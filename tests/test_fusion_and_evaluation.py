@@ -206,3 +206,22 @@ def test_prediction_on_a_missing_device_gets_one_clear_line(tmp_path, device, me
     result = run("fuse.py", "--predict", str(tmp_path), "--runs", str(tmp_path), "--device", device)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {message}") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_path):
+    import evaluate
+    from spermfuse import trainer
+
+    config = trainer.method_b_config(
+        arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path / "runs"), img_size=32, workers=0,
+        freeze_epochs=1, finetune_epochs=1, unfreeze_last=10,
+    )  # fmt: skip
+    run = trainer.train_fold(config)
+    for argv in (["--runs", str(tmp_path / "runs")], ["--logits", f"b4={run}"], ["--logits", f"b4={run.parent}"]):
+        reports = tmp_path / "reports" / str(len(argv[1]))
+        assert evaluate.main([*argv, "--reports", str(reports), "--no-figures"]) == 0
+        report = json.loads((reports / "evaluation" / "report.json").read_text())
+        (model,) = report["models"].values()
+        support = sum(c["support"] for c in model["aggregate"]["per_class"].values())
+        assert support == len(np.load(run / "test_logits.npz")["labels"])  # Tables 3-4 over the holdout test split
+        assert "single split" in (reports / "evaluation" / "report.md").read_text()

@@ -14,7 +14,6 @@ from spermfuse import checkpoint, engine, trainer
 from spermfuse.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the scripts (train.py) are imported as modules
 
 
 def load(path):
