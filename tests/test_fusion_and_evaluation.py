@@ -87,17 +87,36 @@ def test_simplex_grid_for_three_models_sums_to_one():
     assert len(grid) == 6 and all(abs(sum(w) - 1) < 1e-9 for w in grid)
 
 
+def test_simplex_grid_uses_every_given_weight_of_an_uneven_grid():
+    alphas = [0.0, 0.3, 0.7, 1.0]
+    grid = fusion.simplex_grid(3, alphas)
+    assert (0.3, 0.7, 0.0) in grid and (0.0, 0.3, 0.7) in grid and (1.0, 0.0, 0.0) in grid
+    assert all(w in alphas for vector in grid for w in vector) and all(abs(sum(v) - 1) < 1e-9 for v in grid)
+
+
+def test_a_single_weight_for_three_models_is_one_clear_error():
+    with pytest.raises(fusion.FusionError, match="--alphas 0.5: no 3 of these weights sum to 1"):
+        fusion.simplex_grid(3, [0.5])
+
+
 def test_nested_selection_never_looks_at_its_own_fold():
     result = fusion.GridResult([(0.0, 1.0), (1.0, 0.0)], [1, 2, 3], np.zeros((2, 3)), np.array([[0.9, 0.1, 0.1], [0.1, 0.5, 0.5]]), (0.0, 1.0))
     assert fusion.nested_selection(result) == [(1.0, 0.0), (0.0, 1.0), (0.0, 1.0)]
 
 
-def test_weighted_f1_matches_scikit_learn():
-    from sklearn.metrics import f1_score
+def test_the_one_f1_matches_scikit_learn_with_absent_and_never_predicted_classes():
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
 
     rng = np.random.default_rng(1)
-    labels, predicted = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
-    assert fusion.weighted_f1(labels, predicted, 5) == pytest.approx(f1_score(labels, predicted, average="weighted"))
+    labels, predicted = rng.integers(0, 4, 300), rng.integers(1, 6, 300)  # class 0 never predicted, 4-5 never true
+    precision, recall, f1, support = metrics.per_class_scores(metrics.confusion_counts(labels, predicted, 6))
+    expected = precision_recall_fscore_support(labels, predicted, labels=range(6), zero_division=0)
+    for ours, theirs in zip((precision, recall, f1, support), expected):
+        assert np.allclose(ours, theirs)
+    assert metrics.weighted_f1(labels, predicted, 6) == pytest.approx(f1_score(labels, predicted, average="weighted", zero_division=0))
+    logits = np.eye(6)[predicted]
+    present = sorted(set(labels.tolist()))
+    assert metrics.fold_metrics(labels, logits)["f1_macro"] == pytest.approx(f1_score(labels, predicted, labels=present, average="macro", zero_division=0))
 
 
 def test_specificity_from_a_hand_made_confusion_matrix():
