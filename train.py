@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", action="store_true", default=None, help="download ImageNet weights (torchvision models)")
     p.add_argument("--weights", help="local checkpoint: .pt/.pth, BiT .npz, timm state dict")
     p.add_argument("--dropout", type=float, help="dropout before the classifier (A: 0.7 / 0.5)")
+    p.add_argument("--mean", type=float, nargs=3, help="input mean per channel (default: what the starting weights expect)")
+    p.add_argument("--std", type=float, nargs=3, help="input std per channel (default: what the starting weights expect)")
     p.add_argument("--drop-path", type=float, help=f"stochastic depth of the EfficientNets (default {d.drop_path:g}: the paper names none)")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of stopping")
     p.add_argument("--resume", action="store_true", default=None, help="continue from last.pt (the same settings)")

@@ -59,6 +59,10 @@ class TrainConfig:
     pretrained: bool = False
     weights: str | None = None
     dropout: float | None = None
+    # Input normalisation; None: what the starting weights expect (0.5/0.5 for BiT and
+    # TF-trained EfficientNetV2, ImageNet's for torchvision's), ImageNet's from scratch.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     # Stochastic depth of the EfficientNets. The paper names only dropout (0.7) and the
     # checkpoint it fine-tunes runs without drop-path, so none by default (torchvision's
     # EfficientNetV2-S builder would silently use up to 0.2).

@@ -5,6 +5,7 @@ pad colour and preprocessing, so the test-time pipeline is rebuilt exactly.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,13 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import safe_torch_load
+from .checkpoint import CheckpointError, safe_torch_load
 from .data import IMAGE_EXTENSIONS, DataError, load_rgb
 from .metrics import softmax
 from .models import create_model
 from .segmentation import HybridOtsu
 from .transforms import Pipeline, build
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Classifier:
@@ -42,6 +44,14 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
         False, checkpoint["img_size"], pad_color=tuple(checkpoint["pad_color"]), preprocess=preprocess,
         mean=tuple(checkpoint["mean"]), std=tuple(checkpoint["std"]),
     )  # fmt: skip
+    recorded = checkpoint.get("eval_pipeline")
+    if recorded is None:
+        log.warning("%s: older checkpoint without its recorded preprocessing; assuming today's order (%s)", path, " -> ".join(repr(pipeline).split()[1:-1]))
+    elif recorded != repr(pipeline):
+        raise CheckpointError(
+            f"{path}: was tested with another preprocessing than this spermfuse version builds "
+            f"(recorded {recorded!r}, rebuilt {repr(pipeline)!r}); predict with the version that trained it (git_commit in config.json)"
+        )
     return Classifier(model, pipeline, classes, path)
 
 

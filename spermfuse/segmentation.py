@@ -98,7 +98,14 @@ def hybrid_otsu(
 
 
 class HybridOtsu:
-    """Picklable transform step (for DataLoader workers) wrapping :func:`hybrid_otsu`."""
+    """Picklable transform step (for DataLoader workers) wrapping :func:`hybrid_otsu`.
+
+    ``transforms.Pipeline`` runs it on the image already resized to the network's input
+    size (the paper's order: resize, grey, Otsu, closing), then pads and fills with
+    ``background``, the value outside the mask, so no beige border surrounds the black.
+    """
+
+    background = (0, 0, 0)
 
     def __init__(self, mode: str = "masked", kernel_size: int = 5, foreground: str = "dark") -> None:
         self.mode, self.kernel_size, self.foreground = mode, kernel_size, foreground

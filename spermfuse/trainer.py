@@ -31,11 +31,11 @@ from . import distributed, engine, synthetic
 from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
 from .config import TrainConfig, method_b_config, preset_config, validate_config  # noqa: F401 (re-exported)
 from .errors import ConfigError
-from .models import create_model, get_spec
+from .models import LoadReport, create_model, get_spec, load_initial_weights
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .profiling import peak_memory_mb
 from .segmentation import HybridOtsu
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Pipeline, build
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,29 @@ def write_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, indices
     )
 
 
-def checkpoint_metadata(config: TrainConfig, classes: list[str]) -> dict:
-    """What best.pt needs so that prediction rebuilds the exact test-time preprocessing."""
+def checkpoint_metadata(config: TrainConfig, classes: list[str], eval_pipeline: Pipeline) -> dict:
+    """What best.pt needs so that prediction rebuilds the exact test-time preprocessing.
+
+    ``eval_pipeline`` is the description of that preprocessing, in order (resize, Otsu for
+    method B, pad and fill, normalisation); prediction checks that it rebuilds the same.
+    """
     return {
-        "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
-        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout,
+        "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(eval_pipeline.normalize.mean),
+        "std": list(eval_pipeline.normalize.std), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
+        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "eval_pipeline": repr(eval_pipeline),
     }  # fmt: skip
+
+
+def input_normalization(config: TrainConfig, report: LoadReport | None) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, where from): ``--mean/--std`` if given, else what the starting weights expect,
+    else (random initialisation) ImageNet's."""
+    if config.mean is not None or config.std is not None:
+        if config.mean is None or config.std is None:
+            raise ConfigError("--mean and --std go together; give both (three values each)")
+        return tuple(config.mean), tuple(config.std), "--mean/--std"
+    if report is not None:
+        return tuple(report.mean), tuple(report.std), f"the starting weights ({report.format})"
+    return IMAGENET_MEAN, IMAGENET_STD, "ImageNet (random initialisation)"
 
 
 def load_samples(config: TrainConfig, context: distributed.DistributedContext) -> data_lib.Samples:
@@ -208,8 +224,8 @@ class FoldTrainer:
         self.samples = samples if samples is not None else load_samples(config, self.context)
         self.split = make_split(config, self.samples, self.context)
         self.run_dir = config.run_dir()
-        self._build_data()
         self._build_model()
+        self._build_data()
         self.history: list[dict] = []
 
     # ---- construction
@@ -217,8 +233,9 @@ class FoldTrainer:
     def _build_data(self) -> None:
         c = self.config
         preprocess = [HybridOtsu(foreground=c.otsu_foreground)] if c.preprocess == "otsu" else []
-        train_tf = build(True, c.img_size, preset=c.augment, pad_color=c.pad_color, rotation=c.rotation, preprocess=preprocess)
-        eval_tf = build(False, c.img_size, pad_color=c.pad_color, preprocess=preprocess)
+        normalization = dict(mean=self.mean, std=self.std)
+        train_tf = build(True, c.img_size, preset=c.augment, pad_color=c.pad_color, rotation=c.rotation, preprocess=preprocess, **normalization)
+        eval_tf = self.eval_pipeline = build(False, c.img_size, pad_color=c.pad_color, preprocess=preprocess, **normalization)
         self.train_set = data_lib.ImageDataset(self.samples, self.split.train, train_tf, c.seed)
         self.val_set = data_lib.ImageDataset(self.samples, self.split.val, eval_tf, c.seed)
         self.test_set = data_lib.ImageDataset(self.samples, self.split.test, eval_tf, c.seed)
@@ -246,7 +263,10 @@ class FoldTrainer:
     def _build_model(self) -> None:
         c = self.config
         self.spec = get_spec(c.arch)
-        self.model = create_model(c.arch, len(self.samples.classes), pretrained=c.pretrained, weights=c.weights, dropout=c.dropout, drop_path=c.drop_path)
+        self.model = create_model(c.arch, len(self.samples.classes), dropout=c.dropout, drop_path=c.drop_path)
+        report = load_initial_weights(self.model, c.arch, pretrained=c.pretrained, weights=c.weights)
+        self.mean, self.std, source = input_normalization(c, report)
+        log.info("input normalisation: mean %s std %s, from %s", self.mean, self.std, source)
         self.model.to(self.device)
         if c.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -313,7 +333,7 @@ class FoldTrainer:
 
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
-            meta = checkpoint_metadata(self.config, self.samples.classes)
+            meta = checkpoint_metadata(self.config, self.samples.classes, self.eval_pipeline)
             atomic_torch_save(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_metric": metric, **meta})
 
     def _load_best(self) -> None:
@@ -355,7 +375,8 @@ class FoldTrainer:
         state = self._resume_state()
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / "config.json", {**asdict(c), "environment": environment_info(self.device), "classes": self.samples.classes})
+            normalization = {"mean": list(self.mean), "std": list(self.std)}
+            atomic_write_json(self.run_dir / "config.json", {**asdict(c), "normalization": normalization, "environment": environment_info(self.device), "classes": self.samples.classes})
         stages = stages_of(c)
         self._warn_if_frozen_without_weights()
         start_stage, global_epoch, finished = 0, 0, False

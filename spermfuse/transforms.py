@@ -22,24 +22,37 @@ from PIL import Image
 PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# [0, 1] -> [-1, 1]: what BiT and TensorFlow-trained EfficientNetV2 checkpoints expect.
+UNIT_RANGE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+UNIT_RANGE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 def as_rgb(image: Image.Image) -> Image.Image:
     """The image itself when already RGB (``convert`` would copy it on the data-loading hot path)."""
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def letterbox(image: Image.Image, size: int, fill: Sequence[int] = PAD_COLOR) -> Image.Image:
-    """Resize so the longer side is ``size`` keeping aspect ratio, then pad to a centred square."""
+def resize_longer_side(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the longer side is ``size``, keeping the aspect ratio (bilinear, antialiased when shrinking)."""
     width, height = image.size
     scale = size / max(width, height)
-    new_w = max(1, round(width * scale))
-    new_h = max(1, round(height * scale))
-    resized = image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=None)
-    if new_w == size and new_h == size:
-        return resized
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    if (new_w, new_h) == (width, height):
+        return image
+    return image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=None)
+
+
+def pad_to_square(image: Image.Image, size: int, fill: Sequence[int] = PAD_COLOR) -> Image.Image:
+    """Centre an image of longer side ``size`` on a ``size`` x ``size`` canvas of ``fill``."""
+    if image.size == (size, size):
+        return image
     canvas = Image.new("RGB", (size, size), tuple(fill))
-    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    canvas.paste(as_rgb(image), ((size - image.width) // 2, (size - image.height) // 2))
     return canvas
+
+
+def letterbox(image: Image.Image, size: int, fill: Sequence[int] = PAD_COLOR) -> Image.Image:
+    """Resize so the longer side is ``size`` keeping aspect ratio, then pad to a centred square."""
+    return pad_to_square(resize_longer_side(image, size), size, fill)
 
 
 def estimate_pad_color(images: Iterable[Image.Image], border: int = 1) -> tuple[int, int, int]:
@@ -64,11 +77,9 @@ def apply_affine(image: Image.Image, matrix: np.ndarray, size: tuple[int, int], 
     return image.transform(size, Image.AFFINE, coefficients, resample=Image.BILINEAR, fillcolor=tuple(fill))
 
 
-def letterbox_matrix(width: int, height: int, size: int) -> np.ndarray:
-    """The affine map of :func:`letterbox`: scale to the rounded size, then centre by whole pixels."""
-    scale = size / max(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    return np.array([[new_w / width, 0, (size - new_w) // 2], [0, new_h / height, (size - new_h) // 2], [0, 0, 1]], dtype=np.float64)
+def centring_matrix(width: int, height: int, size: int) -> np.ndarray:
+    """The shift of :func:`pad_to_square` (whole pixels) as a 3x3 map."""
+    return np.array([[1, 0, (size - width) // 2], [0, 1, (size - height) // 2], [0, 0, 1]], dtype=np.float64)
 
 
 @dataclass
@@ -180,11 +191,16 @@ class Normalize:
 
 
 class Pipeline:
-    """PIL image -> normalised tensor: preprocess, letterbox, geometric and photometric steps.
+    """PIL image -> normalised tensor: resize, preprocess, pad, geometric and photometric steps.
 
-    ``preprocess`` steps take and return a PIL image (e.g. the hybrid Otsu of method B);
-    ``geometric`` steps give a 3x3 map (``step.matrix(width, height, rng)``), all composed with the
-    letterbox into one resample; ``photometric`` steps take (tensor, rng).
+    The order is the papers': the image is resized (antialiased) so its longer side is
+    ``img_size``; ``preprocess`` steps (the hybrid Otsu of method B) then work at that scale;
+    the image is padded to a square and the random ``geometric`` steps (each gives a 3x3 map,
+    ``step.matrix(width, height, rng)``) are applied in one resample; ``photometric`` steps
+    take (tensor, rng). Padding and the corners a rotation exposes are filled with
+    ``pad_color``, or with the ``background`` of the last preprocess step when it has one (a
+    segmented image is padded with its own background, not with the microscope's beige).
+    With identity augmentation the train path gives exactly the eval image.
     """
 
     def __init__(
@@ -202,35 +218,35 @@ class Pipeline:
         self.geometric = list(geometric)
         self.photometric = list(photometric)
         self.normalize = normalize or Normalize()
+        self.fill = tuple(getattr(self.preprocess[-1], "background", pad_color)) if self.preprocess else tuple(pad_color)
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         if rng is None:
             rng = np.random.default_rng()
-        for step in self.preprocess:
-            image = step(image)
-        image = self._geometry(image, rng)
-        tensor = to_tensor(image)
+        tensor = to_tensor(self.geometry(image, rng))
         for step in self.photometric:
             tensor = step(tensor, rng)
         return self.normalize(tensor)
 
-    def _geometry(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """Letterbox, then the random geometric steps, composed into a single resample.
+    def geometry(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Resize, preprocess, then pad and the random geometric steps in a single resample.
 
-        One bilinear interpolation instead of one per step: faster and sharper. A large
-        downscale is done first by ``letterbox`` (antialiased), which PIL's affine is not.
+        The antialiased resize comes first on both paths, so training and evaluation see the
+        same pixels whatever the input size; the augmentation adds one bilinear resample
+        (none when it draws the identity: whole-pixel shifts and flips resample exactly).
         """
+        image = resize_longer_side(image, self.img_size)
+        for step in self.preprocess:
+            image = step(image)
         if not self.geometric:
-            return letterbox(image, self.img_size, self.pad_color)
-        if max(image.size) > 2 * self.img_size:
-            image = letterbox(image, self.img_size, self.pad_color)
-        matrix = letterbox_matrix(image.width, image.height, self.img_size)
+            return pad_to_square(image, self.img_size, self.fill)
+        matrix = centring_matrix(image.width, image.height, self.img_size)
         for step in self.geometric:
             matrix = step.matrix(self.img_size, self.img_size, rng) @ matrix
-        return apply_affine(as_rgb(image), matrix, (self.img_size, self.img_size), self.pad_color)
+        return apply_affine(as_rgb(image), matrix, (self.img_size, self.img_size), self.fill)
 
     def __repr__(self) -> str:
-        steps = [*self.preprocess, f"letterbox({self.img_size}, fill={self.pad_color})", *self.geometric, *self.photometric, self.normalize]
+        steps = [f"resize_longer_side({self.img_size})", *self.preprocess, f"pad_to_square({self.img_size}, fill={self.fill})", *self.geometric, *self.photometric, self.normalize]
         return "Pipeline(\n  " + ",\n  ".join(map(str, steps)) + "\n)"
 
 

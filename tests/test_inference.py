@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from spermfuse.inference import Classifier, fused_probabilities
+from spermfuse import trainer
+from spermfuse.checkpoint import CheckpointError, safe_torch_load
+from spermfuse.inference import Classifier, fused_probabilities, load_classifier
 from spermfuse.metrics import softmax
 from spermfuse.models import create_model
 from spermfuse.transforms import build
@@ -39,3 +42,21 @@ def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path):
         x = torch.stack([shared.pipeline(Image.open(p).convert("RGB")) for p in images])
         expected = np.mean([(0.3 * f[0].model(x) + 0.7 * f[1].model(x)).numpy() for f in folds], axis=0)
     assert np.allclose(probabilities, softmax(expected.astype(np.float64)), atol=1e-5)
+
+
+def test_a_method_b_checkpoint_records_its_preprocessing_and_prediction_repeats_it(tiny_sperm, tmp_path):
+    config = trainer.method_b_config(
+        arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path), img_size=32, workers=0,
+        freeze_epochs=1, finetune_epochs=1, unfreeze_last=10,
+    )  # fmt: skip
+    best_path = trainer.train_fold(config) / "best.pt"
+    recorded = safe_torch_load(best_path)["eval_pipeline"]
+    order = [recorded.index(step) for step in ("resize_longer_side(32)", "HybridOtsu", "pad_to_square(32, fill=(0, 0, 0))", "Normalize")]
+    assert order == sorted(order)  # the paper's order: resize, Otsu, then pad with the background
+    assert repr(load_classifier(best_path).pipeline) == recorded
+
+    best = safe_torch_load(best_path)
+    best["eval_pipeline"] = recorded.replace("fill=(0, 0, 0)", "fill=(204, 191, 183)")  # as an older version padded
+    torch.save(best, tmp_path / "older.pt")
+    with pytest.raises(CheckpointError, match="another preprocessing"):
+        load_classifier(tmp_path / "older.pt")

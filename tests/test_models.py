@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from spermfuse.errors import ConfigError
-from spermfuse.models import create_model, get_spec, list_models
+from spermfuse.models import create_model, get_spec, list_models, load_initial_weights
+from spermfuse.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spermfuse.models.freezing import freeze_backbone, layers, set_frozen_norms_to_eval, unfreeze_last
 from spermfuse.models.weights import WeightsError
 
@@ -74,8 +75,8 @@ def test_timm_resnetv2_state_dict_gives_the_same_logits(tmp_path):
         assert (ours(x) - reference(x)).abs().max().item() < 1e-4
 
 
-def test_bit_npz_gives_the_same_logits(tmp_path):
-    reference = random_timm_bit(num_classes=18)
+def write_bit_npz(reference, path):
+    """timm's BiT model written in Google's .npz names and layout."""
     arrays = {}
 
     def hwio(t):
@@ -96,8 +97,13 @@ def test_bit_npz_gives_the_same_logits(tmp_path):
                 arrays[f"{unit}{letter}/group_norm/beta"] = hwio(getattr(block, f"norm{k}").bias)
             if block.downsample is not None:
                 arrays[f"{unit}a/proj/standardized_conv2d/kernel"] = hwio(block.downsample.conv.weight)
-    path = tmp_path / "BiT-M-R50x1.npz"
     np.savez(path, **arrays)
+
+
+def test_bit_npz_gives_the_same_logits(tmp_path):
+    reference = random_timm_bit(num_classes=18)
+    path = tmp_path / "BiT-M-R50x1.npz"
+    write_bit_npz(reference, path)
     ours = create_model("resnet50v2", 18, weights=path).eval()
     x = torch.randn(1, 3, 240, 240)
     with torch.no_grad():
@@ -132,9 +138,23 @@ def test_timm_tf_efficientnetv2_s_weights_load_into_torchvision_layout(tmp_path)
     path = tmp_path / "tf_v2s.pth"
     torch.save(reference.state_dict(), path)
     ours = create_model("efficientnetv2_s", 18, weights=path)
-    assert torch.equal(ours.features[0][0].weight, reference.conv_stem.weight)
-    assert torch.equal(ours.features[7][0].weight, reference.conv_head.weight)
+    theirs = [v for k, v in reference.state_dict().items() if not k.startswith("classifier.")]
+    mine = [v for k, v in ours.state_dict().items() if not k.startswith("classifier.")]
+    assert len(mine) == len(theirs) > 300 and all(torch.equal(a, b) for a, b in zip(mine, theirs))  # every tensor, in order
     assert ours.classifier[1].weight.shape == (18, 1280)
+
+
+def test_normalisation_follows_the_weights(tmp_path):
+    bit = tmp_path / "BiT-M-R50x1.npz"
+    write_bit_npz(random_timm_bit(num_classes=18), bit)
+    tf_v2s = tmp_path / "tf_v2s.pth"
+    torch.save(timm.create_model("tf_efficientnetv2_s", pretrained=False).state_dict(), tf_v2s)
+    plain = tmp_path / "plain.pt"
+    torch.save(create_model("resnetv2_tiny", 3).state_dict(), plain)
+    half = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    for name, path, expected in (("resnet50v2", bit, half), ("efficientnetv2_s", tf_v2s, half), ("resnetv2_tiny", plain, (IMAGENET_MEAN, IMAGENET_STD))):
+        report = load_initial_weights(create_model(name, 18), name, weights=path)
+        assert (report.mean, report.std) == expected, name
 
 
 def test_resnet50v2_without_downloadable_weights_says_how_to_pass_a_file():

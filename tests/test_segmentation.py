@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spermfuse.segmentation import binary_closing, elliptical_kernel, hybrid_otsu, otsu_threshold
+from spermfuse.segmentation import HybridOtsu, binary_closing, elliptical_kernel, hybrid_otsu, otsu_threshold
 
 
 def test_otsu_separates_a_bimodal_histogram():
@@ -71,3 +71,18 @@ def test_hybrid_otsu_bright_foreground_is_the_papers_literal_rule():
     pixels[10:20, 10:20] = 40
     mask = np.asarray(hybrid_otsu(Image.fromarray(pixels), mode="mask", foreground="bright"))
     assert mask[15, 15, 0] == 0 and mask[0, 0, 0] == 255
+
+
+def test_method_b_segments_after_the_resize_and_pads_with_its_own_background():
+    from conftest import draw_cell
+    from spermfuse.transforms import build, pad_to_square, resize_longer_side
+
+    image = draw_cell((400, 200), radius=60, seed=3)
+    segmented = np.asarray(build(False, 64, preprocess=[HybridOtsu()]).geometry(image, np.random.default_rng(0)))
+    # The paper's order: resize to the input size, grey, Otsu, closing; then pad with black.
+    expected = np.asarray(pad_to_square(hybrid_otsu(resize_longer_side(image, 64)), 64, (0, 0, 0)))
+    assert np.array_equal(segmented, expected)
+    assert tuple(segmented[0, 0]) == (0, 0, 0) and segmented[32, 32].max() > 0  # black pad, the cell kept
+    for seed in range(5):  # rotation / shift fills with the background too, never the beige pad colour
+        augmented = np.asarray(build(True, 64, preset="paper_b", rotation=45, preprocess=[HybridOtsu()]).geometry(image, np.random.default_rng(seed)))
+        assert all(tuple(augmented[y, x]) == (0, 0, 0) for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1)))

@@ -266,3 +266,13 @@ def test_method_b_fold_all_trains_its_one_holdout_run_and_exits_0(tiny_sperm, tm
             "--img-size", "32", "--workers", "0", "--freeze-epochs", "1", "--finetune-epochs", "1", "--unfreeze-last", "10"]  # fmt: skip
     assert train.main(argv) == 0
     assert [p.name for p in (tmp_path / "efficientnet_tiny").iterdir()] == ["holdout"]
+
+
+def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tiny_sperm, tmp_path):
+    first = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "a", epochs=1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    assert checkpoint.safe_torch_load(first / "best.pt")["mean"] == [0.5, 0.5, 0.5]
+    fine_tuned = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
+    assert fine_tuned.train_set.transform.normalize.mean == (0.5, 0.5, 0.5)  # from the checkpoint, no flag given
+    run = fine_tuned.run()
+    assert json.loads((run / "config.json").read_text())["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert checkpoint.safe_torch_load(run / "best.pt")["std"] == [0.5, 0.5, 0.5]

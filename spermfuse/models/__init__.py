@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError
 from . import efficientnet
 from .resnetv2 import ResNetV2, StdConv2d
-from .weights import WeightsError, load_pretrained, load_weights
+from .weights import LoadReport, WeightsError, load_pretrained, load_weights
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,20 @@ def create_model(
     """
     spec = get_spec(name)
     model = spec.builder(num_classes, spec.dropout if dropout is None else dropout, drop_path)
-    if pretrained and weights is not None:
-        raise ConfigError("give either pretrained=True or weights=PATH, not both")
-    if pretrained:
-        load_pretrained(model, name, spec)
-    elif weights is not None:
-        load_weights(model, weights, spec)
+    load_initial_weights(model, name, pretrained=pretrained, weights=weights)
     return model
 
 
-__all__ = ["create_model", "list_models", "get_spec", "REGISTRY", "ResNetV2", "StdConv2d", "WeightsError"]
+def load_initial_weights(model: nn.Module, name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> LoadReport | None:
+    """Load the starting weights of a registered model; the report says what the weights expect
+    (their mean/std); None when neither is asked (random initialisation)."""
+    if pretrained and weights is not None:
+        raise ConfigError("give either --pretrained or --weights PATH, not both")
+    if pretrained:
+        return load_pretrained(model, name, get_spec(name))
+    if weights is not None:
+        return load_weights(model, weights, get_spec(name))
+    return None
+
+
+__all__ = ["LoadReport", "create_model", "load_initial_weights", "list_models", "get_spec", "REGISTRY", "ResNetV2", "StdConv2d", "WeightsError"]

@@ -15,6 +15,12 @@ small accuracy drop before fine-tuning (which recovers it).
 
 The classifier head is dropped and left freshly initialised when its class count
 differs; every other unmatched key is an error, never a silent partial load.
+
+Normalisation is a property of the weights: a load reports the mean/std the checkpoint was
+trained with, and training uses them. BiT (.npz and timm ResNetV2) and timm's
+tf_efficientnetv2 checkpoints expect mean = std = 0.5 ([-1, 1] inputs); torchvision's and
+timm's EfficientNet-B checkpoints the ImageNet mean/std; a spermfuse checkpoint carries its
+own; any other state dict is assumed ImageNet (say otherwise with ``--mean``/``--std``).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, safe_np_load, safe_torch_load
 from ..errors import SpermfuseError
+from ..transforms import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 
 if TYPE_CHECKING:
     from . import ModelSpec
@@ -49,6 +56,8 @@ class LoadReport:
     format: str
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the input normalisation the weights expect
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __str__(self) -> str:
         parts = [f"loaded {self.source} ({self.format})"]
@@ -144,19 +153,35 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def convert(model: nn.Module, path: Path, spec: "ModelSpec") -> tuple[dict[str, torch.Tensor], str]:
-    """Read ``path`` and return a state dict in this model's names, and the format found."""
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std)
+IMAGENET: Normalization = (IMAGENET_MEAN, IMAGENET_STD)
+UNIT_RANGE: Normalization = (UNIT_RANGE_MEAN, UNIT_RANGE_STD)
+
+
+def _is_efficientnet_v2(model: nn.Module) -> bool:
+    from torchvision.models.efficientnet import FusedMBConv
+
+    return any(isinstance(m, FusedMBConv) for m in model.modules())
+
+
+def convert(model: nn.Module, path: Path, spec: "ModelSpec") -> tuple[dict[str, torch.Tensor], str, Normalization]:
+    """Read ``path``: a state dict in this model's names, the format found, and its (mean, std)."""
     source = str(path)
     if path.suffix.lower() == ".npz":
         if spec.family != "resnetv2":
             raise WeightsError(f"{source}: .npz (BiT) checkpoints fit only ResNetV2 models")
-        return bit_npz_to_state_dict(safe_np_load(path), model), "BiT .npz"
-    state = _unwrap(safe_torch_load(path), source)
+        return bit_npz_to_state_dict(safe_np_load(path), model), "BiT .npz", UNIT_RANGE
+    loaded = safe_torch_load(path)
+    state = _unwrap(loaded, source)
     if spec.family == "resnetv2" and any(k.startswith("stages.0.blocks.") for k in state):
-        return timm_resnetv2_to_state_dict(state), "timm ResNetV2"
+        return timm_resnetv2_to_state_dict(state), "timm ResNetV2", UNIT_RANGE
     if spec.family == "efficientnet" and "conv_stem.weight" in state:
-        return timm_efficientnet_to_state_dict(state, model, source), "timm EfficientNet"
-    return state, "state dict"
+        # timm's tf_efficientnetv2_* were all trained on [-1, 1]; its EfficientNet-Bs on ImageNet's statistics.
+        normalization = UNIT_RANGE if _is_efficientnet_v2(model) else IMAGENET
+        return timm_efficientnet_to_state_dict(state, model, source), "timm EfficientNet", normalization
+    if isinstance(loaded, dict) and "mean" in loaded and "std" in loaded:  # a spermfuse best.pt
+        return state, "spermfuse checkpoint", (tuple(loaded["mean"]), tuple(loaded["std"]))
+    return state, "state dict", IMAGENET
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], head: str, source: str, fmt: str) -> LoadReport:
@@ -183,12 +208,13 @@ def load_weights(model: nn.Module, path: str | Path, spec: "ModelSpec") -> LoadR
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
-        state, fmt = convert(model, path, spec)
+        state, fmt, (mean, std) = convert(model, path, spec)
     except CheckpointError as error:
         raise WeightsError(str(error)) from None
     with torch.no_grad():
         report = load_state(model, state, spec.head, str(path), fmt)
-    log.info("%s", report)
+    report.mean, report.std = mean, std
+    log.info("%s; expects mean %s std %s", report, mean, std)
     return report
 
 
