@@ -172,6 +172,20 @@ def input_normalization(config: TrainConfig, report: LoadReport | None) -> tuple
     return IMAGENET_MEAN, IMAGENET_STD, "ImageNet (random initialisation)"
 
 
+# Settings that change how a run is carried out, not what it computes: free to differ on --resume.
+OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out"})
+
+
+def training_settings(config: TrainConfig) -> dict:
+    """The settings a run's result depends on, JSON-like (lists, not tuples), as recorded in last.pt."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items() if key not in OPERATIONAL_SETTINGS}
+
+
+def changed_settings(recorded: dict, current: dict) -> list[str]:
+    """``--flag old -> new`` for every recorded setting that ``current`` changes."""
+    return [f"--{key.replace('_', '-')} {recorded[key]} -> {current.get(key)}" for key in recorded if recorded[key] != current.get(key)]
+
+
 def load_samples(config: TrainConfig, context: distributed.DistributedContext) -> data_lib.Samples:
     if config.data is None:
         root = ensure_default_data(config.synthetic_scale, context)
@@ -314,22 +328,31 @@ class FoldTrainer:
                 f"{last}: was trained as {state.get('arch')} on classes {state.get('classes')}; "
                 f"not resumable as {self.config.arch} on this data (use another --out or --overwrite)"
             )
+        changed = changed_settings(state.get("settings", {}), training_settings(self.config))
+        if changed:
+            raise ConfigError(
+                f"{last}: --resume with other settings than the run's ({'; '.join(changed)}); the restored optimiser, "
+                "scheduler and early stopping would not match them. Resume with the run's flags, or start again with --overwrite"
+            )
         return state
 
-    def _save_last(self, stage_index: int, next_epoch: int, global_epoch: int, optimizer, scaler, scheduler, stopper, finished=False) -> None:
-        if not self.context.is_main:
-            return
-        atomic_torch_save(
-            self.run_dir / "last.pt",
-            {
-                "arch": self.config.arch, "classes": list(self.samples.classes), "model": self.model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "early_stopping": stopper.state_dict(), "stage": stage_index, "next_epoch": next_epoch,
-                "global_epoch": global_epoch, "history": self.history, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [], "finished": finished,
-            },
-        )  # fmt: skip
+    def _save_last(self, stage_index: int, next_epoch: int, global_epoch: int, optimizer, scaler, scheduler, stopper, finished=False) -> dict:
+        """Everything a resume needs, saved atomically (by rank 0) and returned.
+
+        ``optimizer`` None marks the start of a stage: its optimiser, scaler and scheduler start afresh.
+        """
+        state = {
+            "arch": self.config.arch, "classes": list(self.samples.classes), "settings": training_settings(self.config),
+            "model": self.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "early_stopping": stopper.state_dict(), "stage": stage_index, "next_epoch": next_epoch,
+            "global_epoch": global_epoch, "history": self.history, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [], "finished": finished,
+        }  # fmt: skip
+        if self.context.is_main:
+            atomic_torch_save(self.run_dir / "last.pt", state)
+        return state
 
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
@@ -379,19 +402,33 @@ class FoldTrainer:
             atomic_write_json(self.run_dir / "config.json", {**asdict(c), "normalization": normalization, "environment": environment_info(self.device), "classes": self.samples.classes})
         stages = stages_of(c)
         self._warn_if_frozen_without_weights()
-        start_stage, global_epoch, finished = 0, 0, False
+        stage_index, global_epoch, finished = 0, 0, False
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.history = list(state["history"])
-            start_stage, global_epoch, finished = state["stage"], state["global_epoch"], state.get("finished", False)
-            log.info("resuming %s at stage %d, epoch %d", self.run_dir, start_stage + 1, state["next_epoch"] + 1)
-        for stage_index in range(start_stage, start_stage if finished else len(stages)):
-            if stage_index > start_stage:
-                self._load_best()  # the next stage starts from the best weights of the previous one
-            resumed = state if stage_index == start_stage else None
-            global_epoch = self._train_stage(stage_index, stages, resumed, global_epoch)
+            stage_index, global_epoch, finished = state["stage"], state["global_epoch"], state.get("finished", False)
+            log.info("resuming %s at stage %d, epoch %d", self.run_dir, stage_index + 1, state["next_epoch"] + 1)
+        while not finished:
+            global_epoch, stopper = self._train_stage(stage_index, stages, state, global_epoch)
+            finished = stage_index == len(stages) - 1
+            if not finished:
+                state = self._begin_stage(stage_index + 1, global_epoch, stopper)
+                stage_index += 1
         self._write_outputs()
         return self.run_dir
+
+    def _begin_stage(self, stage_index: int, global_epoch: int, stopper: engine.EarlyStopping) -> dict:
+        """The boundary between two stages (method B), as one atomic save of last.pt.
+
+        The next stage starts from the best weights so far, and its early stopping from the
+        run's best score: ``best.pt`` is the best validation epoch of the whole run, over both
+        stages (the fine-tuning stage replaces it only by beating it). A kill after this save
+        resumes the next stage from these weights, never from a ``best.pt`` that the next stage
+        wrote before its first ``last.pt``.
+        """
+        self._load_best()
+        carried = engine.EarlyStopping(self.config.early_stopping, stopper.mode, best=stopper.best, best_epoch=stopper.best_epoch)
+        return self._save_last(stage_index, 0, global_epoch, None, None, None, carried)
 
     def _stage_tools(self, stage: Stage, resumed: dict | None):
         """Optimiser, scaler, scheduler and early stopping of a stage, restored when resuming."""
@@ -404,25 +441,27 @@ class FoldTrainer:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience)
         stopper = engine.EarlyStopping(c.early_stopping, mode)
         if resumed is not None:
-            optimizer.load_state_dict(resumed["optimizer"])
-            scaler.load_state_dict(resumed["scaler"])
-            if scheduler is not None and resumed["scheduler"] is not None:
-                scheduler.load_state_dict(resumed["scheduler"])
+            if resumed["optimizer"] is not None:  # None at the start of a stage: fresh tools
+                optimizer.load_state_dict(resumed["optimizer"])
+                scaler.load_state_dict(resumed["scaler"])
+                if scheduler is not None and resumed["scheduler"] is not None:
+                    scheduler.load_state_dict(resumed["scheduler"])
             stopper.load_state_dict(resumed["early_stopping"])
             torch.set_rng_state(resumed["torch_rng"])  # dropout draws continue where they stopped
             if resumed["cuda_rng"]:
                 torch.cuda.set_rng_state_all(resumed["cuda_rng"])
         return optimizer, scaler, scheduler, stopper
 
-    def _train_stage(self, stage_index: int, stages: list[Stage], resumed: dict | None, global_epoch: int) -> int:
-        """Epochs of one stage until its budget or early stopping; returns the global epoch count."""
+    def _train_stage(self, stage_index: int, stages: list[Stage], resumed: dict | None, global_epoch: int) -> tuple[int, engine.EarlyStopping]:
+        """Epochs of one stage until its budget or early stopping; returns the global epoch count
+        and the stage's early stopping (it knows the best score so far)."""
         c, stage = self.config, stages[stage_index]
         self._set_trainable(stage)
         model = self._wrapped_model()
         optimizer, scaler, scheduler, stopper = self._stage_tools(stage, resumed)
         first_epoch = resumed["next_epoch"] if resumed is not None else 0
         if stopper.should_stop:
-            return global_epoch
+            return global_epoch, stopper
         for epoch in range(first_epoch, stage.epochs):
             global_epoch += 1
             row = self._run_epoch(stage, model, optimizer, scaler, global_epoch)
@@ -447,9 +486,9 @@ class FoldTrainer:
             if stopper.should_stop:
                 log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)", c.monitor, stopper.patience, stopper.best, stopper.best_epoch)
                 break
-        last_stage = stage_index == len(stages) - 1
-        self._save_last(stage_index, stage.epochs, global_epoch, optimizer, scaler, scheduler, stopper, finished=last_stage)
-        return global_epoch
+        if stage_index == len(stages) - 1:
+            self._save_last(stage_index, stage.epochs, global_epoch, optimizer, scaler, scheduler, stopper, finished=True)
+        return global_epoch, stopper
 
     def _write_outputs(self) -> None:
         self._load_best()

@@ -115,12 +115,9 @@ def test_method_b_two_stages_freeze_then_unfreeze(tiny_sperm, tmp_path):
     assert load(run / "test_logits.npz")["logits"].shape[1] == 18
 
 
-def test_method_b_resumed_across_the_stage_boundary_matches(tiny_sperm, tmp_path):
+def test_method_b_killed_after_the_first_stage_resumes_to_the_same_logits(tiny_sperm, tmp_path):
     def config(out, **extra):
-        return trainer.method_b_config(
-            arch="efficientnet_tiny", data=str(tiny_sperm), out=str(out), img_size=32, workers=0,
-            freeze_epochs=2, finetune_epochs=2, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2, **extra,
-        )  # fmt: skip
+        return method_b_tiny(tiny_sperm, out, **extra)
 
     full = trainer.train_fold(config(tmp_path / "full"))
 
@@ -276,3 +273,49 @@ def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tin
     run = fine_tuned.run()
     assert json.loads((run / "config.json").read_text())["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert checkpoint.safe_torch_load(run / "best.pt")["std"] == [0.5, 0.5, 0.5]
+
+
+def test_resume_with_changed_settings_is_refused_naming_the_flags(tiny_sperm, tmp_path):
+    trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
+    with pytest.raises(trainer.ConfigError, match=r"--lr 0.001 -> 0.01.*--overwrite"):
+        trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, lr=1e-2, resume=True))
+    trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, workers=1, resume=True))  # how it runs may change
+    run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, lr=1e-2, overwrite=True))
+    assert json.loads((run / "config.json").read_text())["lr"] == 1e-2
+
+
+def method_b_tiny(data, out, **extra):
+    return trainer.method_b_config(
+        arch="efficientnet_tiny", data=str(data), out=str(out), img_size=32, workers=0,
+        freeze_epochs=2, finetune_epochs=2, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2, **extra,
+    )  # fmt: skip
+
+
+def test_method_b_killed_at_the_stage_boundary_resumes_from_the_first_stages_best(tiny_sperm, tmp_path, monkeypatch):
+    full = trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path / "full"))
+    write_history = trainer.write_history
+
+    def die_before_the_first_finetune_checkpoint(path, history):
+        write_history(path, history)
+        if history[-1]["stage"] == "finetune":  # after stage 2's first best.pt, before its first last.pt
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "write_history", die_before_the_first_finetune_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path / "cut"))
+    monkeypatch.setattr(trainer, "write_history", write_history)
+    resumed = trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path / "cut", resume=True))
+    assert np.array_equal(load(full / "test_logits.npz")["logits"], load(resumed / "test_logits.npz")["logits"])
+
+
+def test_best_pt_of_a_two_stage_run_is_the_best_epoch_of_the_whole_run(tiny_sperm, tmp_path, monkeypatch):
+    val_losses = iter([1.0, 0.5, 0.8, 0.9])  # stage 1 ends best; fine-tuning never beats it
+
+    def scripted_epoch(self, stage, model, optimizer, scaler, global_epoch):
+        return {"epoch": global_epoch, "stage": stage.name, "lr": 1e-4, "train_loss": 1.0, "train_acc": 0.5, "val_loss": next(val_losses),
+                "val_acc": 0.5, "seconds": 0.0, "images_per_second": 0.0, "peak_memory_mb": 0.0, "skipped_steps": 0}  # fmt: skip
+
+    monkeypatch.setattr(trainer.FoldTrainer, "_run_epoch", scripted_epoch)
+    run = trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path))
+    best = checkpoint.safe_torch_load(run / "best.pt")
+    assert (best["epoch"], best["val_metric"]) == (2, 0.5)
