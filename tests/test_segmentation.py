@@ -15,10 +15,23 @@ def test_otsu_separates_a_bimodal_histogram():
     assert (gray[:5000] <= t).mean() > 0.999 and (gray[5000:] > t).mean() > 0.999
 
 
-def test_otsu_two_levels_split_between_them():
+def test_otsu_two_levels_split_at_the_first_of_the_tied_thresholds():
     gray = np.array([10] * 30 + [200] * 70, dtype=np.uint8)
-    t = otsu_threshold(gray)
-    assert 10 <= t < 200
+    # Every t in 10..199 separates the two levels equally well; the first one wins, as in OpenCV.
+    assert otsu_threshold(gray) == 10
+
+
+def test_otsu_maximises_the_between_class_variance_computed_directly():
+    gray = np.random.default_rng(4).gamma(3.0, 30.0, 4000).clip(0, 255).astype(np.uint8)
+
+    def between_class_variance(t):
+        low, high = gray[gray <= t].astype(np.float64), gray[gray > t].astype(np.float64)
+        if len(low) == 0 or len(high) == 0:
+            return -1.0
+        return len(low) * len(high) / len(gray) ** 2 * (low.mean() - high.mean()) ** 2
+
+    scores = [between_class_variance(t) for t in range(256)]
+    assert otsu_threshold(gray) == int(np.argmax(scores))
 
 
 def test_otsu_of_a_constant_image_keeps_everything_in_one_class():

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -214,10 +215,16 @@ def test_empty_data_folder_gets_one_clear_line(tmp_path):
     assert result.returncode == 2 and "no images found" in result.stderr and "Traceback" not in result.stderr
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_torchrun_two_processes_on_cpu_match_the_sample_set(tiny_sperm, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "train.py",
         "--data", str(tiny_sperm), "--out", str(tmp_path), "--arch", "resnetv2_tiny", "--img-size", "32",
         "--epochs", "1", "--workers", "0", "--val-fraction", "0.2", "--device", "cpu",
     ]  # fmt: skip
