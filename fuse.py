@@ -1,7 +1,8 @@
 """Adaptive logit fusion of trained backbones, and prediction on new images.
 
     python fuse.py --grid                        # a* on {0.0, ..., 1.0} by mean weighted F1 (the paper)
-    python fuse.py --grid --select nested        # a per fold chosen on the other folds (no leakage)
+    python fuse.py --grid --select val           # a per fold chosen on its validation logits (no test leakage)
+    python fuse.py --grid --select nested        # a per fold chosen on the other folds (fold k's logits unused)
     python fuse.py --alpha 0.5                   # a fixed weight
     python fuse.py --predict new_images/         # fused class probabilities -> predictions.csv
 
@@ -36,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help="model folders under --runs (N >= 2)")
     p.add_argument("--alphas", default="0:1:0.1", help="grid, start:stop:step or a comma list (default 0:1:0.1)")
     p.add_argument("--select", choices=["test", "val", "nested"], default="test",
-                   help="test: the paper's choice on the test folds; val: per fold on validation logits; nested: per fold on the other folds")  # fmt: skip
+                   help="test: the paper's choice on the test folds (optimistic); val: per fold on validation logits (no test leakage); "
+                        "nested: per fold on the other folds' test logits (those models trained on fold k's images)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
@@ -44,14 +46,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, ...]], dict]:
-    """The weights used on each fold, and the summary written to fusion.json."""
+SELECTION_FOLDERS = {"test (paper, optimistic)": "optimistic", "val": "val", "nested": "nested"}
+
+
+def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, ...]], dict, dict[str, list[tuple[float, ...]]]]:
+    """The weights used on each fold, the summary written to fusion.json, and the per-fold
+    weights of the other selections (by output folder name)."""
     names = args.models
     if args.alpha is not None:
         if len(names) != 2 or not 0.0 <= args.alpha <= 1.0:
             raise fusion.FusionError("--alpha needs exactly two --models and a value in [0, 1]")
         chosen = [(args.alpha, 1.0 - args.alpha)] * len(per_fold)
-        return chosen, {"rule": "fixed", "weights": list(chosen[0])}
+        return chosen, {"rule": "fixed", "weights": list(chosen[0])}, {}
     alphas = fusion.parse_alphas(args.alphas)
     result = fusion.grid_search(per_fold, alphas)
     header, rows = fusion.grid_table(result, names)
@@ -72,9 +78,24 @@ def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, .
     if honest.get(key) is None:
         raise fusion.FusionError(f"--select {args.select}: not possible here (needs val_logits.npz / two or more folds)")
     if args.select != "test":
-        summary["rule"] = {"val": "per fold, max weighted F1 on that fold's validation logits", "nested": "per fold, max mean weighted F1 on the other folds"}[args.select]
+        summary["rule"] = {
+            "val": "per fold, max weighted F1 on that fold's validation logits (no use of its test images)",
+            "nested": "per fold, max mean weighted F1 on the other folds' test logits (their models trained on this fold's images)",
+        }[args.select]  # fmt: skip
         summary["weights"] = None
-    return honest[key], summary
+    others = {SELECTION_FOLDERS[name]: c for name, c in honest.items() if c and name != key}
+    return honest[key], summary, others
+
+
+def write_fused_logits(folder: Path, per_fold, chosen, arch: str) -> None:
+    """``fold<k>_logits.npz`` of the fused models, in the logits schema."""
+    for sets, weights in zip(per_fold, chosen):
+        fused = fusion.fuse([s.logits for s in sets], weights)
+        first = sets[0]
+        atomic_savez(
+            folder / f"fold{first.fold}_logits.npz", logits=fused.astype(np.float32), labels=first.labels, paths=first.paths,
+            classes=np.array(first.classes, dtype=str), arch=np.array(arch), fold=np.array(first.fold, dtype=np.int64),
+        )  # fmt: skip
 
 
 def run_fusion(args) -> int:
@@ -84,15 +105,13 @@ def run_fusion(args) -> int:
         per_fold_val = fusion.collect_folds(args.runs, args.models, "val")
     except fusion.FusionError:
         per_fold_val = None
-    chosen, summary = weights_for_folds(args, per_fold, per_fold_val)
+    chosen, summary, others = weights_for_folds(args, per_fold, per_fold_val)
     args.out.mkdir(parents=True, exist_ok=True)
-    for sets, weights in zip(per_fold, chosen):
-        fused = fusion.fuse([s.logits for s in sets], weights)
-        first = sets[0]
-        atomic_savez(
-            args.out / f"fold{first.fold}_logits.npz", logits=fused.astype(np.float32), labels=first.labels, paths=first.paths,
-            classes=np.array(first.classes, dtype=str), arch=np.array("fusion"), fold=np.array(first.fold, dtype=np.int64),
-        )  # fmt: skip
+    write_fused_logits(args.out, per_fold, chosen, "fusion")
+    # The other selections' fused logits too, so evaluate.py tests the members against an
+    # honestly selected fusion as well as the chosen one (fusion_val, fusion_nested, ...).
+    for name, weights in others.items():
+        write_fused_logits(args.out / name, per_fold, weights, f"fusion_{name}")
     summary.update({
         "models": args.models, "select": args.select, "alphas": args.alphas, "weights_per_fold": [list(w) for w in chosen],
         "inputs": [s.source for sets in per_fold for s in sets], "folds": [sets[0].fold for sets in per_fold],

@@ -192,6 +192,12 @@ def paired_tests(fold_scores_a: Sequence[float], fold_scores_b: Sequence[float])
     return {"paired_t_p": None if math.isnan(t_p) else t_p, "wilcoxon_p": w_p}
 
 
+def wilcoxon_floor(pairs: int) -> float:
+    """The smallest p-value the exact two-sided Wilcoxon signed-rank test can give with ``pairs``
+    pairs: every difference of one sign, 2 / 2^n (0.0625 for five folds)."""
+    return 2.0 / 2.0**pairs
+
+
 def top_confusions(confusion: Sequence[Sequence[int]], classes: Sequence[str], top: int = 3) -> dict[str, list[tuple[str, int]]]:
     """For each true class, the classes it is most often mistaken for (Table 7)."""
     matrix = np.asarray(confusion)

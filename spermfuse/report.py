@@ -100,6 +100,7 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
     out.append(markdown_table(["model", "metric", "mean", "std", "95 % CI"], rows))
     if report["tests"]:
         out.append("## Table 6. Paired tests on fold-wise weighted F1 (McNemar on all predictions)\n")
+        out.append(paired_tests_caveats(report) + "\n")
         out.append(markdown_table(
             ["A", "B", "paired t p", "Wilcoxon p", "McNemar p"],
             [[t["a"], t["b"], fmt(t["paired_t_p"]), fmt(t["wilcoxon_p"]), fmt(t["mcnemar_p"])] for t in report["tests"]],
@@ -108,6 +109,21 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
     confusions = metrics.top_confusions(models[main]["aggregate"]["confusion"], classes)
     out.append(markdown_table(["true class", "most often predicted as"], [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()]))
     return "\n".join(out)
+
+
+def paired_tests_caveats(report: dict) -> str:
+    """What Table 6 can and cannot show, from the number of folds and the models present."""
+    folds = min(len(m["folds"]["fold"]) for m in report["models"].values())
+    lines = [
+        f"> With {folds} folds the exact two-sided Wilcoxon signed-rank test cannot give p below "
+        f"{metrics.wilcoxon_floor(folds):.4f} (= 2 / 2^{folds}), whatever the difference: a Wilcoxon p above 0.05 here is no evidence of equality."
+    ]  # fmt: skip
+    if "fusion" in report["models"]:
+        lines.append(
+            "> `fusion` uses the weights `fuse.py --select` chose (by default the paper's a*, tuned on these test folds: optimistic); "
+            "`fusion_val` (a per fold from its validation logits) and `fusion_nested` (from the other folds) are the honest comparisons."
+        )
+    return "\n>\n".join(lines)
 
 
 # --------------------------------------------------------------------------- figures

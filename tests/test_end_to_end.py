@@ -24,7 +24,7 @@ def test_demo_pipeline_end_to_end(tiny_sperm, tmp_path):
     fusion = json.loads((runs / "fusion" / "fusion.json").read_text())
     assert fusion["models"] == ["efficientnet_tiny", "resnetv2_tiny"] and len(fusion["weights"]) == 2
     report = json.loads((tmp_path / "reports" / "tiny" / "report.json").read_text())
-    assert set(report["models"]) == {"efficientnet_tiny", "resnetv2_tiny", "fusion"}
+    assert set(report["models"]) == {"efficientnet_tiny", "resnetv2_tiny", "fusion", "fusion_nested", "fusion_val"}
     total = sum(report["models"]["fusion"]["aggregate"]["per_class"][c]["support"] for c in report["classes"])
     assert total == 18 * 6  # every image tested exactly once over the folds
     assert (tmp_path / "reports" / "tiny" / "confusion_fusion.png").is_file()

@@ -244,3 +244,29 @@ def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_pat
         support = sum(c["support"] for c in model["aggregate"]["per_class"].values())
         assert support == len(np.load(run / "test_logits.npz")["labels"])  # Tables 3-4 over the holdout test split
         assert "single split" in (reports / "evaluation" / "report.md").read_text()
+
+
+def test_the_honest_fusions_are_evaluated_against_the_members_too(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
+    members = fusion.collect_folds(runs, ["modelx", "modely"])
+    nested_weights = settings["selection_comparison"]["nested"]["weights_per_fold"]
+    for sets, weights, fused in zip(members, nested_weights, fusion.load_fold_sets(runs / "fusion" / "nested")):
+        fused, *aligned = fusion.align([fused, *sets])
+        assert np.allclose(fused.logits, fusion.fuse([s.logits for s in aligned], weights), atol=1e-5)
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--no-figures")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "reports" / "evaluation" / "report.json").read_text())
+    pairs = {(t["a"], t["b"]) for t in report["tests"]}
+    assert {("modelx", "fusion_nested"), ("modely", "fusion_val"), ("modelx", "fusion")} <= pairs
+    markdown = (tmp_path / "reports" / "evaluation" / "report.md").read_text()
+    assert "cannot give p below 0.0625" in markdown and "`fusion_val`" in markdown
+
+
+def test_wilcoxon_floor_is_the_exact_test_with_every_difference_of_one_sign():
+    from scipy import stats
+
+    for folds in (5, 6, 8):
+        differences = np.arange(1, folds + 1, dtype=float)
+        assert metrics.wilcoxon_floor(folds) == pytest.approx(stats.wilcoxon(differences, method="exact").pvalue)
