@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from spermfuse import fusion, report
+from spermfuse import fusion, report, splits
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 from spermfuse.errors import SpermfuseError, user_message
 
@@ -51,6 +51,14 @@ def single_split_note(name: str, sets: list[fusion.LogitsSet]) -> str:
     return f"{name}: only one fold, so no standard deviation or confidence interval"
 
 
+def few_groups_notes(groups: dict[int, dict[str, int]]) -> list[str]:
+    """A warning for every fold in which a class's test images come from fewer than 2 groups."""
+    return [
+        f"fold {fold}: the test images of {name} come from {n} group: its scores in that fold rest on one patient"
+        for fold, counts in groups.items() for name, n in counts.items() if name != "all" and n < 2
+    ]  # fmt: skip
+
+
 def check_comparable(models: dict[str, list[fusion.LogitsSet]]) -> None:
     first_name, first = next(iter(models.items()))
     for name, sets in models.items():
@@ -80,6 +88,11 @@ def main(argv=None) -> int:
         if main_name not in models:
             raise fusion.FusionError(f"--main {main_name}: not among {', '.join(models)}")
         result = report.build_report(models)
+        if not args.logits and (args.runs / "folds.csv").is_file():
+            groups = splits.groups_per_fold(args.runs / "folds.csv")
+            if groups is not None:
+                result["groups_per_fold"] = groups
+                notes += few_groups_notes(groups)
         grid_md = None
         for folder in folders.values():
             if (folder / "grid.md").is_file():

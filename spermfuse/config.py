@@ -68,6 +68,8 @@ class TrainConfig:
     # EfficientNetV2-S builder would silently use up to 0.2).
     drop_path: float = 0.0
     skip_bad: bool = False
+    group_column: str = "group"  # a manifest's patient / slide / sample column, used when present
+    group_pattern: str | None = None  # regex with one capture group: the group in each file name
     resume: bool = False
     overwrite: bool = False
     pad_color: tuple[int, int, int] = PAD_COLOR

@@ -5,7 +5,12 @@ Three layouts are read (``discover``):
 - ImageFolder: ``root/<Class>/*.png``;
 - official folds: ``root/fold<k>/{train,test}/<Class>/*`` (how Hi-LabSpermMorpho is shared);
   each image is tested in exactly one fold, so samples are read from the ``test`` folders;
-- a CSV manifest ``path,label[,fold]`` (paths relative to the CSV's folder).
+- a CSV manifest ``path,label[,fold][,group]`` (paths relative to the CSV's folder).
+
+Groups (patient, slide or sample ids) come from the manifest's ``group`` column (another
+name with ``group_column``) or, for folder layouts, from the first capture group of
+``group_pattern`` searched in each file name. With groups, splits keep every group on one
+side (``splits.py``).
 
 Classes are always sorted by name; the class list travels with every output.
 """
@@ -23,7 +28,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checkpoint import atomic_write_csv
 from .errors import SpermfuseError
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ class Samples:
     labels: np.ndarray
     classes: list[str]
     folds: np.ndarray | None = None  # 1-based test fold of each sample, when the layout has one
+    groups: np.ndarray | None = None  # patient / slide / sample id of each sample (str), when known
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) with on_error="skip"
 
     def __len__(self) -> int:
@@ -112,14 +117,14 @@ def _discover_folds(root: Path, fold_dirs: dict[int, Path]) -> tuple[list[str], 
     return paths, names, folds
 
 
-def _discover_manifest(csv_path: Path) -> tuple[Path, list[str], list[str], list[int] | None]:
+def _discover_manifest(csv_path: Path, group_column: str) -> tuple[Path, list[str], list[str], list[int] | None, list[str] | None]:
     root = csv_path.parent
     with open(csv_path, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        unknown = set(columns) - {"path", "label", "fold"}
+        unknown = set(columns) - {"path", "label", "fold", group_column}
         if "path" not in columns or "label" not in columns or unknown:
-            raise DataError(f"{csv_path}: columns must be path,label[,fold]; found {','.join(columns) or 'none'}")
+            raise DataError(f"{csv_path}: columns must be path,label[,fold][,{group_column}]; found {','.join(columns) or 'none'} (--group-column names the group column)")
         rows = list(reader)
     if not rows:
         raise DataError(f"{csv_path}: manifest lists no images")
@@ -134,24 +139,48 @@ def _discover_manifest(csv_path: Path) -> tuple[Path, list[str], list[str], list
                 folds.append(int(row["fold"]))
             except ValueError:
                 raise DataError(f"{csv_path}:{line}: fold {row['fold']!r} is not an integer") from None
-    return root, paths, names, (folds if "fold" in columns else None)
+        if group_column in columns and not (row[group_column] or "").strip():
+            raise DataError(f"{csv_path}:{line}: empty {group_column!r} for {row['path']!r}; every image needs its group (patient, slide or sample)")
+    groups = [row[group_column].strip() for row in rows] if group_column in columns else None
+    return root, paths, names, (folds if "fold" in columns else None), groups
+
+
+def groups_from_pattern(paths: Sequence[str], pattern: str) -> list[str]:
+    """The first capture group of ``pattern`` searched in each file name (e.g. ``patient(\\d+)``)."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise DataError(f"--group-pattern {pattern!r}: not a regular expression ({error})") from None
+    if compiled.groups < 1:
+        raise DataError(f"--group-pattern {pattern!r}: needs a capture group, e.g. 'patient(\\d+)'")
+    groups = []
+    for rel in paths:
+        match = compiled.search(Path(rel).name)
+        if match is None or not match.group(1):
+            raise DataError(f"{rel}: --group-pattern {pattern!r} finds no group in this file name; fix the pattern or the name")
+        groups.append(match.group(1))
+    return groups
 
 
 def discover(
     root: str | os.PathLike,
     on_error: Literal["raise", "skip"] = "raise",
     check_images: bool = True,
+    group_column: str = "group",
+    group_pattern: str | None = None,
 ) -> Samples:
     """Find the samples of a data set in any of the three layouts (see module docstring).
 
     With ``check_images`` every image is decoded once so that a bad file fails here,
     naming the file, instead of in the middle of training. ``on_error="skip"`` drops
-    unreadable files and lists them in ``Samples.skipped``.
+    unreadable files and lists them in ``Samples.skipped``. Groups: a manifest's
+    ``group_column``, or ``group_pattern`` on the file names.
     """
     root = Path(root)
     folds: list[int] | None = None
+    groups: list[str] | None = None
     if root.is_file() and root.suffix.lower() == ".csv":
-        root, paths, names, folds = _discover_manifest(root)
+        root, paths, names, folds, groups = _discover_manifest(root, group_column)
     elif not root.is_dir():
         raise DataError(f"{root}: data folder not found; pass an ImageFolder, fold<k>/ folders or a .csv manifest")
     else:
@@ -162,6 +191,8 @@ def discover(
             paths, names = _from_class_folders(root, root)
     if not paths:
         raise DataError(f"{root}: no images found; expected <Class>/ folders of {', '.join(sorted(IMAGE_EXTENSIONS))} files")
+    if group_pattern is not None:
+        groups = groups_from_pattern(paths, group_pattern)
 
     skipped = []
     if check_images:
@@ -179,112 +210,14 @@ def discover(
         paths = [paths[i] for i in keep]
         names = [names[i] for i in keep]
         folds = [folds[i] for i in keep] if folds is not None else None
+        groups = [groups[i] for i in keep] if groups is not None else None
 
     classes = sorted(set(names))
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
     fold_array = np.array(folds, dtype=np.int64) if folds is not None else None
-    return Samples(root, paths, labels, classes, fold_array, skipped)
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def make_folds(labels: np.ndarray, classes: Sequence[str], k: int = 5, seed: int = 42) -> np.ndarray:
-    """Stratified k-fold assignment (1-based test fold per sample), reproducible from ``seed``."""
-    from sklearn.model_selection import StratifiedKFold
-
-    counts = np.bincount(labels, minlength=len(classes))
-    for name, n in zip(classes, counts):
-        if 0 < n < k:
-            raise DataError(f"class {name!r} has {n} images, fewer than the {k} folds; add images or use fewer folds")
-    folds = np.zeros(len(labels), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for fold, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels), start=1):
-        folds[test_idx] = fold
-    return folds
-
-
-def write_folds(path: Path, samples: Samples, folds: np.ndarray) -> None:
-    """Write ``path,label,fold`` atomically."""
-    atomic_write_csv(path, ["path", "label", "fold"], ([p, samples.classes[y], int(f)] for p, y, f in zip(samples.paths, samples.labels, folds)))
-
-
-def read_folds(path: Path, samples: Samples) -> np.ndarray:
-    """Read a folds.csv and check it describes exactly these samples."""
-    with open(path, newline="") as handle:
-        rows = {row["path"]: row for row in csv.DictReader(handle)}
-    if set(rows) != set(samples.paths):
-        raise DataError(f"{path}: lists other images than the data set; delete it to re-split, or point --out elsewhere")
-    for rel, y in zip(samples.paths, samples.labels):
-        if rows[rel]["label"] != samples.classes[y]:
-            raise DataError(f"{path}: {rel} is labelled {rows[rel]['label']!r} there but {samples.classes[y]!r} in the data")
-    return np.array([int(rows[p]["fold"]) for p in samples.paths], dtype=np.int64)
-
-
-def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: int = 42) -> np.ndarray:
-    """The fold of every sample: from the layout, else from ``folds_csv``, else made and saved there.
-
-    Written once and reused, so every model trained on the data sees identical splits.
-    """
-    if samples.folds is not None:
-        folds = samples.folds
-    elif folds_csv.exists():
-        folds = read_folds(folds_csv, samples)
-    else:
-        folds = make_folds(samples.labels, samples.classes, k, seed)
-        write_folds(folds_csv, samples, folds)
-        log.info("wrote %s (%d-fold stratified, seed %d)", folds_csv, k, seed)
-    return folds
-
-
-def stratified_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``indices`` into (rest, subset) with ``fraction`` of each class in the subset.
-
-    With ``fraction > 0``, every class with at least two samples gives at least one to the
-    subset, so small classes are still validated on; single-sample classes stay in the rest.
-    ``fraction == 0`` gives an empty subset.
-    """
-    rng = np.random.default_rng(seed)
-    subset = []
-    for c in np.unique(labels[indices]):
-        members = indices[labels[indices] == c]
-        members = members[rng.permutation(len(members))]
-        n = int(round(fraction * len(members)))
-        n = min(max(n, 1), len(members) - 1) if len(members) >= 2 and fraction > 0 else 0
-        subset.append(members[:n])
-    subset = np.sort(np.concatenate(subset)) if subset else np.array([], dtype=np.int64)
-    rest = np.setdiff1d(indices, subset)
-    return rest, subset
-
-
-@dataclass
-class Split:
-    """Indices into Samples for training, validation (model selection) and test."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-def fold_split(folds: np.ndarray, labels: np.ndarray, fold: int, val_fraction: float = 0.1, seed: int = 42) -> Split:
-    """Fold ``fold`` is the test set; a stratified ``val_fraction`` of the rest is the validation set.
-
-    The test fold is never used for early stopping or model selection.
-    """
-    if fold not in set(folds.tolist()):
-        raise DataError(f"fold {fold} does not exist; folds are {sorted(set(folds.tolist()))}")
-    test = np.flatnonzero(folds == fold)
-    train, val = stratified_subset(np.flatnonzero(folds != fold), labels, val_fraction, seed + fold)
-    return Split(train, val, test)
-
-
-def holdout_split(labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42) -> Split:
-    """Stratified train/val/test split (method B uses 70/15/15)."""
-    everything = np.arange(len(labels))
-    rest, test = stratified_subset(everything, labels, test_fraction, seed)
-    train, val = stratified_subset(rest, labels, val_fraction / (1.0 - test_fraction), seed + 1)
-    return Split(train, val, test)
+    group_array = np.array(groups, dtype=str) if groups is not None else None
+    return Samples(root, paths, labels, classes, fold_array, group_array, skipped)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:

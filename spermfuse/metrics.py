@@ -192,6 +192,25 @@ def paired_tests(fold_scores_a: Sequence[float], fold_scores_b: Sequence[float])
     return {"paired_t_p": None if math.isnan(t_p) else t_p, "wilcoxon_p": w_p}
 
 
+def corrected_resampled_t_test(fold_scores_a: Sequence[float], fold_scores_b: Sequence[float], test_size: float, train_size: float) -> dict:
+    """The corrected resampled t-test of Nadeau & Bengio (2003, Machine Learning 52:239-281).
+
+    The folds' training sets overlap, so their scores are correlated and the plain paired
+    t-test's variance s^2 / k is too small. The correction inflates it by the ratio of test to
+    training size:  t = mean(d) / sqrt((1/k + n_test/n_train) s^2),  with k - 1 degrees of
+    freedom, d the fold-wise differences and s^2 their unbiased variance. None when undefined.
+    """
+    differences = np.asarray(fold_scores_a, dtype=np.float64) - np.asarray(fold_scores_b, dtype=np.float64)
+    k = len(differences)
+    if k < 2 or train_size <= 0:
+        return {"corrected_t": None, "corrected_t_p": None}
+    variance = differences.var(ddof=1)
+    if variance == 0:
+        return {"corrected_t": 0.0 if differences.mean() == 0 else math.copysign(math.inf, differences.mean()), "corrected_t_p": 1.0 if differences.mean() == 0 else 0.0}
+    t = float(differences.mean() / math.sqrt((1.0 / k + test_size / train_size) * variance))
+    return {"corrected_t": t, "corrected_t_p": float(2 * stats.t.sf(abs(t), k - 1))}
+
+
 def wilcoxon_floor(pairs: int) -> float:
     """The smallest p-value the exact two-sided Wilcoxon signed-rank test can give with ``pairs``
     pairs: every difference of one sign, 2 / 2^n (0.0625 for five folds)."""

@@ -53,8 +53,12 @@ def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, 
             labels = np.concatenate([x.labels for x, _ in pairs])
             predicted_a = np.concatenate([x.logits for x, _ in pairs]).argmax(1)
             predicted_b = np.concatenate([y.logits for _, y in pairs]).argmax(1)
-            paired = metrics.paired_tests(evaluated[a]["folds"]["f1_weighted"], evaluated[b]["folds"]["f1_weighted"])
-            tests.append({"a": a, "b": b, "metric": "f1_weighted", **paired, "mcnemar_p": metrics.mcnemar_p(labels, predicted_a, predicted_b)})
+            scores_a, scores_b = evaluated[a]["folds"]["f1_weighted"], evaluated[b]["folds"]["f1_weighted"]
+            paired = metrics.paired_tests(scores_a, scores_b)
+            # Each fold's model trained on the other folds: n_train is the rest of the data (validation included).
+            test_size = len(labels) / len(pairs)
+            corrected = metrics.corrected_resampled_t_test(scores_a, scores_b, test_size, len(labels) - test_size)
+            tests.append({"a": a, "b": b, "metric": "f1_weighted", **paired, **corrected, "mcnemar_p": metrics.mcnemar_p(labels, predicted_a, predicted_b)})
     return tests
 
 
@@ -80,6 +84,10 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
             "specificity_weighted", "auroc_macro", "auroc_weighted", "auprc_macro", "auprc_weighted", "ece"]  # fmt: skip
     out.append("## Aggregated over all folds\n")
     out.append(markdown_table(["model"] + keys, [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in models.items()]))
+    if "groups_per_fold" in report:
+        groups = report["groups_per_fold"]
+        out.append("## Groups (patients, slides or samples) in each test fold\n")
+        out.append(markdown_table(["fold", "groups"] + classes, [[k, g["all"]] + [g.get(c, 0) for c in classes] for k, g in groups.items()]))
     if grid_markdown:
         out.append("## Table 1. Fusion weight grid (per-fold accuracy and weighted F1)\n")
         out.append(grid_markdown)
@@ -102,8 +110,8 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
         out.append("## Table 6. Paired tests on fold-wise weighted F1 (McNemar on all predictions)\n")
         out.append(paired_tests_caveats(report) + "\n")
         out.append(markdown_table(
-            ["A", "B", "paired t p", "Wilcoxon p", "McNemar p"],
-            [[t["a"], t["b"], fmt(t["paired_t_p"]), fmt(t["wilcoxon_p"]), fmt(t["mcnemar_p"])] for t in report["tests"]],
+            ["A", "B", "paired t p", "corrected t", "corrected t p", "Wilcoxon p", "McNemar p"],
+            [[t["a"], t["b"], fmt(t["paired_t_p"]), fmt(t["corrected_t"]), fmt(t["corrected_t_p"]), fmt(t["wilcoxon_p"]), fmt(t["mcnemar_p"])] for t in report["tests"]],
         ))  # fmt: skip
     out.append(f"## Table 7. Most frequent confusions of {main}\n")
     confusions = metrics.top_confusions(models[main]["aggregate"]["confusion"], classes)
@@ -115,6 +123,8 @@ def paired_tests_caveats(report: dict) -> str:
     """What Table 6 can and cannot show, from the number of folds and the models present."""
     folds = min(len(m["folds"]["fold"]) for m in report["models"].values())
     lines = [
+        "> The corrected resampled t-test (Nadeau & Bengio, 2003) inflates the paired t-test's variance by n_test/n_train, "
+        "because the folds' training sets overlap; prefer it to the plain paired t-test, which declares differences significant too easily.",
         f"> With {folds} folds the exact two-sided Wilcoxon signed-rank test cannot give p below "
         f"{metrics.wilcoxon_floor(folds):.4f} (= 2 / 2^{folds}), whatever the difference: a Wilcoxon p above 0.05 here is no evidence of equality."
     ]  # fmt: skip

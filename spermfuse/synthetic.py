@@ -13,7 +13,13 @@ Images are written as ImageFolder PNGs plus ``metadata.csv`` with every image's
 generating parameters. Same seed, same files, byte for byte: each image draws from
 its own generator seeded by (seed, class, index).
 
-Command line: ``python -m spermfuse.synthetic --kind sperm18 --out DIR [--per-class N]``.
+With ``patients=N`` every image also belongs to one of N synthetic patients (its file name
+ends in ``_patient<id>``, and ``metadata.csv`` has a ``patient`` column). A patient has its
+own look (stain cast, background brightness, optics blur) and a skewed mix of classes, as
+the slides of one real patient do: a network can learn the look as a shortcut, which only
+patient-disjoint folds expose. Without ``patients`` the files are byte-identical to before.
+
+Command line: ``python -m spermfuse.synthetic --kind sperm18 --out DIR [--per-class N] [--patients N]``.
 """
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ SPERM18_FREQUENCY = {
 DEFAULT_SCALE = {"sperm18": 0.08, "hushem4": None, "blood4": None}
 MIN_PER_CLASS = 12
 SUPERSAMPLE = 2
+PATIENT_STREAM = 7919  # seeds the patients' draws apart from every image's own
 # Bumped whenever rendering changes, so cached default data sets are regenerated.
 GENERATOR_VERSION = 3
 
@@ -385,6 +392,43 @@ def class_counts(kind: str, per_class: int | None = None, scale: float | None = 
     return {name: max(MIN_PER_CLASS, int(round(n * factor))) for name, n in zip(classes, defaults)}
 
 
+@dataclass(frozen=True)
+class PatientLook:
+    """What one patient's (slide's) images share: a stain cast, a brightness shift, extra blur."""
+
+    stain: tuple[float, float, float]  # per-channel gain
+    brightness: float  # added to every channel, in grey levels
+    blur: float  # extra Gaussian blur (pixels)
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        pixels = np.asarray(image, dtype=np.float32) * np.array(self.stain, dtype=np.float32) + self.brightness
+        image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+        return image.filter(ImageFilter.GaussianBlur(self.blur)) if self.blur > 0 else image
+
+
+def patient_looks(seed: int, patients: int) -> list[PatientLook]:
+    """The look of every patient, from its own generator (independent of the images' draws)."""
+    looks = []
+    for p in range(patients):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, PATIENT_STREAM, p]))
+        stain = tuple(float(g) for g in 1.0 + rng.normal(0, 0.07, 3))
+        looks.append(PatientLook(stain, float(rng.normal(0, 10)), float(rng.uniform(0, 0.8))))
+    return looks
+
+
+def assign_patients(counts: dict[str, int], seed: int, patients: int) -> dict[str, list[int]]:
+    """The patient of every image: each class draws from its own skewed mix of patients
+    (Dirichlet 0.5), and a class of two or more images always spans at least two patients."""
+    assigned = {}
+    for c, (label, count) in enumerate(counts.items()):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, PATIENT_STREAM, patients, c]))
+        chosen = rng.choice(patients, size=count, p=rng.dirichlet(np.full(patients, 0.5))).tolist()
+        if count >= 2 and len(set(chosen)) == 1:
+            chosen[-1] = (chosen[0] + 1) % patients
+        assigned[label] = chosen
+    return assigned
+
+
 def render(kind: str, label: str, seed: int, index: int) -> tuple[Image.Image, dict]:
     """Image ``index`` of class ``label``, from its own seeded generator."""
     classes, renderer = KINDS[kind]
@@ -399,14 +443,18 @@ def generate(
     per_class: int | None = None,
     scale: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    patients: int | None = None,
 ) -> Path:
     """Write a synthetic data set as ImageFolder PNGs plus ``metadata.csv``; returns ``out_dir``.
 
     The folder is built under a temporary name and renamed when complete, so an
-    interrupted run never leaves a half-written data set behind.
+    interrupted run never leaves a half-written data set behind. ``patients``: see the
+    module docstring.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if patients is not None and patients < 2:
+        raise ConfigError(f"--patients {patients}: give at least 2 patients")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: folder exists and is not empty; choose another --out or delete it")
@@ -417,12 +465,19 @@ def generate(
         shutil.rmtree(tmp_dir)
     counts = class_counts(kind, per_class, scale)
     total, done = sum(counts.values()), 0
+    looks = patient_looks(seed, patients) if patients else []
+    assigned = assign_patients(counts, seed, patients) if patients else {}
     rows = []
     for label, count in counts.items():
         (tmp_dir / label).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             image, meta = render(kind, label, seed, i)
-            rel = f"{label}/{label.replace(' ', '_')}_{i:05d}.png"
+            stem = f"{label.replace(' ', '_')}_{i:05d}"
+            if patients:
+                patient = assigned[label][i]
+                image, stem = looks[patient].apply(image), f"{stem}_patient{patient:03d}"
+                meta = {**meta, "patient": f"{patient:03d}"}
+            rel = f"{label}/{stem}.png"
             image.save(tmp_dir / rel, optimize=False)
             rows.append({"path": rel, "label": label, **meta})
             done += 1
@@ -467,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, help="images per class (default: paper-shaped imbalance)")
     parser.add_argument("--scale", type=float, help="multiply the default class counts (sperm18 default 0.08)")
     parser.add_argument("--preview", type=Path, help="write a labelled grid of samples to this PNG")
+    parser.add_argument("--patients", type=int, help="assign each image to one of N patients with their own look (train with --group-pattern 'patient(\\d+)')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out is None and args.preview is None:
@@ -478,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         start = time.perf_counter()
         try:
-            out = generate(args.out, args.kind, args.seed, args.per_class, args.scale, progress=_log_progress)
+            out = generate(args.out, args.kind, args.seed, args.per_class, args.scale, progress=_log_progress, patients=args.patients)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

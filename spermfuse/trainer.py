@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import data as data_lib
-from . import distributed, engine, synthetic
+from . import distributed, engine, splits, synthetic
 from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
 from .config import TrainConfig, method_b_config, preset_config, validate_config  # noqa: F401 (re-exported)
 from .errors import ConfigError
@@ -197,24 +197,24 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         root = Path(config.data)
         if not root.exists():
             raise ConfigError(f"--data {root}: not found; pass an ImageFolder, fold<k>/ folders or a .csv manifest")
-    return data_lib.discover(root, on_error="skip" if config.skip_bad else "raise")
+    return data_lib.discover(root, on_error="skip" if config.skip_bad else "raise", group_column=config.group_column, group_pattern=config.group_pattern)
 
 
-def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> data_lib.Split:
+def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> splits.Split:
     if config.split == "holdout":
-        return data_lib.holdout_split(samples.labels, config.val_fraction, config.test_fraction, config.seed)
+        return splits.holdout_split(samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups)
     if config.split != "kfold":
         raise ConfigError(f"--split {config.split}: choose kfold or holdout")
     folds_csv = Path(config.out) / "folds.csv"
     if context.is_main:
-        folds = data_lib.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
+        folds = splits.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
     distributed.barrier(context)
     if not context.is_main:
-        folds = data_lib.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
+        folds = splits.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
     available = sorted(set(folds.tolist()))
     if config.fold not in available:
         raise ConfigError(f"--fold {config.fold}: out of range; this data set has folds {available[0]}..{available[-1]}")
-    return data_lib.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed)
+    return splits.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed, samples.groups)
 
 
 # --------------------------------------------------------------------------- the run

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spermfuse import data
+from spermfuse import data, splits
 from spermfuse.data import DataError, discover
 from spermfuse.transforms import build
 
@@ -95,8 +95,8 @@ def test_bad_image_file_is_named_or_skipped(image_folder, content):
 
 def test_folds_are_stratified_and_reproducible(image_folder):
     samples = discover(image_folder)
-    a = data.make_folds(samples.labels, samples.classes, k=5, seed=42)
-    b = data.make_folds(samples.labels, samples.classes, k=5, seed=42)
+    a = splits.make_folds(samples.labels, samples.classes, k=5, seed=42)
+    b = splits.make_folds(samples.labels, samples.classes, k=5, seed=42)
     assert np.array_equal(a, b)
     assert sorted(set(a.tolist())) == [1, 2, 3, 4, 5]
     per_fold = np.array([np.bincount(samples.labels[a == fold], minlength=2) for fold in range(1, 6)])
@@ -107,15 +107,15 @@ def test_folds_are_stratified_and_reproducible(image_folder):
 def test_class_smaller_than_fold_count_is_refused(image_folder):
     samples = discover(image_folder)
     with pytest.raises(DataError, match="Small.*fewer than the 6 folds"):
-        data.make_folds(samples.labels, samples.classes, k=6)
+        splits.make_folds(samples.labels, samples.classes, k=6)
 
 
 def test_folds_csv_is_written_once_and_reused(image_folder, tmp_path):
     samples = discover(image_folder)
     folds_csv = tmp_path / "runs" / "folds.csv"
-    first = data.load_or_create_folds(samples, folds_csv, k=5, seed=42)
+    first = splits.load_or_create_folds(samples, folds_csv, k=5, seed=42)
     written = folds_csv.read_text()
-    second = data.load_or_create_folds(samples, folds_csv, k=5, seed=7)  # seed ignored: file wins
+    second = splits.load_or_create_folds(samples, folds_csv, k=5, seed=7)  # seed ignored: file wins
     assert np.array_equal(first, second) and folds_csv.read_text() == written
 
 
@@ -124,8 +124,8 @@ def test_folds_csv_keeps_commas_and_quotes_in_file_names(image_folder, tmp_path)
     (image_folder / "Small" / "small_0.png").rename(image_folder / "Small" / 'say "hi".png')
     samples = discover(image_folder)
     folds_csv = tmp_path / "folds.csv"
-    first = data.load_or_create_folds(samples, folds_csv, k=3)
-    again = data.load_or_create_folds(samples, folds_csv, k=3)  # read back: the same samples, no error
+    first = splits.load_or_create_folds(samples, folds_csv, k=3)
+    again = splits.load_or_create_folds(samples, folds_csv, k=3)  # read back: the same samples, no error
     assert np.array_equal(first, again)
     with open(folds_csv, newline="") as handle:
         rows = list(csv.reader(handle))
@@ -134,8 +134,8 @@ def test_folds_csv_keeps_commas_and_quotes_in_file_names(image_folder, tmp_path)
 
 def test_validation_subset_comes_from_training_part_only(image_folder):
     samples = discover(image_folder)
-    folds = data.make_folds(samples.labels, samples.classes, k=5)
-    split = data.fold_split(folds, samples.labels, fold=2, val_fraction=0.2)
+    folds = splits.make_folds(samples.labels, samples.classes, k=5)
+    split = splits.fold_split(folds, samples.labels, fold=2, val_fraction=0.2)
     assert set(split.test) == set(np.flatnonzero(folds == 2))
     assert not set(split.val) & set(split.test) and not set(split.train) & set(split.val)
     assert len(split.train) + len(split.val) + len(split.test) == len(samples)
@@ -144,7 +144,7 @@ def test_validation_subset_comes_from_training_part_only(image_folder):
 
 def test_holdout_split_is_70_15_15_and_stratified():
     labels = np.repeat(np.arange(4), 100)
-    split = data.holdout_split(labels)
+    split = splits.holdout_split(labels)
     assert (len(split.train), len(split.val), len(split.test)) == (280, 60, 60)
     assert np.bincount(labels[split.test]).tolist() == [15] * 4
 
@@ -204,5 +204,5 @@ def test_loader_order_and_augmentation_do_not_depend_on_workers(image_folder):
 
 def test_a_zero_fraction_gives_an_empty_subset():
     labels = np.repeat(np.arange(3), 10)
-    rest, subset = data.stratified_subset(np.arange(30), labels, 0.0, seed=1)
+    rest, subset = splits.stratified_subset(np.arange(30), labels, 0.0, seed=1)
     assert len(subset) == 0 and len(rest) == 30

@@ -260,6 +260,7 @@ def test_the_honest_fusions_are_evaluated_against_the_members_too(tmp_path):
     report = json.loads((tmp_path / "reports" / "evaluation" / "report.json").read_text())
     pairs = {(t["a"], t["b"]) for t in report["tests"]}
     assert {("modelx", "fusion_nested"), ("modely", "fusion_val"), ("modelx", "fusion")} <= pairs
+    assert all(t["corrected_t_p"] >= t["paired_t_p"] for t in report["tests"])  # report.json carries the corrected test
     markdown = (tmp_path / "reports" / "evaluation" / "report.md").read_text()
     assert "cannot give p below 0.0625" in markdown and "`fusion_val`" in markdown
 
@@ -270,3 +271,15 @@ def test_wilcoxon_floor_is_the_exact_test_with_every_difference_of_one_sign():
     for folds in (5, 6, 8):
         differences = np.arange(1, folds + 1, dtype=float)
         assert metrics.wilcoxon_floor(folds) == pytest.approx(stats.wilcoxon(differences, method="exact").pvalue)
+
+
+def test_corrected_resampled_t_is_the_paired_t_shrunk_by_the_overlap_of_training_sets():
+    from scipy import stats
+
+    a, b = [0.80, 0.82, 0.79, 0.81, 0.85], [0.78, 0.80, 0.79, 0.80, 0.80]
+    paired = stats.ttest_rel(a, b)
+    corrected = metrics.corrected_resampled_t_test(a, b, test_size=200, train_size=800)
+    assert corrected["corrected_t"] == pytest.approx(paired.statistic / np.sqrt(1 + 5 * 200 / 800))
+    assert corrected["corrected_t_p"] == pytest.approx(2 * stats.t.sf(abs(corrected["corrected_t"]), 4))
+    assert corrected["corrected_t_p"] > paired.pvalue  # harder to call significant
+    assert metrics.corrected_resampled_t_test(a, b, test_size=1e-9, train_size=1)["corrected_t"] == pytest.approx(paired.statistic)

@@ -76,3 +76,18 @@ def test_preview_writes_a_labelled_grid(tmp_path):
     path = synthetic.preview("blood4", tmp_path / "p.png", per_class=2, tile=40)
     image = Image.open(path)
     assert image.size == (120 + 2 * 40, 4 * 40)
+
+
+def test_patients_are_in_file_names_and_metadata_and_share_a_look(tmp_path):
+    out = synthetic.generate(tmp_path / "p", "sperm18", per_class=6, patients=4)
+    samples = discover(out, group_pattern=r"patient(\d+)")
+    with open(out / "metadata.csv") as handle:
+        rows = {r["path"]: r["patient"] for r in csv.DictReader(handle)}
+    assert [rows[p] for p in samples.paths] == list(samples.groups) and set(samples.groups) <= {"000", "001", "002", "003"}
+    for c in range(len(samples.classes)):  # every class spans at least two patients
+        assert len(set(samples.groups[samples.labels == c])) >= 2
+    plain = synthetic.generate(tmp_path / "plain", "sperm18", per_class=6)
+    for rel, group in zip(samples.paths, samples.groups):  # same drawing, the patient's stain cast on top
+        look = synthetic.patient_looks(42, 4)[int(group)]
+        original = Image.open(plain / rel.replace(f"_patient{group}", ""))
+        assert np.array_equal(np.asarray(look.apply(original)), np.asarray(Image.open(out / rel)))
