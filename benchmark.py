@@ -8,6 +8,7 @@
     python benchmark.py --suite loader                   # data loader alone vs the full training step
     python benchmark.py --suite timm                     # our ResNetV2 vs timm's resnetv2_50x1_bit
     python benchmark.py --suite fusion                   # grid search + full evaluation at the paper's size
+    python benchmark.py --suite splits                   # folds with and without patient groups, 18,456 images
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
@@ -42,7 +43,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -229,6 +230,32 @@ def timm_suite(args, device) -> dict:
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
+def splits_suite(args, device) -> dict:
+    """make_folds and one fold's split at the paper's size (18,456 images, 18 classes), by class
+    alone and with 300 patient groups; medians of 5 runs after one warm-up (scikit-learn's import)."""
+    from spermfuse import splits
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 18, 18456)
+    groups = np.array([f"patient{g:03d}" for g in rng.integers(0, 300, len(labels))])
+    classes = [f"class{c:02d}" for c in range(18)]
+    def median_seconds(step) -> float:
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            step()
+            samples.append(time.perf_counter() - start)
+        return float(np.median(samples))
+
+    times = {}
+    for name, given in (("by class", None), ("by class, 300 groups", groups)):
+        folds = splits.make_folds(labels, classes, 5, 42, given)  # warm-up: scikit-learn's import on the first
+        times[f"make_folds, {name}"] = median_seconds(lambda: splits.make_folds(labels, classes, 5, 42, given))
+        times[f"fold_split (+ leakage check), {name}"] = median_seconds(lambda: splits.fold_split(folds, labels, 1, 0.1, 42, given))
+    print(markdown_table(["step (18,456 images, 5 folds)", "median s"], [[k, f"{v:.3f}"] for k, v in times.items()]))
+    return times
+
+
 def fusion_suite(args, device) -> dict:
     """fuse.py --grid and evaluate.py (with figures) on made-up logits of the paper's size:
     18,456 samples in 5 folds, 18 classes, two models."""
@@ -270,7 +297,8 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suite = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite}[args.suite]
+        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite}
+        suite = suites[args.suite]
         results = suite(args, device)
     except (SpermfuseError, OSError) as error:
         if user_message(error) is None:

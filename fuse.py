@@ -3,6 +3,8 @@
     python fuse.py --grid                        # a* on {0.0, ..., 1.0} by mean weighted F1 (the paper)
     python fuse.py --grid --select val           # a per fold chosen on its validation logits (no test leakage)
     python fuse.py --grid --select nested        # a per fold chosen on the other folds (fold k's logits unused)
+    python fuse.py --grid --calibrate            # each member's logits / its temperature (fitted on validation) first
+    python fuse.py --grid --target-accuracy 0.95 # a referral threshold chosen on validation, tested per fold
     python fuse.py --alpha 0.5                   # a fixed weight
     python fuse.py --predict new_images/         # fused class probabilities -> predictions.csv
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spermfuse import fusion, report
+from spermfuse import calibration, fusion, report
+from spermfuse.calibration import probabilities_of
 from spermfuse.checkpoint import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
 from spermfuse.errors import SpermfuseError, user_message
 from spermfuse.inference import fused_probabilities, list_images, load_classifier
@@ -39,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--select", choices=["test", "val", "nested"], default="test",
                    help="test: the paper's choice on the test folds (optimistic); val: per fold on validation logits (no test leakage); "
                         "nested: per fold on the other folds' test logits (those models trained on fold k's images)")  # fmt: skip
+    p.add_argument("--calibrate", action="store_true", help="temperature-scale each member per fold on its validation logits before fusing")
+    p.add_argument("--target-accuracy", type=float, help="refer the cells below a confidence threshold chosen on validation to reach this accuracy")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
@@ -87,27 +92,64 @@ def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, .
     return honest[key], summary, others
 
 
-def write_fused_logits(folder: Path, per_fold, chosen, arch: str) -> None:
-    """``fold<k>_logits.npz`` of the fused models, in the logits schema."""
+def write_fused_logits(folder: Path, per_fold, chosen, arch: str, split: str = "test") -> None:
+    """``fold<k>_logits.npz`` (``fold<k>_val_logits.npz`` for validation) of the fused models, in the logits schema."""
     for sets, weights in zip(per_fold, chosen):
         fused = fusion.fuse([s.logits for s in sets], weights)
         first = sets[0]
+        name = f"fold{first.fold}_logits.npz" if split == "test" else f"fold{first.fold}_{split}_logits.npz"
         atomic_savez(
-            folder / f"fold{first.fold}_logits.npz", logits=fused.astype(np.float32), labels=first.labels, paths=first.paths,
+            folder / name, logits=fused.astype(np.float32), labels=first.labels, paths=first.paths,
             classes=np.array(first.classes, dtype=str), arch=np.array(arch), fold=np.array(first.fold, dtype=np.int64),
         )  # fmt: skip
 
 
+def validation_logits(args) -> list | None:
+    """Every model's validation logits per fold; None when some are missing, unless a flag needs them."""
+    try:
+        return fusion.collect_folds(args.runs, args.models, "val")
+    except fusion.FusionError as error:
+        if args.calibrate or args.target_accuracy is not None:
+            flag = "--calibrate" if args.calibrate else "--target-accuracy"
+            raise fusion.FusionError(f"{flag} needs every model's validation logits: {error}") from None
+        return None
+
+
+def referral_summary(per_fold, per_fold_val, chosen, target_accuracy: float) -> dict:
+    """The referral rule of the fused models: thresholds from validation, tested on each fold."""
+    def fused(folds):
+        return [(probabilities_of(fusion.fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
+
+    summary = calibration.referral_by_fold(fused(per_fold_val), fused(per_fold), target_accuracy)
+    log.info("referral at target accuracy %.3f (thresholds chosen on validation):", target_accuracy)
+    for sets, fold in zip(per_fold, summary["per_fold"]):
+        log.info("  fold %d: threshold %.4f, accepted accuracy %.4f, referred %.1f %%", sets[0].fold, fold["threshold"], fold["accepted_accuracy"], 100 * fold["referred_share"])
+    pooled = summary["pooled"]
+    log.info("  pooled: accepted accuracy %.4f (promised %.3f), referred %.1f %%", pooled["accepted_accuracy"], target_accuracy, 100 * pooled["referred_share"])
+    return summary
+
+
 def run_fusion(args) -> int:
     args.out = args.out or args.runs / "fusion"
+    if args.target_accuracy is not None and not 0.0 < args.target_accuracy <= 1.0:
+        raise fusion.FusionError(f"--target-accuracy {args.target_accuracy}: give a value in (0, 1], e.g. 0.95")
     per_fold = fusion.collect_folds(args.runs, args.models, "test")
-    try:
-        per_fold_val = fusion.collect_folds(args.runs, args.models, "val")
-    except fusion.FusionError:
-        per_fold_val = None
+    per_fold_val = validation_logits(args)
+    temperatures = None
+    if args.calibrate:  # fitted on validation logits only; the test folds are scaled with them
+        temperatures = fusion.fit_temperatures(per_fold_val)
+        per_fold, per_fold_val = fusion.with_temperatures(per_fold, temperatures), fusion.with_temperatures(per_fold_val, temperatures)
+        for sets, temps in zip(per_fold, temperatures):
+            log.info("fold %d temperatures: %s", sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(args.models, temps)))
     chosen, summary, others = weights_for_folds(args, per_fold, per_fold_val)
+    if temperatures is not None:
+        summary["temperatures"] = {"models": args.models, "per_fold": temperatures, "fitted_on": "each fold's validation logits"}
+    if args.target_accuracy is not None:  # before any logits file is written: an unreachable target writes nothing
+        summary["referral"] = referral_summary(per_fold, per_fold_val, chosen, args.target_accuracy)
     args.out.mkdir(parents=True, exist_ok=True)
     write_fused_logits(args.out, per_fold, chosen, "fusion")
+    if per_fold_val is not None:
+        write_fused_logits(args.out, per_fold_val, chosen, "fusion", split="val")
     # The other selections' fused logits too, so evaluate.py tests the members against an
     # honestly selected fusion as well as the chosen one (fusion_val, fusion_nested, ...).
     for name, weights in others.items():
@@ -132,16 +174,46 @@ def run_prediction(args) -> int:
     if any(k not in settings["folds"] for k in folds):
         raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']}")
     members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", device) for n in names] for k in folds]
-    # One weight vector for all folds: the global a* if there is one, else the mean of the per-fold choices.
-    weights = settings["weights"] or list(np.mean(weights_per_fold, axis=0))
+    weights = fold_weights(settings, folds)
     images = list_images(args.predict)
     probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
-    header = ["path", "predicted"] + [f"p_{c}" for c in classes]
-    rows = ([path.relative_to(args.predict).as_posix(), classes[int(p.argmax())]] + [f"{v:.6f}" for v in p] for path, p in zip(images, probabilities))
+    header = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes]
+    rows = [[path.relative_to(args.predict).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"] + [f"{v:.6f}" for v in p] for path, p in zip(images, probabilities)]
+    threshold = referral_threshold_for(settings, folds)
+    if threshold is not None:
+        header.insert(3, "refer")
+        for row, p in zip(rows, probabilities):
+            row.insert(3, int(p.max() < threshold))
     atomic_write_csv(args.output, header, rows)
-    log.info("wrote %s: %d images, models %s, weights %s, folds %s", args.output, len(images), names, [round(w, 3) for w in weights], folds)
+    shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
+    log.info("wrote %s: %d images, models %s, effective weights (w / T) %s%s", args.output, len(images), names, shown,
+             f", refer below confidence {threshold:.4f}" if threshold is not None else "")  # fmt: skip
     return 0
+
+
+def fold_weights(settings: dict, folds: list[int]) -> list[list[float]]:
+    """The weights each fold's pair is fused with: that fold's own choice (the same a* for all
+    with the paper's rule), divided by each member's temperature of that fold when calibrated.
+    With ``--fold all`` the folds' fused logits are then averaged."""
+    position = {k: i for i, k in enumerate(settings["folds"])}
+    temperatures = settings.get("temperatures", {}).get("per_fold")
+    weights = []
+    for k in folds:
+        chosen = settings["weights_per_fold"][position[k]]
+        scale = temperatures[position[k]] if temperatures else [1.0] * len(chosen)
+        weights.append([w / t for w, t in zip(chosen, scale)])
+    return weights
+
+
+def referral_threshold_for(settings: dict, folds: list[int]) -> float | None:
+    """One fold: its own validation-chosen threshold; all folds (averaged): the one chosen on all validation cells."""
+    referral = settings.get("referral")
+    if referral is None:
+        return None
+    if len(folds) == 1:
+        return referral["per_fold"][settings["folds"].index(folds[0])]["threshold"]
+    return referral["threshold"]
 
 
 def main(argv=None) -> int:

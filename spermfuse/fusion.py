@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .calibration import fit_temperature
 from .checkpoint import CheckpointError, safe_np_load
 from .errors import SpermfuseError
 from .metrics import fold_metrics, weighted_f1
@@ -176,6 +178,16 @@ def validation_selection(per_fold_val: Sequence[Sequence[LogitsSet]], alphas: Se
     return chosen
 
 
+def fit_temperatures(per_fold_val: Sequence[Sequence[LogitsSet]]) -> list[list[float]]:
+    """Per fold, each model's temperature, fitted on that fold's *validation* logits only."""
+    return [[fit_temperature(s.logits, s.labels) for s in sets] for sets in per_fold_val]
+
+
+def with_temperatures(per_fold: Sequence[Sequence[LogitsSet]], temperatures: Sequence[Sequence[float]]) -> list[list[LogitsSet]]:
+    """Every model's logits divided by its temperature of that fold (calibrated before fusing)."""
+    return [[replace(s, logits=(s.logits / np.float32(t)).astype(np.float32)) for s, t in zip(sets, temps)] for sets, temps in zip(per_fold, temperatures)]
+
+
 def evaluate_choice(per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[tuple[float, ...]]) -> dict:
     """Fold-wise test metrics of per-fold weight choices, and their means."""
     rows = [fold_metrics(sets[0].labels, fuse([s.logits for s in sets], w)) for sets, w in zip(per_fold, chosen)]
@@ -245,15 +257,22 @@ def is_single_split(sets: Sequence[LogitsSet]) -> bool:
     return len(sets) == 1 and Path(sets[0].source).parent.name == SINGLE_SPLIT_FOLDER
 
 
-def load_fold_sets(folder: Path) -> list[LogitsSet]:
+def fused_fold_files(folder: Path, split: str = "test") -> list[Path]:
+    """fuse.py's files in ``folder``: ``fold<k>_logits.npz`` (test) or ``fold<k>_val_logits.npz`` (validation)."""
+    pattern = re.compile(r"fold\d+_logits\.npz" if split == "test" else rf"fold\d+_{split}_logits\.npz")
+    return sorted(p for p in folder.glob("fold*.npz") if pattern.fullmatch(p.name)) if folder.is_dir() else []
+
+
+def load_fold_sets(folder: Path, split: str = "test") -> list[LogitsSet]:
     """All folds of one model: ``fold<k>/test_logits.npz`` (train.py), ``fold<k>_logits.npz`` (fuse.py),
-    or the one split of a holdout run: ``holdout/test_logits.npz``, or the run folder itself."""
+    or the one split of a holdout run: ``holdout/test_logits.npz``, or the run folder itself.
+    ``split="val"``: the validation logits of the same runs."""
     paths = (
-        sorted(folder.glob("fold*/test_logits.npz")) or sorted(folder.glob("fold*_logits.npz"))
-        or sorted(folder.glob(f"{SINGLE_SPLIT_FOLDER}/test_logits.npz")) or sorted(folder.glob("test_logits.npz"))
+        sorted(folder.glob(f"fold*/{split}_logits.npz")) or fused_fold_files(folder, split)
+        or sorted(folder.glob(f"{SINGLE_SPLIT_FOLDER}/{split}_logits.npz")) or sorted(folder.glob(f"{split}_logits.npz"))
     )  # fmt: skip
     if not paths:
-        raise FusionError(f"{folder}: no fold*/test_logits.npz, fold*_logits.npz or {SINGLE_SPLIT_FOLDER}/test_logits.npz files")
+        raise FusionError(f"{folder}: no fold*/{split}_logits.npz, fused fold logits or {SINGLE_SPLIT_FOLDER}/{split}_logits.npz files")
     sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
     for s in sets[1:]:
         if s.classes != sets[0].classes:
@@ -268,8 +287,8 @@ def discover_models(runs: Path) -> dict[str, Path]:
         return any(folder.glob("fold*/test_logits.npz")) or (folder / SINGLE_SPLIT_FOLDER / "test_logits.npz").is_file()
 
     found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and p.name != "fusion" and has_logits(p)} if runs.is_dir() else {}
-    if (runs / "fusion").is_dir() and any((runs / "fusion").glob("fold*_logits.npz")):
+    if fused_fold_files(runs / "fusion"):
         found["fusion"] = runs / "fusion"
-        for selection in sorted(p for p in (runs / "fusion").iterdir() if p.is_dir() and any(p.glob("fold*_logits.npz"))):
+        for selection in sorted(p for p in (runs / "fusion").iterdir() if p.is_dir() and fused_fold_files(p)):
             found[f"fusion_{selection.name}"] = selection  # fuse.py's other weight selections
     return found

@@ -69,14 +69,15 @@ def list_images(folder: str | Path) -> list[Path]:
 def fused_probabilities(
     images: Sequence[Path],
     members: Sequence[Sequence[Classifier]],
-    weights: Sequence[float],
+    weights: Sequence[Sequence[float]],
     device: torch.device | str = "cpu",
     batch_size: int = 16,
 ) -> np.ndarray:
     """softmax of the fused logits, averaged over ``members`` (one list of models per fold).
 
-    Within a fold the logits are fused with ``weights`` (the paper's rule); the folds'
-    fused logits are averaged, a plain ensemble of the cross-validation models.
+    Within fold k the logits are fused with ``weights[k]`` (the paper's rule, with that
+    fold's own weights); the folds' fused logits are averaged, a plain ensemble of the
+    cross-validation models.
     """
     classes = members[0][0].classes
     for fold in members:
@@ -89,9 +90,9 @@ def fused_probabilities(
         # The eval pipelines are deterministic and the folds of one model share theirs:
         # preprocess each image once per distinct pipeline, not once per fold.
         prepared: dict[str, torch.Tensor] = {}
-        for fold in members:
+        for fold, fold_weights in zip(members, weights):
             fused = 0.0
-            for classifier, weight in zip(fold, weights):
+            for classifier, weight in zip(fold, fold_weights):
                 key = repr(classifier.pipeline)
                 if key not in prepared:
                     prepared[key] = torch.stack([classifier.pipeline(image) for image in batch]).to(device)

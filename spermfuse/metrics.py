@@ -15,6 +15,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from .calibration import expected_calibration_error
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -81,19 +83,6 @@ def ranking_scores(labels: np.ndarray, probabilities: np.ndarray, average: str, 
         return float(scores.mean())
     support = truth[:, present].sum(axis=0)
     return float((scores * support).sum() / support.sum())
-
-
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
-    """ECE: |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > low) & (confidence <= high)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
 
 
 def summarize(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from spermfuse import fusion, metrics
+from spermfuse import calibration, fusion, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["A", "B", "C"]
@@ -283,3 +283,60 @@ def test_corrected_resampled_t_is_the_paired_t_shrunk_by_the_overlap_of_training
     assert corrected["corrected_t_p"] == pytest.approx(2 * stats.t.sf(abs(corrected["corrected_t"]), 4))
     assert corrected["corrected_t_p"] > paired.pvalue  # harder to call significant
     assert metrics.corrected_resampled_t_test(a, b, test_size=1e-9, train_size=1)["corrected_t"] == pytest.approx(paired.statistic)
+
+
+def shuffle_test_labels(runs, seed=1):
+    """Permute the test labels of every fold, identically for both models (what a leak would feed on)."""
+    rng = np.random.default_rng(seed)
+    for k in range(1, 6):
+        order = None
+        for arch in ("modelx", "modely"):
+            path = runs / arch / f"fold{k}" / "test_logits.npz"
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {key: f[key] for key in f.files}
+            by_path = dict(zip(arrays["paths"], arrays["labels"]))
+            if order is None:
+                names = sorted(by_path)
+                order = dict(zip(names, rng.permutation([by_path[n] for n in names])))
+            arrays["labels"] = np.array([order[p] for p in arrays["paths"]], dtype=np.int64)
+            np.savez(path, **arrays)
+
+
+def test_calibrated_fusion_fits_each_temperature_on_validation_logits_only(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    temperatures = json.loads((runs / "fusion" / "fusion.json").read_text())["temperatures"]["per_fold"]
+    val = fusion.collect_folds(runs, ["modelx", "modely"], "val")
+    expected = [[calibration.fit_temperature(s.logits, s.labels) for s in sets] for sets in val]
+    assert np.allclose(temperatures, expected)
+    shuffle_test_labels(runs)  # a fit that read test labels would now change
+    out = tmp_path / "again"
+    assert run("fuse.py", "--grid", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely", "--out", str(out)).returncode == 0
+    assert json.loads((out / "fusion.json").read_text())["temperatures"]["per_fold"] == temperatures
+
+
+def test_referral_threshold_is_chosen_on_validation_and_reported_per_fold(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", "--grid", "--target-accuracy", "0.9", "--runs", str(runs), "--models", "modelx", "modely")
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
+    referral = settings["referral"]
+    val = fusion.collect_folds(runs, ["modelx", "modely"], "val")
+    for sets, weights, fold in zip(val, settings["weights_per_fold"], referral["per_fold"]):
+        fused = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], weights))
+        assert fold["threshold"] == calibration.referral_threshold(fused, sets[0].labels, 0.9)
+    assert 0 < referral["pooled"]["referred_share"] < 1 and "pooled: accepted accuracy" in result.stderr
+
+
+def test_an_unreachable_target_accuracy_is_one_line_and_writes_nothing(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    (runs / "modelx" / "fold2" / "val_logits.npz").unlink()
+    result = run("fuse.py", "--grid", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely")
+    assert result.returncode == 2 and "--calibrate needs every model's validation logits" in result.stderr and "fold(s) [2]" in result.stderr
+    runs = fake_runs(tmp_path / "other")
+    for arch in ("modelx", "modely"):  # fold 3's validation cells: every prediction wrong, so no threshold reaches 0.9
+        val = fusion.load_logits(runs / arch / "fold3" / "val_logits.npz")
+        write_logits(runs / arch / "fold3" / "val_logits.npz", -5.0 * np.eye(3)[val.labels], val.labels, val.paths, arch, 3)
+    result = run("fuse.py", "--grid", "--target-accuracy", "0.9", "--runs", str(runs), "--models", "modelx", "modely")
+    assert result.returncode == 2 and "not reachable on the validation logits" in result.stderr and "Traceback" not in result.stderr
+    assert not (runs / "fusion" / "fusion.json").exists() and not list((runs / "fusion").glob("fold*.npz"))

@@ -36,7 +36,7 @@ def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path):
     folds = [[Classifier(create_model(arch, 3).eval(), shared, ["a", "b", "c"], tmp_path) for arch in ("efficientnet_tiny", "resnetv2_tiny")] for _ in range(2)]
     for fold in folds:
         torch.nn.init.normal_(fold[1].model.fc.weight)
-    probabilities = fused_probabilities(images, folds, [0.3, 0.7])
+    probabilities = fused_probabilities(images, folds, [[0.3, 0.7], [0.3, 0.7]])
     assert shared.calls == len(images)
     with torch.no_grad():
         x = torch.stack([shared.pipeline(Image.open(p).convert("RGB")) for p in images])

@@ -1,0 +1,179 @@
+"""Probabilities a lab can act on: temperature scaling, calibration scores, selective prediction.
+
+- Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks"): one
+  T > 0 per model, fitted by minimising the NLL of softmax(z / T) on *validation* logits;
+  it changes confidences, never the predicted class.
+- Scores: negative log-likelihood, the multi-class Brier score, the expected calibration
+  error over equal-width confidence bins, and the data of a reliability diagram.
+- Selective prediction: the risk-coverage curve (error of the accepted cells when only the
+  most confident are accepted) and its area (AURC); a referral threshold chosen on
+  validation logits to reach a target accuracy, then applied to unseen cells.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from .errors import SpermfuseError
+
+
+class CalibrationError(SpermfuseError):
+    """Logits or a target that calibration or referral cannot work with; the message says which."""
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def probabilities_of(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / T)."""
+    return np.exp(log_softmax(np.asarray(logits, dtype=np.float64) / temperature))
+
+
+def _check(logits: np.ndarray, labels: np.ndarray) -> None:
+    if len(labels) == 0:
+        raise CalibrationError("no logits to calibrate on (an empty validation set?)")
+    if not np.isfinite(logits).all():
+        raise CalibrationError("non-finite logits (NaN or inf): re-run the model that wrote them")
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean -log p(true class) under softmax(logits / T)."""
+    log_p = log_softmax(np.asarray(logits, dtype=np.float64) / temperature)
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 that minimises the NLL of softmax(logits / T) (Guo et al. 2017, Sec. 4.2).
+
+    Fit it on validation logits, never on the test fold it will be judged on. The NLL is
+    convex in 1/T, so a bounded scalar search over log T (T in [0.01, 100]) finds the optimum.
+    """
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    _check(logits, labels)
+    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)), bounds=(math.log(0.01), math.log(100.0)), method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(result.x))
+
+
+def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over samples of sum_c (p_c - [c = y])^2 (0 perfect, 2 worst)."""
+    target = np.zeros_like(probabilities)
+    target[np.arange(len(labels)), labels] = 1.0
+    return float(((probabilities - target) ** 2).sum(axis=1).mean())
+
+
+@dataclass
+class Reliability:
+    """A reliability diagram: per equal-width confidence bin, its edges, mean confidence, accuracy and count."""
+
+    edges: np.ndarray
+    confidence: np.ndarray  # NaN for an empty bin
+    accuracy: np.ndarray
+    count: np.ndarray
+
+    @property
+    def expected_calibration_error(self) -> float:
+        """sum_b (n_b / N) |accuracy_b - confidence_b|."""
+        used = self.count > 0
+        return float((self.count[used] / self.count.sum() * np.abs(self.accuracy[used] - self.confidence[used])).sum())
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> Reliability:
+    """Confidence (max probability) against accuracy in ``bins`` equal-width bins of (0, 1]."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (low, high] bins
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore"):
+        mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(which, weights=correct.astype(np.float64), minlength=bins) / count
+    return Reliability(edges, mean_confidence, accuracy, count)
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
+    """ECE: |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    return reliability(probabilities, labels, bins).expected_calibration_error
+
+
+def calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, bins: int = 15) -> dict:
+    """NLL, Brier and ECE of softmax(logits / T)."""
+    probabilities = probabilities_of(logits, temperature)
+    return {
+        "nll": negative_log_likelihood(logits, labels, temperature),
+        "brier": brier_score(probabilities, labels),
+        "ece": expected_calibration_error(labels, probabilities, bins),
+    }
+
+
+def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage k/N and the error rate of the k most confident cells, for k = 1..N."""
+    order = np.argsort(-probabilities.max(axis=1), kind="stable")
+    wrong = (probabilities.argmax(axis=1) != labels)[order]
+    accepted = np.arange(1, len(labels) + 1)
+    return accepted / len(labels), np.cumsum(wrong) / accepted
+
+
+def aurc(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the risk-coverage curve: the mean of the risks at every coverage (lower is better)."""
+    _, risk = risk_coverage(probabilities, labels)
+    return float(risk.mean())
+
+
+def referral_threshold(probabilities: np.ndarray, labels: np.ndarray, target_accuracy: float) -> float:
+    """The lowest confidence threshold whose accepted cells (confidence >= t) reach
+    ``target_accuracy`` on these (validation) probabilities: the most cells kept for the
+    promised accuracy. Cells below it are referred to a person."""
+    if not 0.0 < target_accuracy <= 1.0:
+        raise CalibrationError(f"--target-accuracy {target_accuracy}: give a value in (0, 1]")
+    confidence = probabilities.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")
+    correct = (probabilities.argmax(axis=1) == labels)[order]
+    accuracy = np.cumsum(correct) / np.arange(1, len(labels) + 1)
+    sorted_confidence = confidence[order]
+    # A threshold can only cut between distinct confidences: look at the last cell of each tie.
+    ends = np.flatnonzero(np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True])
+    reaching = ends[accuracy[ends] >= target_accuracy]
+    if len(reaching) == 0:
+        raise CalibrationError(
+            f"--target-accuracy {target_accuracy}: not reachable on the validation logits; "
+            f"the best any threshold reaches there is {accuracy[ends].max():.4f}"
+        )
+    return float(sorted_confidence[reaching.max()])
+
+
+def referral_by_fold(val: list[tuple[np.ndarray, np.ndarray]], test: list[tuple[np.ndarray, np.ndarray]], target_accuracy: float) -> dict:
+    """The referral rule, honestly evaluated: per fold, the threshold is chosen on that fold's
+    validation (probabilities, labels) and applied to its test fold; pooled over folds, with the
+    per-fold spread. ``threshold`` (chosen on all folds' validation cells together) is the one
+    prediction with the average of the folds' models uses."""
+    folds = [referral(tp, tl, referral_threshold(vp, vl, target_accuracy)) for (vp, vl), (tp, tl) in zip(val, test)]
+    accepted = sum(f["accepted"] for f in folds)
+    correct = sum(f["accepted_accuracy"] * f["accepted"] for f in folds if f["accepted"])
+    total = sum(len(tl) for _, tl in test)
+    accuracies = [f["accepted_accuracy"] for f in folds if f["accepted"]]
+    pooled_val = (np.concatenate([vp for vp, _ in val]), np.concatenate([vl for _, vl in val]))
+    return {
+        "target_accuracy": target_accuracy,
+        "per_fold": folds,
+        "pooled": {"accepted_accuracy": correct / accepted if accepted else math.nan, "referred_share": 1.0 - accepted / total},
+        "accepted_accuracy_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
+        "threshold": referral_threshold(*pooled_val, target_accuracy),
+    }
+
+
+def referral(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Apply a referral threshold: accuracy of the accepted cells, the share referred."""
+    accepted = probabilities.max(axis=1) >= threshold
+    correct = probabilities.argmax(axis=1) == labels
+    return {
+        "threshold": threshold,
+        "accepted": int(accepted.sum()),
+        "referred_share": float(1.0 - accepted.mean()),
+        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else math.nan,
+    }

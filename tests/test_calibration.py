@@ -1,0 +1,75 @@
+"""Temperature scaling, calibration scores, risk-coverage and the referral rule."""
+import numpy as np
+import pytest
+
+from spermfuse import calibration
+from spermfuse.calibration import CalibrationError
+
+
+def logits_with_temperature(temperature, n=20000, classes=6, seed=0):
+    """Logits whose calibrated temperature is ``temperature``: labels drawn from softmax(z), logits z * T."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.0, (n, classes))
+    p = calibration.probabilities_of(z)
+    labels = np.array([rng.choice(classes, p=row) for row in p])
+    return z * temperature, labels
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
+def test_fit_temperature_recovers_the_temperature_the_logits_were_made_with(temperature):
+    logits, labels = logits_with_temperature(temperature)
+    assert calibration.fit_temperature(logits, labels) == pytest.approx(temperature, rel=0.05)
+
+
+def test_scaling_lowers_the_nll_and_keeps_every_prediction():
+    logits, labels = logits_with_temperature(3.0, n=5000)
+    t = calibration.fit_temperature(logits, labels)
+    before, after = calibration.calibration_scores(logits, labels), calibration.calibration_scores(logits, labels, t)
+    assert after["nll"] < before["nll"] and after["ece"] < before["ece"] and after["brier"] < before["brier"]
+    assert np.array_equal(calibration.probabilities_of(logits, t).argmax(1), logits.argmax(1))
+
+
+def test_brier_score_is_zero_when_right_and_certain_and_two_when_certain_and_wrong():
+    certain = np.eye(3)[[0, 1, 2]]
+    assert calibration.brier_score(certain, np.array([0, 1, 2])) == 0.0
+    assert calibration.brier_score(certain, np.array([1, 2, 0])) == 2.0
+
+
+def test_reliability_bins_and_ece_from_a_hand_made_case():
+    # Two cells at confidence 0.9 (one right), two at 0.6 (both right): |0.5 - 0.9| and |1.0 - 0.6|, each half the cells.
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    labels = np.array([0, 1, 0, 0])
+    diagram = calibration.reliability(probabilities, labels, bins=10)
+    assert diagram.count.sum() == 4 and diagram.count[8] == 2 and diagram.count[5] == 2
+    assert diagram.expected_calibration_error == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+def test_risk_coverage_accepts_the_most_confident_first():
+    probabilities = np.array([[0.95, 0.05], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
+    labels = np.array([0, 0, 1, 0])  # the third most confident is wrong
+    coverage, risk = calibration.risk_coverage(probabilities, labels)
+    assert coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert risk.tolist() == pytest.approx([0.0, 0.0, 1 / 3, 1 / 4])
+    assert calibration.aurc(probabilities, labels) == pytest.approx(np.mean([0, 0, 1 / 3, 1 / 4]))
+
+
+def test_referral_threshold_keeps_the_most_cells_that_reach_the_target():
+    probabilities = np.array([[0.95, 0.05], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    labels = np.array([0, 0, 1, 0, 1])  # accuracies of the top 1..5: 1, 1, 2/3, 3/4, 3/5
+    assert calibration.referral_threshold(probabilities, labels, 0.75) == 0.7  # top 4 at 3/4
+    assert calibration.referral_threshold(probabilities, labels, 0.9) == 0.9
+    outcome = calibration.referral(probabilities, labels, 0.7)
+    assert outcome["accepted"] == 4 and outcome["referred_share"] == pytest.approx(0.2) and outcome["accepted_accuracy"] == 0.75
+
+
+def test_an_unreachable_target_says_what_is_reachable():
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2]])
+    with pytest.raises(CalibrationError, match="best any threshold reaches there is 0.5000"):
+        calibration.referral_threshold(probabilities, np.array([1, 0]), 0.9)
+    with pytest.raises(CalibrationError, match=r"\(0, 1\]"):
+        calibration.referral_threshold(probabilities, np.array([1, 0]), 1.5)
+
+
+def test_non_finite_logits_are_refused():
+    with pytest.raises(CalibrationError, match="non-finite"):
+        calibration.fit_temperature(np.array([[np.nan, 1.0]]), np.array([0]))
