@@ -4,16 +4,22 @@
     python evaluate.py --logits effnet=runs/efficientnetv2_s fused=runs/fusion --main fused
     python evaluate.py --ablation baseline=runs_base weighted=runs_cw augmented=runs_aug both=runs
 
-Writes reports/<name>/report.md, report.json, confusion_<model>.png, roc_<model>.png,
+Writes reports/<name>/report.md, report.json, confusion_<model>.png, roc_<model>.png, reliability_<model>.png, risk_coverage.png,
 pr_<model>.png and f1_comparison.png.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from spermfuse import fusion, report, splits
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
@@ -32,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="Table 2 from several run roots")
     p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--summary", type=Path, metavar="FILE.md", help="also write the headline tables to FILE.md (demo.sh: docs/demo_results.md)")
     return p.parse_args(argv)
 
 
@@ -49,6 +56,25 @@ def single_split_note(name: str, sets: list[fusion.LogitsSet]) -> str:
     if fusion.is_single_split(sets):
         return f"{name}: one holdout test split ({sets[0].source}), evaluated as a single split: no folds, so no standard deviation, confidence interval or fold-wise paired test"
     return f"{name}: only one fold, so no standard deviation or confidence interval"
+
+
+def fusion_settings(folders: dict[str, Path]) -> dict | None:
+    path = folders["fusion"] / "fusion.json" if "fusion" in folders else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def describe_environment() -> str:
+    """The commit and the machine, for a results file."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    return f"commit {commit or 'unknown'}; {platform.machine()} CPU, {os.cpu_count()} cores; torch {torch.__version__}"
+
+
+def validation_sets(folder: Path) -> list[fusion.LogitsSet] | None:
+    """The model's validation logits, for temperature scaling; None when it has none."""
+    try:
+        return fusion.load_fold_sets(folder, "val")
+    except fusion.FusionError:
+        return None
 
 
 def few_groups_notes(groups: dict[int, dict[str, int]]) -> list[str]:
@@ -87,7 +113,8 @@ def main(argv=None) -> int:
         main_name = args.main or ("fusion" if "fusion" in models else next(iter(models)))
         if main_name not in models:
             raise fusion.FusionError(f"--main {main_name}: not among {', '.join(models)}")
-        result = report.build_report(models)
+        val_models = {name: sets for name, folder in folders.items() if (sets := validation_sets(folder)) is not None}
+        result = report.build_report(models, val_models)
         if not args.logits and (args.runs / "folds.csv").is_file():
             groups = splits.groups_per_fold(args.runs / "folds.csv")
             if groups is not None:
@@ -99,6 +126,8 @@ def main(argv=None) -> int:
                 grid_md = (folder / "grid.md").read_text()
         atomic_write_json(out / "report.json", result)
         atomic_write_text(out / "report.md", report.report_markdown(result, main_name, grid_md, notes))
+        if args.summary:
+            atomic_write_text(args.summary, report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), describe_environment()))
         if not args.no_figures:
             for name, sets in models.items():
                 labels, logits = report.pooled(sets)
@@ -106,6 +135,9 @@ def main(argv=None) -> int:
                 report.plot_roc(sets, out / f"roc_{name}.png", name)
                 report.plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)
             report.plot_f1_comparison(result, out / "f1_comparison.png")
+            report.plot_risk_coverage(models, out / "risk_coverage.png")
+            for name, sets in models.items():
+                report.plot_reliability(sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name)
     except (SpermfuseError, OSError) as error:
         if user_message(error) is None:
             raise  # a bug, not bad input: keep the traceback

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import fusion, metrics
+from . import calibration, fusion, metrics
 from .checkpoint import atomic_write_bytes
 from .fusion import FusionError, LogitsSet, align
 
@@ -62,10 +62,31 @@ def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, 
     return tests
 
 
-def build_report(models: dict[str, Sequence[LogitsSet]]) -> dict:
-    """report.json: ``classes``, ``models`` {name: aggregate/folds/summary}, ``tests``."""
+def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | None = None) -> dict:
+    """NLL, Brier, ECE and AURC of the pooled test logits, before and (given each fold's
+    validation logits) after temperature scaling with a T fitted per fold on validation only."""
+    labels, logits = pooled(folds)
+    block = {"before": calibration.calibration_scores(logits, labels), "aurc_before": calibration.aurc(calibration.probabilities_of(logits), labels)}
+    block |= {"after": None, "aurc_after": None, "temperature_per_fold": None}
+    if val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
+        temperatures = [calibration.fit_temperature(v.logits, v.labels) for v in val_folds]
+        scaled = np.concatenate([f.logits / t for f, t in zip(folds, temperatures)])
+        block |= {
+            "after": calibration.calibration_scores(scaled, labels),
+            "aurc_after": calibration.aurc(calibration.probabilities_of(scaled), labels),
+            "temperature_per_fold": temperatures,
+        }  # fmt: skip
+    return block
+
+
+def build_report(models: dict[str, Sequence[LogitsSet]], val_models: dict[str, Sequence[LogitsSet]] | None = None) -> dict:
+    """report.json: ``classes``, ``models`` {name: aggregate/folds/summary/calibration}, ``tests``.
+
+    ``val_models``: the validation logits of those models that have them, for calibration.
+    """
+    val_models = val_models or {}
     classes = next(iter(models.values()))[0].classes
-    evaluated = {name: evaluate_model(folds) for name, folds in models.items()}
+    evaluated = {name: evaluate_model(folds) | {"calibration": calibration_of(folds, val_models.get(name))} for name, folds in models.items()}
     return {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated)}
 
 
@@ -84,6 +105,17 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
             "specificity_weighted", "auroc_macro", "auroc_weighted", "auprc_macro", "auprc_weighted", "ece"]  # fmt: skip
     out.append("## Aggregated over all folds\n")
     out.append(markdown_table(["model"] + keys, [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in models.items()]))
+    out.append("## Calibration and selective prediction\n")
+    out.append(
+        "NLL, Brier and ECE (15 bins) of the test logits as they are and after temperature scaling (a T per fold, "
+        "fitted on that fold's validation logits); AURC is the area under the risk-coverage curve (lower is better).\n"
+    )
+    rows = []
+    for name, m in models.items():
+        c = m["calibration"]
+        after = c["after"] or {}
+        rows.append([name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "brier", "ece")] + [f"{fmt(c['aurc_before'])} / {fmt(c['aurc_after'])}"])
+    out.append(markdown_table(["model", "NLL before / after", "Brier before / after", "ECE before / after", "AURC before / after"], rows))
     if "groups_per_fold" in report:
         groups = report["groups_per_fold"]
         out.append("## Groups (patients, slides or samples) in each test fold\n")
@@ -134,6 +166,31 @@ def paired_tests_caveats(report: dict) -> str:
             "`fusion_val` (a per fold from its validation logits) and `fusion_nested` (from the other folds) are the honest comparisons."
         )
     return "\n>\n".join(lines)
+
+
+def summary_markdown(report: dict, fusion_settings: dict | None, source: str, environment: str) -> str:
+    """The headline figures of one evaluation as Markdown, for a results file a README can embed
+    (written by the code, so the README's figures cannot go stale unnoticed)."""
+    models = report["models"]
+    members = [name for name in models if not name.startswith("fusion_")]  # the honest selections have their own lines below
+    keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_macro", "specificity_macro"]
+    out = [f"<!-- written by evaluate.py --summary from {source}; {environment} -->\n"]
+    out.append(markdown_table(["model"] + keys, [[name] + [fmt(models[name]["aggregate"][k]) for k in keys] for name in members]))
+    if fusion_settings and "selection_comparison" in fusion_settings:
+        weights = fusion_settings.get("weights")
+        chosen = f"a* = {weights[0]:.1f} (the paper's rule)" if weights else f"per fold ({fusion_settings['rule']})"
+        means = ", ".join(f"{name} {figures['f1_weighted']:.4f}" for name, figures in fusion_settings["selection_comparison"].items())
+        out.append(f"Fusion weight: {chosen}. Mean weighted F1 over folds by weight selection: {means}.\n")
+    out.append("Per-class F1:\n")
+    out.append(markdown_table(["class"] + members, [[c] + [fmt(models[name]["aggregate"]["per_class"][c]["f1"]) for name in members] for c in report["classes"]]))
+    out.append("Calibration (before / after temperature scaling fitted on each fold's validation logits) and AURC:\n")
+    rows = []
+    for name in members:
+        c = models[name]["calibration"]
+        after = c["after"] or {}
+        rows.append([name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "ece")] + [fmt(c["aurc_before"])])
+    out.append(markdown_table(["model", "NLL", "ECE", "AURC"], rows))
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- figures
@@ -243,6 +300,38 @@ def plot_f1_comparison(report: dict, path: Path) -> None:
     ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
     ax.set(ylabel="F1", ylim=(0, 1), title="per-class F1")
     ax.legend(fontsize=8)
+    _save(figure, path)
+
+
+def plot_reliability(folds: Sequence[LogitsSet], temperatures: Sequence[float] | None, path: Path, title: str) -> None:
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling."""
+    plt = _pyplot()
+    labels, logits = pooled(folds)
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfectly calibrated")
+    versions = [("as trained", logits)]
+    if temperatures is not None:
+        versions.append(("temperature-scaled", np.concatenate([f.logits / t for f, t in zip(folds, temperatures)])))
+    for (name, values), marker in zip(versions, ("o", "s")):
+        diagram = calibration.reliability(calibration.probabilities_of(values), labels)
+        used = diagram.count > 0
+        ax.plot(diagram.confidence[used], diagram.accuracy[used], marker=marker, label=f"{name} (ECE {diagram.expected_calibration_error:.3f})")
+    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: reliability")
+    ax.legend(loc="upper left", fontsize=8)
+    _save(figure, path)
+
+
+def plot_risk_coverage(models: dict[str, Sequence[LogitsSet]], path: Path) -> None:
+    """Risk (error of the accepted cells) against coverage for every model, with its AURC."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6, 4.5))
+    for name, folds in models.items():
+        labels, logits = pooled(folds)
+        probabilities = calibration.probabilities_of(logits)
+        coverage, risk = calibration.risk_coverage(probabilities, labels)
+        ax.plot(coverage, risk, lw=1.2, label=f"{name} (AURC {calibration.aurc(probabilities, labels):.3f})")
+    ax.set(xlabel="coverage (share of cells accepted, most confident first)", ylabel="risk (error of accepted cells)", xlim=(0, 1), ylim=(0, 1), title="risk-coverage")
+    ax.legend(fontsize=7)
     _save(figure, path)
 
 

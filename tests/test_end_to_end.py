@@ -43,3 +43,12 @@ def test_demo_pipeline_end_to_end(tiny_sperm, tmp_path):
     probabilities = np.array([[float(r[f"p_{c}"]) for c in report["classes"]] for r in rows])
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert all(r["predicted"] == report["classes"][int(p.argmax())] for r, p in zip(rows, probabilities))
+
+    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
+    settings["referral"] = {"threshold": 0.5, "per_fold": [{"threshold": 0.3}, {"threshold": 0.3}]}  # as --target-accuracy writes it
+    (runs / "fusion" / "fusion.json").write_text(json.dumps(settings))
+    result = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["refer"] for r in rows] == [str(int(float(r["confidence"]) < 0.5)) for r in rows]  # --fold all: the all-folds threshold

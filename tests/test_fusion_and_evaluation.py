@@ -340,3 +340,21 @@ def test_an_unreachable_target_accuracy_is_one_line_and_writes_nothing(tmp_path)
     result = run("fuse.py", "--grid", "--target-accuracy", "0.9", "--runs", str(runs), "--models", "modelx", "modely")
     assert result.returncode == 2 and "not reachable on the validation logits" in result.stderr and "Traceback" not in result.stderr
     assert not (runs / "fusion" / "fusion.json").exists() and not list((runs / "fusion").glob("fold*.npz"))
+
+
+def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "reports" / "evaluation"
+    report = json.loads((out / "report.json").read_text())
+    for name in ("modelx", "fusion"):
+        block = report["models"][name]["calibration"]
+        val = fusion.load_fold_sets(runs / name, "val")
+        assert block["temperature_per_fold"] == pytest.approx([calibration.fit_temperature(v.logits, v.labels) for v in val])
+        assert block["after"]["nll"] < block["before"]["nll"]  # fake logits are over-confident: T > 1 helps
+    assert report["models"]["fusion_nested"]["calibration"]["after"] is None  # no validation logits of its own
+    assert "Calibration and selective prediction" in (out / "report.md").read_text()
+    for figure in ("reliability_fusion.png", "reliability_modelx.png", "risk_coverage.png"):
+        assert (out / figure).stat().st_size > 1000
