@@ -67,6 +67,7 @@ class TrainConfig:
     # checkpoint it fine-tunes runs without drop-path, so none by default (torchvision's
     # EfficientNetV2-S builder would silently use up to 0.2).
     drop_path: float = 0.0
+    tta: str = "none"  # test-time augmentation of the written logits: none | flip (image + both flips, averaged)
     skip_bad: bool = False
     group_column: str = "group"  # a manifest's patient / slide / sample column, used when present
     group_pattern: str | None = None  # regex with one capture group: the group in each file name
@@ -127,6 +128,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.preprocess in ("none", "otsu"), "--preprocess must be none or otsu"),
         (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
         (0.0 <= config.drop_path < 1.0, "--drop-path must be in [0, 1)"),
+        (config.tta in ("none", "flip"), "--tta must be none or flip"),
     ]
     for ok, message in checks:
         if not ok:

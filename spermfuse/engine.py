@@ -124,6 +124,19 @@ def train_one_epoch(
     return EpochResult(total_loss.item(), int(correct.item()), seen, seconds, skipped)
 
 
+TTA_MODES = ("none", "flip")
+
+
+def tta_logits(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's logits, averaged over test-time views: ``flip`` = the image, its horizontal
+    and its vertical flip (a sperm cell has no preferred side); ``none`` = the image alone."""
+    if tta == "none":
+        return model(images)
+    if tta != "flip":
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
+    return (model(images).float() + model(images.flip(-1)).float() + model(images.flip(-2)).float()) / 3.0
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -131,8 +144,9 @@ def predict(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    tta: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (float32), labels and sample indices over ``loader``, model in eval mode."""
+    """Logits (float32), labels and sample indices over ``loader``, model in eval mode (``tta``: :func:`tta_logits`)."""
     was_training = model.training
     model.eval()
     all_logits, all_labels, all_indices = [], [], []
@@ -141,7 +155,7 @@ def predict(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            logits = model(images)
+            logits = tta_logits(model, images, tta)
         all_logits.append(logits.float().cpu())
         all_labels.append(labels)
         all_indices.append(indices)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, safe_torch_load
 from .data import IMAGE_EXTENSIONS, DataError, load_rgb
+from .engine import tta_logits
 from .metrics import softmax
 from .models import create_model
 from .segmentation import HybridOtsu
@@ -29,6 +30,7 @@ class Classifier:
     pipeline: Pipeline
     classes: list[str]
     source: Path
+    tta: str = "none"  # the test-time augmentation its logits files were written with
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
@@ -52,7 +54,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
             f"{path}: was tested with another preprocessing than this spermfuse version builds "
             f"(recorded {recorded!r}, rebuilt {repr(pipeline)!r}); predict with the version that trained it (git_commit in config.json)"
         )
-    return Classifier(model, pipeline, classes, path)
+    return Classifier(model, pipeline, classes, path, checkpoint.get("tta", "none"))
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -96,6 +98,6 @@ def fused_probabilities(
                 key = repr(classifier.pipeline)
                 if key not in prepared:
                     prepared[key] = torch.stack([classifier.pipeline(image) for image in batch]).to(device)
-                fused = fused + weight * classifier.model(prepared[key]).float().cpu().numpy()
+                fused = fused + weight * tta_logits(classifier.model, prepared[key], classifier.tta).float().cpu().numpy()
             total[start : start + len(batch)] += fused
     return softmax(total / len(members))

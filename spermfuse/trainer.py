@@ -160,7 +160,7 @@ def checkpoint_metadata(config: TrainConfig, classes: list[str], eval_pipeline: 
     return {
         "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(eval_pipeline.normalize.mean),
         "std": list(eval_pipeline.normalize.std), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
-        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "eval_pipeline": repr(eval_pipeline),
+        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "eval_pipeline": repr(eval_pipeline), "tta": config.tta,
     }  # fmt: skip
 
 
@@ -176,8 +176,10 @@ def input_normalization(config: TrainConfig, report: LoadReport | None) -> tuple
     return IMAGENET_MEAN, IMAGENET_STD, "ImageNet (random initialisation)"
 
 
-# Settings that change how a run is carried out, not what it computes: free to differ on --resume.
-OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out"})
+# Settings that change how a run is carried out, not what it trains: free to differ on --resume.
+# ``tta`` only changes the logits written from best.pt at the end, so resuming a finished run
+# with another --tta rewrites its logits files (and config.json) with it.
+OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out", "tta"})
 
 
 def training_settings(config: TrainConfig) -> dict:
@@ -363,15 +365,16 @@ class FoldTrainer:
             meta = checkpoint_metadata(self.config, self.samples.classes, self.eval_pipeline)
             atomic_torch_save(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_metric": metric, **meta})
 
-    def _load_best(self) -> None:
+    def _load_best(self) -> dict:
         distributed.barrier(self.context)
         best = safe_torch_load(self.run_dir / "best.pt")
         self.model.load_state_dict(best["model"])
+        return best
 
     # ---- loop
 
-    def _evaluate(self, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, labels, indices = engine.predict(self.model, loader, self.device, self.amp_dtype, self.config.channels_last)
+    def _evaluate(self, loader, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, labels, indices = engine.predict(self.model, loader, self.device, self.amp_dtype, self.config.channels_last, tta)
         return distributed.gather_predictions(logits, labels, indices, self.context)
 
     def _run_epoch(self, stage: Stage, model: nn.Module, optimizer, scaler, global_epoch: int) -> dict:
@@ -495,10 +498,12 @@ class FoldTrainer:
         return global_epoch, stopper
 
     def _write_outputs(self) -> None:
-        self._load_best()
+        best = self._load_best()
+        if self.context.is_main and best.get("tta") != self.config.tta:  # a finished run re-evaluated with another --tta
+            atomic_torch_save(self.run_dir / "best.pt", {**best, "tta": self.config.tta})
         fold = self.config.fold if self.config.split == "kfold" else 1
         for name, loader in (("val", self.val_loader), ("test", self.test_loader)):
-            logits, labels, indices = self._evaluate(loader)
+            logits, labels, indices = self._evaluate(loader, self.config.tta)  # per-epoch validation runs without TTA
             if self.context.is_main:
                 write_logits(self.run_dir / f"{name}_logits.npz", logits, labels, indices, self.samples, self.config.arch, fold)
         if self.context.is_main:  # logits and labels of the test split, from the loop above

@@ -60,3 +60,31 @@ def test_a_method_b_checkpoint_records_its_preprocessing_and_prediction_repeats_
     torch.save(best, tmp_path / "older.pt")
     with pytest.raises(CheckpointError, match="another preprocessing"):
         load_classifier(tmp_path / "older.pt")
+
+
+def test_prediction_repeats_the_test_time_augmentation_of_evaluation(tiny_sperm, tmp_path):
+    from conftest import tiny_config
+
+    run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, tta="flip"))
+    with np.load(run / "test_logits.npz", allow_pickle=False) as f:
+        logits, paths = f["logits"], f["paths"]
+    classifier = load_classifier(run / "best.pt")
+    assert classifier.tta == "flip"
+    probabilities = fused_probabilities([tiny_sperm / p for p in paths], [[classifier]], [[1.0]])
+    assert np.allclose(probabilities, softmax(logits.astype(np.float64)), atol=1e-5)
+
+
+def test_a_finished_run_resumed_with_flip_tta_rewrites_its_logits_with_it(tiny_sperm, tmp_path):
+    from conftest import tiny_config
+    from spermfuse.engine import tta_logits
+
+    run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
+    plain = np.load(run / "test_logits.npz")["logits"]
+    trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, tta="flip", resume=True))
+    flipped = np.load(run / "test_logits.npz")["logits"]
+    assert not np.allclose(plain, flipped) and safe_torch_load(run / "best.pt")["tta"] == "flip"
+    model = load_classifier(run / "best.pt").model
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(-1)) + model(x.flip(-2))) / 3
+        assert torch.allclose(tta_logits(model, x, "flip"), expected, atol=1e-6)
