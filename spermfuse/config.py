@@ -67,6 +67,7 @@ class TrainConfig:
     # checkpoint it fine-tunes runs without drop-path, so none by default (torchvision's
     # EfficientNetV2-S builder would silently use up to 0.2).
     drop_path: float = 0.0
+    ema: float | None = None  # decay of an exponential moving average of the weights used for evaluation (e.g. 0.999)
     tta: str = "none"  # test-time augmentation of the written logits: none | flip (image + both flips, averaged)
     skip_bad: bool = False
     group_column: str = "group"  # a manifest's patient / slide / sample column, used when present
@@ -129,6 +130,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
         (0.0 <= config.drop_path < 1.0, "--drop-path must be in [0, 1)"),
         (config.tta in ("none", "flip"), "--tta must be none or flip"),
+        (config.ema is None or 0.0 < config.ema < 1.0, f"--ema {config.ema}: the decay must be in (0, 1), e.g. 0.999"),
     ]
     for ok, message in checks:
         if not ok:

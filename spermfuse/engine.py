@@ -79,6 +79,7 @@ def train_one_epoch(
     progress: Progress | None = None,
     before_step: Callable[[nn.Module], None] | None = None,
     channels_last: bool = False,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochResult:
     """One pass over ``loader``: one optimiser step per batch through the scaler."""
     model.train()
@@ -110,6 +111,8 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if after_step is not None:
+            after_step()  # e.g. the weight EMA
         if scale is not None:
             previous, scale = scale, scaler.get_scale()
             skipped += int(scale < previous)

@@ -18,6 +18,7 @@ import os
 import platform
 import random
 import subprocess
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,7 @@ from . import data as data_lib
 from . import distributed, engine, splits, synthetic
 from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
 from .config import TrainConfig, method_b_config, preset_config, validate_config  # noqa: F401 (re-exported)
+from .ema import WeightEMA
 from .errors import ConfigError
 from .models import LoadReport, create_model, get_spec, load_initial_weights
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
@@ -247,6 +249,7 @@ class FoldTrainer:
         self._build_model()
         self._build_data()
         self.history: list[dict] = []
+        self.ema: WeightEMA | None = None  # made at the start of each stage with --ema
 
     # ---- construction
 
@@ -349,7 +352,8 @@ class FoldTrainer:
         """
         state = {
             "arch": self.config.arch, "classes": list(self.samples.classes), "settings": training_settings(self.config),
-            "model": self.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "early_stopping": stopper.state_dict(), "stage": stage_index, "next_epoch": next_epoch,
@@ -363,7 +367,8 @@ class FoldTrainer:
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
             meta = checkpoint_metadata(self.config, self.samples.classes, self.eval_pipeline)
-            atomic_torch_save(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_metric": metric, **meta})
+            weights = self.ema.shadow if self.ema else self.model.state_dict()  # with --ema, the averaged weights are the model
+            atomic_torch_save(self.run_dir / "best.pt", {"model": weights, "epoch": epoch, "val_metric": metric, **meta})
 
     def _load_best(self) -> dict:
         distributed.barrier(self.context)
@@ -385,12 +390,13 @@ class FoldTrainer:
             model, self.train_loader, self.criterion, optimizer, scaler, self.device, self.amp_dtype,
             self.config.grad_clip, self.progress if self.context.is_main else None,
             before_step=set_frozen_norms_to_eval if stage.trainable != "all" else None,
-            channels_last=self.config.channels_last,
+            channels_last=self.config.channels_last, after_step=(lambda: self.ema.update(self.model)) if self.ema else None,
         )  # fmt: skip
         loss_sum, correct, images, seconds = distributed.all_reduce_sum(
             [result.loss_sum, result.correct, result.images, result.seconds], self.context, self.device
         )
-        logits, labels, _ = self._evaluate(self.val_loader)
+        with self.ema.applied(self.model) if self.ema else nullcontext():  # validate (and so select) the averaged weights
+            logits, labels, _ = self._evaluate(self.val_loader)
         val_loss, val_acc = engine.loss_and_accuracy(logits, labels, self.loss_weight.cpu() if self.loss_weight is not None else None)
         return {
             "epoch": global_epoch, "stage": stage.name, "lr": optimizer.param_groups[0]["lr"],
@@ -434,6 +440,7 @@ class FoldTrainer:
         wrote before its first ``last.pt``.
         """
         self._load_best()
+        self.ema = None  # the next stage averages from these weights on
         carried = engine.EarlyStopping(self.config.early_stopping, stopper.mode, best=stopper.best, best_epoch=stopper.best_epoch)
         return self._save_last(stage_index, 0, global_epoch, None, None, None, carried)
 
@@ -464,6 +471,9 @@ class FoldTrainer:
         and the stage's early stopping (it knows the best score so far)."""
         c, stage = self.config, stages[stage_index]
         self._set_trainable(stage)
+        self.ema = WeightEMA(self.model, c.ema) if c.ema else None
+        if self.ema and resumed is not None and resumed.get("ema") is not None:
+            self.ema.load_state_dict(resumed["ema"])
         model = self._wrapped_model()
         optimizer, scaler, scheduler, stopper = self._stage_tools(stage, resumed)
         first_epoch = resumed["next_epoch"] if resumed is not None else 0

@@ -51,18 +51,19 @@ def test_same_seed_gives_the_same_logits(tiny_sperm, tmp_path):
     assert np.array_equal(load(a / "test_logits.npz")["logits"], load(b / "test_logits.npz")["logits"])
 
 
-def test_killed_and_resumed_run_ends_with_the_same_logits(tiny_sperm, tmp_path):
-    full = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "full", epochs=3))
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_killed_and_resumed_run_ends_with_the_same_logits(tiny_sperm, tmp_path, ema):
+    full = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "full", epochs=3, ema=ema))
 
     def die_after_first_epoch(row):
         if row["epoch"] == 1:
             raise KeyboardInterrupt
 
-    config = tiny_config(tiny_sperm, tmp_path / "cut", epochs=3)
+    config = tiny_config(tiny_sperm, tmp_path / "cut", epochs=3, ema=ema)
     with pytest.raises(KeyboardInterrupt):
         trainer.train_fold(config, on_epoch_end=die_after_first_epoch)
     assert not (config.run_dir() / "test_logits.npz").exists()
-    resumed = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "cut", epochs=3, resume=True))
+    resumed = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "cut", epochs=3, ema=ema, resume=True))
     assert np.array_equal(load(full / "test_logits.npz")["logits"], load(resumed / "test_logits.npz")["logits"])
     assert len((resumed / "history.csv").read_text().splitlines()) == 4
 
@@ -326,3 +327,33 @@ def test_best_pt_of_a_two_stage_run_is_the_best_epoch_of_the_whole_run(tiny_sper
     run = trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path))
     best = checkpoint.safe_torch_load(run / "best.pt")
     assert (best["epoch"], best["val_metric"]) == (2, 0.5)
+
+
+def test_weight_ema_moves_the_average_by_one_minus_decay_and_copies_integer_buffers():
+    from spermfuse.ema import WeightEMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.75)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+        model[1].num_batches_tracked.add_(3)
+    ema.update(model)
+    assert torch.allclose(ema.shadow["0.weight"], before["0.weight"] + 0.25 * 4.0)
+    assert ema.shadow["1.num_batches_tracked"].item() == 3
+
+
+def test_with_ema_the_averaged_weights_are_validated_selected_and_saved(tiny_sperm, tmp_path):
+    fold = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path, epochs=2, ema=0.5, monitor="val_acc"))
+    run = fold.run()
+    best, last = checkpoint.safe_torch_load(run / "best.pt"), checkpoint.safe_torch_load(run / "last.pt")
+    assert any(not torch.equal(last["model"][k], last["ema"]["shadow"][k]) for k in last["model"])  # raw weights differ from the average
+    fold.model.load_state_dict(best["model"])
+    logits, labels, _ = fold._evaluate(fold.val_loader)
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(best["val_metric"])  # the score it was selected by
+
+
+def test_ema_outside_zero_one_is_one_clear_line(tmp_path):
+    import train
+
+    assert train.main(["--out", str(tmp_path), "--ema", "1.5"]) == 2
