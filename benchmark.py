@@ -9,6 +9,7 @@
     python benchmark.py --suite timm                     # our ResNetV2 vs timm's resnetv2_50x1_bit
     python benchmark.py --suite fusion                   # grid search + full evaluation at the paper's size
     python benchmark.py --suite splits                   # folds with and without patient groups, 18,456 images
+    python benchmark.py --suite ema                      # a training step with and without the weight EMA update
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
@@ -43,7 +44,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -230,6 +231,37 @@ def timm_suite(args, device) -> dict:
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
+def ema_suite(args, device) -> dict:
+    """A full training step (batch 8, AdamW) with and without ``--ema``'s update after it, timed
+    side by side in interleaved rounds (--warmup, --iters) on the same model and batch."""
+    from spermfuse.ema import WeightEMA
+
+    out, rows = {}, []
+    for name in args.models:
+        model = create_model(name, args.num_classes).train().to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(8, 3, args.img_size, args.img_size, device=device)
+        y = torch.randint(0, args.num_classes, (8,), device=device)
+        ema = WeightEMA(model, 0.999)
+
+        def step() -> None:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        def step_with_ema() -> None:
+            step()
+            ema.update(model)
+
+        timed = profiling.time_interleaved({"plain": step, "ema": step_with_ema}, device, args.warmup, args.iters)
+        overhead = 100.0 * (timed["ema"].median_ms / timed["plain"].median_ms - 1.0)
+        out[name] = {"plain_ms": timed["plain"].median_ms, "ema_ms": timed["ema"].median_ms, "overhead_pct": overhead}
+        rows.append([name, f"{timed['plain'].median_ms:.1f}", f"{timed['ema'].median_ms:.1f}", f"{overhead:+.1f} %"])
+    print(markdown_table(["model", "step ms (median)", "step + EMA update ms", "overhead"], rows))
+    return out
+
+
 def splits_suite(args, device) -> dict:
     """make_folds and one fold's split at the paper's size (18,456 images, 18 classes), by class
     alone and with 300 patient groups; medians of 5 runs after one warm-up (scikit-learn's import)."""
@@ -323,7 +355,7 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite}
+        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite}
         suite = suites[args.suite]
         results = suite(args, device)
     except (SpermfuseError, OSError) as error:

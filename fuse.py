@@ -70,17 +70,17 @@ def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, .
     atomic_write_csv(args.out / "grid.csv", header, rows)
     atomic_write_text(args.out / "grid.md", report.markdown_table(header, rows))
     summary = {"rule": "max mean weighted F1 over the test folds (the paper's; optimistic)", "weights": list(result.best)}
-    honest = {"test (paper, optimistic)": [result.best] * len(per_fold), "nested": fusion.nested_selection(result) if len(per_fold) > 1 else None}
+    selections = {"test (paper, optimistic)": [result.best] * len(per_fold), "nested": fusion.nested_selection(result) if len(per_fold) > 1 else None}
     if per_fold_val is not None:
-        honest["val"] = fusion.validation_selection(per_fold_val, alphas)
-    comparison = {name: fusion.evaluate_choice(per_fold, c) | {"weights_per_fold": [list(w) for w in c]} for name, c in honest.items() if c}
+        selections["val"] = fusion.validation_selection(per_fold_val, alphas)
+    comparison = {name: fusion.evaluate_choice(per_fold, c) | {"weights_per_fold": [list(w) for w in c]} for name, c in selections.items() if c}
     summary["selection_comparison"] = comparison
     log.info("selection            mean acc   mean F1w   mean F1m   weights per fold")
     for name, figures in comparison.items():
         shown = " ".join("/".join(f"{x:.1f}" for x in w) for w in figures["weights_per_fold"])
         log.info("%-20s %8.4f   %8.4f   %8.4f   %s", name, figures["accuracy"], figures["f1_weighted"], figures["f1_macro"], shown)
     key = {"test": "test (paper, optimistic)", "val": "val", "nested": "nested"}[args.select]
-    if honest.get(key) is None:
+    if selections.get(key) is None:
         raise fusion.FusionError(f"--select {args.select}: not possible here (needs val_logits.npz / two or more folds)")
     if args.select != "test":
         summary["rule"] = {
@@ -88,8 +88,8 @@ def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, .
             "nested": "per fold, max mean weighted F1 on the other folds' test logits (their models trained on this fold's images)",
         }[args.select]  # fmt: skip
         summary["weights"] = None
-    others = {SELECTION_FOLDERS[name]: c for name, c in honest.items() if c and name != key}
-    return honest[key], summary, others
+    others = {SELECTION_FOLDERS[name]: c for name, c in selections.items() if c and name != key}
+    return selections[key], summary, others
 
 
 def write_fused_logits(folder: Path, per_fold, chosen, arch: str, split: str = "test") -> None:
@@ -174,13 +174,13 @@ def run_prediction(args) -> int:
     if any(k not in settings["folds"] for k in folds):
         raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']}")
     members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", device) for n in names] for k in folds]
-    weights = fold_weights(settings, folds)
+    weights = fusion.prediction_weights(settings, folds)
     images = list_images(args.predict)
     probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
     header = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes]
     rows = [[path.relative_to(args.predict).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"] + [f"{v:.6f}" for v in p] for path, p in zip(images, probabilities)]
-    threshold = referral_threshold_for(settings, folds)
+    threshold = fusion.prediction_threshold(settings, folds)
     if threshold is not None:
         header.insert(3, "refer")
         for row, p in zip(rows, probabilities):
@@ -190,30 +190,6 @@ def run_prediction(args) -> int:
     log.info("wrote %s: %d images, models %s, effective weights (w / T) %s%s", args.output, len(images), names, shown,
              f", refer below confidence {threshold:.4f}" if threshold is not None else "")  # fmt: skip
     return 0
-
-
-def fold_weights(settings: dict, folds: list[int]) -> list[list[float]]:
-    """The weights each fold's pair is fused with: that fold's own choice (the same a* for all
-    with the paper's rule), divided by each member's temperature of that fold when calibrated.
-    With ``--fold all`` the folds' fused logits are then averaged."""
-    position = {k: i for i, k in enumerate(settings["folds"])}
-    temperatures = settings.get("temperatures", {}).get("per_fold")
-    weights = []
-    for k in folds:
-        chosen = settings["weights_per_fold"][position[k]]
-        scale = temperatures[position[k]] if temperatures else [1.0] * len(chosen)
-        weights.append([w / t for w, t in zip(chosen, scale)])
-    return weights
-
-
-def referral_threshold_for(settings: dict, folds: list[int]) -> float | None:
-    """One fold: its own validation-chosen threshold; all folds (averaged): the one chosen on all validation cells."""
-    referral = settings.get("referral")
-    if referral is None:
-        return None
-    if len(folds) == 1:
-        return referral["per_fold"][settings["folds"].index(folds[0])]["threshold"]
-    return referral["threshold"]
 
 
 def main(argv=None) -> int:

@@ -194,6 +194,31 @@ def evaluate_choice(per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[tu
     return {key: float(np.mean([r[key] for r in rows])) for key in ("accuracy", "f1_weighted", "f1_macro")}
 
 
+def prediction_weights(settings: dict, folds: Sequence[int]) -> list[list[float]]:
+    """From fusion.json's ``settings``, the weights each fold's pair is fused with at prediction:
+    that fold's own choice (the same a* for all with the paper's rule; per fold with ``--select
+    val|nested``), divided by each member's temperature of that fold when calibrated. With
+    ``--fold all`` the folds' fused logits are then averaged."""
+    position = {k: i for i, k in enumerate(settings["folds"])}
+    temperatures = settings.get("temperatures", {}).get("per_fold")
+    weights = []
+    for k in folds:
+        chosen = settings["weights_per_fold"][position[k]]
+        scale = temperatures[position[k]] if temperatures else [1.0] * len(chosen)
+        weights.append([w / t for w, t in zip(chosen, scale)])
+    return weights
+
+
+def prediction_threshold(settings: dict, folds: Sequence[int]) -> float | None:
+    """One fold: its own validation-chosen threshold; all folds (averaged): the one chosen on all validation cells."""
+    referral = settings.get("referral")
+    if referral is None:
+        return None
+    if len(folds) == 1:
+        return referral["per_fold"][settings["folds"].index(folds[0])]["threshold"]
+    return referral["threshold"]
+
+
 def parse_alphas(text: str) -> list[float]:
     """``0:1:0.1`` (start:stop:step, inclusive) or ``0,0.25,0.5``."""
     try:

@@ -358,3 +358,11 @@ def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tm
     assert "Calibration and selective prediction" in (out / "report.md").read_text()
     for figure in ("reliability_fusion.png", "reliability_modelx.png", "risk_coverage.png"):
         assert (out / figure).stat().st_size > 1000
+
+
+def test_prediction_fuses_each_fold_with_its_own_weights_and_temperatures():
+    settings = {"folds": [1, 2], "weights_per_fold": [[0.2, 0.8], [0.6, 0.4]], "weights": None}
+    assert fusion.prediction_weights(settings, [2]) == [[0.6, 0.4]]  # fold 2's own, not the mean of the folds
+    settings["temperatures"] = {"per_fold": [[1.0, 2.0], [2.0, 0.5]]}
+    assert fusion.prediction_weights(settings, [1, 2]) == [[0.2, 0.4], [0.3, 0.8]]
+    assert fusion.prediction_threshold(settings, [1, 2]) is None

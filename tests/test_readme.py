@@ -1,10 +1,13 @@
 """The README's figures are the ones the code wrote."""
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"<!-- results: (\S+) -->\n(.*?)<!-- end results -->", re.S)
 
 
-def test_readme_demo_figures_are_the_results_file_demo_sh_writes():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- demo-results:start -->\n", 1)[1].split("<!-- demo-results:end -->", 1)[0]
-    assert block == (ROOT / "docs" / "demo_results.md").read_text()
+def test_every_results_block_of_the_readme_is_the_file_the_code_wrote():
+    blocks = BLOCK.findall((ROOT / "README.md").read_text())
+    assert any(name == "docs/demo_results.md" for name, _ in blocks)
+    for name, content in blocks:
+        assert content == (ROOT / name).read_text(), f"README block differs from {name}: paste the file again"
