@@ -337,7 +337,7 @@ def plot_risk_coverage(models: dict[str, Sequence[LogitsSet]], path: Path) -> No
 
 def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
     """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
-    models = {name: path for name, path in fusion.discover_models(runs).items() if name != "fusion"}
+    models = {name: path for name, path in fusion.discover_models(runs).items() if not name.startswith("fusion")}
     rows = []
     for name, path in models.items():
         sets = fusion.load_fold_sets(path)
