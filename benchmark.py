@@ -299,8 +299,7 @@ def fusion_suite(args, device) -> dict:
     rng = np.random.default_rng(0)
     classes = np.array([f"class{c:02d}" for c in range(18)])
 
-    def write(folder: Path, split: str, part: np.ndarray, arch: str, fold: int) -> None:
-        labels = rng.integers(0, 18, len(part))
+    def write(folder: Path, split: str, part: np.ndarray, labels: np.ndarray, arch: str, fold: int) -> None:
         logits = (np.eye(18)[labels] * 2 + rng.normal(0, 1.5, (len(part), 18))).astype(np.float32)
         np.savez(folder / f"{split}_logits.npz", logits=logits, labels=labels, paths=np.array([f"{split}{i}.png" for i in part]),
                  classes=classes, arch=np.array(arch), fold=np.array(fold))  # fmt: skip
@@ -308,11 +307,13 @@ def fusion_suite(args, device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         for k, part in enumerate(np.array_split(np.arange(18456), 5), start=1):
+            val = part[: len(part) // 4]  # about the 10 % validation share of 14,765 training images
+            test_labels, val_labels = rng.integers(0, 18, len(part)), rng.integers(0, 18, len(val))
             for arch in ("efficientnetv2_s", "resnet50v2"):
                 folder = runs / arch / f"fold{k}"
                 folder.mkdir(parents=True)
-                write(folder, "test", part, arch, k)
-                write(folder, "val", part[: len(part) // 4], arch, k)  # ~ the 10 % validation share of 14,765 training images
+                write(folder, "test", part, test_labels, arch, k)
+                write(folder, "val", val, val_labels, arch, k)
         evaluate = ["evaluate.py", "--runs", str(runs), "--reports", str(Path(tmp) / "r")]
         commands = [
             ("fuse --grid (11 weights x 5 folds)", ["fuse.py", "--grid", "--runs", str(runs)]),

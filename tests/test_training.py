@@ -45,9 +45,10 @@ def test_a_fold_writes_every_output_in_the_logits_schema(tiny_sperm, tmp_path):
     assert best["arch"] == "resnetv2_tiny" and best["img_size"] == 32 and len(best["classes"]) == 18
 
 
-def test_same_seed_gives_the_same_logits(tiny_sperm, tmp_path):
-    a = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "a", epochs=1))
-    b = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "b", epochs=1))
+@pytest.mark.parametrize("extra", [{}, {"tta": "flip", "ema": 0.9}])
+def test_same_seed_gives_the_same_logits(tiny_sperm, tmp_path, extra):
+    a = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "a", epochs=1, **extra))
+    b = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, **extra))
     assert np.array_equal(load(a / "test_logits.npz")["logits"], load(b / "test_logits.npz")["logits"])
 
 
