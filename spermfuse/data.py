@@ -150,14 +150,14 @@ def groups_from_pattern(paths: Sequence[str], pattern: str) -> list[str]:
     try:
         compiled = re.compile(pattern)
     except re.error as error:
-        raise DataError(f"--group-pattern {pattern!r}: not a regular expression ({error})") from None
+        raise DataError(f"--group-pattern '{pattern}': not a regular expression ({error})") from None
     if compiled.groups < 1:
-        raise DataError(f"--group-pattern {pattern!r}: needs a capture group, e.g. 'patient(\\d+)'")
+        raise DataError(f"--group-pattern '{pattern}': needs a capture group, e.g. 'patient(\\d+)'")
     groups = []
     for rel in paths:
         match = compiled.search(Path(rel).name)
         if match is None or not match.group(1):
-            raise DataError(f"{rel}: --group-pattern {pattern!r} finds no group in this file name; fix the pattern or the name")
+            raise DataError(f"{rel}: --group-pattern '{pattern}' finds no group in this file name; fix the pattern or the name")
         groups.append(match.group(1))
     return groups
 
