@@ -7,6 +7,7 @@
     python fuse.py --grid --target-accuracy 0.95 # a referral threshold chosen on validation, tested per fold
     python fuse.py --alpha 0.5                   # a fixed weight
     python fuse.py --predict new_images/         # fused class probabilities -> predictions.csv
+    python fuse.py --export deploy/              # model.pt2 + model.json: the same, without spermfuse
 
 a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
 """
@@ -24,6 +25,7 @@ from spermfuse import calibration, fusion, report
 from spermfuse.calibration import probabilities_of
 from spermfuse.checkpoint import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
 from spermfuse.errors import SpermfuseError, user_message
+from spermfuse.export import export_fused
 from spermfuse.inference import fused_probabilities, list_images, load_classifier
 from spermfuse.trainer import resolve_device
 
@@ -36,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--grid", action="store_true", help="search the weight grid")
     mode.add_argument("--alpha", type=float, help="fixed weight a of the first model (two models)")
     mode.add_argument("--predict", type=Path, metavar="FOLDER", help="classify the images in FOLDER with the fused models")
+    mode.add_argument("--export", type=Path, metavar="DIR", help="write DIR/model.pt2 (torch.export) and DIR/model.json: what --predict computes, without spermfuse")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run root written by train.py")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help="model folders under --runs (N >= 2)")
     p.add_argument("--alphas", default="0:1:0.1", help="grid, start:stop:step or a comma list (default 0:1:0.1)")
@@ -163,17 +166,32 @@ def run_fusion(args) -> int:
     return 0
 
 
-def run_prediction(args) -> int:
-    device = resolve_device(args.device)
+def fused_members(args, device) -> tuple[dict, list[int], list]:
+    """fusion.json, the folds asked for (--fold), and each fold's trained members."""
     fusion_json = (args.out or args.runs / "fusion") / "fusion.json"
     if not fusion_json.is_file():
         raise fusion.FusionError(f"{fusion_json}: not found; run python fuse.py --grid first")
     settings = json.loads(fusion_json.read_text())
-    names, weights_per_fold = settings["models"], settings["weights_per_fold"]
-    folds = settings["folds"] if args.fold == "all" else [int(args.fold)]
-    if any(k not in settings["folds"] for k in folds):
-        raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']}")
-    members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", device) for n in names] for k in folds]
+    folds = settings["folds"] if args.fold == "all" else [int(args.fold)] if args.fold.isdigit() else None
+    if folds is None or any(k not in settings["folds"] for k in folds):
+        raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']} (or 'all')")
+    members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", device) for n in settings["models"]] for k in folds]
+    return settings, folds, members
+
+
+def run_export(args) -> int:
+    settings, folds, members = fused_members(args, "cpu")
+    weights = fusion.prediction_weights(settings, folds)
+    export_fused(members, settings["models"], folds, weights, args.export)
+    log.info("wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities) and model.json; models %s, folds %s",
+             args.export, members[0][0].pipeline.img_size, members[0][0].pipeline.img_size, settings["models"], folds)  # fmt: skip
+    return 0
+
+
+def run_prediction(args) -> int:
+    device = resolve_device(args.device)
+    settings, folds, members = fused_members(args, device)
+    names = settings["models"]
     weights = fusion.prediction_weights(settings, folds)
     images = list_images(args.predict)
     probabilities = fused_probabilities(images, members, weights, device)
@@ -196,6 +214,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.export:
+            return run_export(args)
         return run_prediction(args) if args.predict else run_fusion(args)
     except (SpermfuseError, OSError) as error:
         if user_message(error) is None:

@@ -8,26 +8,34 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_pipeline_end_to_end(tiny_sperm, tmp_path):
+@pytest.fixture(scope="module")
+def demo_output(tiny_sperm, tmp_path_factory) -> Path:
+    """demo.sh --preset tiny run once for this module: <folder>/runs and <folder>/reports."""
+    folder = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "PYTHON": sys.executable}
-    command = ["bash", "demo.sh", "--preset", "tiny", "--data", str(tiny_sperm), "--out", str(tmp_path / "runs"), "--reports", str(tmp_path / "reports")]
+    command = ["bash", "demo.sh", "--preset", "tiny", "--data", str(tiny_sperm), "--out", str(folder / "runs"), "--reports", str(folder / "reports")]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = tmp_path / "runs"
+    return folder
+
+
+def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
+    runs = demo_output / "runs"
     for arch in ("efficientnet_tiny", "resnetv2_tiny"):
         for fold in (1, 2):
             assert (runs / arch / f"fold{fold}" / "test_logits.npz").is_file()
     fusion = json.loads((runs / "fusion" / "fusion.json").read_text())
     assert fusion["models"] == ["efficientnet_tiny", "resnetv2_tiny"] and len(fusion["weights"]) == 2
-    report = json.loads((tmp_path / "reports" / "tiny" / "report.json").read_text())
+    report = json.loads((demo_output / "reports" / "tiny" / "report.json").read_text())
     assert set(report["models"]) == {"efficientnet_tiny", "resnetv2_tiny", "fusion", "fusion_nested", "fusion_val"}
     total = sum(report["models"]["fusion"]["aggregate"]["per_class"][c]["support"] for c in report["classes"])
     assert total == 18 * 6  # every image tested exactly once over the folds
-    assert (tmp_path / "reports" / "tiny" / "confusion_fusion.png").is_file()
+    assert (demo_output / "reports" / "tiny" / "confusion_fusion.png").is_file()
 
     new_images = tmp_path / "new"
     new_images.mkdir()
@@ -52,3 +60,28 @@ def test_demo_pipeline_end_to_end(tiny_sperm, tmp_path):
     with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["refer"] for r in rows] == [str(int(float(r["confidence"]) < 0.5)) for r in rows]  # --fold all: the all-folds threshold
+
+
+def readme_client() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return "# client.py:" + readme.split("# client.py:", 1)[1].split("```", 1)[0]
+
+
+def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, demo_output, tmp_path):
+    from spermfuse import fusion as fusion_lib
+    from spermfuse.inference import fused_probabilities, load_classifier
+
+    runs = demo_output / "runs"
+    export = [sys.executable, "fuse.py", "--export", str(tmp_path / "deploy"), "--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
+    result = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    images = [tiny_sperm / "Normal" / "Normal_00000.png", tiny_sperm / "PinHead" / "PinHead_00003.png", tiny_sperm / "ThinNeck" / "ThinNeck_00001.png"]
+    client = tmp_path / "client.py"
+    client.write_text("import importlib.util\nassert importlib.util.find_spec('spermfuse') is None\n" + readme_client()
+                      + f"\nnp.save({str(tmp_path / 'p.npy')!r}, probabilities.numpy())\n")  # fmt: skip
+    isolated = subprocess.run([sys.executable, "-I", str(client), str(tmp_path / "deploy"), *map(str, images)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert isolated.returncode == 0, isolated.stderr
+    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
+    members = [[load_classifier(runs / n / f"fold{k}" / "best.pt") for n in settings["models"]] for k in settings["folds"]]
+    expected = fused_probabilities(images, members, fusion_lib.prediction_weights(settings, settings["folds"]))
+    assert np.abs(np.load(tmp_path / "p.npy") - expected).max() <= 1e-5

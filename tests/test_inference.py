@@ -88,3 +88,11 @@ def test_a_finished_run_resumed_with_flip_tta_rewrites_its_logits_with_it(tiny_s
     with torch.no_grad():
         expected = (model(x) + model(x.flip(-1)) + model(x.flip(-2))) / 3
         assert torch.allclose(tta_logits(model, x, "flip"), expected, atol=1e-6)
+
+
+def test_members_of_different_input_sizes_cannot_be_exported_as_one_graph(tmp_path):
+    from spermfuse.export import ExportError, check_exportable
+
+    pair = [Classifier(create_model(arch, 3).eval(), build(False, size), ["a", "b", "c"], tmp_path / arch) for arch, size in (("efficientnet_tiny", 32), ("resnetv2_tiny", 48))]
+    with pytest.raises(ExportError, match=r"different sizes \[32, 48\]"):
+        check_exportable([pair])

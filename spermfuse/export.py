@@ -1,0 +1,129 @@
+"""The fused model as one deployable file: a ``torch.export`` program plus a JSON of its preprocessing.
+
+The exported graph takes a batch of letterboxed uint8 RGB images (N, 3, S, S) and returns
+the fused class probabilities (N, C). Everything after the letterbox happens inside it:
+scaling to [0, 1], each member's own normalisation, test-time flips when the members were
+evaluated with them, the weighted sum of each fold's members (weights already divided by
+the temperatures when fusion was calibrated), the mean over folds and the softmax, which
+is exactly what ``fuse.py --predict`` computes. What happens before it (the letterbox, and
+for method B the Otsu segmentation) is described in ``model.json`` so that a client without
+spermfuse can repeat it.
+"""
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import atomic_write_bytes, atomic_write_json
+from .engine import tta_logits
+from .errors import SpermfuseError
+from .inference import Classifier
+
+
+class ExportError(SpermfuseError):
+    """Runs that cannot be exported together; the message names the file and the difference."""
+
+
+class FusedProbabilities(nn.Module):
+    """uint8 letterboxed RGB (N, 3, S, S) -> softmax of the fold-averaged fused logits."""
+
+    def __init__(self, folds: Sequence[Sequence[Classifier]], weights: Sequence[Sequence[float]]) -> None:
+        super().__init__()
+        self.folds = nn.ModuleList(nn.ModuleList(c.model for c in fold) for fold in folds)
+        self.tta = [c.tta for c in folds[0]]
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+        first = folds[0]
+        self.register_buffer("mean", torch.tensor([c.pipeline.normalize.mean for c in first], dtype=torch.float32).view(len(first), 3, 1, 1))
+        self.register_buffer("std", torch.tensor([c.pipeline.normalize.std for c in first], dtype=torch.float32).view(len(first), 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0
+        total = torch.zeros((), dtype=torch.float32)
+        for f, fold in enumerate(self.folds):
+            for m, model in enumerate(fold):
+                total = total + self.weights[f, m] * tta_logits(model, (x - self.mean[m]) / self.std[m], self.tta[m]).float()
+        return torch.softmax(total / len(self.folds), dim=1)
+
+
+def check_exportable(folds: Sequence[Sequence[Classifier]]) -> None:
+    """One input size, one preprocessing per member across folds, one class list."""
+    reference = folds[0]
+    sizes = {c.pipeline.img_size for fold in folds for c in fold}
+    if len(sizes) != 1:
+        raise ExportError(f"the members test at different sizes {sorted(sizes)}; an exported pair takes one input size")
+    fills = {tuple(c.pipeline.fill) for fold in folds for c in fold}
+    if len(fills) != 1:
+        raise ExportError(f"the members pad with different colours {sorted(fills)}; export them separately")
+    for fold in folds:
+        for classifier, first in zip(fold, reference):
+            if classifier.classes != first.classes:
+                raise ExportError(f"{classifier.source}: classes differ from {first.source}")
+            if repr(classifier.pipeline) != repr(first.pipeline) or classifier.tta != first.tta:
+                raise ExportError(f"{classifier.source}: preprocessing differs from {first.source} (same model, other fold); retrain or export one fold")
+
+
+def export_program(module: FusedProbabilities, img_size: int, max_batch: int = 1024) -> bytes:
+    """``torch.export`` of ``module`` with a dynamic batch, saved to bytes."""
+    module.eval()
+    example = torch.zeros(2, 3, img_size, img_size, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]]) -> dict:
+    """model.json: what the client must do before the graph, and what the graph does."""
+    first = folds[0]
+    pipeline = first[0].pipeline
+    preprocess = [repr(step) for step in pipeline.preprocess]
+    return {
+        "format": "spermfuse fused model, torch.export program (model.pt2)",
+        "input": {"dtype": "uint8", "layout": "N x 3 x S x S, RGB", "size": pipeline.img_size},
+        "output": "N x C class probabilities (softmax of the fused logits, averaged over folds)",
+        "classes": first[0].classes,
+        "preprocessing": {
+            "steps": ["resize_longer_side", *preprocess, "pad_to_square"],
+            "resize": "bilinear, antialiased when shrinking (PIL Image.resize with BILINEAR), longer side to size, aspect kept, each side rounded",
+            "pad": "centre on a size x size canvas at ((size - w) // 2, (size - h) // 2)",
+            "fill": list(pipeline.fill),
+            "otsu": preprocess[0] if preprocess else None,
+        },
+        "inside_graph": {
+            "scale": "x / 255",
+            "mean": [list(c.pipeline.normalize.mean) for c in first],
+            "std": [list(c.pipeline.normalize.std) for c in first],
+            "tta": [c.tta for c in first],
+        },
+        "models": list(names),
+        "folds": list(fold_ids),
+        "weights_per_fold": [list(w) for w in weights],
+        "fusion": "p = softmax(mean over folds of sum_i w[fold][i] * z_i), w already divided by the member's temperature when calibrated",
+        "spermfuse_version": __version__,
+        "commit": _commit(),
+    }
+
+
+def export_fused(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]], out: Path) -> Path:
+    """Write ``out/model.pt2`` and ``out/model.json``; returns ``out``."""
+    check_exportable(folds)
+    program = export_program(FusedProbabilities(folds, weights), folds[0][0].pipeline.img_size)
+    atomic_write_bytes(out / "model.pt2", program)
+    atomic_write_json(out / "model.json", describe(folds, names, fold_ids, weights))
+    return out
+
+
+def _commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
