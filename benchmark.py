@@ -10,6 +10,7 @@
     python benchmark.py --suite fusion                   # grid search + full evaluation at the paper's size
     python benchmark.py --suite splits                   # folds with and without patient groups, 18,456 images
     python benchmark.py --suite ema                      # a training step with and without the weight EMA update
+    python benchmark.py --suite export                   # the fused pair: eager vs torch.export program vs ONNX Runtime
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
@@ -44,7 +45,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -231,6 +232,41 @@ def timm_suite(args, device) -> dict:
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
+def export_suite(args, device) -> dict:
+    """The fused pair (--models, random weights, one fold, a = 0.5) as fuse.py --export writes it:
+    eager PyTorch, the torch.export program and ONNX Runtime, batch-1 latency and batch-32
+    throughput, timed side by side in interleaved rounds (--warmup, --iters) on the CPU."""
+    import tempfile
+
+    from spermfuse.export import FusedProbabilities, export_onnx, export_program, onnx_available
+    from spermfuse.inference import Classifier
+    from spermfuse.transforms import build
+
+    pair = [Classifier(create_model(name, args.num_classes).eval(), build(False, args.img_size), [str(c) for c in range(args.num_classes)], Path(name)) for name in args.models]
+    eager = FusedProbabilities([pair], [[0.5, 0.5]]).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model.pt2").write_bytes(export_program(eager, args.img_size))
+        program = torch.export.load(str(Path(tmp) / "model.pt2")).module()
+        runners = {"eager": eager, "torch.export (.pt2)": program}
+        if onnx_available():
+            import onnxruntime
+
+            export_onnx(eager, args.img_size, Path(tmp) / "model.onnx")
+            session = onnxruntime.InferenceSession(str(Path(tmp) / "model.onnx"))
+            runners["ONNX Runtime"] = lambda x: session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        out, rows = {}, []
+        for batch in (1, 32):
+            x = torch.randint(0, 256, (batch, 3, args.img_size, args.img_size), dtype=torch.uint8)
+            calls = {name: (lambda run=run: run(x)) for name, run in runners.items()}
+            with torch.no_grad():
+                timed = profiling.time_interleaved(calls, device, args.warmup, args.iters)
+            for name, latency in timed.items():
+                out[f"{name}, batch {batch}"] = latency.median_ms
+                rows.append([name, batch, f"{latency.median_ms:.1f}", f"{batch * 1000 / latency.median_ms:.1f}", f"{timed['eager'].median_ms / latency.median_ms:.2f}x"])
+    print(markdown_table(["runtime", "batch", "median ms", "images/s", "speed vs eager"], rows))
+    return out
+
+
 def ema_suite(args, device) -> dict:
     """A full training step (batch 8, AdamW) with and without ``--ema``'s update after it, timed
     side by side in interleaved rounds (--warmup, --iters) on the same model and batch."""
@@ -356,7 +392,7 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite}
+        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite}
         suite = suites[args.suite]
         results = suite(args, device)
     except (SpermfuseError, OSError) as error:

@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
     p.add_argument("--device", default="cpu", help="--predict: cpu, cuda or auto")
+    p.add_argument("--overwrite", action="store_true", help="--export: replace the files of an existing export folder")
     return p.parse_args(argv)
 
 
@@ -180,6 +181,8 @@ def fused_members(args, device) -> tuple[dict, list[int], list]:
 
 
 def run_export(args) -> int:
+    if args.export.exists() and any(args.export.iterdir()) and not args.overwrite:
+        raise fusion.FusionError(f"--export {args.export}: folder exists and is not empty; choose another or add --overwrite")
     settings, folds, members = fused_members(args, "cpu")
     weights = fusion.prediction_weights(settings, folds)
     export_fused(members, settings["models"], folds, weights, args.export)

@@ -12,6 +12,8 @@ spermfuse can repeat it.
 from __future__ import annotations
 
 import io
+import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +26,9 @@ from .checkpoint import atomic_write_bytes, atomic_write_json
 from .engine import tta_logits
 from .errors import SpermfuseError
 from .inference import Classifier
+
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(SpermfuseError):
@@ -80,6 +85,29 @@ def export_program(module: FusedProbabilities, img_size: int, max_batch: int = 1
     return buffer.getvalue()
 
 
+def onnx_available() -> bool:
+    """The optional extra (``pip install .[export]``: onnx, onnxscript, onnxruntime) is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
+
+
+def export_onnx(module: FusedProbabilities, img_size: int, path: Path, max_batch: int = 1024) -> None:
+    """``module`` as ONNX (torch's dynamo exporter, dynamic batch), written atomically to ``path``."""
+    module.eval()
+    example = torch.zeros(2, 3, img_size, img_size, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        program = torch.onnx.export(module, (example,), dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        program.save(str(partial))
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+
+
 def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]]) -> dict:
     """model.json: what the client must do before the graph, and what the graph does."""
     first = folds[0]
@@ -113,11 +141,16 @@ def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_i
 
 
 def export_fused(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]], out: Path) -> Path:
-    """Write ``out/model.pt2`` and ``out/model.json``; returns ``out``."""
+    """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra) and ``out/model.json``; returns ``out``."""
     check_exportable(folds)
-    program = export_program(FusedProbabilities(folds, weights), folds[0][0].pipeline.img_size)
-    atomic_write_bytes(out / "model.pt2", program)
-    atomic_write_json(out / "model.json", describe(folds, names, fold_ids, weights))
+    module = FusedProbabilities(folds, weights)
+    size = folds[0][0].pipeline.img_size
+    atomic_write_bytes(out / "model.pt2", export_program(module, size))
+    if onnx_available():
+        export_onnx(module, size, out / "model.onnx")
+    else:
+        log.info("model.onnx not written: the ONNX extra is not installed (pip install .[export])")
+    atomic_write_json(out / "model.json", describe(folds, names, fold_ids, weights))  # last: a complete folder has it
     return out
 
 

@@ -69,6 +69,7 @@ def readme_client() -> str:
 
 def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, demo_output, tmp_path):
     from spermfuse import fusion as fusion_lib
+    from spermfuse.data import load_rgb
     from spermfuse.inference import fused_probabilities, load_classifier
 
     runs = demo_output / "runs"
@@ -85,3 +86,10 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
     members = [[load_classifier(runs / n / f"fold{k}" / "best.pt") for n in settings["models"]] for k in settings["folds"]]
     expected = fused_probabilities(images, members, fusion_lib.prediction_weights(settings, settings["folds"]))
     assert np.abs(np.load(tmp_path / "p.npy") - expected).max() <= 1e-5
+    onnxruntime = pytest.importorskip("onnxruntime")  # the optional export extra (requirements-dev installs it)
+    session = onnxruntime.InferenceSession(str(tmp_path / "deploy" / "model.onnx"))
+    pipeline = members[0][0].pipeline
+    batch = np.stack([np.asarray(pipeline.geometry(load_rgb(p), np.random.default_rng(0))).transpose(2, 0, 1) for p in images])
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: batch})[0] - expected).max() <= 1e-5
+    again = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing export is not replaced silently
