@@ -15,8 +15,9 @@ import io
 import logging
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -85,6 +86,20 @@ def export_program(module: FusedProbabilities, img_size: int, max_batch: int = 1
     return buffer.getvalue()
 
 
+@contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise the named libraries' loggers to WARNING inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def onnx_available() -> bool:
     """The optional extra (``pip install .[export]``: onnx, onnxscript, onnxruntime) is installed."""
     import importlib.util
@@ -97,7 +112,7 @@ def export_onnx(module: FusedProbabilities, img_size: int, path: Path, max_batch
     module.eval()
     example = torch.zeros(2, 3, img_size, img_size, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript"):  # they log every optimisation pass at INFO
         program = torch.onnx.export(module, (example,), dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
     partial = path.with_name(f".{path.name}.partial")
     try:
