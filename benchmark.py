@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from spermfuse import flops, profiling
-from spermfuse.checkpoint import atomic_write_json
+from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 from spermfuse.errors import ConfigError, SpermfuseError, user_message
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model, list_models
@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--markdown", type=Path, help="--suite export: also write its table here (for the README)")
     return p.parse_args(argv)
 
 
@@ -247,7 +248,8 @@ def export_suite(args, device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.pt2").write_bytes(export_program(eager, args.img_size))
         program = torch.export.load(str(Path(tmp) / "model.pt2")).module()
-        runners = {"eager": eager, "torch.export (.pt2)": program}
+        concurrent = FusedPair(pair[0].model, pair[1].model, alpha=0.5, concurrent=True).eval()
+        runners = {"eager": eager, "eager FusedPair, concurrent (float input)": lambda x: concurrent(x.float()), "torch.export (.pt2)": program}
         if onnx_available():
             import onnxruntime
 
@@ -263,7 +265,10 @@ def export_suite(args, device) -> dict:
             for name, latency in timed.items():
                 out[f"{name}, batch {batch}"] = latency.median_ms
                 rows.append([name, batch, f"{latency.median_ms:.1f}", f"{batch * 1000 / latency.median_ms:.1f}", f"{timed['eager'].median_ms / latency.median_ms:.2f}x"])
-    print(markdown_table(["runtime", "batch", "median ms", "images/s", "speed vs eager"], rows))
+    table = markdown_table(["runtime", "batch", "median ms", "images/s", "speed vs eager"], rows)
+    print(table)
+    if args.markdown:
+        atomic_write_text(args.markdown, f"<!-- written by benchmark.py --suite export --warmup {args.warmup} --iters {args.iters}; {profiling.device_description(device)}; torch {torch.__version__} -->\n\n" + table)
     return out
 
 
