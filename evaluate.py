@@ -10,18 +10,14 @@ pr_<model>.png and f1_comparison.png.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from spermfuse import fusion, report, splits
+from spermfuse import fusion, profiling, report, splits
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 from spermfuse.errors import SpermfuseError, user_message
 
@@ -59,14 +55,15 @@ def single_split_note(name: str, sets: list[fusion.LogitsSet]) -> str:
 
 
 def fusion_settings(folders: dict[str, Path]) -> dict | None:
-    path = folders["fusion"] / "fusion.json" if "fusion" in folders else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    """The fusion's fusion.json, when the evaluated models include a fusion that has one."""
+    if "fusion" not in folders or not (folders["fusion"] / "fusion.json").is_file():
+        return None
+    return fusion.load_settings(folders["fusion"])
 
 
 def describe_environment() -> str:
     """The commit and the machine, for a results file."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    return f"commit {commit or 'unknown'}; {platform.machine()} CPU, {os.cpu_count()} cores; torch {torch.__version__}"
+    return f"commit {profiling.git_commit(short=True) or 'unknown'}; {profiling.device_description(torch.device('cpu'))}; torch {torch.__version__}"
 
 
 def validation_sets(folder: Path) -> list[fusion.LogitsSet] | None:

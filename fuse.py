@@ -14,7 +14,6 @@ a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: effici
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -169,10 +168,7 @@ def run_fusion(args) -> int:
 
 def fused_members(args, device) -> tuple[dict, list[int], list]:
     """fusion.json, the folds asked for (--fold), and each fold's trained members."""
-    fusion_json = (args.out or args.runs / "fusion") / "fusion.json"
-    if not fusion_json.is_file():
-        raise fusion.FusionError(f"{fusion_json}: not found; run python fuse.py --grid first")
-    settings = json.loads(fusion_json.read_text())
+    settings = fusion.load_settings(args.out or args.runs / "fusion")
     folds = settings["folds"] if args.fold == "all" else [int(args.fold)] if args.fold.isdigit() else None
     if folds is None or any(k not in settings["folds"] for k in folds):
         raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']} (or 'all')")

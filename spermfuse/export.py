@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,6 +26,7 @@ from .checkpoint import atomic_write_bytes, atomic_write_json
 from .engine import tta_logits
 from .errors import SpermfuseError
 from .inference import Classifier
+from .profiling import git_commit
 
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,18 @@ def check_exportable(folds: Sequence[Sequence[Classifier]]) -> None:
                 raise ExportError(f"{classifier.source}: preprocessing differs from {first.source} (same model, other fold); retrain or export one fold")
 
 
+def _traced_input(img_size: int, max_batch: int) -> tuple[tuple[torch.Tensor], tuple[dict]]:
+    """An example uint8 batch and the dynamic batch dimension both exporters trace with."""
+    example = torch.zeros(2, 3, img_size, img_size, dtype=torch.uint8)
+    return (example,), ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+
+
 def export_program(module: FusedProbabilities, img_size: int, max_batch: int = 1024) -> bytes:
     """``torch.export`` of ``module`` with a dynamic batch, saved to bytes."""
     module.eval()
-    example = torch.zeros(2, 3, img_size, img_size, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    example, dynamic = _traced_input(img_size, max_batch)
     with torch.no_grad():
-        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(module, example, dynamic_shapes=dynamic)
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
@@ -110,10 +115,9 @@ def onnx_available() -> bool:
 def export_onnx(module: FusedProbabilities, img_size: int, path: Path, max_batch: int = 1024) -> None:
     """``module`` as ONNX (torch's dynamo exporter, dynamic batch), written atomically to ``path``."""
     module.eval()
-    example = torch.zeros(2, 3, img_size, img_size, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    example, dynamic = _traced_input(img_size, max_batch)
     with torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript"):  # they log every optimisation pass at INFO
-        program = torch.onnx.export(module, (example,), dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+        program = torch.onnx.export(module, example, dynamic_shapes=dynamic, dynamo=True, verbose=False)
     partial = path.with_name(f".{path.name}.partial")
     try:
         program.save(str(partial))
@@ -151,7 +155,7 @@ def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_i
         "weights_per_fold": [list(w) for w in weights],
         "fusion": "p = softmax(mean over folds of sum_i w[fold][i] * z_i), w already divided by the member's temperature when calibrated",
         "spermfuse_version": __version__,
-        "commit": _commit(),
+        "commit": git_commit(),
     }
 
 
@@ -167,11 +171,3 @@ def export_fused(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fo
         log.info("model.onnx not written: the ONNX extra is not installed (pip install .[export])")
     atomic_write_json(out / "model.json", describe(folds, names, fold_ids, weights))  # last: a complete folder has it
     return out
-
-
-def _commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None

@@ -17,6 +17,7 @@ N >= 2 models are supported, with weights on the simplex grid.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from dataclasses import dataclass, replace
@@ -192,6 +193,14 @@ def evaluate_choice(per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[tu
     """Fold-wise test metrics of per-fold weight choices, and their means."""
     rows = [fold_metrics(sets[0].labels, fuse([s.logits for s in sets], w)) for sets, w in zip(per_fold, chosen)]
     return {key: float(np.mean([r[key] for r in rows])) for key in ("accuracy", "f1_weighted", "f1_macro")}
+
+
+def load_settings(folder: Path) -> dict:
+    """``folder/fusion.json``, as fuse.py wrote it (models, folds, weights, temperatures, referral)."""
+    path = folder / "fusion.json"
+    if not path.is_file():
+        raise FusionError(f"{path}: not found; run python fuse.py --grid first")
+    return json.loads(path.read_text())
 
 
 def prediction_weights(settings: dict, folds: Sequence[int]) -> list[list[float]]:

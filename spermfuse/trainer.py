@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import random
-import subprocess
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from .ema import WeightEMA
 from .errors import ConfigError
 from .models import LoadReport, create_model, get_spec, load_initial_weights
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
-from .profiling import peak_memory_mb
+from .profiling import git_commit, peak_memory_mb
 from .segmentation import HybridOtsu
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Pipeline, build
 
@@ -114,16 +113,10 @@ def ensure_default_data(scale: float | None, context: distributed.DistributedCon
 def environment_info(device: torch.device) -> dict:
     import torchvision
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {
         "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "git_commit": commit, "device": str(device), "device_name": name,
+        "python": platform.python_version(), "git_commit": git_commit(), "device": str(device), "device_name": name,
     }  # fmt: skip
 
 
