@@ -17,6 +17,7 @@ import time
 
 from spermfuse import distributed, trainer
 from spermfuse.config import PRESETS, preset_config
+from spermfuse.engine import TTA_MODES
 from spermfuse.errors import ConfigError, SpermfuseError, user_message
 from spermfuse.models import list_models
 
@@ -67,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--group-column", help="manifest column with the patient / slide / sample id (default 'group', used when present)")
     p.add_argument("--group-pattern", help="regex whose first capture group is the group in each file name, e.g. 'patient(\\d+)'")
     p.add_argument("--ema", type=float, metavar="DECAY", help="evaluate, select and save an exponential moving average of the weights (e.g. 0.999)")
-    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation of the logits written after training: flip = image + h/v flips, averaged (default none); "
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation of the logits written after training: flip = image + h/v flips, averaged (default none); "
                    "on a finished run, --resume --tta flip rewrites its logits")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of stopping")
     p.add_argument("--resume", action="store_true", default=None, help="continue from last.pt (the same settings)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .engine import TTA_MODES
 from .errors import ConfigError
 from .models import get_spec
 from .transforms import PAD_COLOR
@@ -129,7 +130,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.preprocess in ("none", "otsu"), "--preprocess must be none or otsu"),
         (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
         (0.0 <= config.drop_path < 1.0, "--drop-path must be in [0, 1)"),
-        (config.tta in ("none", "flip"), "--tta must be none or flip"),
+        (config.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
         (config.ema is None or 0.0 < config.ema < 1.0, f"--ema {config.ema}: the decay must be in (0, 1), e.g. 0.999"),
     ]
     for ok, message in checks:

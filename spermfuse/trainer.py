@@ -29,7 +29,7 @@ from torch import nn
 from . import data as data_lib
 from . import distributed, engine, splits, synthetic
 from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
-from .config import TrainConfig, method_b_config, preset_config, validate_config  # noqa: F401 (re-exported)
+from .config import TrainConfig, method_b_config, validate_config  # noqa: F401 (method_b_config re-exported)
 from .ema import WeightEMA
 from .errors import ConfigError
 from .models import LoadReport, create_model, get_spec, load_initial_weights
@@ -200,8 +200,6 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
 def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> splits.Split:
     if config.split == "holdout":
         return splits.holdout_split(samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups)
-    if config.split != "kfold":
-        raise ConfigError(f"--split {config.split}: choose kfold or holdout")
     folds_csv = Path(config.out) / "folds.csv"
     if context.is_main:
         folds = splits.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
