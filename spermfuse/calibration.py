@@ -111,12 +111,19 @@ def calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: floa
     }
 
 
+def _most_confident_first(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences in falling order, and the number of wrong calls among the first k, k = 1..N."""
+    confidence = probabilities.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")
+    wrong = (probabilities.argmax(axis=1) != labels)[order]
+    return confidence[order], np.cumsum(wrong)
+
+
 def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coverage k/N and the error rate of the k most confident cells, for k = 1..N."""
-    order = np.argsort(-probabilities.max(axis=1), kind="stable")
-    wrong = (probabilities.argmax(axis=1) != labels)[order]
+    _, wrong = _most_confident_first(probabilities, labels)
     accepted = np.arange(1, len(labels) + 1)
-    return accepted / len(labels), np.cumsum(wrong) / accepted
+    return accepted / len(labels), wrong / accepted
 
 
 def aurc(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -131,11 +138,9 @@ def referral_threshold(probabilities: np.ndarray, labels: np.ndarray, target_acc
     promised accuracy. Cells below it are referred to a person."""
     if not 0.0 < target_accuracy <= 1.0:
         raise CalibrationError(f"--target-accuracy {target_accuracy}: give a value in (0, 1]")
-    confidence = probabilities.max(axis=1)
-    order = np.argsort(-confidence, kind="stable")
-    correct = (probabilities.argmax(axis=1) == labels)[order]
-    accuracy = np.cumsum(correct) / np.arange(1, len(labels) + 1)
-    sorted_confidence = confidence[order]
+    sorted_confidence, wrong = _most_confident_first(probabilities, labels)
+    accepted = np.arange(1, len(labels) + 1)
+    accuracy = (accepted - wrong) / accepted
     # A threshold can only cut between distinct confidences: look at the last cell of each tie.
     ends = np.flatnonzero(np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True])
     reaching = ends[accuracy[ends] >= target_accuracy]

@@ -16,12 +16,7 @@ from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .calibration import expected_calibration_error
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+from .calibration import probabilities_of as softmax  # the one softmax (float64, stable), under the name callers use
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
