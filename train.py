@@ -19,7 +19,9 @@ from spermfuse import distributed, trainer
 from spermfuse.config import PRESETS, preset_config
 from spermfuse.engine import TTA_MODES
 from spermfuse.errors import ConfigError, SpermfuseError, user_message
+from spermfuse.download import fetch
 from spermfuse.models import list_models
+from spermfuse.models.catalogue import catalogue_table, find_entry
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plateau-factor", type=float, help=f"default {d.plateau_factor}")
     p.add_argument("--early-stopping", type=int, help=f"patience in epochs (A: {d.early_stopping}, B: 7)")
     p.add_argument("--monitor", choices=["val_acc", "val_loss"])
+    p.add_argument("--val-loss", choices=["weighted", "unweighted"],
+                   help="validation loss with or without the class weights (A: weighted, logged only; B: unweighted, as Keras's val_loss)")
     p.add_argument("--preprocess", choices=["none", "otsu"])
     p.add_argument("--otsu-foreground", choices=["dark", "bright"], help=f"default {d.otsu_foreground}")
     p.add_argument("--freeze-epochs", type=int, help="head-only epochs before fine-tuning (B: 50)")
@@ -59,8 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--workers", type=int, help=f"default {d.workers}")
     p.add_argument("--device", help="auto (default), cpu, cuda")
-    p.add_argument("--pretrained", action="store_true", default=None, help="download ImageNet weights (torchvision models)")
-    p.add_argument("--weights", help="local checkpoint: .pt/.pth, BiT .npz, timm state dict")
+    p.add_argument("--pretrained", nargs="?", const="default", metavar="TAG",
+                   help="start from a catalogued checkpoint (downloaded once, verified, cached); no TAG: the paper's. See --list-weights")
+    p.add_argument("--list-weights", action="store_true", help="print the catalogue of pretrained checkpoints and exit")
+    p.add_argument("--weights", help="local checkpoint: .pt/.pth, .safetensors, BiT .npz, timm state dict")
+    p.add_argument("--padding", choices=["symmetric", "same"],
+                   help="same: TensorFlow's padding, for a TF-trained EfficientNet file given with --weights (default: the checkpoint's, else symmetric)")
     p.add_argument("--dropout", type=float, help="dropout before the classifier (A: 0.7 / 0.5)")
     p.add_argument("--mean", type=float, nargs=3, help="input mean per channel (default: what the starting weights expect)")
     p.add_argument("--std", type=float, nargs=3, help="input std per channel (default: what the starting weights expect)")
@@ -102,6 +110,16 @@ def parse_folds(text: str, config: trainer.TrainConfig) -> list[int]:
     return [fold]
 
 
+class DownloadLine:
+    """Megabytes downloaded so far, on an interactive terminal; silent otherwise."""
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if sys.stderr.isatty():
+            of = f" of {total / 1e6:.1f}" if total else ""
+            sys.stderr.write(f"\r  downloaded {done / 1e6:.1f}{of} MB" + ("\n" if done == total else ""))
+            sys.stderr.flush()
+
+
 class ProgressLine:
     """A live per-batch line on an interactive terminal; silent otherwise."""
 
@@ -125,7 +143,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        folds = parse_folds(args.fold, build_config(args, 1))
+        if args.list_weights:
+            print(catalogue_table())
+            return 0
+        first = build_config(args, 1)
+        folds = parse_folds(args.fold, first)
+        if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
+            fetch(find_entry(first.arch, first.pretrained), DownloadLine())
         samples = None  # discovered (and every image checked) once for all folds
         for fold in folds:
             fold_trainer = trainer.FoldTrainer(build_config(args, fold), progress=ProgressLine(), samples=samples)

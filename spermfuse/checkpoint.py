@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -99,3 +101,54 @@ def safe_np_load(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: file not found") from None
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable .npz file ({error})") from None
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, read as data: the format holds no code to run.
+
+    Layout: an 8-byte little-endian header length, a JSON header mapping each name to its
+    ``dtype``, ``shape`` and ``data_offsets`` (begin, end) in the byte buffer that follows.
+    Every entry is checked against the buffer, so a truncated file is refused, not half-read.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a readable .safetensors file ({why})")
+
+    if len(data) < 8:
+        raise refuse("shorter than its header")
+    (header_length,) = struct.unpack("<Q", data[:8])
+    if 8 + header_length > len(data):
+        raise refuse("the header runs past the end of the file")
+    try:
+        header = json.loads(data[8 : 8 + header_length])
+    except ValueError:
+        raise refuse("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise refuse("the header is not a JSON object")
+    buffer = memoryview(data)[8 + header_length :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(size) for size in info["shape"]]
+            begin, end = (int(offset) for offset in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise refuse(f"entry {name!r} lacks a known dtype, a shape or its offsets") from None
+        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        if not 0 <= begin <= end <= len(buffer) or end - begin != size:
+            raise refuse(f"the bytes of {name!r} do not fit its shape {shape} (a truncated file?)")
+        flat = torch.frombuffer(bytearray(buffer[begin:end]), dtype=dtype) if size else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(shape)
+    return tensors

@@ -46,6 +46,10 @@ class TrainConfig:
     plateau_patience: int = 3
     early_stopping: int = 10
     monitor: str = "val_acc"  # val_acc | val_loss
+    # The validation loss as Keras computes it is unweighted (class_weight applies to the
+    # training loss only): method B stops on that one. Method A monitors accuracy and logs
+    # the weighted loss, the same objective as its training loss, so the two curves compare.
+    val_loss: str = "weighted"  # weighted | unweighted
     preprocess: str = "none"  # none | otsu
     otsu_foreground: str = "dark"
     freeze_epochs: int = 0  # > 0: method B's head-only stage first
@@ -57,8 +61,11 @@ class TrainConfig:
     seed: int = 42
     workers: int = 2
     device: str = "auto"
-    pretrained: bool = False
+    pretrained: str | None = None  # a tag of models/catalogue.py; "default": the paper's checkpoint
     weights: str | None = None
+    # "same": TensorFlow's padding for TF-trained EfficientNet checkpoints; None: what the
+    # catalogued checkpoint needs, else symmetric (PyTorch's).
+    padding: str | None = None
     dropout: float | None = None
     # Input normalisation; None: what the starting weights expect (0.5/0.5 for BiT and
     # TF-trained EfficientNetV2, ImageNet's for torchvision's), ImageNet's from scratch.
@@ -90,7 +97,7 @@ PRESETS: dict[str, dict] = {
     # last 60 layers; early stopping on validation loss; a 70/15/15 holdout split.
     "paper_b": dict(
         arch="efficientnet_b4", img_size=224, preprocess="otsu", augment="paper_b", scheduler="constant",
-        monitor="val_loss", early_stopping=7, freeze_epochs=50, unfreeze_last=60, finetune_epochs=30,
+        monitor="val_loss", val_loss="unweighted", early_stopping=7, freeze_epochs=50, unfreeze_last=60, finetune_epochs=30,
         split="holdout", val_fraction=0.15, test_fraction=0.15,
     ),  # fmt: skip
     # The CPU demo (demo.sh): small backbones from scratch at 64 px in minutes.
@@ -130,6 +137,8 @@ def validate_config(config: TrainConfig) -> None:
         (config.preprocess in ("none", "otsu"), "--preprocess must be none or otsu"),
         (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
         (0.0 <= config.drop_path < 1.0, "--drop-path must be in [0, 1)"),
+        (config.padding in (None, "symmetric", "same"), "--padding must be symmetric or same"),
+        (config.val_loss in ("weighted", "unweighted"), "--val-loss must be weighted or unweighted"),
         (config.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
         (config.ema is None or 0.0 < config.ema < 1.0, f"--ema {config.ema}: the decay must be in (0, 1), e.g. 0.999"),
     ]

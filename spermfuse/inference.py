@@ -38,7 +38,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
     path = Path(path)
     checkpoint = safe_torch_load(path)
     classes = list(checkpoint["classes"])
-    model = create_model(checkpoint["arch"], len(classes), dropout=checkpoint.get("dropout"))
+    model = create_model(checkpoint["arch"], len(classes), dropout=checkpoint.get("dropout"), padding=checkpoint.get("padding", "symmetric"))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     preprocess = [HybridOtsu(foreground=checkpoint.get("otsu_foreground", "dark"))] if checkpoint.get("preprocess") == "otsu" else []

@@ -18,7 +18,7 @@ import os
 import platform
 import random
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +32,8 @@ from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomi
 from .config import TrainConfig, method_b_config, validate_config  # noqa: F401 (method_b_config re-exported)
 from .ema import WeightEMA
 from .errors import ConfigError
-from .models import LoadReport, create_model, get_spec, load_initial_weights
+from .download import cache_root
+from .models import LoadReport, create_model, get_spec, load_initial_weights, resolve_padding
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .profiling import git_commit, peak_memory_mb
 from .segmentation import HybridOtsu
@@ -91,9 +92,8 @@ def resolve_device(name: str, context: distributed.DistributedContext = distribu
 
 def default_data_dir(scale: float | None = None) -> Path:
     """Where the embedded synthetic sperm18 set is cached ($SPERMFUSE_CACHE or ~/.cache/spermfuse)."""
-    cache = Path(os.environ.get("SPERMFUSE_CACHE", Path.home() / ".cache" / "spermfuse"))
     suffix = "" if scale is None else f"-scale{scale:g}"
-    return cache / f"sperm18-v{synthetic.GENERATOR_VERSION}-seed42{suffix}"
+    return cache_root() / f"sperm18-v{synthetic.GENERATOR_VERSION}-seed42{suffix}"
 
 
 def ensure_default_data(scale: float | None, context: distributed.DistributedContext) -> Path:
@@ -155,7 +155,8 @@ def checkpoint_metadata(config: TrainConfig, classes: list[str], eval_pipeline: 
     return {
         "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(eval_pipeline.normalize.mean),
         "std": list(eval_pipeline.normalize.std), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
-        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "eval_pipeline": repr(eval_pipeline), "tta": config.tta,
+        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "padding": config.padding,
+        "eval_pipeline": repr(eval_pipeline), "tta": config.tta,
     }  # fmt: skip
 
 
@@ -227,7 +228,8 @@ class FoldTrainer:
     ) -> None:
         """``samples``: an already discovered data set (``--fold all`` checks the images once)."""
         validate_config(config)
-        self.config = config
+        # The padding is a property of the network (best.pt rebuilds it): resolved once, recorded.
+        self.config = config = replace(config, padding=resolve_padding(config.arch, config.pretrained, config.padding))
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.context = distributed.init_from_environment("cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -277,7 +279,7 @@ class FoldTrainer:
     def _build_model(self) -> None:
         c = self.config
         self.spec = get_spec(c.arch)
-        self.model = create_model(c.arch, len(self.samples.classes), dropout=c.dropout, drop_path=c.drop_path)
+        self.model = create_model(c.arch, len(self.samples.classes), dropout=c.dropout, drop_path=c.drop_path, padding=c.padding)
         report = load_initial_weights(self.model, c.arch, pretrained=c.pretrained, weights=c.weights)
         self.mean, self.std, source = input_normalization(c, report)
         log.info("input normalisation: mean %s std %s, from %s", self.mean, self.std, source)
@@ -388,7 +390,8 @@ class FoldTrainer:
         )
         with self.ema.applied(self.model) if self.ema else nullcontext():  # validate (and so select) the averaged weights
             logits, labels, _ = self._evaluate(self.val_loader)
-        val_loss, val_acc = engine.loss_and_accuracy(logits, labels, self.loss_weight.cpu() if self.loss_weight is not None else None)
+        weight = self.loss_weight.cpu() if self.loss_weight is not None and self.config.val_loss == "weighted" else None
+        val_loss, val_acc = engine.loss_and_accuracy(logits, labels, weight)
         return {
             "epoch": global_epoch, "stage": stage.name, "lr": optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / images, "train_acc": correct / images, "val_loss": val_loss, "val_acc": val_acc,

@@ -1,6 +1,7 @@
 """Shared fixtures: small real images written to a temporary folder."""
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -9,6 +10,19 @@ import pytest
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripts (train.py, evaluate.py) import as modules
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Tests never touch the network: resolving any host but this machine fails."""
+    resolve = socket.getaddrinfo
+
+    def local(host, *args, **kwargs):
+        if host not in (None, "localhost", "127.0.0.1", "::1"):
+            raise OSError(f"the tests never touch the network (asked for {host})")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local)
 
 
 def draw_cell(size: tuple[int, int], radius: int, seed: int) -> Image.Image:

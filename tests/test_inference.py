@@ -96,3 +96,17 @@ def test_members_of_different_input_sizes_cannot_be_exported_as_one_graph(tmp_pa
     pair = [Classifier(create_model(arch, 3).eval(), build(False, size), ["a", "b", "c"], tmp_path / arch) for arch, size in (("efficientnet_tiny", 32), ("resnetv2_tiny", 48))]
     with pytest.raises(ExportError, match=r"different sizes \[32, 48\]"):
         check_exportable([pair])
+
+
+def test_a_same_padding_run_records_it_and_prediction_rebuilds_the_same_network(tiny_sperm, tmp_path):
+    from conftest import tiny_config
+    from spermfuse.models.efficientnet import Conv2dSame
+
+    run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, arch="efficientnet_tiny", epochs=1, padding="same"))
+    assert safe_torch_load(run / "best.pt")["padding"] == "same"
+    classifier = load_classifier(run / "best.pt")
+    assert any(isinstance(m, Conv2dSame) for m in classifier.model.modules())
+    with np.load(run / "test_logits.npz", allow_pickle=False) as f:
+        logits, paths = f["logits"], f["paths"]
+    probabilities = fused_probabilities([tiny_sperm / p for p in paths], [[classifier]], [[1.0]])
+    assert np.allclose(probabilities, softmax(logits.astype(np.float64)), atol=1e-5)

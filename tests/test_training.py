@@ -371,3 +371,22 @@ def test_ema_outside_zero_one_is_one_clear_line(tmp_path):
     import train
 
     assert train.main(["--out", str(tmp_path), "--ema", "1.5"]) == 2
+
+
+@pytest.mark.parametrize("val_loss", ["weighted", "unweighted"])
+def test_the_validation_loss_is_weighted_or_not_as_asked(image_folder, tmp_path, val_loss):
+    fold_trainer = trainer.FoldTrainer(tiny_config(image_folder, tmp_path, epochs=1, num_folds=2, val_loss=val_loss))
+    run = fold_trainer.run()
+    with np.load(run / "val_logits.npz", allow_pickle=False) as f:
+        logits, labels = torch.from_numpy(f["logits"]), torch.from_numpy(f["labels"])
+    weighted = torch.nn.functional.cross_entropy(logits, labels, weight=fold_trainer.loss_weight).item()
+    unweighted = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert abs(weighted - unweighted) > 1e-4  # the class weights are not all equal here
+    logged = fold_trainer.history[-1]["val_loss"]
+    assert logged == pytest.approx(weighted if val_loss == "weighted" else unweighted, rel=1e-5)
+
+
+def test_method_b_stops_on_the_unweighted_validation_loss_as_keras_does():
+    config = trainer.method_b_config()
+    assert (config.monitor, config.val_loss) == ("val_loss", "unweighted")
+    assert trainer.TrainConfig().val_loss == "weighted"

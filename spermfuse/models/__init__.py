@@ -21,21 +21,25 @@ from torch import nn
 from ..errors import ConfigError
 from . import efficientnet
 from .resnetv2 import ResNetV2, StdConv2d
+from .catalogue import find_entry
 from .weights import LoadReport, WeightsError, load_pretrained, load_weights
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    builder: Callable[[int, float, float], nn.Module]  # (num_classes, dropout, drop_path)
+    builder: Callable[[int, float, float, str], nn.Module]  # (num_classes, dropout, drop_path, padding)
     dropout: float
     family: str  # "resnetv2" or "efficientnet": which checkpoint formats apply
     head: str  # name of the classifier module, re-initialised for a new class count
 
 
-def _resnetv2(layers, width=1.0, stem=64, groups=32) -> Callable[[int, float, float], nn.Module]:
-    def build(num_classes: int, dropout: float, drop_path: float) -> nn.Module:
+def _resnetv2(layers, width=1.0, stem=64, groups=32) -> Callable[[int, float, float, str], nn.Module]:
+    def build(num_classes: int, dropout: float, drop_path: float, padding: str) -> nn.Module:
         if drop_path > 0:
             raise ConfigError("--drop-path: the ResNetV2 models have no stochastic depth; leave it at 0")
+        if padding != "symmetric":
+            # BiT's reference implementation pads explicitly, as this port does (checked against timm).
+            raise ConfigError("--padding same: applies to the EfficientNets; the ResNetV2 models pad as BiT's reference does")
         return ResNetV2(layers, num_classes, width, stem, dropout, groups)
 
     return build
@@ -65,38 +69,57 @@ def get_spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
+def resolve_padding(name: str, pretrained: str | bool | None = None, padding: str | None = None) -> str:
+    """The padding to build ``name`` with: ``padding`` when given, else what the catalogued
+    checkpoint ``pretrained`` was trained with ("same" for TensorFlow's), else symmetric."""
+    if padding is not None:
+        if padding not in efficientnet.PADDINGS:
+            raise ConfigError(f"--padding {padding}: choose one of {', '.join(efficientnet.PADDINGS)}")
+        return padding
+    if pretrained:
+        return find_entry(name, pretrained).padding
+    return "symmetric"
+
+
 def create_model(
     name: str,
     num_classes: int,
     *,
-    pretrained: bool = False,
+    pretrained: str | bool | None = None,
     weights: str | Path | None = None,
     dropout: float | None = None,
     drop_path: float = 0.0,
+    padding: str | None = None,
 ) -> nn.Module:
-    """Build a registered model; optionally load ImageNet weights or a checkpoint file.
+    """Build a registered model; optionally load a catalogued checkpoint or a local file.
 
-    ``pretrained=True`` uses torchvision's weights API (downloads, so only when asked);
-    ``weights=PATH`` loads a local file (state dict, spermfuse checkpoint, BiT .npz, timm
-    state dict), re-initialising the head when the class count differs. ``drop_path``:
-    stochastic depth of the EfficientNets (none by default; the papers name none).
+    ``pretrained``: a tag of ``catalogue.py`` (True or "default": the paper's checkpoint;
+    downloads on first use, so only when asked). ``weights=PATH`` loads a local file (state
+    dict, spermfuse checkpoint, BiT .npz, timm state dict, .safetensors), re-initialising the
+    head when the class count differs. ``drop_path``: stochastic depth of the EfficientNets
+    (none by default; the papers name none). ``padding``: "symmetric" (PyTorch's) or "same"
+    (TensorFlow's, for TF-trained EfficientNet checkpoints); None: what the catalogued
+    checkpoint needs, else symmetric.
     """
     spec = get_spec(name)
-    model = spec.builder(num_classes, spec.dropout if dropout is None else dropout, drop_path)
+    padding = resolve_padding(name, pretrained, padding)
+    model = spec.builder(num_classes, spec.dropout if dropout is None else dropout, drop_path, padding)
     load_initial_weights(model, name, pretrained=pretrained, weights=weights)
     return model
 
 
-def load_initial_weights(model: nn.Module, name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> LoadReport | None:
+def load_initial_weights(
+    model: nn.Module, name: str, *, pretrained: str | bool | None = None, weights: str | Path | None = None
+) -> LoadReport | None:
     """Load the starting weights of a registered model; the report says what the weights expect
     (their mean/std); None when neither is asked (random initialisation)."""
     if pretrained and weights is not None:
         raise ConfigError("give either --pretrained or --weights PATH, not both")
     if pretrained:
-        return load_pretrained(model, name, get_spec(name))
+        return load_pretrained(model, name, get_spec(name), pretrained)
     if weights is not None:
         return load_weights(model, weights, get_spec(name))
     return None
 
 
-__all__ = ["LoadReport", "create_model", "load_initial_weights", "list_models", "get_spec", "REGISTRY", "ResNetV2", "StdConv2d", "WeightsError"]
+__all__ = ["LoadReport", "create_model", "resolve_padding", "load_initial_weights", "list_models", "get_spec", "REGISTRY", "ResNetV2", "StdConv2d", "WeightsError"]

@@ -1,6 +1,7 @@
 """Loading checkpoints into registered models, safely and completely.
 
-Accepted files:
+Accepted files (``.safetensors`` wherever a state dict is accepted, read by
+``checkpoint.read_safetensors`` without executing anything):
 
 - a state dict or a spermfuse checkpoint (``.pt``/``.pth``; DDP ``module.`` prefixes removed);
 - for ResNetV2 models: Google's BiT ``.npz`` (BiT-M-R50x1.npz, the distilled R50x1) and
@@ -9,9 +10,9 @@ Accepted files:
   matched to torchvision's layout module by module.
 
 Note on timm ``tf_`` EfficientNets: they were trained with TensorFlow's asymmetric "same"
-padding; torchvision pads symmetrically, so every stride-2 convolution sees its window
-shifted by one pixel. The weights load exactly, but features shift slightly; expect a
-small accuracy drop before fine-tuning (which recovers it).
+padding; build the model with ``padding="same"`` (``--padding same``; the catalogue's entries
+do it by themselves) for the same features. With the default symmetric padding the weights
+load exactly but every stride-2 convolution sees its window shifted by one pixel.
 
 The classifier head is dropped and left freshly initialised when its class count
 differs; every other unmatched key is an error, never a silent partial load.
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, safe_np_load, safe_torch_load
+from ..checkpoint import CheckpointError, read_safetensors, safe_np_load, safe_torch_load
 from ..errors import SpermfuseError
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 
@@ -167,11 +168,12 @@ def _is_efficientnet_v2(model: nn.Module) -> bool:
 def convert(model: nn.Module, path: Path, spec: "ModelSpec") -> tuple[dict[str, torch.Tensor], str, Normalization]:
     """Read ``path``: a state dict in this model's names, the format found, and its (mean, std)."""
     source = str(path)
-    if path.suffix.lower() == ".npz":
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
         if spec.family != "resnetv2":
             raise WeightsError(f"{source}: .npz (BiT) checkpoints fit only ResNetV2 models")
         return bit_npz_to_state_dict(safe_np_load(path), model), "BiT .npz", UNIT_RANGE
-    loaded = safe_torch_load(path)
+    loaded = read_safetensors(path) if suffix == ".safetensors" else safe_torch_load(path)
     state = _unwrap(loaded, source)
     if spec.family == "resnetv2" and any(k.startswith("stages.0.blocks.") for k in state):
         return timm_resnetv2_to_state_dict(state), "timm ResNetV2", UNIT_RANGE
@@ -188,10 +190,14 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], head: str, sour
     """Load ``state`` fully; only the head may be missing or dropped (class-count change)."""
     report = LoadReport(source, fmt)
     expected = model.state_dict()
-    for key in [k for k in state if k.startswith(head + ".")]:
-        if key in expected and state[key].shape != expected[key].shape:
-            del state[key]
-            report.unexpected.append(key)
+    for key in [k for k in state if k in expected and state[k].shape != expected[k].shape]:
+        if not key.startswith(head + "."):
+            raise WeightsError(
+                f"{source}: {key} has shape {tuple(state[key].shape)} in the file but {tuple(expected[key].shape)} in the model ({fmt}); "
+                "weights of another architecture or width"
+            )
+        del state[key]
+        report.unexpected.append(key)
     missing, unexpected = model.load_state_dict(state, strict=False)
     report.missing = list(missing)
     report.unexpected += unexpected
@@ -218,28 +224,25 @@ def load_weights(model: nn.Module, path: str | Path, spec: "ModelSpec") -> LoadR
     return report
 
 
-TORCHVISION_WEIGHTS = {
-    "efficientnetv2_s": "EfficientNet_V2_S_Weights",
-    "efficientnet_b4": "EfficientNet_B4_Weights",
-    "efficientnet_b0": "EfficientNet_B0_Weights",
-}
+def load_pretrained(model: nn.Module, name: str, spec: "ModelSpec", tag: str | bool | None = "default") -> LoadReport:
+    """The catalogued checkpoint ``tag`` of ``name`` (``catalogue.py``), downloaded on first use.
 
+    The file must use the layer names its entry states; the input normalisation is the
+    entry's. Only this function reaches the network, and only when ``--pretrained`` asks.
+    """
+    from ..download import fetch
+    from .catalogue import find_entry
 
-def load_pretrained(model: nn.Module, name: str, spec: "ModelSpec") -> LoadReport:
-    """ImageNet weights through torchvision's weights API (downloads; only when asked)."""
-    if name not in TORCHVISION_WEIGHTS:
-        raise WeightsError(
-            f"{name}: no downloadable weights; pass a local file with --weights PATH "
-            "(for resnet50v2: BiT-M-R50x1.npz or a timm resnetv2_50x1_bit state dict)"
-        )
-    import torchvision.models as tvm
-
-    enum = getattr(tvm, TORCHVISION_WEIGHTS[name]).DEFAULT
+    entry = find_entry(name, tag)
+    path = fetch(entry)
     try:
-        state = enum.get_state_dict(progress=False)
-    except Exception as error:  # offline, proxy, HTTP error
-        raise WeightsError(
-            f"{name}: could not download {enum.url} ({type(error).__name__}); download it elsewhere and pass --weights PATH"
-        ) from None
+        state, fmt, _ = convert(model, path, spec)
+    except CheckpointError as error:
+        raise WeightsError(f"{error}; delete it to download it again") from None
+    if fmt != entry.layout:
+        raise WeightsError(f"{path}: holds {fmt} names where the catalogue's {name} {entry.tag} says {entry.layout}; check the entry's url")
     with torch.no_grad():
-        return load_state(model, state, spec.head, enum.url, "torchvision")
+        report = load_state(model, state, spec.head, f"{name} {entry.tag} ({path})", fmt)
+    report.mean, report.std = tuple(entry.mean), tuple(entry.std)
+    log.info("%s; expects mean %s std %s", report, report.mean, report.std)
+    return report
