@@ -11,6 +11,7 @@
     python benchmark.py --suite splits                   # folds with and without patient groups, 18,456 images
     python benchmark.py --suite ema                      # a training step with and without the weight EMA update
     python benchmark.py --suite export                   # the fused pair: eager vs torch.export program vs ONNX Runtime
+    python benchmark.py --suite padding --models efficientnetv2_s   # TensorFlow "same" padding vs symmetric
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
@@ -21,6 +22,7 @@ import argparse
 import logging
 import sys
 import time
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from spermfuse import flops, profiling
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 from spermfuse.errors import ConfigError, SpermfuseError, user_message
 from spermfuse.fused_pair import FusedPair
-from spermfuse.models import create_model, list_models
+from spermfuse.models import create_model, get_spec, list_models
 from spermfuse.report import markdown_table
 from spermfuse.trainer import resolve_device
 
@@ -45,7 +47,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -63,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--markdown", type=Path, help="--suite export: also write its table here (for the README)")
+    p.add_argument("--markdown", type=Path, help="--suite export/padding: also write its table here (for the README)")
     return p.parse_args(argv)
 
 
@@ -265,11 +267,32 @@ def export_suite(args, device) -> dict:
             for name, latency in timed.items():
                 out[f"{name}, batch {batch}"] = latency.median_ms
                 rows.append([name, batch, f"{latency.median_ms:.1f}", f"{batch * 1000 / latency.median_ms:.1f}", f"{timed['eager'].median_ms / latency.median_ms:.2f}x"])
-    table = markdown_table(["runtime", "batch", "median ms", "images/s", "speed vs eager"], rows)
+    print_table(args, device, markdown_table(["runtime", "batch", "median ms", "images/s", "speed vs eager"], rows))
+    return out
+
+
+def print_table(args, device, table: str) -> None:
+    """Print a suite's table; with --markdown also write it, with the command and machine, for the README."""
     print(table)
     if args.markdown:
-        atomic_write_text(args.markdown, f"<!-- written by benchmark.py --suite export --warmup {args.warmup} --iters {args.iters}; {profiling.device_description(device)}; torch {torch.__version__} -->\n\n" + table)
-    return out
+        command = f"benchmark.py --suite {args.suite} --models {' '.join(args.models)} --warmup {args.warmup} --iters {args.iters}"
+        atomic_write_text(args.markdown, f"<!-- written by {command}; {profiling.device_description(device)}; torch {torch.__version__} -->\n\n" + table)
+
+
+def training_step(model: torch.nn.Module, device, args) -> Callable[[], None]:
+    """One AdamW step of ``model`` on a fixed random batch of 8 (forward, backward, update)."""
+    model.train().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(8, 3, args.img_size, args.img_size, device=device)
+    y = torch.randint(0, args.num_classes, (8,), device=device)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def ema_suite(args, device) -> dict:
@@ -279,17 +302,8 @@ def ema_suite(args, device) -> dict:
 
     out, rows = {}, []
     for name in args.models:
-        model = create_model(name, args.num_classes).train().to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x = torch.randn(8, 3, args.img_size, args.img_size, device=device)
-        y = torch.randint(0, args.num_classes, (8,), device=device)
-        ema = WeightEMA(model, 0.999)
-
-        def step() -> None:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        model = create_model(name, args.num_classes)
+        step, ema = training_step(model, device, args), WeightEMA(model, 0.999)
 
         def step_with_ema() -> None:
             step()
@@ -300,6 +314,32 @@ def ema_suite(args, device) -> dict:
         out[name] = {"plain_ms": timed["plain"].median_ms, "ema_ms": timed["ema"].median_ms, "overhead_pct": overhead}
         rows.append([name, f"{timed['plain'].median_ms:.1f}", f"{timed['ema'].median_ms:.1f}", f"{overhead:+.1f} %"])
     print(markdown_table(["model", "step ms (median)", "step + EMA update ms", "overhead"], rows))
+    return out
+
+
+def padding_suite(args, device) -> dict:
+    """TensorFlow "same" padding against symmetric padding, the same weights: batch-1 latency and
+    a training step (batch 8), each pair timed side by side in interleaved rounds."""
+    out, rows = {}, []
+    for name in [m for m in args.models if get_spec(m).family == "efficientnet"]:
+        torch.manual_seed(0)
+        models = {"symmetric": create_model(name, args.num_classes)}
+        models["same"] = create_model(name, args.num_classes, padding="same")
+        models["same"].load_state_dict(models["symmetric"].state_dict())
+        latency = profiling.time_interleaved(
+            {p: profiling.inference_step(m.eval().to(device), device, settings_for(args, 1)) for p, m in models.items()}, device, args.warmup, args.iters
+        )  # fmt: skip
+        steps = {p: training_step(m, device, args) for p, m in models.items()}
+        train = profiling.time_interleaved(steps, device, max(args.warmup // 10, 2), max(args.iters // 10, 10))
+        cost = {
+            "latency_pct": 100.0 * (latency["same"].median_ms / latency["symmetric"].median_ms - 1.0),
+            "train_step_pct": 100.0 * (train["same"].median_ms / train["symmetric"].median_ms - 1.0),
+        }  # fmt: skip
+        out[name] = {p: {"latency_ms": latency[p].median_ms, "train_step_ms": train[p].median_ms} for p in models} | cost
+        for p in models:
+            rows.append([name, p, f"{latency[p].median_ms:.2f}", f"{train[p].median_ms:.1f}"])
+        rows.append([name, "same vs symmetric", f"{cost['latency_pct']:+.1f} %", f"{cost['train_step_pct']:+.1f} %"])
+    print_table(args, device, markdown_table(["model", "padding", "batch-1 latency ms (median)", "train step ms, batch 8 (median)"], rows))
     return out
 
 
@@ -397,7 +437,7 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite}
+        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite}
         suite = suites[args.suite]
         results = suite(args, device)
     except (SpermfuseError, OSError) as error:

@@ -7,22 +7,23 @@
 #   bash demo.sh --preset tiny     a smoke test in seconds (what the test suite runs)
 #
 # Other flags: --data DIR (your own data instead of the synthetic set), --out DIR (runs/<preset>),
-# --reports DIR (reports), --weights1 PATH / --weights2 PATH (checkpoints for the first and
-# second backbone, e.g. timm's tf_efficientnetv2_s and BiT-M-R50x1.npz, as the paper fine-tunes
-# pretrained models). Every step is a plain command you can run yourself.
+# --reports DIR (reports), --pretrained (both backbones from their papers' checkpoints, downloaded
+# once: python train.py --list-weights), --weights1 PATH / --weights2 PATH (local checkpoints
+# for the first and second backbone). Every step is a plain command you can run yourself.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python}"
-preset=demo data=() out="" reports=reports weights=("" "")
+preset=demo data=() out="" reports=reports weights=("" "") pretrained=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
     --data) data=(--data "$2"); shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --reports) reports="$2"; shift 2 ;;
+    --pretrained) pretrained=(--pretrained); shift ;;
     --weights1) weights[0]="$2"; shift 2 ;;
     --weights2) weights[1]="$2"; shift 2 ;;
-    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --weights1, --weights2)" >&2; exit 2 ;;
+    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --pretrained, --weights1, --weights2)" >&2; exit 2 ;;
   esac
 done
 out="${out:-runs/$preset}"
@@ -47,7 +48,7 @@ if [ -e "$out" ]; then
 fi
 mkdir -p "$out" && touch "$out/.spermfuse-demo"
 for i in 0 1; do
-  init=()
+  init=("${pretrained[@]}")
   if [ -n "${weights[$i]}" ]; then init=(--weights "${weights[$i]}"); fi
   "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${train[@]}" "${init[@]}"
 done

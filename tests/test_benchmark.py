@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,13 @@ def test_an_unknown_device_fails_with_one_line():
     result = run_benchmark("--device", "gpu0")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["error: --device gpu0: not a device; use auto, cpu or cuda"]
+
+
+def test_padding_suite_times_both_paddings_of_the_efficientnets_only(tmp_path):
+    result = run_benchmark("--suite", "padding", "--models", "resnetv2_tiny", "efficientnet_tiny", "--img-size", "32", "--iters", "10",
+                           "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert list(results) == ["efficientnet_tiny"]  # the ResNetV2 has no same padding
+    assert {"symmetric", "same", "latency_pct", "train_step_pct"} <= set(results["efficientnet_tiny"])
+    assert "| efficientnet_tiny | same vs symmetric |" in result.stdout
