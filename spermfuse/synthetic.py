@@ -19,7 +19,10 @@ own look (stain cast, background brightness, optics blur) and a skewed mix of cl
 the slides of one real patient do: a network can learn the look as a shortcut, which only
 patient-disjoint folds expose. Without ``patients`` the files are byte-identical to before.
 
-Command line: ``python -m spermfuse.synthetic --kind sperm18 --out DIR [--per-class N] [--patients N]``.
+With ``masks=True`` (sperm18) every image also gets a part mask, the ground truth of where
+each defect is: ``metadata.csv``'s ``mask`` column names it.
+
+Command line: ``python -m spermfuse.synthetic --kind sperm18 --out DIR [--per-class N] [--patients N] [--masks]``.
 """
 from __future__ import annotations
 
@@ -220,8 +223,25 @@ def tail_path(start: np.ndarray, heading: float, length_px: float, p: SpermParam
     return np.vstack([start, start + offsets])
 
 
-def render_sperm(label: str, rng: np.random.Generator) -> tuple[Image.Image, dict]:
-    """One single-sperm crop of class ``label`` and its generating parameters."""
+PART_VALUES = {"background": 0, "head": 1, "neck": 2, "tail": 3}
+MASK_FOLDER = ".masks"
+# The part that carries each class's defect: where an explanation should point. A Normal
+# sperm has no defect; the whole cell (any part, not the background) is its answer.
+DEFECT_PART = {
+    **dict.fromkeys(["AmorfHead", "DoubleHead", "NarrowAcrosome", "PinHead", "PyriformHead", "RounHead", "TaperedHead", "VacuolatedHead"], "head"),
+    **dict.fromkeys(["AsymmetricNeck", "ThickNeck", "ThinNeck", "TwistedNeck"], "neck"),
+    **dict.fromkeys(["CurlyTail", "DoubleTail", "LongTail", "ShortTail", "TwistedTail"], "tail"),
+    "Normal": "sperm",
+}
+
+
+def render_sperm(label: str, rng: np.random.Generator, mask: bool = False) -> tuple[Image.Image, dict] | tuple[Image.Image, dict, Image.Image]:
+    """One single-sperm crop of class ``label`` and its generating parameters.
+
+    ``mask=True`` also returns its part mask (``PART_VALUES``: background 0, head 1, neck 2,
+    tail 3; same size as the image), drawn with the very polygons and lines of the image. It
+    draws nothing from ``rng``, so the image is the same with or without it.
+    """
     width, height = int(rng.integers(80, 201)), 0
     height = int(np.clip(width * rng.uniform(0.7, 1.4), 80, 200))
     head_px = min(width, height) * rng.uniform(0.2, 0.26)
@@ -230,6 +250,8 @@ def render_sperm(label: str, rng: np.random.Generator) -> tuple[Image.Image, dic
 
     canvas = Image.fromarray(np.clip(stained_background(W, H, rng), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
+    parts = Image.new("L", (W, H), PART_VALUES["background"])
+    draw_parts = ImageDraw.Draw(parts)
     if rng.random() < 0.3:
         draw_debris(draw, W, H, rng, int(rng.integers(1, 4)))
 
@@ -251,6 +273,7 @@ def render_sperm(label: str, rng: np.random.Generator) -> tuple[Image.Image, dic
     def draw_head(offset_y: float) -> None:
         outline = head_outline(p, rng) + [0.0, offset_y]
         draw.polygon(to_canvas(outline * S), fill=head_colour)
+        draw_parts.polygon(to_canvas(outline * S), fill=PART_VALUES["head"])  # the cap and vacuoles lie inside
         if p.acrosome_fraction > 0:
             cut = -0.5 + p.acrosome_fraction
             cap = outline.copy()
@@ -286,12 +309,17 @@ def render_sperm(label: str, rng: np.random.Generator) -> tuple[Image.Image, dic
     for tail_heading in tails:
         path = tail_path(end * S, tail_heading, p.tail_length * S, p, rng)
         draw.line(to_canvas(path), fill=tail_colour, width=tail_width, joint="curve")
-    draw.line(to_canvas(np.stack([start, middle, end]) * S), fill=neck_colour, width=neck_width, joint="curve")
+        draw_parts.line(to_canvas(path), fill=PART_VALUES["tail"], width=tail_width, joint="curve")
+    neck = to_canvas(np.stack([start, middle, end]) * S)
+    draw.line(neck, fill=neck_colour, width=neck_width, joint="curve")
+    draw_parts.line(neck, fill=PART_VALUES["neck"], width=neck_width, joint="curve")
 
     blur, noise = rng.uniform(0.3, 1.0), rng.uniform(2.0, 6.0)
     image = finish(canvas, (width, height), rng, blur, noise)
     meta = {"width": width, "height": height, "angle_deg": round(math.degrees(angle), 2), "blur": round(blur, 3), "noise": round(noise, 3)}
     meta.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(p).items()})
+    if mask:
+        return image, meta, parts.resize((width, height), Image.NEAREST)
     return image, meta
 
 
@@ -432,8 +460,16 @@ def assign_patients(counts: dict[str, int], seed: int, patients: int) -> dict[st
 def render(kind: str, label: str, seed: int, index: int) -> tuple[Image.Image, dict]:
     """Image ``index`` of class ``label``, from its own seeded generator."""
     classes, renderer = KINDS[kind]
-    rng = np.random.default_rng(np.random.SeedSequence([seed, classes.index(label), index]))
-    return renderer(label, rng)
+    return renderer(label, _image_rng(classes, label, seed, index))
+
+
+def render_with_mask(label: str, seed: int, index: int) -> tuple[Image.Image, dict, Image.Image]:
+    """sperm18 image ``index`` of ``label`` (the same as :func:`render`'s) and its part mask."""
+    return render_sperm(label, _image_rng(SPERM18_CLASSES, label, seed, index), mask=True)
+
+
+def _image_rng(classes: list[str], label: str, seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, classes.index(label), index]))
 
 
 def generate(
@@ -444,15 +480,20 @@ def generate(
     scale: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     patients: int | None = None,
+    masks: bool = False,
 ) -> Path:
     """Write a synthetic data set as ImageFolder PNGs plus ``metadata.csv``; returns ``out_dir``.
 
     The folder is built under a temporary name and renamed when complete, so an
     interrupted run never leaves a half-written data set behind. ``patients``: see the
-    module docstring.
+    module docstring. ``masks`` (sperm18): also each image's part mask (``PART_VALUES``) as
+    ``.masks/<class>/<name>.png``, its path in the ``mask`` column; the folder is hidden so
+    that ImageFolder discovery does not take it for a class. The images do not change.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if masks and kind != "sperm18":
+        raise ConfigError(f"--masks: part masks exist for sperm18 only, not {kind}")
     if patients is not None and patients < 2:
         raise ConfigError(f"--patients {patients}: give at least 2 patients")
     out_dir = Path(out_dir)
@@ -471,7 +512,10 @@ def generate(
     for label, count in counts.items():
         (tmp_dir / label).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, meta = render(kind, label, seed, i)
+            if masks:
+                image, meta, mask = render_with_mask(label, seed, i)
+            else:
+                image, meta = render(kind, label, seed, i)
             stem = f"{label.replace(' ', '_')}_{i:05d}"
             if patients:
                 patient = assigned[label][i]
@@ -479,6 +523,11 @@ def generate(
                 meta = {**meta, "patient": f"{patient:03d}"}
             rel = f"{label}/{stem}.png"
             image.save(tmp_dir / rel, optimize=False)
+            if masks:
+                mask_rel = f"{MASK_FOLDER}/{label}/{stem}.png"
+                (tmp_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+                mask.save(tmp_dir / mask_rel, optimize=False)
+                meta = {**meta, "mask": mask_rel}
             rows.append({"path": rel, "label": label, **meta})
             done += 1
             if progress:
@@ -522,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, help="images per class (default: paper-shaped imbalance)")
     parser.add_argument("--scale", type=float, help="multiply the default class counts (sperm18 default 0.08)")
     parser.add_argument("--preview", type=Path, help="write a labelled grid of samples to this PNG")
+    parser.add_argument("--masks", action="store_true", help="sperm18: also write each image's part mask (0 background, 1 head, 2 neck, 3 tail)")
     parser.add_argument("--patients", type=int, help="assign each image to one of N patients with their own look (train with --group-pattern 'patient(\\d+)')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -534,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         start = time.perf_counter()
         try:
-            out = generate(args.out, args.kind, args.seed, args.per_class, args.scale, progress=_log_progress, patients=args.patients)
+            out = generate(args.out, args.kind, args.seed, args.per_class, args.scale, progress=_log_progress, patients=args.patients, masks=args.masks)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

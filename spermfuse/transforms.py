@@ -31,11 +31,18 @@ def as_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of a ``width`` x ``height`` image inside its ``size`` letterbox:
+    where :func:`letterbox` puts it, so that a map over the square can be cut back out."""
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
+
+
 def resize_longer_side(image: Image.Image, size: int) -> Image.Image:
     """Resize so the longer side is ``size``, keeping the aspect ratio (bilinear, antialiased when shrinking)."""
     width, height = image.size
-    scale = size / max(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    _, _, new_w, new_h = letterbox_box(width, height, size)
     if (new_w, new_h) == (width, height):
         return image
     return image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=None)

@@ -91,3 +91,46 @@ def test_patients_are_in_file_names_and_metadata_and_share_a_look(tmp_path):
         look = synthetic.patient_looks(42, 4)[int(group)]
         original = Image.open(plain / rel.replace(f"_patient{group}", ""))
         assert np.array_equal(np.asarray(look.apply(original)), np.asarray(Image.open(out / rel)))
+
+
+# Pixels of images 0 and 1 of every sperm18 class at seed 42, from generator v3 as it was
+# before part masks existed (commit 9fb18cb): the masks must not change a single image.
+SPERM18_V3_PIXELS_SHA256 = "438a6b82d56d7e4fa2accaa2cd038b83b463fb2f24983cd6bbe786eb6c3dbd4a"
+
+
+def test_images_are_byte_identical_to_those_before_masks_existed():
+    digest = hashlib.sha256()
+    for label in synthetic.SPERM18_CLASSES:
+        for index in range(2):
+            image, _, _ = synthetic.render_with_mask(label, 42, index)
+            digest.update(np.asarray(image).tobytes())
+    assert digest.hexdigest() == SPERM18_V3_PIXELS_SHA256
+
+
+def test_masks_are_written_beside_identical_images_and_named_in_the_metadata(tmp_path):
+    plain = synthetic.generate(tmp_path / "plain", "sperm18", seed=3, per_class=2)
+    masked = synthetic.generate(tmp_path / "masked", "sperm18", seed=3, per_class=2, masks=True)
+    rows = list(csv.DictReader(open(masked / "metadata.csv")))
+    assert len(rows) == 36 and discover(masked).classes == synthetic.SPERM18_CLASSES  # the hidden mask folder is no class
+    for row in rows:
+        assert (masked / row["path"]).read_bytes() == (plain / row["path"]).read_bytes()
+        mask = np.asarray(Image.open(masked / row["mask"]))
+        assert mask.shape == np.asarray(Image.open(masked / row["path"])).shape[:2]
+        assert set(np.unique(mask)) <= {0, 1, 2, 3} and (mask == 1).any()  # every crop shows its head
+
+
+def test_a_part_mask_covers_the_stained_sperm_not_the_background():
+    image, _, mask = synthetic.render_with_mask("Normal", 42, 0)
+    pixels, mask = np.asarray(image, dtype=np.float32).mean(2), np.asarray(mask)
+    assert pixels[mask == 1].mean() < pixels[mask == 0].mean() - 40  # the dark head lies under the head label
+    assert {1, 2, 3} <= set(np.unique(mask).tolist())
+
+
+def test_masks_for_another_kind_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--masks: part masks exist for sperm18 only"):
+        synthetic.generate(tmp_path / "b", "blood4", per_class=1, masks=True)
+
+
+def test_every_class_has_the_part_that_carries_its_defect():
+    assert set(synthetic.DEFECT_PART) == set(synthetic.SPERM18_CLASSES)
+    assert set(synthetic.DEFECT_PART.values()) == {"head", "neck", "tail", "sperm"}

@@ -1,0 +1,264 @@
+"""Where a model looked: Grad-CAM for one network and for a fused pair, occlusion as a cross-check.
+
+Grad-CAM (Selvaraju et al., 2017): for class c and a convolutional layer with activations
+A^k, the weights alpha_k = spatial mean of dy_c / dA^k and the map ReLU(sum_k alpha_k A^k),
+upsampled bilinearly to the input and min-max scaled to [0, 1] per image.
+
+For a fusion y_c = sum_i w_i z_i,c (Sec. 2.5 of the fusion paper; folds of a cross-validated
+ensemble are more members with weights w_i / K) the gradient of the *fused* logit flows
+into every member, so member i's alpha already carries its weight w_i. Member i's map is
+ReLU(sum_k alpha_ik A_ik); the fused map is ReLU(sum_i sum_k alpha_ik A_ik) (each member's
+sum upsampled to the input first): the Grad-CAM of the fused model whose last layer is the
+members' layers side by side. Summing before the ReLU and the scaling keeps each member's
+share of the evidence: a member with weight 0 adds nothing, and one member's negative
+evidence can cancel the other's positive evidence at the same place, as it does in the
+fused logit.
+
+Everything here leaves a model as it found it: its modes, ``requires_grad`` flags and hooks.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.efficientnet import EfficientNet
+
+from .errors import ConfigError
+from .models.resnetv2 import ResNetV2
+from .transforms import letterbox_box
+
+log = logging.getLogger(__name__)
+
+
+def default_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional feature stage of a registered architecture.
+
+    - EfficientNets (torchvision): ``features[-1]``, the final 1x1 convolution + BatchNorm +
+      SiLU (1280 channels for V2-S, 1792 for B4), the map that is pooled into the classifier;
+    - ResNetV2 (BiT): ``stages[-1]``, the output of the last stage, before the final
+      GroupNorm + ReLU and the pooling (the ReLU there is in place, so it cannot be hooked).
+    """
+    if isinstance(model, EfficientNet):
+        return model.features[-1]
+    if isinstance(model, ResNetV2):
+        return model.stages[-1]
+    raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; pass layer= (a module or its name)")
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
+    """``layer`` as a module of ``model``: None -> :func:`default_layer`, a name -> that submodule."""
+    if layer is None:
+        return default_layer(model)
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            raise ConfigError(f"layer {layer!r}: no such module in {type(model).__name__} (e.g. {', '.join(n for n, _ in list(model.named_children())[:4])})") from None
+    return layer
+
+
+@dataclass
+class Member:
+    """One network of a fusion: its weight in the fused logit and the layer to explain."""
+
+    name: str
+    model: nn.Module
+    weight: float = 1.0
+    layer: nn.Module | str | None = None
+
+
+@dataclass
+class Explanation:
+    """Maps in the input's geometry, [N, H, W] in [0, 1]; ``members`` keyed by member name
+    (members of the same name, e.g. one backbone's folds, are summed before scaling)."""
+
+    fused: torch.Tensor
+    members: dict[str, torch.Tensor]
+    target: torch.Tensor  # [N] the class explained
+    probability: torch.Tensor  # [N] its softmax probability under the fused logits
+    logits: torch.Tensor  # [N, C] the fused logits
+
+
+@contextmanager
+def _untouched(models: Sequence[nn.Module]) -> Iterator[None]:
+    """Eval mode for the call; every module's own mode restored afterwards (frozen norms included)."""
+    modes = [[(m, m.training) for m in model.modules()] for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for saved in modes:
+            for module, training in saved:
+                module.training = training
+
+
+def _targets(target: int | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    count, classes = logits.shape
+    if target is None:
+        return logits.argmax(1)
+    target = torch.as_tensor(target, dtype=torch.long).expand(count) if not torch.is_tensor(target) or target.ndim == 0 else target.long()
+    if target.shape != (count,):
+        raise ConfigError(f"target: give one class or one per image ({count}), not {tuple(target.shape)}")
+    if bool(((target < 0) | (target >= classes)).any()):
+        raise ConfigError(f"target {target.tolist()}: out of range; the model has classes 0..{classes - 1}")
+    return target
+
+
+def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each map of [N, H, W] to [0, 1]; a map without any spread (all zero) is 0."""
+    low = maps.flatten(1).min(1).values[:, None, None]
+    spread = maps.flatten(1).max(1).values[:, None, None] - low
+    return torch.where(spread > 0, (maps - low) / spread.clamp_min(1e-12), torch.zeros_like(maps))
+
+
+def fused_grad_cam(members: Sequence[Member], inputs: Sequence[torch.Tensor], target: int | torch.Tensor | None = None) -> Explanation:
+    """Grad-CAM of the fused logit sum_i w_i z_i (module docstring); ``inputs[i]`` is member i's
+    preprocessed batch (the members may normalise differently; the sizes must agree)."""
+    if len(inputs) != len(members):
+        raise ConfigError(f"{len(members)} members but {len(inputs)} input batches")
+    size = inputs[0].shape[-2:]
+    if any(x.shape[-2:] != size for x in inputs):
+        raise ConfigError("the members test at different image sizes; explain them one at a time")
+    activations: dict[int, torch.Tensor] = {}
+    hooks = []
+    with _untouched([m.model for m in members]), torch.enable_grad():
+        try:
+            for index, member in enumerate(members):
+                layer = resolve_layer(member.model, member.layer)
+                hooks.append(layer.register_forward_hook(lambda _m, _i, out, index=index: activations.__setitem__(index, out)))
+            # The input requires grad, so the graph exists even when every parameter is frozen.
+            logits = sum(m.weight * m.model(x.detach().requires_grad_(True)).float() for m, x in zip(members, inputs))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        target = _targets(target, logits)
+        score = logits.gather(1, target[:, None].to(logits.device)).sum()
+        gradients = torch.autograd.grad(score, [activations[i] for i in range(len(members))])
+    summed: dict[str, torch.Tensor] = {}
+    for index, (member, gradient) in enumerate(zip(members, gradients)):
+        activation = activations[index].detach().float()
+        alpha = gradient.float().mean(dim=(2, 3), keepdim=True)
+        weighted = (alpha * activation).sum(1, keepdim=True)
+        upsampled = F.interpolate(weighted, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        summed[member.name] = summed.get(member.name, 0) + upsampled
+    fused = scale_to_unit(torch.relu(sum(summed.values())))
+    maps = {name: scale_to_unit(torch.relu(total)) for name, total in summed.items()}
+    logits = logits.detach()
+    probability = logits.softmax(1).gather(1, target[:, None].to(logits.device))[:, 0]
+    return Explanation(fused.cpu(), {n: m.cpu() for n, m in maps.items()}, target.cpu(), probability.cpu(), logits.cpu())
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor, target: int | torch.Tensor | None = None, layer: nn.Module | str | None = None) -> torch.Tensor:
+    """Grad-CAM maps [N, H, W] in [0, 1] of ``model`` for preprocessed ``images`` [N, 3, H, W].
+
+    ``target``: None explains each image's predicted class, an int one class for all, a
+    tensor [N] one class per image. ``layer``: a module or its name (default
+    :func:`default_layer`).
+    """
+    return fused_grad_cam([Member("model", model, 1.0, layer)], [images], target).fused
+
+
+def fused_pair_members(pair: nn.Module, first: str = "first", second: str = "second") -> list[Member]:
+    """The two members of a ``FusedPair`` with its weights alpha and 1 - alpha."""
+    return [Member(first, pair.first, pair.alpha), Member(second, pair.second, 1.0 - pair.alpha)]
+
+
+@torch.no_grad()
+def occlusion(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    fill: torch.Tensor,
+    target: int | torch.Tensor | None = None,
+    patch: int = 16,
+    stride: int = 8,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Occlusion sensitivity [N, H, W]: the drop of the target's probability when a ``patch``
+    square of ``fill`` (the pad colour, normalised: [3]) covers each place, averaged over the
+    patches that cover a pixel. Model-agnostic: ``predict`` maps a batch to logits (a model,
+    a ``FusedPair``); the occluded copies of an image run ``batch_size`` at a time."""
+    count, _, height, width = images.shape
+    base = predict(images).float()
+    target = _targets(target, base)
+    base_probability = base.softmax(1).gather(1, target[:, None])[:, 0]
+    tops = list(range(0, max(height - patch, 0) + 1, stride))
+    lefts = list(range(0, max(width - patch, 0) + 1, stride))
+    places = [(top, left) for top in tops for left in lefts]
+    maps = torch.zeros(count, height, width)
+    cover = torch.zeros(height, width)
+    for top, left in places:
+        cover[top : top + patch, left : left + patch] += 1
+    fill = fill.to(images)[None, :, None, None]
+    for n in range(count):
+        for start in range(0, len(places), batch_size):
+            chunk = places[start : start + batch_size]
+            occluded = images[n : n + 1].repeat(len(chunk), 1, 1, 1)
+            for k, (top, left) in enumerate(chunk):
+                occluded[k, :, top : top + patch, left : left + patch] = fill[0]
+            probability = predict(occluded).float().softmax(1)[:, target[n]]
+            for k, (top, left) in enumerate(chunk):
+                maps[n, top : top + patch, left : left + patch] += float(base_probability[n] - probability[k])
+    return maps / cover.clamp_min(1)
+
+
+def to_original_geometry(maps: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Maps [N, S, S] over the letterboxed square -> [N, height, width] over the original image:
+    the padding is cut off and the rest resized back (bilinear), so an overlay lines up with
+    the file the user gave, whatever its aspect ratio."""
+    size = maps.shape[-1]
+    left, top, new_w, new_h = letterbox_box(width, height, size)
+    inner = maps[:, top : top + new_h, left : left + new_w]
+    return F.interpolate(inner[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+
+
+def peak(maps: torch.Tensor) -> torch.Tensor:
+    """(row, column) of each map's maximum, [N, 2]."""
+    flat = maps.flatten(1).argmax(1)
+    return torch.stack([flat // maps.shape[-1], flat % maps.shape[-1]], 1)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (all pixels), for the model-dependence check."""
+    from scipy.stats import spearmanr
+
+    value = spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic
+    return float(np.nan_to_num(value))
+
+
+def pointing_game(maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], parts: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Is each map's peak inside the part that carries the defect? Per part group: images, hits,
+    hit rate, and chance (the mean share of the image that part covers: a peak dropped at
+    random hits that often). ``maps[i]`` and ``masks[i]`` share the original image's geometry;
+    ``parts[i]`` is "head", "neck", "tail" or "sperm" (any of the three, for Normal);
+    mask values follow ``synthetic.PART_VALUES``."""
+    from .synthetic import PART_VALUES
+
+    values = {"head": [PART_VALUES["head"]], "neck": [PART_VALUES["neck"]], "tail": [PART_VALUES["tail"]]}
+    values["sperm"] = values["head"] + values["neck"] + values["tail"]
+    groups: dict[str, dict[str, float]] = {}
+    for heat, mask, part in zip(maps, masks, parts):
+        if heat.shape != mask.shape:
+            raise ConfigError(f"a map of shape {tuple(heat.shape)} for a mask of shape {mask.shape}: both must be in the image's geometry")
+        inside = np.isin(mask, values[part])
+        row, column = peak(heat[None])[0].tolist()
+        group = groups.setdefault(part, {"images": 0, "hits": 0, "chance_sum": 0.0})
+        group["images"] += 1
+        group["hits"] += int(inside[row, column])
+        group["chance_sum"] += float(inside.mean())
+    return {
+        part: {"images": g["images"], "hits": g["hits"], "hit_rate": g["hits"] / g["images"], "chance": g["chance_sum"] / g["images"]}
+        for part, g in groups.items()
+    }  # fmt: skip
+
+
+__all__ = [
+    "Explanation", "Member", "default_layer", "pointing_game", "fused_grad_cam", "fused_pair_members", "grad_cam", "occlusion", "peak",
+    "resolve_layer", "scale_to_unit", "spearman", "to_original_geometry",
+]  # fmt: skip

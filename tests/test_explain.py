@@ -1,0 +1,161 @@
+"""Grad-CAM, occlusion and the pointing game: the definitions on hand-computable models."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from spermfuse.errors import ConfigError
+from spermfuse.explain import (
+    Member, fused_grad_cam, fused_pair_members, grad_cam, occlusion, peak, pointing_game, spearman, to_original_geometry,
+)  # fmt: skip
+from spermfuse.fused_pair import FusedPair
+from spermfuse.models import create_model
+from spermfuse.transforms import build
+
+
+class TwoChannels(nn.Module):
+    """A = (x, -x) through a 1x1 convolution, mean pool, linear W: logits = W @ mean(A)."""
+
+    def __init__(self, weight) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1, bias=False)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.fc.weight.copy_(torch.tensor(weight))
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_grad_cam_is_relu_of_the_gradient_weighted_channels_scaled_to_unit():
+    model = TwoChannels([[2.0, 1.0], [0.0, 3.0]])
+    x = torch.tensor([[-2.0, -1.0, 0.0, 1.0], [2.0, 3.0, 4.0, -4.0], [0.5, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])[None, None]
+    # class 0: alpha = (2, 1) / 16, map = ReLU(2x - x) / 16 = ReLU(x) / 16 -> scaled: ReLU(x) / 4
+    assert torch.allclose(grad_cam(model, x, target=0, layer="conv")[0], x[0, 0].clamp_min(0) / 4)
+    # class 1: alpha = (0, 3) / 16, map = ReLU(-3x) / 16 -> scaled: ReLU(-x) / 4
+    assert torch.allclose(grad_cam(model, x, target=1, layer="conv")[0], (-x[0, 0]).clamp_min(0) / 4)
+
+
+def test_a_map_with_no_positive_evidence_stays_zero():
+    model = TwoChannels([[2.0, 1.0], [0.0, 3.0]])
+    assert torch.equal(grad_cam(model, -torch.ones(1, 1, 4, 4), target=0, layer="conv"), torch.zeros(1, 4, 4))
+
+
+def test_no_target_explains_the_predicted_class_and_a_tensor_gives_one_per_image():
+    model = TwoChannels([[2.0, 1.0], [0.0, 3.0]])
+    x = torch.stack([torch.ones(1, 4, 4), -torch.ones(1, 4, 4)]) * torch.linspace(0.1, 1, 16).view(1, 1, 4, 4)
+    predicted = model(x).argmax(1)
+    assert predicted.tolist() == [0, 1]
+    assert torch.equal(grad_cam(model, x, layer="conv"), grad_cam(model, x, target=predicted, layer="conv"))
+    assert torch.equal(grad_cam(model, x, target=torch.tensor([1, 0]), layer="conv")[0], grad_cam(model, x[:1], target=1, layer="conv")[0])
+
+
+def test_the_model_is_left_as_it_was_found():
+    model = create_model("efficientnet_tiny", 4).train()
+    model.features[0].eval()  # a frozen stem, as method B's first stage has
+    for parameter in model.features[1].parameters():
+        parameter.requires_grad = False
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    grad_cam(model, torch.randn(2, 3, 32, 32))
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())  # nothing accumulated
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_fully_frozen_model_can_still_be_explained():
+    model = create_model("resnetv2_tiny", 3).eval()
+    nn.init.normal_(model.fc.weight)
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    maps = grad_cam(model, torch.randn(1, 3, 96, 96))  # 3x3 at the last stage: a map with a peak
+    assert maps.shape == (1, 96, 96) and maps.max() == 1.0
+
+
+def test_fused_maps_follow_the_members_weights():
+    torch.manual_seed(0)
+    first, second = create_model("efficientnet_tiny", 4).eval(), create_model("resnetv2_tiny", 4).eval()
+    nn.init.normal_(second.fc.weight)
+    x = torch.randn(2, 3, 32, 32)
+    only_first = fused_grad_cam([Member("e", first, 1.0), Member("r", second, 0.0)], [x, x], target=1)
+    assert torch.allclose(only_first.fused, grad_cam(first, x, target=1), atol=1e-6)
+    assert torch.equal(only_first.members["r"], torch.zeros(2, 32, 32))  # weight 0: no evidence
+    pair = FusedPair(first, second, alpha=0.3)
+    both = fused_grad_cam(fused_pair_members(pair, "e", "r"), [x, x])
+    assert torch.equal(both.target, pair(x).argmax(1))
+    assert torch.allclose(both.probability, pair(x).softmax(1).max(1).values, atol=1e-6)
+    # A member's map under the fused logit equals its own map for that class: the weight only scales it.
+    assert torch.allclose(both.members["e"], grad_cam(first, x, target=both.target), atol=1e-5)
+    assert not torch.allclose(both.fused, both.members["e"], atol=1e-3)
+
+
+def test_folds_of_one_backbone_are_summed_into_one_member_map():
+    torch.manual_seed(0)
+    folds = [create_model("efficientnet_tiny", 4).eval() for _ in range(2)]
+    x = torch.randn(1, 3, 32, 32)
+    explanation = fused_grad_cam([Member("effnet", model, 0.5) for model in folds], [x, x])
+    assert list(explanation.members) == ["effnet"]
+    assert torch.allclose(explanation.members["effnet"], explanation.fused)
+
+
+class Brightness(nn.Module):
+    """logit 0 = 10 x mean brightness of a 1x1 feature map (so Grad-CAM = brightness); logit 1 = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.features.weight, 1.0)
+
+    def forward(self, x):
+        score = 10 * self.features(x).mean(dim=(2, 3))
+        return torch.cat([score, torch.zeros_like(score)], 1)
+
+
+def test_a_map_of_an_off_centre_object_in_a_non_square_image_lands_on_it_in_the_original_geometry():
+    pixels = np.zeros((30, 90, 3), dtype=np.uint8)  # wide: the letterbox pads above and below
+    pixels[5:15, 65:80] = 255  # a bright object in the upper right
+    pipeline = build(False, 48, pad_color=(0, 0, 0), mean=(0, 0, 0), std=(1, 1, 1))
+    x = pipeline(Image.fromarray(pixels))[None]
+    maps = to_original_geometry(grad_cam(Brightness(), x, target=0, layer="features"), 90, 30)
+    assert maps.shape == (1, 30, 90)
+    row, column = peak(maps)[0].tolist()
+    assert 5 <= row < 15 and 65 <= column < 80
+    occluded = to_original_geometry(occlusion(Brightness(), x, torch.zeros(3), target=0, patch=8, stride=4), 90, 30)
+    row, column = peak(occluded)[0].tolist()
+    assert 2 <= row < 18 and 60 <= column < 85  # within a patch of the object
+
+
+def test_bad_layer_and_target_are_one_clear_error():
+    model = create_model("efficientnet_tiny", 4)
+    with pytest.raises(ConfigError, match="layer 'stages.9': no such module in EfficientNet"):
+        grad_cam(model, torch.randn(1, 3, 32, 32), layer="stages.9")
+    with pytest.raises(ConfigError, match=r"target \[7\]: out of range; the model has classes 0..3"):
+        grad_cam(model, torch.randn(1, 3, 32, 32), target=7)
+
+
+def test_maps_depend_on_the_model_reinitialising_the_last_stage_changes_them():
+    torch.manual_seed(0)
+    model = create_model("efficientnet_tiny", 4).eval()
+    x = torch.randn(4, 3, 64, 64)
+    before = grad_cam(model, x, target=0)
+    for module in model.features[-1].modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight)
+    after = grad_cam(model, x, target=0)
+    correlation = np.mean([spearman(a, b) for a, b in zip(before, after)])
+    assert correlation < 0.5
+
+
+def test_the_pointing_game_counts_peaks_inside_the_defect_part_and_its_chance():
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[0:2, 0:5] = 1  # head: 10 % of the image
+    mask[2:3, 0:5] = 2  # neck: 5 %
+    mask[3:10, 0:2] = 3  # tail: 14 %
+    at = lambda r, c: torch.zeros(10, 10).index_put_((torch.tensor(r), torch.tensor(c)), torch.tensor(1.0))  # noqa: E731
+    result = pointing_game([at(0, 0), at(9, 9), at(2, 1), at(8, 1)], [mask] * 4, ["head", "head", "neck", "sperm"])
+    assert result["head"] == {"images": 2, "hits": 1, "hit_rate": 0.5, "chance": pytest.approx(0.10)}
+    assert result["neck"]["hit_rate"] == 1.0 and result["neck"]["chance"] == pytest.approx(0.05)
+    assert result["sperm"]["hits"] == 1 and result["sperm"]["chance"] == pytest.approx(0.29)
