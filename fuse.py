@@ -7,6 +7,7 @@
     python fuse.py --grid --target-accuracy 0.95 # a referral threshold chosen on validation, tested per fold
     python fuse.py --alpha 0.5                   # a fixed weight
     python fuse.py --predict new_images/         # fused class probabilities -> predictions.csv
+    python fuse.py --predict new_images/ --explain why/   # + a Grad-CAM figure per image and why/explanations.csv
     python fuse.py --export deploy/              # model.pt2 + model.json: the same, without spermfuse
 
 a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
@@ -25,7 +26,10 @@ from spermfuse.calibration import probabilities_of
 from spermfuse.checkpoint import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
 from spermfuse.errors import SpermfuseError, user_message
 from spermfuse.export import export_fused
+from spermfuse.data import load_rgb
+from spermfuse.explain import explain_files, peak
 from spermfuse.inference import fused_probabilities, list_images, load_classifier
+from spermfuse.report import explanation_figure
 from spermfuse.trainer import resolve_device
 
 log = logging.getLogger("fuse")
@@ -50,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
     p.add_argument("--device", default="cpu", help="--predict: cpu, cuda or auto")
-    p.add_argument("--overwrite", action="store_true", help="--export: replace the files of an existing export folder")
+    p.add_argument("--explain", type=Path, metavar="DIR", help="--predict: also a Grad-CAM figure per image (each member's map and the fused map) and DIR/explanations.csv")
+    p.add_argument("--overwrite", action="store_true", help="--export/--explain: replace the files of an existing folder")
     return p.parse_args(argv)
 
 
@@ -176,9 +181,13 @@ def fused_members(args, device) -> tuple[dict, list[int], list]:
     return settings, folds, members
 
 
+def refuse_existing(folder: Path, flag: str, overwrite: bool) -> None:
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise fusion.FusionError(f"{flag} {folder}: folder exists and is not empty; choose another or add --overwrite")
+
+
 def run_export(args) -> int:
-    if args.export.exists() and any(args.export.iterdir()) and not args.overwrite:
-        raise fusion.FusionError(f"--export {args.export}: folder exists and is not empty; choose another or add --overwrite")
+    refuse_existing(args.export, "--export", args.overwrite)
     settings, folds, members = fused_members(args, "cpu")
     weights = fusion.prediction_weights(settings, folds)
     export_fused(members, settings["models"], folds, weights, args.export)
@@ -187,7 +196,25 @@ def run_export(args) -> int:
     return 0
 
 
+def write_explanations(args, device, images, members, names, weights, classes) -> None:
+    """One figure per image (the image, each member's Grad-CAM, the fused one) and an index."""
+    rows = []
+    for number, explained in enumerate(explain_files(images, members, weights, names, device), 1):
+        relative = explained.path.relative_to(args.predict)
+        figure = args.explain / relative.with_suffix(".png")
+        label = f"{classes[explained.predicted]} {explained.probability:.2f}"
+        maps = {name: m.numpy() for name, m in explained.members.items()} | {"fused": explained.fused.numpy()}
+        explanation_figure(load_rgb(explained.path), maps, f"{relative.as_posix()}: {label}", figure)
+        row, column = peak(explained.fused[None])[0].tolist()
+        rows.append([relative.as_posix(), classes[explained.predicted], f"{explained.probability:.6f}", figure.relative_to(args.explain).as_posix(), row, column])
+        if number % 50 == 0 or number == len(images):
+            log.info("explained %d/%d images", number, len(images))
+    atomic_write_csv(args.explain / "explanations.csv", ["path", "predicted", "probability", "figure", "peak_row", "peak_column"], rows)
+
+
 def run_prediction(args) -> int:
+    if args.explain is not None:
+        refuse_existing(args.explain, "--explain", args.overwrite)
     device = resolve_device(args.device)
     settings, folds, members = fused_members(args, device)
     names = settings["models"]
@@ -203,6 +230,9 @@ def run_prediction(args) -> int:
         for row, p in zip(rows, probabilities):
             row.insert(3, int(p.max() < threshold))
     atomic_write_csv(args.output, header, rows)
+    if args.explain is not None:
+        write_explanations(args, device, images, members, names, weights, classes)
+        log.info("wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv", args.explain, names)
     shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
     log.info("wrote %s: %d images, models %s, effective weights (w / T) %s%s", args.output, len(images), names, shown,
              f", refer below confidence {threshold:.4f}" if threshold is not None else "")  # fmt: skip
@@ -213,6 +243,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.explain is not None and args.predict is None:
+            raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
         if args.export:
             return run_export(args)
         return run_prediction(args) if args.predict else run_fusion(args)

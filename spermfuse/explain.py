@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from torchvision.models.efficientnet import EfficientNet
 from .errors import ConfigError
 from .models.resnetv2 import ResNetV2
 from .transforms import letterbox_box
+
+if TYPE_CHECKING:
+    from .inference import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +236,50 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.nan_to_num(value))
 
 
+@dataclass
+class ImageExplanation:
+    """One image's explanation, maps in the image file's own geometry ([height, width], [0, 1])."""
+
+    path: Path
+    predicted: int
+    probability: float
+    fused: torch.Tensor
+    members: dict[str, torch.Tensor]
+
+
+def explain_files(
+    paths: Sequence[Path],
+    folds: Sequence[Sequence["Classifier"]],
+    weights: Sequence[Sequence[float]],
+    names: Sequence[str],
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> Iterator[ImageExplanation]:
+    """Grad-CAM of the fused prediction of each image file, as ``fuse.py --predict`` makes it:
+    ``folds[k][i]`` is member ``names[i]`` of fold k with weight ``weights[k][i]``, the folds'
+    fused logits averaged (so each member weighs w / K). The maps explain the plain forward
+    pass (without test-time augmentation) and come back in each file's geometry."""
+    from .data import load_rgb
+
+    members = [Member(name, c.model, w / len(folds)) for fold, fold_weights in zip(folds, weights) for name, c, w in zip(names, fold, fold_weights)]
+    pipelines = [c.pipeline for fold in folds for c in fold]
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        images = [load_rgb(p) for p in chunk]
+        prepared: dict[str, torch.Tensor] = {}  # one batch per distinct pipeline, shared by its members
+        for pipeline in pipelines:
+            if repr(pipeline) not in prepared:
+                prepared[repr(pipeline)] = torch.stack([pipeline(image) for image in images]).to(device)
+        explanation = fused_grad_cam(members, [prepared[repr(p)] for p in pipelines])
+        for n, (path, image) in enumerate(zip(chunk, images)):
+            width, height = image.size
+            back = lambda maps: to_original_geometry(maps[n : n + 1], width, height)[0]  # noqa: E731
+            yield ImageExplanation(
+                path, int(explanation.target[n]), float(explanation.probability[n]), back(explanation.fused),
+                {name: back(maps) for name, maps in explanation.members.items()},
+            )  # fmt: skip
+
+
 def pointing_game(maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], parts: Sequence[str]) -> dict[str, dict[str, float]]:
     """Is each map's peak inside the part that carries the defect? Per part group: images, hits,
     hit rate, and chance (the mean share of the image that part covers: a peak dropped at
@@ -259,6 +307,6 @@ def pointing_game(maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], par
 
 
 __all__ = [
-    "Explanation", "Member", "default_layer", "pointing_game", "fused_grad_cam", "fused_pair_members", "grad_cam", "occlusion", "peak",
+    "Explanation", "ImageExplanation", "Member", "default_layer", "explain_files", "pointing_game", "fused_grad_cam", "fused_pair_members", "grad_cam", "occlusion", "peak",
     "resolve_layer", "scale_to_unit", "spearman", "to_original_geometry",
 ]  # fmt: skip

@@ -353,3 +353,20 @@ def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
             agg = metrics.summarize(labels, logits, per_fold[0][0].classes)
             rows.append([label, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
     return rows
+
+
+def explanation_figure(image, maps: dict[str, np.ndarray], title: str, path: Path) -> None:
+    """The image, then each map as an overlay on it (member maps, then the fused map), one row."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 2.9), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    for axis, (name, heat) in zip(axes[1:], maps.items()):
+        axis.imshow(image)
+        axis.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+        axis.set_title(name, fontsize=9)
+    for axis in axes:
+        axis.set_axis_off()
+    figure.suptitle(title, fontsize=10)
+    _save(figure, path)

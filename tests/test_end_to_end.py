@@ -93,3 +93,35 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
     assert np.abs(session.run(None, {session.get_inputs()[0].name: batch})[0] - expected).max() <= 1e-5
     again = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing export is not replaced silently
+
+
+def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_predictions(tiny_sperm, demo_output, tmp_path):
+    from PIL import Image
+
+    new_images = tmp_path / "new"
+    (new_images / "sub").mkdir(parents=True)
+    shutil.copy(tiny_sperm / "Normal/Normal_00000.png", new_images / "normal.png")
+    shutil.copy(tiny_sperm / "CurlyTail/CurlyTail_00002.png", new_images / "sub" / "curly.png")
+    command = [sys.executable, "fuse.py", "--predict", str(new_images), "--runs", str(demo_output / "runs"), "--models", "efficientnet_tiny",
+               "resnetv2_tiny", "--output", str(tmp_path / "predictions.csv"), "--explain", str(tmp_path / "why")]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "predictions.csv", newline="") as handle:
+        predictions = {r["path"]: r for r in csv.DictReader(handle)}
+    with open(tmp_path / "why" / "explanations.csv", newline="") as handle:
+        explanations = list(csv.DictReader(handle))
+    assert [r["path"] for r in explanations] == ["normal.png", "sub/curly.png"]
+    for row in explanations:
+        assert row["predicted"] == predictions[row["path"]]["predicted"]
+        assert abs(float(row["probability"]) - float(predictions[row["path"]]["confidence"])) < 1e-4
+        height, width = np.asarray(Image.open(new_images / row["path"])).shape[:2]
+        assert 0 <= int(row["peak_row"]) < height and 0 <= int(row["peak_column"]) < width  # in the file's own geometry
+        assert Image.open(tmp_path / "why" / row["figure"]).format == "PNG"
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--explain" in again.stderr and "--overwrite" in again.stderr
+
+
+def test_explain_without_predict_is_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "fuse.py", "--grid", "--explain", str(tmp_path / "why")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: --explain DIR explains predictions: give it with --predict FOLDER"]
