@@ -3,6 +3,8 @@
     python evaluate.py                                   # every model under runs/ (and runs/fusion)
     python evaluate.py --logits effnet=runs/efficientnetv2_s fused=runs/fusion --main fused
     python evaluate.py --ablation baseline=runs_base weighted=runs_cw augmented=runs_aug both=runs
+    python evaluate.py --explain                         # + a Grad-CAM gallery (needs the runs' best.pt)
+    python evaluate.py --explain --masks data/sperm18-masks   # + the pointing game against the part masks
 
 Writes reports/<name>/report.md, report.json, confusion_<model>.png, roc_<model>.png, reliability_<model>.png, risk_coverage.png,
 pr_<model>.png and f1_comparison.png.
@@ -17,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import fusion, profiling, report, splits
+from spermfuse import explain_runs, fusion, profiling, report, splits
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
+from spermfuse.data import load_rgb
+from spermfuse.trainer import resolve_device
 from spermfuse.errors import SpermfuseError, user_message
 
 log = logging.getLogger("evaluate")
@@ -35,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--summary", type=Path, metavar="FILE.md", help="also write the headline tables to FILE.md (demo.sh: docs/demo_results.md)")
+    p.add_argument("--explain", action="store_true",
+                   help="opt-in, needs the checkpoints: a gallery of Grad-CAM figures, per class the fused model's most confident correct and wrong test image")
+    p.add_argument("--masks", type=Path, metavar="DIR",
+                   help="with --explain: the pointing game against the part masks of DIR (python -m spermfuse.synthetic --out DIR --masks: the same images)")
+    p.add_argument("--explain-limit", type=int, metavar="N", help="--masks: only the first N test images of each fold")
+    p.add_argument("--device", default="cpu", help="--explain: cpu, cuda or auto")
     return p.parse_args(argv)
 
 
@@ -89,6 +99,31 @@ def check_comparable(models: dict[str, list[fusion.LogitsSet]]) -> None:
             raise fusion.FusionError(f"{name} ({sets[0].source}): classes differ from {first_name}; evaluate them separately")
 
 
+def write_explanations(args, out: Path, classes: list[str]) -> str | None:
+    """The gallery (and, with --masks, the pointing game) under ``out``; the pointing game's Markdown."""
+    device = resolve_device(args.device)
+    images, _ = explain_runs.fused_test_images(args.runs)
+    chosen = explain_runs.gallery_images(images, classes)
+    rows = []
+    for (name, kind, _), (image, explained) in zip(chosen, explain_runs.explain_test_images(args.runs, [c[2] for c in chosen], device)):
+        figure = out / "gallery" / f"{name}_{kind}.png"
+        maps = {member: m.numpy() for member, m in explained.members.items()} | {"fused": explained.fused.numpy()}
+        title = f"{name}, {kind}: predicted {classes[image.predicted]} {image.probability:.2f} (fold {image.fold})"
+        report.explanation_figure(load_rgb(explained.path), maps, title, figure)
+        rows.append([name, kind, image.path, classes[image.predicted], f"{image.probability:.4f}", f"![](gallery/{figure.name})"])
+    atomic_write_text(out / "gallery.md", "# Grad-CAM gallery of the fused model\n\n" + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows))
+    log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))
+    if args.masks is None:
+        return None
+    result = explain_runs.pointing_game_of_runs(args.runs, args.masks, device, args.explain_limit)
+    dependence = explain_runs.model_dependence(args.runs, device)
+    atomic_write_json(out / "pointing_game.json", {"groups": result, "model_dependence_spearman": dependence})
+    text = report.pointing_game_markdown(result, dependence)
+    atomic_write_text(out / "pointing_game.md", text)
+    print(text)
+    return text
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -121,10 +156,16 @@ def main(argv=None) -> int:
         for folder in folders.values():
             if (folder / "grid.md").is_file():
                 grid_md = (folder / "grid.md").read_text()
+        if args.masks is not None:
+            if not args.explain:
+                raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
+            explain_runs.check_masks(args.runs, args.masks)  # before anything is written
         atomic_write_json(out / "report.json", result)
         atomic_write_text(out / "report.md", report.report_markdown(result, main_name, grid_md, notes))
+        pointing = write_explanations(args, out, result["classes"]) if args.explain else None
         if args.summary:
-            atomic_write_text(args.summary, report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), describe_environment()))
+            summary = report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), describe_environment())
+            atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
         if not args.no_figures:
             for name, sets in models.items():
                 labels, logits = report.pooled(sets)

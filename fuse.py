@@ -28,7 +28,7 @@ from spermfuse.errors import SpermfuseError, user_message
 from spermfuse.export import export_fused
 from spermfuse.data import load_rgb
 from spermfuse.explain import explain_files, peak
-from spermfuse.inference import fused_probabilities, list_images, load_classifier
+from spermfuse.inference import fused_probabilities, list_images, load_fold_members
 from spermfuse.report import explanation_figure
 from spermfuse.trainer import resolve_device
 
@@ -177,8 +177,7 @@ def fused_members(args, device) -> tuple[dict, list[int], list]:
     folds = settings["folds"] if args.fold == "all" else [int(args.fold)] if args.fold.isdigit() else None
     if folds is None or any(k not in settings["folds"] for k in folds):
         raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']} (or 'all')")
-    members = [[load_classifier(args.runs / n / f"fold{k}" / "best.pt", device) for n in settings["models"]] for k in folds]
-    return settings, folds, members
+    return settings, folds, load_fold_members(args.runs, settings["models"], folds, device)
 
 
 def refuse_existing(folder: Path, flag: str, overwrite: bool) -> None:

@@ -57,6 +57,11 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
     return Classifier(model, pipeline, classes, path, checkpoint.get("tta", "none"))
 
 
+def load_fold_members(runs: str | Path, models: Sequence[str], folds: Sequence[int], device: torch.device | str = "cpu") -> list[list[Classifier]]:
+    """The trained members of each fold, ``runs/<model>/fold<k>/best.pt``: ``[fold][model]``."""
+    return [[load_classifier(Path(runs) / name / f"fold{k}" / "best.pt", device) for name in models] for k in folds]
+
+
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():

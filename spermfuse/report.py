@@ -193,6 +193,21 @@ def summary_markdown(report: dict, fusion_settings: dict | None, source: str, en
     return "\n".join(out)
 
 
+def pointing_game_markdown(result: dict, dependence: float | None = None) -> str:
+    """The pointing game per part group next to chance, and the model-dependence check."""
+    order = ["head", "neck", "tail", "sperm"]
+    names = {"head": "head classes", "neck": "neck classes", "tail": "tail classes", "sperm": "Normal (any part of the sperm)"}
+    rows = [
+        [names[part], result[part]["images"], f"{result[part]['hit_rate']:.3f}", f"{result[part]['chance']:.3f}", f"{result[part]['hit_rate'] / max(result[part]['chance'], 1e-12):.1f}x"]
+        for part in order if part in result
+    ]  # fmt: skip
+    text = "Pointing game of the fused Grad-CAM (its peak inside the part that carries the defect):\n\n"
+    text += markdown_table(["classes", "test images", "hit rate", "chance (part's share of the image)", "hit / chance"], rows)
+    if dependence is not None:
+        text += f"\nModel dependence: mean Spearman rank correlation between the fused maps before and after re-initialising each member's last stage: {dependence:.3f} (1 would mean the maps ignore what the model learned).\n"
+    return text
+
+
 # --------------------------------------------------------------------------- figures
 
 

@@ -13,6 +13,7 @@ Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -108,6 +109,15 @@ def ensure_default_data(scale: float | None, context: distributed.DistributedCon
         synthetic.generate(folder, "sperm18", seed=42, scale=scale)
     distributed.barrier(context)
     return folder
+
+
+def data_root_of_run(run_dir: Path) -> Path:
+    """The data folder a run trained on, from its ``config.json`` (the embedded default set when none)."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{Path(run_dir) / 'config.json'}: cannot read the run's settings ({error})") from None
+    return Path(config["data"]) if config.get("data") else default_data_dir(config.get("synthetic_scale"))
 
 
 def environment_info(device: torch.device) -> dict:

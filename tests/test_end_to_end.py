@@ -125,3 +125,33 @@ def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_pre
 def test_explain_without_predict_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "fuse.py", "--grid", "--explain", str(tmp_path / "why")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: --explain DIR explains predictions: give it with --predict FOLDER"]
+
+
+def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_part_masks(tiny_sperm, demo_output, tmp_path):
+    from spermfuse import synthetic
+
+    masks = synthetic.generate(tmp_path / "masks", "sperm18", seed=42, per_class=6, masks=True)  # the tested images, with masks
+    command = [sys.executable, "evaluate.py", "--runs", str(demo_output / "runs"), "--reports", str(tmp_path / "reports"), "--name", "x",
+               "--no-figures", "--explain", "--masks", str(masks), "--summary", str(tmp_path / "summary.md")]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "reports" / "x"
+    gallery = (out / "gallery.md").read_text()
+    assert gallery.count("_correct.png") + gallery.count("_wrong.png") >= 18  # every class has a correct or a wrong image
+    pointing = json.loads((out / "pointing_game.json").read_text())
+    assert set(pointing["groups"]) == {"head", "neck", "tail", "sperm"}
+    assert sum(g["images"] for g in pointing["groups"].values()) == 18 * 6  # every test image once
+    assert all(0 < g["chance"] < 1 and 0 <= g["hit_rate"] <= 1 for g in pointing["groups"].values())
+    assert -1 <= pointing["model_dependence_spearman"] <= 1
+    assert "Pointing game" in (tmp_path / "summary.md").read_text()
+
+
+def test_masks_of_other_images_are_refused_naming_the_image(tiny_sperm, demo_output, tmp_path):
+    from spermfuse import synthetic
+
+    masks = synthetic.generate(tmp_path / "masks", "sperm18", seed=7, per_class=6, masks=True)
+    command = [sys.executable, "evaluate.py", "--runs", str(demo_output / "runs"), "--reports", str(tmp_path / "reports"), "--name", "x",
+               "--no-figures", "--explain", "--masks", str(masks), "--explain-limit", "1"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "differs from the tested" in result.stderr and "gallery" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "reports" / "x" / "pointing_game.json").exists()
