@@ -12,6 +12,7 @@
     python benchmark.py --suite ema                      # a training step with and without the weight EMA update
     python benchmark.py --suite export                   # the fused pair: eager vs torch.export program vs ONNX Runtime
     python benchmark.py --suite padding --models efficientnetv2_s   # TensorFlow "same" padding vs symmetric
+    python benchmark.py --suite explain                  # Grad-CAM of the fused pair vs its forward; occlusion images/s
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
@@ -47,7 +48,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding", "explain"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -65,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--markdown", type=Path, help="--suite export/padding: also write its table here (for the README)")
+    p.add_argument("--markdown", type=Path, help="--suite export/padding/explain: also write its table here (for the README)")
     return p.parse_args(argv)
 
 
@@ -343,6 +344,34 @@ def padding_suite(args, device) -> dict:
     return out
 
 
+def explain_suite(args, device) -> dict:
+    """Explaining one image with the fused pair (--models, random weights): Grad-CAM (one forward
+    and one backward of both members) beside the fused forward alone, timed side by side in
+    interleaved rounds; then occlusion (16 px patches, stride 8) in images per second."""
+    from spermfuse.explain import fused_grad_cam, fused_pair_members, occlusion
+
+    torch.manual_seed(0)
+    members = [create_model(name, args.num_classes).eval().to(device) for name in args.models]
+    for name, model in zip(args.models, members):  # BiT zero-initialises its head: give every head values, so gradients are real
+        torch.nn.init.normal_(model.get_submodule(get_spec(name).head).weight, std=0.05)
+    pair = FusedPair(*members, alpha=0.5).eval()
+    x = torch.randn(1, 3, args.img_size, args.img_size, device=device)
+
+    def forward() -> None:
+        with torch.no_grad():
+            pair(x)
+
+    timed = profiling.time_interleaved({"forward": forward, "grad_cam": lambda: fused_grad_cam(fused_pair_members(pair), [x, x])}, device, args.warmup, args.iters)
+    start = time.perf_counter()
+    occlusion_images = 2
+    occlusion(pair, x.repeat(occlusion_images, 1, 1, 1), torch.zeros(3), patch=16, stride=8)
+    occlusion_rate = occlusion_images / (time.perf_counter() - start)
+    ratio = timed["grad_cam"].median_ms / timed["forward"].median_ms
+    rows = [[" + ".join(args.models), args.img_size, f"{timed['forward'].median_ms / 1000:.4f}", f"{timed['grad_cam'].median_ms / 1000:.4f}", f"{ratio:.2f}x", f"{occlusion_rate:.3f}"]]
+    print_table(args, device, markdown_table(["pair", "px", "fused forward s/image", "Grad-CAM s/image (both members + fused)", "Grad-CAM / forward", "occlusion images/s"], rows))
+    return {"forward_ms": timed["forward"].median_ms, "grad_cam_ms": timed["grad_cam"].median_ms, "ratio": ratio, "occlusion_images_per_s": occlusion_rate}
+
+
 def splits_suite(args, device) -> dict:
     """make_folds and one fold's split at the paper's size (18,456 images, 18 classes), by class
     alone and with 300 patient groups; medians of 5 runs after one warm-up (scikit-learn's import)."""
@@ -437,7 +466,7 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite}
+        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite}
         suite = suites[args.suite]
         results = suite(args, device)
     except (SpermfuseError, OSError) as error:

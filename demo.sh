@@ -54,6 +54,10 @@ for i in 0 1; do
 done
 "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
 summary=()
-if [ "$preset" = demo ] && [ ${#data[@]} -eq 0 ]; then summary=(--summary docs/demo_results.md); fi  # the README's figures
+if [ "$preset" = demo ] && [ ${#data[@]} -eq 0 ]; then  # the README's figures, with the pointing game against the part masks
+  masks=data/sperm18-masks  # the default set again (same seed and scale, the same images), with its part masks
+  [ -f "$masks/metadata.csv" ] || "$PYTHON" -m spermfuse.synthetic --out "$masks" --masks
+  summary=(--summary docs/demo_results.md --explain --masks "$masks")
+fi
 "$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset" "${summary[@]}"
 echo "report: $reports/$preset/report.md"

@@ -130,3 +130,12 @@ def test_padding_suite_times_both_paddings_of_the_efficientnets_only(tmp_path):
     assert list(results) == ["efficientnet_tiny"]  # the ResNetV2 has no same padding
     assert {"symmetric", "same", "latency_pct", "train_step_pct"} <= set(results["efficientnet_tiny"])
     assert "| efficientnet_tiny | same vs symmetric |" in result.stdout
+
+
+def test_explain_suite_times_grad_cam_beside_the_forward(tmp_path):
+    result = run_benchmark("--suite", "explain", "--models", "efficientnet_tiny", "resnetv2_tiny", "--img-size", "32", "--iters", "3",
+                           "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "e.md"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert results["grad_cam_ms"] > 0 and results["forward_ms"] > 0 and results["occlusion_images_per_s"] > 0
+    assert "| efficientnet_tiny + resnetv2_tiny | 32 |" in (tmp_path / "e.md").read_text()
