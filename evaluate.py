@@ -103,14 +103,16 @@ def write_explanations(args, out: Path, classes: list[str]) -> str | None:
     """The gallery (and, with --masks, the pointing game) under ``out``; the pointing game's Markdown."""
     device = resolve_device(args.device)
     images, _ = explain_runs.fused_test_images(args.runs)
-    chosen = explain_runs.gallery_images(images, classes)
+    chosen = {image.path: (name, kind) for name, kind, image in explain_runs.gallery_images(images, classes)}
     rows = []
-    for (name, kind, _), (image, explained) in zip(chosen, explain_runs.explain_test_images(args.runs, [c[2] for c in chosen], device)):
+    for image, explained in explain_runs.explain_test_images(args.runs, [i for i in images if i.path in chosen], device):  # fold by fold
+        name, kind = chosen[image.path]
         figure = out / "gallery" / f"{name}_{kind}.png"
         maps = {member: m.numpy() for member, m in explained.members.items()} | {"fused": explained.fused.numpy()}
         title = f"{name}, {kind}: predicted {classes[image.predicted]} {image.probability:.2f} (fold {image.fold})"
         report.explanation_figure(load_rgb(explained.path), maps, title, figure)
         rows.append([name, kind, image.path, classes[image.predicted], f"{image.probability:.4f}", f"![](gallery/{figure.name})"])
+    rows.sort()  # by class, then correct before wrong
     atomic_write_text(out / "gallery.md", "# Grad-CAM gallery of the fused model\n\n" + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows))
     log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))
     if args.masks is None:

@@ -138,6 +138,9 @@ def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_par
     out = tmp_path / "reports" / "x"
     gallery = (out / "gallery.md").read_text()
     assert gallery.count("_correct.png") + gallery.count("_wrong.png") >= 18  # every class has a correct or a wrong image
+    for line in gallery.splitlines()[4:]:
+        name, kind, _, predicted = [cell.strip() for cell in line.strip("|").split("|")][:4]
+        assert (predicted == name) == (kind == "correct"), line
     pointing = json.loads((out / "pointing_game.json").read_text())
     assert set(pointing["groups"]) == {"head", "neck", "tail", "sperm"}
     assert sum(g["images"] for g in pointing["groups"].values()) == 18 * 6  # every test image once
