@@ -13,6 +13,7 @@
     python benchmark.py --suite export                   # the fused pair: eager vs torch.export program vs ONNX Runtime
     python benchmark.py --suite padding --models efficientnetv2_s   # TensorFlow "same" padding vs symmetric
     python benchmark.py --suite explain                  # Grad-CAM of the fused pair vs its forward; occlusion images/s
+    python benchmark.py --suite cpu --models efficientnet_tiny resnetv2_tiny --img-size 64 --batch-size 32   # CPU speed-ups
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
@@ -48,7 +49,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding", "explain"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding", "explain", "cpu"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--markdown", type=Path, help="--suite export/padding/explain: also write its table here (for the README)")
+    p.add_argument("--markdown", type=Path, help="--suite export/padding/explain/cpu: also write its table here (for the README)")
     return p.parse_args(argv)
 
 
@@ -280,15 +281,19 @@ def print_table(args, device, table: str) -> None:
         atomic_write_text(args.markdown, f"<!-- written by {command}; {profiling.device_description(device)}; torch {torch.__version__} -->\n\n" + table)
 
 
-def training_step(model: torch.nn.Module, device, args) -> Callable[[], None]:
-    """One AdamW step of ``model`` on a fixed random batch of 8 (forward, backward, update)."""
+def training_step(model: torch.nn.Module, device, args, batch: int = 8, bf16: bool = False, channels_last: bool = False) -> Callable[[], None]:
+    """One AdamW step of ``model`` on a fixed random batch (forward, backward, update), optionally
+    under bf16 autocast and in channels-last memory format."""
     model.train().to(device)
+    x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(8, 3, args.img_size, args.img_size, device=device)
-    y = torch.randint(0, args.num_classes, (8,), device=device)
+    y = torch.randint(0, args.num_classes, (batch,), device=device)
 
     def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -370,6 +375,41 @@ def explain_suite(args, device) -> dict:
     rows = [[" + ".join(args.models), args.img_size, f"{timed['forward'].median_ms / 1000:.4f}", f"{timed['grad_cam'].median_ms / 1000:.4f}", f"{ratio:.2f}x", f"{occlusion_rate:.3f}"]]
     print_table(args, device, markdown_table(["pair", "px", "fused forward s/image", "Grad-CAM s/image (both members + fused)", "Grad-CAM / forward", "occlusion images/s"], rows))
     return {"forward_ms": timed["forward"].median_ms, "grad_cam_ms": timed["grad_cam"].median_ms, "ratio": ratio, "occlusion_images_per_s": occlusion_rate}
+
+
+def cpu_suite(args, device) -> dict:
+    """What makes CPU training fast here: the training step (--batch-size, --img-size) in fp32,
+    channels-last, bf16 autocast and both, timed side by side in interleaved rounds; then the
+    training loader alone (the demo's augmentation, the default set) with 0, 1 and 2 workers."""
+    from spermfuse import data
+    from spermfuse.trainer import ensure_default_data
+    from spermfuse.distributed import DistributedContext
+    from spermfuse.transforms import build
+
+    out, rows = {}, []
+    variants = {"fp32": (False, False), "channels-last": (False, True), "bf16 autocast": (True, False), "bf16 + channels-last": (True, True)}
+    for name in args.models:
+        steps = {}
+        for variant, (bf16, channels_last) in variants.items():
+            torch.manual_seed(0)
+            steps[variant] = training_step(create_model(name, args.num_classes), device, args, args.batch_size, bf16, channels_last)
+        timed = profiling.time_interleaved(steps, device, args.warmup, args.iters)
+        for variant, latency in timed.items():
+            rate = args.batch_size * 1000.0 / latency.median_ms
+            out[f"{name}, {variant}"] = rate
+            rows.append([f"training step, {name}", variant, f"{rate:.0f}", f"{timed['fp32'].median_ms / latency.median_ms:.2f}x"])
+    samples = data.discover(ensure_default_data(None, DistributedContext()), check_images=False)
+    dataset = data.ImageDataset(samples, np.arange(len(samples)), build(True, args.img_size))
+    loaders = {}
+    for workers in (0, 1, 2):
+        start, seen = time.perf_counter(), 0
+        for images, _, _ in data.make_loader(dataset, args.batch_size, train=True, num_workers=workers):
+            seen += len(images)
+        loaders[workers] = seen / (time.perf_counter() - start)
+        out[f"loader, {workers} workers"] = loaders[workers]
+        rows.append(["training loader alone (one epoch of the default set)", f"{workers} workers", f"{loaders[workers]:.0f}", f"{loaders[workers] / loaders[0]:.2f}x"])
+    print_table(args, device, markdown_table(["what", "variant", "images/s", "vs the first"], rows))
+    return out
 
 
 def splits_suite(args, device) -> dict:
@@ -466,7 +506,7 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite}
+        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite, "cpu": cpu_suite}
         suite = suites[args.suite]
         results = suite(args, device)
     except (SpermfuseError, OSError) as error:

@@ -2,7 +2,9 @@
 # Method A end to end on the embedded synthetic sperm18 data: train both backbones on
 # every fold, fuse them with the grid search, evaluate, and write the report and figures.
 #
-#   bash demo.sh                   CPU demo: the small registered backbones at 64 px (about 11 minutes on 2 cores)
+#   bash demo.sh                   CPU demo: the small backbones, pretrained once on a separate procedural set
+#                                  (spermfuse/pretrain.py, cached), fine-tuned on every fold at 64 px
+#   bash demo.sh --no-pretrain     the same from scratch (preset demo_scratch)
 #   bash demo.sh --preset paper    the paper: efficientnetv2_s + resnet50v2, 240 px, batch 8 (a GPU job)
 #   bash demo.sh --preset tiny     a smoke test in seconds (what the test suite runs)
 #
@@ -13,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python}"
-preset=demo data=() out="" reports=reports weights=("" "") pretrained=()
+preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
@@ -21,17 +23,24 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --reports) reports="$2"; shift 2 ;;
     --pretrained) pretrained=(--pretrained); shift ;;
+    --no-pretrain) pretrain=0; shift ;;
     --weights1) weights[0]="$2"; shift 2 ;;
     --weights2) weights[1]="$2"; shift 2 ;;
-    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --pretrained, --weights1, --weights2)" >&2; exit 2 ;;
+    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2)" >&2; exit 2 ;;
   esac
 done
 out="${out:-runs/$preset}"
 case "$preset" in
   demo)
     archs=(efficientnet_tiny resnetv2_tiny)
-    train=(--preset demo)  # its settings: PRESETS in spermfuse/config.py
-    echo "demo preset: small backbones (${archs[*]}) from scratch at CPU scale (PRESETS['demo'] in spermfuse/config.py);"
+    if [ "$pretrain" = 1 ]; then
+      train=(--preset demo)  # its settings: PRESETS in spermfuse/config.py
+      echo "demo preset: small backbones (${archs[*]}) pretrained once on a separate procedural set (spermfuse/pretrain.py),"
+      echo "then fine-tuned on every fold at CPU scale, as the paper fine-tunes ImageNet checkpoints (from scratch: --no-pretrain);"
+    else
+      train=(--preset demo_scratch)
+      echo "demo preset: small backbones (${archs[*]}) from scratch at CPU scale (PRESETS['demo_scratch'] in spermfuse/config.py);"
+    fi
     echo "the paper's settings are: bash demo.sh --preset paper" ;;
   paper)
     archs=(efficientnetv2_s resnet50v2)
@@ -47,17 +56,30 @@ if [ -e "$out" ]; then
   if [ -f "$out/.spermfuse-demo" ]; then rm -rf "$out"; else echo "demo.sh: $out exists and is not a demo output; choose another --out" >&2; exit 2; fi
 fi
 mkdir -p "$out" && touch "$out/.spermfuse-demo"
+timed() {  # run a stage and say how long it took
+  local name="$1" start=$SECONDS
+  shift
+  "$@"
+  echo "[demo] $name: $((SECONDS - start)) s"
+}
 for i in 0 1; do
   init=("${pretrained[@]}")
-  if [ -n "${weights[$i]}" ]; then init=(--weights "${weights[$i]}"); fi
-  "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${train[@]}" "${init[@]}"
+  if [ -n "${weights[$i]}" ]; then
+    init=(--weights "${weights[$i]}")
+  elif [ "$preset" = demo ] && [ "$pretrain" = 1 ]; then
+    start=$SECONDS
+    checkpoint=$("$PYTHON" -m spermfuse.pretrain --arch "${archs[$i]}")  # cached after the first run
+    echo "[demo] pretraining ${archs[$i]} (or finding it cached): $((SECONDS - start)) s"
+    init=(--weights "$checkpoint")
+  fi
+  timed "training ${archs[$i]}, every fold" "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${train[@]}" "${init[@]}"
 done
-"$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
+timed "fusion" "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
 summary=()
 if [ "$preset" = demo ] && [ ${#data[@]} -eq 0 ]; then  # the README's figures, with the pointing game against the part masks
   masks=data/sperm18-masks  # the default set again (same seed and scale, the same images), with its part masks
   [ -f "$masks/metadata.csv" ] || "$PYTHON" -m spermfuse.synthetic --out "$masks" --masks
   summary=(--summary docs/demo_results.md --explain --masks "$masks")
 fi
-"$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset" "${summary[@]}"
+timed "evaluation" "$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset" "${summary[@]}"
 echo "report: $reports/$preset/report.md"

@@ -260,7 +260,9 @@ def explain_files(
     fused logits averaged (so each member weighs w / K). The maps explain the plain forward
     pass (without test-time augmentation) and come back in each file's geometry."""
     from .data import load_rgb
+    from .inference import check_same_classes
 
+    check_same_classes(folds)
     members = [Member(name, c.model, w / len(folds)) for fold, fold_weights in zip(folds, weights) for name, c, w in zip(names, fold, fold_weights)]
     pipelines = [c.pipeline for fold in folds for c in fold]
     for start in range(0, len(paths), batch_size):

@@ -72,6 +72,16 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def check_same_classes(members: Sequence[Sequence[Classifier]]) -> list[str]:
+    """The classes every member shares; a member trained on other classes is an error naming it."""
+    classes = members[0][0].classes
+    for fold in members:
+        for classifier in fold:
+            if classifier.classes != classes:
+                raise DataError(f"{classifier.source}: classes differ from {members[0][0].source}; fuse only models of one data set")
+    return classes
+
+
 @torch.no_grad()
 def fused_probabilities(
     images: Sequence[Path],
@@ -86,11 +96,7 @@ def fused_probabilities(
     fold's own weights); the folds' fused logits are averaged, a plain ensemble of the
     cross-validation models.
     """
-    classes = members[0][0].classes
-    for fold in members:
-        for classifier in fold:
-            if classifier.classes != classes:
-                raise DataError(f"{classifier.source}: classes differ from {members[0][0].source}")
+    classes = check_same_classes(members)
     total = np.zeros((len(images), len(classes)), dtype=np.float64)
     for start in range(0, len(images), batch_size):
         batch = [load_rgb(p) for p in images[start : start + batch_size]]

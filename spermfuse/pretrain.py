@@ -19,19 +19,22 @@ pretraining resumes from its ``last.pt`` (or starts again if that is unreadable)
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import synthetic
 from .checkpoint import CheckpointError, atomic_write_json
-from .config import preset_config
+from .config import PRESETS, preset_config
 from .download import cache_root, file_sha256
 
 log = logging.getLogger(__name__)
+BASE_PRESET = "demo_scratch"  # the pretraining's settings, with the recipe's on top
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,12 @@ class PretrainRecipe:
     seed: int = 1042
     per_class: int = 250
     img_size: int = 64
-    epochs: int = 8
+    epochs: int = 16
     lr: float = 2e-3
     batch_size: int = 32
 
     def fingerprint(self) -> str:
-        text = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION}, sort_keys=True)
+        text = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION, "preset": PRESETS[BASE_PRESET]}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -56,7 +59,8 @@ def pretrain_root(recipe: PretrainRecipe) -> Path:
 
 def pretraining_data(recipe: PretrainRecipe) -> Path:
     """The pretraining set, generated once (atomically: an interrupted generation leaves nothing)."""
-    folder = pretrain_root(recipe) / "data"
+    # Named by what is in it, so recipes that differ only in training share it.
+    folder = cache_root() / f"sperm18-v{synthetic.GENERATOR_VERSION}-seed{recipe.seed}-{recipe.per_class}-per-class"
     if not (folder / "metadata.csv").exists():
         if folder.exists():
             shutil.rmtree(folder)
@@ -96,7 +100,7 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
         shutil.rmtree(folder)
     data = pretraining_data(recipe)
     config = preset_config(
-        "demo", arch=arch, data=str(data), out=str(folder), split="holdout", val_fraction=0.1, test_fraction=0.05,
+        BASE_PRESET, arch=arch, early_stopping=recipe.epochs, data=str(data), out=str(pretrain_root(recipe)), split="holdout", val_fraction=0.1, test_fraction=0.05,
         img_size=recipe.img_size, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, workers=workers, resume=True,
     )  # fmt: skip
     log.info("pretraining %s on %s (%d epochs, once; later runs reuse it)", arch, data, recipe.epochs)
@@ -110,3 +114,26 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     best = run / "best.pt"
     atomic_write_json(folder / "pretrain.json", {"arch": arch, "classes": synthetic.SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)})
     return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spermfuse.pretrain --arch NAME``: pretrain (or find) the checkpoint, print its path."""
+    parser = argparse.ArgumentParser(prog="python -m spermfuse.pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", required=True, help="a registered model, e.g. efficientnet_tiny")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    from .errors import SpermfuseError, user_message
+
+    try:
+        print(pretrained_checkpoint(args.arch, workers=args.workers))
+    except (SpermfuseError, OSError) as error:
+        if user_message(error) is None:
+            raise
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -159,3 +159,16 @@ def test_the_pointing_game_counts_peaks_inside_the_defect_part_and_its_chance():
     assert result["head"] == {"images": 2, "hits": 1, "hit_rate": 0.5, "chance": pytest.approx(0.10)}
     assert result["neck"]["hit_rate"] == 1.0 and result["neck"]["chance"] == pytest.approx(0.05)
     assert result["sperm"]["hits"] == 1 and result["sperm"]["chance"] == pytest.approx(0.29)
+
+
+def test_explaining_members_trained_on_other_classes_is_refused_naming_the_checkpoint(tmp_path):
+    from spermfuse.data import DataError
+    from spermfuse.explain import explain_files
+    from spermfuse.inference import Classifier
+
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "cell.png")
+    pipeline = build(False, 32)
+    members = [[Classifier(create_model("efficientnet_tiny", 3), pipeline, ["a", "b", "c"], tmp_path / "e.pt"),
+                Classifier(create_model("resnetv2_tiny", 3), pipeline, ["a", "b", "x"], tmp_path / "r.pt")]]  # fmt: skip
+    with pytest.raises(DataError, match="r.pt: classes differ from .*e.pt"):
+        list(explain_files([tmp_path / "cell.png"], members, [[0.5, 0.5]], ["e", "r"]))
