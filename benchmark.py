@@ -443,7 +443,6 @@ def fusion_suite(args, device) -> dict:
     18,456 test samples in 5 folds, 18 classes, two models, and a validation set per fold.
     Each command runs with and without what calibration and referral add, side by side."""
     import shutil
-    import subprocess
     import tempfile
 
     rng = np.random.default_rng(0)

@@ -18,7 +18,6 @@ Everything here leaves a model as it found it: its modes, ``requires_grad`` flag
 """
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,6 @@ from .transforms import letterbox_box
 
 if TYPE_CHECKING:
     from .inference import Classifier
-
-log = logging.getLogger(__name__)
 
 
 def default_layer(model: nn.Module) -> nn.Module:

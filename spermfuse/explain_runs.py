@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,8 +24,6 @@ from .explain import ImageExplanation, default_layer, explain_files, pointing_ga
 from .inference import load_fold_members
 from .synthetic import DEFECT_PART
 from .trainer import data_root_of_run
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -383,5 +383,5 @@ def explanation_figure(image, maps: dict[str, np.ndarray], title: str, path: Pat
         axis.set_title(name, fontsize=9)
     for axis in axes:
         axis.set_axis_off()
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(title, fontsize=10, y=1.04)  # above the panel titles, however tall the image
     _save(figure, path)
