@@ -16,7 +16,7 @@ import sys
 import time
 
 from spermfuse import distributed, trainer
-from spermfuse.config import PRESETS, preset_config
+from spermfuse.config import PRESETS, preset_config, validate_config
 from spermfuse.engine import TTA_MODES
 from spermfuse.errors import ConfigError, SpermfuseError, user_message
 from spermfuse.download import fetch
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
             print(catalogue_table())
             return 0
         first = build_config(args, 1)
+        validate_config(first)  # before any download
         folds = parse_folds(args.fold, first)
         if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
             fetch(find_entry(first.arch, first.pretrained), DownloadLine())

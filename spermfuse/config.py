@@ -142,6 +142,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
         (0.0 <= config.drop_path < 1.0, "--drop-path must be in [0, 1)"),
         (config.padding in (None, "symmetric", "same"), "--padding must be symmetric or same"),
+        (not (config.pretrained and config.weights), "give either --pretrained or --weights PATH, not both"),
         (config.val_loss in ("weighted", "unweighted"), "--val-loss must be weighted or unweighted"),
         (config.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
         (config.ema is None or 0.0 < config.ema < 1.0, f"--ema {config.ema}: the decay must be in (0, 1), e.g. 0.999"),

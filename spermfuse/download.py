@@ -60,7 +60,7 @@ def _expected_digest(path: Path, entry: WeightsEntry) -> tuple[str | None, str]:
         return entry.sha256.lower(), "the catalogue's"
     record = _record_path(path)
     if record.exists():
-        return record.read_text().split()[0], f"the one recorded at its first download ({record})"
+        return record.read_text().split()[0], f"the one recorded at its first download ({record}; delete it too to accept a new file)"
     return None, ""
 
 

@@ -248,3 +248,8 @@ def test_safetensors_weights_load_through_the_timm_names(tmp_path):
     ours = create_model("resnet50v2", 18, weights=tmp_path / "model.safetensors")
     assert torch.equal(ours.stem.conv.weight, reference.stem.conv.weight)
     assert torch.equal(ours.stages[3][2].conv3.weight, reference.stages[3].blocks[2].conv3.weight)
+
+
+def test_pretrained_and_a_local_file_together_are_refused_before_any_download(capsys):
+    assert train.main(["--arch", "resnet50v2", "--pretrained", "--weights", "x.pth", "--preset", "tiny"]) == 2
+    assert capsys.readouterr().err.strip() == "error: give either --pretrained or --weights PATH, not both"
