@@ -19,11 +19,10 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from spermfuse import calibration, fusion, report
 from spermfuse.calibration import probabilities_of
-from spermfuse.checkpoint import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
+from spermfuse.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
 from spermfuse.errors import SpermfuseError, user_message
 from spermfuse.export import export_fused
 from spermfuse.data import load_rgb
@@ -106,10 +105,7 @@ def write_fused_logits(folder: Path, per_fold, chosen, arch: str, split: str = "
         fused = fusion.fuse([s.logits for s in sets], weights)
         first = sets[0]
         name = f"fold{first.fold}_logits.npz" if split == "test" else f"fold{first.fold}_{split}_logits.npz"
-        atomic_savez(
-            folder / name, logits=fused.astype(np.float32), labels=first.labels, paths=first.paths,
-            classes=np.array(first.classes, dtype=str), arch=np.array(arch), fold=np.array(first.fold, dtype=np.int64),
-        )  # fmt: skip
+        fusion.save_logits(folder / name, fused, first.labels, first.paths, first.classes, arch, first.fold)
 
 
 def validation_logits(args) -> list | None:

@@ -15,6 +15,10 @@ class ConfigError(SpermfuseError):
     """A setting that cannot work; the message names the flag and the fix."""
 
 
+class FusionError(SpermfuseError):
+    """Logits files that cannot be fused or evaluated together; the message names them."""
+
+
 def user_message(error: BaseException) -> str | None:
     """The one line to print for a user-facing error, or None for a bug (re-raise it).
 

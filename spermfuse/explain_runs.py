@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .explain import ImageExplanation, default_layer, explain_files, pointing_game, spearman
 from .inference import load_fold_members
 from .synthetic import DEFECT_PART
-from .trainer import data_root_of_run
+from .run_folder import data_root_of_run
 
 
 @dataclass

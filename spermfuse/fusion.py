@@ -27,48 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from .calibration import fit_temperature
-from .checkpoint import CheckpointError, safe_np_load
-from .errors import SpermfuseError
+from .errors import FusionError  # noqa: F401 (re-exported: callers catch fusion.FusionError)
+from .run_folder import LogitsSet, load_logits, save_logits  # noqa: F401 (re-exported: callers use fusion.load_logits)
 from .metrics import fold_metrics, weighted_f1
-
-LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
-
-
-class FusionError(SpermfuseError):
-    """Logits files that cannot be fused or evaluated together; the message names them."""
-
-
-@dataclass
-class LogitsSet:
-    """One logits file (the schema of DESIGN.md)."""
-
-    logits: np.ndarray
-    labels: np.ndarray
-    paths: np.ndarray
-    classes: list[str]
-    arch: str
-    fold: int
-    source: str = ""
-
-
-def load_logits(path: str | Path) -> LogitsSet:
-    """Read and check a logits file: every key present, shapes consistent, no NaN/inf."""
-    try:
-        arrays = safe_np_load(path)
-    except CheckpointError as error:
-        raise FusionError(str(error)) from None
-    missing = [k for k in LOGITS_KEYS if k not in arrays]
-    if missing:
-        raise FusionError(f"{path}: not a logits file, missing {', '.join(missing)}")
-    logits = arrays["logits"].astype(np.float32)
-    labels = arrays["labels"].astype(np.int64)
-    classes = [str(c) for c in arrays["classes"]]
-    if logits.ndim != 2 or logits.shape != (len(labels), len(classes)) or len(arrays["paths"]) != len(labels):
-        raise FusionError(f"{path}: logits {logits.shape}, {len(labels)} labels, {len(classes)} classes do not agree")
-    if not np.isfinite(logits).all():
-        raise FusionError(f"{path}: contains NaN or infinite logits; re-run the model that wrote it")
-    return LogitsSet(logits, labels, arrays["paths"].astype(str), classes, str(arrays["arch"]), int(arrays["fold"]), str(path))
-
 
 def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
     """Reorder every set to the first one's sample order, joining on ``paths``.

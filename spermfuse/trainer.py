@@ -13,7 +13,6 @@ Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split):
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -29,7 +28,7 @@ from torch import nn
 
 from . import data as data_lib
 from . import distributed, engine, splits, synthetic
-from .checkpoint import atomic_savez, atomic_torch_save, atomic_write_csv, atomic_write_json, safe_torch_load
+from .checkpoint import atomic_torch_save, safe_torch_load
 from .config import TrainConfig, method_b_config, validate_config  # noqa: F401 (method_b_config re-exported)
 from .ema import WeightEMA
 from .errors import ConfigError
@@ -37,8 +36,9 @@ from .download import cache_root
 from .models import LoadReport, create_model, get_spec, load_initial_weights, resolve_padding
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .profiling import git_commit, peak_memory_mb
+from .run_folder import checkpoint_metadata, save_logits, write_config, write_history
 from .segmentation import HybridOtsu
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Pipeline, build
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,6 @@ def ensure_default_data(scale: float | None, context: distributed.DistributedCon
     return folder
 
 
-def data_root_of_run(run_dir: Path) -> Path:
-    """The data folder a run trained on, from its ``config.json`` (the embedded default set when none)."""
-    try:
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{Path(run_dir) / 'config.json'}: cannot read the run's settings ({error})") from None
-    return Path(config["data"]) if config.get("data") else default_data_dir(config.get("synthetic_scale"))
-
-
 def environment_info(device: torch.device) -> dict:
     import torchvision
 
@@ -127,46 +118,6 @@ def environment_info(device: torch.device) -> dict:
     return {
         "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "git_commit": git_commit(), "device": str(device), "device_name": name,
-    }  # fmt: skip
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-HISTORY_COLUMNS = [
-    "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second",
-    "peak_memory_mb", "skipped_steps",
-]  # fmt: skip
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    atomic_write_csv(path, HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history))
-
-
-def write_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, samples, arch: str, fold: int) -> None:
-    """The logits file of DESIGN.md: logits, labels, paths, classes, arch, fold."""
-    atomic_savez(
-        path,
-        logits=logits.numpy().astype(np.float32),
-        labels=labels.numpy().astype(np.int64),
-        paths=np.array([samples.paths[i] for i in indices.tolist()], dtype=str),
-        classes=np.array(samples.classes, dtype=str),
-        arch=np.array(arch),
-        fold=np.array(fold, dtype=np.int64),
-    )
-
-
-def checkpoint_metadata(config: TrainConfig, classes: list[str], eval_pipeline: Pipeline) -> dict:
-    """What best.pt needs so that prediction rebuilds the exact test-time preprocessing.
-
-    ``eval_pipeline`` is the description of that preprocessing, in order (resize, Otsu for
-    method B, pad and fill, normalisation); prediction checks that it rebuilds the same.
-    """
-    return {
-        "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(eval_pipeline.normalize.mean),
-        "std": list(eval_pipeline.normalize.std), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
-        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "padding": config.padding,
-        "eval_pipeline": repr(eval_pipeline), "tta": config.tta,
     }  # fmt: skip
 
 
@@ -416,7 +367,7 @@ class FoldTrainer:
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             normalization = {"mean": list(self.mean), "std": list(self.std)}
-            atomic_write_json(self.run_dir / "config.json", {**asdict(c), "normalization": normalization, "environment": environment_info(self.device), "classes": self.samples.classes})
+            write_config(self.run_dir, c, self.samples.root, normalization, environment_info(self.device), self.samples.classes)
         stages = stages_of(c)
         self._warn_if_frozen_without_weights()
         stage_index, global_epoch, finished = 0, 0, False
@@ -519,7 +470,8 @@ class FoldTrainer:
         for name, loader in (("val", self.val_loader), ("test", self.test_loader)):
             logits, labels, indices = self._evaluate(loader, self.config.tta)  # per-epoch validation runs without TTA
             if self.context.is_main:
-                write_logits(self.run_dir / f"{name}_logits.npz", logits, labels, indices, self.samples, self.config.arch, fold)
+                paths = [self.samples.paths[i] for i in indices.tolist()]
+                save_logits(self.run_dir / f"{name}_logits.npz", logits.numpy(), labels.numpy(), paths, self.samples.classes, self.config.arch, fold)
         if self.context.is_main:  # logits and labels of the test split, from the loop above
             accuracy = (logits.argmax(1) == labels).float().mean().item()
             log.info("%s: test accuracy %.4f on %d images (best weights)", self.run_dir, accuracy, len(labels))
