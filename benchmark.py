@@ -277,7 +277,10 @@ def print_table(args, device, table: str) -> None:
     """Print a suite's table; with --markdown also write it, with the command and machine, for the README."""
     print(table)
     if args.markdown:
-        command = f"benchmark.py --suite {args.suite} --models {' '.join(args.models)} --warmup {args.warmup} --iters {args.iters}"
+        command = (
+            f"benchmark.py --suite {args.suite} --models {' '.join(args.models)} --img-size {args.img_size} --batch-size {args.batch_size} "
+            f"--warmup {args.warmup} --iters {args.iters}"
+        )
         atomic_write_text(args.markdown, f"<!-- written by {command}; {profiling.device_description(device)}; torch {torch.__version__} -->\n\n" + table)
 
 

@@ -89,6 +89,12 @@ class TrainConfig:
         return Path(self.out) / self.arch / (f"fold{self.fold}" if self.split == "kfold" else "holdout")
 
 
+# Settings that change how a run is carried out, not what it trains: free to differ on --resume.
+# ``tta`` only changes the logits written from best.pt at the end, so resuming a finished run
+# with another --tta rewrites its logits files (and config.json) with it.
+OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out", "tta"})
+
+
 # What each preset changes from TrainConfig's defaults; the only place these values live.
 PRESETS: dict[str, dict] = {
     # Method A as published: the defaults themselves.
@@ -102,10 +108,11 @@ PRESETS: dict[str, dict] = {
     ),  # fmt: skip
     # The CPU demo (demo.sh): the small backbones fine-tuned at 64 px from their pretrained
     # checkpoints (spermfuse/pretrain.py), in minutes; demo_scratch trains them from scratch.
-    # Channels-last: +11-17 % training-step speed on this CPU; bf16 autocast was slower or
-    # mixed (docs/cpu_speedups.md), so it stays off.
-    "demo": dict(img_size=64, epochs=10, lr=1e-3, batch_size=32, early_stopping=10, workers=1, channels_last=True),
-    "demo_scratch": dict(img_size=64, epochs=18, lr=2e-3, batch_size=32, early_stopping=18, workers=1, channels_last=True),
+    # Channels-last: +9-17 % training-step speed on this 2-core CPU; bf16 autocast was slower
+    # or mixed (docs/cpu_speedups.md), so it stays off. No loader worker: on two cores a
+    # worker process competes with the training step (a fold took 21 s without, 25 s with one).
+    "demo": dict(img_size=64, epochs=10, lr=1e-3, batch_size=32, early_stopping=10, workers=0, channels_last=True),
+    "demo_scratch": dict(img_size=64, epochs=18, lr=2e-3, batch_size=32, early_stopping=18, workers=0, channels_last=True),
     # A smoke test in seconds (the test suite's demo run).
     "tiny": dict(img_size=32, epochs=1, lr=3e-3, num_folds=2, val_fraction=0.2, workers=0),
 }

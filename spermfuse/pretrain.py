@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import synthetic
 from .checkpoint import CheckpointError, atomic_write_json
-from .config import PRESETS, preset_config
+from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
 from .download import cache_root, file_sha256
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class PretrainRecipe:
     batch_size: int = 32
 
     def fingerprint(self) -> str:
-        text = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION, "preset": PRESETS[BASE_PRESET]}, sort_keys=True)
+        preset = {k: v for k, v in PRESETS[BASE_PRESET].items() if k not in OPERATIONAL_SETTINGS}  # what changes the weights
+        text = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION, "preset": preset}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -85,7 +86,7 @@ def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | No
     return None
 
 
-def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), workers: int = 1) -> Path:
+def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), workers: int = 0) -> Path:
     """``best.pt`` of ``arch`` pretrained by ``recipe``: from the cache when its record checks out,
     else trained now (resuming an interrupted pretraining) and recorded."""
     from .trainer import FoldTrainer
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m spermfuse.pretrain --arch NAME``: pretrain (or find) the checkpoint, print its path."""
     parser = argparse.ArgumentParser(prog="python -m spermfuse.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", required=True, help="a registered model, e.g. efficientnet_tiny")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: fastest on 2 cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     from .errors import SpermfuseError, user_message

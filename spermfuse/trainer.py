@@ -29,7 +29,7 @@ from torch import nn
 from . import data as data_lib
 from . import distributed, engine, splits, synthetic
 from .checkpoint import atomic_torch_save, safe_torch_load
-from .config import TrainConfig, method_b_config, validate_config  # noqa: F401 (method_b_config re-exported)
+from .config import OPERATIONAL_SETTINGS, TrainConfig, method_b_config, validate_config  # noqa: F401 (method_b_config re-exported)
 from .ema import WeightEMA
 from .errors import ConfigError
 from .download import cache_root
@@ -131,12 +131,6 @@ def input_normalization(config: TrainConfig, report: LoadReport | None) -> tuple
     if report is not None:
         return tuple(report.mean), tuple(report.std), f"the starting weights ({report.format})"
     return IMAGENET_MEAN, IMAGENET_STD, "ImageNet (random initialisation)"
-
-
-# Settings that change how a run is carried out, not what it trains: free to differ on --resume.
-# ``tta`` only changes the logits written from best.pt at the end, so resuming a finished run
-# with another --tta rewrites its logits files (and config.json) with it.
-OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out", "tta"})
 
 
 def training_settings(config: TrainConfig) -> dict:
