@@ -250,8 +250,9 @@ def render_sperm(label: str, rng: np.random.Generator, mask: bool = False) -> tu
 
     canvas = Image.fromarray(np.clip(stained_background(W, H, rng), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    parts = Image.new("L", (W, H), PART_VALUES["background"])
-    draw_parts = ImageDraw.Draw(parts)
+    # The part mask is drawn only when asked: it costs up to a fifth of the image's time.
+    parts = Image.new("L", (W, H), PART_VALUES["background"]) if mask else None
+    draw_parts = ImageDraw.Draw(parts) if mask else None
     if rng.random() < 0.3:
         draw_debris(draw, W, H, rng, int(rng.integers(1, 4)))
 
@@ -273,7 +274,8 @@ def render_sperm(label: str, rng: np.random.Generator, mask: bool = False) -> tu
     def draw_head(offset_y: float) -> None:
         outline = head_outline(p, rng) + [0.0, offset_y]
         draw.polygon(to_canvas(outline * S), fill=head_colour)
-        draw_parts.polygon(to_canvas(outline * S), fill=PART_VALUES["head"])  # the cap and vacuoles lie inside
+        if mask:
+            draw_parts.polygon(to_canvas(outline * S), fill=PART_VALUES["head"])  # the cap and vacuoles lie inside
         if p.acrosome_fraction > 0:
             cut = -0.5 + p.acrosome_fraction
             cap = outline.copy()
@@ -309,10 +311,12 @@ def render_sperm(label: str, rng: np.random.Generator, mask: bool = False) -> tu
     for tail_heading in tails:
         path = tail_path(end * S, tail_heading, p.tail_length * S, p, rng)
         draw.line(to_canvas(path), fill=tail_colour, width=tail_width, joint="curve")
-        draw_parts.line(to_canvas(path), fill=PART_VALUES["tail"], width=tail_width, joint="curve")
+        if mask:
+            draw_parts.line(to_canvas(path), fill=PART_VALUES["tail"], width=tail_width, joint="curve")
     neck = to_canvas(np.stack([start, middle, end]) * S)
     draw.line(neck, fill=neck_colour, width=neck_width, joint="curve")
-    draw_parts.line(neck, fill=PART_VALUES["neck"], width=neck_width, joint="curve")
+    if mask:
+        draw_parts.line(neck, fill=PART_VALUES["neck"], width=neck_width, joint="curve")
 
     blur, noise = rng.uniform(0.3, 1.0), rng.uniform(2.0, 6.0)
     image = finish(canvas, (width, height), rng, blur, noise)
