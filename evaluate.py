@@ -99,8 +99,8 @@ def check_comparable(models: dict[str, list[fusion.LogitsSet]]) -> None:
             raise fusion.FusionError(f"{name} ({sets[0].source}): classes differ from {first_name}; evaluate them separately")
 
 
-def write_explanations(args, out: Path, classes: list[str]) -> str | None:
-    """The gallery (and, with --masks, the pointing game) under ``out``; the pointing game's Markdown."""
+def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Path] | None) -> str | None:
+    """The gallery (and, with ``masks``, the pointing game) under ``out``; the pointing game's Markdown."""
     device = resolve_device(args.device)
     images, _ = explain_runs.fused_test_images(args.runs)
     chosen = {image.path: (name, kind) for name, kind, image in explain_runs.gallery_images(images, classes)}
@@ -108,16 +108,15 @@ def write_explanations(args, out: Path, classes: list[str]) -> str | None:
     for image, explained in explain_runs.explain_test_images(args.runs, [i for i in images if i.path in chosen], device):  # fold by fold
         name, kind = chosen[image.path]
         figure = out / "gallery" / f"{name}_{kind}.png"
-        maps = {member: m.numpy() for member, m in explained.members.items()} | {"fused": explained.fused.numpy()}
         title = f"{name}, {kind}: predicted {classes[image.predicted]} {image.probability:.2f} (fold {image.fold})"
-        report.explanation_figure(load_rgb(explained.path), maps, title, figure)
+        report.explanation_figure(load_rgb(explained.path), explained.figure_maps(), title, figure)
         rows.append([name, kind, image.path, classes[image.predicted], f"{image.probability:.4f}", f"![](gallery/{figure.name})"])
     rows.sort()  # by class, then correct before wrong
     atomic_write_text(out / "gallery.md", "# Grad-CAM gallery of the fused model\n\n" + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows))
     log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))
-    if args.masks is None:
+    if masks is None:
         return None
-    result = explain_runs.pointing_game_of_runs(args.runs, args.masks, device, args.explain_limit)
+    result = explain_runs.pointing_game_of_runs(args.runs, masks, device, args.explain_limit)
     dependence = explain_runs.model_dependence(args.runs, device)
     atomic_write_json(out / "pointing_game.json", {"groups": result, "model_dependence_spearman": dependence})
     text = report.pointing_game_markdown(result, dependence)
@@ -158,13 +157,14 @@ def main(argv=None) -> int:
         for folder in folders.values():
             if (folder / "grid.md").is_file():
                 grid_md = (folder / "grid.md").read_text()
+        masks = None
         if args.masks is not None:
             if not args.explain:
                 raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
-            explain_runs.check_masks(args.runs, args.masks)  # before anything is written
+            masks = explain_runs.check_masks(args.runs, args.masks)  # before anything is written
         atomic_write_json(out / "report.json", result)
         atomic_write_text(out / "report.md", report.report_markdown(result, main_name, grid_md, notes))
-        pointing = write_explanations(args, out, result["classes"]) if args.explain else None
+        pointing = write_explanations(args, out, result["classes"], masks) if args.explain else None
         if args.summary:
             summary = report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), describe_environment())
             atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))

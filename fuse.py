@@ -19,7 +19,6 @@ import logging
 import sys
 from pathlib import Path
 
-
 from spermfuse import calibration, fusion, report
 from spermfuse.calibration import probabilities_of
 from spermfuse.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -198,8 +197,7 @@ def write_explanations(args, device, images, members, names, weights, classes) -
         relative = explained.path.relative_to(args.predict)
         figure = args.explain / relative.with_suffix(".png")
         label = f"{classes[explained.predicted]} {explained.probability:.2f}"
-        maps = {name: m.numpy() for name, m in explained.members.items()} | {"fused": explained.fused.numpy()}
-        explanation_figure(load_rgb(explained.path), maps, f"{relative.as_posix()}: {label}", figure)
+        explanation_figure(load_rgb(explained.path), explained.figure_maps(), f"{relative.as_posix()}: {label}", figure)
         row, column = peak(explained.fused[None])[0].tolist()
         rows.append([relative.as_posix(), classes[explained.predicted], f"{explained.probability:.6f}", figure.relative_to(args.explain).as_posix(), row, column])
         if number % 50 == 0 or number == len(images):

@@ -83,7 +83,6 @@ class Explanation:
     members: dict[str, torch.Tensor]
     target: torch.Tensor  # [N] the class explained
     probability: torch.Tensor  # [N] its softmax probability under the fused logits
-    logits: torch.Tensor  # [N, C] the fused logits
 
 
 @contextmanager
@@ -151,9 +150,8 @@ def fused_grad_cam(members: Sequence[Member], inputs: Sequence[torch.Tensor], ta
         summed[member.name] = summed.get(member.name, 0) + upsampled
     fused = scale_to_unit(torch.relu(sum(summed.values())))
     maps = {name: scale_to_unit(torch.relu(total)) for name, total in summed.items()}
-    logits = logits.detach()
-    probability = logits.softmax(1).gather(1, target[:, None].to(logits.device))[:, 0]
-    return Explanation(fused.cpu(), {n: m.cpu() for n, m in maps.items()}, target.cpu(), probability.cpu(), logits.cpu())
+    probability = logits.detach().softmax(1).gather(1, target[:, None].to(logits.device))[:, 0]
+    return Explanation(fused.cpu(), {n: m.cpu() for n, m in maps.items()}, target.cpu(), probability.cpu())
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, target: int | torch.Tensor | None = None, layer: nn.Module | str | None = None) -> torch.Tensor:
@@ -196,13 +194,13 @@ def occlusion(
     cover = torch.zeros(height, width)
     for top, left in places:
         cover[top : top + patch, left : left + patch] += 1
-    fill = fill.to(images)[None, :, None, None]
+    fill = fill.to(images)[:, None, None]
     for n in range(count):
         for start in range(0, len(places), batch_size):
             chunk = places[start : start + batch_size]
             occluded = images[n : n + 1].repeat(len(chunk), 1, 1, 1)
             for k, (top, left) in enumerate(chunk):
-                occluded[k, :, top : top + patch, left : left + patch] = fill[0]
+                occluded[k, :, top : top + patch, left : left + patch] = fill
             probability = predict(occluded).float().softmax(1)[:, target[n]]
             for k, (top, left) in enumerate(chunk):
                 maps[n, top : top + patch, left : left + patch] += float(base_probability[n] - probability[k])
@@ -242,6 +240,10 @@ class ImageExplanation:
     probability: float
     fused: torch.Tensor
     members: dict[str, torch.Tensor]
+
+    def figure_maps(self) -> dict[str, np.ndarray]:
+        """Each member's map, then the fused one: the panels of an explanation figure."""
+        return {name: m.numpy() for name, m in self.members.items()} | {"fused": self.fused.numpy()}
 
 
 def explain_files(

@@ -103,10 +103,10 @@ def check_masks(runs: Path, masks_root: Path) -> dict[str, Path]:
     return masks
 
 
-def pointing_game_of_runs(runs: Path, masks_root: Path, device: torch.device | str = "cpu", limit: int | None = None) -> dict:
+def pointing_game_of_runs(runs: Path, masks: dict[str, Path], device: torch.device | str = "cpu", limit: int | None = None) -> dict:
     """The pointing game (``explain.pointing_game``) of the fused model on every test image
-    (``limit``: the first N per fold), grouped by the part that carries each class's defect."""
-    masks = check_masks(runs, masks_root)
+    (``limit``: the first N per fold), grouped by the part that carries each class's defect;
+    ``masks``: what :func:`check_masks` returned."""
     images, classes = fused_test_images(runs)
     if limit is not None:
         images = [i for fold in sorted({i.fold for i in images}) for i in [j for j in images if j.fold == fold][:limit]]
@@ -121,10 +121,11 @@ def pointing_game_of_runs(runs: Path, masks_root: Path, device: torch.device | s
 def reinitialise_last_stage(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose default Grad-CAM layer (its last stage) is freshly initialised."""
     model = copy.deepcopy(model)
-    torch.manual_seed(0)
-    for module in default_layer(model).modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    with torch.random.fork_rng():  # seeded for repeatable figures, the caller's generator untouched
+        torch.manual_seed(0)
+        for module in default_layer(model).modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     return model
 
 
