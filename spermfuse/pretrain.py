@@ -62,19 +62,14 @@ def pretraining_data(recipe: PretrainRecipe) -> Path:
     """The pretraining set, generated once (atomically: an interrupted generation leaves nothing)."""
     # Named by what is in it, so recipes that differ only in training share it.
     folder = cache_root() / f"sperm18-v{synthetic.GENERATOR_VERSION}-seed{recipe.seed}-{recipe.per_class}-per-class"
-    if not (folder / "metadata.csv").exists():
-        if folder.exists():
-            shutil.rmtree(folder)
-        log.info("generating the pretraining set (sperm18, seed %d, %d per class) in %s (once)", recipe.seed, recipe.per_class, folder)
-        synthetic.generate(folder, "sperm18", seed=recipe.seed, per_class=recipe.per_class)
-    return folder
+    return synthetic.generate_once(folder, "sperm18", seed=recipe.seed, per_class=recipe.per_class)
 
 
 def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | None:
-    """Why the cached checkpoint of ``arch`` cannot be used; None when it can."""
+    """Why the recorded checkpoint of ``arch`` cannot be used; None when it can."""
     record_path, best = folder / "pretrain.json", folder / "holdout" / "best.pt"
-    if not record_path.exists() or not best.exists():
-        return "not pretrained yet"
+    if not best.exists():
+        return f"{best} is missing"
     try:
         record = json.loads(record_path.read_text())
     except ValueError:
@@ -92,13 +87,14 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     from .trainer import FoldTrainer
 
     folder = pretrain_root(recipe) / arch
-    problem = _record_problem(folder, arch, recipe)
-    if problem is None:
-        log.info("pretrained %s: reusing %s", arch, folder / "holdout" / "best.pt")
-        return folder / "holdout" / "best.pt"
-    if problem != "not pretrained yet" or (folder / "pretrain.json").exists():
+    if (folder / "pretrain.json").exists():  # made before: use it if it checks out
+        problem = _record_problem(folder, arch, recipe)
+        if problem is None:
+            log.info("pretrained %s: reusing %s", arch, folder / "holdout" / "best.pt")
+            return folder / "holdout" / "best.pt"
         log.warning("pretrained %s: %s; pretraining again", arch, problem)
         shutil.rmtree(folder)
+    # No record: never pretrained, or a pretraining that was interrupted and now resumes.
     data = pretraining_data(recipe)
     config = preset_config(
         BASE_PRESET, arch=arch, early_stopping=recipe.epochs, data=str(data), out=str(pretrain_root(recipe)), split="holdout", val_fraction=0.1, test_fraction=0.05,
@@ -110,7 +106,6 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     except CheckpointError as error:  # an unreadable last.pt from a killed run: start again
         log.warning("pretrained %s: %s; starting again", arch, error)
         shutil.rmtree(folder)
-        folder.mkdir(parents=True)
         run = FoldTrainer(config).run()
     best = run / "best.pt"
     atomic_write_json(folder / "pretrain.json", {"arch": arch, "classes": synthetic.SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)})

@@ -547,6 +547,20 @@ def generate(
     return out_dir
 
 
+def generate_once(out_dir: str | Path, kind: str = "sperm18", **options) -> Path:
+    """:func:`generate` into a cache folder unless it already holds a complete set (``metadata.csv``
+    is written last); a folder without one is an interrupted or foreign leftover and is replaced."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "metadata.csv").exists():
+        log.info("generating the synthetic %s set (%s) in %s (once)", kind, ", ".join(f"{k} {v}" for k, v in options.items()), out_dir)
+        if out_dir.exists():
+            import shutil
+
+            shutil.rmtree(out_dir)
+        generate(out_dir, kind, **options)
+    return out_dir
+
+
 def preview(kind: str, path: str | Path, per_class: int = 4, seed: int = 42, tile: int = 96) -> Path:
     """A labelled grid with ``per_class`` samples of every class, for a look at a glance."""
     classes = KINDS[kind][0]

@@ -100,13 +100,8 @@ def default_data_dir(scale: float | None = None) -> Path:
 def ensure_default_data(scale: float | None, context: distributed.DistributedContext) -> Path:
     """Generate the embedded default data set on first use (rank 0), then reuse it."""
     folder = default_data_dir(scale)
-    if context.is_main and not (folder / "metadata.csv").exists():
-        log.info("no --data given: generating the embedded synthetic sperm18 set in %s (once)", folder)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        synthetic.generate(folder, "sperm18", seed=42, scale=scale)
+    if context.is_main:
+        synthetic.generate_once(folder, "sperm18", seed=42, scale=scale)
     distributed.barrier(context)
     return folder
 
