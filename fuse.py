@@ -21,12 +21,13 @@ from pathlib import Path
 
 from spermfuse import calibration, fusion, report
 from spermfuse.calibration import probabilities_of
-from spermfuse.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
+from spermfuse.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
 from spermfuse.errors import SpermfuseError, user_message
 from spermfuse.export import export_fused
-from spermfuse.data import load_rgb
+from spermfuse.data import check_image, load_rgb
 from spermfuse.explain import explain_files, peak
 from spermfuse.inference import fused_probabilities, list_images, load_fold_members
+from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.report import explanation_figure
 from spermfuse.trainer import resolve_device
 
@@ -53,28 +54,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
     p.add_argument("--device", default="cpu", help="--predict: cpu, cuda or auto")
     p.add_argument("--explain", type=Path, metavar="DIR", help="--predict: also a Grad-CAM figure per image (each member's map and the fused map) and DIR/explanations.csv")
-    p.add_argument("--overwrite", action="store_true", help="--export/--explain: replace the files of an existing folder")
+    p.add_argument("--overwrite", action="store_true", help="--export/--explain: replace an existing folder that this command wrote (never one holding other files)")
+    p.add_argument("--skip-bad", action="store_true", help="--predict: skip unreadable images and list them in the CSV instead of stopping")
     return p.parse_args(argv)
 
 
 SELECTION_FOLDERS = {"test (paper, optimistic)": "optimistic", "val": "val", "nested": "nested"}
 
 
-def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, ...]], dict, dict[str, list[tuple[float, ...]]]]:
-    """The weights used on each fold, the summary written to fusion.json, and the per-fold
-    weights of the other selections (by output folder name)."""
+def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, ...]], dict, dict[str, list[tuple[float, ...]]], tuple | None]:
+    """The weights used on each fold, the summary written to fusion.json, the per-fold
+    weights of the other selections (by output folder name), and the grid table (or None)."""
     names = args.models
     if args.alpha is not None:
         if len(names) != 2 or not 0.0 <= args.alpha <= 1.0:
             raise fusion.FusionError("--alpha needs exactly two --models and a value in [0, 1]")
         chosen = [(args.alpha, 1.0 - args.alpha)] * len(per_fold)
-        return chosen, {"rule": "fixed", "weights": list(chosen[0])}, {}
+        return chosen, {"rule": "fixed", "weights": list(chosen[0])}, {}, None
     alphas = fusion.parse_alphas(args.alphas)
     result = fusion.grid_search(per_fold, alphas)
-    header, rows = fusion.grid_table(result, names)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(args.out / "grid.csv", header, rows)
-    atomic_write_text(args.out / "grid.md", report.markdown_table(header, rows))
+    table = fusion.grid_table(result, names)
     summary = {"rule": "max mean weighted F1 over the test folds (the paper's; optimistic)", "weights": list(result.best)}
     selections = {"test (paper, optimistic)": [result.best] * len(per_fold), "nested": fusion.nested_selection(result) if len(per_fold) > 1 else None}
     if per_fold_val is not None:
@@ -95,7 +94,7 @@ def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, .
         }[args.select]  # fmt: skip
         summary["weights"] = None
     others = {SELECTION_FOLDERS[name]: c for name, c in selections.items() if c and name != key}
-    return selections[key], summary, others
+    return selections[key], summary, others, table
 
 
 def write_fused_logits(folder: Path, per_fold, chosen, arch: str, split: str = "test") -> None:
@@ -132,36 +131,48 @@ def referral_summary(per_fold, per_fold_val, chosen, target_accuracy: float) -> 
     return summary
 
 
+def check_models(args) -> None:
+    """At least two distinct model folders, none of them the output folder."""
+    if len(args.models) < 2 or len(set(args.models)) != len(args.models):
+        raise fusion.FusionError(f"--models {' '.join(args.models)}: fusion needs two or more different models")
+    refuse_overlap(args.out, "--out", {f"--models {name}": args.runs / name for name in args.models})
+
+
 def run_fusion(args) -> int:
     args.out = args.out or args.runs / "fusion"
+    check_models(args)
     if args.target_accuracy is not None and not 0.0 < args.target_accuracy <= 1.0:
         raise fusion.FusionError(f"--target-accuracy {args.target_accuracy}: give a value in (0, 1], e.g. 0.95")
     per_fold = fusion.collect_folds(args.runs, args.models, "test")
     per_fold_val = validation_logits(args)
     temperatures = None
     if args.calibrate:  # fitted on validation logits only; the test folds are scaled with them
-        temperatures = fusion.fit_temperatures(per_fold_val)
+        temperatures = fusion.fit_temperatures(per_fold_val, args.models)
         per_fold, per_fold_val = fusion.with_temperatures(per_fold, temperatures), fusion.with_temperatures(per_fold_val, temperatures)
         for sets, temps in zip(per_fold, temperatures):
             log.info("fold %d temperatures: %s", sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(args.models, temps)))
-    chosen, summary, others = weights_for_folds(args, per_fold, per_fold_val)
+    chosen, summary, others, table = weights_for_folds(args, per_fold, per_fold_val)
     if temperatures is not None:
         summary["temperatures"] = {"models": args.models, "per_fold": temperatures, "fitted_on": "each fold's validation logits"}
-    if args.target_accuracy is not None:  # before any logits file is written: an unreachable target writes nothing
+    if args.target_accuracy is not None:
         summary["referral"] = referral_summary(per_fold, per_fold_val, chosen, args.target_accuracy)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_fused_logits(args.out, per_fold, chosen, "fusion")
-    if per_fold_val is not None:
-        write_fused_logits(args.out, per_fold_val, chosen, "fusion", split="val")
-    # The other selections' fused logits too, so evaluate.py tests the members against an
-    # honestly selected fusion as well as the chosen one (fusion_val, fusion_nested, ...).
-    for name, weights in others.items():
-        write_fused_logits(args.out / name, per_fold, weights, f"fusion_{name}")
     summary.update({
         "models": args.models, "select": args.select, "alphas": args.alphas, "weights_per_fold": [list(w) for w in chosen],
         "inputs": [s.source for sets in per_fold for s in sets], "folds": [sets[0].fold for sets in per_fold],
     })  # fmt: skip
-    atomic_write_json(args.out / "fusion.json", summary)
+    # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
+    with write_folder(args.out, "--out", overwrite=True, legacy_owned=fusion.legacy_fusion_files) as folder:
+        if table is not None:
+            atomic_write_csv(folder / "grid.csv", *table)
+            atomic_write_text(folder / "grid.md", report.markdown_table(*table))
+        write_fused_logits(folder, per_fold, chosen, "fusion")
+        if per_fold_val is not None:
+            write_fused_logits(folder, per_fold_val, chosen, "fusion", split="val")
+        # The other selections' fused logits too, so evaluate.py tests the members against an
+        # honestly selected fusion as well as the chosen one (fusion_val, fusion_nested, ...).
+        for name, weights in others.items():
+            write_fused_logits(folder / name, per_fold, weights, f"fusion_{name}")
+        atomic_write_json(folder / "fusion.json", summary)
     log.info("wrote %s (weights %s)", args.out, summary["weights"] if summary["weights"] else "per fold")
     return 0
 
@@ -175,44 +186,92 @@ def fused_members(args, device) -> tuple[dict, list[int], list]:
     return settings, folds, load_fold_members(args.runs, settings["models"], folds, device)
 
 
-def refuse_existing(folder: Path, flag: str, overwrite: bool) -> None:
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise fusion.FusionError(f"{flag} {folder}: folder exists and is not empty; choose another or add --overwrite")
+def model_folders(args) -> dict[str, Path]:
+    """The inputs of --predict and --export, by flag: no output may be, lie in or contain one."""
+    inputs = {f"--models {name}": args.runs / name for name in args.models} | {"--out": args.out or args.runs / "fusion"}
+    return inputs | ({"--predict": args.predict} if args.predict is not None else {})
+
+
+def exported_files(folder: Path) -> set[str]:
+    """The files an export folder written before manifests held (what --overwrite may replace)."""
+    return {"model.pt2", "model.json", "model.onnx"}
 
 
 def run_export(args) -> int:
-    refuse_existing(args.export, "--export", args.overwrite)
+    refuse_overlap(args.export, "--export", model_folders(args))
+    check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
     settings, folds, members = fused_members(args, "cpu")
     weights = fusion.prediction_weights(settings, folds)
-    export_fused(members, settings["models"], folds, weights, args.export)
+    with write_folder(args.export, "--export", args.overwrite, exported_files) as folder:
+        export_fused(members, settings["models"], folds, weights, folder)
     log.info("wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities) and model.json; models %s, folds %s",
              args.export, members[0][0].pipeline.img_size, members[0][0].pipeline.img_size, settings["models"], folds)  # fmt: skip
     return 0
 
 
-def write_explanations(args, device, images, members, names, weights, classes) -> None:
-    """One figure per image (the image, each member's Grad-CAM, the fused one) and an index."""
+EXPLANATIONS_CSV = "explanations.csv"
+
+
+def explanation_files(folder: Path) -> set[str]:
+    """The files of an explanation folder written before manifests: its index and the figures it lists."""
+    index = folder / EXPLANATIONS_CSV
+    if not index.is_file():
+        return set()
+    return {EXPLANATIONS_CSV} | {row["figure"] for row in read_csv(index)}
+
+
+def write_explanations(args, folder: Path, device, images, members, names, weights, classes) -> None:
+    """One figure per image (the image, each member's Grad-CAM, the fused one) and an index.
+
+    A figure is named after its image with the extension kept (``cell.jpg.png``), so
+    ``cell.jpg`` and ``cell.png`` get a figure each."""
     rows = []
     for number, explained in enumerate(explain_files(images, members, weights, names, device), 1):
         relative = explained.path.relative_to(args.predict)
-        figure = args.explain / relative.with_suffix(".png")
+        figure = folder / relative.with_name(relative.name + ".png")
         label = f"{classes[explained.predicted]} {explained.probability:.2f}"
         explanation_figure(load_rgb(explained.path), explained.figure_maps(), f"{relative.as_posix()}: {label}", figure)
         row, column = peak(explained.fused[None])[0].tolist()
-        rows.append([relative.as_posix(), classes[explained.predicted], f"{explained.probability:.6f}", figure.relative_to(args.explain).as_posix(), row, column])
+        rows.append([relative.as_posix(), classes[explained.predicted], f"{explained.probability:.6f}", figure.relative_to(folder).as_posix(), row, column])
         if number % 50 == 0 or number == len(images):
             log.info("explained %d/%d images", number, len(images))
-    atomic_write_csv(args.explain / "explanations.csv", ["path", "predicted", "probability", "figure", "peak_row", "peak_column"], rows)
+    atomic_write_csv(folder / EXPLANATIONS_CSV, ["path", "predicted", "probability", "figure", "peak_row", "peak_column"], rows)
+
+
+def check_prediction_outputs(args) -> None:
+    """--output and --explain: never an input, never a folder for the CSV; all before any work."""
+    inputs = model_folders(args)
+    refuse_overlap(args.output, "--output", {"--predict": args.predict})
+    if args.output.is_dir():
+        raise fusion.FusionError(f"--output {args.output}: is a folder; give the CSV file to write, e.g. {args.output / 'predictions.csv'}")
+    if args.explain is not None:
+        refuse_overlap(args.explain, "--explain", inputs)
+        check_replaceable(args.explain, "--explain", args.overwrite, explanation_files)
+
+
+def usable_images(args) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every image of --predict checked first: (the good ones, (path, why) of the bad ones).
+    Bad images are an error listing them all, unless --skip-bad."""
+    images = list_images(args.predict)
+    bad = [(path, why) for path in images if (why := check_image(path)) is not None]
+    if bad and not args.skip_bad:
+        shown = "; ".join(f"{path.relative_to(args.predict).as_posix()}: {why}" for path, why in bad[:5])
+        raise fusion.FusionError(f"--predict {args.predict}: {len(bad)} of {len(images)} images unusable ({shown}{' ...' if len(bad) > 5 else ''}); "
+                                 "remove them, or add --skip-bad to list them in the CSV and go on")  # fmt: skip
+    skipped = {path for path, _ in bad}
+    good = [path for path in images if path not in skipped]
+    if not good:
+        raise fusion.FusionError(f"--predict {args.predict}: none of the {len(images)} images is usable")
+    return good, bad
 
 
 def run_prediction(args) -> int:
-    if args.explain is not None:
-        refuse_existing(args.explain, "--explain", args.overwrite)
+    check_prediction_outputs(args)
     device = resolve_device(args.device)
     settings, folds, members = fused_members(args, device)
     names = settings["models"]
     weights = fusion.prediction_weights(settings, folds)
-    images = list_images(args.predict)
+    images, bad = usable_images(args)
     probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
     header = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes]
@@ -222,12 +281,17 @@ def run_prediction(args) -> int:
         header.insert(3, "refer")
         for row, p in zip(rows, probabilities):
             row.insert(3, int(p.max() < threshold))
+    if bad:  # --skip-bad: a row per skipped image, its reason in the last column
+        header.append("skipped")
+        rows = [row + [""] for row in rows] + [[path.relative_to(args.predict).as_posix()] + [""] * (len(header) - 2) + [why] for path, why in bad]
     atomic_write_csv(args.output, header, rows)
     if args.explain is not None:
-        write_explanations(args, device, images, members, names, weights, classes)
+        with write_folder(args.explain, "--explain", args.overwrite, explanation_files) as folder:
+            write_explanations(args, folder, device, images, members, names, weights, classes)
         log.info("wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv", args.explain, names)
     shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
-    log.info("wrote %s: %d images, models %s, effective weights (w / T) %s%s", args.output, len(images), names, shown,
+    log.info("wrote %s: %d images%s, models %s, effective weights (w / T) %s%s", args.output, len(images),
+             f" ({len(bad)} unusable, listed as skipped)" if bad else "", names, shown,
              f", refer below confidence {threshold:.4f}" if threshold is not None else "")  # fmt: skip
     return 0
 

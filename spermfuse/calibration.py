@@ -48,6 +48,9 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 
+TEMPERATURE_BOUNDS = (0.01, 100.0)  # the search range of fit_temperature
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T > 0 that minimises the NLL of softmax(logits / T) (Guo et al. 2017, Sec. 4.2).
 
@@ -56,7 +59,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     _check(logits, labels)
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)), bounds=(math.log(0.01), math.log(100.0)), method="bounded", options={"xatol": 1e-6})
+    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)), bounds=(math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])), method="bounded", options={"xatol": 1e-6})
     return float(math.exp(result.x))
 
 

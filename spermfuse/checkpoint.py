@@ -52,13 +52,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# A cell starting with one of these runs as a formula in Excel and LibreOffice (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'`` (numbers kept).
+
+    A text cell that already starts with ``'`` gets one more, so :func:`read_csv` undoes
+    exactly what was added."""
+    if not isinstance(cell, str) or not cell.startswith(FORMULA_STARTS + ("'",)):
+        return cell
+    try:
+        float(cell)
+        return cell  # a negative number, not a formula
+    except ValueError:
+        return "'" + cell
+
+
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """CSV through the csv module, so a comma or quote inside a value (a file name) stays one field."""
+    """CSV through the csv module, so a comma or quote inside a value (a file name) stays one
+    field; spreadsheet-safe (:func:`spreadsheet_safe`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([spreadsheet_safe(cell) for cell in header])
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return buffer.getvalue()
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV that spermfuse wrote, the ``'`` of :func:`spreadsheet_safe` removed."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return [{_unescape(key): _unescape(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _unescape(cell: str | None) -> str | None:
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") else cell
 
 
 def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:

@@ -11,6 +11,7 @@ for microscopy rotation), not the paper's.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -133,6 +134,10 @@ def method_b_config(**overrides) -> TrainConfig:
     return preset_config("paper_b", **overrides)
 
 
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
 def validate_config(config: TrainConfig) -> None:
     """Refuse settings that cannot work, naming the flag."""
     get_spec(config.arch)  # raises with the list of valid names
@@ -153,6 +158,26 @@ def validate_config(config: TrainConfig) -> None:
         (config.val_loss in ("weighted", "unweighted"), "--val-loss must be weighted or unweighted"),
         (config.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
         (config.ema is None or 0.0 < config.ema < 1.0, f"--ema {config.ema}: the decay must be in (0, 1), e.g. 0.999"),
+        (config.split == "holdout" or config.num_folds >= 2, f"--num-folds {config.num_folds}: cross-validation needs at least 2 folds"),
+        (_finite(config.lr) and config.lr > 0, f"--lr {config.lr}: give a positive learning rate, e.g. 1e-4"),
+        (_finite(config.weight_decay) and config.weight_decay >= 0, f"--weight-decay {config.weight_decay}: give a value >= 0"),
+        (config.workers >= 0, f"--workers {config.workers}: give 0 (load in the main process) or more"),
+        (config.dropout is None or (_finite(config.dropout) and 0.0 <= config.dropout < 1.0), f"--dropout {config.dropout}: give a probability in [0, 1)"),
+        (_finite(config.plateau_factor) and 0.0 < config.plateau_factor < 1.0, f"--plateau-factor {config.plateau_factor}: the learning rate is multiplied by it, give a value in (0, 1)"),
+        (config.plateau_patience >= 0, f"--plateau-patience {config.plateau_patience}: give 0 or more epochs"),
+        (0 <= config.seed < 2**32, f"--seed {config.seed}: give an integer in 0..{2**32 - 1}"),
+        (config.grad_clip is None or (_finite(config.grad_clip) and config.grad_clip > 0), f"--grad-clip {config.grad_clip}: the largest gradient norm must be > 0 (leave the flag out for no clipping)"),
+        (config.early_stopping >= 1, f"--early-stopping {config.early_stopping}: give a patience of 1 or more epochs"),
+        (_finite(config.rotation) and config.rotation >= 0, f"--rotation {config.rotation}: give a range in degrees >= 0"),
+        (_finite(config.val_fraction), f"--val-fraction {config.val_fraction}: give a number in (0, 1)"),
+        (config.split == "kfold" or (0.0 < config.test_fraction < 1.0 and config.val_fraction + config.test_fraction < 1.0),
+         f"--val-fraction {config.val_fraction} and the test fraction {config.test_fraction}: each in (0, 1), together below 1"),
+        (config.freeze_epochs >= 0 and config.finetune_epochs >= 1 and config.unfreeze_last >= 1,
+         "--freeze-epochs must be >= 0, --finetune-epochs and --unfreeze-last >= 1"),
+        (config.synthetic_scale is None or (_finite(config.synthetic_scale) and config.synthetic_scale > 0), f"--synthetic-scale {config.synthetic_scale}: give a value > 0"),
+        (config.mean is None or all(_finite(m) for m in config.mean), f"--mean {config.mean}: give three finite numbers"),
+        (config.std is None or all(_finite(v) and v > 0 for v in config.std), f"--std {config.std}: every value must be > 0 (the input is divided by it)"),
+        (not (config.resume and config.overwrite), "--resume continues a run and --overwrite starts it again: give one of them"),
     ]
     for ok, message in checks:
         if not ok:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,7 +26,7 @@ from . import __version__
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .engine import tta_logits
 from .errors import SpermfuseError
-from .inference import Classifier
+from .inference import Classifier, check_same_classes
 from .profiling import git_commit
 
 
@@ -66,10 +67,9 @@ def check_exportable(folds: Sequence[Sequence[Classifier]]) -> None:
     fills = {tuple(c.pipeline.fill) for fold in folds for c in fold}
     if len(fills) != 1:
         raise ExportError(f"the members pad with different colours {sorted(fills)}; export them separately")
+    check_same_classes(folds)  # every member of every fold, not only each member against its fold-1 self
     for fold in folds:
         for classifier, first in zip(fold, reference):
-            if classifier.classes != first.classes:
-                raise ExportError(f"{classifier.source}: classes differ from {first.source}")
             if repr(classifier.pipeline) != repr(first.pipeline) or classifier.tta != first.tta:
                 raise ExportError(f"{classifier.source}: preprocessing differs from {first.source} (same model, other fold); retrain or export one fold")
 
@@ -118,13 +118,10 @@ def export_onnx(module: FusedProbabilities, img_size: int, path: Path, max_batch
     example, dynamic = _traced_input(img_size, max_batch)
     with torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript"):  # they log every optimisation pass at INFO
         program = torch.onnx.export(module, example, dynamic_shapes=dynamic, dynamo=True, verbose=False)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as private:  # never a fixed, plantable name
+        partial = Path(private) / path.name
         program.save(str(partial))
         os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
 
 
 def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]]) -> dict:
@@ -160,14 +157,17 @@ def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_i
 
 
 def export_fused(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]], out: Path) -> Path:
-    """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra) and ``out/model.json``; returns ``out``."""
+    """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra) and ``out/model.json`` (which
+    lists the model files); returns ``out``. fuse.py builds ``out`` as a unit (output_folder.py)."""
     check_exportable(folds)
     module = FusedProbabilities(folds, weights)
     size = folds[0][0].pipeline.img_size
     atomic_write_bytes(out / "model.pt2", export_program(module, size))
+    files = ["model.pt2"]
     if onnx_available():
         export_onnx(module, size, out / "model.onnx")
+        files.append("model.onnx")
     else:
         log.info("model.onnx not written: the ONNX extra is not installed (pip install .[export])")
-    atomic_write_json(out / "model.json", describe(folds, names, fold_ids, weights))  # last: a complete folder has it
+    atomic_write_json(out / "model.json", describe(folds, names, fold_ids, weights) | {"files": files})
     return out

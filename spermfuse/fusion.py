@@ -26,10 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .calibration import fit_temperature
+from .calibration import TEMPERATURE_BOUNDS, fit_temperature
 from .errors import FusionError  # noqa: F401 (re-exported: callers catch fusion.FusionError)
 from .run_folder import LogitsSet, load_logits, save_logits  # noqa: F401 (re-exported: callers use fusion.load_logits)
 from .metrics import fold_metrics, weighted_f1
+from .output_folder import verify_folder
 
 def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
     """Reorder every set to the first one's sample order, joining on ``paths``.
@@ -48,6 +49,11 @@ def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
         moved = LogitsSet(other.logits[position], other.labels[position], other.paths[position], other.classes, other.arch, other.fold, other.source)
         if not np.array_equal(moved.labels, reference.labels):
             raise FusionError(f"{other.source}: labels differ from {reference.source} for the same images")
+        if other.split and reference.split and other.split != reference.split:
+            raise FusionError(
+                f"{other.source}: fold {other.fold} learned from other images than {reference.source} "
+                "(folds.csv or the data changed between them); retrain one of them on the same folds.csv"
+            )
         aligned.append(moved)
     return aligned
 
@@ -140,9 +146,29 @@ def validation_selection(per_fold_val: Sequence[Sequence[LogitsSet]], alphas: Se
     return chosen
 
 
-def fit_temperatures(per_fold_val: Sequence[Sequence[LogitsSet]]) -> list[list[float]]:
-    """Per fold, each model's temperature, fitted on that fold's *validation* logits only."""
-    return [[fit_temperature(s.logits, s.labels) for s in sets] for sets in per_fold_val]
+MIN_CALIBRATION_IMAGES = 10
+
+
+def fit_temperatures(per_fold_val: Sequence[Sequence[LogitsSet]], names: Sequence[str] | None = None) -> list[list[float]]:
+    """Per fold, each model's temperature, fitted on that fold's *validation* logits only.
+
+    A fold whose validation set is too small or holds one class cannot calibrate (the fit
+    runs to a bound of its search): refused, naming the fold."""
+    temperatures = []
+    for sets in per_fold_val:
+        labels = sets[0].labels
+        if len(labels) < MIN_CALIBRATION_IMAGES or len(np.unique(labels)) < 2:
+            raise FusionError(
+                f"--calibrate: fold {sets[0].fold} validates on {len(labels)} images of {len(np.unique(labels))} class(es); "
+                f"a temperature needs at least {MIN_CALIBRATION_IMAGES} images of two or more classes (a larger --val-fraction, or leave --calibrate out)"
+            )
+        fold = [fit_temperature(s.logits, s.labels) for s in sets]
+        for name, t in zip(names or [s.source for s in sets], fold):
+            if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:
+                raise FusionError(f"--calibrate: fold {sets[0].fold}, {name}: the temperature ran to the bound of its search ({t:.3g}); "
+                                  "its validation logits cannot calibrate it (all right or all wrong with growing confidence); leave --calibrate out")  # fmt: skip
+        temperatures.append(fold)
+    return temperatures
 
 
 def with_temperatures(per_fold: Sequence[Sequence[LogitsSet]], temperatures: Sequence[Sequence[float]]) -> list[list[LogitsSet]]:
@@ -157,11 +183,21 @@ def evaluate_choice(per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[tu
 
 
 def load_settings(folder: Path) -> dict:
-    """``folder/fusion.json``, as fuse.py wrote it (models, folds, weights, temperatures, referral)."""
+    """``folder/fusion.json``, as fuse.py wrote it (models, folds, weights, temperatures, referral),
+    after checking the folder against its manifest."""
     path = folder / "fusion.json"
+    verify_folder(folder)
     if not path.is_file():
         raise FusionError(f"{path}: not found; run python fuse.py --grid first")
     return json.loads(path.read_text())
+
+
+_FUSION_FILE = re.compile(r"(fusion\.json|grid\.(csv|md)|([a-z]+/)?fold\d+(_val)?_logits\.npz)")
+
+
+def legacy_fusion_files(folder: Path) -> set[str]:
+    """The files of a fusion folder written before manifests (what a new fuse.py may replace)."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and _FUSION_FILE.fullmatch(p.relative_to(folder).as_posix())}
 
 
 def prediction_weights(settings: dict, folds: Sequence[int]) -> list[list[float]]:
@@ -189,17 +225,29 @@ def prediction_threshold(settings: dict, folds: Sequence[int]) -> float | None:
     return referral["threshold"]
 
 
+MAX_GRID_POINTS = 1001
+
+
 def parse_alphas(text: str) -> list[float]:
-    """``0:1:0.1`` (start:stop:step, inclusive) or ``0,0.25,0.5``."""
+    """``0:1:0.1`` (start:stop:step, inclusive) or ``0,0.25,0.5``; at most ``MAX_GRID_POINTS`` values."""
     try:
         if ":" in text:
             start, stop, step = (float(x) for x in text.split(":"))
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 10) for i in range(count)]
         else:
             values = [float(x) for x in text.split(",")]
     except ValueError:
         raise FusionError(f"--alphas {text}: give start:stop:step (e.g. 0:1:0.1) or a comma list") from None
+    if ":" in text:
+        if not all(math.isfinite(x) for x in (start, stop, step)) or step <= 0:
+            raise FusionError(f"--alphas {text}: the step must be a number > 0, e.g. 0:1:0.1")
+        if start > stop:
+            raise FusionError(f"--alphas {text}: start {start:g} is above stop {stop:g}; give start:stop:step with start <= stop")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_GRID_POINTS:
+            raise FusionError(f"--alphas {text}: {count} grid points; at most {MAX_GRID_POINTS} (a step of 0.001 on [0, 1])")
+        values = [round(start + i * step, 10) for i in range(count)]
+    if len(values) > MAX_GRID_POINTS:
+        raise FusionError(f"--alphas {text}: {len(values)} values; at most {MAX_GRID_POINTS}")
     if not values or any(not 0.0 <= v <= 1.0 for v in values):
         raise FusionError(f"--alphas {text}: weights must lie in [0, 1]")
     return values

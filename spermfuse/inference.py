@@ -31,6 +31,7 @@ class Classifier:
     classes: list[str]
     source: Path
     tta: str = "none"  # the test-time augmentation its logits files were written with
+    split: str = ""  # run_folder.split_digest of what it learned from and was tested on ("" before v0.3)
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
@@ -54,7 +55,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
             f"{path}: was tested with another preprocessing than this spermfuse version builds "
             f"(recorded {recorded!r}, rebuilt {repr(pipeline)!r}); predict with the version that trained it (git_commit in config.json)"
         )
-    return Classifier(model, pipeline, classes, path, checkpoint.get("tta", "none"))
+    return Classifier(model, pipeline, classes, path, checkpoint.get("tta", "none"), checkpoint.get("split", ""))
 
 
 def load_fold_members(runs: str | Path, models: Sequence[str], folds: Sequence[int], device: torch.device | str = "cpu") -> list[list[Classifier]]:
@@ -73,12 +74,15 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def check_same_classes(members: Sequence[Sequence[Classifier]]) -> list[str]:
-    """The classes every member shares; a member trained on other classes is an error naming it."""
+    """The classes every member shares; a member trained on other classes, or on other images
+    than the other members of its fold, is an error naming it."""
     classes = members[0][0].classes
     for fold in members:
         for classifier in fold:
             if classifier.classes != classes:
                 raise DataError(f"{classifier.source}: classes differ from {members[0][0].source}; fuse only models of one data set")
+            if classifier.split and fold[0].split and classifier.split != fold[0].split:
+                raise DataError(f"{classifier.source}: learned from other images than {fold[0].source} (another folds.csv or data); retrain it on the same split")
     return classes
 
 

@@ -12,6 +12,7 @@ read by fusion, evaluation, prediction, explanation and export:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
     from .transforms import Pipeline
 
 LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
+SPLIT_KEY = "split"  # optional in a logits file: the digest of the split its model trained on (split_digest)
+
+
+def split_digest(classes: Sequence[str], train: Sequence[str], val: Sequence[str], test: Sequence[str]) -> str:
+    """SHA-256 of the class list, the images a run learned from (train and validation) and
+    those it was tested on. How the learning part divides into train and validation is left
+    out: it follows from --seed and --val-fraction, which --resume checks among the settings,
+    and two members of a fusion may differ there without any leak.
+
+    Recorded in last.pt, best.pt and the logits files; --resume, fusion, prediction and export
+    refuse runs whose digests differ where they must agree."""
+    text = json.dumps({"classes": list(classes), "learned_from": sorted([*train, *val]), "tested_on": sorted(test)})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -40,13 +54,15 @@ class LogitsSet:
     arch: str
     fold: int
     source: str = ""
+    split: str = ""  # split_digest of the run that wrote it ("" when not recorded)
 
 
-def save_logits(path: Path, logits: np.ndarray, labels: np.ndarray, paths: Sequence[str], classes: Sequence[str], arch: str, fold: int) -> None:
-    """Write a logits file (``LOGITS_KEYS``), atomically."""
+def save_logits(path: Path, logits: np.ndarray, labels: np.ndarray, paths: Sequence[str], classes: Sequence[str], arch: str, fold: int, split: str = "") -> None:
+    """Write a logits file (``LOGITS_KEYS``, and ``SPLIT_KEY`` when known), atomically."""
     atomic_savez(
         path, logits=np.asarray(logits, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64), paths=np.array(list(paths), dtype=str),
         classes=np.array(list(classes), dtype=str), arch=np.array(arch), fold=np.array(fold, dtype=np.int64),
+        **({SPLIT_KEY: np.array(split)} if split else {}),
     )  # fmt: skip
 
 
@@ -66,7 +82,13 @@ def load_logits(path: str | Path) -> LogitsSet:
         raise FusionError(f"{path}: logits {logits.shape}, {len(labels)} labels, {len(classes)} classes do not agree")
     if not np.isfinite(logits).all():
         raise FusionError(f"{path}: contains NaN or infinite logits; re-run the model that wrote it")
-    return LogitsSet(logits, labels, arrays["paths"].astype(str), classes, str(arrays["arch"]), int(arrays["fold"]), str(path))
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise FusionError(f"{path}: labels outside 0..{len(classes) - 1} (the class list has {len(classes)}); re-run the model that wrote it")
+    fold = arrays["fold"]
+    if fold.shape != () or fold.dtype.kind not in "iu":
+        raise FusionError(f"{path}: fold {fold!r} is not one integer; re-run the model that wrote it")
+    split = str(arrays[SPLIT_KEY]) if SPLIT_KEY in arrays else ""
+    return LogitsSet(logits, labels, arrays["paths"].astype(str), classes, str(arrays["arch"]), int(fold), str(path), split)
 
 
 HISTORY_COLUMNS = [
@@ -100,7 +122,7 @@ def data_root_of_run(run_dir: Path) -> Path:
     return Path(config["data"]) if config.get("data") else default_data_dir(config.get("synthetic_scale"))
 
 
-def checkpoint_metadata(config: "TrainConfig", classes: list[str], eval_pipeline: "Pipeline") -> dict:
+def checkpoint_metadata(config: "TrainConfig", classes: list[str], eval_pipeline: "Pipeline", split: str) -> dict:
     """What best.pt needs so that prediction rebuilds the exact test-time preprocessing.
 
     ``eval_pipeline`` is the description of that preprocessing, in order (resize, Otsu for
@@ -110,5 +132,5 @@ def checkpoint_metadata(config: "TrainConfig", classes: list[str], eval_pipeline
         "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(eval_pipeline.normalize.mean),
         "std": list(eval_pipeline.normalize.std), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
         "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "padding": config.padding,
-        "eval_pipeline": repr(eval_pipeline), "tta": config.tta,
+        "eval_pipeline": repr(eval_pipeline), "tta": config.tta, "split": split,
     }  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import atomic_write_csv
+from .checkpoint import atomic_write_csv, read_csv
 from .data import DataError, Samples
 
 log = logging.getLogger(__name__)
@@ -77,27 +77,58 @@ def write_folds(path: Path, samples: Samples, folds: np.ndarray) -> None:
     atomic_write_csv(path, header, rows)
 
 
-def read_folds(path: Path, samples: Samples) -> np.ndarray:
-    """Read a folds.csv and check it describes exactly these samples (and their groups)."""
-    with open(path, newline="") as handle:
-        rows = {row["path"]: row for row in csv.DictReader(handle)}
+RESPLIT_ADVICE = "delete it to re-split (every run under that --out then trains anew: their splits no longer match), or point --out elsewhere"
+
+
+def _folds_rows(path: Path) -> list[dict[str, str]]:
+    """folds.csv's rows, its columns and cells checked: one line naming the row otherwise."""
+    try:
+        rows = read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable folds.csv ({error}); {RESPLIT_ADVICE}") from None
+    columns = set(rows[0]) if rows else set()
+    missing = [name for name in ("path", "label", "fold") if name not in columns]
+    if missing:
+        raise DataError(f"{path}: lacks column(s) {', '.join(missing)}; {RESPLIT_ADVICE}")
+    for line, row in enumerate(rows, start=2):
+        if not (row["fold"] or "").strip().isdigit():
+            raise DataError(f"{path}:{line}: fold {row['fold']!r} is not a fold number; fix the row or {RESPLIT_ADVICE}")
+    return rows
+
+
+def read_folds(path: Path, samples: Samples, k: int | None = None) -> np.ndarray:
+    """Read a folds.csv and check it describes exactly these samples (and their groups), each
+    once, in folds 1..k (every fold used)."""
+    rows_list = _folds_rows(path)
+    rows = {row["path"]: row for row in rows_list}
+    if len(rows) != len(rows_list):
+        seen = [row["path"] for row in rows_list]
+        duplicate = next(p for p in seen if seen.count(p) > 1)
+        raise DataError(f"{path}: lists {duplicate} more than once; {RESPLIT_ADVICE}")
     if set(rows) != set(samples.paths):
-        raise DataError(f"{path}: lists other images than the data set; delete it to re-split, or point --out elsewhere")
+        raise DataError(f"{path}: lists other images than the data set; {RESPLIT_ADVICE}")
     for rel, y in zip(samples.paths, samples.labels):
         if rows[rel]["label"] != samples.classes[y]:
-            raise DataError(f"{path}: {rel} is labelled {rows[rel]['label']!r} there but {samples.classes[y]!r} in the data")
+            raise DataError(f"{path}: {rel} is labelled {rows[rel]['label']!r} there but {samples.classes[y]!r} in the data; {RESPLIT_ADVICE}")
     recorded = [rows[rel].get("group") for rel in samples.paths]
     given = list(samples.groups) if samples.groups is not None else [None] * len(samples)
     if recorded != given:
-        raise DataError(f"{path}: was split with other groups than the data has now; delete it to re-split, or point --out elsewhere")
-    return np.array([int(rows[p]["fold"]) for p in samples.paths], dtype=np.int64)
+        raise DataError(f"{path}: was split with other groups than the data has now; {RESPLIT_ADVICE}")
+    folds = np.array([int(rows[p]["fold"]) for p in samples.paths], dtype=np.int64)
+    if k is not None:
+        outside = [(p, int(f)) for p, f in zip(samples.paths, folds) if not 1 <= f <= k]
+        if outside:
+            raise DataError(f"{path}: {outside[0][0]} is in fold {outside[0][1]}, outside 1..{k} (--num-folds {k}); fix the row or {RESPLIT_ADVICE}")
+        unused = sorted(set(range(1, k + 1)) - set(folds.tolist()))
+        if unused:
+            raise DataError(f"{path}: fold(s) {unused} hold no image although --num-folds is {k}; {RESPLIT_ADVICE}")
+    return folds
 
 
 def groups_per_fold(folds_csv: Path) -> dict[int, dict[str, int]] | None:
     """From a folds.csv with groups: per test fold, the number of distinct groups in all
     (key ``"all"``) and in each class; None when the file has no groups."""
-    with open(folds_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _folds_rows(folds_csv)
     if not rows or "group" not in rows[0]:
         return None
     found: dict[int, dict[str, set]] = {}
@@ -116,7 +147,7 @@ def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: in
     if samples.folds is not None:
         folds = samples.folds
     elif folds_csv.exists():
-        folds = read_folds(folds_csv, samples)
+        folds = read_folds(folds_csv, samples, k)
     else:
         folds = make_folds(samples.labels, samples.classes, k, seed, samples.groups)
         write_folds(folds_csv, samples, folds)
@@ -211,4 +242,4 @@ def check_group_leakage(split: Split, groups: np.ndarray) -> None:
         for b in names[i + 1 :]:
             shared = sorted(parts[a] & parts[b])
             if shared:
-                raise DataError(f"group {shared[0]!r} is in both {a} and {b} ({len(shared)} shared groups): the split leaks; delete folds.csv to re-split by group")
+                raise DataError(f"group {shared[0]!r} is in both {a} and {b} ({len(shared)} shared groups): the split leaks; delete folds.csv to re-split by group (every run under that --out then trains anew)")

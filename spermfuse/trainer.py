@@ -36,7 +36,9 @@ from .download import cache_root
 from .models import LoadReport, create_model, get_spec, load_initial_weights, resolve_padding
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .profiling import git_commit, peak_memory_mb
-from .run_folder import checkpoint_metadata, save_logits, write_config, write_history
+from .lock import LOCK_NAME, FolderLock
+from .output_folder import discard, move_aside, refuse_overlap
+from .run_folder import checkpoint_metadata, save_logits, split_digest, write_config, write_history
 from .segmentation import HybridOtsu
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build
 
@@ -145,6 +147,9 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         root = Path(config.data)
         if not root.exists():
             raise ConfigError(f"--data {root}: not found; pass an ImageFolder, fold<k>/ folders or a .csv manifest")
+        # What training writes (the architecture's folder and folds.csv) never touches the data.
+        refuse_overlap(Path(config.out) / config.arch, f"--out {config.out}: its run folder", {"--data": root})
+        refuse_overlap(Path(config.out) / "folds.csv", f"--out {config.out}: its", {"--data": root})
     return data_lib.discover(root, on_error="skip" if config.skip_bad else "raise", group_column=config.group_column, group_pattern=config.group_pattern)
 
 
@@ -158,8 +163,9 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
     if not context.is_main:
         folds = splits.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
     available = sorted(set(folds.tolist()))
-    if config.fold not in available:
-        raise ConfigError(f"--fold {config.fold}: out of range; this data set has folds {available[0]}..{available[-1]}")
+    if available != list(range(1, config.num_folds + 1)):
+        source = f"{config.data} (its fold column or fold<k>/ folders)" if samples.folds is not None else folds_csv
+        raise ConfigError(f"--num-folds {config.num_folds}: {source} has folds {available}; give --num-folds {len(available)} if they are 1..{len(available)}, or fix the folds")
     return splits.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed, samples.groups)
 
 
@@ -188,6 +194,8 @@ class FoldTrainer:
         seed_everything(config.seed)
         self.samples = samples if samples is not None else load_samples(config, self.context)
         self.split = make_split(config, self.samples, self.context)
+        paths = [[self.samples.paths[i] for i in part] for part in (self.split.train, self.split.val, self.split.test)]
+        self.split_digest = split_digest(self.samples.classes, *paths)
         self.run_dir = config.run_dir()
         self._build_model()
         self._build_data()
@@ -280,6 +288,11 @@ class FoldTrainer:
                 f"{last}: was trained as {state.get('arch')} on classes {state.get('classes')}; "
                 f"not resumable as {self.config.arch} on this data (use another --out or --overwrite)"
             )
+        if state.get("split", self.split_digest) != self.split_digest:
+            raise ConfigError(
+                f"{last}: was trained on another train/validation/test split than this data and folds.csv give now "
+                "(images added, removed or re-split); resuming would test on images it trained on. Start it again with --overwrite"
+            )
         changed = changed_settings(state.get("settings", {}), training_settings(self.config))
         if changed:
             raise ConfigError(
@@ -294,7 +307,7 @@ class FoldTrainer:
         ``optimizer`` None marks the start of a stage: its optimiser, scaler and scheduler start afresh.
         """
         state = {
-            "arch": self.config.arch, "classes": list(self.samples.classes), "settings": training_settings(self.config),
+            "arch": self.config.arch, "classes": list(self.samples.classes), "settings": training_settings(self.config), "split": self.split_digest,
             "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -309,7 +322,7 @@ class FoldTrainer:
 
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
-            meta = checkpoint_metadata(self.config, self.samples.classes, self.eval_pipeline)
+            meta = checkpoint_metadata(self.config, self.samples.classes, self.eval_pipeline, self.split_digest)
             weights = self.ema.shadow if self.ema else self.model.state_dict()  # with --ema, the averaged weights are the model
             atomic_torch_save(self.run_dir / "best.pt", {"model": weights, "epoch": epoch, "val_metric": metric, **meta})
 
@@ -350,9 +363,19 @@ class FoldTrainer:
         }  # fmt: skip
 
     def run(self) -> Path:
-        """Train every stage (resuming if asked), then write the logits of the best weights."""
+        """Train every stage (resuming if asked), then write the logits of the best weights.
+
+        One process at a time per run folder (a lock file); ``--overwrite`` moves the old run
+        aside and deletes it only once the new one has written its logits."""
+        with FolderLock(self.run_dir, "training") if self.context.is_main else nullcontext():
+            state = self._resume_state()
+            aside = move_aside(self.run_dir, keep={LOCK_NAME}) if self.config.overwrite and self.context.is_main else None
+            self._train(state)
+            discard(aside)
+        return self.run_dir
+
+    def _train(self, state: dict | None) -> None:
         c = self.config
-        state = self._resume_state()
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             normalization = {"mean": list(self.mean), "std": list(self.std)}
@@ -372,7 +395,6 @@ class FoldTrainer:
                 state = self._begin_stage(stage_index + 1, global_epoch, stopper)
                 stage_index += 1
         self._write_outputs()
-        return self.run_dir
 
     def _begin_stage(self, stage_index: int, global_epoch: int, stopper: engine.EarlyStopping) -> dict:
         """The boundary between two stages (method B), as one atomic save of last.pt.
@@ -460,7 +482,7 @@ class FoldTrainer:
             logits, labels, indices = self._evaluate(loader, self.config.tta)  # per-epoch validation runs without TTA
             if self.context.is_main:
                 paths = [self.samples.paths[i] for i in indices.tolist()]
-                save_logits(self.run_dir / f"{name}_logits.npz", logits.numpy(), labels.numpy(), paths, self.samples.classes, self.config.arch, fold)
+                save_logits(self.run_dir / f"{name}_logits.npz", logits.numpy(), labels.numpy(), paths, self.samples.classes, self.config.arch, fold, self.split_digest)
         if self.context.is_main:  # logits and labels of the test split, from the loop above
             accuracy = (logits.argmax(1) == labels).float().mean().item()
             log.info("%s: test accuracy %.4f on %d images (best weights)", self.run_dir, accuracy, len(labels))

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from spermfuse.output_folder import write_manifest
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +57,7 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
     settings = json.loads((runs / "fusion" / "fusion.json").read_text())
     settings["referral"] = {"threshold": 0.5, "per_fold": [{"threshold": 0.3}, {"threshold": 0.3}]}  # as --target-accuracy writes it
     (runs / "fusion" / "fusion.json").write_text(json.dumps(settings))
+    write_manifest(runs / "fusion")  # a hand edit must re-list the folder: readers check it
     result = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
