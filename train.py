@@ -79,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation of the logits written after training: flip = image + h/v flips, averaged (default none); "
                    "on a finished run, --resume --tta flip rewrites its logits")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of stopping")
+    p.add_argument("--allow-outside-root", action="store_true", default=None, help="a manifest may list images outside its own folder")
     p.add_argument("--resume", action="store_true", default=None, help="continue from last.pt (the same settings)")
     p.add_argument("--overwrite", action="store_true", default=None, help="start again over an existing run")
     p.add_argument("--synthetic-scale", type=float, help="size of the embedded default set (default 0.08)")

@@ -79,6 +79,7 @@ class TrainConfig:
     ema: float | None = None  # decay of an exponential moving average of the weights used for evaluation (e.g. 0.999)
     tta: str = "none"  # test-time augmentation of the written logits: none | flip (image + both flips, averaged)
     skip_bad: bool = False
+    allow_outside_root: bool = False  # manifest paths may leave the manifest's folder
     group_column: str = "group"  # a manifest's patient / slide / sample column, used when present
     group_pattern: str | None = None  # regex with one capture group: the group in each file name
     resume: bool = False
@@ -93,7 +94,7 @@ class TrainConfig:
 # Settings that change how a run is carried out, not what it trains: free to differ on --resume.
 # ``tta`` only changes the logits written from best.pt at the end, so resuming a finished run
 # with another --tta rewrites its logits files (and config.json) with it.
-OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out", "tta"})
+OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out", "tta", "allow_outside_root"})
 
 
 # What each preset changes from TrainConfig's defaults; the only place these values live.

@@ -17,6 +17,7 @@ Classes are always sorted by name; the class list travels with every output.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import re
@@ -51,6 +52,7 @@ class Samples:
     folds: np.ndarray | None = None  # 1-based test fold of each sample, when the layout has one
     groups: np.ndarray | None = None  # patient / slide / sample id of each sample (str), when known
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) with on_error="skip"
+    copies: dict[int, int] = field(default_factory=dict)  # index of a byte-identical copy -> index of its first occurrence
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,6 +77,8 @@ def check_image(path: Path) -> str | None:
         return "file not found"
     except UnidentifiedImageError:
         return "not an image (the extension says image, the content does not)"
+    except Image.DecompressionBombError as error:
+        return f"too large to decode safely ({error})"
     except (OSError, SyntaxError, ValueError) as error:
         return f"unreadable or truncated image ({error})"
     return None
@@ -117,9 +121,26 @@ def _discover_folds(root: Path, fold_dirs: dict[int, Path]) -> tuple[list[str], 
     return paths, names, folds
 
 
-def _discover_manifest(csv_path: Path, group_column: str) -> tuple[Path, list[str], list[str], list[int] | None, list[str] | None]:
+def _check_manifest_row(csv_path: Path, line: int, row: dict, allow_outside_root: bool, first_line: dict[str, int]) -> None:
+    """One manifest row: a label, an image file inside the manifest's folder, listed once."""
     root = csv_path.parent
-    with open(csv_path, newline="") as handle:
+    path, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+    if not path or not label:
+        raise DataError(f"{csv_path}:{line}: empty {'path' if not path else 'label'}; every row needs an image path and its class")
+    if path in first_line:
+        raise DataError(f"{csv_path}:{line}: {path!r} is listed again (first on line {first_line[path]}); list each image once")
+    first_line[path] = line
+    if not allow_outside_root and not (root / path).resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{csv_path}:{line}: {path!r} lies outside the manifest's folder; move the manifest up, or allow it with --allow-outside-root")
+    if not is_image_file(Path(path)):
+        raise DataError(f"{csv_path}:{line}: {path!r} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if not (root / path).is_file():
+        raise DataError(f"{csv_path}:{line}: image {path!r} not found (paths are relative to the CSV's folder)")
+
+
+def _discover_manifest(csv_path: Path, group_column: str, allow_outside_root: bool = False) -> tuple[Path, list[str], list[str], list[int] | None, list[str] | None]:
+    root = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # -sig: a manifest saved by Excel starts with a BOM
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         unknown = set(columns) - {"path", "label", "fold", group_column}
@@ -129,11 +150,11 @@ def _discover_manifest(csv_path: Path, group_column: str) -> tuple[Path, list[st
     if not rows:
         raise DataError(f"{csv_path}: manifest lists no images")
     paths, names, folds = [], [], []
+    first_line: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
-        if not (root / row["path"]).is_file():
-            raise DataError(f"{csv_path}:{line}: image {row['path']!r} not found (paths are relative to the CSV's folder)")
-        paths.append(row["path"])
-        names.append(row["label"])
+        _check_manifest_row(csv_path, line, row, allow_outside_root, first_line)
+        paths.append(row["path"].strip())
+        names.append(row["label"].strip())
         if "fold" in columns:
             try:
                 folds.append(int(row["fold"]))
@@ -143,6 +164,27 @@ def _discover_manifest(csv_path: Path, group_column: str) -> tuple[Path, list[st
             raise DataError(f"{csv_path}:{line}: empty {group_column!r} for {row['path']!r}; every image needs its group (patient, slide or sample)")
     groups = [row[group_column].strip() for row in rows] if group_column in columns else None
     return root, paths, names, (folds if "fold" in columns else None), groups
+
+
+def find_copies(root: Path, paths: Sequence[str], names: Sequence[str]) -> dict[int, int]:
+    """Byte-identical images: ``{index of a copy: index of the first}``. A copy under another
+    class is refused (one image cannot be two classes); copies within a class are logged, and
+    the split keeps them in one fold (``splits.load_or_create_folds``)."""
+    first: dict[bytes, int] = {}
+    copies = {}
+    for i, rel in enumerate(paths):
+        digest = hashlib.sha256((root / rel).read_bytes()).digest()
+        j = first.setdefault(digest, i)
+        if j == i:
+            continue
+        if names[j] != names[i]:
+            raise DataError(f"{root / rel}: the same file as {root / paths[j]}, but labelled {names[i]!r} and {names[j]!r}; remove the wrong copy")
+        copies[i] = j
+    if copies:
+        shown = ", ".join(f"{paths[i]} = {paths[j]}" for i, j in list(copies.items())[:3])
+        log.warning("%d images are byte-identical copies of others of their class (%s%s); each copy is kept in its original's fold",
+                    len(copies), shown, " ..." if len(copies) > 3 else "")  # fmt: skip
+    return copies
 
 
 def groups_from_pattern(paths: Sequence[str], pattern: str) -> list[str]:
@@ -168,6 +210,7 @@ def discover(
     check_images: bool = True,
     group_column: str = "group",
     group_pattern: str | None = None,
+    allow_outside_root: bool = False,
 ) -> Samples:
     """Find the samples of a data set in any of the three layouts (see module docstring).
 
@@ -180,7 +223,7 @@ def discover(
     folds: list[int] | None = None
     groups: list[str] | None = None
     if root.is_file() and root.suffix.lower() == ".csv":
-        root, paths, names, folds, groups = _discover_manifest(root, group_column)
+        root, paths, names, folds, groups = _discover_manifest(root, group_column, allow_outside_root)
     elif not root.is_dir():
         raise DataError(f"{root}: data folder not found; pass an ImageFolder, fold<k>/ folders or a .csv manifest")
     else:
@@ -195,6 +238,7 @@ def discover(
         groups = groups_from_pattern(paths, group_pattern)
 
     skipped = []
+    copies: dict[int, int] = {}
     if check_images:
         keep = []
         for i, rel in enumerate(paths):
@@ -211,13 +255,14 @@ def discover(
         names = [names[i] for i in keep]
         folds = [folds[i] for i in keep] if folds is not None else None
         groups = [groups[i] for i in keep] if groups is not None else None
+        copies = find_copies(root, paths, names)
 
     classes = sorted(set(names))
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
     fold_array = np.array(folds, dtype=np.int64) if folds is not None else None
     group_array = np.array(groups, dtype=str) if groups is not None else None
-    return Samples(root, paths, labels, classes, fold_array, group_array, skipped)
+    return Samples(root, paths, labels, classes, fold_array, group_array, skipped, copies)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -232,6 +277,12 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- dataset
 
 
+# The value that is full white in each high-bit-depth mode: 16-bit integers, 32-bit
+# integers (how Pillow opens most 16-bit PNGs and TIFFs: their range is still 16 bits), and
+# floats, which microscopy software writes in [0, 1].
+MODE_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 1.0}
+
+
 def load_rgb(path: Path, background: tuple[int, int, int] = (204, 191, 183)) -> Image.Image:
     """Open an image as 8-bit RGB: EXIF orientation applied; grey, palette, 16-bit and alpha handled.
 
@@ -241,12 +292,13 @@ def load_rgb(path: Path, background: tuple[int, int, int] = (204, 191, 183)) -> 
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
             image.load()
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: cannot read image ({error}); remove or replace it") from None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in MODE_FULL_SCALE:
+        # Scaled by what the mode can hold, never by this image's own maximum: a dim frame
+        # stays dim, and every image of a data set is scaled alike.
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(array / MODE_FULL_SCALE[image.mode] * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -150,6 +150,8 @@ def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: in
         folds = read_folds(folds_csv, samples, k)
     else:
         folds = make_folds(samples.labels, samples.classes, k, seed, samples.groups)
+        for copy, original in samples.copies.items():  # an image and its copy are never on both sides
+            folds[copy] = folds[original]
         write_folds(folds_csv, samples, folds)
         kind = f"stratified by class and disjoint in {len(np.unique(samples.groups))} groups" if samples.groups is not None else "stratified"
         log.info("wrote %s (%d-fold %s, seed %d)", folds_csv, k, kind, seed)

@@ -150,7 +150,10 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         # What training writes (the architecture's folder and folds.csv) never touches the data.
         refuse_overlap(Path(config.out) / config.arch, f"--out {config.out}: its run folder", {"--data": root})
         refuse_overlap(Path(config.out) / "folds.csv", f"--out {config.out}: its", {"--data": root})
-    return data_lib.discover(root, on_error="skip" if config.skip_bad else "raise", group_column=config.group_column, group_pattern=config.group_pattern)
+    return data_lib.discover(
+        root, on_error="skip" if config.skip_bad else "raise", group_column=config.group_column, group_pattern=config.group_pattern,
+        allow_outside_root=config.allow_outside_root,
+    )
 
 
 def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> splits.Split:

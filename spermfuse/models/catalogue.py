@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -118,8 +119,14 @@ BUILT_IN: tuple[WeightsEntry, ...] = (
 Catalogue = dict[str, dict[str, WeightsEntry]]  # arch -> tag -> entry
 
 
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def _check(entry: WeightsEntry, source: str) -> WeightsEntry:
     where = f"{source}: {entry.arch} {entry.tag}"
+    for what, name in (("tag", entry.tag), ("architecture", entry.arch)):
+        if not _TAG.fullmatch(name) or ".." in name:
+            raise ConfigError(f"{source}: {what} {name!r} may hold only letters, digits, '_', '.' and '-' (it names a cache file)")
     if entry.format not in FORMATS:
         raise ConfigError(f"{where}: format {entry.format!r} is not one of {', '.join(FORMATS)}")
     if entry.layout not in LAYOUTS:

@@ -230,17 +230,22 @@ def load_pretrained(model: nn.Module, name: str, spec: "ModelSpec", tag: str | b
     The file must use the layer names its entry states; the input normalisation is the
     entry's. Only this function reaches the network, and only when ``--pretrained`` asks.
     """
-    from ..download import fetch
+    from ..download import fetch, has_digest, record_first_use
     from .catalogue import find_entry
 
     entry = find_entry(name, tag)
     path = fetch(entry)
+    trusted = has_digest(path, entry)
     try:
         state, fmt, _ = convert(model, path, spec)
-    except CheckpointError as error:
+        if fmt != entry.layout:
+            raise CheckpointError(f"{path}: holds {fmt} names where the catalogue's {name} {entry.tag} says {entry.layout}")
+    except (CheckpointError, WeightsError) as error:
+        if not trusted:  # a first file without a digest that is not what its entry declares: never trusted, never kept
+            path.unlink(missing_ok=True)
+            raise WeightsError(f"{error}; it was deleted (nothing recorded): check the entry's url") from None
         raise WeightsError(f"{error}; delete it to download it again") from None
-    if fmt != entry.layout:
-        raise WeightsError(f"{path}: holds {fmt} names where the catalogue's {name} {entry.tag} says {entry.layout}; check the entry's url")
+    record_first_use(path, entry)
     with torch.no_grad():
         report = load_state(model, state, spec.head, f"{name} {entry.tag} ({path})", fmt)
     report.mean, report.std = tuple(entry.mean), tuple(entry.std)
