@@ -24,6 +24,7 @@ from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
 from spermfuse.trainer import resolve_device
 from spermfuse.errors import SpermfuseError, user_message
+from spermfuse.output_folder import write_folder
 
 log = logging.getLogger("evaluate")
 
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run root to search when --logits is not given")
     p.add_argument("--logits", nargs="+", metavar="NAME=DIR", help="named model folders holding fold logits")
     p.add_argument("--main", help="model for Tables 3 and 7 (default: fusion if present, else the first)")
-    p.add_argument("--name", default="evaluation", help="report name: output goes to <reports>/<name>/")
+    p.add_argument("--name", help="report name: output goes to <reports>/<name>/ (default evaluation; with --ablation, ablation)")
     p.add_argument("--reports", type=Path, default=Path("reports"))
     p.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="Table 2 from several run roots")
     p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
@@ -125,16 +126,30 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
     return text
 
 
+def write_figures(models: dict[str, list[fusion.LogitsSet]], result: dict, out: Path) -> None:
+    """Every figure of the report: confusion, ROC, precision-recall and reliability per model, F1 and risk-coverage."""
+    for name, sets in models.items():
+        labels, logits = report.pooled(sets)
+        report.plot_confusion(result["models"][name]["aggregate"]["confusion"], result["classes"], out / f"confusion_{name}.png", name)
+        report.plot_roc(sets, out / f"roc_{name}.png", name)
+        report.plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)
+    report.plot_f1_comparison(result, out / "f1_comparison.png")
+    report.plot_risk_coverage(models, out / "risk_coverage.png")
+    for name, sets in models.items():
+        report.plot_reliability(sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
-    out = args.reports / args.name
+    out = args.reports / (args.name or ("ablation" if args.ablation else "evaluation"))
     try:
         if args.ablation:
             rows = [[name] + row for name, folder in named_folders(args.ablation).items() for row in report.ablation_rows(folder, fusion.parse_alphas(args.alphas))]
             table = report.markdown_table(["setting", "model", "accuracy", "weighted F1", "macro F1"], rows)
-            atomic_write_text(out / "ablation.md", "# Table 2. Ablation\n\n" + table)
+            with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
+                atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)
             print(table)
             return 0
         folders = named_folders(args.logits) if args.logits else fusion.discover_models(args.runs)
@@ -162,22 +177,16 @@ def main(argv=None) -> int:
             if not args.explain:
                 raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
             masks = explain_runs.check_masks(args.runs, args.masks)  # before anything is written
-        atomic_write_json(out / "report.json", result)
-        atomic_write_text(out / "report.md", report.report_markdown(result, main_name, grid_md, notes))
-        pointing = write_explanations(args, out, result["classes"], masks) if args.explain else None
+        # The report folder is written as a unit: a killed run leaves the previous report whole.
+        with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
+            atomic_write_json(folder / "report.json", result)
+            atomic_write_text(folder / "report.md", report.report_markdown(result, main_name, grid_md, notes))
+            pointing = write_explanations(args, folder, result["classes"], masks) if args.explain else None
+            if not args.no_figures:
+                write_figures(models, result, folder)
         if args.summary:
             summary = report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), describe_environment())
             atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
-        if not args.no_figures:
-            for name, sets in models.items():
-                labels, logits = report.pooled(sets)
-                report.plot_confusion(result["models"][name]["aggregate"]["confusion"], result["classes"], out / f"confusion_{name}.png", name)
-                report.plot_roc(sets, out / f"roc_{name}.png", name)
-                report.plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)
-            report.plot_f1_comparison(result, out / "f1_comparison.png")
-            report.plot_risk_coverage(models, out / "risk_coverage.png")
-            for name, sets in models.items():
-                report.plot_reliability(sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name)
     except (SpermfuseError, OSError) as error:
         if user_message(error) is None:
             raise  # a bug, not bad input: keep the traceback

@@ -30,7 +30,7 @@ from .calibration import TEMPERATURE_BOUNDS, fit_temperature
 from .errors import FusionError  # noqa: F401 (re-exported: callers catch fusion.FusionError)
 from .run_folder import LogitsSet, load_logits, save_logits  # noqa: F401 (re-exported: callers use fusion.load_logits)
 from .metrics import fold_metrics, weighted_f1
-from .output_folder import verify_folder
+from .output_folder import MANIFEST_NAME, verify_folder
 
 def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
     """Reorder every set to the first one's sample order, joining on ``paths``.
@@ -316,6 +316,8 @@ def load_fold_sets(folder: Path, split: str = "test") -> list[LogitsSet]:
     )  # fmt: skip
     if not paths:
         raise FusionError(f"{folder}: no fold*/{split}_logits.npz, fused fold logits or {SINGLE_SPLIT_FOLDER}/{split}_logits.npz files")
+    if (folder / MANIFEST_NAME).is_file():  # a fusion folder: its files must be the ones fuse.py wrote together
+        verify_folder(folder)
     sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
     for s in sets[1:]:
         if s.classes != sets[0].classes:

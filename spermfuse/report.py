@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -12,10 +13,23 @@ from .checkpoint import atomic_write_bytes
 from .fusion import FusionError, LogitsSet, align
 
 
+def markdown_cell(value: object) -> str:
+    """A value as one table cell: a ``|`` or a line break in a class name must not split the row."""
+    return str(value).replace("|", "\\|").replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+_REPORT_FILE = re.compile(r"(report\.(json|md)|ablation\.md|gallery\.md|pointing_game\.(json|md)|[^/]+\.png|gallery/[^/]+\.png)")
+
+
+def legacy_report_files(folder: Path) -> set[str]:
+    """The files of a report folder written before manifests (what a new evaluate.py may replace)."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and _REPORT_FILE.fullmatch(p.relative_to(folder).as_posix())}
 
 
 # --------------------------------------------------------------------------- the evaluation
@@ -353,6 +367,8 @@ def plot_risk_coverage(models: dict[str, Sequence[LogitsSet]], path: Path) -> No
 def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
     """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
     models = {name: path for name, path in fusion.discover_models(runs).items() if not name.startswith("fusion")}
+    if not models:
+        raise fusion.FusionError(f"--ablation {runs}: no trained models (fold*/test_logits.npz) there; check the folder")
     rows = []
     for name, path in models.items():
         sets = fusion.load_fold_sets(path)

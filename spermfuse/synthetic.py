@@ -31,7 +31,10 @@ import csv
 import io
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -503,11 +506,27 @@ def generate(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: folder exists and is not empty; choose another --out or delete it")
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp_dir.exists():
-        import shutil
+    try:  # a private temporary name: two processes generating the same set never meet
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
+    except OSError as error:
+        raise ConfigError(f"{out_dir.parent}: not writable ({error.strerror}); choose another --out, or set $SPERMFUSE_CACHE to a writable folder") from None
+    try:
+        _write_set(tmp_dir, kind, seed, per_class, scale, masks, patients, progress)
+        if out_dir.exists() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        try:
+            tmp_dir.rename(out_dir)
+        except OSError:
+            if not (out_dir / "metadata.csv").is_file():
+                raise
+            log.info("%s: another process generated the same set first; using it", out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out_dir
 
-        shutil.rmtree(tmp_dir)
+
+def _write_set(tmp_dir: Path, kind: str, seed: int, per_class: int | None, scale: float | None, masks: bool, patients: int | None, progress) -> None:
     counts = class_counts(kind, per_class, scale)
     total, done = sum(counts.values()), 0
     looks = patient_looks(seed, patients) if patients else []
@@ -541,10 +560,6 @@ def generate(
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    if out_dir.exists():
-        out_dir.rmdir()
-    tmp_dir.rename(out_dir)
-    return out_dir
 
 
 def generate_once(out_dir: str | Path, kind: str = "sperm18", **options) -> Path:
@@ -553,9 +568,7 @@ def generate_once(out_dir: str | Path, kind: str = "sperm18", **options) -> Path
     out_dir = Path(out_dir)
     if not (out_dir / "metadata.csv").exists():
         log.info("generating the synthetic %s set (%s) in %s (once)", kind, ", ".join(f"{k} {v}" for k, v in options.items()), out_dir)
-        if out_dir.exists():
-            import shutil
-
+        if out_dir.exists():  # no metadata.csv: a leftover of an interrupted older version
             shutil.rmtree(out_dir)
         generate(out_dir, kind, **options)
     return out_dir

@@ -215,7 +215,7 @@ def test_ablation_lays_out_table_2(tmp_path):
     assert run("fuse.py", "--grid", "--runs", str(both), "--models", "modelx", "modely").returncode == 0  # fused folders beside the models
     result = run("evaluate.py", "--ablation", f"baseline={base}", f"both={both}", "--reports", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
-    table = (tmp_path / "r" / "evaluation" / "ablation.md").read_text()
+    table = (tmp_path / "r" / "ablation" / "ablation.md").read_text()
     assert table.count("fusion a=0.5") == 2 and "| baseline | modelx |" in table
     assert table.count("| both |") == 4  # the two backbones and the two fusions it computes, no fused folder as a "model"
 
