@@ -13,22 +13,25 @@
 # once: python train.py --list-weights), --weights1 PATH / --weights2 PATH (local checkpoints
 # for the first and second backbone). Every step is a plain command you can run yourself.
 set -euo pipefail
-cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python}"
+absolute() {  # paths given on the command line are relative to where the user stands, not to the repository
+  case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac
+}
 preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
-    --data) data=(--data "$2"); shift 2 ;;
-    --out) out="$2"; shift 2 ;;
-    --reports) reports="$2"; shift 2 ;;
+    --data) data=(--data "$(absolute "$2")"); shift 2 ;;
+    --out) out="$(absolute "$2")"; shift 2 ;;
+    --reports) reports="$(absolute "$2")"; shift 2 ;;
     --pretrained) pretrained=(--pretrained); shift ;;
     --no-pretrain) pretrain=0; shift ;;
-    --weights1) weights[0]="$2"; shift 2 ;;
-    --weights2) weights[1]="$2"; shift 2 ;;
+    --weights1) weights[0]="$(absolute "$2")"; shift 2 ;;
+    --weights2) weights[1]="$(absolute "$2")"; shift 2 ;;
     *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2)" >&2; exit 2 ;;
   esac
 done
+cd "$(dirname "$0")"
 out="${out:-runs/$preset}"
 case "$preset" in
   demo)

@@ -267,11 +267,11 @@ def usable_images(args) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 def run_prediction(args) -> int:
     check_prediction_outputs(args)
+    images, bad = usable_images(args)
     device = resolve_device(args.device)
     settings, folds, members = fused_members(args, device)
     names = settings["models"]
     weights = fusion.prediction_weights(settings, folds)
-    images, bad = usable_images(args)
     probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
     header = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes]

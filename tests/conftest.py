@@ -23,6 +23,9 @@ def loopback_only(monkeypatch):
         return resolve(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", local)
+    # Nor does a user's own setting reach them (subprocesses inherit this environment).
+    for variable in ("SPERMFUSE_WEIGHTS_CATALOGUE", "SPERMFUSE_ALLOW_HTTP"):
+        monkeypatch.delenv(variable, raising=False)
 
 
 def draw_cell(size: tuple[int, int], radius: int, seed: int) -> Image.Image:

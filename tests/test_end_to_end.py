@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from spermfuse.output_folder import write_manifest
 import pytest
+from PIL import Image
+
+from spermfuse.checkpoint import read_csv
+from spermfuse.output_folder import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,3 +163,24 @@ def test_masks_of_other_images_are_refused_naming_the_image(tiny_sperm, demo_out
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "differs from the tested" in result.stderr and "gallery" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "reports" / "x" / "pointing_game.json").exists()
+
+
+def test_predict_lists_every_bad_image_and_skip_bad_goes_on_with_one_figure_per_file(tiny_sperm, demo_output, tmp_path):  # review B6, B22
+    new_images = tmp_path / "new"
+    new_images.mkdir()
+    Image.open(tiny_sperm / "Normal/Normal_00000.png").convert("RGB").save(new_images / "cell.jpg")
+    shutil.copy(tiny_sperm / "CurlyTail/CurlyTail_00002.png", new_images / "cell.png")
+    (new_images / "empty.png").write_bytes(b"")
+    (new_images / "fake.tif").write_text("not an image")
+    command = [sys.executable, "fuse.py", "--predict", str(new_images), "--runs", str(demo_output / "runs"), "--models", "efficientnet_tiny",
+               "resnetv2_tiny", "--output", str(tmp_path / "predictions.csv")]  # fmt: skip
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "2 of 4 images unusable" in refused.stderr and "empty.png" in refused.stderr and "fake.tif" in refused.stderr
+    assert not (tmp_path / "predictions.csv").exists()
+    result = subprocess.run(command + ["--skip-bad", "--explain", str(tmp_path / "why")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = {r["path"]: r for r in read_csv(tmp_path / "predictions.csv")}
+    assert rows["empty.png"]["skipped"] == "zero-byte file" and rows["empty.png"]["predicted"] == ""
+    assert rows["cell.jpg"]["skipped"] == "" and rows["cell.jpg"]["predicted"]
+    figures = sorted(r["figure"] for r in read_csv(tmp_path / "why" / "explanations.csv"))
+    assert figures == ["cell.jpg.png", "cell.png.png"] and all((tmp_path / "why" / f).is_file() for f in figures)
