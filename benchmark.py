@@ -13,6 +13,7 @@
     python benchmark.py --suite export                   # the fused pair: eager vs torch.export program vs ONNX Runtime
     python benchmark.py --suite padding --models efficientnetv2_s   # TensorFlow "same" padding vs symmetric
     python benchmark.py --suite explain                  # Grad-CAM of the fused pair vs its forward; occlusion images/s
+    python benchmark.py --suite guarantees --markdown docs/guarantees_benchmark.md   # manifests and locks vs the commands they guard
     python benchmark.py --suite cpu --models efficientnet_tiny resnetv2_tiny --img-size 64 --batch-size 32   # CPU speed-ups
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
@@ -24,8 +25,9 @@ import argparse
 import logging
 import sys
 import time
-from typing import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,7 +51,7 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding", "explain", "cpu"], default="models")
+    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding", "explain", "cpu", "guarantees"], default="models")
     p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
@@ -66,8 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train", action="store_true", help="training steps (batch 8): fp32 vs AMP")
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
+    p.add_argument("--rounds", type=int, default=5, help="--suite guarantees: interleaved rounds (medians)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--markdown", type=Path, help="--suite export/padding/explain/cpu: also write its table here (for the README)")
+    p.add_argument("--markdown", type=Path, help="--suite export/padding/explain/cpu/guarantees: also write its table here (for the README)")
     return p.parse_args(argv)
 
 
@@ -441,13 +444,9 @@ def splits_suite(args, device) -> dict:
     return times
 
 
-def fusion_suite(args, device) -> dict:
-    """fuse.py --grid and evaluate.py (with figures) on made-up logits of the paper's size:
-    18,456 test samples in 5 folds, 18 classes, two models, and a validation set per fold.
-    Each command runs with and without what calibration and referral add, side by side."""
-    import shutil
-    import tempfile
-
+def paper_size_runs(runs: Path) -> Path:
+    """Made-up logits of the paper's size under ``runs``: 18,456 test samples in 5 folds, 18
+    classes, efficientnetv2_s and resnet50v2, and a validation set per fold."""
     rng = np.random.default_rng(0)
     classes = np.array([f"class{c:02d}" for c in range(18)])
 
@@ -456,16 +455,26 @@ def fusion_suite(args, device) -> dict:
         np.savez(folder / f"{split}_logits.npz", logits=logits, labels=labels, paths=np.array([f"{split}{i}.png" for i in part]),
                  classes=classes, arch=np.array(arch), fold=np.array(fold))  # fmt: skip
 
+    for k, part in enumerate(np.array_split(np.arange(18456), 5), start=1):
+        val = part[: len(part) // 4]  # about the 10 % validation share of 14,765 training images
+        test_labels, val_labels = rng.integers(0, 18, len(part)), rng.integers(0, 18, len(val))
+        for arch in ("efficientnetv2_s", "resnet50v2"):
+            folder = runs / arch / f"fold{k}"
+            folder.mkdir(parents=True)
+            write(folder, "test", part, test_labels, arch, k)
+            write(folder, "val", val, val_labels, arch, k)
+    return runs
+
+
+def fusion_suite(args, device) -> dict:
+    """fuse.py --grid and evaluate.py (with figures) on made-up logits of the paper's size
+    (:func:`paper_size_runs`). Each command runs with and without what calibration and
+    referral add, side by side."""
+    import shutil
+    import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(tmp) / "runs"
-        for k, part in enumerate(np.array_split(np.arange(18456), 5), start=1):
-            val = part[: len(part) // 4]  # about the 10 % validation share of 14,765 training images
-            test_labels, val_labels = rng.integers(0, 18, len(part)), rng.integers(0, 18, len(val))
-            for arch in ("efficientnetv2_s", "resnet50v2"):
-                folder = runs / arch / f"fold{k}"
-                folder.mkdir(parents=True)
-                write(folder, "test", part, test_labels, arch, k)
-                write(folder, "val", val, val_labels, arch, k)
+        runs = paper_size_runs(Path(tmp) / "runs")
         evaluate = ["evaluate.py", "--runs", str(runs), "--reports", str(Path(tmp) / "r")]
         commands = [
             ("fuse --grid (11 weights x 5 folds)", ["fuse.py", "--grid", "--runs", str(runs)]),
@@ -485,6 +494,50 @@ def fusion_suite(args, device) -> dict:
     medians = {name: float(np.median(values)) for name, values in times.items()}
     print(markdown_table(["command (18,456 x 18 logits, 5 folds)", "median seconds (incl. interpreter start)"], [[k, f"{v:.1f}"] for k, v in medians.items()]))
     return medians
+
+
+def guarantees_suite(args, device) -> dict:
+    """What the file guarantees cost (docs/GUARANTEES.md): the fusion folder's manifest (written
+    once, checked by every reader) against ``fuse.py --grid`` at the paper's size, and the run
+    folder's lock and --overwrite's move-aside against a tiny training run. In one process,
+    interleaved rounds, medians."""
+    import tempfile
+
+    import fuse
+    from spermfuse import synthetic, trainer
+    from spermfuse.config import preset_config
+    from spermfuse.lock import LOCK_NAME, FolderLock
+    from spermfuse.output_folder import discard, move_aside, verify_folder, write_manifest
+
+    def seconds(step: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {key: [] for key in ("grid", "manifest", "verify", "train", "lock", "aside")}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = paper_size_runs(Path(tmp) / "runs")
+        data = synthetic.generate(Path(tmp) / "data", "hushem4", seed=0, per_class=8)
+        config = preset_config("tiny", arch="efficientnet_tiny", data=str(data), out=str(Path(tmp) / "tiny"), device="cpu")
+        for _ in range(args.rounds):
+            times["grid"].append(seconds(lambda: fuse.main(["--grid", "--runs", str(runs)])))
+            times["manifest"].append(seconds(lambda: write_manifest(runs / "fusion")))
+            times["verify"].append(seconds(lambda: verify_folder(runs / "fusion")))
+            times["train"].append(seconds(lambda: trainer.train_fold(replace(config, overwrite=True))))
+            times["lock"].append(seconds(lambda: FolderLock(config.run_dir(), "benchmark").acquire() or (config.run_dir() / LOCK_NAME).unlink()))
+            times["aside"].append(seconds(lambda: discard(move_aside(config.run_dir(), keep=set()))))
+            trainer.train_fold(replace(config, overwrite=True))  # the next round's move-aside has a run to move
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    unit = medians["manifest"] + medians["verify"]
+    run_folder = medians["lock"] + medians["aside"]
+    rows = [
+        ["fuse.py --grid, 18,456 x 18 logits, 5 folds (in process)", f"{medians['grid']:.3f}", ""],
+        ["  its fusion folder's manifest: written once + checked once", f"{unit:.4f}", f"{100 * unit / medians['grid']:.2f} %"],
+        ["train.py --preset tiny, one fold (hushem4, 8 per class)", f"{medians['train']:.3f}", ""],
+        ["  its run folder's lock + --overwrite's move-aside", f"{run_folder:.4f}", f"{100 * run_folder / medians['train']:.2f} %"],
+    ]
+    print_table(args, device, markdown_table(["step", "median s", "share"], rows))
+    return medians | {"unit_share_of_grid": unit / medians["grid"], "run_folder_share_of_tiny_run": run_folder / medians["train"]}
 
 
 def run_seconds(command: list[str]) -> float:
@@ -508,7 +561,7 @@ def main(argv=None) -> int:
         print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
               f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
               f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite, "cpu": cpu_suite}
+        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite, "cpu": cpu_suite, "guarantees": guarantees_suite}
         suite = suites[args.suite]
         results = suite(args, device)
     except (SpermfuseError, OSError) as error:

@@ -266,9 +266,9 @@ def usable_images(args) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def run_prediction(args) -> int:
+    device = resolve_device(args.device)
     check_prediction_outputs(args)
     images, bad = usable_images(args)
-    device = resolve_device(args.device)
     settings, folds, members = fused_members(args, device)
     names = settings["models"]
     weights = fusion.prediction_weights(settings, folds)

@@ -488,11 +488,15 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     patients: int | None = None,
     masks: bool = False,
+    replace_incomplete: bool = False,
 ) -> Path:
     """Write a synthetic data set as ImageFolder PNGs plus ``metadata.csv``; returns ``out_dir``.
 
-    The folder is built under a temporary name and renamed when complete, so an
-    interrupted run never leaves a half-written data set behind. ``patients``: see the
+    The folder is built under a private temporary name and renamed when complete, so an
+    interrupted run never leaves a half-written data set behind, and two processes never
+    meet. ``replace_incomplete`` (the cache, :func:`generate_once`): an existing folder
+    without ``metadata.csv`` is replaced, and a complete one another process published
+    meanwhile is used. ``patients``: see the
     module docstring. ``masks`` (sperm18): also each image's part mask (``PART_VALUES``) as
     ``.masks/<class>/<name>.png``, its path in the ``mask`` column; the folder is hidden so
     that ImageFolder discovery does not take it for a class. The images do not change.
@@ -504,7 +508,7 @@ def generate(
     if patients is not None and patients < 2:
         raise ConfigError(f"--patients {patients}: give at least 2 patients")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if not replace_incomplete and out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: folder exists and is not empty; choose another --out or delete it")
     try:  # a private temporary name: two processes generating the same set never meet
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -513,14 +517,16 @@ def generate(
         raise ConfigError(f"{out_dir.parent}: not writable ({error.strerror}); choose another --out, or set $SPERMFUSE_CACHE to a writable folder") from None
     try:
         _write_set(tmp_dir, kind, seed, per_class, scale, masks, patients, progress)
-        if out_dir.exists() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
         try:
-            tmp_dir.rename(out_dir)
+            tmp_dir.rename(out_dir)  # replaces an absent or empty folder
         except OSError:
-            if not (out_dir / "metadata.csv").is_file():
-                raise
-            log.info("%s: another process generated the same set first; using it", out_dir)
+            if (out_dir / "metadata.csv").is_file():
+                log.info("%s: another process generated the same set first; using it", out_dir)
+            else:  # no metadata.csv (written last): an interrupted older version's leftover
+                leftover = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".old", dir=out_dir.parent))
+                os.rename(out_dir, leftover / out_dir.name)
+                shutil.rmtree(leftover, ignore_errors=True)
+                tmp_dir.rename(out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_dir
@@ -568,9 +574,7 @@ def generate_once(out_dir: str | Path, kind: str = "sperm18", **options) -> Path
     out_dir = Path(out_dir)
     if not (out_dir / "metadata.csv").exists():
         log.info("generating the synthetic %s set (%s) in %s (once)", kind, ", ".join(f"{k} {v}" for k, v in options.items()), out_dir)
-        if out_dir.exists():  # no metadata.csv: a leftover of an interrupted older version
-            shutil.rmtree(out_dir)
-        generate(out_dir, kind, **options)
+        generate(out_dir, kind, replace_incomplete=True, **options)
     return out_dir
 
 

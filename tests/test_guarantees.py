@@ -242,6 +242,29 @@ def test_export_refuses_members_of_other_class_lists_in_any_fold(tmp_path):  # [
         check_exportable([fold1, fold2])
 
 
+def test_two_processes_generating_the_default_set_at_once_both_get_it_whole(tmp_path):  # [B21]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spermfuse import synthetic
+
+    out = tmp_path / "cache" / "hushem4"
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda seed: synthetic.generate_once(out, "hushem4", seed=0, per_class=3), range(2)))
+    assert results == [out, out] and len(discover(out)) == 12
+    assert sorted(p.name for p in out.parent.iterdir()) == ["hushem4"]  # no partial folder left
+
+
+def test_an_unwritable_cache_names_the_variable_that_moves_it(tmp_path, monkeypatch):  # [D7]
+    from spermfuse import synthetic
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(synthetic.tempfile, "mkdtemp", read_only)
+    with pytest.raises(ConfigError, match="set \\$SPERMFUSE_CACHE to a writable folder"):
+        synthetic.generate_once(tmp_path / "cache" / "set", "hushem4", seed=0, per_class=2)
+
+
 # --------------------------------------------------------------------------- 5. every input is validated where it enters
 
 
