@@ -32,13 +32,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from spermfuse import flops, profiling
+from spermfuse import cli, flops, profiling
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
-from spermfuse.errors import ConfigError, SpermfuseError, user_message
+from spermfuse.errors import ConfigError
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model, get_spec, list_models
 from spermfuse.report import markdown_table
-from spermfuse.trainer import resolve_device
+from spermfuse.runtime import device_description, resolve_device
 
 PAPER = {  # RTX 5070 Ti, batch 1, 240 px (Table 8)
     "efficientnetv2_s": {"params_m": 20.20, "gflops": 3.39, "latency_ms": 10.82, "fps": 92.43},
@@ -284,7 +284,7 @@ def print_table(args, device, table: str) -> None:
             f"benchmark.py --suite {args.suite} --models {' '.join(args.models)} --img-size {args.img_size} --batch-size {args.batch_size} "
             f"--warmup {args.warmup} --iters {args.iters}"
         )
-        atomic_write_text(args.markdown, f"<!-- written by {command}; {profiling.device_description(device)}; torch {torch.__version__} -->\n\n" + table)
+        atomic_write_text(args.markdown, f"<!-- written by {command}; {device_description(device)}; torch {torch.__version__} -->\n\n" + table)
 
 
 def training_step(model: torch.nn.Module, device, args, batch: int = 8, bf16: bool = False, channels_last: bool = False) -> Callable[[], None]:
@@ -388,7 +388,7 @@ def cpu_suite(args, device) -> dict:
     channels-last, bf16 autocast and both, timed side by side in interleaved rounds; then the
     training loader alone (the demo's augmentation, the default set) with 0, 1 and 2 workers."""
     from spermfuse import data
-    from spermfuse.trainer import ensure_default_data
+    from spermfuse.cache import ensure_default_data
     from spermfuse.distributed import DistributedContext
     from spermfuse.transforms import build
 
@@ -553,30 +553,31 @@ def run_seconds(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
+SUITES = {
+    "models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite,
+    "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite,
+    "cpu": cpu_suite, "guarantees": guarantees_suite,
+}  # fmt: skip
+
+
+def run(args) -> None:
+    device = resolve_device(args.device)
+    for model in args.models:
+        if model not in list_models():
+            raise ConfigError(f"--models {model}: unknown; choose from {', '.join(list_models())}")
+    settings_for(args, args.batch_size).check(device)
+    dtype = "fp16 weights" if args.half else {"on": "fp16 autocast" if device.type == "cuda" else "bf16 autocast", "off": "fp32"}[args.amp]
+    print(f"machine: {device_description(device)} | torch {torch.__version__} | {dtype}"
+          f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
+          f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
+    results = SUITES[args.suite](args, device)
+    if args.json:
+        atomic_write_json(args.json, {"device": device_description(device), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}, "results": results})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        device = resolve_device(args.device)
-        for model in args.models:
-            if model not in list_models():
-                raise ConfigError(f"--models {model}: unknown; choose from {', '.join(list_models())}")
-        settings_for(args, args.batch_size).check(device)
-        dtype = "fp16 weights" if args.half else {"on": "fp16 autocast" if device.type == "cuda" else "bf16 autocast", "off": "fp32"}[args.amp]
-        print(f"machine: {profiling.device_description(device)} | torch {torch.__version__} | {dtype}"
-              f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
-              f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
-        suites = {"models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite, "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite, "cpu": cpu_suite, "guarantees": guarantees_suite}
-        suite = suites[args.suite]
-        results = suite(args, device)
-    except (SpermfuseError, OSError) as error:
-        if user_message(error) is None:
-            raise  # a bug, not bad input: keep the traceback
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
-    if args.json:
-        atomic_write_json(args.json, {"device": profiling.device_description(device), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}, "results": results})
-    return 0
+    return cli.run(lambda: run(args))
 
 
 if __name__ == "__main__":

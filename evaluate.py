@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import explain_runs, fusion, profiling, report, splits
+from spermfuse import cli, explain_runs, fusion, report, splits
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
-from spermfuse.trainer import resolve_device
-from spermfuse.errors import SpermfuseError, user_message
+from spermfuse.runtime import environment_line, resolve_device
 from spermfuse.output_folder import write_folder
 
 log = logging.getLogger("evaluate")
@@ -70,11 +69,6 @@ def fusion_settings(folders: dict[str, Path]) -> dict | None:
     if "fusion" not in folders or not (folders["fusion"] / "fusion.json").is_file():
         return None
     return fusion.load_settings(folders["fusion"])
-
-
-def describe_environment() -> str:
-    """The commit and the machine, for a results file."""
-    return f"commit {profiling.git_commit(short=True) or 'unknown'}; {profiling.device_description(torch.device('cpu'))}; torch {torch.__version__}"
 
 
 def validation_sets(folder: Path) -> list[fusion.LogitsSet] | None:
@@ -139,66 +133,68 @@ def write_figures(models: dict[str, list[fusion.LogitsSet]], result: dict, out: 
         report.plot_reliability(sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def run_ablation(args, out: Path) -> None:
+    """Table 2: each run root's backbones and their fusions, in ``out/ablation.md``."""
+    rows = [[name] + row for name, folder in named_folders(args.ablation).items() for row in report.ablation_rows(folder, fusion.parse_alphas(args.alphas))]
+    table = report.markdown_table(["setting", "model", "accuracy", "weighted F1", "macro F1"], rows)
+    with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
+        atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)
+    print(table)
+
+
+def load_models(args) -> tuple[dict[str, Path], dict[str, list[fusion.LogitsSet]], str]:
+    """The model folders, their test logits per fold, and the main model's name."""
+    folders = named_folders(args.logits) if args.logits else fusion.discover_models(args.runs)
+    if not folders:
+        raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
+    models = {name: fusion.load_fold_sets(folder) for name, folder in folders.items()}
+    check_comparable(models)
+    main_name = args.main or ("fusion" if "fusion" in models else next(iter(models)))
+    if main_name not in models:
+        raise fusion.FusionError(f"--main {main_name}: not among {', '.join(models)}")
+    return folders, models, main_name
+
+
+def run_evaluation(args, out: Path) -> None:
+    """report.json, report.md and the figures of every model under ``out`` (a unit); --summary; --explain."""
     start = time.perf_counter()
-    out = args.reports / (args.name or ("ablation" if args.ablation else "evaluation"))
-    try:
-        if args.ablation:
-            rows = [[name] + row for name, folder in named_folders(args.ablation).items() for row in report.ablation_rows(folder, fusion.parse_alphas(args.alphas))]
-            table = report.markdown_table(["setting", "model", "accuracy", "weighted F1", "macro F1"], rows)
-            with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
-                atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)
-            print(table)
-            return 0
-        folders = named_folders(args.logits) if args.logits else fusion.discover_models(args.runs)
-        if not folders:
-            raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
-        models = {name: fusion.load_fold_sets(folder) for name, folder in folders.items()}
-        check_comparable(models)
-        notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
-        main_name = args.main or ("fusion" if "fusion" in models else next(iter(models)))
-        if main_name not in models:
-            raise fusion.FusionError(f"--main {main_name}: not among {', '.join(models)}")
-        val_models = {name: sets for name, folder in folders.items() if (sets := validation_sets(folder)) is not None}
-        result = report.build_report(models, val_models)
-        if not args.logits and (args.runs / "folds.csv").is_file():
-            groups = splits.groups_per_fold(args.runs / "folds.csv")
-            if groups is not None:
-                result["groups_per_fold"] = groups
-                notes += few_groups_notes(groups)
-        grid_md = None
-        for folder in folders.values():
-            if (folder / "grid.md").is_file():
-                grid_md = (folder / "grid.md").read_text()
-        masks = None
-        if args.masks is not None:
-            if not args.explain:
-                raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
-            masks = explain_runs.check_masks(args.runs, args.masks)  # before anything is written
-        # The report folder is written as a unit: a killed run leaves the previous report whole.
-        with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
-            atomic_write_json(folder / "report.json", result)
-            atomic_write_text(folder / "report.md", report.report_markdown(result, main_name, grid_md, notes))
-            pointing = write_explanations(args, folder, result["classes"], masks) if args.explain else None
-            if not args.no_figures:
-                write_figures(models, result, folder)
-        if args.summary:
-            summary = report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), describe_environment())
-            atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
-    except (SpermfuseError, OSError) as error:
-        if user_message(error) is None:
-            raise  # a bug, not bad input: keep the traceback
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
+    folders, models, main_name = load_models(args)
+    notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
+    val_models = {name: sets for name, folder in folders.items() if (sets := validation_sets(folder)) is not None}
+    result = report.build_report(models, val_models)
+    if not args.logits and (args.runs / "folds.csv").is_file():
+        groups = splits.groups_per_fold(args.runs / "folds.csv")
+        if groups is not None:
+            result["groups_per_fold"] = groups
+            notes += few_groups_notes(groups)
+    grid_md = next(((folder / "grid.md").read_text() for folder in reversed(folders.values()) if (folder / "grid.md").is_file()), None)
+    masks = None
+    if args.masks is not None:
+        if not args.explain:
+            raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
+        masks = explain_runs.check_masks(args.runs, args.masks)  # before anything is written
+    # The report folder is written as a unit: a killed run leaves the previous report whole.
+    with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
+        atomic_write_json(folder / "report.json", result)
+        atomic_write_text(folder / "report.md", report.report_markdown(result, main_name, grid_md, notes))
+        pointing = write_explanations(args, folder, result["classes"], masks) if args.explain else None
+        if not args.no_figures:
+            write_figures(models, result, folder)
+    if args.summary:
+        summary = report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), environment_line(torch.device("cpu")))
+        atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
     for note in notes:
         log.warning("note: %s", note)
     for name, m in result["models"].items():
         a = m["aggregate"]
         log.info("%-18s acc %.4f  F1w %.4f  F1m %.4f  AUROC %.4f", name, a["accuracy"], a["f1_weighted"], a["f1_macro"], a["auroc_macro"])
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = args.reports / (args.name or ("ablation" if args.ablation else "evaluation"))
+    return cli.run(lambda: run_ablation(args, out) if args.ablation else run_evaluation(args, out))
 
 
 if __name__ == "__main__":

@@ -19,17 +19,16 @@ import logging
 import sys
 from pathlib import Path
 
-from spermfuse import calibration, fusion, report
+from spermfuse import calibration, cli, fusion, report
 from spermfuse.calibration import probabilities_of
 from spermfuse.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
-from spermfuse.errors import SpermfuseError, user_message
 from spermfuse.export import export_fused
 from spermfuse.data import check_image, load_rgb
 from spermfuse.explain import explain_files, peak
 from spermfuse.inference import fused_probabilities, list_images, load_fold_members
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.report import explanation_figure
-from spermfuse.trainer import resolve_device
+from spermfuse.runtime import resolve_device
 
 log = logging.getLogger("fuse")
 
@@ -296,20 +295,17 @@ def run_prediction(args) -> int:
     return 0
 
 
+def run(args) -> int:
+    if args.explain is not None and args.predict is None:
+        raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
+    if args.export:
+        return run_export(args)
+    return run_prediction(args) if args.predict else run_fusion(args)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.explain is not None and args.predict is None:
-            raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
-        if args.export:
-            return run_export(args)
-        return run_prediction(args) if args.predict else run_fusion(args)
-    except (SpermfuseError, OSError) as error:
-        if user_message(error) is None:
-            raise  # a bug, not bad input: keep the traceback
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ import logging
 import sys
 import time
 
-from spermfuse import distributed, trainer
+from spermfuse import cli, distributed, trainer
 from spermfuse.config import PRESETS, preset_config, validate_config
 from spermfuse.engine import TTA_MODES
-from spermfuse.errors import ConfigError, SpermfuseError, user_message
+from spermfuse.errors import ConfigError
 from spermfuse.download import fetch
 from spermfuse.models import list_models
 from spermfuse.models.catalogue import catalogue_table, find_entry
@@ -140,34 +140,29 @@ class ProgressLine:
         sys.stderr.flush()
 
 
+def train(args: argparse.Namespace) -> None:
+    """Every fold asked for, one after the other (the images checked once)."""
+    if args.list_weights:
+        print(catalogue_table())
+        return
+    first = build_config(args, 1)
+    validate_config(first)  # before any download
+    folds = parse_folds(args.fold, first)
+    if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
+        fetch(find_entry(first.arch, first.pretrained), DownloadLine())
+    samples = None  # discovered (and every image checked) once for all folds
+    for fold in folds:
+        fold_trainer = trainer.FoldTrainer(build_config(args, fold), progress=ProgressLine(), samples=samples)
+        samples = fold_trainer.samples
+        logging.info("done: %s", fold_trainer.run())
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        if args.list_weights:
-            print(catalogue_table())
-            return 0
-        first = build_config(args, 1)
-        validate_config(first)  # before any download
-        folds = parse_folds(args.fold, first)
-        if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
-            fetch(find_entry(first.arch, first.pretrained), DownloadLine())
-        samples = None  # discovered (and every image checked) once for all folds
-        for fold in folds:
-            fold_trainer = trainer.FoldTrainer(build_config(args, fold), progress=ProgressLine(), samples=samples)
-            samples = fold_trainer.samples
-            logging.info("done: %s", fold_trainer.run())
-    except (SpermfuseError, OSError) as error:
-        if user_message(error) is None:
-            raise  # a bug, not bad input: keep the traceback
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        return cli.run(lambda: train(args), timed=True, interrupted="interrupted; continue with --resume")
     finally:
         distributed.shutdown()
-    return 0
 
 
 if __name__ == "__main__":

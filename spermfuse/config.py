@@ -130,11 +130,6 @@ def preset_config(preset: str = "paper_a", **overrides) -> TrainConfig:
     return TrainConfig(**{**PRESETS[preset], **overrides})
 
 
-def method_b_config(**overrides) -> TrainConfig:
-    """Method B's protocol (``paper_b``); ``overrides`` win."""
-    return preset_config("paper_b", **overrides)
-
-
 def _finite(value: float) -> bool:
     return math.isfinite(value)
 

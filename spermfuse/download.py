@@ -21,11 +21,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from .cache import weights_cache
 from .checkpoint import atomic_write_text
 from .errors import SpermfuseError
-from .models.catalogue import WeightsEntry
+
+if TYPE_CHECKING:
+    from .models.catalogue import WeightsEntry
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +41,6 @@ Progress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or 
 
 class DownloadError(SpermfuseError):
     """A download or cached file that cannot be used; the message names it and the way out."""
-
-
-def cache_root() -> Path:
-    """``$SPERMFUSE_CACHE`` or ``~/.cache/spermfuse``: the data sets and the weights live under it."""
-    return Path(os.environ.get("SPERMFUSE_CACHE", Path.home() / ".cache" / "spermfuse"))
-
-
-def weights_cache() -> Path:
-    return cache_root() / "weights"
 
 
 def file_sha256(path: Path) -> str:

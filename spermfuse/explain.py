@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.efficientnet import EfficientNet
 
+from .data import load_rgb
 from .errors import ConfigError
+from .inference import Classifier, check_same_classes
 from .models.resnetv2 import ResNetV2
+from .synthetic import PART_VALUES
 from .transforms import letterbox_box
-
-if TYPE_CHECKING:
-    from .inference import Classifier
 
 
 def default_layer(model: nn.Module) -> nn.Module:
@@ -258,8 +258,6 @@ def explain_files(
     ``folds[k][i]`` is member ``names[i]`` of fold k with weight ``weights[k][i]``, the folds'
     fused logits averaged (so each member weighs w / K). The maps explain the plain forward
     pass (without test-time augmentation) and come back in each file's geometry."""
-    from .data import load_rgb
-    from .inference import check_same_classes
 
     check_same_classes(folds)
     members = [Member(name, c.model, w / len(folds)) for fold, fold_weights in zip(folds, weights) for name, c, w in zip(names, fold, fold_weights)]
@@ -287,7 +285,6 @@ def pointing_game(maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], par
     random hits that often). ``maps[i]`` and ``masks[i]`` share the original image's geometry;
     ``parts[i]`` is "head", "neck", "tail" or "sperm" (any of the three, for Normal);
     mask values follow ``synthetic.PART_VALUES``."""
-    from .synthetic import PART_VALUES
 
     values = {"head": [PART_VALUES["head"]], "neck": [PART_VALUES["neck"]], "tail": [PART_VALUES["tail"]]}
     values["sperm"] = values["head"] + values["neck"] + values["tail"]

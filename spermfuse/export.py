@@ -27,7 +27,7 @@ from .checkpoint import atomic_write_bytes, atomic_write_json
 from .engine import tta_logits
 from .errors import SpermfuseError
 from .inference import Classifier, check_same_classes
-from .profiling import git_commit
+from .runtime import git_commit
 
 
 log = logging.getLogger(__name__)

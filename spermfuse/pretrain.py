@@ -28,10 +28,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import synthetic
+from . import cli, synthetic
+from .cache import pretraining_data_dir, pretraining_root
 from .checkpoint import CheckpointError, atomic_write_json
 from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
-from .download import cache_root, file_sha256
+from .download import file_sha256
+from .trainer import FoldTrainer
 
 log = logging.getLogger(__name__)
 BASE_PRESET = "demo_scratch"  # the pretraining's settings, with the recipe's on top
@@ -55,13 +57,12 @@ class PretrainRecipe:
 
 
 def pretrain_root(recipe: PretrainRecipe) -> Path:
-    return cache_root() / f"demo-pretrain-{recipe.fingerprint()}"
+    return pretraining_root(recipe.fingerprint())
 
 
 def pretraining_data(recipe: PretrainRecipe) -> Path:
     """The pretraining set, generated once (atomically: an interrupted generation leaves nothing)."""
-    # Named by what is in it, so recipes that differ only in training share it.
-    folder = cache_root() / f"sperm18-v{synthetic.GENERATOR_VERSION}-seed{recipe.seed}-{recipe.per_class}-per-class"
+    folder = pretraining_data_dir(recipe.seed, recipe.per_class)
     return synthetic.generate_once(folder, "sperm18", seed=recipe.seed, per_class=recipe.per_class)
 
 
@@ -84,8 +85,6 @@ def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | No
 def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), workers: int = 0) -> Path:
     """``best.pt`` of ``arch`` pretrained by ``recipe``: from the cache when its record checks out,
     else trained now (resuming an interrupted pretraining) and recorded."""
-    from .trainer import FoldTrainer
-
     folder = pretrain_root(recipe) / arch
     if (folder / "pretrain.json").exists():  # made before: use it if it checks out
         problem = _record_problem(folder, arch, recipe)
@@ -118,17 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", required=True, help="a registered model, e.g. efficientnet_tiny")
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: fastest on 2 cores)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    from .errors import SpermfuseError, user_message
-
-    try:
-        print(pretrained_checkpoint(args.arch, workers=args.workers))
-    except (SpermfuseError, OSError) as error:
-        if user_message(error) is None:
-            raise
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(lambda: print(pretrained_checkpoint(args.arch, workers=args.workers)), timed=True)
 
 
 if __name__ == "__main__":

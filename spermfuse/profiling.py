@@ -169,32 +169,3 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def git_commit(short: bool = False) -> str | None:
-    """The commit of the spermfuse checkout that is running, or None outside git."""
-    import subprocess
-    from pathlib import Path
-
-    command = ["git", "rev-parse", "--short", "HEAD"] if short else ["git", "rev-parse", "HEAD"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def device_description(device: torch.device) -> str:
-    """The machine line: GPU name, or the CPU model and core count."""
-    if device.type == "cuda":
-        return f"GPU {torch.cuda.get_device_name(device)}"
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {model} ({torch.get_num_threads()} threads)"

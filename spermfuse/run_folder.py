@@ -115,11 +115,9 @@ def data_root_of_run(run_dir: Path) -> Path:
         config = json.loads((Path(run_dir) / "config.json").read_text())
     except (OSError, ValueError) as error:
         raise ConfigError(f"{Path(run_dir) / 'config.json'}: cannot read the run's settings ({error})") from None
-    if "data_root" in config:
-        return Path(config["data_root"])
-    from .trainer import default_data_dir  # a run written before data_root was recorded
-
-    return Path(config["data"]) if config.get("data") else default_data_dir(config.get("synthetic_scale"))
+    if "data_root" not in config:
+        raise ConfigError(f"{Path(run_dir) / 'config.json'}: records no data folder (written before v0.2); retrain the run")
+    return Path(config["data_root"])
 
 
 def checkpoint_metadata(config: "TrainConfig", classes: list[str], eval_pipeline: "Pipeline", split: str) -> dict:

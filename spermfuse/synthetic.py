@@ -43,6 +43,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from . import cli
+from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -592,8 +594,6 @@ def preview(kind: str, path: str | Path, per_class: int = 4, seed: int = 42, til
             sheet.paste(image, (label_width + col * tile + (tile - image.width) // 2, row * tile + (tile - image.height) // 2))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    from .checkpoint import atomic_write_bytes
-
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
@@ -609,23 +609,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masks", action="store_true", help="sperm18: also write each image's part mask (0 background, 1 head, 2 neck, 3 tail)")
     parser.add_argument("--patients", type=int, help="assign each image to one of N patients with their own look (train with --group-pattern 'patient(\\d+)')")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out is None and args.preview is None:
         parser.error("give --out DIR and/or --preview FILE.png")
     if args.per_class is not None and args.per_class < 1:
         parser.error("--per-class must be >= 1")
+    return cli.run(lambda: write_from_command_line(args))
+
+
+def write_from_command_line(args: argparse.Namespace) -> None:
     if args.preview:
         log.info("preview: %s", preview(args.kind, args.preview, seed=args.seed))
     if args.out:
         start = time.perf_counter()
-        try:
-            out = generate(args.out, args.kind, args.seed, args.per_class, args.scale, progress=_log_progress, patients=args.patients, masks=args.masks)
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        out = generate(args.out, args.kind, args.seed, args.per_class, args.scale, progress=_log_progress, patients=args.patients, masks=args.masks)
         n = sum(class_counts(args.kind, args.per_class, args.scale).values())
         log.info("wrote %d %s images to %s in %.1f s", n, args.kind, out, time.perf_counter() - start)
-    return 0
 
 
 def _log_progress(done: int, total: int) -> None:

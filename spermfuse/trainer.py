@@ -14,9 +14,6 @@ Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split):
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,18 +24,19 @@ import torch
 from torch import nn
 
 from . import data as data_lib
-from . import distributed, engine, splits, synthetic
+from . import distributed, engine, splits
+from .cache import ensure_default_data
 from .checkpoint import atomic_torch_save, safe_torch_load
-from .config import OPERATIONAL_SETTINGS, TrainConfig, method_b_config, validate_config  # noqa: F401 (method_b_config re-exported)
+from .config import OPERATIONAL_SETTINGS, TrainConfig, validate_config
 from .ema import WeightEMA
 from .errors import ConfigError
-from .download import cache_root
+from .lock import LOCK_NAME, FolderLock
 from .models import LoadReport, create_model, get_spec, load_initial_weights, resolve_padding
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
-from .profiling import git_commit, peak_memory_mb
-from .lock import LOCK_NAME, FolderLock
 from .output_folder import discard, move_aside, refuse_overlap
+from .profiling import peak_memory_mb
 from .run_folder import checkpoint_metadata, save_logits, split_digest, write_config, write_history
+from .runtime import environment, resolve_device, seed_everything
 from .segmentation import HybridOtsu
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build
 
@@ -59,63 +57,6 @@ def stages_of(config: TrainConfig) -> list[Stage]:
 
 
 # --------------------------------------------------------------------------- setup helpers
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch; deterministic cuDNN and algorithms.
-
-    Bit-identical on the CPU. On CUDA the deterministic mode is warn-only: a kernel without
-    a deterministic version still runs (with a warning), so GPU runs repeat only up to those.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str, context: distributed.DistributedContext = distributed.DistributedContext()) -> torch.device:
-    """``--device auto|cpu|cuda[:k]`` as a device; a missing GPU is a ConfigError naming the flag."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device; use auto, cpu or cuda") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
-        if context.enabled:
-            device = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def default_data_dir(scale: float | None = None) -> Path:
-    """Where the embedded synthetic sperm18 set is cached ($SPERMFUSE_CACHE or ~/.cache/spermfuse)."""
-    suffix = "" if scale is None else f"-scale{scale:g}"
-    return cache_root() / f"sperm18-v{synthetic.GENERATOR_VERSION}-seed42{suffix}"
-
-
-def ensure_default_data(scale: float | None, context: distributed.DistributedContext) -> Path:
-    """Generate the embedded default data set on first use (rank 0), then reuse it."""
-    folder = default_data_dir(scale)
-    if context.is_main:
-        synthetic.generate_once(folder, "sperm18", seed=42, scale=scale)
-    distributed.barrier(context)
-    return folder
-
-
-def environment_info(device: torch.device) -> dict:
-    import torchvision
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    return {
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "git_commit": git_commit(), "device": str(device), "device_name": name,
-    }  # fmt: skip
 
 
 def input_normalization(config: TrainConfig, report: LoadReport | None) -> tuple[tuple[float, ...], tuple[float, ...], str]:
@@ -382,7 +323,7 @@ class FoldTrainer:
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             normalization = {"mean": list(self.mean), "std": list(self.std)}
-            write_config(self.run_dir, c, self.samples.root, normalization, environment_info(self.device), self.samples.classes)
+            write_config(self.run_dir, c, self.samples.root, normalization, environment(self.device), self.samples.classes)
         stages = stages_of(c)
         self._warn_if_frozen_without_weights()
         stage_index, global_epoch, finished = 0, 0, False

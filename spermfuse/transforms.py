@@ -19,12 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-# [0, 1] -> [-1, 1]: what BiT and TensorFlow-trained EfficientNetV2 checkpoints expect.
-UNIT_RANGE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
-UNIT_RANGE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 def as_rgb(image: Image.Image) -> Image.Image:
     """The image itself when already RGB (``convert`` would copy it on the data-loading hot path)."""

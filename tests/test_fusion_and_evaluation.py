@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from spermfuse.config import preset_config
 from spermfuse import calibration, fusion, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,7 +234,8 @@ def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_pat
     import evaluate
     from spermfuse import trainer
 
-    config = trainer.method_b_config(
+    config = preset_config(
+        "paper_b",
         arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path / "runs"), img_size=32, workers=0,
         freeze_epochs=1, finetune_epochs=1, unfreeze_last=10,
     )  # fmt: skip

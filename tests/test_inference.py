@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from spermfuse.config import preset_config
 from spermfuse import trainer
 from spermfuse.checkpoint import CheckpointError, safe_torch_load
 from spermfuse.inference import Classifier, fused_probabilities, load_classifier
@@ -45,7 +46,8 @@ def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path):
 
 
 def test_a_method_b_checkpoint_records_its_preprocessing_and_prediction_repeats_it(tiny_sperm, tmp_path):
-    config = trainer.method_b_config(
+    config = preset_config(
+        "paper_b",
         arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path), img_size=32, workers=0,
         freeze_epochs=1, finetune_epochs=1, unfreeze_last=10,
     )  # fmt: skip

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from spermfuse.config import preset_config
 from spermfuse import checkpoint, engine, trainer
 from spermfuse.models import create_model
 
@@ -107,7 +108,8 @@ def test_resume_from_another_arch_is_refused(tiny_sperm, tmp_path):
 
 
 def test_method_b_two_stages_freeze_then_unfreeze(tiny_sperm, tmp_path):
-    config = trainer.method_b_config(
+    config = preset_config(
+        "paper_b",
         arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path), img_size=32, workers=0,
         freeze_epochs=1, finetune_epochs=1, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2,
     )  # fmt: skip
@@ -294,7 +296,8 @@ def test_resume_with_changed_settings_is_refused_naming_the_flags(tiny_sperm, tm
 
 
 def method_b_tiny(data, out, **extra):
-    return trainer.method_b_config(
+    return preset_config(
+        "paper_b",
         arch="efficientnet_tiny", data=str(data), out=str(out), img_size=32, workers=0,
         freeze_epochs=2, finetune_epochs=2, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2, **extra,
     )  # fmt: skip
@@ -387,6 +390,6 @@ def test_the_validation_loss_is_weighted_or_not_as_asked(image_folder, tmp_path,
 
 
 def test_method_b_stops_on_the_unweighted_validation_loss_as_keras_does():
-    config = trainer.method_b_config()
+    config = preset_config("paper_b")
     assert (config.monitor, config.val_loss) == ("val_loss", "unweighted")
     assert trainer.TrainConfig().val_loss == "weighted"

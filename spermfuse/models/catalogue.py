@@ -30,7 +30,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..transforms import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
+from .normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
+from .registry import REGISTRY
 
 CATALOGUE_VARIABLE = "SPERMFUSE_WEIGHTS_CATALOGUE"
 FORMATS = ("pytorch", "npz", "safetensors")
@@ -155,8 +156,6 @@ def _read_overrides(path: Path) -> dict:
 
 def load_catalogue(environ: dict[str, str] | None = None) -> Catalogue:
     """The built-in table with the entries of ``$SPERMFUSE_WEIGHTS_CATALOGUE`` on top."""
-    from . import REGISTRY
-
     catalogue: Catalogue = {}
     for entry in BUILT_IN:
         catalogue.setdefault(entry.arch, {})[entry.tag] = entry

@@ -29,18 +29,16 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, read_safetensors, safe_np_load, safe_torch_load
 from ..errors import SpermfuseError
-from ..transforms import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
-
-if TYPE_CHECKING:
-    from . import ModelSpec
+from ..download import fetch, has_digest, record_first_use
+from .catalogue import find_entry
+from .normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
+from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +163,7 @@ def _is_efficientnet_v2(model: nn.Module) -> bool:
     return any(isinstance(m, FusedMBConv) for m in model.modules())
 
 
-def convert(model: nn.Module, path: Path, spec: "ModelSpec") -> tuple[dict[str, torch.Tensor], str, Normalization]:
+def convert(model: nn.Module, path: Path, spec: ModelSpec) -> tuple[dict[str, torch.Tensor], str, Normalization]:
     """Read ``path``: a state dict in this model's names, the format found, and its (mean, std)."""
     source = str(path)
     suffix = path.suffix.lower()
@@ -208,7 +206,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], head: str, sour
     return report
 
 
-def load_weights(model: nn.Module, path: str | Path, spec: "ModelSpec") -> LoadReport:
+def load_weights(model: nn.Module, path: str | Path, spec: ModelSpec) -> LoadReport:
     """Load a local checkpoint file into ``model`` (see module docstring for formats)."""
     path = Path(path)
     if not path.is_file():
@@ -224,15 +222,12 @@ def load_weights(model: nn.Module, path: str | Path, spec: "ModelSpec") -> LoadR
     return report
 
 
-def load_pretrained(model: nn.Module, name: str, spec: "ModelSpec", tag: str | bool | None = "default") -> LoadReport:
+def load_pretrained(model: nn.Module, name: str, spec: ModelSpec, tag: str | bool | None = "default") -> LoadReport:
     """The catalogued checkpoint ``tag`` of ``name`` (``catalogue.py``), downloaded on first use.
 
     The file must use the layer names its entry states; the input normalisation is the
     entry's. Only this function reaches the network, and only when ``--pretrained`` asks.
     """
-    from ..download import fetch, has_digest, record_first_use
-    from .catalogue import find_entry
-
     entry = find_entry(name, tag)
     path = fetch(entry)
     trusted = has_digest(path, entry)
