@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import cli, explain_runs, fusion, report, splits
+from spermfuse import cli, explain_runs, fusion, report, run_folder, splits
 from spermfuse.checkpoint import atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
 from spermfuse.runtime import environment_line, resolve_device
@@ -58,23 +58,23 @@ def named_folders(pairs: list[str]) -> dict[str, Path]:
     return folders
 
 
-def single_split_note(name: str, sets: list[fusion.LogitsSet]) -> str:
-    if fusion.is_single_split(sets):
+def single_split_note(name: str, sets: list[run_folder.LogitsSet]) -> str:
+    if run_folder.is_single_split(sets):
         return f"{name}: one holdout test split ({sets[0].source}), evaluated as a single split: no folds, so no standard deviation, confidence interval or fold-wise paired test"
     return f"{name}: only one fold, so no standard deviation or confidence interval"
 
 
-def fusion_settings(folders: dict[str, Path]) -> dict | None:
+def fusion_settings(folders: dict[str, Path]) -> run_folder.FusionSettings | None:
     """The fusion's fusion.json, when the evaluated models include a fusion that has one."""
     if "fusion" not in folders or not (folders["fusion"] / "fusion.json").is_file():
         return None
-    return fusion.load_settings(folders["fusion"])
+    return run_folder.read_fusion_settings(folders["fusion"])
 
 
-def validation_sets(folder: Path) -> list[fusion.LogitsSet] | None:
+def validation_sets(folder: Path) -> list[run_folder.LogitsSet] | None:
     """The model's validation logits, for temperature scaling; None when it has none."""
     try:
-        return fusion.load_fold_sets(folder, "val")
+        return run_folder.load_fold_sets(folder, "val")
     except fusion.FusionError:
         return None
 
@@ -87,7 +87,7 @@ def few_groups_notes(groups: dict[int, dict[str, int]]) -> list[str]:
     ]  # fmt: skip
 
 
-def check_comparable(models: dict[str, list[fusion.LogitsSet]]) -> None:
+def check_comparable(models: dict[str, list[run_folder.LogitsSet]]) -> None:
     first_name, first = next(iter(models.items()))
     for name, sets in models.items():
         if sets[0].classes != first[0].classes:
@@ -120,7 +120,7 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
     return text
 
 
-def write_figures(models: dict[str, list[fusion.LogitsSet]], result: dict, out: Path) -> None:
+def write_figures(models: dict[str, list[run_folder.LogitsSet]], result: dict, out: Path) -> None:
     """Every figure of the report: confusion, ROC, precision-recall and reliability per model, F1 and risk-coverage."""
     for name, sets in models.items():
         labels, logits = report.pooled(sets)
@@ -142,12 +142,12 @@ def run_ablation(args, out: Path) -> None:
     print(table)
 
 
-def load_models(args) -> tuple[dict[str, Path], dict[str, list[fusion.LogitsSet]], str]:
+def load_models(args) -> tuple[dict[str, Path], dict[str, list[run_folder.LogitsSet]], str]:
     """The model folders, their test logits per fold, and the main model's name."""
-    folders = named_folders(args.logits) if args.logits else fusion.discover_models(args.runs)
+    folders = named_folders(args.logits) if args.logits else run_folder.discover_models(args.runs)
     if not folders:
         raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
-    models = {name: fusion.load_fold_sets(folder) for name, folder in folders.items()}
+    models = {name: run_folder.load_fold_sets(folder) for name, folder in folders.items()}
     check_comparable(models)
     main_name = args.main or ("fusion" if "fusion" in models else next(iter(models)))
     if main_name not in models:

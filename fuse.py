@@ -19,9 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from spermfuse import calibration, cli, fusion, report
-from spermfuse.calibration import probabilities_of
-from spermfuse.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
+from spermfuse import cli, fusion, report, run_folder
+from spermfuse.checkpoint import atomic_write_csv, atomic_write_text, read_csv
 from spermfuse.export import export_fused
 from spermfuse.data import check_image, load_rgb
 from spermfuse.explain import explain_files, peak
@@ -58,76 +57,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-SELECTION_FOLDERS = {"test (paper, optimistic)": "optimistic", "val": "val", "nested": "nested"}
-
-
-def weights_for_folds(args, per_fold, per_fold_val) -> tuple[list[tuple[float, ...]], dict, dict[str, list[tuple[float, ...]]], tuple | None]:
-    """The weights used on each fold, the summary written to fusion.json, the per-fold
-    weights of the other selections (by output folder name), and the grid table (or None)."""
-    names = args.models
-    if args.alpha is not None:
-        if len(names) != 2 or not 0.0 <= args.alpha <= 1.0:
-            raise fusion.FusionError("--alpha needs exactly two --models and a value in [0, 1]")
-        chosen = [(args.alpha, 1.0 - args.alpha)] * len(per_fold)
-        return chosen, {"rule": "fixed", "weights": list(chosen[0])}, {}, None
-    alphas = fusion.parse_alphas(args.alphas)
-    result = fusion.grid_search(per_fold, alphas)
-    table = fusion.grid_table(result, names)
-    summary = {"rule": "max mean weighted F1 over the test folds (the paper's; optimistic)", "weights": list(result.best)}
-    selections = {"test (paper, optimistic)": [result.best] * len(per_fold), "nested": fusion.nested_selection(result) if len(per_fold) > 1 else None}
-    if per_fold_val is not None:
-        selections["val"] = fusion.validation_selection(per_fold_val, alphas)
-    comparison = {name: fusion.evaluate_choice(per_fold, c) | {"weights_per_fold": [list(w) for w in c]} for name, c in selections.items() if c}
-    summary["selection_comparison"] = comparison
-    log.info("selection            mean acc   mean F1w   mean F1m   weights per fold")
-    for name, figures in comparison.items():
-        shown = " ".join("/".join(f"{x:.1f}" for x in w) for w in figures["weights_per_fold"])
-        log.info("%-20s %8.4f   %8.4f   %8.4f   %s", name, figures["accuracy"], figures["f1_weighted"], figures["f1_macro"], shown)
-    key = {"test": "test (paper, optimistic)", "val": "val", "nested": "nested"}[args.select]
-    if selections.get(key) is None:
-        raise fusion.FusionError(f"--select {args.select}: not possible here (needs val_logits.npz / two or more folds)")
-    if args.select != "test":
-        summary["rule"] = {
-            "val": "per fold, max weighted F1 on that fold's validation logits (no use of its test images)",
-            "nested": "per fold, max mean weighted F1 on the other folds' test logits (their models trained on this fold's images)",
-        }[args.select]  # fmt: skip
-        summary["weights"] = None
-    others = {SELECTION_FOLDERS[name]: c for name, c in selections.items() if c and name != key}
-    return selections[key], summary, others, table
-
-
-def write_fused_logits(folder: Path, per_fold, chosen, arch: str, split: str = "test") -> None:
-    """``fold<k>_logits.npz`` (``fold<k>_val_logits.npz`` for validation) of the fused models, in the logits schema."""
-    for sets, weights in zip(per_fold, chosen):
-        fused = fusion.fuse([s.logits for s in sets], weights)
-        first = sets[0]
-        name = f"fold{first.fold}_logits.npz" if split == "test" else f"fold{first.fold}_{split}_logits.npz"
-        fusion.save_logits(folder / name, fused, first.labels, first.paths, first.classes, arch, first.fold)
-
-
 def validation_logits(args) -> list | None:
     """Every model's validation logits per fold; None when some are missing, unless a flag needs them."""
     try:
-        return fusion.collect_folds(args.runs, args.models, "val")
+        return run_folder.collect_folds(args.runs, args.models, "val")
     except fusion.FusionError as error:
         if args.calibrate or args.target_accuracy is not None:
             flag = "--calibrate" if args.calibrate else "--target-accuracy"
             raise fusion.FusionError(f"{flag} needs every model's validation logits: {error}") from None
         return None
-
-
-def referral_summary(per_fold, per_fold_val, chosen, target_accuracy: float) -> dict:
-    """The referral rule of the fused models: thresholds from validation, tested on each fold."""
-    def fused(folds):
-        return [(probabilities_of(fusion.fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
-
-    summary = calibration.referral_by_fold(fused(per_fold_val), fused(per_fold), target_accuracy)
-    log.info("referral at target accuracy %.3f (thresholds chosen on validation):", target_accuracy)
-    for sets, fold in zip(per_fold, summary["per_fold"]):
-        log.info("  fold %d: threshold %.4f, accepted accuracy %.4f, referred %.1f %%", sets[0].fold, fold["threshold"], fold["accepted_accuracy"], 100 * fold["referred_share"])
-    pooled = summary["pooled"]
-    log.info("  pooled: accepted accuracy %.4f (promised %.3f), referred %.1f %%", pooled["accepted_accuracy"], target_accuracy, 100 * pooled["referred_share"])
-    return summary
 
 
 def check_models(args) -> None:
@@ -138,56 +76,41 @@ def check_models(args) -> None:
 
 
 def run_fusion(args) -> int:
-    args.out = args.out or args.runs / "fusion"
     check_models(args)
-    if args.target_accuracy is not None and not 0.0 < args.target_accuracy <= 1.0:
-        raise fusion.FusionError(f"--target-accuracy {args.target_accuracy}: give a value in (0, 1], e.g. 0.95")
-    per_fold = fusion.collect_folds(args.runs, args.models, "test")
-    per_fold_val = validation_logits(args)
-    temperatures = None
-    if args.calibrate:  # fitted on validation logits only; the test folds are scaled with them
-        temperatures = fusion.fit_temperatures(per_fold_val, args.models)
-        per_fold, per_fold_val = fusion.with_temperatures(per_fold, temperatures), fusion.with_temperatures(per_fold_val, temperatures)
-        for sets, temps in zip(per_fold, temperatures):
-            log.info("fold %d temperatures: %s", sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(args.models, temps)))
-    chosen, summary, others, table = weights_for_folds(args, per_fold, per_fold_val)
-    if temperatures is not None:
-        summary["temperatures"] = {"models": args.models, "per_fold": temperatures, "fitted_on": "each fold's validation logits"}
-    if args.target_accuracy is not None:
-        summary["referral"] = referral_summary(per_fold, per_fold_val, chosen, args.target_accuracy)
-    summary.update({
-        "models": args.models, "select": args.select, "alphas": args.alphas, "weights_per_fold": [list(w) for w in chosen],
-        "inputs": [s.source for sets in per_fold for s in sets], "folds": [sets[0].fold for sets in per_fold],
-    })  # fmt: skip
+    chosen = fusion.select(
+        run_folder.collect_folds(args.runs, args.models, "test"), validation_logits(args), args.models, rule=args.select,
+        alphas=args.alphas, alpha=args.alpha, calibrate=args.calibrate, target_accuracy=args.target_accuracy,
+    )  # fmt: skip
+    settings = chosen.settings
     # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
-    with write_folder(args.out, "--out", overwrite=True, legacy_owned=fusion.legacy_fusion_files) as folder:
-        if table is not None:
-            atomic_write_csv(folder / "grid.csv", *table)
-            atomic_write_text(folder / "grid.md", report.markdown_table(*table))
-        write_fused_logits(folder, per_fold, chosen, "fusion")
-        if per_fold_val is not None:
-            write_fused_logits(folder, per_fold_val, chosen, "fusion", split="val")
-        # The other selections' fused logits too, so evaluate.py tests the members against an
+    with write_folder(args.out, "--out", overwrite=True, legacy_owned=run_folder.legacy_fusion_files) as folder:
+        if chosen.grid is not None:
+            atomic_write_csv(folder / "grid.csv", *chosen.grid)
+            atomic_write_text(folder / "grid.md", report.markdown_table(*chosen.grid))
+        run_folder.write_fused_logits(folder, chosen.per_fold, settings.weights_per_fold, "fusion")
+        if chosen.per_fold_val is not None:
+            run_folder.write_fused_logits(folder, chosen.per_fold_val, settings.weights_per_fold, "fusion", split="val")
+        # The other rules' fused logits too, so evaluate.py tests the members against an
         # honestly selected fusion as well as the chosen one (fusion_val, fusion_nested, ...).
-        for name, weights in others.items():
-            write_fused_logits(folder / name, per_fold, weights, f"fusion_{name}")
-        atomic_write_json(folder / "fusion.json", summary)
-    log.info("wrote %s (weights %s)", args.out, summary["weights"] if summary["weights"] else "per fold")
+        for name, weights in chosen.others.items():
+            run_folder.write_fused_logits(folder / name, chosen.per_fold, weights, f"fusion_{name}")
+        run_folder.write_fusion_settings(folder, settings)
+    log.info("wrote %s (weights %s)", args.out, settings.weights if settings.weights else "per fold")
     return 0
 
 
-def fused_members(args, device) -> tuple[dict, list[int], list]:
+def fused_members(args, device) -> tuple[run_folder.FusionSettings, list[int], list]:
     """fusion.json, the folds asked for (--fold), and each fold's trained members."""
-    settings = fusion.load_settings(args.out or args.runs / "fusion")
-    folds = settings["folds"] if args.fold == "all" else [int(args.fold)] if args.fold.isdigit() else None
-    if folds is None or any(k not in settings["folds"] for k in folds):
-        raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings['folds']} (or 'all')")
-    return settings, folds, load_fold_members(args.runs, settings["models"], folds, device)
+    settings = run_folder.read_fusion_settings(args.out)
+    folds = settings.folds if args.fold == "all" else [int(args.fold)] if args.fold.isdigit() else None
+    if folds is None or any(k not in settings.folds for k in folds):
+        raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings.folds} (or 'all')")
+    return settings, folds, load_fold_members(args.runs, settings.models, folds, device)
 
 
 def model_folders(args) -> dict[str, Path]:
     """The inputs of --predict and --export, by flag: no output may be, lie in or contain one."""
-    inputs = {f"--models {name}": args.runs / name for name in args.models} | {"--out": args.out or args.runs / "fusion"}
+    inputs = {f"--models {name}": args.runs / name for name in args.models} | {"--out": args.out}
     return inputs | ({"--predict": args.predict} if args.predict is not None else {})
 
 
@@ -200,11 +123,11 @@ def run_export(args) -> int:
     refuse_overlap(args.export, "--export", model_folders(args))
     check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
     settings, folds, members = fused_members(args, "cpu")
-    weights = fusion.prediction_weights(settings, folds)
+    weights = settings.prediction_weights(folds)
     with write_folder(args.export, "--export", args.overwrite, exported_files) as folder:
-        export_fused(members, settings["models"], folds, weights, folder)
+        export_fused(members, settings.models, folds, weights, folder)
     log.info("wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities) and model.json; models %s, folds %s",
-             args.export, members[0][0].pipeline.img_size, members[0][0].pipeline.img_size, settings["models"], folds)  # fmt: skip
+             args.export, members[0][0].pipeline.img_size, members[0][0].pipeline.img_size, settings.models, folds)  # fmt: skip
     return 0
 
 
@@ -269,13 +192,13 @@ def run_prediction(args) -> int:
     check_prediction_outputs(args)
     images, bad = usable_images(args)
     settings, folds, members = fused_members(args, device)
-    names = settings["models"]
-    weights = fusion.prediction_weights(settings, folds)
+    names = settings.models
+    weights = settings.prediction_weights(folds)
     probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
     header = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes]
     rows = [[path.relative_to(args.predict).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"] + [f"{v:.6f}" for v in p] for path, p in zip(images, probabilities)]
-    threshold = fusion.prediction_threshold(settings, folds)
+    threshold = settings.prediction_threshold(folds)
     if threshold is not None:
         header.insert(3, "refer")
         for row, p in zip(rows, probabilities):
@@ -305,6 +228,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.out = args.out or args.runs / run_folder.FUSION_FOLDER
     return cli.run(lambda: run(args))
 
 

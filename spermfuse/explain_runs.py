@@ -17,13 +17,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from . import fusion
 from .calibration import probabilities_of
 from .errors import ConfigError
 from .explain import ImageExplanation, default_layer, explain_files, pointing_game, spearman
 from .inference import load_fold_members
+from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .synthetic import DEFECT_PART
-from .run_folder import data_root_of_run
 
 
 @dataclass
@@ -38,7 +37,7 @@ class TestImage:
 def fused_test_images(runs: Path) -> tuple[list[TestImage], list[str]]:
     """Each test image of ``runs/fusion`` with its fold, label, fused prediction and its probability."""
     images = []
-    sets = fusion.load_fold_sets(runs / "fusion")
+    sets = load_fold_sets(runs / FUSION_FOLDER)
     for fold_set in sets:
         probabilities = probabilities_of(fold_set.logits)
         for path, label, p in zip(fold_set.paths, fold_set.labels, probabilities):
@@ -48,12 +47,12 @@ def fused_test_images(runs: Path) -> tuple[list[TestImage], list[str]]:
 
 def explain_test_images(runs: Path, images: Sequence[TestImage], device: torch.device | str = "cpu") -> Iterator[tuple[TestImage, ImageExplanation]]:
     """Grad-CAM of each test image under its own fold's fused members, fold by fold."""
-    settings = fusion.load_settings(runs / "fusion")
-    names = settings["models"]
+    settings = read_fusion_settings(runs / FUSION_FOLDER)
+    names = settings.models
     root = data_root_of_run(runs / names[0] / f"fold{images[0].fold}") if images else Path()
     for fold in sorted({image.fold for image in images}):
         members = load_fold_members(runs, names, [fold], device)
-        weights = fusion.prediction_weights(settings, [fold])
+        weights = settings.prediction_weights([fold])
         chosen = [image for image in images if image.fold == fold]
         for image, explained in zip(chosen, explain_files([root / i.path for i in chosen], members, weights, names, device)):
             yield image, explained
@@ -92,7 +91,7 @@ def check_masks(runs: Path, masks_root: Path) -> dict[str, Path]:
     if unknown:
         raise ConfigError(f"--masks: the pointing game knows the sperm18 classes; not {', '.join(unknown)}")
     masks = read_masks(masks_root)
-    data_root = data_root_of_run(runs / fusion.load_settings(runs / "fusion")["models"][0] / f"fold{images[0].fold}")
+    data_root = data_root_of_run(runs / read_fusion_settings(runs / FUSION_FOLDER).models[0] / f"fold{images[0].fold}")
     for image in images:
         twin = masks_root / image.path
         if image.path not in masks or not twin.is_file() or twin.read_bytes() != (data_root / image.path).read_bytes():
@@ -135,10 +134,10 @@ def model_dependence(runs: Path, device: torch.device | str = "cpu", count: int 
     show the image, not what the model learned)."""
     images, _ = fused_test_images(runs)
     images = [i for i in images if i.fold == images[0].fold][:count]
-    settings = fusion.load_settings(runs / "fusion")
-    names, fold = settings["models"], images[0].fold
+    settings = read_fusion_settings(runs / FUSION_FOLDER)
+    names, fold = settings.models, images[0].fold
     members = load_fold_members(runs, names, [fold], device)
-    weights = fusion.prediction_weights(settings, [fold])
+    weights = settings.prediction_weights([fold])
     root = data_root_of_run(runs / names[0] / f"fold{fold}")
     paths = [root / i.path for i in images]
     before = [e.fused for e in explain_files(paths, members, weights, names, device)]

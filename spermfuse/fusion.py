@@ -17,46 +17,19 @@ N >= 2 models are supported, with weights on the simplex grid.
 from __future__ import annotations
 
 import itertools
-import json
+import logging
 import math
-import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .calibration import TEMPERATURE_BOUNDS, fit_temperature
-from .errors import FusionError  # noqa: F401 (re-exported: callers catch fusion.FusionError)
-from .run_folder import LogitsSet, load_logits, save_logits  # noqa: F401 (re-exported: callers use fusion.load_logits)
+from .calibration import TEMPERATURE_BOUNDS, fit_temperature, probabilities_of, referral_by_fold
+from .errors import FusionError
 from .metrics import fold_metrics, weighted_f1
-from .output_folder import MANIFEST_NAME, verify_folder
+from .run_folder import FusionSettings, LogitsSet
 
-def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
-    """Reorder every set to the first one's sample order, joining on ``paths``.
-
-    Refuses sets whose classes differ, whose samples differ, or whose labels disagree.
-    """
-    reference = sets[0]
-    order = {p: i for i, p in enumerate(reference.paths)}
-    aligned = [reference]
-    for other in sets[1:]:
-        if other.classes != reference.classes:
-            raise FusionError(f"{other.source}: classes differ from {reference.source}; both must be trained on the same class list")
-        if len(other.paths) != len(reference.paths) or set(other.paths) != set(order):
-            raise FusionError(f"{other.source}: holds other samples than {reference.source}; were both trained on the same folds.csv?")
-        position = np.argsort([order[p] for p in other.paths])
-        moved = LogitsSet(other.logits[position], other.labels[position], other.paths[position], other.classes, other.arch, other.fold, other.source)
-        if not np.array_equal(moved.labels, reference.labels):
-            raise FusionError(f"{other.source}: labels differ from {reference.source} for the same images")
-        if other.split and reference.split and other.split != reference.split:
-            raise FusionError(
-                f"{other.source}: fold {other.fold} learned from other images than {reference.source} "
-                "(folds.csv or the data changed between them); retrain one of them on the same folds.csv"
-            )
-        aligned.append(moved)
-    return aligned
-
+log = logging.getLogger(__name__)
 
 def fuse(logit_list: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Weighted sum of logits, sum_i w_i z_i (Eq. of Sec. 2.5)."""
@@ -182,49 +155,6 @@ def evaluate_choice(per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[tu
     return {key: float(np.mean([r[key] for r in rows])) for key in ("accuracy", "f1_weighted", "f1_macro")}
 
 
-def load_settings(folder: Path) -> dict:
-    """``folder/fusion.json``, as fuse.py wrote it (models, folds, weights, temperatures, referral),
-    after checking the folder against its manifest."""
-    path = folder / "fusion.json"
-    verify_folder(folder)
-    if not path.is_file():
-        raise FusionError(f"{path}: not found; run python fuse.py --grid first")
-    return json.loads(path.read_text())
-
-
-_FUSION_FILE = re.compile(r"(fusion\.json|grid\.(csv|md)|([a-z]+/)?fold\d+(_val)?_logits\.npz)")
-
-
-def legacy_fusion_files(folder: Path) -> set[str]:
-    """The files of a fusion folder written before manifests (what a new fuse.py may replace)."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and _FUSION_FILE.fullmatch(p.relative_to(folder).as_posix())}
-
-
-def prediction_weights(settings: dict, folds: Sequence[int]) -> list[list[float]]:
-    """From fusion.json's ``settings``, the weights each fold's pair is fused with at prediction:
-    that fold's own choice (the same a* for all with the paper's rule; per fold with ``--select
-    val|nested``), divided by each member's temperature of that fold when calibrated. With
-    ``--fold all`` the folds' fused logits are then averaged."""
-    position = {k: i for i, k in enumerate(settings["folds"])}
-    temperatures = settings.get("temperatures", {}).get("per_fold")
-    weights = []
-    for k in folds:
-        chosen = settings["weights_per_fold"][position[k]]
-        scale = temperatures[position[k]] if temperatures else [1.0] * len(chosen)
-        weights.append([w / t for w, t in zip(chosen, scale)])
-    return weights
-
-
-def prediction_threshold(settings: dict, folds: Sequence[int]) -> float | None:
-    """One fold: its own validation-chosen threshold; all folds (averaged): the one chosen on all validation cells."""
-    referral = settings.get("referral")
-    if referral is None:
-        return None
-    if len(folds) == 1:
-        return referral["per_fold"][settings["folds"].index(folds[0])]["threshold"]
-    return referral["threshold"]
-
-
 MAX_GRID_POINTS = 1001
 
 
@@ -253,33 +183,6 @@ def parse_alphas(text: str) -> list[float]:
     return values
 
 
-# --------------------------------------------------------------------------- runs on disk
-
-
-def find_fold_files(runs: Path, arch: str, split: str = "test") -> dict[int, Path]:
-    """``<runs>/<arch>/fold<k>/<split>_logits.npz`` by fold number."""
-    found = {}
-    for path in sorted((runs / arch).glob(f"fold*/{split}_logits.npz")):
-        suffix = path.parent.name.removeprefix("fold")
-        if suffix.isdigit():
-            found[int(suffix)] = path
-    return found
-
-
-def collect_folds(runs: Path, archs: Sequence[str], split: str = "test") -> list[list[LogitsSet]]:
-    """For every fold, the aligned logits sets of all ``archs``; every model must have every fold."""
-    files = {arch: find_fold_files(runs, arch, split) for arch in archs}
-    for arch, by_fold in files.items():
-        if not by_fold:
-            raise FusionError(f"{runs / arch}: no fold*/{split}_logits.npz; train it first (python train.py --fold all --arch {arch})")
-    all_folds = sorted(set().union(*[set(f) for f in files.values()]))
-    for arch, by_fold in files.items():
-        missing = [k for k in all_folds if k not in by_fold]
-        if missing:
-            raise FusionError(f"{runs / arch}: fold(s) {missing} missing ({split}_logits.npz); train them or leave that model out")
-    return [align([load_logits(files[arch][k]) for arch in archs]) for k in all_folds]
-
-
 def grid_table(result: GridResult, names: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """Table 1 as header + rows: weights, per-fold accuracy and weighted F1, means."""
     weight_columns = ["a"] if len(names) == 2 else [f"w_{n}" for n in names]
@@ -292,48 +195,95 @@ def grid_table(result: GridResult, names: Sequence[str]) -> tuple[list[str], lis
     return header, rows
 
 
-SINGLE_SPLIT_FOLDER = "holdout"  # train.py's run folder of a train/val/test split (method B)
+# --------------------------------------------------------------------------- choosing the mix (fuse.py)
+
+# Each selection rule: its --select name, its folder beside the chosen one, and what it means.
+RULES = {
+    "test": ("optimistic", "max mean weighted F1 over the test folds (the paper's; optimistic)"),
+    "val": ("val", "per fold, max weighted F1 on that fold's validation logits (no use of its test images)"),
+    "nested": ("nested", "per fold, max mean weighted F1 on the other folds' test logits (their models trained on this fold's images)"),
+}
 
 
-def is_single_split(sets: Sequence[LogitsSet]) -> bool:
-    """True for the one test set of a holdout run, which has no fold statistics."""
-    return len(sets) == 1 and Path(sets[0].source).parent.name == SINGLE_SPLIT_FOLDER
+@dataclass
+class Selection:
+    """What fuse.py writes: the settings (fusion.json), the logits it fused (temperature-scaled
+    with --calibrate), Table 1, and the other rules' weights by folder name."""
+
+    settings: FusionSettings
+    per_fold: list[list[LogitsSet]]
+    per_fold_val: list[list[LogitsSet]] | None
+    grid: tuple[list[str], list[list[str]]] | None
+    others: dict[str, list[tuple[float, ...]]]
 
 
-def fused_fold_files(folder: Path, split: str = "test") -> list[Path]:
-    """fuse.py's files in ``folder``: ``fold<k>_logits.npz`` (test) or ``fold<k>_val_logits.npz`` (validation)."""
-    pattern = re.compile(r"fold\d+_logits\.npz" if split == "test" else rf"fold\d+_{split}_logits\.npz")
-    return sorted(p for p in folder.glob("fold*.npz") if pattern.fullmatch(p.name)) if folder.is_dir() else []
+def _grid_rules(per_fold, per_fold_val, alphas: Sequence[float], names: Sequence[str]) -> tuple[dict[str, list | None], dict, tuple]:
+    """Every rule's weights per fold (None where impossible), their test figures, and Table 1."""
+    result = grid_search(per_fold, alphas)
+    chosen = {"test": [result.best] * len(per_fold), "nested": nested_selection(result) if len(per_fold) > 1 else None}
+    chosen["val"] = validation_selection(per_fold_val, alphas) if per_fold_val is not None else None
+    comparison = {rule: evaluate_choice(per_fold, c) | {"weights_per_fold": [list(w) for w in c]} for rule, c in chosen.items() if c}
+    log.info("--select                      mean acc   mean F1w   mean F1m   weights per fold")
+    for rule, figures in comparison.items():
+        shown = " ".join("/".join(f"{x:.1f}" for x in w) for w in figures["weights_per_fold"])
+        label = "test (the paper's, optimistic)" if rule == "test" else rule
+        log.info("%-29s %8.4f   %8.4f   %8.4f   %s", label, figures["accuracy"], figures["f1_weighted"], figures["f1_macro"], shown)
+    return chosen, comparison, grid_table(result, names)
 
 
-def load_fold_sets(folder: Path, split: str = "test") -> list[LogitsSet]:
-    """All folds of one model: ``fold<k>/test_logits.npz`` (train.py), ``fold<k>_logits.npz`` (fuse.py),
-    or the one split of a holdout run: ``holdout/test_logits.npz``, or the run folder itself.
-    ``split="val"``: the validation logits of the same runs."""
-    paths = (
-        sorted(folder.glob(f"fold*/{split}_logits.npz")) or fused_fold_files(folder, split)
-        or sorted(folder.glob(f"{SINGLE_SPLIT_FOLDER}/{split}_logits.npz")) or sorted(folder.glob(f"{split}_logits.npz"))
+def referral_summary(per_fold, per_fold_val, chosen, target_accuracy: float) -> dict:
+    """The referral rule of the fused models: thresholds from validation, tested on each fold."""
+    def fused(folds):
+        return [(probabilities_of(fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
+
+    summary = referral_by_fold(fused(per_fold_val), fused(per_fold), target_accuracy)
+    log.info("referral at target accuracy %.3f (thresholds chosen on validation):", target_accuracy)
+    for sets, fold in zip(per_fold, summary["per_fold"]):
+        log.info("  fold %d: threshold %.4f, accepted accuracy %.4f, referred %.1f %%", sets[0].fold, fold["threshold"], fold["accepted_accuracy"], 100 * fold["referred_share"])
+    pooled = summary["pooled"]
+    log.info("  pooled: accepted accuracy %.4f (promised %.3f), referred %.1f %%", pooled["accepted_accuracy"], target_accuracy, 100 * pooled["referred_share"])
+    return summary
+
+
+def select(
+    per_fold: list[list[LogitsSet]],
+    per_fold_val: list[list[LogitsSet]] | None,
+    models: Sequence[str],
+    *,
+    rule: str = "test",
+    alphas: str = "0:1:0.1",
+    alpha: float | None = None,
+    calibrate: bool = False,
+    target_accuracy: float | None = None,
+) -> Selection:
+    """The whole of ``fuse.py``'s choice, written nowhere: optional temperatures (fitted on
+    validation), the mix by ``rule`` on the ``alphas`` grid (or the fixed ``alpha``), the other
+    rules beside it, and the referral threshold for ``target_accuracy``."""
+    if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
+        raise FusionError(f"--target-accuracy {target_accuracy}: give a value in (0, 1], e.g. 0.95")
+    if (calibrate or target_accuracy is not None) and per_fold_val is None:
+        raise FusionError(f"{'--calibrate' if calibrate else '--target-accuracy'} needs every model's validation logits (val_logits.npz)")
+    temperatures = None
+    if calibrate:  # fitted on validation logits only; the test folds are scaled with them
+        temperatures = fit_temperatures(per_fold_val, models)
+        per_fold, per_fold_val = with_temperatures(per_fold, temperatures), with_temperatures(per_fold_val, temperatures)
+        for sets, temps in zip(per_fold, temperatures):
+            log.info("fold %d temperatures: %s", sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)))
+    if alpha is not None:
+        if len(models) != 2 or not 0.0 <= alpha <= 1.0:
+            raise FusionError("--alpha needs exactly two --models and a value in [0, 1]")
+        chosen, others, grid, comparison, description = [(alpha, 1.0 - alpha)] * len(per_fold), {}, None, None, "fixed"
+    else:
+        by_rule, comparison, grid = _grid_rules(per_fold, per_fold_val, parse_alphas(alphas), models)
+        if by_rule[rule] is None:
+            raise FusionError(f"--select {rule}: not possible here (needs val_logits.npz / two or more folds)")
+        chosen, description = by_rule[rule], RULES[rule][1]
+        others = {RULES[name][0]: c for name, c in by_rule.items() if c and name != rule}
+    settings = FusionSettings(
+        models=list(models), folds=[sets[0].fold for sets in per_fold], weights_per_fold=[list(w) for w in chosen], rule=description,
+        select=rule, alphas=alphas, inputs=[s.source for sets in per_fold for s in sets],
+        weights=list(chosen[0]) if alpha is not None or rule == "test" else None, selection_comparison=comparison,
+        temperatures={"models": list(models), "per_fold": temperatures, "fitted_on": "each fold's validation logits"} if temperatures else None,
+        referral=referral_summary(per_fold, per_fold_val, chosen, target_accuracy) if target_accuracy is not None else None,
     )  # fmt: skip
-    if not paths:
-        raise FusionError(f"{folder}: no fold*/{split}_logits.npz, fused fold logits or {SINGLE_SPLIT_FOLDER}/{split}_logits.npz files")
-    if (folder / MANIFEST_NAME).is_file():  # a fusion folder: its files must be the ones fuse.py wrote together
-        verify_folder(folder)
-    sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
-    for s in sets[1:]:
-        if s.classes != sets[0].classes:
-            raise FusionError(f"{s.source}: classes differ from {sets[0].source}")
-    return sets
-
-
-def discover_models(runs: Path) -> dict[str, Path]:
-    """Every model folder under ``runs`` that holds fold (or holdout) logits; the fusion, then its
-    other weight selections (``fusion_val``, ``fusion_nested``, ...) last."""
-    def has_logits(folder: Path) -> bool:
-        return any(folder.glob("fold*/test_logits.npz")) or (folder / SINGLE_SPLIT_FOLDER / "test_logits.npz").is_file()
-
-    found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and p.name != "fusion" and has_logits(p)} if runs.is_dir() else {}
-    if fused_fold_files(runs / "fusion"):
-        found["fusion"] = runs / "fusion"
-        for selection in sorted(p for p in (runs / "fusion").iterdir() if p.is_dir() and fused_fold_files(p)):
-            found[f"fusion_{selection.name}"] = selection  # fuse.py's other weight selections
-    return found
+    return Selection(settings, per_fold, per_fold_val, grid, others)

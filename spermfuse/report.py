@@ -8,9 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
-from . import calibration, fusion, metrics
+from . import calibration, fusion, metrics, run_folder
 from .checkpoint import atomic_write_bytes
-from .fusion import FusionError, LogitsSet, align
+from .errors import FusionError
+from .run_folder import LogitsSet, align
 
 
 def markdown_cell(value: object) -> str:
@@ -182,7 +183,7 @@ def paired_tests_caveats(report: dict) -> str:
     return "\n>\n".join(lines)
 
 
-def summary_markdown(report: dict, fusion_settings: dict | None, source: str, environment: str) -> str:
+def summary_markdown(report: dict, fusion_settings: run_folder.FusionSettings | None, source: str, environment: str) -> str:
     """The headline figures of one evaluation as Markdown, for a results file a README can embed
     (written by the code, so the README's figures cannot go stale unnoticed)."""
     models = report["models"]
@@ -190,11 +191,11 @@ def summary_markdown(report: dict, fusion_settings: dict | None, source: str, en
     keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_macro", "specificity_macro"]
     out = [f"<!-- written by evaluate.py --summary from {source}; {environment} -->\n"]
     out.append(markdown_table(["model"] + keys, [[name] + [fmt(models[name]["aggregate"][k]) for k in keys] for name in members]))
-    if fusion_settings and "selection_comparison" in fusion_settings:
-        weights = fusion_settings.get("weights")
-        chosen = f"a* = {weights[0]:.1f} (the paper's rule)" if weights else f"per fold ({fusion_settings['rule']})"
-        means = ", ".join(f"{name} {figures['f1_weighted']:.4f}" for name, figures in fusion_settings["selection_comparison"].items())
-        out.append(f"Fusion weight: {chosen}. Mean weighted F1 over folds by weight selection: {means}.\n")
+    if fusion_settings and fusion_settings.selection_comparison:
+        weights = fusion_settings.weights
+        chosen = f"a* = {weights[0]:.1f} (the paper's rule)" if weights else f"per fold ({fusion_settings.rule})"
+        means = ", ".join(f"{name} {figures['f1_weighted']:.4f}" for name, figures in fusion_settings.selection_comparison.items())
+        out.append(f"Fusion weight: {chosen}. Mean weighted F1 over folds by --select rule (test: the paper's, optimistic): {means}.\n")
     out.append("Per-class F1:\n")
     out.append(markdown_table(["class"] + members, [[c] + [fmt(models[name]["aggregate"]["per_class"][c]["f1"]) for name in members] for c in report["classes"]]))
     out.append("Calibration (before / after temperature scaling fitted on each fold's validation logits) and AURC:\n")
@@ -366,17 +367,17 @@ def plot_risk_coverage(models: dict[str, Sequence[LogitsSet]], path: Path) -> No
 
 def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
     """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
-    models = {name: path for name, path in fusion.discover_models(runs).items() if not name.startswith("fusion")}
+    models = {name: path for name, path in run_folder.discover_models(runs).items() if not name.startswith("fusion")}
     if not models:
         raise fusion.FusionError(f"--ablation {runs}: no trained models (fold*/test_logits.npz) there; check the folder")
     rows = []
     for name, path in models.items():
-        sets = fusion.load_fold_sets(path)
+        sets = run_folder.load_fold_sets(path)
         agg = metrics.summarize(*pooled(sets), sets[0].classes)
         rows.append([name, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
     if len(models) >= 2:
         names = list(models)[:2]
-        per_fold = fusion.collect_folds(runs, names)
+        per_fold = run_folder.collect_folds(runs, names)
         labels = np.concatenate([sets[0].labels for sets in per_fold])
         tuned = fusion.grid_search(per_fold, alphas).best
         for label, weights in (("fusion a=0.5", (0.5, 0.5)), (f"fusion a*={tuned[0]:.1f}", tuned)):

@@ -1,26 +1,32 @@
-"""The files of a run folder, written and read only here.
+"""The run root on disk, written and read only here (docs/DESIGN.md, "On-disk formats").
 
-``<out>/<arch>/fold<k>/`` (``holdout/`` for a holdout split) is written by the trainer and
-read by fusion, evaluation, prediction, explanation and export:
+``<runs>/<arch>/fold<k>/`` (``holdout/`` for a holdout split) is written by the trainer:
 
 - ``config.json``: every setting, the input normalisation, the data folder, the environment;
 - ``history.csv``: one row per epoch (``HISTORY_COLUMNS``);
 - ``best.pt``: the selected weights and what prediction needs to rebuild the network and
   its test-time preprocessing (:func:`checkpoint_metadata`); ``last.pt``: the resumable state;
-- ``val_logits.npz`` / ``test_logits.npz``: the logits schema of DESIGN.md (``LOGITS_KEYS``),
-  also what ``fuse.py`` writes for the fused models.
+- ``val_logits.npz`` / ``test_logits.npz``: the logits schema (``LOGITS_KEYS``).
+
+``<runs>/fusion/`` is written by ``fuse.py`` in the same layout (``fold<k>/test_logits.npz``
+and ``val_logits.npz`` of the fused models, the other weight selections in
+``optimistic/``, ``val/`` or ``nested/`` likewise), with ``fusion.json``
+(:class:`FusionSettings`), ``grid.csv``/``grid.md`` (Table 1) and a manifest
+(``output_folder.py``). ``<runs>/folds.csv`` is the split every model shares (``splits.py``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .checkpoint import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, safe_np_load
+from .output_folder import MANIFEST_NAME, verify_folder
 from .errors import ConfigError, FusionError
 
 if TYPE_CHECKING:
@@ -132,3 +138,221 @@ def checkpoint_metadata(config: "TrainConfig", classes: list[str], eval_pipeline
         "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "padding": config.padding,
         "eval_pipeline": repr(eval_pipeline), "tta": config.tta, "split": split,
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the run root
+
+FUSION_FOLDER = "fusion"  # fuse.py's output under the run root
+FUSION_JSON = "fusion.json"
+SINGLE_SPLIT_FOLDER = "holdout"  # train.py's run folder of a train/val/test split (method B)
+_FOLD_FOLDER = re.compile(r"fold(\d+)")
+
+
+def fold_folder(root: Path, fold: int) -> Path:
+    """``root/fold<k>``: one fold of a model (trained or fused)."""
+    return Path(root) / f"fold{fold}"
+
+
+def logits_path(run_dir: Path, split: str = "test") -> Path:
+    """``run_dir/<split>_logits.npz``."""
+    return Path(run_dir) / f"{split}_logits.npz"
+
+
+def find_fold_files(model_folder: Path, split: str = "test") -> dict[int, Path]:
+    """``<model_folder>/fold<k>/<split>_logits.npz`` by fold number."""
+    found = {}
+    for path in sorted(Path(model_folder).glob(f"fold*/{split}_logits.npz")):
+        match = _FOLD_FOLDER.fullmatch(path.parent.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
+    """Reorder every set to the first one's sample order, joining on ``paths``.
+
+    Refuses sets whose classes differ, whose samples differ, whose labels disagree, or whose
+    models learned from other images (:func:`split_digest`).
+    """
+    reference = sets[0]
+    order = {p: i for i, p in enumerate(reference.paths)}
+    aligned = [reference]
+    for other in sets[1:]:
+        if other.classes != reference.classes:
+            raise FusionError(f"{other.source}: classes differ from {reference.source}; both must be trained on the same class list")
+        if len(other.paths) != len(reference.paths) or set(other.paths) != set(order):
+            raise FusionError(f"{other.source}: holds other samples than {reference.source}; were both trained on the same folds.csv?")
+        position = np.argsort([order[p] for p in other.paths])
+        moved = replace(other, logits=other.logits[position], labels=other.labels[position], paths=other.paths[position])
+        if not np.array_equal(moved.labels, reference.labels):
+            raise FusionError(f"{other.source}: labels differ from {reference.source} for the same images")
+        if other.split and reference.split and other.split != reference.split:
+            raise FusionError(
+                f"{other.source}: fold {other.fold} learned from other images than {reference.source} "
+                "(folds.csv or the data changed between them); retrain one of them on the same folds.csv"
+            )
+        aligned.append(moved)
+    return aligned
+
+
+def collect_folds(runs: Path, archs: Sequence[str], split: str = "test") -> list[list[LogitsSet]]:
+    """For every fold, the aligned logits sets of all ``archs``; every model must have every fold."""
+    files = {arch: find_fold_files(Path(runs) / arch, split) for arch in archs}
+    for arch, by_fold in files.items():
+        if not by_fold:
+            raise FusionError(f"{Path(runs) / arch}: no fold*/{split}_logits.npz; train it first (python train.py --fold all --arch {arch})")
+    all_folds = sorted(set().union(*[set(f) for f in files.values()]))
+    for arch, by_fold in files.items():
+        missing = [k for k in all_folds if k not in by_fold]
+        if missing:
+            raise FusionError(f"{Path(runs) / arch}: fold(s) {missing} missing ({split}_logits.npz); train them or leave that model out")
+    return [align([load_logits(files[arch][k]) for arch in archs]) for k in all_folds]
+
+
+def is_single_split(sets: Sequence[LogitsSet]) -> bool:
+    """True for the one test set of a holdout run, which has no fold statistics."""
+    return len(sets) == 1 and Path(sets[0].source).parent.name == SINGLE_SPLIT_FOLDER
+
+
+def load_fold_sets(folder: Path, split: str = "test") -> list[LogitsSet]:
+    """All folds of one model, trained or fused: ``fold<k>/<split>_logits.npz``, or the one split
+    of a holdout run: ``holdout/<split>_logits.npz``, or the run folder itself. A fusion folder is
+    checked against its manifest first."""
+    folder = Path(folder)
+    paths = (
+        sorted(find_fold_files(folder, split).values()) or sorted(folder.glob(f"{SINGLE_SPLIT_FOLDER}/{split}_logits.npz"))
+        or sorted(folder.glob(f"{split}_logits.npz"))
+    )  # fmt: skip
+    if not paths:
+        raise FusionError(f"{folder}: no fold*/{split}_logits.npz or {SINGLE_SPLIT_FOLDER}/{split}_logits.npz files")
+    if (folder / MANIFEST_NAME).is_file():  # a fusion folder: its files must be the ones fuse.py wrote together
+        verify_folder(folder)
+    sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
+    for s in sets[1:]:
+        if s.classes != sets[0].classes:
+            raise FusionError(f"{s.source}: classes differ from {sets[0].source}")
+    return sets
+
+
+def _has_logits(folder: Path) -> bool:
+    return bool(find_fold_files(folder)) or (folder / SINGLE_SPLIT_FOLDER / "test_logits.npz").is_file()
+
+
+def discover_models(runs: Path) -> dict[str, Path]:
+    """Every model folder under ``runs`` that holds fold (or holdout) logits; the fusion, then its
+    other weight selections (``fusion_val``, ``fusion_nested``, ...) last."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        return {}
+    found = {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and p.name != FUSION_FOLDER and _has_logits(p)}
+    fused = runs / FUSION_FOLDER
+    if fused.is_dir() and find_fold_files(fused):
+        found[FUSION_FOLDER] = fused
+        for selection in sorted(p for p in fused.iterdir() if p.is_dir() and not _FOLD_FOLDER.fullmatch(p.name) and find_fold_files(p)):
+            found[f"{FUSION_FOLDER}_{selection.name}"] = selection  # fuse.py's other weight selections
+    return found
+
+
+def write_fused_logits(folder: Path, per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]], arch: str, split: str = "test") -> None:
+    """``folder/fold<k>/<split>_logits.npz`` of the fused models (weights ``chosen[k]``), in the logits schema."""
+    for sets, weights in zip(per_fold, chosen):
+        fused = sum(float(w) * s.logits for w, s in zip(weights, sets))
+        first = sets[0]
+        save_logits(logits_path(fold_folder(folder, first.fold), split), fused, first.labels, first.paths, first.classes, arch, first.fold, first.split)
+
+
+# --------------------------------------------------------------------------- fusion.json
+
+FUSION_SETTINGS_VERSION = 1
+
+
+@dataclass
+class FusionSettings:
+    """``fusion.json``: how fuse.py fused the members, what prediction and export repeat.
+
+    ``weights_per_fold[i]`` are the mix of fold ``folds[i]``'s members (in ``models`` order);
+    ``weights`` the one mix of all folds when the rule gives one. ``temperatures`` (with
+    ``--calibrate``): ``{"models", "per_fold", "fitted_on"}``; ``referral`` (with
+    ``--target-accuracy``): the thresholds chosen on validation, pooled and per fold.
+    """
+
+    models: list[str]
+    folds: list[int]
+    weights_per_fold: list[list[float]]
+    rule: str
+    select: str
+    alphas: str
+    inputs: list[str] = field(default_factory=list)
+    weights: list[float] | None = None
+    selection_comparison: dict | None = None
+    temperatures: dict | None = None
+    referral: dict | None = None
+    version: int = FUSION_SETTINGS_VERSION
+
+    def to_json(self) -> dict:
+        """The JSON object (None fields left out)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_json(cls, data: object, source: str = FUSION_JSON) -> "FusionSettings":
+        """Read and check a ``fusion.json`` object; a file of another version or shape is refused."""
+        if not isinstance(data, dict):
+            raise FusionError(f"{source}: not a JSON object; run python fuse.py --grid again")
+        if data.get("version") != FUSION_SETTINGS_VERSION:
+            raise FusionError(f"{source}: version {data.get('version')}, this spermfuse reads {FUSION_SETTINGS_VERSION}; run python fuse.py --grid again")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = set(data) - names, {"models", "folds", "weights_per_fold", "rule", "select", "alphas"} - set(data)
+        if unknown or missing:
+            raise FusionError(f"{source}: {'unknown keys ' + ', '.join(sorted(unknown)) if unknown else 'missing ' + ', '.join(sorted(missing))}; run python fuse.py --grid again")
+        settings = cls(**data)
+        if len(settings.weights_per_fold) != len(settings.folds) or any(len(w) != len(settings.models) for w in settings.weights_per_fold):
+            raise FusionError(f"{source}: weights_per_fold does not match its folds and models; run python fuse.py --grid again")
+        return settings
+
+    def prediction_weights(self, folds: Sequence[int]) -> list[list[float]]:
+        """The mix each fold's members are fused with at prediction: that fold's own choice (the
+        same a* for all with the paper's rule; per fold with ``--select val|nested``), divided by
+        each member's temperature of that fold when calibrated. With ``--fold all`` the folds'
+        fused logits are then averaged."""
+        position = {k: i for i, k in enumerate(self.folds)}
+        temperatures = (self.temperatures or {}).get("per_fold")
+        weights = []
+        for k in folds:
+            chosen = self.weights_per_fold[position[k]]
+            scale = temperatures[position[k]] if temperatures else [1.0] * len(chosen)
+            weights.append([w / t for w, t in zip(chosen, scale)])
+        return weights
+
+    def prediction_threshold(self, folds: Sequence[int]) -> float | None:
+        """One fold: its own validation-chosen threshold; all folds (averaged): the one chosen on all validation cells."""
+        if self.referral is None:
+            return None
+        if len(folds) == 1:
+            return self.referral["per_fold"][self.folds.index(folds[0])]["threshold"]
+        return self.referral["threshold"]
+
+
+def write_fusion_settings(folder: Path, settings: FusionSettings) -> None:
+    atomic_write_json(Path(folder) / FUSION_JSON, settings.to_json())
+
+
+def read_fusion_settings(folder: Path) -> FusionSettings:
+    """``folder/fusion.json``, after checking the folder against its manifest."""
+    path = Path(folder) / FUSION_JSON
+    verify_folder(Path(folder))
+    if not path.is_file():
+        raise FusionError(f"{path}: not found; run python fuse.py --grid first")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise FusionError(f"{path}: not readable JSON ({error}); run python fuse.py --grid again") from None
+    return FusionSettings.from_json(data, str(path))
+
+
+_FUSION_FILE = re.compile(r"(fusion\.json|grid\.(csv|md)|([a-z]+/)?fold\d+(_val)?_logits\.npz|([a-z]+/)?fold\d+/(test|val)_logits\.npz)")
+
+
+def legacy_fusion_files(folder: Path) -> set[str]:
+    """The files of a fusion folder written before manifests (what a new fuse.py may replace)."""
+    names = (p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+    return {name for name in names if _FUSION_FILE.fullmatch(name)}

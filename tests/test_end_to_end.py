@@ -73,7 +73,7 @@ def readme_client() -> str:
 
 
 def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, demo_output, tmp_path):
-    from spermfuse import fusion as fusion_lib
+    from spermfuse import run_folder
     from spermfuse.data import load_rgb
     from spermfuse.inference import fused_probabilities, load_classifier
 
@@ -87,9 +87,9 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
                       + f"\nnp.save({str(tmp_path / 'p.npy')!r}, probabilities.numpy())\n")  # fmt: skip
     isolated = subprocess.run([sys.executable, "-I", str(client), str(tmp_path / "deploy"), *map(str, images)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert isolated.returncode == 0, isolated.stderr
-    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
-    members = [[load_classifier(runs / n / f"fold{k}" / "best.pt") for n in settings["models"]] for k in settings["folds"]]
-    expected = fused_probabilities(images, members, fusion_lib.prediction_weights(settings, settings["folds"]))
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    members = [[load_classifier(runs / n / f"fold{k}" / "best.pt") for n in settings.models] for k in settings.folds]
+    expected = fused_probabilities(images, members, settings.prediction_weights(settings.folds))
     assert np.abs(np.load(tmp_path / "p.npy") - expected).max() <= 1e-5
     onnxruntime = pytest.importorskip("onnxruntime")  # the optional export extra (requirements-dev installs it)
     session = onnxruntime.InferenceSession(str(tmp_path / "deploy" / "model.onnx"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spermfuse.config import preset_config
-from spermfuse import calibration, fusion, metrics
+from spermfuse import calibration, fusion, metrics, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["A", "B", "C"]
@@ -47,7 +47,7 @@ def test_fuse_is_the_weighted_sum_of_logits():
 def test_align_joins_on_paths_whatever_the_order(tmp_path):
     write_logits(tmp_path / "a.npz", [[1, 0, 0], [0, 1, 0]], [0, 1], ["x", "y"], "a", 1)
     write_logits(tmp_path / "b.npz", [[0, 2, 0], [2, 0, 0]], [1, 0], ["y", "x"], "b", 1)
-    a, b = fusion.align([fusion.load_logits(tmp_path / "a.npz"), fusion.load_logits(tmp_path / "b.npz")])
+    a, b = run_folder.align([run_folder.load_logits(tmp_path / "a.npz"), run_folder.load_logits(tmp_path / "b.npz")])
     assert list(b.paths) == ["x", "y"] and b.logits[0, 0] == 2
 
 
@@ -64,19 +64,19 @@ def test_align_refuses_sets_that_do_not_match(tmp_path, other, message):
     settings = dict(logits=[[1, 0, 0], [0, 1, 0]], labels=[0, 1], paths=["x", "y"], arch="b", fold=1, classes=CLASSES) | other
     write_logits(tmp_path / "b.npz", **settings)
     with pytest.raises(fusion.FusionError, match=message):
-        fusion.align([fusion.load_logits(tmp_path / "a.npz"), fusion.load_logits(tmp_path / "b.npz")])
+        run_folder.align([run_folder.load_logits(tmp_path / "a.npz"), run_folder.load_logits(tmp_path / "b.npz")])
 
 
 def test_nan_logits_are_refused(tmp_path):
     write_logits(tmp_path / "a.npz", [[np.nan, 0, 0]], [0], ["x"], "a", 1)
     with pytest.raises(fusion.FusionError, match="NaN"):
-        fusion.load_logits(tmp_path / "a.npz")
+        run_folder.load_logits(tmp_path / "a.npz")
 
 
 def test_grid_search_picks_the_better_model_and_breaks_ties_toward_half(tmp_path):
     labels = np.array([0, 1, 2, 0])
-    good = fusion.LogitsSet(np.eye(3)[labels] * 5, labels, np.array(list("abcd")), CLASSES, "good", 1)
-    bad = fusion.LogitsSet(np.eye(3)[[1, 2, 0, 1]] * 5.0, labels, np.array(list("abcd")), CLASSES, "bad", 1)
+    good = run_folder.LogitsSet(np.eye(3)[labels] * 5, labels, np.array(list("abcd")), CLASSES, "good", 1)
+    bad = run_folder.LogitsSet(np.eye(3)[[1, 2, 0, 1]] * 5.0, labels, np.array(list("abcd")), CLASSES, "bad", 1)
     result = fusion.grid_search([[good, bad]], [i / 10 for i in range(11)])
     assert result.best[0] > 0.5
     same = fusion.grid_search([[good, good]], [i / 10 for i in range(11)])
@@ -163,9 +163,9 @@ def test_fuse_grid_writes_table_weights_and_fused_logits(tmp_path):
     grid = (out / "grid.csv").read_text().splitlines()
     assert grid[0].startswith("a,fold1_acc,fold1_f1w") and len(grid) == 12
     settings = json.loads((out / "fusion.json").read_text())
-    assert {"test (paper, optimistic)", "nested", "val"} <= set(settings["selection_comparison"])
+    assert {"test", "nested", "val"} <= set(settings["selection_comparison"])
     assert len(settings["weights_per_fold"]) == 5
-    fused = fusion.load_logits(out / "fold3_logits.npz")
+    fused = run_folder.load_logits(out / "fold3" / "test_logits.npz")
     assert fused.arch == "fusion" and fused.fold == 3
     assert "nested" in result.stderr and "optimistic" in result.stderr
 
@@ -254,10 +254,10 @@ def test_the_honest_fusions_are_evaluated_against_the_members_too(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     assert run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
     settings = json.loads((runs / "fusion" / "fusion.json").read_text())
-    members = fusion.collect_folds(runs, ["modelx", "modely"])
+    members = run_folder.collect_folds(runs, ["modelx", "modely"])
     nested_weights = settings["selection_comparison"]["nested"]["weights_per_fold"]
-    for sets, weights, fused in zip(members, nested_weights, fusion.load_fold_sets(runs / "fusion" / "nested")):
-        fused, *aligned = fusion.align([fused, *sets])
+    for sets, weights, fused in zip(members, nested_weights, run_folder.load_fold_sets(runs / "fusion" / "nested")):
+        fused, *aligned = run_folder.align([fused, *sets])
         assert np.allclose(fused.logits, fusion.fuse([s.logits for s in aligned], weights), atol=1e-5)
     result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--no-figures")
     assert result.returncode == 0, result.stderr
@@ -310,7 +310,7 @@ def test_calibrated_fusion_fits_each_temperature_on_validation_logits_only(tmp_p
     runs = fake_runs(tmp_path / "runs")
     assert run("fuse.py", "--grid", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
     temperatures = json.loads((runs / "fusion" / "fusion.json").read_text())["temperatures"]["per_fold"]
-    val = fusion.collect_folds(runs, ["modelx", "modely"], "val")
+    val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
     expected = [[calibration.fit_temperature(s.logits, s.labels) for s in sets] for sets in val]
     assert np.allclose(temperatures, expected)
     shuffle_test_labels(runs)  # a fit that read test labels would now change
@@ -325,7 +325,7 @@ def test_referral_threshold_is_chosen_on_validation_and_reported_per_fold(tmp_pa
     assert result.returncode == 0, result.stderr
     settings = json.loads((runs / "fusion" / "fusion.json").read_text())
     referral = settings["referral"]
-    val = fusion.collect_folds(runs, ["modelx", "modely"], "val")
+    val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
     for sets, weights, fold in zip(val, settings["weights_per_fold"], referral["per_fold"]):
         fused = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], weights))
         assert fold["threshold"] == calibration.referral_threshold(fused, sets[0].labels, 0.9)
@@ -339,7 +339,7 @@ def test_an_unreachable_target_accuracy_is_one_line_and_writes_nothing(tmp_path)
     assert result.returncode == 2 and "--calibrate needs every model's validation logits" in result.stderr and "fold(s) [2]" in result.stderr
     runs = fake_runs(tmp_path / "other")
     for arch in ("modelx", "modely"):  # fold 3's validation cells: every prediction wrong, so no threshold reaches 0.9
-        val = fusion.load_logits(runs / arch / "fold3" / "val_logits.npz")
+        val = run_folder.load_logits(runs / arch / "fold3" / "val_logits.npz")
         write_logits(runs / arch / "fold3" / "val_logits.npz", -5.0 * np.eye(3)[val.labels], val.labels, val.paths, arch, 3)
     result = run("fuse.py", "--grid", "--target-accuracy", "0.9", "--runs", str(runs), "--models", "modelx", "modely")
     assert result.returncode == 2 and "not reachable on the validation logits" in result.stderr and "Traceback" not in result.stderr
@@ -355,7 +355,7 @@ def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tm
     report = json.loads((out / "report.json").read_text())
     for name in ("modelx", "fusion"):
         block = report["models"][name]["calibration"]
-        val = fusion.load_fold_sets(runs / name, "val")
+        val = run_folder.load_fold_sets(runs / name, "val")
         assert block["temperature_per_fold"] == pytest.approx([calibration.fit_temperature(v.logits, v.labels) for v in val])
         assert block["after"]["nll"] < block["before"]["nll"]  # fake logits are over-confident: T > 1 helps
     assert report["models"]["fusion_nested"]["calibration"]["after"] is None  # no validation logits of its own
@@ -365,8 +365,21 @@ def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tm
 
 
 def test_prediction_fuses_each_fold_with_its_own_weights_and_temperatures():
-    settings = {"folds": [1, 2], "weights_per_fold": [[0.2, 0.8], [0.6, 0.4]], "weights": None}
-    assert fusion.prediction_weights(settings, [2]) == [[0.6, 0.4]]  # fold 2's own, not the mean of the folds
-    settings["temperatures"] = {"per_fold": [[1.0, 2.0], [2.0, 0.5]]}
-    assert fusion.prediction_weights(settings, [1, 2]) == [[0.2, 0.4], [0.3, 0.8]]
-    assert fusion.prediction_threshold(settings, [1, 2]) is None
+    settings = run_folder.FusionSettings(["x", "y"], [1, 2], [[0.2, 0.8], [0.6, 0.4]], rule="val", select="val", alphas="0:1:0.1")
+    assert settings.prediction_weights([2]) == [[0.6, 0.4]]  # fold 2's own, not the mean of the folds
+    settings.temperatures = {"per_fold": [[1.0, 2.0], [2.0, 0.5]]}
+    assert settings.prediction_weights([1, 2]) == [[0.2, 0.4], [0.3, 0.8]]
+    assert settings.prediction_threshold([1, 2]) is None
+
+
+def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--calibrate", "--target-accuracy", "0.5", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    written = json.loads((runs / "fusion" / "fusion.json").read_text())
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    assert settings.to_json() == written and settings.version == run_folder.FUSION_SETTINGS_VERSION
+    assert settings.temperatures and settings.referral and settings.selection_comparison
+    with pytest.raises(run_folder.FusionError, match="unknown keys extra"):
+        run_folder.FusionSettings.from_json(written | {"extra": 1})
+    with pytest.raises(run_folder.FusionError, match="version 0"):
+        run_folder.FusionSettings.from_json(written | {"version": 0})

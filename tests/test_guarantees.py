@@ -19,7 +19,7 @@ from PIL import Image
 import fuse
 import train
 from conftest import draw_cell, tiny_config
-from spermfuse import download, fusion, splits, trainer
+from spermfuse import download, fusion, run_folder, splits, trainer
 from spermfuse.checkpoint import CheckpointError, csv_text, read_csv, read_safetensors
 from spermfuse.config import TrainConfig, validate_config
 from spermfuse.data import DataError, check_image, discover, load_rgb
@@ -92,7 +92,7 @@ def test_a_refused_fuse_changes_no_file(tmp_path, capsys):  # [B2]
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
     before = {p: p.read_bytes() for p in (runs / "fusion").rglob("*") if p.is_file()}
     for arch in ("modelx", "modely"):  # fold 3's validation cells: every prediction wrong, so no threshold reaches 0.9
-        val = fusion.load_logits(runs / arch / "fold3" / "val_logits.npz")
+        val = run_folder.load_logits(runs / arch / "fold3" / "val_logits.npz")
         write_logits(runs / arch / "fold3" / "val_logits.npz", -5.0 * np.eye(3)[val.labels], val.labels, val.paths, arch, 3)
     assert fuse.main(["--grid", "--alphas", "0:1:0.5", "--target-accuracy", "0.9", "--runs", str(runs), *MODELS]) == 2
     assert "not reachable" in capsys.readouterr().err
@@ -112,9 +112,9 @@ def test_a_fuse_killed_at_a_random_moment_leaves_the_old_folder_or_the_new_one(t
     time.sleep(np.random.default_rng(seed).uniform(0.5, 1.0) * duration)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    settings = fusion.load_settings(runs / "fusion")  # checks the manifest (and puts back a folder left aside)
-    assert settings["weights"] in ([0.0, 1.0], [float(w) for w in settings["weights_per_fold"][0]])
-    if settings["rule"] == "fixed":
+    settings = run_folder.read_fusion_settings(runs / "fusion")  # checks the manifest (and puts back a folder left aside)
+    assert settings.weights in ([0.0, 1.0], [float(w) for w in settings.weights_per_fold[0]])
+    if settings.rule == "fixed":
         assert not (runs / "fusion" / "grid.csv").exists()
     else:
         assert (runs / "fusion" / "grid.csv").exists()
@@ -207,7 +207,7 @@ def test_an_overwrite_that_does_not_finish_leaves_no_old_logits_for_fusion(image
     with pytest.raises(KeyboardInterrupt):
         trainer.FoldTrainer(tiny_config(image_folder, tmp_path / "runs", num_folds=2, epochs=3, overwrite=True), on_epoch_end=killed).run()
     assert not (config.run_dir() / "test_logits.npz").exists() and (config.run_dir() / "last.pt").exists()
-    assert not fusion.find_fold_files(tmp_path / "runs", config.arch)
+    assert not run_folder.find_fold_files(tmp_path / "runs" / config.arch)
 
 
 def test_resuming_on_a_different_split_is_refused(image_folder, tmp_path):  # [A5]
@@ -224,8 +224,8 @@ def test_fusion_refuses_members_that_learned_from_other_images():
         return LogitsSet(np.zeros((2, 3), np.float32), np.array([0, 1]), np.array(["a.png", "b.png"]), CLASSES, arch, 1, arch, split)
 
     with pytest.raises(FusionError, match="learned from other images"):
-        fusion.align([logits_set("digest-one", "x"), logits_set("digest-two", "y")])
-    assert len(fusion.align([logits_set("same", "x"), logits_set("same", "y")])) == 2
+        run_folder.align([logits_set("digest-one", "x"), logits_set("digest-two", "y")])
+    assert len(run_folder.align([logits_set("same", "x"), logits_set("same", "y")])) == 2
 
 
 def test_export_refuses_members_of_other_class_lists_in_any_fold(tmp_path):  # [A2]
@@ -383,7 +383,7 @@ def test_a_logits_file_with_impossible_labels_or_fold_is_refused(tmp_path, label
     np.savez(path, logits=np.zeros((2, 3), np.float32), labels=np.array(labels), paths=np.array(["a", "b"]), classes=np.array(CLASSES),
              arch=np.array("x"), fold=np.array(fold))  # fmt: skip
     with pytest.raises(FusionError, match=message):
-        fusion.load_logits(path)
+        run_folder.load_logits(path)
 
 
 def safetensors_bytes(header, payload=b"\0" * 8):
@@ -408,7 +408,7 @@ def test_a_malformed_safetensors_header_is_a_checkpoint_error(tmp_path, header, 
 def test_calibration_refuses_a_fold_that_validates_on_one_class(tmp_path, capsys):  # [B14]
     runs = fake_runs(tmp_path / "runs")
     for arch in ("modelx", "modely"):
-        val = fusion.load_logits(runs / arch / "fold2" / "val_logits.npz")
+        val = run_folder.load_logits(runs / arch / "fold2" / "val_logits.npz")
         write_logits(runs / arch / "fold2" / "val_logits.npz", val.logits, np.zeros_like(val.labels), val.paths, arch, 2)
     assert fuse.main(["--grid", "--calibrate", "--runs", str(runs), *MODELS]) == 2
     assert "fold 2 validates on 40 images of 1 class" in capsys.readouterr().err
