@@ -51,7 +51,7 @@ def split_digest(classes: Sequence[str], train: Sequence[str], val: Sequence[str
 
 @dataclass
 class LogitsSet:
-    """One logits file (the schema of DESIGN.md)."""
+    """One logits file (docs/DESIGN.md, "On-disk formats")."""
 
     logits: np.ndarray
     labels: np.ndarray
