@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .inference import Classifier, check_same_classes
 from .models.resnetv2 import ResNetV2
 from .synthetic import PART_VALUES
-from .transforms import letterbox_box
+from .transforms import PipelineSpec, letterbox_box
 
 
 def default_layer(model: nn.Module) -> nn.Module:
@@ -261,15 +261,15 @@ def explain_files(
 
     check_same_classes(folds)
     members = [Member(name, c.model, w / len(folds)) for fold, fold_weights in zip(folds, weights) for name, c, w in zip(names, fold, fold_weights)]
-    pipelines = [c.pipeline for fold in folds for c in fold]
+    classifiers = [c for fold in folds for c in fold]
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = [load_rgb(p) for p in chunk]
-        prepared: dict[str, torch.Tensor] = {}  # one batch per distinct pipeline, shared by its members
-        for pipeline in pipelines:
-            if repr(pipeline) not in prepared:
-                prepared[repr(pipeline)] = torch.stack([pipeline(image) for image in images]).to(device)
-        explanation = fused_grad_cam(members, [prepared[repr(p)] for p in pipelines])
+        prepared: dict[PipelineSpec, torch.Tensor] = {}  # one batch per distinct preprocessing, shared by its members
+        for c in classifiers:
+            if c.spec not in prepared:
+                prepared[c.spec] = torch.stack([c.pipeline(image) for image in images]).to(device)
+        explanation = fused_grad_cam(members, [prepared[c.spec] for c in classifiers])
         for n, (path, image) in enumerate(zip(chunk, images)):
             width, height = image.size
             back = lambda maps: to_original_geometry(maps[n : n + 1], width, height)[0]  # noqa: E731

@@ -61,7 +61,7 @@ class FusedProbabilities(nn.Module):
 def check_exportable(folds: Sequence[Sequence[Classifier]]) -> None:
     """One input size, one preprocessing per member across folds, one class list."""
     reference = folds[0]
-    sizes = {c.pipeline.img_size for fold in folds for c in fold}
+    sizes = {c.spec.img_size for fold in folds for c in fold}
     if len(sizes) != 1:
         raise ExportError(f"the members test at different sizes {sorted(sizes)}; an exported pair takes one input size")
     fills = {tuple(c.pipeline.fill) for fold in folds for c in fold}
@@ -70,7 +70,7 @@ def check_exportable(folds: Sequence[Sequence[Classifier]]) -> None:
     check_same_classes(folds)  # every member of every fold, not only each member against its fold-1 self
     for fold in folds:
         for classifier, first in zip(fold, reference):
-            if repr(classifier.pipeline) != repr(first.pipeline) or classifier.tta != first.tta:
+            if classifier.spec != first.spec or classifier.tta != first.tta:
                 raise ExportError(f"{classifier.source}: preprocessing differs from {first.source} (same model, other fold); retrain or export one fold")
 
 

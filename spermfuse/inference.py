@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -14,24 +15,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, safe_torch_load
+from .checkpoint import safe_torch_load
 from .data import IMAGE_EXTENSIONS, DataError, load_rgb
 from .engine import tta_logits
 from .metrics import softmax
 from .models import create_model
-from .segmentation import HybridOtsu
-from .transforms import Pipeline, build
+from .transforms import Pipeline, PipelineSpec, from_spec
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class Classifier:
+    """A trained member: its network, the preprocessing it was tested with, and its record."""
+
     model: nn.Module
-    pipeline: Pipeline
+    spec: PipelineSpec
     classes: list[str]
     source: Path
     tta: str = "none"  # the test-time augmentation its logits files were written with
     split: str = ""  # run_folder.split_digest of what it learned from and was tested on ("" before v0.3)
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        """The eval pipeline of :attr:`spec`."""
+        return from_spec(self.spec)
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
@@ -42,20 +49,8 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
     model = create_model(checkpoint["arch"], len(classes), dropout=checkpoint.get("dropout"), padding=checkpoint.get("padding", "symmetric"))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
-    preprocess = [HybridOtsu(foreground=checkpoint.get("otsu_foreground", "dark"))] if checkpoint.get("preprocess") == "otsu" else []
-    pipeline = build(
-        False, checkpoint["img_size"], pad_color=tuple(checkpoint["pad_color"]), preprocess=preprocess,
-        mean=tuple(checkpoint["mean"]), std=tuple(checkpoint["std"]),
-    )  # fmt: skip
-    recorded = checkpoint.get("eval_pipeline")
-    if recorded is None:
-        log.warning("%s: older checkpoint without its recorded preprocessing; assuming today's order (%s)", path, " -> ".join(repr(pipeline).split()[1:-1]))
-    elif recorded != repr(pipeline):
-        raise CheckpointError(
-            f"{path}: was tested with another preprocessing than this spermfuse version builds "
-            f"(recorded {recorded!r}, rebuilt {repr(pipeline)!r}); predict with the version that trained it (git_commit in config.json)"
-        )
-    return Classifier(model, pipeline, classes, path, checkpoint.get("tta", "none"), checkpoint.get("split", ""))
+    spec = PipelineSpec.from_dict(checkpoint.get("pipeline"), str(path))
+    return Classifier(model, spec, classes, path, checkpoint["tta"], checkpoint["split"])
 
 
 def load_fold_members(runs: str | Path, models: Sequence[str], folds: Sequence[int], device: torch.device | str = "cpu") -> list[list[Classifier]]:
@@ -106,13 +101,12 @@ def fused_probabilities(
         batch = [load_rgb(p) for p in images[start : start + batch_size]]
         # The eval pipelines are deterministic and the folds of one model share theirs:
         # preprocess each image once per distinct pipeline, not once per fold.
-        prepared: dict[str, torch.Tensor] = {}
+        prepared: dict[PipelineSpec, torch.Tensor] = {}
         for fold, fold_weights in zip(members, weights):
             fused = 0.0
             for classifier, weight in zip(fold, fold_weights):
-                key = repr(classifier.pipeline)
-                if key not in prepared:
-                    prepared[key] = torch.stack([classifier.pipeline(image) for image in batch]).to(device)
-                fused = fused + weight * tta_logits(classifier.model, prepared[key], classifier.tta).float().cpu().numpy()
+                if classifier.spec not in prepared:
+                    prepared[classifier.spec] = torch.stack([classifier.pipeline(image) for image in batch]).to(device)
+                fused = fused + weight * tta_logits(classifier.model, prepared[classifier.spec], classifier.tta).float().cpu().numpy()
             total[start : start + len(batch)] += fused
     return softmax(total / len(members))

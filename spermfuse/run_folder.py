@@ -31,7 +31,7 @@ from .errors import ConfigError, FusionError
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .transforms import Pipeline
+    from .transforms import PipelineSpec
 
 LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
 SPLIT_KEY = "split"  # optional in a logits file: the digest of the split its model trained on (split_digest)
@@ -126,17 +126,13 @@ def data_root_of_run(run_dir: Path) -> Path:
     return Path(config["data_root"])
 
 
-def checkpoint_metadata(config: "TrainConfig", classes: list[str], eval_pipeline: "Pipeline", split: str) -> dict:
-    """What best.pt needs so that prediction rebuilds the exact test-time preprocessing.
-
-    ``eval_pipeline`` is the description of that preprocessing, in order (resize, Otsu for
-    method B, pad and fill, normalisation); prediction checks that it rebuilds the same.
-    """
+def checkpoint_metadata(config: "TrainConfig", classes: list[str], spec: "PipelineSpec", split: str) -> dict:
+    """What best.pt records beside the weights, so that prediction rebuilds the network and its
+    exact test-time preprocessing (``pipeline``: the spec's dict), and knows the test-time
+    augmentation and the split it was evaluated with."""
     return {
-        "arch": config.arch, "classes": list(classes), "img_size": config.img_size, "mean": list(eval_pipeline.normalize.mean),
-        "std": list(eval_pipeline.normalize.std), "pad_color": list(config.pad_color), "preprocess": config.preprocess,
-        "otsu_foreground": config.otsu_foreground, "dropout": config.dropout, "padding": config.padding,
-        "eval_pipeline": repr(eval_pipeline), "tta": config.tta, "split": split,
+        "arch": config.arch, "classes": list(classes), "dropout": config.dropout, "padding": config.padding,
+        "pipeline": spec.to_dict(), "tta": config.tta, "split": split,
     }  # fmt: skip
 
 

@@ -37,8 +37,7 @@ from .output_folder import discard, move_aside, refuse_overlap
 from .profiling import peak_memory_mb
 from .run_folder import checkpoint_metadata, save_logits, split_digest, write_config, write_history
 from .runtime import environment, resolve_device, seed_everything
-from .segmentation import HybridOtsu
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, from_spec
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +149,9 @@ class FoldTrainer:
 
     def _build_data(self) -> None:
         c = self.config
-        preprocess = [HybridOtsu(foreground=c.otsu_foreground)] if c.preprocess == "otsu" else []
-        normalization = dict(mean=self.mean, std=self.std)
-        train_tf = build(True, c.img_size, preset=c.augment, pad_color=c.pad_color, rotation=c.rotation, preprocess=preprocess, **normalization)
-        eval_tf = self.eval_pipeline = build(False, c.img_size, pad_color=c.pad_color, preprocess=preprocess, **normalization)
+        self.pipeline_spec = PipelineSpec(c.img_size, tuple(c.pad_color), c.preprocess, c.otsu_foreground, tuple(self.mean), tuple(self.std))
+        train_tf = from_spec(self.pipeline_spec, train=True, preset=c.augment, rotation=c.rotation)
+        eval_tf = from_spec(self.pipeline_spec)
         self.train_set = data_lib.ImageDataset(self.samples, self.split.train, train_tf, c.seed)
         self.val_set = data_lib.ImageDataset(self.samples, self.split.val, eval_tf, c.seed)
         self.test_set = data_lib.ImageDataset(self.samples, self.split.test, eval_tf, c.seed)
@@ -266,7 +264,7 @@ class FoldTrainer:
 
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
-            meta = checkpoint_metadata(self.config, self.samples.classes, self.eval_pipeline, self.split_digest)
+            meta = checkpoint_metadata(self.config, self.samples.classes, self.pipeline_spec, self.split_digest)
             weights = self.ema.shadow if self.ema else self.model.state_dict()  # with --ema, the averaged weights are the model
             atomic_torch_save(self.run_dir / "best.pt", {"model": weights, "epoch": epoch, "val_metric": metric, **meta})
 

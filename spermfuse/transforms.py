@@ -12,14 +12,16 @@ caller, so the same seed gives the same augmented tensor.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .errors import ConfigError
 from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from .segmentation import HybridOtsu
 
 PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
 
@@ -281,5 +283,58 @@ def build(
         geometric = [RandomFlip(0.5, 0.5), RandomAffine(degrees=rotation, translate=0.1, zoom=0.1, fill=pad_color)]
         photometric = []
     else:
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose paper_a, paper_b or none")
+        raise ConfigError(f"--augment {preset}: unknown; choose paper_a, paper_b or none")
     return Pipeline(img_size, pad_color, preprocess, geometric, photometric, normalize)
+
+
+PIPELINE_SPEC_VERSION = 1  # bump when from_spec builds different pixels from the same spec
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A model's test-time preprocessing as data: what ``best.pt`` records, what prediction,
+    export and explanation rebuild, and what tells two members' inputs apart (dataclass
+    equality; a dict key).
+
+    The eval pipeline of a spec is fixed by :func:`from_spec`: resize the longer side to
+    ``img_size``, the hybrid Otsu of method B when ``preprocess`` is ``"otsu"``, pad to a
+    square with ``pad_color`` (black after Otsu), scale to [0, 1], normalise by ``mean``/``std``.
+    """
+
+    img_size: int
+    pad_color: tuple[int, int, int] = PAD_COLOR
+    preprocess: str = "none"  # none | otsu
+    otsu_foreground: str = "dark"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def preprocess_steps(self) -> list[HybridOtsu]:
+        return [HybridOtsu(foreground=self.otsu_foreground)] if self.preprocess == "otsu" else []
+
+    def to_dict(self) -> dict:
+        """JSON- and ``weights_only``-safe: lists, numbers and strings, with the version."""
+        values = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        return {"version": PIPELINE_SPEC_VERSION, **values}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "best.pt") -> "PipelineSpec":
+        """The spec a checkpoint recorded; one of another version or shape is refused."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: records no preprocessing (written before spermfuse v0.3); retrain it, or predict with the version that trained it")
+        if data.get("version") != PIPELINE_SPEC_VERSION:
+            found = data.get("version")
+            raise ConfigError(
+                f"{source}: its preprocessing record is version {found}, this spermfuse builds version {PIPELINE_SPEC_VERSION}; "
+                "predict with the version that trained it (git_commit in config.json), or retrain"
+            )
+        names = {f.name for f in fields(cls)}
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items() if key != "version"}
+        if set(values) != names:
+            raise ConfigError(f"{source}: its preprocessing record has keys {sorted(values)}, expected {sorted(names)}; retrain")
+        return cls(**values)
+
+
+def from_spec(spec: PipelineSpec, train: bool = False, *, preset: str = "paper_a", rotation: float = 15.0) -> Pipeline:
+    """The eval pipeline of ``spec`` (``train=False``), or its train pipeline with ``preset`` augmentation."""
+    return build(train, spec.img_size, preset=preset, pad_color=spec.pad_color, rotation=rotation,
+                 preprocess=spec.preprocess_steps(), mean=spec.mean, std=spec.std)  # fmt: skip

@@ -11,7 +11,7 @@ from spermfuse.explain import (
 )  # fmt: skip
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model
-from spermfuse.transforms import build
+from spermfuse.transforms import PipelineSpec, build
 
 
 class TwoChannels(nn.Module):
@@ -167,8 +167,8 @@ def test_explaining_members_trained_on_other_classes_is_refused_naming_the_check
     from spermfuse.inference import Classifier
 
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "cell.png")
-    pipeline = build(False, 32)
-    members = [[Classifier(create_model("efficientnet_tiny", 3), pipeline, ["a", "b", "c"], tmp_path / "e.pt"),
-                Classifier(create_model("resnetv2_tiny", 3), pipeline, ["a", "b", "x"], tmp_path / "r.pt")]]  # fmt: skip
+    spec = PipelineSpec(32)
+    members = [[Classifier(create_model("efficientnet_tiny", 3), spec, ["a", "b", "c"], tmp_path / "e.pt"),
+                Classifier(create_model("resnetv2_tiny", 3), spec, ["a", "b", "x"], tmp_path / "r.pt")]]  # fmt: skip
     with pytest.raises(DataError, match="r.pt: classes differ from .*e.pt"):
         list(explain_files([tmp_path / "cell.png"], members, [[0.5, 0.5]], ["e", "r"]))

@@ -7,13 +7,13 @@ from PIL import Image
 from spermfuse.export import FusedProbabilities, export_onnx, export_program, onnx_available
 from spermfuse.inference import Classifier, fused_probabilities
 from spermfuse.models import create_model
-from spermfuse.transforms import build
+from spermfuse.transforms import PipelineSpec
 
 
 def test_the_papers_pair_at_240_pixels_exports_to_the_same_probabilities(tmp_path):
     torch.manual_seed(0)
     classes = [f"class{c}" for c in range(18)]
-    pair = [Classifier(create_model(name, 18).eval(), build(False, 240), classes, tmp_path / name) for name in ("efficientnetv2_s", "resnet50v2")]
+    pair = [Classifier(create_model(name, 18).eval(), PipelineSpec(240), classes, tmp_path / name) for name in ("efficientnetv2_s", "resnet50v2")]
     rng = np.random.default_rng(0)
     images = []
     for i, size in enumerate(((300, 200), (120, 160))):  # one shrunk, one enlarged; both letterboxed
@@ -41,7 +41,7 @@ def test_a_method_b_model_exports_with_otsu_before_the_graph_as_model_json_says(
     from spermfuse.transforms import pad_to_square, resize_longer_side
 
     torch.manual_seed(0)
-    model = Classifier(create_model("efficientnet_tiny", 3).eval(), build(False, 64, preprocess=[HybridOtsu()]), ["a", "b", "c"], tmp_path / "b4")
+    model = Classifier(create_model("efficientnet_tiny", 3).eval(), PipelineSpec(64, preprocess="otsu"), ["a", "b", "c"], tmp_path / "b4")
     images = []
     for i, size in enumerate(((150, 90), (70, 80))):
         images.append(tmp_path / f"smear{i}.png")

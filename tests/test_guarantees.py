@@ -231,10 +231,10 @@ def test_fusion_refuses_members_that_learned_from_other_images():
 def test_export_refuses_members_of_other_class_lists_in_any_fold(tmp_path):  # [A2]
     from spermfuse.export import check_exportable
     from spermfuse.inference import Classifier
-    from spermfuse.transforms import build
+    from spermfuse.transforms import PipelineSpec
 
     def member(classes, name):
-        return Classifier(create_model("resnetv2_tiny", 3).eval(), build(False, 32), classes, tmp_path / name)
+        return Classifier(create_model("resnetv2_tiny", 3).eval(), PipelineSpec(32), classes, tmp_path / name)
 
     fold1 = [member(["Amorphous", "Normal", "Tapered"], "e1"), member(["Amorphous", "Normal", "Tapered"], "r1")]
     fold2 = [member(["Amorphous", "Normal", "Tapered"], "e2"), member(["Normal", "Tapered", "Zeta"], "r2")]

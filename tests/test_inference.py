@@ -5,42 +5,32 @@ from PIL import Image
 
 from spermfuse.config import preset_config
 from spermfuse import trainer
-from spermfuse.checkpoint import CheckpointError, safe_torch_load
+from spermfuse.checkpoint import safe_torch_load
+from spermfuse.errors import ConfigError
 from spermfuse.inference import Classifier, fused_probabilities, load_classifier
 from spermfuse.metrics import softmax
 from spermfuse.models import create_model
-from spermfuse.transforms import build
+from spermfuse.transforms import Pipeline, PipelineSpec, from_spec
 
 
-class CountingPipeline:
-    """The eval pipeline, counting the images it prepares."""
-
-    def __init__(self, size: int) -> None:
-        self.pipeline, self.calls = build(False, size), 0
-
-    def __call__(self, image):
-        self.calls += 1
-        return self.pipeline(image)
-
-    def __repr__(self) -> str:
-        return repr(self.pipeline)
-
-
-def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path):
+def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     images = []
     for i in range(3):
         images.append(tmp_path / f"cell{i}.png")
         Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(images[-1])
     torch.manual_seed(0)
-    shared = CountingPipeline(32)  # both models and both folds test at 32 px
+    calls = []
+    prepare = Pipeline.__call__
+    monkeypatch.setattr(Pipeline, "__call__", lambda self, image, rng=None: calls.append(image) or prepare(self, image, rng))
+    shared = PipelineSpec(32)  # both models and both folds test at 32 px
     folds = [[Classifier(create_model(arch, 3).eval(), shared, ["a", "b", "c"], tmp_path) for arch in ("efficientnet_tiny", "resnetv2_tiny")] for _ in range(2)]
     for fold in folds:
         torch.nn.init.normal_(fold[1].model.fc.weight)
     probabilities = fused_probabilities(images, folds, [[0.3, 0.7], [0.3, 0.7]])
-    assert shared.calls == len(images)
+    assert len(calls) == len(images)
     with torch.no_grad():
-        x = torch.stack([shared.pipeline(Image.open(p).convert("RGB")) for p in images])
+        x = torch.stack([from_spec(shared)(Image.open(p).convert("RGB")) for p in images])
         expected = np.mean([(0.3 * f[0].model(x) + 0.7 * f[1].model(x)).numpy() for f in folds], axis=0)
     assert np.allclose(probabilities, softmax(expected.astype(np.float64)), atol=1e-5)
 
@@ -52,15 +42,18 @@ def test_a_method_b_checkpoint_records_its_preprocessing_and_prediction_repeats_
         freeze_epochs=1, finetune_epochs=1, unfreeze_last=10,
     )  # fmt: skip
     best_path = trainer.train_fold(config) / "best.pt"
-    recorded = safe_torch_load(best_path)["eval_pipeline"]
-    order = [recorded.index(step) for step in ("resize_longer_side(32)", "HybridOtsu", "pad_to_square(32, fill=(0, 0, 0))", "Normalize")]
+    recorded = PipelineSpec.from_dict(safe_torch_load(best_path)["pipeline"])
+    assert recorded.preprocess == "otsu" and recorded.img_size == 32
+    classifier = load_classifier(best_path)
+    assert classifier.spec == recorded
+    steps = repr(classifier.pipeline)
+    order = [steps.index(step) for step in ("resize_longer_side(32)", "HybridOtsu", "pad_to_square(32, fill=(0, 0, 0))", "Normalize")]
     assert order == sorted(order)  # the paper's order: resize, Otsu, then pad with the background
-    assert repr(load_classifier(best_path).pipeline) == recorded
 
     best = safe_torch_load(best_path)
-    best["eval_pipeline"] = recorded.replace("fill=(0, 0, 0)", "fill=(204, 191, 183)")  # as an older version padded
+    best["pipeline"] = best["pipeline"] | {"version": 0}  # as another spermfuse version recorded it
     torch.save(best, tmp_path / "older.pt")
-    with pytest.raises(CheckpointError, match="another preprocessing"):
+    with pytest.raises(ConfigError, match="preprocessing record is version 0"):
         load_classifier(tmp_path / "older.pt")
 
 
@@ -95,7 +88,7 @@ def test_a_finished_run_resumed_with_flip_tta_rewrites_its_logits_with_it(tiny_s
 def test_members_of_different_input_sizes_cannot_be_exported_as_one_graph(tmp_path):
     from spermfuse.export import ExportError, check_exportable
 
-    pair = [Classifier(create_model(arch, 3).eval(), build(False, size), ["a", "b", "c"], tmp_path / arch) for arch, size in (("efficientnet_tiny", 32), ("resnetv2_tiny", 48))]
+    pair = [Classifier(create_model(arch, 3).eval(), PipelineSpec(size), ["a", "b", "c"], tmp_path / arch) for arch, size in (("efficientnet_tiny", 32), ("resnetv2_tiny", 48))]
     with pytest.raises(ExportError, match=r"different sizes \[32, 48\]"):
         check_exportable([pair])
 

@@ -43,7 +43,7 @@ def test_a_fold_writes_every_output_in_the_logits_schema(tiny_sperm, tmp_path):
     header = (run / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,stage,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second")
     best = checkpoint.safe_torch_load(run / "best.pt")
-    assert best["arch"] == "resnetv2_tiny" and best["img_size"] == 32 and len(best["classes"]) == 18
+    assert best["arch"] == "resnetv2_tiny" and best["pipeline"]["img_size"] == 32 and len(best["classes"]) == 18
 
 
 @pytest.mark.parametrize("extra", [{}, {"tta": "flip", "ema": 0.9}])
@@ -278,12 +278,12 @@ def test_method_b_fold_all_trains_its_one_holdout_run_and_exits_0(tiny_sperm, tm
 
 def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tiny_sperm, tmp_path):
     first = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "a", epochs=1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
-    assert checkpoint.safe_torch_load(first / "best.pt")["mean"] == [0.5, 0.5, 0.5]
+    assert checkpoint.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
     fine_tuned = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
     assert fine_tuned.train_set.transform.normalize.mean == (0.5, 0.5, 0.5)  # from the checkpoint, no flag given
     run = fine_tuned.run()
     assert json.loads((run / "config.json").read_text())["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
-    assert checkpoint.safe_torch_load(run / "best.pt")["std"] == [0.5, 0.5, 0.5]
+    assert checkpoint.safe_torch_load(run / "best.pt")["pipeline"]["std"] == [0.5, 0.5, 0.5]
 
 
 def test_resume_with_changed_settings_is_refused_naming_the_flags(tiny_sperm, tmp_path):

@@ -99,9 +99,21 @@ def test_estimate_pad_colour_is_the_mean_border_colour():
     assert estimate_pad_color(images) == (205, 191, 183)
 
 
-def test_unknown_preset_is_refused():
-    with pytest.raises(ValueError, match="preset"):
+def test_unknown_preset_is_refused_naming_the_flag():
+    from spermfuse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--augment imagenet: unknown"):
         build(train=True, preset="imagenet")
+
+
+def test_a_pipeline_spec_round_trips_and_rebuilds_the_same_pipeline():
+    from spermfuse.transforms import PipelineSpec, from_spec
+
+    spec = PipelineSpec(48, pad_color=(0, 0, 0), preprocess="otsu", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    again = PipelineSpec.from_dict(spec.to_dict())
+    assert again == spec and hash(again) == hash(spec) and again != PipelineSpec(48)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    assert torch.equal(from_spec(again)(image), from_spec(spec)(image))
 
 
 @pytest.mark.parametrize("size", [(200, 100), (90, 180), (150, 120), (300, 200), (250, 470), (480, 300), (700, 500), (96, 96)])

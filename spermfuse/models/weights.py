@@ -179,8 +179,8 @@ def convert(model: nn.Module, path: Path, spec: ModelSpec) -> tuple[dict[str, to
         # timm's tf_efficientnetv2_* were all trained on [-1, 1]; its EfficientNet-Bs on ImageNet's statistics.
         normalization = UNIT_RANGE if _is_efficientnet_v2(model) else IMAGENET
         return timm_efficientnet_to_state_dict(state, model, source), "timm EfficientNet", normalization
-    if isinstance(loaded, dict) and "mean" in loaded and "std" in loaded:  # a spermfuse best.pt
-        return state, "spermfuse checkpoint", (tuple(loaded["mean"]), tuple(loaded["std"]))
+    if isinstance(loaded, dict) and isinstance(loaded.get("pipeline"), dict):  # a spermfuse best.pt (transforms.PipelineSpec)
+        return state, "spermfuse checkpoint", (tuple(loaded["pipeline"]["mean"]), tuple(loaded["pipeline"]["std"]))
     return state, "state dict", IMAGENET
 
 
