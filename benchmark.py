@@ -246,12 +246,12 @@ def export_suite(args, device) -> dict:
     throughput, timed side by side in interleaved rounds (--warmup, --iters) on the CPU."""
     import tempfile
 
-    from spermfuse.export import FusedProbabilities, export_onnx, export_program, onnx_available
-    from spermfuse.inference import Classifier
-    from spermfuse.transforms import build
+    from spermfuse.export import export_onnx, export_program, onnx_available
+    from spermfuse.fused_model import Classifier, FusedModel
+    from spermfuse.transforms import PipelineSpec
 
-    pair = [Classifier(create_model(name, args.num_classes).eval(), build(False, args.img_size), [str(c) for c in range(args.num_classes)], Path(name)) for name in args.models]
-    eager = FusedProbabilities([pair], [[0.5, 0.5]]).eval()
+    pair = [Classifier(create_model(name, args.num_classes).eval(), PipelineSpec(args.img_size), [str(c) for c in range(args.num_classes)], Path(name)) for name in args.models]
+    eager = FusedModel([pair], [[0.5, 0.5]]).eval()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.pt2").write_bytes(export_program(eager, args.img_size))
         program = torch.export.load(str(Path(tmp) / "model.pt2")).module()

@@ -24,7 +24,8 @@ from spermfuse.checkpoint import atomic_write_csv, atomic_write_text, read_csv
 from spermfuse.export import export_fused
 from spermfuse.data import check_image, load_rgb
 from spermfuse.explain import explain_files, peak
-from spermfuse.inference import fused_probabilities, list_images, load_fold_members
+from spermfuse.fused_model import load_fold_members
+from spermfuse.inference import fused_probabilities, list_images
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.report import explanation_figure
 from spermfuse.runtime import resolve_device

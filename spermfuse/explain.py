@@ -31,10 +31,10 @@ from torchvision.models.efficientnet import EfficientNet
 
 from .data import load_rgb
 from .errors import ConfigError
-from .inference import Classifier, check_same_classes
+from .fused_model import Classifier, FusedModel
 from .models.resnetv2 import ResNetV2
 from .synthetic import PART_VALUES
-from .transforms import PipelineSpec, letterbox_box
+from .transforms import from_spec, letterbox_box
 
 
 def default_layer(model: nn.Module) -> nn.Module:
@@ -259,17 +259,15 @@ def explain_files(
     fused logits averaged (so each member weighs w / K). The maps explain the plain forward
     pass (without test-time augmentation) and come back in each file's geometry."""
 
-    check_same_classes(folds)
-    members = [Member(name, c.model, w / len(folds)) for fold, fold_weights in zip(folds, weights) for name, c, w in zip(names, fold, fold_weights)]
-    classifiers = [c for fold in folds for c in fold]
+    fused = FusedModel(folds, weights).to(device)  # the model fuse.py --predict computes with
+    shares = fused.member_weights()
+    members = [Member(name, c.model, shares[f][i]) for f, fold in enumerate(folds) for i, (name, c) in enumerate(zip(names, fold))]
+    pipelines = {spec: from_spec(spec) for spec in fused.distinct_specs}
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = [load_rgb(p) for p in chunk]
-        prepared: dict[PipelineSpec, torch.Tensor] = {}  # one batch per distinct preprocessing, shared by its members
-        for c in classifiers:
-            if c.spec not in prepared:
-                prepared[c.spec] = torch.stack([c.pipeline(image) for image in images]).to(device)
-        explanation = fused_grad_cam(members, [prepared[c.spec] for c in classifiers])
+        prepared = {spec: torch.stack([pipeline.scaled(image) for image in images]).to(device) for spec, pipeline in pipelines.items()}
+        explanation = fused_grad_cam(members, [x for fold in fused.member_inputs(prepared) for x in fold])
         for n, (path, image) in enumerate(zip(chunk, images)):
             width, height = image.size
             back = lambda maps: to_original_geometry(maps[n : n + 1], width, height)[0]  # noqa: E731

@@ -20,7 +20,7 @@ from torch import nn
 from .calibration import probabilities_of
 from .errors import ConfigError
 from .explain import ImageExplanation, default_layer, explain_files, pointing_game, spearman
-from .inference import load_fold_members
+from .fused_model import load_fold_members
 from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .synthetic import DEFECT_PART
 

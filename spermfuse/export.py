@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from torch import nn
 
 from . import __version__
 from .checkpoint import atomic_write_bytes, atomic_write_json
-from .engine import tta_logits
 from .errors import SpermfuseError
-from .inference import Classifier, check_same_classes
+from .fused_model import Classifier, FusedModel, check_same_classes
 from .runtime import git_commit
 
 
@@ -35,27 +33,6 @@ log = logging.getLogger(__name__)
 
 class ExportError(SpermfuseError):
     """Runs that cannot be exported together; the message names the file and the difference."""
-
-
-class FusedProbabilities(nn.Module):
-    """uint8 letterboxed RGB (N, 3, S, S) -> softmax of the fold-averaged fused logits."""
-
-    def __init__(self, folds: Sequence[Sequence[Classifier]], weights: Sequence[Sequence[float]]) -> None:
-        super().__init__()
-        self.folds = nn.ModuleList(nn.ModuleList(c.model for c in fold) for fold in folds)
-        self.tta = [c.tta for c in folds[0]]
-        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
-        first = folds[0]
-        self.register_buffer("mean", torch.tensor([c.pipeline.normalize.mean for c in first], dtype=torch.float32).view(len(first), 3, 1, 1))
-        self.register_buffer("std", torch.tensor([c.pipeline.normalize.std for c in first], dtype=torch.float32).view(len(first), 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0
-        total = torch.zeros((), dtype=torch.float32)
-        for f, fold in enumerate(self.folds):
-            for m, model in enumerate(fold):
-                total = total + self.weights[f, m] * tta_logits(model, (x - self.mean[m]) / self.std[m], self.tta[m]).float()
-        return torch.softmax(total / len(self.folds), dim=1)
 
 
 def check_exportable(folds: Sequence[Sequence[Classifier]]) -> None:
@@ -80,7 +57,7 @@ def _traced_input(img_size: int, max_batch: int) -> tuple[tuple[torch.Tensor], t
     return (example,), ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
 
 
-def export_program(module: FusedProbabilities, img_size: int, max_batch: int = 1024) -> bytes:
+def export_program(module: FusedModel, img_size: int, max_batch: int = 1024) -> bytes:
     """``torch.export`` of ``module`` with a dynamic batch, saved to bytes."""
     module.eval()
     example, dynamic = _traced_input(img_size, max_batch)
@@ -112,7 +89,7 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 
 
-def export_onnx(module: FusedProbabilities, img_size: int, path: Path, max_batch: int = 1024) -> None:
+def export_onnx(module: FusedModel, img_size: int, path: Path, max_batch: int = 1024) -> None:
     """``module`` as ONNX (torch's dynamo exporter, dynamic batch), written atomically to ``path``."""
     module.eval()
     example, dynamic = _traced_input(img_size, max_batch)
@@ -160,7 +137,7 @@ def export_fused(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fo
     """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra) and ``out/model.json`` (which
     lists the model files); returns ``out``. fuse.py builds ``out`` as a unit (output_folder.py)."""
     check_exportable(folds)
-    module = FusedProbabilities(folds, weights)
+    module = FusedModel(folds, weights)
     size = folds[0][0].pipeline.img_size
     atomic_write_bytes(out / "model.pt2", export_program(module, size))
     files = ["model.pt2"]

@@ -234,6 +234,10 @@ class Pipeline:
             tensor = step(tensor, rng)
         return self.normalize(tensor)
 
+    def scaled(self, image: Image.Image) -> torch.Tensor:
+        """The eval image as a [0, 1] tensor, before normalisation (what the fused model takes)."""
+        return to_tensor(self.geometry(image, np.random.default_rng(0)))
+
     def geometry(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         """Resize, preprocess, then pad and the random geometric steps in a single resample.
 

@@ -75,7 +75,8 @@ def readme_client() -> str:
 def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, demo_output, tmp_path):
     from spermfuse import run_folder
     from spermfuse.data import load_rgb
-    from spermfuse.inference import fused_probabilities, load_classifier
+    from spermfuse.fused_model import load_classifier
+    from spermfuse.inference import fused_probabilities
 
     runs = demo_output / "runs"
     export = [sys.executable, "fuse.py", "--export", str(tmp_path / "deploy"), "--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]

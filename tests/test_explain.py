@@ -164,7 +164,7 @@ def test_the_pointing_game_counts_peaks_inside_the_defect_part_and_its_chance():
 def test_explaining_members_trained_on_other_classes_is_refused_naming_the_checkpoint(tmp_path):
     from spermfuse.data import DataError
     from spermfuse.explain import explain_files
-    from spermfuse.inference import Classifier
+    from spermfuse.fused_model import Classifier
 
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "cell.png")
     spec = PipelineSpec(32)

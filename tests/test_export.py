@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from spermfuse.export import FusedProbabilities, export_onnx, export_program, onnx_available
-from spermfuse.inference import Classifier, fused_probabilities
+from spermfuse.export import export_onnx, export_program, onnx_available
+from spermfuse.fused_model import Classifier, FusedModel
+from spermfuse.inference import fused_probabilities
 from spermfuse.models import create_model
 from spermfuse.transforms import PipelineSpec
 
@@ -20,7 +21,7 @@ def test_the_papers_pair_at_240_pixels_exports_to_the_same_probabilities(tmp_pat
         images.append(tmp_path / f"cell{i}.png")
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(images[-1])
     expected = fused_probabilities(images, [pair], [[0.6, 0.4]])  # the path of fuse.py --predict
-    module = FusedProbabilities([pair], [[0.6, 0.4]])
+    module = FusedModel([pair], [[0.6, 0.4]])
     (tmp_path / "model.pt2").write_bytes(export_program(module, 240))
     program = torch.export.load(str(tmp_path / "model.pt2")).module()
     batch = torch.stack([torch.from_numpy(np.asarray(pair[0].pipeline.geometry(Image.open(p).convert("RGB"), rng)).copy()).permute(2, 0, 1) for p in images])
@@ -52,6 +53,6 @@ def test_a_method_b_model_exports_with_otsu_before_the_graph_as_model_json_says(
     size, fill = spec["input"]["size"], tuple(spec["preprocessing"]["fill"])
     prepared = [pad_to_square(hybrid_otsu(resize_longer_side(Image.open(p).convert("RGB"), size)), size, fill) for p in images]  # the JSON's steps, in order
     batch = torch.stack([torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1) for image in prepared])
-    (tmp_path / "model.pt2").write_bytes(export_program(FusedProbabilities([[model]], [[1.0]]), size))
+    (tmp_path / "model.pt2").write_bytes(export_program(FusedModel([[model]], [[1.0]]), size))
     with torch.no_grad():
         assert np.abs(torch.export.load(str(tmp_path / "model.pt2")).module()(batch).numpy() - expected).max() <= 1e-5

@@ -230,7 +230,7 @@ def test_fusion_refuses_members_that_learned_from_other_images():
 
 def test_export_refuses_members_of_other_class_lists_in_any_fold(tmp_path):  # [A2]
     from spermfuse.export import check_exportable
-    from spermfuse.inference import Classifier
+    from spermfuse.fused_model import Classifier
     from spermfuse.transforms import PipelineSpec
 
     def member(classes, name):

@@ -7,7 +7,8 @@ from spermfuse.config import preset_config
 from spermfuse import trainer
 from spermfuse.checkpoint import safe_torch_load
 from spermfuse.errors import ConfigError
-from spermfuse.inference import Classifier, fused_probabilities, load_classifier
+from spermfuse.fused_model import Classifier, load_classifier
+from spermfuse.inference import fused_probabilities
 from spermfuse.metrics import softmax
 from spermfuse.models import create_model
 from spermfuse.transforms import Pipeline, PipelineSpec, from_spec
@@ -21,8 +22,8 @@ def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path, mo
         Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(images[-1])
     torch.manual_seed(0)
     calls = []
-    prepare = Pipeline.__call__
-    monkeypatch.setattr(Pipeline, "__call__", lambda self, image, rng=None: calls.append(image) or prepare(self, image, rng))
+    prepare = Pipeline.scaled
+    monkeypatch.setattr(Pipeline, "scaled", lambda self, image: calls.append(image) or prepare(self, image))
     shared = PipelineSpec(32)  # both models and both folds test at 32 px
     folds = [[Classifier(create_model(arch, 3).eval(), shared, ["a", "b", "c"], tmp_path) for arch in ("efficientnet_tiny", "resnetv2_tiny")] for _ in range(2)]
     for fold in folds:
