@@ -1,5 +1,6 @@
 """The package's shape (docs/DESIGN.md): no import cycle, function-level imports included."""
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spermfuse"
@@ -75,3 +76,26 @@ def test_a_cycle_is_found_and_named():
 
 def test_the_package_has_no_import_cycle():
     assert find_cycle(import_graph()) is None
+
+
+def import_layers(graph: dict[str, set[str]]) -> dict[int, set[str]]:
+    """Modules by layer: one above the highest module each imports (the package itself left out)."""
+    layer: dict[str, int] = {}
+
+    def of(module: str) -> int:
+        if module not in layer:
+            layer[module] = 1 + max((of(d) for d in graph[module] if d != "spermfuse"), default=0)
+        return layer[module]
+
+    by_layer: dict[int, set[str]] = {}
+    for module in graph:
+        if module != "spermfuse":
+            by_layer.setdefault(of(module), set()).add(module.removeprefix("spermfuse."))
+    return by_layer
+
+
+def test_the_design_page_lists_the_import_layers_as_they_are():
+    text = (PACKAGE.parent / "docs" / "DESIGN.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([a-z0-9_., ]+) \|$", text, re.M)
+    documented = {int(number): {name.strip() for name in names.split(",")} for number, names in rows}
+    assert documented == import_layers(import_graph()), "docs/DESIGN.md's import layers are stale: update the table"
