@@ -478,7 +478,8 @@ def fusion_suite(args, device) -> dict:
         evaluate = ["evaluate.py", "--runs", str(runs), "--reports", str(Path(tmp) / "r")]
         commands = [
             ("fuse --grid (11 weights x 5 folds)", ["fuse.py", "--grid", "--runs", str(runs)]),
-            ("fuse --grid --calibrate --target-accuracy 0.9", ["fuse.py", "--grid", "--runs", str(runs), "--calibrate", "--target-accuracy", "0.9"]),
+            ("fuse --grid --select val --calibrate --refer-accuracy 0.9 --sets-alpha 0.1",
+             ["fuse.py", "--grid", "--runs", str(runs), "--select", "val", "--calibrate", "--refer-accuracy", "0.9", "--sets-alpha", "0.1"]),
             ("evaluate (5 models, tables + figures, with calibration)", evaluate),
         ]  # fmt: skip
         times = {name: [] for name, _ in commands}

@@ -4,7 +4,8 @@
     python fuse.py --grid --select val           # a per fold chosen on its validation logits (no test leakage)
     python fuse.py --grid --select nested        # a per fold chosen on the other folds (fold k's logits unused)
     python fuse.py --grid --calibrate            # each member's logits / its temperature (fitted on validation) first
-    python fuse.py --grid --target-accuracy 0.95 # a referral threshold chosen on validation, tested per fold
+    python fuse.py --grid --select val --refer-accuracy 0.9   # a referral threshold certified per fold (>= 0.9 with prob. 0.9)
+    python fuse.py --grid --select val --sets-alpha 0.1       # conformal prediction sets, 90 % coverage per fold
     python fuse.py --alpha 0.5                   # a fixed weight
     python fuse.py --predict new_images/         # fused class probabilities -> predictions.csv
     python fuse.py --predict new_images/ --explain why/   # + a Grad-CAM figure per image and why/explanations.csv
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from spermfuse import cli, fusion, report, run_folder
 from spermfuse.checkpoint import atomic_write_csv, atomic_write_text, read_csv
+from spermfuse.conformal import predict_sets
 from spermfuse.export import export_fused
 from spermfuse.data import check_image, load_rgb
 from spermfuse.explain import explain_files, peak
@@ -29,6 +31,7 @@ from spermfuse.inference import fused_probabilities, list_images
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.report import explanation_figure
 from spermfuse.runtime import resolve_device
+from spermfuse.synthetic import DEFECT_PART
 
 log = logging.getLogger("fuse")
 
@@ -47,7 +50,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="test: the paper's choice on the test folds (optimistic); val: per fold on validation logits (no test leakage); "
                         "nested: per fold on the other folds' test logits (those models trained on fold k's images)")  # fmt: skip
     p.add_argument("--calibrate", action="store_true", help="temperature-scale each member per fold on its validation logits before fusing")
-    p.add_argument("--target-accuracy", type=float, help="refer the cells below a confidence threshold chosen on validation to reach this accuracy")
+    p.add_argument("--refer-accuracy", type=float, metavar="TAU",
+                   help="refer the cells below a confidence threshold certified on validation: accepted accuracy >= TAU with probability >= 1 - --refer-delta")
+    p.add_argument("--target-accuracy", type=float, metavar="TAU", help="the old name of --refer-accuracy (now certified)")
+    p.add_argument("--refer-delta", type=float, default=0.1, help="--refer-accuracy: the probability that the promise fails (default 0.1)")
+    p.add_argument("--refer-method", choices=["sgr", "grid"], default="sgr", help="--refer-accuracy: SGR binary search (default) or a fixed Bonferroni grid")
+    p.add_argument("--sets-alpha", type=float, metavar="ALPHA", help="conformal prediction sets that miss the true class with probability <= ALPHA (e.g. 0.1)")
+    p.add_argument("--sets-method", choices=["aps", "raps", "lac"], default="aps", help="--sets-alpha: the conformal score (default aps)")
+    p.add_argument("--sets-by", choices=["none", "part"], default="none",
+                   help="--sets-alpha: part = coverage per defect part group (head, neck, tail, normal; sperm18's classes)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
@@ -63,8 +74,9 @@ def validation_logits(args) -> list | None:
     try:
         return run_folder.collect_folds(args.runs, args.models, "val")
     except fusion.FusionError as error:
-        if args.calibrate or args.target_accuracy is not None:
-            flag = "--calibrate" if args.calibrate else "--target-accuracy"
+        needs = [flag for flag, given in (("--calibrate", args.calibrate), ("--refer-accuracy", args.refer_accuracy is not None or args.target_accuracy is not None), ("--sets-alpha", args.sets_alpha is not None)) if given]
+        if needs:
+            flag = needs[0]
             raise fusion.FusionError(f"{flag} needs every model's validation logits: {error}") from None
         return None
 
@@ -76,11 +88,31 @@ def check_models(args) -> None:
     refuse_overlap(args.out, "--out", {f"--models {name}": args.runs / name for name in args.models})
 
 
+def promises(args, classes: list[str]) -> tuple[fusion.Referral | None, fusion.PredictionSets | None]:
+    """--refer-accuracy (or its old name) and --sets-alpha as requests to fusion.select."""
+    accuracy = args.refer_accuracy
+    if args.target_accuracy is not None:
+        log.warning("--target-accuracy is now --refer-accuracy: the threshold is certified (%s, delta %g), no longer the laxest observed one", args.refer_method, args.refer_delta)
+        accuracy = args.target_accuracy if accuracy is None else accuracy
+    refer = fusion.Referral(accuracy, args.refer_delta, args.refer_method) if accuracy is not None else None
+    if args.sets_alpha is None:
+        return refer, None
+    by = None
+    if args.sets_by == "part":
+        unknown = [c for c in classes if c not in DEFECT_PART]
+        if unknown:
+            raise fusion.FusionError(f"--sets-by part: knows sperm18's classes only, not {', '.join(unknown[:3])}; use --sets-by none")
+        by = tuple(DEFECT_PART[c] for c in classes)
+    return refer, fusion.PredictionSets(args.sets_alpha, args.sets_method, by)
+
+
 def run_fusion(args) -> int:
     check_models(args)
+    per_fold = run_folder.collect_folds(args.runs, args.models, "test")
+    refer, sets = promises(args, per_fold[0][0].classes)
     chosen = fusion.select(
-        run_folder.collect_folds(args.runs, args.models, "test"), validation_logits(args), args.models, rule=args.select,
-        alphas=args.alphas, alpha=args.alpha, calibrate=args.calibrate, target_accuracy=args.target_accuracy,
+        per_fold, validation_logits(args), args.models, rule=args.select, alphas=args.alphas, alpha=args.alpha,
+        calibrate=args.calibrate, refer=refer, sets=sets,
     )  # fmt: skip
     settings = chosen.settings
     # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
@@ -100,13 +132,13 @@ def run_fusion(args) -> int:
     return 0
 
 
-def fused_members(args, device) -> tuple[run_folder.FusionSettings, list[int], list]:
-    """fusion.json, the folds asked for (--fold), and each fold's trained members."""
+def fused_settings(args) -> tuple[run_folder.FusionSettings, list[int]]:
+    """fusion.json and the folds asked for (--fold)."""
     settings = run_folder.read_fusion_settings(args.out)
     folds = settings.folds if args.fold == "all" else [int(args.fold)] if args.fold.isdigit() else None
     if folds is None or any(k not in settings.folds for k in folds):
         raise fusion.FusionError(f"--fold {args.fold}: fusion.json has folds {settings.folds} (or 'all')")
-    return settings, folds, load_fold_members(args.runs, settings.models, folds, device)
+    return settings, folds
 
 
 def model_folders(args) -> dict[str, Path]:
@@ -123,10 +155,14 @@ def exported_files(folder: Path) -> set[str]:
 def run_export(args) -> int:
     refuse_overlap(args.export, "--export", model_folders(args))
     check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
-    settings, folds, members = fused_members(args, "cpu")
+    settings, folds = fused_settings(args)
+    decision = settings.decision(folds[0]) if len(folds) == 1 else {}  # the certified rules of that fold's pair travel with it
+    if len(folds) > 1 and (settings.referral or settings.sets):
+        log.warning("the referral threshold and prediction sets are certified per fold: export --fold K to carry them in model.json")
+    members = load_fold_members(args.runs, settings.models, folds, "cpu")
     weights = settings.prediction_weights(folds)
     with write_folder(args.export, "--export", args.overwrite, exported_files) as folder:
-        export_fused(members, settings.models, folds, weights, folder)
+        export_fused(members, settings.models, folds, weights, folder, decision or None)
     log.info("wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities) and model.json; models %s, folds %s",
              args.export, members[0][0].pipeline.img_size, members[0][0].pipeline.img_size, settings.models, folds)  # fmt: skip
     return 0
@@ -188,26 +224,37 @@ def usable_images(args) -> tuple[list[Path], list[tuple[Path, str]]]:
     return good, bad
 
 
+def prediction_rows(args, images, bad, probabilities, classes, threshold, set_calibrator) -> tuple[list[str], list[list]]:
+    """predictions.csv: path, predicted, confidence[, refer][, set, set_size], p_<class>...[, skipped]."""
+    header = ["path", "predicted", "confidence"]
+    rows = [[path.relative_to(args.predict).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"] for path, p in zip(images, probabilities)]
+    if threshold is not None:  # 1: below the certified threshold, a person looks at it
+        header.append("refer")
+        rows = [row + [int(p.max() < threshold)] for row, p in zip(rows, probabilities)]
+    if set_calibrator is not None:
+        sets = predict_sets(probabilities, set_calibrator)
+        header += ["set", "set_size"]
+        rows = [row + ["|".join(c for c, inside in zip(classes, members) if inside), int(members.sum())] for row, members in zip(rows, sets)]
+    header += [f"p_{c}" for c in classes]
+    rows = [row + [f"{v:.6f}" for v in p] for row, p in zip(rows, probabilities)]
+    if bad:  # --skip-bad: a row per skipped image, its reason in the last column
+        header.append("skipped")
+        rows = [row + [""] for row in rows] + [[path.relative_to(args.predict).as_posix()] + [""] * (len(header) - 2) + [why] for path, why in bad]
+    return header, rows
+
+
 def run_prediction(args) -> int:
     device = resolve_device(args.device)
     check_prediction_outputs(args)
     images, bad = usable_images(args)
-    settings, folds, members = fused_members(args, device)
+    settings, folds = fused_settings(args)
+    threshold, set_calibrator = settings.prediction_threshold(folds), settings.prediction_sets(folds)  # before the work: --fold K
+    members = load_fold_members(args.runs, settings.models, folds, device)
     names = settings.models
     weights = settings.prediction_weights(folds)
     probabilities = fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
-    header = ["path", "predicted", "confidence"] + [f"p_{c}" for c in classes]
-    rows = [[path.relative_to(args.predict).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"] + [f"{v:.6f}" for v in p] for path, p in zip(images, probabilities)]
-    threshold = settings.prediction_threshold(folds)
-    if threshold is not None:
-        header.insert(3, "refer")
-        for row, p in zip(rows, probabilities):
-            row.insert(3, int(p.max() < threshold))
-    if bad:  # --skip-bad: a row per skipped image, its reason in the last column
-        header.append("skipped")
-        rows = [row + [""] for row in rows] + [[path.relative_to(args.predict).as_posix()] + [""] * (len(header) - 2) + [why] for path, why in bad]
-    atomic_write_csv(args.output, header, rows)
+    atomic_write_csv(args.output, *prediction_rows(args, images, bad, probabilities, classes, threshold, set_calibrator))
     if args.explain is not None:
         with write_folder(args.explain, "--explain", args.overwrite, explanation_files) as folder:
             write_explanations(args, folder, device, images, members, names, weights, classes)

@@ -6,8 +6,8 @@
 - Scores: negative log-likelihood, the multi-class Brier score, the expected calibration
   error over equal-width confidence bins, and the data of a reliability diagram.
 - Selective prediction: the risk-coverage curve (error of the accepted cells when only the
-  most confident are accepted) and its area (AURC); a referral threshold chosen on
-  validation logits to reach a target accuracy, then applied to unseen cells.
+  most confident are accepted) and its area (AURC). The certified referral threshold is in
+  ``selective.py``, the conformal prediction sets in ``conformal.py``.
 """
 from __future__ import annotations
 
@@ -114,17 +114,10 @@ def calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: floa
     }
 
 
-def _most_confident_first(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidences in falling order, and the number of wrong calls among the first k, k = 1..N."""
-    confidence = probabilities.max(axis=1)
-    order = np.argsort(-confidence, kind="stable")
-    wrong = (probabilities.argmax(axis=1) != labels)[order]
-    return confidence[order], np.cumsum(wrong)
-
-
 def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coverage k/N and the error rate of the k most confident cells, for k = 1..N."""
-    _, wrong = _most_confident_first(probabilities, labels)
+    order = np.argsort(-probabilities.max(axis=1), kind="stable")
+    wrong = np.cumsum((probabilities.argmax(axis=1) != labels)[order])
     accepted = np.arange(1, len(labels) + 1)
     return accepted / len(labels), wrong / accepted
 
@@ -133,55 +126,3 @@ def aurc(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Area under the risk-coverage curve: the mean of the risks at every coverage (lower is better)."""
     _, risk = risk_coverage(probabilities, labels)
     return float(risk.mean())
-
-
-def referral_threshold(probabilities: np.ndarray, labels: np.ndarray, target_accuracy: float) -> float:
-    """The lowest confidence threshold whose accepted cells (confidence >= t) reach
-    ``target_accuracy`` on these (validation) probabilities: the most cells kept for the
-    promised accuracy. Cells below it are referred to a person."""
-    if not 0.0 < target_accuracy <= 1.0:
-        raise CalibrationError(f"--target-accuracy {target_accuracy}: give a value in (0, 1]")
-    sorted_confidence, wrong = _most_confident_first(probabilities, labels)
-    accepted = np.arange(1, len(labels) + 1)
-    accuracy = (accepted - wrong) / accepted
-    # A threshold can only cut between distinct confidences: look at the last cell of each tie.
-    ends = np.flatnonzero(np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True])
-    reaching = ends[accuracy[ends] >= target_accuracy]
-    if len(reaching) == 0:
-        raise CalibrationError(
-            f"--target-accuracy {target_accuracy}: not reachable on the validation logits; "
-            f"the best any threshold reaches there is {accuracy[ends].max():.4f}"
-        )
-    return float(sorted_confidence[reaching.max()])
-
-
-def referral_by_fold(val: list[tuple[np.ndarray, np.ndarray]], test: list[tuple[np.ndarray, np.ndarray]], target_accuracy: float) -> dict:
-    """The referral rule, honestly evaluated: per fold, the threshold is chosen on that fold's
-    validation (probabilities, labels) and applied to its test fold; pooled over folds, with the
-    per-fold spread. ``threshold`` (chosen on all folds' validation cells together) is the one
-    prediction with the average of the folds' models uses."""
-    folds = [referral(tp, tl, referral_threshold(vp, vl, target_accuracy)) for (vp, vl), (tp, tl) in zip(val, test)]
-    accepted = sum(f["accepted"] for f in folds)
-    correct = sum(f["accepted_accuracy"] * f["accepted"] for f in folds if f["accepted"])
-    total = sum(len(tl) for _, tl in test)
-    accuracies = [f["accepted_accuracy"] for f in folds if f["accepted"]]
-    pooled_val = (np.concatenate([vp for vp, _ in val]), np.concatenate([vl for _, vl in val]))
-    return {
-        "target_accuracy": target_accuracy,
-        "per_fold": folds,
-        "pooled": {"accepted_accuracy": correct / accepted if accepted else math.nan, "referred_share": 1.0 - accepted / total},
-        "accepted_accuracy_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
-        "threshold": referral_threshold(*pooled_val, target_accuracy),
-    }
-
-
-def referral(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    """Apply a referral threshold: accuracy of the accepted cells, the share referred."""
-    accepted = probabilities.max(axis=1) >= threshold
-    correct = probabilities.argmax(axis=1) == labels
-    return {
-        "threshold": threshold,
-        "accepted": int(accepted.sum()),
-        "referred_share": float(1.0 - accepted.mean()),
-        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else math.nan,
-    }

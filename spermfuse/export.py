@@ -133,7 +133,10 @@ def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_i
     }
 
 
-def export_fused(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]], out: Path) -> Path:
+def export_fused(
+    folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]], out: Path,
+    decision: dict | None = None,
+) -> Path:
     """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra) and ``out/model.json`` (which
     lists the model files); returns ``out``. fuse.py builds ``out`` as a unit (output_folder.py)."""
     check_exportable(folds)
@@ -146,5 +149,8 @@ def export_fused(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fo
         files.append("model.onnx")
     else:
         log.info("model.onnx not written: the ONNX extra is not installed (pip install .[export])")
-    atomic_write_json(out / "model.json", describe(folds, names, fold_ids, weights) | {"files": files})
+    description = describe(folds, names, fold_ids, weights) | {"files": files}
+    if decision:  # the certified referral threshold and conformal sets of a one-fold export, as data for the client
+        description["decision"] = decision
+    atomic_write_json(out / "model.json", description)
     return out

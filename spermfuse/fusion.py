@@ -24,10 +24,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .calibration import TEMPERATURE_BOUNDS, fit_temperature, probabilities_of, referral_by_fold
+from .calibration import TEMPERATURE_BOUNDS, fit_temperature, probabilities_of
+from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
 from .metrics import fold_metrics, weighted_f1
 from .run_folder import FusionSettings, LogitsSet
+from .selective import accepted_accuracy, certify_threshold
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,24 @@ RULES = {
 }
 
 
+@dataclass(frozen=True)
+class Referral:
+    """--refer-accuracy: the accuracy promised on accepted cells, with probability 1 - delta."""
+
+    accuracy: float
+    delta: float = 0.1
+    method: str = "sgr"
+
+
+@dataclass(frozen=True)
+class PredictionSets:
+    """--sets-alpha: conformal sets that miss the true class with probability at most alpha."""
+
+    alpha: float
+    method: str = "aps"
+    by: tuple[str, ...] | None = None  # the group of each class (Mondrian), or one group
+
+
 @dataclass
 class Selection:
     """What fuse.py writes: the settings (fusion.json), the logits it fused (temperature-scaled
@@ -231,18 +251,57 @@ def _grid_rules(per_fold, per_fold_val, alphas: Sequence[float], names: Sequence
     return chosen, comparison, grid_table(result, names)
 
 
-def referral_summary(per_fold, per_fold_val, chosen, target_accuracy: float) -> dict:
-    """The referral rule of the fused models: thresholds from validation, tested on each fold."""
-    def fused(folds):
-        return [(probabilities_of(fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
+def _fused_probabilities(folds: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(probabilities_of(fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
 
-    summary = referral_by_fold(fused(per_fold_val), fused(per_fold), target_accuracy)
-    log.info("referral at target accuracy %.3f (thresholds chosen on validation):", target_accuracy)
-    for sets, fold in zip(per_fold, summary["per_fold"]):
-        log.info("  fold %d: threshold %.4f, accepted accuracy %.4f, referred %.1f %%", sets[0].fold, fold["threshold"], fold["accepted_accuracy"], 100 * fold["referred_share"])
-    pooled = summary["pooled"]
-    log.info("  pooled: accepted accuracy %.4f (promised %.3f), referred %.1f %%", pooled["accepted_accuracy"], target_accuracy, 100 * pooled["referred_share"])
-    return summary
+
+def certify_referral(per_fold, per_fold_val, chosen, target_accuracy: float, delta: float = 0.1, method: str = "sgr") -> dict:
+    """Per fold, a threshold certified on that fold's validation cells (``selective.py``) for
+    that fold's fused pair, and how it did on the fold's test cells; pooled over folds."""
+    classes = per_fold[0][0].classes
+    folds, pooled = [], []
+    for (pv, yv), (pt, yt), sets in zip(_fused_probabilities(per_fold_val, chosen), _fused_probabilities(per_fold, chosen), per_fold):
+        certificate = certify_threshold(pv.max(axis=1), pv.argmax(axis=1) == yv, target_accuracy, delta, method)
+        correct, accepted = pt.argmax(axis=1) == yt, pt.max(axis=1) >= certificate.threshold
+        per_class = {name: float(correct[accepted & (yt == c)].mean()) if (accepted & (yt == c)).any() else None for c, name in enumerate(classes)}
+        outcome = accepted_accuracy(pt.max(axis=1), correct, certificate.threshold) | {"per_class_accuracy": per_class}
+        folds.append({"fold": sets[0].fold, "certificate": certificate.to_dict(), "test": outcome})
+        pooled.append((pt.max(axis=1) >= certificate.threshold, correct))
+        log.info("fold %d: certified threshold %s (%d of %d validation cells accepted); test: %d accepted, accuracy %.4f [%.4f, %.4f]",
+                 sets[0].fold, "none (refer all)" if certificate.refers_all else f"{certificate.threshold:.4f}", certificate.n_accepted,
+                 certificate.n_calibration, outcome["accepted"], outcome["accepted_accuracy"], *outcome["interval"])  # fmt: skip
+    accepted = np.concatenate([a for a, _ in pooled])
+    correct = np.concatenate([c for _, c in pooled])
+    summary = accepted_accuracy(accepted.astype(float), correct, 0.5)  # the accepted cells of every fold, by their own threshold
+    tested = [f["test"]["accepted_accuracy"] for f in folds if f["test"]["accepted"]]
+    below = float(np.mean([a < target_accuracy for a in tested])) if tested else math.nan
+    log.info("pooled: %d of %d accepted, accuracy %.4f [%.4f, %.4f] (promised >= %.3f with probability >= %.2f per fold); folds below: %.0f %%",
+             summary["accepted"], len(accepted), summary["accepted_accuracy"], *summary["interval"], target_accuracy, 1 - delta, 100 * below)  # fmt: skip
+    return {
+        "target_accuracy": target_accuracy, "delta": delta, "method": method, "calibrated_on": "each fold's validation cells",
+        "promise": "marginal over classes, for new cells exchangeable with the calibration cells", "per_fold": folds,
+        "pooled": summary, "folds_below_target": below,
+    }  # fmt: skip
+
+
+def calibrate_prediction_sets(per_fold, per_fold_val, chosen, alpha: float, method: str = "aps", by: Sequence[str] | None = None) -> dict:
+    """Per fold, conformal sets (``conformal.py``) calibrated on that fold's validation cells,
+    and their coverage and size on its test cells; pooled over folds."""
+    classes = per_fold[0][0].classes
+    folds, covered, sizes = [], [], []
+    for k, ((pv, yv), (pt, yt), sets) in enumerate(zip(_fused_probabilities(per_fold_val, chosen), _fused_probabilities(per_fold, chosen), per_fold)):
+        calibrator = calibrate_sets(pv, yv, alpha, method, by, seed=k)
+        predicted = predict_sets(pt, calibrator)
+        metrics = set_metrics(predicted, yt, classes)
+        if by is not None:
+            metrics["per_group_coverage"] = {g: float(predicted[np.arange(len(yt)), yt][np.isin(yt, [c for c, b in enumerate(by) if b == g])].mean()) for g in dict.fromkeys(by)}
+        folds.append({"fold": sets[0].fold, "calibrator": calibrator.to_dict(), "test": metrics})
+        covered.append(predicted[np.arange(len(yt)), yt])
+        sizes.append(predicted.sum(axis=1))
+        log.info("fold %d: prediction sets (%s, alpha %.2f): test coverage %.4f, mean size %.2f", sets[0].fold, method, alpha, metrics["coverage"], metrics["mean_size"])
+    pooled = {"coverage": float(np.concatenate(covered).mean()), "mean_size": float(np.concatenate(sizes).mean())}
+    log.info("pooled: coverage %.4f (promised >= %.2f), mean size %.2f", pooled["coverage"], 1 - alpha, pooled["mean_size"])
+    return {"alpha": alpha, "method": method, "by": list(by) if by is not None else None, "calibrated_on": "each fold's validation cells", "per_fold": folds, "pooled": pooled}
 
 
 def select(
@@ -254,21 +313,26 @@ def select(
     alphas: str = "0:1:0.1",
     alpha: float | None = None,
     calibrate: bool = False,
-    target_accuracy: float | None = None,
+    refer: Referral | None = None,
+    sets: PredictionSets | None = None,
 ) -> Selection:
     """The whole of ``fuse.py``'s choice, written nowhere: optional temperatures (fitted on
     validation), the mix by ``rule`` on the ``alphas`` grid (or the fixed ``alpha``), the other
-    rules beside it, and the referral threshold for ``target_accuracy``."""
-    if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
-        raise FusionError(f"--target-accuracy {target_accuracy}: give a value in (0, 1], e.g. 0.95")
-    if (calibrate or target_accuracy is not None) and per_fold_val is None:
-        raise FusionError(f"{'--calibrate' if calibrate else '--target-accuracy'} needs every model's validation logits (val_logits.npz)")
+    rules beside it, a certified referral threshold and conformal prediction sets per fold."""
+    promises = [flag for flag, given in (("--calibrate", calibrate), ("--refer-accuracy", refer), ("--sets-alpha", sets)) if given]
+    if promises and alpha is None and rule == "test":
+        raise FusionError(
+            f"{promises[0]} with --select test: the test labels would choose the fusion weight that the promise is then tested on; "
+            "add --select val (or fix the weight with --alpha)"
+        )
+    if promises and per_fold_val is None:
+        raise FusionError(f"{promises[0]} needs every model's validation logits (val_logits.npz)")
     temperatures = None
     if calibrate:  # fitted on validation logits only; the test folds are scaled with them
         temperatures = fit_temperatures(per_fold_val, models)
         per_fold, per_fold_val = with_temperatures(per_fold, temperatures), with_temperatures(per_fold_val, temperatures)
-        for sets, temps in zip(per_fold, temperatures):
-            log.info("fold %d temperatures: %s", sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)))
+        for fold_sets, temps in zip(per_fold, temperatures):
+            log.info("fold %d temperatures: %s", fold_sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)))
     if alpha is not None:
         if len(models) != 2 or not 0.0 <= alpha <= 1.0:
             raise FusionError("--alpha needs exactly two --models and a value in [0, 1]")
@@ -284,6 +348,7 @@ def select(
         select=rule, alphas=alphas, inputs=[s.source for sets in per_fold for s in sets],
         weights=list(chosen[0]) if alpha is not None or rule == "test" else None, selection_comparison=comparison,
         temperatures={"models": list(models), "per_fold": temperatures, "fitted_on": "each fold's validation logits"} if temperatures else None,
-        referral=referral_summary(per_fold, per_fold_val, chosen, target_accuracy) if target_accuracy is not None else None,
+        referral=certify_referral(per_fold, per_fold_val, chosen, refer.accuracy, refer.delta, refer.method) if refer else None,
+        sets=calibrate_prediction_sets(per_fold, per_fold_val, chosen, sets.alpha, sets.method, sets.by) if sets else None,
     )  # fmt: skip
     return Selection(settings, per_fold, per_fold_val, grid, others)

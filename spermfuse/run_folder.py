@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .checkpoint import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, safe_np_load
+from .conformal import SetCalibrator
 from .output_folder import MANIFEST_NAME, verify_folder
+from .selective import Certificate
 from .errors import ConfigError, FusionError
 
 if TYPE_CHECKING:
@@ -259,7 +261,7 @@ def write_fused_logits(folder: Path, per_fold: Sequence[Sequence[LogitsSet]], ch
 
 # --------------------------------------------------------------------------- fusion.json
 
-FUSION_SETTINGS_VERSION = 1
+FUSION_SETTINGS_VERSION = 2  # 2: referral as per-fold certificates, prediction sets
 
 
 @dataclass
@@ -269,7 +271,9 @@ class FusionSettings:
     ``weights_per_fold[i]`` are the mix of fold ``folds[i]``'s members (in ``models`` order);
     ``weights`` the one mix of all folds when the rule gives one. ``temperatures`` (with
     ``--calibrate``): ``{"models", "per_fold", "fitted_on"}``; ``referral`` (with
-    ``--target-accuracy``): the thresholds chosen on validation, pooled and per fold.
+    ``--refer-accuracy``): each fold's certificate (``selective.Certificate``) and test outcome;
+    ``sets`` (with ``--sets-alpha``): each fold's ``conformal.SetCalibrator`` and test metrics.
+    Both are certified per fold, for that fold's pair: prediction applies them with ``--fold K``.
     """
 
     models: list[str]
@@ -283,6 +287,7 @@ class FusionSettings:
     selection_comparison: dict | None = None
     temperatures: dict | None = None
     referral: dict | None = None
+    sets: dict | None = None
     version: int = FUSION_SETTINGS_VERSION
 
     def to_json(self) -> dict:
@@ -319,13 +324,34 @@ class FusionSettings:
             weights.append([w / t for w, t in zip(chosen, scale)])
         return weights
 
+    def _per_fold(self, block: dict, folds: Sequence[int], flag: str) -> dict:
+        if len(folds) != 1:
+            raise FusionError(
+                f"fusion.json's {flag} is certified per fold, on that fold's own calibration cells; the average of the folds' "
+                f"models has none (each trained on the others' cells): predict with --fold K, one of {self.folds}"
+            )
+        return block["per_fold"][self.folds.index(folds[0])]
+
     def prediction_threshold(self, folds: Sequence[int]) -> float | None:
-        """One fold: its own validation-chosen threshold; all folds (averaged): the one chosen on all validation cells."""
+        """The certified referral threshold of one fold's pair (+inf: refer every cell); None without referral."""
         if self.referral is None:
             return None
-        if len(folds) == 1:
-            return self.referral["per_fold"][self.folds.index(folds[0])]["threshold"]
-        return self.referral["threshold"]
+        return Certificate.from_dict(self._per_fold(self.referral, folds, "referral")["certificate"]).threshold
+
+    def decision(self, fold: int) -> dict:
+        """The certified rules of one fold's pair as data (``model.json``'s ``decision``)."""
+        rules = {}
+        if self.referral is not None:
+            rules["referral"] = self._per_fold(self.referral, [fold], "referral")["certificate"]
+        if self.sets is not None:
+            rules["prediction_sets"] = self._per_fold(self.sets, [fold], "prediction sets")["calibrator"]
+        return rules
+
+    def prediction_sets(self, folds: Sequence[int]) -> SetCalibrator | None:
+        """The conformal set calibrator of one fold's pair; None without prediction sets."""
+        if self.sets is None:
+            return None
+        return SetCalibrator.from_dict(self._per_fold(self.sets, folds, "prediction sets")["calibrator"])
 
 
 def write_fusion_settings(folder: Path, settings: FusionSettings) -> None:

@@ -1,4 +1,4 @@
-"""Temperature scaling, calibration scores, risk-coverage and the referral rule."""
+"""Temperature scaling, calibration scores and risk-coverage."""
 import numpy as np
 import pytest
 
@@ -51,23 +51,6 @@ def test_risk_coverage_accepts_the_most_confident_first():
     assert coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
     assert risk.tolist() == pytest.approx([0.0, 0.0, 1 / 3, 1 / 4])
     assert calibration.aurc(probabilities, labels) == pytest.approx(np.mean([0, 0, 1 / 3, 1 / 4]))
-
-
-def test_referral_threshold_keeps_the_most_cells_that_reach_the_target():
-    probabilities = np.array([[0.95, 0.05], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
-    labels = np.array([0, 0, 1, 0, 1])  # accuracies of the top 1..5: 1, 1, 2/3, 3/4, 3/5
-    assert calibration.referral_threshold(probabilities, labels, 0.75) == 0.7  # top 4 at 3/4
-    assert calibration.referral_threshold(probabilities, labels, 0.9) == 0.9
-    outcome = calibration.referral(probabilities, labels, 0.7)
-    assert outcome["accepted"] == 4 and outcome["referred_share"] == pytest.approx(0.2) and outcome["accepted_accuracy"] == 0.75
-
-
-def test_an_unreachable_target_says_what_is_reachable():
-    probabilities = np.array([[0.9, 0.1], [0.8, 0.2]])
-    with pytest.raises(CalibrationError, match="best any threshold reaches there is 0.5000"):
-        calibration.referral_threshold(probabilities, np.array([1, 0]), 0.9)
-    with pytest.raises(CalibrationError, match=r"\(0, 1\]"):
-        calibration.referral_threshold(probabilities, np.array([1, 0]), 1.5)
 
 
 def test_non_finite_logits_are_refused():

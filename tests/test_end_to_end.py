@@ -56,15 +56,19 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert all(r["predicted"] == report["classes"][int(p.argmax())] for r, p in zip(rows, probabilities))
 
-    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
-    settings["referral"] = {"threshold": 0.5, "per_fold": [{"threshold": 0.3}, {"threshold": 0.3}]}  # as --target-accuracy writes it
-    (runs / "fusion" / "fusion.json").write_text(json.dumps(settings))
-    write_manifest(runs / "fusion")  # a hand edit must re-list the folder: readers check it
-    result = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    fused = shutil.copytree(runs / "fusion", tmp_path / "fusion")  # a copy: the module's other tests use the original
+    settings = json.loads((fused / "fusion.json").read_text())
+    certificate = {"threshold": 0.3, "target_accuracy": 0.9, "delta": 0.1, "method": "sgr", "n_calibration": 20, "n_accepted": 9, "errors": 0, "risk_upper_bound": 0.1}
+    settings["referral"] = {"per_fold": [{"certificate": certificate}, {"certificate": certificate | {"threshold": 0.5}}]}  # as --refer-accuracy writes it
+    (fused / "fusion.json").write_text(json.dumps(settings))
+    write_manifest(fused)  # a hand edit must re-list the folder: readers check it
+    refused = subprocess.run(predict + ["--out", str(fused)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "certified per fold" in refused.stderr  # --fold all: the average has no calibration cells
+    result = subprocess.run(predict + ["--out", str(fused), "--fold", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["refer"] for r in rows] == [str(int(float(r["confidence"]) < 0.5)) for r in rows]  # --fold all: the all-folds threshold
+    assert [r["refer"] for r in rows] == [str(int(float(r["confidence"]) < 0.5)) for r in rows]  # fold 2's certified threshold
 
 
 def readme_client() -> str:

@@ -308,42 +308,57 @@ def shuffle_test_labels(runs, seed=1):
 
 def test_calibrated_fusion_fits_each_temperature_on_validation_logits_only(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
     temperatures = json.loads((runs / "fusion" / "fusion.json").read_text())["temperatures"]["per_fold"]
     val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
     expected = [[calibration.fit_temperature(s.logits, s.labels) for s in sets] for sets in val]
     assert np.allclose(temperatures, expected)
     shuffle_test_labels(runs)  # a fit that read test labels would now change
     out = tmp_path / "again"
-    assert run("fuse.py", "--grid", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely", "--out", str(out)).returncode == 0
+    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely", "--out", str(out)).returncode == 0
     assert json.loads((out / "fusion.json").read_text())["temperatures"]["per_fold"] == temperatures
 
 
-def test_referral_threshold_is_chosen_on_validation_and_reported_per_fold(tmp_path):
+def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_path):
+    from spermfuse.selective import certify_threshold
+
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", "--target-accuracy", "0.9", "--runs", str(runs), "--models", "modelx", "modely")
+    result = run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs), "--models", "modelx", "modely")
     assert result.returncode == 0, result.stderr
-    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
-    referral = settings["referral"]
+    settings = run_folder.read_fusion_settings(runs / "fusion")
     val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
-    for sets, weights, fold in zip(val, settings["weights_per_fold"], referral["per_fold"]):
+    for sets, weights, fold in zip(val, settings.weights_per_fold, settings.referral["per_fold"]):
         fused = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], weights))
-        assert fold["threshold"] == calibration.referral_threshold(fused, sets[0].labels, 0.9)
-    assert 0 < referral["pooled"]["referred_share"] < 1 and "pooled: accepted accuracy" in result.stderr
+        certificate = certify_threshold(fused.max(axis=1), fused.argmax(axis=1) == sets[0].labels, 0.5, 0.1, "sgr")
+        assert fold["certificate"] == certificate.to_dict()
+    assert settings.referral["pooled"]["accepted"] > 0 and "pooled:" in result.stderr
 
 
-def test_an_unreachable_target_accuracy_is_one_line_and_writes_nothing(tmp_path):
+def test_prediction_sets_are_calibrated_per_fold_and_reported_on_its_test_cells(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", "--grid", "--select", "val", "--sets-alpha", "0.2", "--runs", str(runs), "--models", "modelx", "modely")
+    assert result.returncode == 0, result.stderr
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    assert [f["fold"] for f in settings.sets["per_fold"]] == [1, 2, 3, 4, 5]
+    assert all(0.5 < f["test"]["coverage"] <= 1.0 for f in settings.sets["per_fold"]) and settings.prediction_sets([2]).alpha == 0.2
+    with pytest.raises(run_folder.FusionError, match="certified per fold"):
+        settings.prediction_sets([1, 2])
+
+
+@pytest.mark.parametrize("flag", [["--refer-accuracy", "0.9"], ["--target-accuracy", "0.9"], ["--sets-alpha", "0.1"], ["--calibrate"]])
+def test_a_promise_on_a_weight_the_test_labels_chose_is_refused(tmp_path, flag):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", "--grid", *flag, "--runs", str(runs), "--models", "modelx", "modely")
+    assert result.returncode == 2 and "with --select test: the test labels would choose" in result.stderr
+    assert not (runs / "fusion").exists()
+
+
+def test_missing_validation_logits_are_one_line_and_write_nothing(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     (runs / "modelx" / "fold2" / "val_logits.npz").unlink()
-    result = run("fuse.py", "--grid", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely")
+    result = run("fuse.py", "--grid", "--select", "nested", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely")
     assert result.returncode == 2 and "--calibrate needs every model's validation logits" in result.stderr and "fold(s) [2]" in result.stderr
-    runs = fake_runs(tmp_path / "other")
-    for arch in ("modelx", "modely"):  # fold 3's validation cells: every prediction wrong, so no threshold reaches 0.9
-        val = run_folder.load_logits(runs / arch / "fold3" / "val_logits.npz")
-        write_logits(runs / arch / "fold3" / "val_logits.npz", -5.0 * np.eye(3)[val.labels], val.labels, val.paths, arch, 3)
-    result = run("fuse.py", "--grid", "--target-accuracy", "0.9", "--runs", str(runs), "--models", "modelx", "modely")
-    assert result.returncode == 2 and "not reachable on the validation logits" in result.stderr and "Traceback" not in result.stderr
-    assert not (runs / "fusion" / "fusion.json").exists() and not list((runs / "fusion").glob("fold*.npz"))
+    assert not (runs / "fusion").exists()
 
 
 def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tmp_path):
@@ -374,11 +389,11 @@ def test_prediction_fuses_each_fold_with_its_own_weights_and_temperatures():
 
 def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--calibrate", "--target-accuracy", "0.5", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--refer-accuracy", "0.5", "--sets-alpha", "0.2", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
     written = json.loads((runs / "fusion" / "fusion.json").read_text())
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert settings.to_json() == written and settings.version == run_folder.FUSION_SETTINGS_VERSION
-    assert settings.temperatures and settings.referral and settings.selection_comparison
+    assert settings.temperatures and settings.referral and settings.sets and settings.selection_comparison
     with pytest.raises(run_folder.FusionError, match="unknown keys extra"):
         run_folder.FusionSettings.from_json(written | {"extra": 1})
     with pytest.raises(run_folder.FusionError, match="version 0"):

@@ -91,11 +91,8 @@ def test_a_refused_fuse_changes_no_file(tmp_path, capsys):  # [B2]
     runs = fake_runs(tmp_path / "runs")
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
     before = {p: p.read_bytes() for p in (runs / "fusion").rglob("*") if p.is_file()}
-    for arch in ("modelx", "modely"):  # fold 3's validation cells: every prediction wrong, so no threshold reaches 0.9
-        val = run_folder.load_logits(runs / arch / "fold3" / "val_logits.npz")
-        write_logits(runs / arch / "fold3" / "val_logits.npz", -5.0 * np.eye(3)[val.labels], val.labels, val.paths, arch, 3)
-    assert fuse.main(["--grid", "--alphas", "0:1:0.5", "--target-accuracy", "0.9", "--runs", str(runs), *MODELS]) == 2
-    assert "not reachable" in capsys.readouterr().err
+    assert fuse.main(["--grid", "--alphas", "0:1:0.5", "--select", "val", "--calibrate", "--refer-accuracy", "1.5", "--runs", str(runs), *MODELS]) == 2
+    assert "--refer-accuracy 1.5" in capsys.readouterr().err  # refused after the temperatures and the grid were computed
     assert {p: p.read_bytes() for p in (runs / "fusion").rglob("*") if p.is_file()} == before
 
 
@@ -410,7 +407,7 @@ def test_calibration_refuses_a_fold_that_validates_on_one_class(tmp_path, capsys
     for arch in ("modelx", "modely"):
         val = run_folder.load_logits(runs / arch / "fold2" / "val_logits.npz")
         write_logits(runs / arch / "fold2" / "val_logits.npz", val.logits, np.zeros_like(val.labels), val.paths, arch, 2)
-    assert fuse.main(["--grid", "--calibrate", "--runs", str(runs), *MODELS]) == 2
+    assert fuse.main(["--grid", "--select", "val", "--calibrate", "--runs", str(runs), *MODELS]) == 2
     assert "fold 2 validates on 40 images of 1 class" in capsys.readouterr().err
 
 
