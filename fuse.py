@@ -81,6 +81,16 @@ def validation_logits(args) -> list | None:
         return None
 
 
+def calibration_logits(args) -> list | None:
+    """Every model's calibration logits per fold (train.py --cal-fraction), or None when some are missing."""
+    try:
+        per_fold_cal = run_folder.collect_folds(args.runs, args.models, "cal")
+    except fusion.FusionError:
+        return None
+    log.info("calibration cells found (cal_logits.npz): temperatures, referral and prediction sets are fitted on them")
+    return per_fold_cal
+
+
 def check_models(args) -> None:
     """At least two distinct model folders, none of them the output folder."""
     if len(args.models) < 2 or len(set(args.models)) != len(args.models):
@@ -112,7 +122,7 @@ def run_fusion(args) -> int:
     refer, sets = promises(args, per_fold[0][0].classes)
     chosen = fusion.select(
         per_fold, validation_logits(args), args.models, rule=args.select, alphas=args.alphas, alpha=args.alpha,
-        calibrate=args.calibrate, refer=refer, sets=sets,
+        calibrate=args.calibrate, refer=refer, sets=sets, per_fold_cal=calibration_logits(args),
     )  # fmt: skip
     settings = chosen.settings
     # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
@@ -121,8 +131,9 @@ def run_fusion(args) -> int:
             atomic_write_csv(folder / "grid.csv", *chosen.grid)
             atomic_write_text(folder / "grid.md", report.markdown_table(*chosen.grid))
         run_folder.write_fused_logits(folder, chosen.per_fold, settings.weights_per_fold, "fusion")
-        if chosen.per_fold_val is not None:
-            run_folder.write_fused_logits(folder, chosen.per_fold_val, settings.weights_per_fold, "fusion", split="val")
+        for split, logits in (("val", chosen.per_fold_val), ("cal", chosen.per_fold_cal)):
+            if logits is not None:
+                run_folder.write_fused_logits(folder, logits, settings.weights_per_fold, "fusion", split=split)
         # The other rules' fused logits too, so evaluate.py tests the members against an
         # honestly selected fusion as well as the chosen one (fusion_val, fusion_nested, ...).
         for name, weights in chosen.others.items():

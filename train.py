@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-folds", type=int, help=f"default {d.num_folds}")
     p.add_argument("--split", choices=["kfold", "holdout"], help="kfold (A) or 70/15/15 holdout (B)")
     p.add_argument("--val-fraction", type=float, help=f"validation share of the training part, in (0, 1) (A: {d.val_fraction})")
+    p.add_argument("--cal-fraction", type=float, help="share of the training part held out for calibration (temperatures, certified referral, "
+                   "prediction sets), never trained or selected on; written as cal_logits.npz (default 0; tiny 0.1)")
     p.add_argument("--img-size", type=int, help=f"A: {d.img_size}, B: 224")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--epochs", type=int, help=f"maximum epochs (method A, default {d.epochs})")

@@ -32,6 +32,7 @@ class TrainConfig:
     num_folds: int = 5
     split: str = "kfold"  # kfold | holdout
     val_fraction: float = 0.1
+    cal_fraction: float = 0.0  # held out for calibration (temperatures, referral, sets); never trained or selected on
     test_fraction: float = 0.15  # holdout only
     img_size: int = 240
     batch_size: int = 8
@@ -116,7 +117,7 @@ PRESETS: dict[str, dict] = {
     "demo": dict(img_size=64, epochs=10, lr=1e-3, batch_size=32, early_stopping=10, workers=0, channels_last=True),
     "demo_scratch": dict(img_size=64, epochs=18, lr=2e-3, batch_size=32, early_stopping=18, workers=0, channels_last=True),
     # A smoke test in seconds (the test suite's demo run).
-    "tiny": dict(img_size=32, epochs=1, lr=3e-3, num_folds=2, val_fraction=0.2, workers=0),
+    "tiny": dict(img_size=32, epochs=1, lr=3e-3, num_folds=2, val_fraction=0.2, cal_fraction=0.1, workers=0),
 }
 
 
@@ -166,8 +167,9 @@ def validate_config(config: TrainConfig) -> None:
         (config.early_stopping >= 1, f"--early-stopping {config.early_stopping}: give a patience of 1 or more epochs"),
         (_finite(config.rotation) and config.rotation >= 0, f"--rotation {config.rotation}: give a range in degrees >= 0"),
         (_finite(config.val_fraction), f"--val-fraction {config.val_fraction}: give a number in (0, 1)"),
-        (config.split == "kfold" or (0.0 < config.test_fraction < 1.0 and config.val_fraction + config.test_fraction < 1.0),
-         f"--val-fraction {config.val_fraction} and the test fraction {config.test_fraction}: each in (0, 1), together below 1"),
+        (_finite(config.cal_fraction) and 0.0 <= config.cal_fraction < 0.5, f"--cal-fraction {config.cal_fraction}: give a share in [0, 0.5), e.g. 0.1 (0: no calibration split)"),
+        (config.split == "kfold" or (0.0 < config.test_fraction < 1.0 and config.val_fraction + config.test_fraction + config.cal_fraction < 1.0),
+         f"--val-fraction {config.val_fraction}, the test fraction {config.test_fraction} and --cal-fraction {config.cal_fraction}: together below 1"),
         (config.freeze_epochs >= 0 and config.finetune_epochs >= 1 and config.unfreeze_last >= 1,
          "--freeze-epochs must be >= 0, --finetune-epochs and --unfreeze-last >= 1"),
         (config.synthetic_scale is None or (_finite(config.synthetic_scale) and config.synthetic_scale > 0), f"--synthetic-scale {config.synthetic_scale}: give a value > 0"),

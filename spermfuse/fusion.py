@@ -233,6 +233,7 @@ class Selection:
     settings: FusionSettings
     per_fold: list[list[LogitsSet]]
     per_fold_val: list[list[LogitsSet]] | None
+    per_fold_cal: list[list[LogitsSet]] | None
     grid: tuple[list[str], list[list[str]]] | None
     others: dict[str, list[tuple[float, ...]]]
 
@@ -255,12 +256,12 @@ def _fused_probabilities(folds: Sequence[Sequence[LogitsSet]], chosen: Sequence[
     return [(probabilities_of(fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
 
 
-def certify_referral(per_fold, per_fold_val, chosen, target_accuracy: float, delta: float = 0.1, method: str = "sgr") -> dict:
-    """Per fold, a threshold certified on that fold's validation cells (``selective.py``) for
+def certify_referral(per_fold, per_fold_cal, chosen, target_accuracy: float, delta: float = 0.1, method: str = "sgr", calibrated_on: str = "validation") -> dict:
+    """Per fold, a threshold certified on that fold's calibration cells (``selective.py``) for
     that fold's fused pair, and how it did on the fold's test cells; pooled over folds."""
     classes = per_fold[0][0].classes
     folds, pooled = [], []
-    for (pv, yv), (pt, yt), sets in zip(_fused_probabilities(per_fold_val, chosen), _fused_probabilities(per_fold, chosen), per_fold):
+    for (pv, yv), (pt, yt), sets in zip(_fused_probabilities(per_fold_cal, chosen), _fused_probabilities(per_fold, chosen), per_fold):
         certificate = certify_threshold(pv.max(axis=1), pv.argmax(axis=1) == yv, target_accuracy, delta, method)
         correct, accepted = pt.argmax(axis=1) == yt, pt.max(axis=1) >= certificate.threshold
         per_class = {name: float(correct[accepted & (yt == c)].mean()) if (accepted & (yt == c)).any() else None for c, name in enumerate(classes)}
@@ -278,18 +279,18 @@ def certify_referral(per_fold, per_fold_val, chosen, target_accuracy: float, del
     log.info("pooled: %d of %d accepted, accuracy %.4f [%.4f, %.4f] (promised >= %.3f with probability >= %.2f per fold); folds below: %.0f %%",
              summary["accepted"], len(accepted), summary["accepted_accuracy"], *summary["interval"], target_accuracy, 1 - delta, 100 * below)  # fmt: skip
     return {
-        "target_accuracy": target_accuracy, "delta": delta, "method": method, "calibrated_on": "each fold's validation cells",
+        "target_accuracy": target_accuracy, "delta": delta, "method": method, "calibrated_on": f"each fold's {calibrated_on} cells",
         "promise": "marginal over classes, for new cells exchangeable with the calibration cells", "per_fold": folds,
         "pooled": summary, "folds_below_target": below,
     }  # fmt: skip
 
 
-def calibrate_prediction_sets(per_fold, per_fold_val, chosen, alpha: float, method: str = "aps", by: Sequence[str] | None = None) -> dict:
-    """Per fold, conformal sets (``conformal.py``) calibrated on that fold's validation cells,
+def calibrate_prediction_sets(per_fold, per_fold_cal, chosen, alpha: float, method: str = "aps", by: Sequence[str] | None = None, calibrated_on: str = "validation") -> dict:
+    """Per fold, conformal sets (``conformal.py``) calibrated on that fold's calibration cells,
     and their coverage and size on its test cells; pooled over folds."""
     classes = per_fold[0][0].classes
     folds, covered, sizes = [], [], []
-    for k, ((pv, yv), (pt, yt), sets) in enumerate(zip(_fused_probabilities(per_fold_val, chosen), _fused_probabilities(per_fold, chosen), per_fold)):
+    for k, ((pv, yv), (pt, yt), sets) in enumerate(zip(_fused_probabilities(per_fold_cal, chosen), _fused_probabilities(per_fold, chosen), per_fold)):
         calibrator = calibrate_sets(pv, yv, alpha, method, by, seed=k)
         predicted = predict_sets(pt, calibrator)
         metrics = set_metrics(predicted, yt, classes)
@@ -301,7 +302,7 @@ def calibrate_prediction_sets(per_fold, per_fold_val, chosen, alpha: float, meth
         log.info("fold %d: prediction sets (%s, alpha %.2f): test coverage %.4f, mean size %.2f", sets[0].fold, method, alpha, metrics["coverage"], metrics["mean_size"])
     pooled = {"coverage": float(np.concatenate(covered).mean()), "mean_size": float(np.concatenate(sizes).mean())}
     log.info("pooled: coverage %.4f (promised >= %.2f), mean size %.2f", pooled["coverage"], 1 - alpha, pooled["mean_size"])
-    return {"alpha": alpha, "method": method, "by": list(by) if by is not None else None, "calibrated_on": "each fold's validation cells", "per_fold": folds, "pooled": pooled}
+    return {"alpha": alpha, "method": method, "by": list(by) if by is not None else None, "calibrated_on": f"each fold's {calibrated_on} cells", "per_fold": folds, "pooled": pooled}
 
 
 def select(
@@ -315,10 +316,15 @@ def select(
     calibrate: bool = False,
     refer: Referral | None = None,
     sets: PredictionSets | None = None,
+    per_fold_cal: list[list[LogitsSet]] | None = None,
 ) -> Selection:
-    """The whole of ``fuse.py``'s choice, written nowhere: optional temperatures (fitted on
-    validation), the mix by ``rule`` on the ``alphas`` grid (or the fixed ``alpha``), the other
-    rules beside it, a certified referral threshold and conformal prediction sets per fold."""
+    """The whole of ``fuse.py``'s choice, written nowhere: optional temperatures, the mix by
+    ``rule`` on the ``alphas`` grid (or the fixed ``alpha``), the other rules beside it, a
+    certified referral threshold and conformal prediction sets per fold.
+
+    The temperatures, the threshold and the sets are fitted on ``per_fold_cal`` (the calibration
+    cells of ``--cal-fraction``, which no part of training saw) when given, else on the
+    validation cells (which also chose the epoch: not fresh, said in fusion.json)."""
     promises = [flag for flag, given in (("--calibrate", calibrate), ("--refer-accuracy", refer), ("--sets-alpha", sets)) if given]
     if promises and alpha is None and rule == "test":
         raise FusionError(
@@ -327,10 +333,12 @@ def select(
         )
     if promises and per_fold_val is None:
         raise FusionError(f"{promises[0]} needs every model's validation logits (val_logits.npz)")
+    calibrated_on = "calibration" if per_fold_cal is not None else "validation"
     temperatures = None
-    if calibrate:  # fitted on validation logits only; the test folds are scaled with them
-        temperatures = fit_temperatures(per_fold_val, models)
+    if calibrate:  # fitted on calibration (else validation) logits only; the others are scaled with them
+        temperatures = fit_temperatures(per_fold_cal if per_fold_cal is not None else per_fold_val, models)
         per_fold, per_fold_val = with_temperatures(per_fold, temperatures), with_temperatures(per_fold_val, temperatures)
+        per_fold_cal = with_temperatures(per_fold_cal, temperatures) if per_fold_cal is not None else None
         for fold_sets, temps in zip(per_fold, temperatures):
             log.info("fold %d temperatures: %s", fold_sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)))
     if alpha is not None:
@@ -343,12 +351,13 @@ def select(
             raise FusionError(f"--select {rule}: not possible here (needs val_logits.npz / two or more folds)")
         chosen, description = by_rule[rule], RULES[rule][1]
         others = {RULES[name][0]: c for name, c in by_rule.items() if c and name != rule}
+    fit = per_fold_cal if per_fold_cal is not None else per_fold_val
     settings = FusionSettings(
         models=list(models), folds=[sets[0].fold for sets in per_fold], weights_per_fold=[list(w) for w in chosen], rule=description,
         select=rule, alphas=alphas, inputs=[s.source for sets in per_fold for s in sets],
         weights=list(chosen[0]) if alpha is not None or rule == "test" else None, selection_comparison=comparison,
-        temperatures={"models": list(models), "per_fold": temperatures, "fitted_on": "each fold's validation logits"} if temperatures else None,
-        referral=certify_referral(per_fold, per_fold_val, chosen, refer.accuracy, refer.delta, refer.method) if refer else None,
-        sets=calibrate_prediction_sets(per_fold, per_fold_val, chosen, sets.alpha, sets.method, sets.by) if sets else None,
+        temperatures={"models": list(models), "per_fold": temperatures, "fitted_on": f"each fold's {calibrated_on} logits"} if temperatures else None,
+        referral=certify_referral(per_fold, fit, chosen, refer.accuracy, refer.delta, refer.method, calibrated_on) if refer else None,
+        sets=calibrate_prediction_sets(per_fold, fit, chosen, sets.alpha, sets.method, sets.by, calibrated_on) if sets else None,
     )  # fmt: skip
-    return Selection(settings, per_fold, per_fold_val, grid, others)
+    return Selection(settings, per_fold, per_fold_val, per_fold_cal, grid, others)

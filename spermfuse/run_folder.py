@@ -39,7 +39,7 @@ LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
 SPLIT_KEY = "split"  # optional in a logits file: the digest of the split its model trained on (split_digest)
 
 
-def split_digest(classes: Sequence[str], train: Sequence[str], val: Sequence[str], test: Sequence[str]) -> str:
+def split_digest(classes: Sequence[str], train: Sequence[str], val: Sequence[str], test: Sequence[str], cal: Sequence[str] = ()) -> str:
     """SHA-256 of the class list, the images a run learned from (train and validation) and
     those it was tested on. How the learning part divides into train and validation is left
     out: it follows from --seed and --val-fraction, which --resume checks among the settings,
@@ -47,7 +47,10 @@ def split_digest(classes: Sequence[str], train: Sequence[str], val: Sequence[str
 
     Recorded in last.pt, best.pt and the logits files; --resume, fusion, prediction and export
     refuse runs whose digests differ where they must agree."""
-    text = json.dumps({"classes": list(classes), "learned_from": sorted([*train, *val]), "tested_on": sorted(test)})
+    record = {"classes": list(classes), "learned_from": sorted([*train, *val]), "tested_on": sorted(test)}
+    if cal:  # the calibration cells, held out from learning (--cal-fraction)
+        record["calibrated_on"] = sorted(cal)
+    text = json.dumps(record)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,11 +26,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Split:
-    """Indices into Samples for training, validation (model selection) and test."""
+    """Indices into Samples for training, validation (model selection), test, and calibration:
+    cells no part of training sees, held out for the promises fitted after it (temperatures,
+    the referral certificate, prediction sets); empty without ``--cal-fraction``."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    cal: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {"train": self.train, "validation": self.val, "test": self.test, "calibration": self.cal}
+
+
+# The calibration cells are drawn with their own seed offset, so that --cal-fraction 0 leaves
+# every other split exactly as it was.
+CAL_SEED_OFFSET = 1000
 
 
 def _check_groups_can_be_split(labels: np.ndarray, classes: Sequence[str], groups: np.ndarray, k: int) -> None:
@@ -209,36 +220,46 @@ def _subset(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, 
     return group_subset(indices, labels, groups, fraction, seed)
 
 
-def fold_split(folds: np.ndarray, labels: np.ndarray, fold: int, val_fraction: float = 0.1, seed: int = 42, groups: np.ndarray | None = None) -> Split:
-    """Fold ``fold`` is the test set; a stratified ``val_fraction`` of the rest is the validation set.
+def fold_split(
+    folds: np.ndarray, labels: np.ndarray, fold: int, val_fraction: float = 0.1, seed: int = 42, groups: np.ndarray | None = None,
+    cal_fraction: float = 0.0,
+) -> Split:
+    """Fold ``fold`` is the test set; a stratified ``cal_fraction`` of the rest is held out for
+    calibration, then a stratified ``val_fraction`` of what remains is the validation set.
 
     The test fold is never used for early stopping or model selection. With ``groups`` the
-    validation set takes whole groups, and the split is checked for leakage.
+    validation and calibration sets take whole groups, and the split is checked for leakage.
     """
     if fold not in set(folds.tolist()):
         raise DataError(f"fold {fold} does not exist; folds are {sorted(set(folds.tolist()))}")
     test = np.flatnonzero(folds == fold)
-    train, val = _subset(np.flatnonzero(folds != fold), labels, groups, val_fraction, seed + fold)
-    split = Split(train, val, test)
+    rest, cal = _subset(np.flatnonzero(folds != fold), labels, groups, cal_fraction, seed + CAL_SEED_OFFSET + fold)
+    train, val = _subset(rest, labels, groups, val_fraction, seed + fold)
+    split = Split(train, val, test, cal)
     if groups is not None:
         check_group_leakage(split, groups)
     return split
 
 
-def holdout_split(labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42, groups: np.ndarray | None = None) -> Split:
-    """Stratified train/val/test split (method B uses 70/15/15); group-disjoint with ``groups``."""
+def holdout_split(
+    labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42, groups: np.ndarray | None = None,
+    cal_fraction: float = 0.0,
+) -> Split:
+    """Stratified train/val/test split (method B uses 70/15/15), with ``cal_fraction`` of the whole
+    held out for calibration first; group-disjoint with ``groups``."""
     everything = np.arange(len(labels))
-    rest, test = _subset(everything, labels, groups, test_fraction, seed)
-    train, val = _subset(rest, labels, groups, val_fraction / (1.0 - test_fraction), seed + 1)
-    split = Split(train, val, test)
+    everything, cal = _subset(everything, labels, groups, cal_fraction, seed + CAL_SEED_OFFSET)
+    rest, test = _subset(everything, labels, groups, test_fraction / (1.0 - cal_fraction), seed)
+    train, val = _subset(rest, labels, groups, val_fraction / (1.0 - test_fraction - cal_fraction), seed + 1)
+    split = Split(train, val, test, cal)
     if groups is not None:
         check_group_leakage(split, groups)
     return split
 
 
 def check_group_leakage(split: Split, groups: np.ndarray) -> None:
-    """Refuse a split in which a group (patient, slide, sample) is in more than one of train, validation and test."""
-    parts = {name: set(groups[indices].tolist()) for name, indices in (("train", split.train), ("validation", split.val), ("test", split.test))}
+    """Refuse a split in which a group (patient, slide, sample) is in more than one of train, validation, test and calibration."""
+    parts = {name: set(groups[indices].tolist()) for name, indices in split.parts().items()}
     names = list(parts)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:

@@ -98,7 +98,7 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
 
 def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> splits.Split:
     if config.split == "holdout":
-        return splits.holdout_split(samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups)
+        return splits.holdout_split(samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups, config.cal_fraction)
     folds_csv = Path(config.out) / "folds.csv"
     if context.is_main:
         folds = splits.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
@@ -109,7 +109,7 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
     if available != list(range(1, config.num_folds + 1)):
         source = f"{config.data} (its fold column or fold<k>/ folders)" if samples.folds is not None else folds_csv
         raise ConfigError(f"--num-folds {config.num_folds}: {source} has folds {available}; give --num-folds {len(available)} if they are 1..{len(available)}, or fix the folds")
-    return splits.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed, samples.groups)
+    return splits.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed, samples.groups, config.cal_fraction)
 
 
 # --------------------------------------------------------------------------- the run
@@ -137,7 +137,7 @@ class FoldTrainer:
         seed_everything(config.seed)
         self.samples = samples if samples is not None else load_samples(config, self.context)
         self.split = make_split(config, self.samples, self.context)
-        paths = [[self.samples.paths[i] for i in part] for part in (self.split.train, self.split.val, self.split.test)]
+        paths = [[self.samples.paths[i] for i in part] for part in (self.split.train, self.split.val, self.split.test, self.split.cal)]
         self.split_digest = split_digest(self.samples.classes, *paths)
         self.run_dir = config.run_dir()
         self._build_model()
@@ -155,11 +155,13 @@ class FoldTrainer:
         self.train_set = data_lib.ImageDataset(self.samples, self.split.train, train_tf, c.seed)
         self.val_set = data_lib.ImageDataset(self.samples, self.split.val, eval_tf, c.seed)
         self.test_set = data_lib.ImageDataset(self.samples, self.split.test, eval_tf, c.seed)
+        self.cal_set = data_lib.ImageDataset(self.samples, self.split.cal, eval_tf, c.seed)
         if len(self.val_set) == 0:
             raise ConfigError("validation set is empty: use a larger --val-fraction or more images per class")
         self.train_loader = self._loader(self.train_set, train=True)
         self.val_loader = self._loader(self.val_set, train=False)
         self.test_loader = self._loader(self.test_set, train=False)
+        self.cal_loader = self._loader(self.cal_set, train=False) if len(self.cal_set) else None
         if c.class_weights == "balanced":
             weights = data_lib.class_weights(self.samples.labels[self.split.train], len(self.samples.classes))
         else:
@@ -420,7 +422,9 @@ class FoldTrainer:
         if self.context.is_main and best.get("tta") != self.config.tta:  # a finished run re-evaluated with another --tta
             atomic_torch_save(self.run_dir / "best.pt", {**best, "tta": self.config.tta})
         fold = self.config.fold if self.config.split == "kfold" else 1
-        for name, loader in (("val", self.val_loader), ("test", self.test_loader)):
+        for name, loader in (("cal", self.cal_loader), ("val", self.val_loader), ("test", self.test_loader)):
+            if loader is None:
+                continue
             logits, labels, indices = self._evaluate(loader, self.config.tta)  # per-epoch validation runs without TTA
             if self.context.is_main:
                 paths = [self.samples.paths[i] for i in indices.tolist()]

@@ -334,6 +334,25 @@ def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_
     assert settings.referral["pooled"]["accepted"] > 0 and "pooled:" in result.stderr
 
 
+def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_path):
+    from spermfuse.selective import certify_threshold
+
+    runs = fake_runs(tmp_path / "runs")
+    rng = np.random.default_rng(7)
+    for k in range(1, 6):  # cal_logits.npz as train.py --cal-fraction writes them
+        labels = rng.integers(0, 3, 80)
+        for arch in ("modelx", "modely"):
+            write_logits(runs / arch / f"fold{k}" / "cal_logits.npz", np.eye(3)[labels] * 2 + rng.normal(0, 1, (80, 3)), labels, [f"cal_{k}_{i}.png" for i in range(80)], arch, k)
+    result = run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs), "--models", "modelx", "modely")
+    assert result.returncode == 0, result.stderr
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    assert settings.referral["calibrated_on"] == "each fold's calibration cells"
+    cal = run_folder.collect_folds(runs, ["modelx", "modely"], "cal")
+    for sets, weights, fold in zip(cal, settings.weights_per_fold, settings.referral["per_fold"]):
+        fused = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], weights))
+        assert fold["certificate"] == certify_threshold(fused.max(axis=1), fused.argmax(axis=1) == sets[0].labels, 0.5).to_dict()
+
+
 def test_prediction_sets_are_calibrated_per_fold_and_reported_on_its_test_cells(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     result = run("fuse.py", "--grid", "--select", "val", "--sets-alpha", "0.2", "--runs", str(runs), "--models", "modelx", "modely")

@@ -393,3 +393,13 @@ def test_method_b_stops_on_the_unweighted_validation_loss_as_keras_does():
     config = preset_config("paper_b")
     assert (config.monitor, config.val_loss) == ("val_loss", "unweighted")
     assert trainer.TrainConfig().val_loss == "weighted"
+
+
+def test_a_calibration_fraction_writes_cal_logits_of_cells_no_part_of_training_saw(tiny_sperm, tmp_path):
+    run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, cal_fraction=0.2))
+    cal, val, test = (np.load(run / f"{name}_logits.npz", allow_pickle=False) for name in ("cal", "val", "test"))
+    assert len(cal["paths"]) >= 18 and cal["logits"].shape == (len(cal["paths"]), 18)
+    assert not set(cal["paths"]) & (set(val["paths"]) | set(test["paths"]))
+    fold = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path / "again", epochs=1, cal_fraction=0.2))
+    trained_on = {fold.samples.paths[i] for i in fold.split.train}
+    assert not trained_on & set(cal["paths"].tolist())
