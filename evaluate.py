@@ -161,7 +161,9 @@ def run_evaluation(args, out: Path) -> None:
     folders, models, main_name = load_models(args)
     notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
     val_models = {name: sets for name, folder in folders.items() if (sets := validation_sets(folder)) is not None}
-    result = report.build_report(models, val_models)
+    settings = fusion_settings(folders)
+    shipped = {"fusion": settings.fused_temperatures()} if settings is not None and settings.fused_temperatures() else None
+    result = report.build_report(models, val_models, shipped)
     if not args.logits and (args.runs / "folds.csv").is_file():
         groups = splits.groups_per_fold(args.runs / "folds.csv")
         if groups is not None:
@@ -181,7 +183,7 @@ def run_evaluation(args, out: Path) -> None:
         if not args.no_figures:
             write_figures(models, result, folder)
     if args.summary:
-        summary = report.summary_markdown(result, fusion_settings(folders), str(out / "report.json"), environment_line(torch.device("cpu")))
+        summary = report.summary_markdown(result, settings, str(out / "report.json"), environment_line(torch.device("cpu")))
         atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
     for note in notes:
         log.warning("note: %s", note)

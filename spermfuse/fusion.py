@@ -334,7 +334,7 @@ def select(
     if promises and per_fold_val is None:
         raise FusionError(f"{promises[0]} needs every model's validation logits (val_logits.npz)")
     calibrated_on = "calibration" if per_fold_cal is not None else "validation"
-    temperatures = None
+    temperatures = fused_temperatures = None
     if calibrate:  # fitted on calibration (else validation) logits only; the others are scaled with them
         temperatures = fit_temperatures(per_fold_cal if per_fold_cal is not None else per_fold_val, models)
         per_fold, per_fold_val = with_temperatures(per_fold, temperatures), with_temperatures(per_fold_val, temperatures)
@@ -352,11 +352,15 @@ def select(
         chosen, description = by_rule[rule], RULES[rule][1]
         others = {RULES[name][0]: c for name, c in by_rule.items() if c and name != rule}
     fit = per_fold_cal if per_fold_cal is not None else per_fold_val
+    if temperatures is not None:  # one more temperature after fusing: the fused logits' own, what --predict ships
+        fused_fit = [[replace(sets[0], logits=fuse([s.logits for s in sets], w))] for sets, w in zip(fit, chosen)]
+        fused_temperatures = [t for (t,) in fit_temperatures(fused_fit, ["the fused pair"])]
+        log.info("fused temperatures per fold: %s", ", ".join(f"{t:.3f}" for t in fused_temperatures))
     settings = FusionSettings(
         models=list(models), folds=[sets[0].fold for sets in per_fold], weights_per_fold=[list(w) for w in chosen], rule=description,
         select=rule, alphas=alphas, inputs=[s.source for sets in per_fold for s in sets],
         weights=list(chosen[0]) if alpha is not None or rule == "test" else None, selection_comparison=comparison,
-        temperatures={"models": list(models), "per_fold": temperatures, "fitted_on": f"each fold's {calibrated_on} logits"} if temperatures else None,
+        temperatures={"models": list(models), "per_fold": temperatures, "fused_per_fold": fused_temperatures, "fitted_on": f"each fold's {calibrated_on} logits"} if temperatures else None,
         referral=certify_referral(per_fold, fit, chosen, refer.accuracy, refer.delta, refer.method, calibrated_on) if refer else None,
         sets=calibrate_prediction_sets(per_fold, fit, chosen, sets.alpha, sets.method, sets.by, calibrated_on) if sets else None,
     )  # fmt: skip

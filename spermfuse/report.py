@@ -77,14 +77,17 @@ def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, 
     return tests
 
 
-def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | None = None) -> dict:
-    """NLL, Brier, ECE and AURC of the pooled test logits, before and (given each fold's
-    validation logits) after temperature scaling with a T fitted per fold on validation only."""
+def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | None = None, shipped: Sequence[float] | None = None) -> dict:
+    """NLL, Brier, ECE and AURC of the pooled test logits, before and after temperature scaling:
+    with ``shipped`` (the fusion's temperatures from fusion.json: what --predict applies) those,
+    else (given each fold's validation logits) a T fitted per fold on validation only."""
     labels, logits = pooled(folds)
     block = {"before": calibration.calibration_scores(logits, labels), "aurc_before": calibration.aurc(calibration.probabilities_of(logits), labels)}
     block |= {"after": None, "aurc_after": None, "temperature_per_fold": None}
-    if val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
+    temperatures = list(shipped) if shipped is not None else None
+    if temperatures is None and val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
         temperatures = [calibration.fit_temperature(v.logits, v.labels) for v in val_folds]
+    if temperatures is not None:
         scaled = np.concatenate([f.logits / t for f, t in zip(folds, temperatures)])
         block |= {
             "after": calibration.calibration_scores(scaled, labels),
@@ -94,14 +97,17 @@ def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | 
     return block
 
 
-def build_report(models: dict[str, Sequence[LogitsSet]], val_models: dict[str, Sequence[LogitsSet]] | None = None) -> dict:
+def build_report(
+    models: dict[str, Sequence[LogitsSet]], val_models: dict[str, Sequence[LogitsSet]] | None = None, shipped: dict[str, Sequence[float]] | None = None,
+) -> dict:
     """report.json: ``classes``, ``models`` {name: aggregate/folds/summary/calibration}, ``tests``.
 
-    ``val_models``: the validation logits of those models that have them, for calibration.
+    ``val_models``: the validation logits of those models that have them, for calibration;
+    ``shipped``: per model, temperatures that prediction applies (the fusion's), used as they are.
     """
-    val_models = val_models or {}
+    val_models, shipped = val_models or {}, shipped or {}
     classes = next(iter(models.values()))[0].classes
-    evaluated = {name: evaluate_model(folds) | {"calibration": calibration_of(folds, val_models.get(name))} for name, folds in models.items()}
+    evaluated = {name: evaluate_model(folds) | {"calibration": calibration_of(folds, val_models.get(name), shipped.get(name))} for name, folds in models.items()}
     return {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated)}
 
 
@@ -122,8 +128,9 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
     out.append(markdown_table(["model"] + keys, [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in models.items()]))
     out.append("## Calibration and selective prediction\n")
     out.append(
-        "NLL, Brier and ECE (15 bins) of the test logits as they are and after temperature scaling (a T per fold, "
-        "fitted on that fold's validation logits); AURC is the area under the risk-coverage curve (lower is better).\n"
+        "NLL, Brier and ECE (15 bins) of the test logits as they are and after temperature scaling (a T per fold: for a "
+        "fusion made with --calibrate the one fusion.json ships and --predict applies, else fitted on that fold's validation logits); "
+        "AURC is the area under the risk-coverage curve (lower is better).\n"
     )
     rows = []
     for name, m in models.items():
@@ -198,7 +205,7 @@ def summary_markdown(report: dict, fusion_settings: run_folder.FusionSettings | 
         out.append(f"Fusion weight: {chosen}. Mean weighted F1 over folds by --select rule (test: the paper's, optimistic): {means}.\n")
     out.append("Per-class F1:\n")
     out.append(markdown_table(["class"] + members, [[c] + [fmt(models[name]["aggregate"]["per_class"][c]["f1"]) for name in members] for c in report["classes"]]))
-    out.append("Calibration (before / after temperature scaling fitted on each fold's validation logits) and AURC:\n")
+    out.append("Calibration (before / after temperature scaling: the fusion's shipped temperature, else one fitted on each fold's validation logits) and AURC:\n")
     rows = []
     for name in members:
         c = models[name]["calibration"]

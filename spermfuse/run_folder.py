@@ -316,16 +316,22 @@ class FusionSettings:
     def prediction_weights(self, folds: Sequence[int]) -> list[list[float]]:
         """The mix each fold's members are fused with at prediction: that fold's own choice (the
         same a* for all with the paper's rule; per fold with ``--select val|nested``), divided by
-        each member's temperature of that fold when calibrated. With ``--fold all`` the folds'
-        fused logits are then averaged."""
+        each member's temperature of that fold and by the fused logits' temperature when
+        calibrated. With ``--fold all`` the folds' fused logits are then averaged."""
         position = {k: i for i, k in enumerate(self.folds)}
         temperatures = (self.temperatures or {}).get("per_fold")
+        fused = (self.temperatures or {}).get("fused_per_fold")
         weights = []
         for k in folds:
             chosen = self.weights_per_fold[position[k]]
             scale = temperatures[position[k]] if temperatures else [1.0] * len(chosen)
-            weights.append([w / t for w, t in zip(chosen, scale)])
+            after = fused[position[k]] if fused else 1.0  # the fused logits' own temperature
+            weights.append([w / (t * after) for w, t in zip(chosen, scale)])
         return weights
+
+    def fused_temperatures(self) -> list[float] | None:
+        """The temperature of each fold's fused logits (``--calibrate``), in ``folds`` order."""
+        return (self.temperatures or {}).get("fused_per_fold")
 
     def _per_fold(self, block: dict, folds: Sequence[int], flag: str) -> dict:
         if len(folds) != 1:

@@ -417,3 +417,21 @@ def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
         run_folder.FusionSettings.from_json(written | {"extra": 1})
     with pytest.raises(run_folder.FusionError, match="version 0"):
         run_folder.FusionSettings.from_json(written | {"version": 0})
+
+
+def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    assert result.returncode == 0, result.stderr
+    reported = json.loads((tmp_path / "r" / "evaluation" / "report.json").read_text())["models"]["fusion"]["calibration"]
+    assert reported["temperature_per_fold"] == settings.fused_temperatures()
+    test = run_folder.collect_folds(runs, ["modelx", "modely"], "test")
+    for k, (sets, fused) in enumerate(zip(test, run_folder.load_fold_sets(runs / "fusion"))):
+        members = [s.logits / t for s, t in zip(sets, settings.temperatures["per_fold"][k])]
+        shipped = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], settings.prediction_weights([sets[0].fold])[0]))
+        evaluated = calibration.probabilities_of(fusion.fuse(members, settings.weights_per_fold[k]) / settings.fused_temperatures()[k])
+        reordered = run_folder.align([sets[0], fused])[1]  # the fused file, in the members' order
+        assert np.allclose(shipped, evaluated, atol=1e-6)
+        assert np.allclose(calibration.probabilities_of(reordered.logits / settings.fused_temperatures()[k]), evaluated, atol=1e-6)
