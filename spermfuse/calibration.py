@@ -114,6 +114,26 @@ def calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: floa
     }
 
 
+def paired_bootstrap(before: np.ndarray, after: np.ndarray, labels: np.ndarray, resamples: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals of NLL, Brier and ECE before and after (two logits arrays of the same
+    cells) and of their differences (after - before), resampling the cells with replacement, the
+    same resample for both. An ECE change inside its interval is not a change: with N cells even a
+    perfectly calibrated model shows an ECE of the order of sqrt(bins / N)."""
+    rng = np.random.default_rng(seed)
+    draws = {key: [] for key in ("before", "after", "difference")}
+    for _ in range(resamples):
+        cells = rng.integers(0, len(labels), len(labels))
+        first, second = calibration_scores(before[cells], labels[cells]), calibration_scores(after[cells], labels[cells])
+        draws["before"].append(first)
+        draws["after"].append(second)
+        draws["difference"].append({k: second[k] - first[k] for k in first})
+    tail = 100 * (1 - level) / 2
+    return {
+        part: {key: [float(np.percentile([d[key] for d in values], tail)), float(np.percentile([d[key] for d in values], 100 - tail))] for key in values[0]}
+        for part, values in draws.items()
+    } | {"resamples": resamples, "level": level}
+
+
 def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coverage k/N and the error rate of the k most confident cells, for k = 1..N."""
     order = np.argsort(-probabilities.max(axis=1), kind="stable")

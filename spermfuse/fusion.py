@@ -252,8 +252,18 @@ def _grid_rules(per_fold, per_fold_val, alphas: Sequence[float], names: Sequence
     return chosen, comparison, grid_table(result, names)
 
 
-def _fused_probabilities(folds: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(probabilities_of(fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
+MIN_PROMISE_CELLS = 30
+
+
+def _fused_probabilities(folds: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]], check: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each fold's fused probabilities and labels; with ``check`` (what is calibrated on them), a
+    warning for a fold with too few cells to back a promise."""
+    fused = [(probabilities_of(fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
+    for sets, (_, labels) in zip(folds, fused):
+        if check and len(labels) < MIN_PROMISE_CELLS:
+            log.warning("fold %d: %s rests on %d cells (fewer than %d): the promise still holds with its stated probability, "
+                        "but the threshold or sets it allows are coarse; a larger --cal-fraction gives more", sets[0].fold, check, len(labels), MIN_PROMISE_CELLS)  # fmt: skip
+    return fused
 
 
 def certify_referral(per_fold, per_fold_cal, chosen, target_accuracy: float, delta: float = 0.1, method: str = "sgr", calibrated_on: str = "validation") -> dict:
@@ -261,7 +271,7 @@ def certify_referral(per_fold, per_fold_cal, chosen, target_accuracy: float, del
     that fold's fused pair, and how it did on the fold's test cells; pooled over folds."""
     classes = per_fold[0][0].classes
     folds, pooled = [], []
-    for (pv, yv), (pt, yt), sets in zip(_fused_probabilities(per_fold_cal, chosen), _fused_probabilities(per_fold, chosen), per_fold):
+    for (pv, yv), (pt, yt), sets in zip(_fused_probabilities(per_fold_cal, chosen, "the referral certificate"), _fused_probabilities(per_fold, chosen), per_fold):
         certificate = certify_threshold(pv.max(axis=1), pv.argmax(axis=1) == yv, target_accuracy, delta, method)
         correct, accepted = pt.argmax(axis=1) == yt, pt.max(axis=1) >= certificate.threshold
         per_class = {name: float(correct[accepted & (yt == c)].mean()) if (accepted & (yt == c)).any() else None for c, name in enumerate(classes)}
@@ -290,7 +300,7 @@ def calibrate_prediction_sets(per_fold, per_fold_cal, chosen, alpha: float, meth
     and their coverage and size on its test cells; pooled over folds."""
     classes = per_fold[0][0].classes
     folds, covered, sizes = [], [], []
-    for k, ((pv, yv), (pt, yt), sets) in enumerate(zip(_fused_probabilities(per_fold_cal, chosen), _fused_probabilities(per_fold, chosen), per_fold)):
+    for k, ((pv, yv), (pt, yt), sets) in enumerate(zip(_fused_probabilities(per_fold_cal, chosen, "the prediction sets"), _fused_probabilities(per_fold, chosen), per_fold)):
         calibrator = calibrate_sets(pv, yv, alpha, method, by, seed=k)
         predicted = predict_sets(pt, calibrator)
         metrics = set_metrics(predicted, yt, classes)

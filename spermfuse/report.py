@@ -83,7 +83,7 @@ def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | 
     else (given each fold's validation logits) a T fitted per fold on validation only."""
     labels, logits = pooled(folds)
     block = {"before": calibration.calibration_scores(logits, labels), "aurc_before": calibration.aurc(calibration.probabilities_of(logits), labels)}
-    block |= {"after": None, "aurc_after": None, "temperature_per_fold": None}
+    block |= {"after": None, "aurc_after": None, "temperature_per_fold": None, "intervals": None}
     temperatures = list(shipped) if shipped is not None else None
     if temperatures is None and val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
         temperatures = [calibration.fit_temperature(v.logits, v.labels) for v in val_folds]
@@ -92,6 +92,7 @@ def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | 
         block |= {
             "after": calibration.calibration_scores(scaled, labels),
             "aurc_after": calibration.aurc(calibration.probabilities_of(scaled), labels),
+            "intervals": calibration.paired_bootstrap(logits, scaled, labels),
             "temperature_per_fold": temperatures,
         }  # fmt: skip
     return block
@@ -136,8 +137,11 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
     for name, m in models.items():
         c = m["calibration"]
         after = c["after"] or {}
-        rows.append([name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "brier", "ece")] + [f"{fmt(c['aurc_before'])} / {fmt(c['aurc_after'])}"])
-    out.append(markdown_table(["model", "NLL before / after", "Brier before / after", "ECE before / after", "AURC before / after"], rows))
+        change = (c.get("intervals") or {}).get("difference", {})
+        rows.append([name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "brier", "ece")] + [f"{fmt(c['aurc_before'])} / {fmt(c['aurc_after'])}"]
+                    + [", ".join(f"{k} [{v[0]:+.4f}, {v[1]:+.4f}]" for k, v in change.items()) or "n/a"])  # fmt: skip
+    out.append(markdown_table(["model", "NLL before / after", "Brier before / after", "ECE before / after", "AURC before / after",
+                               "after - before, 95 % paired bootstrap"], rows))  # fmt: skip
     if "groups_per_fold" in report:
         groups = report["groups_per_fold"]
         out.append("## Groups (patients, slides or samples) in each test fold\n")

@@ -56,3 +56,21 @@ def test_risk_coverage_accepts_the_most_confident_first():
 def test_non_finite_logits_are_refused():
     with pytest.raises(CalibrationError, match="non-finite"):
         calibration.fit_temperature(np.array([[np.nan, 1.0]]), np.array([0]))
+
+
+def test_paired_bootstrap_intervals_contain_the_change_and_tighten_with_more_cells():
+    rng = np.random.default_rng(0)
+
+    def intervals(n):
+        labels = rng.integers(0, 3, n)
+        logits = np.eye(3)[labels] * 3 + rng.normal(0, 1.5, (n, 3))
+        result = calibration.paired_bootstrap(logits, logits / 2.0, labels, resamples=100)
+        change = {k: calibration.calibration_scores(logits / 2.0, labels)[k] - calibration.calibration_scores(logits, labels)[k] for k in ("nll", "ece")}
+        return result, change
+
+    small, small_change = intervals(200)
+    large, _ = intervals(3000)
+    for key in ("nll", "ece"):
+        low, high = small["difference"][key]
+        assert low <= small_change[key] <= high
+        assert np.diff(large["difference"][key])[0] < np.diff(small["difference"][key])[0]
