@@ -315,6 +315,39 @@ def calibrate_prediction_sets(per_fold, per_fold_cal, chosen, alpha: float, meth
     return {"alpha": alpha, "method": method, "by": list(by) if by is not None else None, "calibrated_on": f"each fold's {calibrated_on} cells", "per_fold": folds, "pooled": pooled}
 
 
+def _check_promises(rule: str, alpha: float | None, per_fold_val, calibrate: bool, refer, sets) -> None:
+    """A promise may rest neither on weights the test labels chose nor on missing validation logits."""
+    promises = [flag for flag, given in (("--calibrate", calibrate), ("--refer-accuracy", refer), ("--sets-alpha", sets)) if given]
+    if promises and alpha is None and rule == "test":
+        raise FusionError(
+            f"{promises[0]} with --select test: the test labels would choose the fusion weight that the promise is then tested on; "
+            "add --select val (or fix the weight with --alpha)"
+        )
+    if promises and per_fold_val is None:
+        raise FusionError(f"{promises[0]} needs every model's validation logits (val_logits.npz)")
+
+
+def _mix(per_fold, per_fold_val, models: Sequence[str], rule: str, alphas: str, alpha: float | None):
+    """(weights per fold, the other rules' weights by folder, Table 1, the rules' test figures, the rule's description)."""
+    if alpha is not None:
+        if len(models) != 2 or not 0.0 <= alpha <= 1.0:
+            raise FusionError("--alpha needs exactly two --models and a value in [0, 1]")
+        return [(alpha, 1.0 - alpha)] * len(per_fold), {}, None, None, "fixed"
+    by_rule, comparison, grid = _grid_rules(per_fold, per_fold_val, parse_alphas(alphas), models)
+    if by_rule[rule] is None:
+        raise FusionError(f"--select {rule}: not possible here (needs val_logits.npz / two or more folds)")
+    others = {RULES[name][0]: c for name, c in by_rule.items() if c and name != rule}
+    return by_rule[rule], others, grid, comparison, RULES[rule][1]
+
+
+def fused_temperatures(fit: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]]) -> list[float]:
+    """Per fold, the temperature of the fused logits (members already scaled by their own), fitted on ``fit``."""
+    fused = [[replace(sets[0], logits=fuse([s.logits for s in sets], w))] for sets, w in zip(fit, chosen)]
+    temperatures = [t for (t,) in fit_temperatures(fused, ["the fused pair"])]
+    log.info("fused temperatures per fold: %s", ", ".join(f"{t:.3f}" for t in temperatures))
+    return temperatures
+
+
 def select(
     per_fold: list[list[LogitsSet]],
     per_fold_val: list[list[LogitsSet]] | None,
@@ -335,42 +368,23 @@ def select(
     The temperatures, the threshold and the sets are fitted on ``per_fold_cal`` (the calibration
     cells of ``--cal-fraction``, which no part of training saw) when given, else on the
     validation cells (which also chose the epoch: not fresh, said in fusion.json)."""
-    promises = [flag for flag, given in (("--calibrate", calibrate), ("--refer-accuracy", refer), ("--sets-alpha", sets)) if given]
-    if promises and alpha is None and rule == "test":
-        raise FusionError(
-            f"{promises[0]} with --select test: the test labels would choose the fusion weight that the promise is then tested on; "
-            "add --select val (or fix the weight with --alpha)"
-        )
-    if promises and per_fold_val is None:
-        raise FusionError(f"{promises[0]} needs every model's validation logits (val_logits.npz)")
+    _check_promises(rule, alpha, per_fold_val, calibrate, refer, sets)
     calibrated_on = "calibration" if per_fold_cal is not None else "validation"
-    temperatures = fused_temperatures = None
+    temperatures = None
     if calibrate:  # fitted on calibration (else validation) logits only; the others are scaled with them
         temperatures = fit_temperatures(per_fold_cal if per_fold_cal is not None else per_fold_val, models)
         per_fold, per_fold_val = with_temperatures(per_fold, temperatures), with_temperatures(per_fold_val, temperatures)
         per_fold_cal = with_temperatures(per_fold_cal, temperatures) if per_fold_cal is not None else None
         for fold_sets, temps in zip(per_fold, temperatures):
             log.info("fold %d temperatures: %s", fold_sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)))
-    if alpha is not None:
-        if len(models) != 2 or not 0.0 <= alpha <= 1.0:
-            raise FusionError("--alpha needs exactly two --models and a value in [0, 1]")
-        chosen, others, grid, comparison, description = [(alpha, 1.0 - alpha)] * len(per_fold), {}, None, None, "fixed"
-    else:
-        by_rule, comparison, grid = _grid_rules(per_fold, per_fold_val, parse_alphas(alphas), models)
-        if by_rule[rule] is None:
-            raise FusionError(f"--select {rule}: not possible here (needs val_logits.npz / two or more folds)")
-        chosen, description = by_rule[rule], RULES[rule][1]
-        others = {RULES[name][0]: c for name, c in by_rule.items() if c and name != rule}
+    chosen, others, grid, comparison, description = _mix(per_fold, per_fold_val, models, rule, alphas, alpha)
     fit = per_fold_cal if per_fold_cal is not None else per_fold_val
-    if temperatures is not None:  # one more temperature after fusing: the fused logits' own, what --predict ships
-        fused_fit = [[replace(sets[0], logits=fuse([s.logits for s in sets], w))] for sets, w in zip(fit, chosen)]
-        fused_temperatures = [t for (t,) in fit_temperatures(fused_fit, ["the fused pair"])]
-        log.info("fused temperatures per fold: %s", ", ".join(f"{t:.3f}" for t in fused_temperatures))
     settings = FusionSettings(
         models=list(models), folds=[sets[0].fold for sets in per_fold], weights_per_fold=[list(w) for w in chosen], rule=description,
         select=rule, alphas=alphas, inputs=[s.source for sets in per_fold for s in sets],
         weights=list(chosen[0]) if alpha is not None or rule == "test" else None, selection_comparison=comparison,
-        temperatures={"models": list(models), "per_fold": temperatures, "fused_per_fold": fused_temperatures, "fitted_on": f"each fold's {calibrated_on} logits"} if temperatures else None,
+        temperatures={"models": list(models), "per_fold": temperatures, "fused_per_fold": fused_temperatures(fit, chosen),
+                      "fitted_on": f"each fold's {calibrated_on} logits"} if temperatures else None,
         referral=certify_referral(per_fold, fit, chosen, refer.accuracy, refer.delta, refer.method, calibrated_on) if refer else None,
         sets=calibrate_prediction_sets(per_fold, fit, chosen, sets.alpha, sets.method, sets.by, calibrated_on) if sets else None,
     )  # fmt: skip
