@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +47,54 @@ class Stage:
     name: str
     epochs: int
     trainable: str | int  # "all", "head", or the number of last layers
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: its stage, the next epoch within it, the epochs so far, the history,
+    and whether it is finished; saved in last.pt with the weights and the stage's tools."""
+
+    stage: int = 0
+    next_epoch: int = 0
+    global_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    finished: bool = False
+
+    def state_dict(self) -> dict:
+        return {"stage": self.stage, "next_epoch": self.next_epoch, "global_epoch": self.global_epoch, "history": list(self.history), "finished": self.finished}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> "TrainState":
+        return cls(checkpoint["stage"], checkpoint["next_epoch"], checkpoint["global_epoch"], list(checkpoint["history"]), checkpoint.get("finished", False))
+
+
+@dataclass
+class StageTools:
+    """The optimiser, gradient scaler, plateau scheduler and early stopping of one stage.
+
+    At a stage boundary only the early stopping is carried (it knows the run's best score); the
+    optimiser, scaler and scheduler are None there and the next stage makes fresh ones."""
+
+    optimizer: torch.optim.Optimizer | None
+    scaler: torch.amp.GradScaler | None
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    stopper: engine.EarlyStopping
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "early_stopping": self.stopper.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["optimizer"] is not None:  # None at the start of a stage: fresh tools
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        self.stopper.load_state_dict(state["early_stopping"])
 
 
 def stages_of(config: TrainConfig) -> list[Stage]:
@@ -142,7 +190,7 @@ class FoldTrainer:
         self.run_dir = config.run_dir()
         self._build_model()
         self._build_data()
-        self.history: list[dict] = []
+        self.state = TrainState()
         self.ema: WeightEMA | None = None  # made at the start of each stage with --ema
 
     # ---- construction
@@ -245,24 +293,17 @@ class FoldTrainer:
             )
         return state
 
-    def _save_last(self, stage_index: int, next_epoch: int, global_epoch: int, optimizer, scaler, scheduler, stopper, finished=False) -> dict:
-        """Everything a resume needs, saved atomically (by rank 0) and returned.
-
-        ``optimizer`` None marks the start of a stage: its optimiser, scaler and scheduler start afresh.
-        """
-        state = {
+    def _save_last(self, tools: StageTools) -> dict:
+        """Everything a resume needs (what the run is, the weights, :attr:`state`, the stage's
+        tools, the random state), saved atomically (by rank 0) and returned."""
+        checkpoint = {
             "arch": self.config.arch, "classes": list(self.samples.classes), "settings": training_settings(self.config), "split": self.split_digest,
-            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "early_stopping": stopper.state_dict(), "stage": stage_index, "next_epoch": next_epoch,
-            "global_epoch": global_epoch, "history": self.history, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [], "finished": finished,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None, **tools.state_dict(), **self.state.state_dict(),
+            "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }  # fmt: skip
         if self.context.is_main:
-            atomic_torch_save(self.run_dir / "last.pt", state)
-        return state
+            atomic_torch_save(self.run_dir / "last.pt", checkpoint)
+        return checkpoint
 
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
@@ -318,7 +359,8 @@ class FoldTrainer:
             discard(aside)
         return self.run_dir
 
-    def _train(self, state: dict | None) -> None:
+    def _train(self, resumed: dict | None) -> None:
+        """Every stage from where the run stands (a fresh run, or ``resumed`` from last.pt), then the logits."""
         c = self.config
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -326,21 +368,18 @@ class FoldTrainer:
             write_config(self.run_dir, c, self.samples.root, normalization, environment(self.device), self.samples.classes)
         stages = stages_of(c)
         self._warn_if_frozen_without_weights()
-        stage_index, global_epoch, finished = 0, 0, False
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.history = list(state["history"])
-            stage_index, global_epoch, finished = state["stage"], state["global_epoch"], state.get("finished", False)
-            log.info("resuming %s at stage %d, epoch %d", self.run_dir, stage_index + 1, state["next_epoch"] + 1)
-        while not finished:
-            global_epoch, stopper = self._train_stage(stage_index, stages, state, global_epoch)
-            finished = stage_index == len(stages) - 1
-            if not finished:
-                state = self._begin_stage(stage_index + 1, global_epoch, stopper)
-                stage_index += 1
+        if resumed is not None:
+            self.model.load_state_dict(resumed["model"])
+            self.state = TrainState.from_checkpoint(resumed)
+            log.info("resuming %s at stage %d, epoch %d", self.run_dir, self.state.stage + 1, self.state.next_epoch + 1)
+        while not self.state.finished:
+            tools = self._train_stage(stages[self.state.stage], resumed, last=self.state.stage == len(stages) - 1)
+            if self.state.stage == len(stages) - 1:
+                break
+            resumed = self._begin_stage(tools.stopper)
         self._write_outputs()
 
-    def _begin_stage(self, stage_index: int, global_epoch: int, stopper: engine.EarlyStopping) -> dict:
+    def _begin_stage(self, stopper: engine.EarlyStopping) -> dict:
         """The boundary between two stages (method B), as one atomic save of last.pt.
 
         The next stage starts from the best weights so far, and its early stopping from the
@@ -351,10 +390,11 @@ class FoldTrainer:
         """
         self._load_best()
         self.ema = None  # the next stage averages from these weights on
+        self.state.stage, self.state.next_epoch = self.state.stage + 1, 0
         carried = engine.EarlyStopping(self.config.early_stopping, stopper.mode, best=stopper.best, best_epoch=stopper.best_epoch)
-        return self._save_last(stage_index, 0, global_epoch, None, None, None, carried)
+        return self._save_last(StageTools(None, None, None, carried))
 
-    def _stage_tools(self, stage: Stage, resumed: dict | None):
+    def _stage_tools(self, resumed: dict | None) -> StageTools:
         """Optimiser, scaler, scheduler and early stopping of a stage, restored when resuming."""
         c = self.config
         mode = "max" if c.monitor == "val_acc" else "min"
@@ -363,59 +403,59 @@ class FoldTrainer:
         scheduler = None
         if c.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience)
-        stopper = engine.EarlyStopping(c.early_stopping, mode)
+        tools = StageTools(optimizer, scaler, scheduler, engine.EarlyStopping(c.early_stopping, mode))
         if resumed is not None:
-            if resumed["optimizer"] is not None:  # None at the start of a stage: fresh tools
-                optimizer.load_state_dict(resumed["optimizer"])
-                scaler.load_state_dict(resumed["scaler"])
-                if scheduler is not None and resumed["scheduler"] is not None:
-                    scheduler.load_state_dict(resumed["scheduler"])
-            stopper.load_state_dict(resumed["early_stopping"])
+            tools.load_state_dict(resumed)
             torch.set_rng_state(resumed["torch_rng"])  # dropout draws continue where they stopped
             if resumed["cuda_rng"]:
                 torch.cuda.set_rng_state_all(resumed["cuda_rng"])
-        return optimizer, scaler, scheduler, stopper
+        return tools
 
-    def _train_stage(self, stage_index: int, stages: list[Stage], resumed: dict | None, global_epoch: int) -> tuple[int, engine.EarlyStopping]:
-        """Epochs of one stage until its budget or early stopping; returns the global epoch count
-        and the stage's early stopping (it knows the best score so far)."""
-        c, stage = self.config, stages[stage_index]
+    def _train_stage(self, stage: Stage, resumed: dict | None, last: bool) -> StageTools:
+        """Epochs of one stage until its budget or early stopping; returns the stage's tools (its
+        early stopping knows the best score so far). The run's last stage ends finished."""
         self._set_trainable(stage)
-        self.ema = WeightEMA(self.model, c.ema) if c.ema else None
+        self.ema = WeightEMA(self.model, self.config.ema) if self.config.ema else None
         if self.ema and resumed is not None and resumed.get("ema") is not None:
             self.ema.load_state_dict(resumed["ema"])
         model = self._wrapped_model()
-        optimizer, scaler, scheduler, stopper = self._stage_tools(stage, resumed)
-        first_epoch = resumed["next_epoch"] if resumed is not None else 0
-        if stopper.should_stop:
-            return global_epoch, stopper
-        for epoch in range(first_epoch, stage.epochs):
-            global_epoch += 1
-            row = self._run_epoch(stage, model, optimizer, scaler, global_epoch)
-            metric = row[c.monitor]
-            if not np.isfinite(metric):
-                raise engine.TrainingError(f"validation {c.monitor} is {metric} at epoch {global_epoch}; the last good state is in {self.run_dir / 'last.pt'}")
-            if scheduler is not None:
-                scheduler.step(metric)
-            if stopper.step(metric, global_epoch):
-                self._save_best(global_epoch, metric)
-            self.history.append(row)
-            if self.context.is_main:
-                write_history(self.run_dir / "history.csv", self.history)
-            self._save_last(stage_index, epoch + 1, global_epoch, optimizer, scaler, scheduler, stopper)
-            log.info(
-                "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
-                global_epoch, stage.name, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                row["lr"], row["images_per_second"], row["seconds"], " *" if stopper.best_epoch == global_epoch else "",
-            )  # fmt: skip
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(row)
-            if stopper.should_stop:
-                log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)", c.monitor, stopper.patience, stopper.best, stopper.best_epoch)
+        tools = self._stage_tools(resumed)
+        if tools.stopper.should_stop:
+            return tools
+        for epoch in range(self.state.next_epoch, stage.epochs):
+            self.state.global_epoch += 1
+            row = self._run_epoch(stage, model, tools.optimizer, tools.scaler, self.state.global_epoch)
+            self.state.next_epoch = epoch + 1
+            self._end_epoch(row, stage, tools)
+            if tools.stopper.should_stop:
+                log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)",
+                         self.config.monitor, tools.stopper.patience, tools.stopper.best, tools.stopper.best_epoch)  # fmt: skip
                 break
-        if stage_index == len(stages) - 1:
-            self._save_last(stage_index, stage.epochs, global_epoch, optimizer, scaler, scheduler, stopper, finished=True)
-        return global_epoch, stopper
+        if last:
+            self.state.next_epoch, self.state.finished = stage.epochs, True
+            self._save_last(tools)
+        return tools
+
+    def _end_epoch(self, row: dict, stage: Stage, tools: StageTools) -> None:
+        """After an epoch: the schedule and early stopping step, best.pt, history.csv and last.pt."""
+        metric, epoch = row[self.config.monitor], self.state.global_epoch
+        if not np.isfinite(metric):
+            raise engine.TrainingError(f"validation {self.config.monitor} is {metric} at epoch {epoch}; the last good state is in {self.run_dir / 'last.pt'}")
+        if tools.scheduler is not None:
+            tools.scheduler.step(metric)
+        if tools.stopper.step(metric, epoch):
+            self._save_best(epoch, metric)
+        self.state.history.append(row)
+        if self.context.is_main:
+            write_history(self.run_dir / "history.csv", self.state.history)
+        self._save_last(tools)
+        log.info(
+            "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
+            epoch, stage.name, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+            row["lr"], row["images_per_second"], row["seconds"], " *" if tools.stopper.best_epoch == epoch else "",
+        )  # fmt: skip
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(row)
 
     def _write_outputs(self) -> None:
         best = self._load_best()

@@ -385,7 +385,7 @@ def test_the_validation_loss_is_weighted_or_not_as_asked(image_folder, tmp_path,
     weighted = torch.nn.functional.cross_entropy(logits, labels, weight=fold_trainer.loss_weight).item()
     unweighted = torch.nn.functional.cross_entropy(logits, labels).item()
     assert abs(weighted - unweighted) > 1e-4  # the class weights are not all equal here
-    logged = fold_trainer.history[-1]["val_loss"]
+    logged = fold_trainer.state.history[-1]["val_loss"]
     assert logged == pytest.approx(weighted if val_loss == "weighted" else unweighted, rel=1e-5)
 
 
