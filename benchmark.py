@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from spermfuse import cli, flops, profiling
-from spermfuse.checkpoint import atomic_write_json, atomic_write_text
+from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.errors import ConfigError
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model, get_spec, list_models

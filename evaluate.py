@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from spermfuse import cli, explain_runs, fusion, report, run_folder, splits
-from spermfuse.checkpoint import atomic_write_json, atomic_write_text
+from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
 from spermfuse.runtime import environment_line, resolve_device
 from spermfuse.output_folder import write_folder

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from spermfuse import cli, fusion, report, run_folder
-from spermfuse.checkpoint import atomic_write_csv, atomic_write_text, read_csv
+from spermfuse.files import atomic_write_csv, atomic_write_text, read_csv
 from spermfuse.conformal import predict_sets
 from spermfuse.export import export_fused
 from spermfuse.data import check_image, load_rgb

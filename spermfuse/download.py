@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .cache import weights_cache
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .errors import SpermfuseError
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import torch
 
 from . import __version__
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json
 from .errors import SpermfuseError
 from .fused_model import Classifier, FusedModel, check_same_classes
 from .runtime import git_commit

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import safe_torch_load
+from .files import safe_torch_load
 from .data import DataError
 from .engine import tta_logits
 from .models import create_model

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from .checkpoint import CheckpointError, atomic_write_json
+from .files import CheckpointError, atomic_write_json
 from .errors import ConfigError
 from .lock import process_alive
 

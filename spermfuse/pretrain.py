@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import cli, synthetic
 from .cache import pretraining_data_dir, pretraining_root
-from .checkpoint import CheckpointError, atomic_write_json
+from .files import CheckpointError, atomic_write_json
 from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
 from .download import file_sha256
 from .trainer import FoldTrainer

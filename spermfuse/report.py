@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from . import calibration, fusion, metrics, run_folder
-from .checkpoint import atomic_write_bytes
+from .files import atomic_write_bytes
 from .errors import FusionError
 from .run_folder import LogitsSet, align
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .checkpoint import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, safe_np_load
+from .files import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, safe_np_load
 from .conformal import SetCalibrator
 from .output_folder import MANIFEST_NAME, verify_folder
 from .selective import Certificate

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import atomic_write_csv, read_csv
+from .files import atomic_write_csv, read_csv
 from .data import DataError, Samples
 
 log = logging.getLogger(__name__)

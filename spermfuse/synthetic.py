@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from . import cli
-from .checkpoint import atomic_write_bytes
+from .files import atomic_write_bytes
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from torch import nn
 from . import data as data_lib
 from . import distributed, engine, splits
 from .cache import ensure_default_data
-from .checkpoint import atomic_torch_save, safe_torch_load
+from .files import atomic_torch_save, safe_torch_load
 from .config import OPERATIONAL_SETTINGS, TrainConfig, validate_config
 from .ema import WeightEMA
 from .errors import ConfigError

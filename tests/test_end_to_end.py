@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spermfuse.checkpoint import read_csv
+from spermfuse.files import read_csv
 from spermfuse.output_folder import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]

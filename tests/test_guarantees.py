@@ -20,7 +20,7 @@ import fuse
 import train
 from conftest import draw_cell, tiny_config
 from spermfuse import download, fusion, run_folder, splits, trainer
-from spermfuse.checkpoint import CheckpointError, csv_text, read_csv, read_safetensors
+from spermfuse.files import CheckpointError, csv_text, read_csv, read_safetensors
 from spermfuse.config import TrainConfig, validate_config
 from spermfuse.data import DataError, check_image, discover, load_rgb
 from spermfuse.errors import ConfigError, FusionError

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from spermfuse.checkpoint import CheckpointError, read_safetensors
+from spermfuse.files import CheckpointError, read_safetensors
 from spermfuse.download import DownloadError
 from spermfuse.errors import ConfigError
 from spermfuse.models import create_model

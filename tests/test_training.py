@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_config
 from spermfuse.config import preset_config
-from spermfuse import checkpoint, engine, trainer
+from spermfuse import files, engine, trainer
 from spermfuse.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_a_fold_writes_every_output_in_the_logits_schema(tiny_sperm, tmp_path):
     assert config["environment"]["torch"] == torch.__version__ and config["batch_size"] == 8 and config["drop_path"] == 0.0
     header = (run / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,stage,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second")
-    best = checkpoint.safe_torch_load(run / "best.pt")
+    best = files.safe_torch_load(run / "best.pt")
     assert best["arch"] == "resnetv2_tiny" and best["pipeline"]["img_size"] == 32 and len(best["classes"]) == 18
 
 
@@ -72,21 +72,21 @@ def test_killed_and_resumed_run_ends_with_the_same_logits(tiny_sperm, tmp_path, 
 
 def test_a_crash_during_a_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    checkpoint.atomic_torch_save(path, {"epoch": 1})
+    files.atomic_torch_save(path, {"epoch": 1})
 
     def power_cut(src, dst):
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", power_cut)
     with pytest.raises(OSError):
-        checkpoint.atomic_torch_save(path, {"epoch": 2})
-    assert checkpoint.safe_torch_load(path) == {"epoch": 1}
+        files.atomic_torch_save(path, {"epoch": 2})
+    assert files.safe_torch_load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
     path = tmp_path / "report.json"
-    checkpoint.atomic_write_json(path, {"a": 1})
+    files.atomic_write_json(path, {"a": 1})
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
@@ -100,9 +100,9 @@ def test_existing_run_needs_resume_or_overwrite(tiny_sperm, tmp_path):
 
 def test_resume_from_another_arch_is_refused(tiny_sperm, tmp_path):
     run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
-    state = checkpoint.safe_torch_load(run / "last.pt")
+    state = files.safe_torch_load(run / "last.pt")
     state["arch"] = "efficientnet_tiny"
-    checkpoint.atomic_torch_save(run / "last.pt", state)
+    files.atomic_torch_save(run / "last.pt", state)
     with pytest.raises(trainer.ConfigError, match="not resumable"):
         trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, resume=True))
 
@@ -278,12 +278,12 @@ def test_method_b_fold_all_trains_its_one_holdout_run_and_exits_0(tiny_sperm, tm
 
 def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tiny_sperm, tmp_path):
     first = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "a", epochs=1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
-    assert checkpoint.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
+    assert files.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
     fine_tuned = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
     assert fine_tuned.train_set.transform.normalize.mean == (0.5, 0.5, 0.5)  # from the checkpoint, no flag given
     run = fine_tuned.run()
     assert json.loads((run / "config.json").read_text())["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
-    assert checkpoint.safe_torch_load(run / "best.pt")["pipeline"]["std"] == [0.5, 0.5, 0.5]
+    assert files.safe_torch_load(run / "best.pt")["pipeline"]["std"] == [0.5, 0.5, 0.5]
 
 
 def test_resume_with_changed_settings_is_refused_naming_the_flags(tiny_sperm, tmp_path):
@@ -329,7 +329,7 @@ def test_best_pt_of_a_two_stage_run_is_the_best_epoch_of_the_whole_run(tiny_sper
 
     monkeypatch.setattr(trainer.FoldTrainer, "_run_epoch", scripted_epoch)
     run = trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path))
-    best = checkpoint.safe_torch_load(run / "best.pt")
+    best = files.safe_torch_load(run / "best.pt")
     assert (best["epoch"], best["val_metric"]) == (2, 0.5)
 
 
@@ -363,7 +363,7 @@ def test_weight_ema_warms_up_from_a_short_memory():
 def test_with_ema_the_averaged_weights_are_validated_selected_and_saved(tiny_sperm, tmp_path):
     fold = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path, epochs=2, ema=0.5, monitor="val_acc"))
     run = fold.run()
-    best, last = checkpoint.safe_torch_load(run / "best.pt"), checkpoint.safe_torch_load(run / "last.pt")
+    best, last = files.safe_torch_load(run / "best.pt"), files.safe_torch_load(run / "last.pt")
     assert any(not torch.equal(last["model"][k], last["ema"]["shadow"][k]) for k in last["model"])  # raw weights differ from the average
     fold.model.load_state_dict(best["model"])
     logits, labels, _ = fold._evaluate(fold.val_loader)

@@ -1,7 +1,7 @@
 """Loading checkpoints into registered models, safely and completely.
 
 Accepted files (``.safetensors`` wherever a state dict is accepted, read by
-``checkpoint.read_safetensors`` without executing anything):
+``files.read_safetensors`` without executing anything):
 
 - a state dict or a spermfuse checkpoint (``.pt``/``.pth``; DDP ``module.`` prefixes removed);
 - for ResNetV2 models: Google's BiT ``.npz`` (BiT-M-R50x1.npz, the distilled R50x1) and
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, read_safetensors, safe_np_load, safe_torch_load
+from ..files import CheckpointError, read_safetensors, safe_np_load, safe_torch_load
 from ..errors import SpermfuseError
 from ..download import fetch, has_digest, record_first_use
 from .catalogue import find_entry
