@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import cli, explain_runs, fusion, report, run_folder, splits
+from spermfuse import cli, evaluation, explain_runs, figures, fusion, report, run_folder, splits
 from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
 from spermfuse.runtime import environment_line, resolve_device
@@ -104,7 +104,7 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
         name, kind = chosen[image.path]
         figure = out / "gallery" / f"{name}_{kind}.png"
         title = f"{name}, {kind}: predicted {classes[image.predicted]} {image.probability:.2f} (fold {image.fold})"
-        report.explanation_figure(load_rgb(explained.path), explained.figure_maps(), title, figure)
+        figures.explanation_figure(load_rgb(explained.path), explained.figure_maps(), title, figure)
         rows.append([name, kind, image.path, classes[image.predicted], f"{image.probability:.4f}", f"![](gallery/{figure.name})"])
     rows.sort()  # by class, then correct before wrong
     atomic_write_text(out / "gallery.md", "# Grad-CAM gallery of the fused model\n\n" + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows))
@@ -120,22 +120,9 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
     return text
 
 
-def write_figures(models: dict[str, list[run_folder.LogitsSet]], result: dict, out: Path) -> None:
-    """Every figure of the report: confusion, ROC, precision-recall and reliability per model, F1 and risk-coverage."""
-    for name, sets in models.items():
-        labels, logits = report.pooled(sets)
-        report.plot_confusion(result["models"][name]["aggregate"]["confusion"], result["classes"], out / f"confusion_{name}.png", name)
-        report.plot_roc(sets, out / f"roc_{name}.png", name)
-        report.plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)
-    report.plot_f1_comparison(result, out / "f1_comparison.png")
-    report.plot_risk_coverage(models, out / "risk_coverage.png")
-    for name, sets in models.items():
-        report.plot_reliability(sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name)
-
-
 def run_ablation(args, out: Path) -> None:
     """Table 2: each run root's backbones and their fusions, in ``out/ablation.md``."""
-    rows = [[name] + row for name, folder in named_folders(args.ablation).items() for row in report.ablation_rows(folder, fusion.parse_alphas(args.alphas))]
+    rows = [[name] + row for name, folder in named_folders(args.ablation).items() for row in evaluation.ablation_rows(folder, fusion.parse_alphas(args.alphas))]
     table = report.markdown_table(["setting", "model", "accuracy", "weighted F1", "macro F1"], rows)
     with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
         atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)
@@ -163,7 +150,7 @@ def run_evaluation(args, out: Path) -> None:
     val_models = {name: sets for name, folder in folders.items() if (sets := validation_sets(folder)) is not None}
     settings = fusion_settings(folders)
     shipped = {"fusion": settings.fused_temperatures()} if settings is not None and settings.fused_temperatures() else None
-    result = report.build_report(models, val_models, shipped)
+    result = evaluation.build_report(models, val_models, shipped)
     if not args.logits and (args.runs / "folds.csv").is_file():
         groups = splits.groups_per_fold(args.runs / "folds.csv")
         if groups is not None:
@@ -181,7 +168,7 @@ def run_evaluation(args, out: Path) -> None:
         atomic_write_text(folder / "report.md", report.report_markdown(result, main_name, grid_md, notes))
         pointing = write_explanations(args, folder, result["classes"], masks) if args.explain else None
         if not args.no_figures:
-            write_figures(models, result, folder)
+            figures.write_all(models, result, folder)
     if args.summary:
         summary = report.summary_markdown(result, settings, str(out / "report.json"), environment_line(torch.device("cpu")))
         atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))

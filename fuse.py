@@ -29,7 +29,7 @@ from spermfuse.explain import explain_files, peak
 from spermfuse.fused_model import load_fold_members
 from spermfuse.inference import fused_probabilities, list_images
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
-from spermfuse.report import explanation_figure
+from spermfuse.figures import explanation_figure
 from spermfuse.runtime import resolve_device
 from spermfuse.synthetic import DEFECT_PART
 

@@ -210,6 +210,11 @@ def collect_folds(runs: Path, archs: Sequence[str], split: str = "test") -> list
     return [align([load_logits(files[arch][k]) for arch in archs]) for k in all_folds]
 
 
+def pooled(folds: Sequence[LogitsSet]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and logits of all folds together."""
+    return np.concatenate([f.labels for f in folds]), np.concatenate([f.logits for f in folds])
+
+
 def is_single_split(sets: Sequence[LogitsSet]) -> bool:
     """True for the one test set of a holdout run, which has no fold statistics."""
     return len(sets) == 1 and Path(sets[0].source).parent.name == SINGLE_SPLIT_FOLDER

@@ -1,0 +1,106 @@
+"""The numbers of an evaluation (Sec. 3 of the fusion paper): report.json's metrics per model and
+fold, the paired tests between models, calibration before and after, and Table 2 (the ablation)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import calibration, fusion, metrics, run_folder
+from .errors import FusionError
+from .report import fmt
+from .run_folder import LogitsSet, align, pooled
+
+
+def evaluate_model(folds: Sequence[LogitsSet]) -> dict:
+    """``aggregate`` (all folds' predictions together), ``folds`` and ``summary`` of one model."""
+    labels, logits = pooled(folds)
+    per_fold = [metrics.fold_metrics(f.labels, f.logits) for f in folds]
+    keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_micro", "auprc_micro"]
+    return {
+        "aggregate": metrics.summarize(labels, logits, folds[0].classes),
+        "folds": {key: [row[key] for row in per_fold] for key in keys} | {"fold": [f.fold for f in folds]},
+        "summary": {key: metrics.mean_std_ci([row[key] for row in per_fold]) for key in keys},
+    }
+
+
+def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, dict]) -> list[dict]:
+    """Paired tests for every pair of models tested on the same samples (Table 6, McNemar beyond)."""
+    names = list(models)
+    tests = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if [f.fold for f in models[a]] != [f.fold for f in models[b]]:
+                continue
+            try:
+                pairs = [align([x, y]) for x, y in zip(models[a], models[b])]
+            except FusionError:
+                continue  # different samples: no paired test
+            labels = np.concatenate([x.labels for x, _ in pairs])
+            predicted_a = np.concatenate([x.logits for x, _ in pairs]).argmax(1)
+            predicted_b = np.concatenate([y.logits for _, y in pairs]).argmax(1)
+            scores_a, scores_b = evaluated[a]["folds"]["f1_weighted"], evaluated[b]["folds"]["f1_weighted"]
+            paired = metrics.paired_tests(scores_a, scores_b)
+            # Each fold's model trained on the other folds: n_train is the rest of the data (validation included).
+            test_size = len(labels) / len(pairs)
+            corrected = metrics.corrected_resampled_t_test(scores_a, scores_b, test_size, len(labels) - test_size)
+            tests.append({"a": a, "b": b, "metric": "f1_weighted", **paired, **corrected, "mcnemar_p": metrics.mcnemar_p(labels, predicted_a, predicted_b)})
+    return tests
+
+
+def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | None = None, shipped: Sequence[float] | None = None) -> dict:
+    """NLL, Brier, ECE and AURC of the pooled test logits, before and after temperature scaling:
+    with ``shipped`` (the fusion's temperatures from fusion.json: what --predict applies) those,
+    else (given each fold's validation logits) a T fitted per fold on validation only."""
+    labels, logits = pooled(folds)
+    block = {"before": calibration.calibration_scores(logits, labels), "aurc_before": calibration.aurc(calibration.probabilities_of(logits), labels)}
+    block |= {"after": None, "aurc_after": None, "temperature_per_fold": None, "intervals": None}
+    temperatures = list(shipped) if shipped is not None else None
+    if temperatures is None and val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
+        temperatures = [calibration.fit_temperature(v.logits, v.labels) for v in val_folds]
+    if temperatures is not None:
+        scaled = np.concatenate([f.logits / t for f, t in zip(folds, temperatures)])
+        block |= {
+            "after": calibration.calibration_scores(scaled, labels),
+            "aurc_after": calibration.aurc(calibration.probabilities_of(scaled), labels),
+            "intervals": calibration.paired_bootstrap(logits, scaled, labels),
+            "temperature_per_fold": temperatures,
+        }  # fmt: skip
+    return block
+
+
+def build_report(
+    models: dict[str, Sequence[LogitsSet]], val_models: dict[str, Sequence[LogitsSet]] | None = None, shipped: dict[str, Sequence[float]] | None = None,
+) -> dict:
+    """report.json: ``classes``, ``models`` {name: aggregate/folds/summary/calibration}, ``tests``.
+
+    ``val_models``: the validation logits of those models that have them, for calibration;
+    ``shipped``: per model, temperatures that prediction applies (the fusion's), used as they are.
+    """
+    val_models, shipped = val_models or {}, shipped or {}
+    classes = next(iter(models.values()))[0].classes
+    evaluated = {name: evaluate_model(folds) | {"calibration": calibration_of(folds, val_models.get(name), shipped.get(name))} for name, folds in models.items()}
+    return {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated)}
+
+
+def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
+    """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
+    models = {name: path for name, path in run_folder.discover_models(runs).items() if not name.startswith("fusion")}
+    if not models:
+        raise fusion.FusionError(f"--ablation {runs}: no trained models (fold*/test_logits.npz) there; check the folder")
+    rows = []
+    for name, path in models.items():
+        sets = run_folder.load_fold_sets(path)
+        agg = metrics.summarize(*pooled(sets), sets[0].classes)
+        rows.append([name, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
+    if len(models) >= 2:
+        names = list(models)[:2]
+        per_fold = run_folder.collect_folds(runs, names)
+        labels = np.concatenate([sets[0].labels for sets in per_fold])
+        tuned = fusion.grid_search(per_fold, alphas).best
+        for label, weights in (("fusion a=0.5", (0.5, 0.5)), (f"fusion a*={tuned[0]:.1f}", tuned)):
+            logits = np.concatenate([fusion.fuse([s.logits for s in sets], weights) for sets in per_fold])
+            agg = metrics.summarize(labels, logits, per_fold[0][0].classes)
+            rows.append([label, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
+    return rows
