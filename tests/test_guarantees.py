@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def test_an_unwritable_cache_names_the_variable_that_moves_it(tmp_path, monkeypa
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(synthetic.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     with pytest.raises(ConfigError, match="set \\$SPERMFUSE_CACHE to a writable folder"):
         synthetic.generate_once(tmp_path / "cache" / "set", "hushem4", seed=0, per_class=2)
 
