@@ -105,6 +105,32 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
     assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing export is not replaced silently
 
 
+def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_applies_them_as_predict_does(tiny_sperm, demo_output, tmp_path):
+    runs, fused = demo_output / "runs", tmp_path / "fusion"
+    models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--out", str(fused)]
+    promised = subprocess.run([sys.executable, "fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *models],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert promised.returncode == 0, promised.stderr
+    new_images = tmp_path / "new"
+    new_images.mkdir()
+    for index, name in enumerate(["Normal/Normal_00000.png", "PinHead/PinHead_00003.png", "ThinNeck/ThinNeck_00001.png", "CurlyTail/CurlyTail_00002.png"]):
+        shutil.copy(tiny_sperm / name, new_images / f"cell{index}.png")
+    predict = [sys.executable, "fuse.py", "--predict", str(new_images), "--fold", "2", "--output", str(tmp_path / "p.csv"), *models]
+    assert subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    export = [sys.executable, "fuse.py", "--export", str(tmp_path / "deploy"), "--fold", "2", *models]
+    assert subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    assert set(json.loads((tmp_path / "deploy" / "model.json").read_text())["decision"]) == {"referral", "prediction_sets"}
+    (tmp_path / "client.py").write_text(readme_client())
+    images = sorted(new_images.iterdir())  # the order --predict reads them in: the sets' random tie-breaks follow it
+    client = subprocess.run([sys.executable, "-I", str(tmp_path / "client.py"), str(tmp_path / "deploy"), *map(str, images)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert client.returncode == 0, client.stderr
+    printed = [line.split(" ") for line in client.stdout.strip().splitlines()]
+    expected = {row["path"]: row for row in read_csv(tmp_path / "p.csv")}
+    for (path, predicted, _, referral, members), image in zip(printed, images):
+        row = expected[image.name]
+        assert predicted == row["predicted"] and referral == ("refer" if row["refer"] == "1" else "accept") and members == row["set"]
+
+
 def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_predictions(tiny_sperm, demo_output, tmp_path):
     from PIL import Image
 
