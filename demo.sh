@@ -80,6 +80,9 @@ done
 timed "fusion" "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
 summary=()
 if [ "$preset" = demo ] && [ ${#data[@]} -eq 0 ]; then  # the README's figures, with the pointing game against the part masks
+  # The promises a lab can act on, beside the paper's fusion (their own folder: the weight is chosen on validation).
+  timed "certified referral and prediction sets" "$PYTHON" fuse.py --grid --select val --refer-accuracy 0.7 --sets-alpha 0.1 --sets-by part \
+    --runs "$out" --models "${archs[@]}" --out "$reports/$preset-promises" --summary docs/demo_promises.md
   masks=data/sperm18-masks  # the default set again (same seed and scale, the same images), with its part masks
   [ -f "$masks/metadata.csv" ] || "$PYTHON" -m spermfuse.synthetic --out "$masks" --masks
   summary=(--summary docs/demo_results.md --explain --masks "$masks")

@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from spermfuse import cli, fusion, report, run_folder
 from spermfuse.files import atomic_write_csv, atomic_write_text, read_csv
 from spermfuse.conformal import predict_sets
@@ -30,7 +32,7 @@ from spermfuse.fused_model import load_fold_members
 from spermfuse.inference import fused_probabilities, list_images
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.figures import explanation_figure
-from spermfuse.runtime import resolve_device
+from spermfuse.runtime import environment_line, resolve_device
 from spermfuse.synthetic import DEFECT_PART
 
 log = logging.getLogger("fuse")
@@ -60,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sets-by", choices=["none", "part"], default="none",
                    help="--sets-alpha: part = coverage per defect part group (head, neck, tail, normal; sperm18's classes)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
+    p.add_argument("--summary", type=Path, metavar="FILE.md", help="also write the referral and prediction-set figures per fold to FILE.md (demo.sh)")
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
     p.add_argument("--device", default="cpu", help="--predict: cpu, cuda or auto")
@@ -139,6 +142,8 @@ def run_fusion(args) -> int:
         for name, weights in chosen.others.items():
             run_folder.write_fused_logits(folder / name, chosen.per_fold, weights, f"fusion_{name}")
         run_folder.write_fusion_settings(folder, settings)
+    if args.summary is not None:
+        atomic_write_text(args.summary, report.promises_markdown(settings, str(args.out / run_folder.FUSION_JSON), environment_line(torch.device("cpu"))))
     log.info("wrote %s (weights %s)", args.out, settings.weights if settings.weights else "per fold")
     return 0
 

@@ -149,3 +149,27 @@ def pointing_game_markdown(result: dict, dependence: float | None = None) -> str
     if dependence is not None:
         text += f"\nModel dependence: mean Spearman rank correlation between the fused maps before and after re-initialising each member's last stage: {dependence:.3f} (1 would mean the maps ignore what the model learned).\n"
     return text
+
+
+def promises_markdown(settings: run_folder.FusionSettings, source: str, environment: str) -> str:
+    """The certified referral and the prediction sets of a fusion, per fold and pooled, as Markdown."""
+    out = [f"<!-- written by fuse.py --summary from {source}; {environment} -->\n"]
+    if settings.referral:
+        r = settings.referral
+        rows = [[f["fold"], "refer all" if f["certificate"]["threshold"] is None else fmt(f["certificate"]["threshold"]),
+                 f"{f['certificate']['n_accepted']} / {f['certificate']['n_calibration']}", f["test"]["accepted"], fmt(f["test"]["accepted_accuracy"]),
+                 "[" + ", ".join(fmt(v) for v in f["test"]["interval"]) + "]"] for f in r["per_fold"]]  # fmt: skip
+        pooled = r["pooled"]
+        rows.append(["pooled", "", "", pooled["accepted"], fmt(pooled["accepted_accuracy"]), "[" + ", ".join(fmt(v) for v in pooled["interval"]) + "]"])
+        out.append(f"Referral certified on {r['calibrated_on']} ({r['method']}): accepted accuracy >= {r['target_accuracy']} with probability >= "
+                   f"{1 - r['delta']:.2f}; folds whose test accuracy fell below it: {fmt(r['folds_below_target'], 2)}.\n")  # fmt: skip
+        out.append(markdown_table(["fold", "threshold", "calibration cells accepted", "test cells accepted", "test accuracy", "95 % interval"], rows))
+    if settings.sets:
+        c = settings.sets
+        groups = list(dict.fromkeys(c["by"])) if c["by"] else []
+        rows = [[f["fold"], fmt(f["test"]["coverage"]), fmt(f["test"]["mean_size"], 2)] + [fmt(f["test"].get("per_group_coverage", {}).get(g)) for g in groups]
+                for f in c["per_fold"]]  # fmt: skip
+        out.append(f"Prediction sets ({c['method']}, calibrated on {c['calibrated_on']}): the true class inside with probability >= {1 - c['alpha']:.2f}"
+                   f"{' within each part group' if groups else ''}; pooled test coverage {fmt(c['pooled']['coverage'])}, mean size {fmt(c['pooled']['mean_size'], 2)}.\n")  # fmt: skip
+        out.append(markdown_table(["fold", "test coverage", "mean set size"] + [f"coverage, {g}" for g in groups], rows))
+    return "\n".join(out)

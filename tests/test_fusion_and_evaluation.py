@@ -435,3 +435,15 @@ def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
         reordered = run_folder.align([sets[0], fused])[1]  # the fused file, in the members' order
         assert np.allclose(shipped, evaluated, atol=1e-6)
         assert np.allclose(calibration.probabilities_of(reordered.logits / settings.fused_temperatures()[k]), evaluated, atol=1e-6)
+
+
+def test_the_promises_summary_lists_every_fold_and_the_pooled_figures(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--sets-alpha", "0.2", "--runs", str(runs),
+                 "--models", "modelx", "modely", "--summary", str(tmp_path / "promises.md"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "promises.md").read_text()
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    assert "Referral certified on each fold's validation cells (sgr)" in text and "| pooled |" in text
+    assert f"pooled test coverage {settings.sets['pooled']['coverage']:.4f}" in text
+    assert sum(line.startswith(("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |")) for line in text.splitlines()) == 10  # both tables
