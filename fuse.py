@@ -22,16 +22,11 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import cli, fusion, report, run_folder
-from spermfuse.files import atomic_write_csv, atomic_write_text, read_csv
-from spermfuse.conformal import predict_sets
+from spermfuse import cli, fusion, inference, report, run_folder
 from spermfuse.export import export_fused
-from spermfuse.data import check_image, load_rgb
-from spermfuse.explain import explain_files, peak
+from spermfuse.files import atomic_write_csv, atomic_write_text
 from spermfuse.fused_model import load_fold_members
-from spermfuse.inference import fused_probabilities, list_images
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
-from spermfuse.figures import explanation_figure
 from spermfuse.runtime import environment_line, resolve_device
 from spermfuse.synthetic import DEFECT_PART
 
@@ -184,35 +179,6 @@ def run_export(args) -> int:
     return 0
 
 
-EXPLANATIONS_CSV = "explanations.csv"
-
-
-def explanation_files(folder: Path) -> set[str]:
-    """The files of an explanation folder written before manifests: its index and the figures it lists."""
-    index = folder / EXPLANATIONS_CSV
-    if not index.is_file():
-        return set()
-    return {EXPLANATIONS_CSV} | {row["figure"] for row in read_csv(index)}
-
-
-def write_explanations(args, folder: Path, device, images, members, names, weights, classes) -> None:
-    """One figure per image (the image, each member's Grad-CAM, the fused one) and an index.
-
-    A figure is named after its image with the extension kept (``cell.jpg.png``), so
-    ``cell.jpg`` and ``cell.png`` get a figure each."""
-    rows = []
-    for number, explained in enumerate(explain_files(images, members, weights, names, device), 1):
-        relative = explained.path.relative_to(args.predict)
-        figure = folder / relative.with_name(relative.name + ".png")
-        label = f"{classes[explained.predicted]} {explained.probability:.2f}"
-        explanation_figure(load_rgb(explained.path), explained.figure_maps(), f"{relative.as_posix()}: {label}", figure)
-        row, column = peak(explained.fused[None])[0].tolist()
-        rows.append([relative.as_posix(), classes[explained.predicted], f"{explained.probability:.6f}", figure.relative_to(folder).as_posix(), row, column])
-        if number % 50 == 0 or number == len(images):
-            log.info("explained %d/%d images", number, len(images))
-    atomic_write_csv(folder / EXPLANATIONS_CSV, ["path", "predicted", "probability", "figure", "peak_row", "peak_column"], rows)
-
-
 def check_prediction_outputs(args) -> None:
     """--output and --explain: never an input, never a folder for the CSV; all before any work."""
     inputs = model_folders(args)
@@ -221,59 +187,24 @@ def check_prediction_outputs(args) -> None:
         raise fusion.FusionError(f"--output {args.output}: is a folder; give the CSV file to write, e.g. {args.output / 'predictions.csv'}")
     if args.explain is not None:
         refuse_overlap(args.explain, "--explain", inputs)
-        check_replaceable(args.explain, "--explain", args.overwrite, explanation_files)
-
-
-def usable_images(args) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Every image of --predict checked first: (the good ones, (path, why) of the bad ones).
-    Bad images are an error listing them all, unless --skip-bad."""
-    images = list_images(args.predict)
-    bad = [(path, why) for path in images if (why := check_image(path)) is not None]
-    if bad and not args.skip_bad:
-        shown = "; ".join(f"{path.relative_to(args.predict).as_posix()}: {why}" for path, why in bad[:5])
-        raise fusion.FusionError(f"--predict {args.predict}: {len(bad)} of {len(images)} images unusable ({shown}{' ...' if len(bad) > 5 else ''}); "
-                                 "remove them, or add --skip-bad to list them in the CSV and go on")  # fmt: skip
-    skipped = {path for path, _ in bad}
-    good = [path for path in images if path not in skipped]
-    if not good:
-        raise fusion.FusionError(f"--predict {args.predict}: none of the {len(images)} images is usable")
-    return good, bad
-
-
-def prediction_rows(args, images, bad, probabilities, classes, threshold, set_calibrator) -> tuple[list[str], list[list]]:
-    """predictions.csv: path, predicted, confidence[, refer][, set, set_size], p_<class>...[, skipped]."""
-    header = ["path", "predicted", "confidence"]
-    rows = [[path.relative_to(args.predict).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"] for path, p in zip(images, probabilities)]
-    if threshold is not None:  # 1: below the certified threshold, a person looks at it
-        header.append("refer")
-        rows = [row + [int(p.max() < threshold)] for row, p in zip(rows, probabilities)]
-    if set_calibrator is not None:
-        sets = predict_sets(probabilities, set_calibrator)
-        header += ["set", "set_size"]
-        rows = [row + ["|".join(c for c, inside in zip(classes, members) if inside), int(members.sum())] for row, members in zip(rows, sets)]
-    header += [f"p_{c}" for c in classes]
-    rows = [row + [f"{v:.6f}" for v in p] for row, p in zip(rows, probabilities)]
-    if bad:  # --skip-bad: a row per skipped image, its reason in the last column
-        header.append("skipped")
-        rows = [row + [""] for row in rows] + [[path.relative_to(args.predict).as_posix()] + [""] * (len(header) - 2) + [why] for path, why in bad]
-    return header, rows
+        check_replaceable(args.explain, "--explain", args.overwrite, inference.explanation_files)
 
 
 def run_prediction(args) -> int:
     device = resolve_device(args.device)
     check_prediction_outputs(args)
-    images, bad = usable_images(args)
+    images, bad = inference.usable_images(args.predict, args.skip_bad)
     settings, folds = fused_settings(args)
     threshold, set_calibrator = settings.prediction_threshold(folds), settings.prediction_sets(folds)  # before the work: --fold K
     members = load_fold_members(args.runs, settings.models, folds, device)
     names = settings.models
     weights = settings.prediction_weights(folds)
-    probabilities = fused_probabilities(images, members, weights, device)
+    probabilities = inference.fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
-    atomic_write_csv(args.output, *prediction_rows(args, images, bad, probabilities, classes, threshold, set_calibrator))
+    atomic_write_csv(args.output, *inference.prediction_table(args.predict, images, bad, probabilities, classes, threshold, set_calibrator))
     if args.explain is not None:
-        with write_folder(args.explain, "--explain", args.overwrite, explanation_files) as folder:
-            write_explanations(args, folder, device, images, members, names, weights, classes)
+        with write_folder(args.explain, "--explain", args.overwrite, inference.explanation_files) as folder:
+            inference.write_explanations(args.predict, folder, images, members, names, weights, device)
         log.info("wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv", args.explain, names)
     shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
     log.info("wrote %s: %d images%s, models %s, effective weights (w / T) %s%s", args.output, len(images),
