@@ -20,6 +20,7 @@
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
 CUDA-synchronised on a GPU; FPS = 1000 / median ms. FLOPs: fvcore's convention, own counter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,28 @@ PAPER_AMP = {"efficientnetv2_s": "-46.6 % memory, +70.3 % speed", "resnet50v2": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["models", "transforms", "loader", "timm", "fusion", "splits", "ema", "export", "padding", "explain", "cpu", "guarantees", "promises"], default="models")
-    p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}")
+    p.add_argument(
+        "--suite",
+        choices=[
+            "models",
+            "transforms",
+            "loader",
+            "timm",
+            "fusion",
+            "splits",
+            "ema",
+            "export",
+            "padding",
+            "explain",
+            "cpu",
+            "guarantees",
+            "promises",
+        ],
+        default="models",
+    )
+    p.add_argument(
+        "--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}"
+    )
     p.add_argument("--num-classes", type=int, default=18)
     p.add_argument("--device", default="auto")
     p.add_argument("--img-size", type=int, default=240)
@@ -62,8 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--amp", choices=["on", "off"], default="off", help="autocast (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--half", action="store_true", help="weights and input in fp16 (CUDA): no autocast casts at run time")
-    p.add_argument("--cuda-graph", action="store_true", help="capture each model once as a CUDA graph and time its replays")
+    p.add_argument(
+        "--half", action="store_true", help="weights and input in fp16 (CUDA): no autocast casts at run time"
+    )
+    p.add_argument(
+        "--cuda-graph", action="store_true", help="capture each model once as a CUDA graph and time its replays"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the models first")
     p.add_argument("--throughput", nargs="*", type=int, metavar="BATCH", help="also images/s at these batch sizes")
     p.add_argument("--train", action="store_true", help="training steps (batch 8): fp32 vs AMP")
@@ -71,7 +96,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
     p.add_argument("--rounds", type=int, default=5, help="--suite guarantees: interleaved rounds (medians)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--markdown", type=Path, help="--suite export/padding/explain/cpu/guarantees: also write its table here (for the README)")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        help="--suite export/padding/explain/cpu/guarantees: also write its table here (for the README)",
+    )
     return p.parse_args(argv)
 
 
@@ -81,7 +110,9 @@ def build(name: str, args, device) -> torch.nn.Module:
 
 
 def settings_for(args, batch_size: int) -> profiling.InferenceSettings:
-    return profiling.InferenceSettings(batch_size, args.img_size, args.amp, args.half, args.channels_last, args.cuda_graph)
+    return profiling.InferenceSettings(
+        batch_size, args.img_size, args.amp, args.half, args.channels_last, args.cuda_graph
+    )
 
 
 def models_suite(args, device) -> dict:
@@ -95,27 +126,65 @@ def models_suite(args, device) -> dict:
     example = torch.randn(1, 3, args.img_size, args.img_size)
     results = {}
     for name, model in candidates.items():  # counted before --half / --channels-last convert the members
-        results[name] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "gflops": flops.count_flops(model.cpu(), example) / 1e9}
-    logging.info("timing %s side by side, %d rounds after %d warm-up calls each ...", ", ".join(candidates), args.iters, args.warmup)
-    steps = {name: profiling.inference_step(model, device, settings_for(args, args.batch_size)) for name, model in candidates.items()}
+        results[name] = {
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "gflops": flops.count_flops(model.cpu(), example) / 1e9,
+        }
+    logging.info(
+        "timing %s side by side, %d rounds after %d warm-up calls each ...",
+        ", ".join(candidates),
+        args.iters,
+        args.warmup,
+    )
+    steps = {
+        name: profiling.inference_step(model, device, settings_for(args, args.batch_size))
+        for name, model in candidates.items()
+    }
     latencies = profiling.time_interleaved(steps, device, args.warmup, args.iters)
     rows = []
     for name, model in candidates.items():
         latency = latencies[name]
         entry = results[name] | vars(latency) | {"fps": latency.fps * args.batch_size}
         for batch in args.throughput or []:
-            t = profiling.inference_latency(model, device, settings_for(args, batch), max(args.warmup // 10, 2), max(args.iters // 10, 5))
+            t = profiling.inference_latency(
+                model, device, settings_for(args, batch), max(args.warmup // 10, 2), max(args.iters // 10, 5)
+            )
             entry[f"throughput_b{batch}"] = batch * 1000.0 / t.median_ms
         results[name] = entry
         paper = PAPER.get(name, {}) if name in args.models or set(args.models) == PAPER_PAIR else {}
-        rows.append([name, f"{entry['params_m']:.2f}", f"{entry['gflops']:.2f}", f"{latency.median_ms:.2f}", f"{latency.p10_ms:.2f} / {latency.p90_ms:.2f}",
-                     f"{entry['fps']:.2f}", paper.get("params_m", "-"), paper.get("gflops", "-"), paper.get("latency_ms", "-"), paper.get("fps", "-")])  # fmt: skip
-    header = ["model", "params (M)", "GFLOPs", "median ms", "p10 / p90 ms", "FPS", "paper M", "paper GFLOPs", "paper ms (GPU)", "paper FPS"]
+        rows.append(
+            [
+                name,
+                f"{entry['params_m']:.2f}",
+                f"{entry['gflops']:.2f}",
+                f"{latency.median_ms:.2f}",
+                f"{latency.p10_ms:.2f} / {latency.p90_ms:.2f}",
+                f"{entry['fps']:.2f}",
+                paper.get("params_m", "-"),
+                paper.get("gflops", "-"),
+                paper.get("latency_ms", "-"),
+                paper.get("fps", "-"),
+            ]
+        )
+    header = [
+        "model",
+        "params (M)",
+        "GFLOPs",
+        "median ms",
+        "p10 / p90 ms",
+        "FPS",
+        "paper M",
+        "paper GFLOPs",
+        "paper ms (GPU)",
+        "paper FPS",
+    ]
     print(markdown_table(header, rows))
     if len(models) == 2:
         slower = max(results[n]["median_ms"] for n in models)
-        print(f"fused pair / slower member latency: {results['fusion']['median_ms'] / slower:.2f}x one after the other, "
-              f"{results['fusion_concurrent']['median_ms'] / slower:.2f}x concurrent (paper: {16.96 / 10.82:.2f}x)\n")  # fmt: skip
+        print(
+            f"fused pair / slower member latency: {results['fusion']['median_ms'] / slower:.2f}x one after the other, "
+            f"{results['fusion_concurrent']['median_ms'] / slower:.2f}x concurrent (paper: {16.96 / 10.82:.2f}x)\n"
+        )
     if args.train:
         results["training"] = training_suite(args, device)
     return results
@@ -127,14 +196,43 @@ def training_suite(args, device) -> dict:
         costs = {}
         for amp in ("off", "on"):
             model = create_model(name, args.num_classes)
-            costs[amp] = profiling.training_cost(model, device, 8, args.img_size, amp, args.train_steps, 3, args.num_classes)
+            costs[amp] = profiling.training_cost(
+                model, device, 8, args.img_size, amp, args.train_steps, 3, args.num_classes
+            )
         memory = 100.0 * (costs["on"].peak_memory_mb / costs["off"].peak_memory_mb - 1.0)
         speed = 100.0 * (costs["on"].images_per_second / costs["off"].images_per_second - 1.0)
-        out[name] = {amp: vars(c) for amp, c in costs.items()} | {"memory_change_pct": memory, "speed_change_pct": speed}
-        rows.append([name, f"{costs['off'].images_per_second:.1f}", f"{costs['on'].images_per_second:.1f}", f"{speed:+.1f} %",
-                     f"{costs['off'].peak_memory_mb:.0f}", f"{costs['on'].peak_memory_mb:.0f}", f"{memory:+.1f} %", PAPER_AMP.get(name, "-")])  # fmt: skip
+        out[name] = {amp: vars(c) for amp, c in costs.items()} | {
+            "memory_change_pct": memory,
+            "speed_change_pct": speed,
+        }
+        rows.append(
+            [
+                name,
+                f"{costs['off'].images_per_second:.1f}",
+                f"{costs['on'].images_per_second:.1f}",
+                f"{speed:+.1f} %",
+                f"{costs['off'].peak_memory_mb:.0f}",
+                f"{costs['on'].peak_memory_mb:.0f}",
+                f"{memory:+.1f} %",
+                PAPER_AMP.get(name, "-"),
+            ]
+        )
     memory_kind = "peak CUDA MB" if device.type == "cuda" else "peak RSS MB (process, cumulative)"
-    print(markdown_table(["model", "fp32 img/s", "AMP img/s", "speed", f"fp32 {memory_kind}", f"AMP {memory_kind}", "memory", "paper"], rows))
+    print(
+        markdown_table(
+            [
+                "model",
+                "fp32 img/s",
+                "AMP img/s",
+                "speed",
+                f"fp32 {memory_kind}",
+                f"AMP {memory_kind}",
+                "memory",
+                "paper",
+            ],
+            rows,
+        )
+    )
     return out
 
 
@@ -168,12 +266,19 @@ def transforms_suite(args, device) -> dict:
             left, top = (size - nw) // 2, (size - nh) // 2
             return v2.functional.pad(img, [left, top, size - nw - left, size - nh - top], fill=list(PAD_COLOR))
 
-    theirs = v2.Compose([
-        v2.PILToTensor(), LetterboxV2(), v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.3),
-        v2.RandomRotation(15, fill=list(PAD_COLOR)), v2.ToDtype(torch.float32, scale=True),
-        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.3),
-        v2.RandomApply([v2.GaussianNoise(sigma=0.04)], p=0.2), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+    theirs = v2.Compose(
+        [
+            v2.PILToTensor(),
+            LetterboxV2(),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.3),
+            v2.RandomRotation(15, fill=list(PAD_COLOR)),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.3),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.04)], p=0.2),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     rng = np.random.default_rng(0)
     times = {"spermfuse": [], "torchvision_v2": []}
     threads = torch.get_num_threads()
@@ -189,8 +294,15 @@ def transforms_suite(args, device) -> dict:
         times["torchvision_v2"].append((time.perf_counter() - start) / len(images) * 1000)
     torch.set_num_threads(threads)
     medians = {k: float(np.median(v)) for k, v in times.items()}
-    print(markdown_table(["pipeline", "median ms / image", "images / s"], [[k, f"{v:.3f}", f"{1000 / v:.0f}"] for k, v in medians.items()]))
-    print(f"torchvision v2 / spermfuse time ratio: {medians['torchvision_v2'] / medians['spermfuse']:.2f}x ({len(images)} images, {size} px, 5 rounds, 1 thread)\n")
+    print(
+        markdown_table(
+            ["pipeline", "median ms / image", "images / s"],
+            [[k, f"{v:.3f}", f"{1000 / v:.0f}"] for k, v in medians.items()],
+        )
+    )
+    print(
+        f"torchvision v2 / spermfuse time ratio: {medians['torchvision_v2'] / medians['spermfuse']:.2f}x ({len(images)} images, {size} px, 5 rounds, 1 thread)\n"
+    )
     return {"ms_per_image": medians, "rounds": times}
 
 
@@ -213,7 +325,9 @@ def loader_suite(args, device) -> dict:
                 seen += len(images)
             results[f"loader_workers{workers}"] = seen / (time.perf_counter() - start)
         model = create_model(args.models[-1], len(samples.classes))
-        cost = profiling.training_cost(model, device, 8, args.img_size, args.amp, args.train_steps, 3, len(samples.classes))
+        cost = profiling.training_cost(
+            model, device, 8, args.img_size, args.amp, args.train_steps, 3, len(samples.classes)
+        )
         results[f"train_step_{args.models[-1]}"] = cost.images_per_second
     print(markdown_table(["what", "images / s"], [[k, f"{v:.1f}"] for k, v in results.items()]))
     return results
@@ -226,9 +340,17 @@ def timm_suite(args, device) -> dict:
     results, rows = {}, []
     for _ in range(3):  # interleave the two implementations
         for name in ("spermfuse", "timm"):
-            make = (lambda: create_model("resnet50v2", args.num_classes)) if name == "spermfuse" else (lambda: timm.create_model("resnetv2_50x1_bit", num_classes=args.num_classes))
-            train = profiling.training_cost(make(), device, 8, args.img_size, "off", args.train_steps, 3, args.num_classes)
-            latency = profiling.inference_latency(make(), device, profiling.InferenceSettings(img_size=args.img_size), args.warmup, args.iters)
+            make = (
+                (lambda: create_model("resnet50v2", args.num_classes))
+                if name == "spermfuse"
+                else (lambda: timm.create_model("resnetv2_50x1_bit", num_classes=args.num_classes))
+            )
+            train = profiling.training_cost(
+                make(), device, 8, args.img_size, "off", args.train_steps, 3, args.num_classes
+            )
+            latency = profiling.inference_latency(
+                make(), device, profiling.InferenceSettings(img_size=args.img_size), args.warmup, args.iters
+            )
             results.setdefault(name, {"train_ms": [], "latency_ms": []})
             results[name]["train_ms"].append(train.median_step_ms)
             results[name]["latency_ms"].append(latency.median_ms)
@@ -237,7 +359,9 @@ def timm_suite(args, device) -> dict:
     print(markdown_table(["implementation", "train step ms (batch 8)", "latency ms (batch 1)"], rows))
     ratio_train = np.median(results["timm"]["train_ms"]) / np.median(results["spermfuse"]["train_ms"])
     ratio_latency = np.median(results["timm"]["latency_ms"]) / np.median(results["spermfuse"]["latency_ms"])
-    print(f"timm / spermfuse time: training step {ratio_train:.2f}x, batch-1 latency {ratio_latency:.2f}x (>1: ours faster)\n")
+    print(
+        f"timm / spermfuse time: training step {ratio_train:.2f}x, batch-1 latency {ratio_latency:.2f}x (>1: ours faster)\n"
+    )
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
@@ -251,13 +375,25 @@ def export_suite(args, device) -> dict:
     from spermfuse.fused_model import Classifier, FusedModel
     from spermfuse.transforms import PipelineSpec
 
-    pair = [Classifier(create_model(name, args.num_classes).eval(), PipelineSpec(args.img_size), [str(c) for c in range(args.num_classes)], Path(name)) for name in args.models]
+    pair = [
+        Classifier(
+            create_model(name, args.num_classes).eval(),
+            PipelineSpec(args.img_size),
+            [str(c) for c in range(args.num_classes)],
+            Path(name),
+        )
+        for name in args.models
+    ]
     eager = FusedModel([pair], [[0.5, 0.5]]).eval()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.pt2").write_bytes(export_program(eager, args.img_size))
         program = torch.export.load(str(Path(tmp) / "model.pt2")).module()
         concurrent = FusedPair(pair[0].model, pair[1].model, alpha=0.5, concurrent=True).eval()
-        runners = {"eager": eager, "eager FusedPair, concurrent (float input)": lambda x: concurrent(x.float()), "torch.export (.pt2)": program}
+        runners = {
+            "eager": eager,
+            "eager FusedPair, concurrent (float input)": lambda x: concurrent(x.float()),
+            "torch.export (.pt2)": program,
+        }
         if onnx_available():
             import onnxruntime
 
@@ -272,7 +408,15 @@ def export_suite(args, device) -> dict:
                 timed = profiling.time_interleaved(calls, device, args.warmup, args.iters)
             for name, latency in timed.items():
                 out[f"{name}, batch {batch}"] = latency.median_ms
-                rows.append([name, batch, f"{latency.median_ms:.1f}", f"{batch * 1000 / latency.median_ms:.1f}", f"{timed['eager'].median_ms / latency.median_ms:.2f}x"])
+                rows.append(
+                    [
+                        name,
+                        batch,
+                        f"{latency.median_ms:.1f}",
+                        f"{batch * 1000 / latency.median_ms:.1f}",
+                        f"{timed['eager'].median_ms / latency.median_ms:.2f}x",
+                    ]
+                )
     print_table(args, device, markdown_table(["runtime", "batch", "median ms", "images/s", "speed vs eager"], rows))
     return out
 
@@ -285,10 +429,15 @@ def print_table(args, device, table: str) -> None:
             f"benchmark.py --suite {args.suite} --models {' '.join(args.models)} --img-size {args.img_size} --batch-size {args.batch_size} "
             f"--warmup {args.warmup} --iters {args.iters}"
         )
-        atomic_write_text(args.markdown, f"<!-- written by {command}; {device_description(device)}; torch {torch.__version__} -->\n\n" + table)
+        atomic_write_text(
+            args.markdown,
+            f"<!-- written by {command}; {device_description(device)}; torch {torch.__version__} -->\n\n" + table,
+        )
 
 
-def training_step(model: torch.nn.Module, device, args, batch: int = 8, bf16: bool = False, channels_last: bool = False) -> Callable[[], None]:
+def training_step(
+    model: torch.nn.Module, device, args, batch: int = 8, bf16: bool = False, channels_last: bool = False
+) -> Callable[[], None]:
     """One AdamW step of ``model`` on a fixed random batch (forward, backward, update), optionally
     under bf16 autocast and in channels-last memory format."""
     model.train().to(device)
@@ -340,19 +489,31 @@ def padding_suite(args, device) -> dict:
         models["same"] = create_model(name, args.num_classes, padding="same")
         models["same"].load_state_dict(models["symmetric"].state_dict())
         latency = profiling.time_interleaved(
-            {p: profiling.inference_step(m.eval().to(device), device, settings_for(args, 1)) for p, m in models.items()}, device, args.warmup, args.iters
-        )  # fmt: skip
+            {
+                p: profiling.inference_step(m.eval().to(device), device, settings_for(args, 1))
+                for p, m in models.items()
+            },
+            device,
+            args.warmup,
+            args.iters,
+        )
         steps = {p: training_step(m, device, args) for p, m in models.items()}
         train = profiling.time_interleaved(steps, device, max(args.warmup // 10, 2), max(args.iters // 10, 10))
         cost = {
             "latency_pct": 100.0 * (latency["same"].median_ms / latency["symmetric"].median_ms - 1.0),
             "train_step_pct": 100.0 * (train["same"].median_ms / train["symmetric"].median_ms - 1.0),
-        }  # fmt: skip
-        out[name] = {p: {"latency_ms": latency[p].median_ms, "train_step_ms": train[p].median_ms} for p in models} | cost
+        }
+        out[name] = {
+            p: {"latency_ms": latency[p].median_ms, "train_step_ms": train[p].median_ms} for p in models
+        } | cost
         for p in models:
             rows.append([name, p, f"{latency[p].median_ms:.2f}", f"{train[p].median_ms:.1f}"])
         rows.append([name, "same vs symmetric", f"{cost['latency_pct']:+.1f} %", f"{cost['train_step_pct']:+.1f} %"])
-    print_table(args, device, markdown_table(["model", "padding", "batch-1 latency ms (median)", "train step ms, batch 8 (median)"], rows))
+    print_table(
+        args,
+        device,
+        markdown_table(["model", "padding", "batch-1 latency ms (median)", "train step ms, batch 8 (median)"], rows),
+    )
     return out
 
 
@@ -364,7 +525,9 @@ def explain_suite(args, device) -> dict:
 
     torch.manual_seed(0)
     members = [create_model(name, args.num_classes).eval().to(device) for name in args.models]
-    for name, model in zip(args.models, members):  # BiT zero-initialises its head: give every head values, so gradients are real
+    for name, model in zip(
+        args.models, members
+    ):  # BiT zero-initialises its head: give every head values, so gradients are real
         torch.nn.init.normal_(model.get_submodule(get_spec(name).head).weight, std=0.05)
     pair = FusedPair(*members, alpha=0.5).eval()
     x = torch.randn(1, 3, args.img_size, args.img_size, device=device)
@@ -373,15 +536,48 @@ def explain_suite(args, device) -> dict:
         with torch.no_grad():
             pair(x)
 
-    timed = profiling.time_interleaved({"forward": forward, "grad_cam": lambda: fused_grad_cam(fused_pair_members(pair), [x, x])}, device, args.warmup, args.iters)
+    timed = profiling.time_interleaved(
+        {"forward": forward, "grad_cam": lambda: fused_grad_cam(fused_pair_members(pair), [x, x])},
+        device,
+        args.warmup,
+        args.iters,
+    )
     start = time.perf_counter()
     occlusion_images = 2
     occlusion(pair, x.repeat(occlusion_images, 1, 1, 1), torch.zeros(3), patch=16, stride=8)
     occlusion_rate = occlusion_images / (time.perf_counter() - start)
     ratio = timed["grad_cam"].median_ms / timed["forward"].median_ms
-    rows = [[" + ".join(args.models), args.img_size, f"{timed['forward'].median_ms / 1000:.4f}", f"{timed['grad_cam'].median_ms / 1000:.4f}", f"{ratio:.2f}x", f"{occlusion_rate:.3f}"]]
-    print_table(args, device, markdown_table(["pair", "px", "fused forward s/image", "Grad-CAM s/image (both members + fused)", "Grad-CAM / forward", "occlusion images/s"], rows))
-    return {"forward_ms": timed["forward"].median_ms, "grad_cam_ms": timed["grad_cam"].median_ms, "ratio": ratio, "occlusion_images_per_s": occlusion_rate}
+    rows = [
+        [
+            " + ".join(args.models),
+            args.img_size,
+            f"{timed['forward'].median_ms / 1000:.4f}",
+            f"{timed['grad_cam'].median_ms / 1000:.4f}",
+            f"{ratio:.2f}x",
+            f"{occlusion_rate:.3f}",
+        ]
+    ]
+    print_table(
+        args,
+        device,
+        markdown_table(
+            [
+                "pair",
+                "px",
+                "fused forward s/image",
+                "Grad-CAM s/image (both members + fused)",
+                "Grad-CAM / forward",
+                "occlusion images/s",
+            ],
+            rows,
+        ),
+    )
+    return {
+        "forward_ms": timed["forward"].median_ms,
+        "grad_cam_ms": timed["grad_cam"].median_ms,
+        "ratio": ratio,
+        "occlusion_images_per_s": occlusion_rate,
+    }
 
 
 def cpu_suite(args, device) -> dict:
@@ -394,17 +590,31 @@ def cpu_suite(args, device) -> dict:
     from spermfuse.transforms import build
 
     out, rows = {}, []
-    variants = {"fp32": (False, False), "channels-last": (False, True), "bf16 autocast": (True, False), "bf16 + channels-last": (True, True)}
+    variants = {
+        "fp32": (False, False),
+        "channels-last": (False, True),
+        "bf16 autocast": (True, False),
+        "bf16 + channels-last": (True, True),
+    }
     for name in args.models:
         steps = {}
         for variant, (bf16, channels_last) in variants.items():
             torch.manual_seed(0)
-            steps[variant] = training_step(create_model(name, args.num_classes), device, args, args.batch_size, bf16, channels_last)
+            steps[variant] = training_step(
+                create_model(name, args.num_classes), device, args, args.batch_size, bf16, channels_last
+            )
         timed = profiling.time_interleaved(steps, device, args.warmup, args.iters)
         for variant, latency in timed.items():
             rate = args.batch_size * 1000.0 / latency.median_ms
             out[f"{name}, {variant}"] = rate
-            rows.append([f"training step, {name}", variant, f"{rate:.0f}", f"{timed['fp32'].median_ms / latency.median_ms:.2f}x"])
+            rows.append(
+                [
+                    f"training step, {name}",
+                    variant,
+                    f"{rate:.0f}",
+                    f"{timed['fp32'].median_ms / latency.median_ms:.2f}x",
+                ]
+            )
     samples = data.discover(ensure_default_data(None, DistributedContext()), check_images=False)
     dataset = data.ImageDataset(samples, np.arange(len(samples)), build(True, args.img_size))
     loaders = {}
@@ -414,7 +624,14 @@ def cpu_suite(args, device) -> dict:
             seen += len(images)
         loaders[workers] = seen / (time.perf_counter() - start)
         out[f"loader, {workers} workers"] = loaders[workers]
-        rows.append(["training loader alone (one epoch of the default set)", f"{workers} workers", f"{loaders[workers]:.0f}", f"{loaders[workers] / loaders[0]:.2f}x"])
+        rows.append(
+            [
+                "training loader alone (one epoch of the default set)",
+                f"{workers} workers",
+                f"{loaders[workers]:.0f}",
+                f"{loaders[workers] / loaders[0]:.2f}x",
+            ]
+        )
     print_table(args, device, markdown_table(["what", "variant", "images/s", "vs the first"], rows))
     return out
 
@@ -428,6 +645,7 @@ def splits_suite(args, device) -> dict:
     labels = rng.integers(0, 18, 18456)
     groups = np.array([f"patient{g:03d}" for g in rng.integers(0, 300, len(labels))])
     classes = [f"class{c:02d}" for c in range(18)]
+
     def median_seconds(step) -> float:
         samples = []
         for _ in range(5):
@@ -440,7 +658,9 @@ def splits_suite(args, device) -> dict:
     for name, given in (("by class", None), ("by class, 300 groups", groups)):
         folds = splits.make_folds(labels, classes, 5, 42, given)  # warm-up: scikit-learn's import on the first
         times[f"make_folds, {name}"] = median_seconds(lambda: splits.make_folds(labels, classes, 5, 42, given))
-        times[f"fold_split (+ leakage check), {name}"] = median_seconds(lambda: splits.fold_split(folds, labels, 1, 0.1, 42, given))
+        times[f"fold_split (+ leakage check), {name}"] = median_seconds(
+            lambda: splits.fold_split(folds, labels, 1, 0.1, 42, given)
+        )
     print(markdown_table(["step (18,456 images, 5 folds)", "median s"], [[k, f"{v:.3f}"] for k, v in times.items()]))
     return times
 
@@ -453,8 +673,15 @@ def paper_size_runs(runs: Path) -> Path:
 
     def write(folder: Path, split: str, part: np.ndarray, labels: np.ndarray, arch: str, fold: int) -> None:
         logits = (np.eye(18)[labels] * 2 + rng.normal(0, 1.5, (len(part), 18))).astype(np.float32)
-        np.savez(folder / f"{split}_logits.npz", logits=logits, labels=labels, paths=np.array([f"{split}{i}.png" for i in part]),
-                 classes=classes, arch=np.array(arch), fold=np.array(fold))  # fmt: skip
+        np.savez(
+            folder / f"{split}_logits.npz",
+            logits=logits,
+            labels=labels,
+            paths=np.array([f"{split}{i}.png" for i in part]),
+            classes=classes,
+            arch=np.array(arch),
+            fold=np.array(fold),
+        )
 
     for k, part in enumerate(np.array_split(np.arange(18456), 5), start=1):
         val = part[: len(part) // 4]  # about the 10 % validation share of 14,765 training images
@@ -479,10 +706,24 @@ def fusion_suite(args, device) -> dict:
         evaluate = ["evaluate.py", "--runs", str(runs), "--reports", str(Path(tmp) / "r")]
         commands = [
             ("fuse --grid (11 weights x 5 folds)", ["fuse.py", "--grid", "--runs", str(runs)]),
-            ("fuse --grid --select val --calibrate --refer-accuracy 0.9 --sets-alpha 0.1",
-             ["fuse.py", "--grid", "--runs", str(runs), "--select", "val", "--calibrate", "--refer-accuracy", "0.9", "--sets-alpha", "0.1"]),
+            (
+                "fuse --grid --select val --calibrate --refer-accuracy 0.9 --sets-alpha 0.1",
+                [
+                    "fuse.py",
+                    "--grid",
+                    "--runs",
+                    str(runs),
+                    "--select",
+                    "val",
+                    "--calibrate",
+                    "--refer-accuracy",
+                    "0.9",
+                    "--sets-alpha",
+                    "0.1",
+                ],
+            ),
             ("evaluate (5 models, tables + figures, with calibration)", evaluate),
-        ]  # fmt: skip
+        ]
         times = {name: [] for name, _ in commands}
         times["evaluate (5 models, without validation logits: no temperatures)"] = []
         for _ in range(3):  # interleaved rounds, so the with/without pairs share the machine's noise
@@ -494,7 +735,12 @@ def fusion_suite(args, device) -> dict:
                 p.rename(p.with_suffix(".npz"))
             shutil.rmtree(Path(tmp) / "r")
     medians = {name: float(np.median(values)) for name, values in times.items()}
-    print(markdown_table(["command (18,456 x 18 logits, 5 folds)", "median seconds (incl. interpreter start)"], [[k, f"{v:.1f}"] for k, v in medians.items()]))
+    print(
+        markdown_table(
+            ["command (18,456 x 18 logits, 5 folds)", "median seconds (incl. interpreter start)"],
+            [[k, f"{v:.1f}"] for k, v in medians.items()],
+        )
+    )
     return medians
 
 
@@ -516,12 +762,29 @@ def guarantees_suite(args, device) -> dict:
         step()
         return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {key: [] for key in ("grid", "grid command", "manifest", "verify", "train", "train command", "lock", "aside")}
+    times: dict[str, list[float]] = {
+        key: [] for key in ("grid", "grid command", "manifest", "verify", "train", "train command", "lock", "aside")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         runs = paper_size_runs(Path(tmp) / "runs")
         data = synthetic.generate(Path(tmp) / "data", "hushem4", seed=0, per_class=8)
-        config = preset_config("tiny", arch="efficientnet_tiny", data=str(data), out=str(Path(tmp) / "tiny"), device="cpu")
-        train_command = ["train.py", "--preset", "tiny", "--arch", config.arch, "--data", config.data, "--out", config.out, "--device", "cpu", "--overwrite"]
+        config = preset_config(
+            "tiny", arch="efficientnet_tiny", data=str(data), out=str(Path(tmp) / "tiny"), device="cpu"
+        )
+        train_command = [
+            "train.py",
+            "--preset",
+            "tiny",
+            "--arch",
+            config.arch,
+            "--data",
+            config.data,
+            "--out",
+            config.out,
+            "--device",
+            "cpu",
+            "--overwrite",
+        ]
         for _ in range(args.rounds):
             times["grid"].append(seconds(lambda: fuse.main(["--grid", "--runs", str(runs)])))
             times["grid command"].append(run_seconds(["fuse.py", "--grid", "--runs", str(runs)]))
@@ -529,7 +792,13 @@ def guarantees_suite(args, device) -> dict:
             times["verify"].append(seconds(lambda: verify_folder(runs / "fusion")))
             times["train"].append(seconds(lambda: trainer.train_fold(replace(config, overwrite=True))))
             times["train command"].append(run_seconds(train_command))
-            times["lock"].append(seconds(lambda: FolderLock(config.run_dir(), "benchmark").acquire() or (config.run_dir() / LOCK_NAME).unlink()))
+            times["lock"].append(
+                seconds(
+                    lambda: (
+                        FolderLock(config.run_dir(), "benchmark").acquire() or (config.run_dir() / LOCK_NAME).unlink()
+                    )
+                )
+            )
             times["aside"].append(seconds(lambda: discard(move_aside(config.run_dir(), keep=set()))))
             trainer.train_fold(replace(config, overwrite=True))  # the next round's move-aside has a run to move
     medians = {name: float(np.median(values)) for name, values in times.items()}
@@ -540,11 +809,31 @@ def guarantees_suite(args, device) -> dict:
         return f"{100 * cost / medians[of]:.2f} % of {medians[of]:.3f} s"
 
     rows = [
-        ["fuse.py --grid, 18,456 x 18 logits, 5 folds: manifest written once + checked once", f"{unit:.4f}", share(unit, "grid"), share(unit, "grid command")],
-        ["train.py --preset tiny, one fold (hushem4, 8 per class): lock + --overwrite's move-aside", f"{run_folder:.4f}", share(run_folder, "train"), share(run_folder, "train command")],
-    ]  # fmt: skip
-    print_table(args, device, markdown_table(["guard", "median s", "share of the work in process", "share of the command (python ..., incl. start-up)"], rows))
-    return medians | {"unit_share_of_grid": unit / medians["grid"], "run_folder_share_of_tiny_run": run_folder / medians["train"]}
+        [
+            "fuse.py --grid, 18,456 x 18 logits, 5 folds: manifest written once + checked once",
+            f"{unit:.4f}",
+            share(unit, "grid"),
+            share(unit, "grid command"),
+        ],
+        [
+            "train.py --preset tiny, one fold (hushem4, 8 per class): lock + --overwrite's move-aside",
+            f"{run_folder:.4f}",
+            share(run_folder, "train"),
+            share(run_folder, "train command"),
+        ],
+    ]
+    print_table(
+        args,
+        device,
+        markdown_table(
+            ["guard", "median s", "share of the work in process", "share of the command (python ..., incl. start-up)"],
+            rows,
+        ),
+    )
+    return medians | {
+        "unit_share_of_grid": unit / medians["grid"],
+        "run_folder_share_of_tiny_run": run_folder / medians["train"],
+    }
 
 
 def promises_suite(args, device) -> dict:
@@ -568,15 +857,35 @@ def promises_suite(args, device) -> dict:
         (pc, yc), (pt, yt) = cells(1500), cells(3691)
         certificate = certify_threshold(pc.max(axis=1), pc.argmax(axis=1) == yc, 0.9, 0.1)
         outcome = accepted_accuracy(pt.max(axis=1), pt.argmax(axis=1) == yt, certificate.threshold)
-        sets = set_metrics(predict_sets(pt, calibrate_sets(pc, yc, 0.1, "aps", seed=fold)), yt, [str(c) for c in range(18)])
-        rows.append([fold, f"{certificate.threshold:.4f}", f"{1 - outcome['referred_share']:.3f}", f"{outcome['accepted_accuracy']:.4f}",
-                     f"[{outcome['interval'][0]:.4f}, {outcome['interval'][1]:.4f}]", f"{sets['coverage']:.4f}", f"{sets['mean_size']:.2f}"])  # fmt: skip
+        sets = set_metrics(
+            predict_sets(pt, calibrate_sets(pc, yc, 0.1, "aps", seed=fold)), yt, [str(c) for c in range(18)]
+        )
+        rows.append(
+            [
+                fold,
+                f"{certificate.threshold:.4f}",
+                f"{1 - outcome['referred_share']:.3f}",
+                f"{outcome['accepted_accuracy']:.4f}",
+                f"[{outcome['interval'][0]:.4f}, {outcome['interval'][1]:.4f}]",
+                f"{sets['coverage']:.4f}",
+                f"{sets['mean_size']:.2f}",
+            ]
+        )
         accepted_all.append(pt.max(axis=1) >= certificate.threshold)
         correct_all.append(pt.argmax(axis=1) == yt)
         covered.append((sets["coverage"], sets["mean_size"]))
     pooled = accepted_accuracy(np.concatenate(accepted_all).astype(float), np.concatenate(correct_all), 0.5)
-    rows.append(["pooled", "", f"{1 - pooled['referred_share']:.3f}", f"{pooled['accepted_accuracy']:.4f}",
-                 f"[{pooled['interval'][0]:.4f}, {pooled['interval'][1]:.4f}]", f"{np.mean([c for c, _ in covered]):.4f}", f"{np.mean([m for _, m in covered]):.2f}"])  # fmt: skip
+    rows.append(
+        [
+            "pooled",
+            "",
+            f"{1 - pooled['referred_share']:.3f}",
+            f"{pooled['accepted_accuracy']:.4f}",
+            f"[{pooled['interval'][0]:.4f}, {pooled['interval'][1]:.4f}]",
+            f"{np.mean([c for c, _ in covered]):.4f}",
+            f"{np.mean([m for _, m in covered]):.2f}",
+        ]
+    )
     probabilities, labels = cells(18456)
 
     def certify_and_calibrate() -> None:
@@ -589,8 +898,18 @@ def promises_suite(args, device) -> dict:
         start = time.perf_counter()
         certify_and_calibrate()
         seconds.append(time.perf_counter() - start)
-    table = markdown_table(["fold", "certified threshold (TAU 0.9, delta 0.1)", "accepted share", "accepted accuracy", "95 % interval",
-                            "set coverage (alpha 0.1, aps)", "mean set size"], rows)  # fmt: skip
+    table = markdown_table(
+        [
+            "fold",
+            "certified threshold (TAU 0.9, delta 0.1)",
+            "accepted share",
+            "accepted accuracy",
+            "95 % interval",
+            "set coverage (alpha 0.1, aps)",
+            "mean set size",
+        ],
+        rows,
+    )
     timing = f"\nCertification and APS set calibration + prediction on 5 x 18,456 x 18 probabilities: median {np.median(seconds):.2f} s over {args.rounds} rounds.\n"
     print_table(args, device, table + timing)
     return {"seconds": float(np.median(seconds)), "pooled_accepted_accuracy": pooled["accepted_accuracy"]}
@@ -605,10 +924,20 @@ def run_seconds(command: list[str]) -> float:
 
 
 SUITES = {
-    "models": models_suite, "transforms": transforms_suite, "loader": loader_suite, "timm": timm_suite, "fusion": fusion_suite,
-    "splits": splits_suite, "ema": ema_suite, "export": export_suite, "padding": padding_suite, "explain": explain_suite,
-    "cpu": cpu_suite, "guarantees": guarantees_suite, "promises": promises_suite,
-}  # fmt: skip
+    "models": models_suite,
+    "transforms": transforms_suite,
+    "loader": loader_suite,
+    "timm": timm_suite,
+    "fusion": fusion_suite,
+    "splits": splits_suite,
+    "ema": ema_suite,
+    "export": export_suite,
+    "padding": padding_suite,
+    "explain": explain_suite,
+    "cpu": cpu_suite,
+    "guarantees": guarantees_suite,
+    "promises": promises_suite,
+}
 
 
 def run(args) -> None:
@@ -617,13 +946,27 @@ def run(args) -> None:
         if model not in list_models():
             raise ConfigError(f"--models {model}: unknown; choose from {', '.join(list_models())}")
     settings_for(args, args.batch_size).check(device)
-    dtype = "fp16 weights" if args.half else {"on": "fp16 autocast" if device.type == "cuda" else "bf16 autocast", "off": "fp32"}[args.amp]
-    print(f"machine: {device_description(device)} | torch {torch.__version__} | {dtype}"
-          f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
-          f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n")  # fmt: skip
+    dtype = (
+        "fp16 weights"
+        if args.half
+        else {"on": "fp16 autocast" if device.type == "cuda" else "bf16 autocast", "off": "fp32"}[args.amp]
+    )
+    print(
+        f"machine: {device_description(device)} | torch {torch.__version__} | {dtype}"
+        f"{' | channels_last' if args.channels_last else ''}{' | CUDA graph' if args.cuda_graph else ''} | batch {args.batch_size} | {args.img_size} px"
+        f"{' | numbers measured on the CPU, not comparable to the paper GPU figures' if device.type == 'cpu' else ''}\n"
+    )
     results = SUITES[args.suite](args, device)
     if args.json:
-        atomic_write_json(args.json, {"device": device_description(device), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}, "results": results})
+        atomic_write_json(
+            args.json,
+            {
+                "device": device_description(device),
+                "torch": torch.__version__,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "results": results,
+            },
+        )
 
 
 def main(argv=None) -> int:

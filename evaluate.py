@@ -9,6 +9,7 @@
 Writes reports/<name>/report.md, report.json, confusion_<model>.png, roc_<model>.png, reliability_<model>.png, risk_coverage.png,
 pr_<model>.png and f1_comparison.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,16 +34,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run root to search when --logits is not given")
     p.add_argument("--logits", nargs="+", metavar="NAME=DIR", help="named model folders holding fold logits")
     p.add_argument("--main", help="model for Tables 3 and 7 (default: fusion if present, else the first)")
-    p.add_argument("--name", help="report name: output goes to <reports>/<name>/ (default evaluation; with --ablation, ablation)")
+    p.add_argument(
+        "--name", help="report name: output goes to <reports>/<name>/ (default evaluation; with --ablation, ablation)"
+    )
     p.add_argument("--reports", type=Path, default=Path("reports"))
     p.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="Table 2 from several run roots")
     p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
     p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--summary", type=Path, metavar="FILE.md", help="also write the headline tables to FILE.md (demo.sh: docs/demo_results.md)")
-    p.add_argument("--explain", action="store_true",
-                   help="opt-in, needs the checkpoints: a gallery of Grad-CAM figures, per class the fused model's most confident correct and wrong test image")
-    p.add_argument("--masks", type=Path, metavar="DIR",
-                   help="with --explain: the pointing game against the part masks of DIR (python -m spermfuse.synthetic --out DIR --masks: the same images)")
+    p.add_argument(
+        "--summary",
+        type=Path,
+        metavar="FILE.md",
+        help="also write the headline tables to FILE.md (demo.sh: docs/demo_results.md)",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="opt-in, needs the checkpoints: a gallery of Grad-CAM figures, per class the fused model's most confident correct and wrong test image",
+    )
+    p.add_argument(
+        "--masks",
+        type=Path,
+        metavar="DIR",
+        help="with --explain: the pointing game against the part masks of DIR (python -m spermfuse.synthetic --out DIR --masks: the same images)",
+    )
     p.add_argument("--explain-limit", type=int, metavar="N", help="--masks: only the first N test images of each fold")
     p.add_argument("--device", default="cpu", help="--explain: cpu, cuda or auto")
     return p.parse_args(argv)
@@ -83,15 +98,19 @@ def few_groups_notes(groups: dict[int, dict[str, int]]) -> list[str]:
     """A warning for every fold in which a class's test images come from fewer than 2 groups."""
     return [
         f"fold {fold}: the test images of {name} come from {n} group: its scores in that fold rest on one patient"
-        for fold, counts in groups.items() for name, n in counts.items() if name != "all" and n < 2
-    ]  # fmt: skip
+        for fold, counts in groups.items()
+        for name, n in counts.items()
+        if name != "all" and n < 2
+    ]
 
 
 def check_comparable(models: dict[str, list[run_folder.LogitsSet]]) -> None:
     first_name, first = next(iter(models.items()))
     for name, sets in models.items():
         if sets[0].classes != first[0].classes:
-            raise fusion.FusionError(f"{name} ({sets[0].source}): classes differ from {first_name}; evaluate them separately")
+            raise fusion.FusionError(
+                f"{name} ({sets[0].source}): classes differ from {first_name}; evaluate them separately"
+            )
 
 
 def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Path] | None) -> str | None:
@@ -100,14 +119,29 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
     images, _ = explain_runs.fused_test_images(args.runs)
     chosen = {image.path: (name, kind) for name, kind, image in explain_runs.gallery_images(images, classes)}
     rows = []
-    for image, explained in explain_runs.explain_test_images(args.runs, [i for i in images if i.path in chosen], device):  # fold by fold
+    for image, explained in explain_runs.explain_test_images(
+        args.runs, [i for i in images if i.path in chosen], device
+    ):  # fold by fold
         name, kind = chosen[image.path]
         figure = out / "gallery" / f"{name}_{kind}.png"
         title = f"{name}, {kind}: predicted {classes[image.predicted]} {image.probability:.2f} (fold {image.fold})"
         figures.explanation_figure(load_rgb(explained.path), explained.figure_maps(), title, figure)
-        rows.append([name, kind, image.path, classes[image.predicted], f"{image.probability:.4f}", f"![](gallery/{figure.name})"])
+        rows.append(
+            [
+                name,
+                kind,
+                image.path,
+                classes[image.predicted],
+                f"{image.probability:.4f}",
+                f"![](gallery/{figure.name})",
+            ]
+        )
     rows.sort()  # by class, then correct before wrong
-    atomic_write_text(out / "gallery.md", "# Grad-CAM gallery of the fused model\n\n" + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows))
+    atomic_write_text(
+        out / "gallery.md",
+        "# Grad-CAM gallery of the fused model\n\n"
+        + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows),
+    )
     log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))
     if masks is None:
         return None
@@ -122,7 +156,11 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
 
 def run_ablation(args, out: Path) -> None:
     """Table 2: each run root's backbones and their fusions, in ``out/ablation.md``."""
-    rows = [[name] + row for name, folder in named_folders(args.ablation).items() for row in evaluation.ablation_rows(folder, fusion.parse_alphas(args.alphas))]
+    rows = [
+        [name] + row
+        for name, folder in named_folders(args.ablation).items()
+        for row in evaluation.ablation_rows(folder, fusion.parse_alphas(args.alphas))
+    ]
     table = report.markdown_table(["setting", "model", "accuracy", "weighted F1", "macro F1"], rows)
     with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
         atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)
@@ -149,14 +187,19 @@ def run_evaluation(args, out: Path) -> None:
     notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
     val_models = {name: sets for name, folder in folders.items() if (sets := validation_sets(folder)) is not None}
     settings = fusion_settings(folders)
-    shipped = {"fusion": settings.fused_temperatures()} if settings is not None and settings.fused_temperatures() else None
+    shipped = (
+        {"fusion": settings.fused_temperatures()} if settings is not None and settings.fused_temperatures() else None
+    )
     result = evaluation.build_report(models, val_models, shipped)
     if not args.logits and (args.runs / "folds.csv").is_file():
         groups = splits.groups_per_fold(args.runs / "folds.csv")
         if groups is not None:
             result["groups_per_fold"] = groups
             notes += few_groups_notes(groups)
-    grid_md = next(((folder / "grid.md").read_text() for folder in reversed(folders.values()) if (folder / "grid.md").is_file()), None)
+    grid_md = next(
+        ((folder / "grid.md").read_text() for folder in reversed(folders.values()) if (folder / "grid.md").is_file()),
+        None,
+    )
     masks = None
     if args.masks is not None:
         if not args.explain:
@@ -170,13 +213,22 @@ def run_evaluation(args, out: Path) -> None:
         if not args.no_figures:
             figures.write_all(models, result, folder)
     if args.summary:
-        summary = report.summary_markdown(result, settings, str(out / "report.json"), environment_line(torch.device("cpu")))
+        summary = report.summary_markdown(
+            result, settings, str(out / "report.json"), environment_line(torch.device("cpu"))
+        )
         atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
     for note in notes:
         log.warning("note: %s", note)
     for name, m in result["models"].items():
         a = m["aggregate"]
-        log.info("%-18s acc %.4f  F1w %.4f  F1m %.4f  AUROC %.4f", name, a["accuracy"], a["f1_weighted"], a["f1_macro"], a["auroc_macro"])
+        log.info(
+            "%-18s acc %.4f  F1w %.4f  F1m %.4f  AUROC %.4f",
+            name,
+            a["accuracy"],
+            a["f1_weighted"],
+            a["f1_macro"],
+            a["auroc_macro"],
+        )
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
 
 

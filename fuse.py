@@ -13,6 +13,7 @@
 
 a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,32 +39,97 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--grid", action="store_true", help="search the weight grid")
     mode.add_argument("--alpha", type=float, help="fixed weight a of the first model (two models)")
-    mode.add_argument("--predict", type=Path, metavar="FOLDER", help="classify the images in FOLDER with the fused models")
-    mode.add_argument("--export", type=Path, metavar="DIR", help="write DIR/model.pt2 (torch.export) and DIR/model.json: what --predict computes, without spermfuse")
+    mode.add_argument(
+        "--predict", type=Path, metavar="FOLDER", help="classify the images in FOLDER with the fused models"
+    )
+    mode.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/model.pt2 (torch.export) and DIR/model.json: what --predict computes, without spermfuse",
+    )
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run root written by train.py")
-    p.add_argument("--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help="model folders under --runs (N >= 2)")
+    p.add_argument(
+        "--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help="model folders under --runs (N >= 2)"
+    )
     p.add_argument("--alphas", default="0:1:0.1", help="grid, start:stop:step or a comma list (default 0:1:0.1)")
-    p.add_argument("--select", choices=["test", "val", "nested"], default="test",
-                   help="test: the paper's choice on the test folds (optimistic); val: per fold on validation logits (no test leakage); "
-                        "nested: per fold on the other folds' test logits (those models trained on fold k's images)")  # fmt: skip
-    p.add_argument("--calibrate", action="store_true", help="temperature-scale each member per fold on its validation logits before fusing")
-    p.add_argument("--refer-accuracy", type=float, metavar="TAU",
-                   help="refer the cells below a confidence threshold certified on validation: accepted accuracy >= TAU with probability >= 1 - --refer-delta")
-    p.add_argument("--target-accuracy", type=float, metavar="TAU", help="the old name of --refer-accuracy (now certified)")
-    p.add_argument("--refer-delta", type=float, default=0.1, help="--refer-accuracy: the probability that the promise fails (default 0.1)")
-    p.add_argument("--refer-method", choices=["sgr", "grid"], default="sgr", help="--refer-accuracy: SGR binary search (default) or a fixed Bonferroni grid")
-    p.add_argument("--sets-alpha", type=float, metavar="ALPHA", help="conformal prediction sets that miss the true class with probability <= ALPHA (e.g. 0.1)")
-    p.add_argument("--sets-method", choices=["aps", "raps", "lac"], default="aps", help="--sets-alpha: the conformal score (default aps)")
-    p.add_argument("--sets-by", choices=["none", "part"], default="none",
-                   help="--sets-alpha: part = coverage per defect part group (head, neck, tail, normal; sperm18's classes)")
+    p.add_argument(
+        "--select",
+        choices=["test", "val", "nested"],
+        default="test",
+        help="test: the paper's choice on the test folds (optimistic); val: per fold on validation logits (no test leakage); "
+        "nested: per fold on the other folds' test logits (those models trained on fold k's images)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="temperature-scale each member per fold on its validation logits before fusing",
+    )
+    p.add_argument(
+        "--refer-accuracy",
+        type=float,
+        metavar="TAU",
+        help="refer the cells below a confidence threshold certified on validation: accepted accuracy >= TAU with probability >= 1 - --refer-delta",
+    )
+    p.add_argument(
+        "--target-accuracy", type=float, metavar="TAU", help="the old name of --refer-accuracy (now certified)"
+    )
+    p.add_argument(
+        "--refer-delta",
+        type=float,
+        default=0.1,
+        help="--refer-accuracy: the probability that the promise fails (default 0.1)",
+    )
+    p.add_argument(
+        "--refer-method",
+        choices=["sgr", "grid"],
+        default="sgr",
+        help="--refer-accuracy: SGR binary search (default) or a fixed Bonferroni grid",
+    )
+    p.add_argument(
+        "--sets-alpha",
+        type=float,
+        metavar="ALPHA",
+        help="conformal prediction sets that miss the true class with probability <= ALPHA (e.g. 0.1)",
+    )
+    p.add_argument(
+        "--sets-method",
+        choices=["aps", "raps", "lac"],
+        default="aps",
+        help="--sets-alpha: the conformal score (default aps)",
+    )
+    p.add_argument(
+        "--sets-by",
+        choices=["none", "part"],
+        default="none",
+        help="--sets-alpha: part = coverage per defect part group (head, neck, tail, normal; sperm18's classes)",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
-    p.add_argument("--summary", type=Path, metavar="FILE.md", help="also write the referral and prediction-set figures per fold to FILE.md (demo.sh)")
+    p.add_argument(
+        "--summary",
+        type=Path,
+        metavar="FILE.md",
+        help="also write the referral and prediction-set figures per fold to FILE.md (demo.sh)",
+    )
     p.add_argument("--fold", default="all", help="--predict: models of this fold, or 'all' to average the folds")
     p.add_argument("--output", type=Path, default=Path("predictions.csv"), help="--predict: CSV to write")
     p.add_argument("--device", default="cpu", help="--predict: cpu, cuda or auto")
-    p.add_argument("--explain", type=Path, metavar="DIR", help="--predict: also a Grad-CAM figure per image (each member's map and the fused map) and DIR/explanations.csv")
-    p.add_argument("--overwrite", action="store_true", help="--export/--explain: replace an existing folder that this command wrote (never one holding other files)")
-    p.add_argument("--skip-bad", action="store_true", help="--predict: skip unreadable images and list them in the CSV instead of stopping")
+    p.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="--predict: also a Grad-CAM figure per image (each member's map and the fused map) and DIR/explanations.csv",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--export/--explain: replace an existing folder that this command wrote (never one holding other files)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="--predict: skip unreadable images and list them in the CSV instead of stopping",
+    )
     return p.parse_args(argv)
 
 
@@ -72,7 +138,15 @@ def validation_logits(args) -> list | None:
     try:
         return run_folder.collect_folds(args.runs, args.models, "val")
     except fusion.FusionError as error:
-        needs = [flag for flag, given in (("--calibrate", args.calibrate), ("--refer-accuracy", args.refer_accuracy is not None or args.target_accuracy is not None), ("--sets-alpha", args.sets_alpha is not None)) if given]
+        needs = [
+            flag
+            for flag, given in (
+                ("--calibrate", args.calibrate),
+                ("--refer-accuracy", args.refer_accuracy is not None or args.target_accuracy is not None),
+                ("--sets-alpha", args.sets_alpha is not None),
+            )
+            if given
+        ]
         if needs:
             flag = needs[0]
             raise fusion.FusionError(f"{flag} needs every model's validation logits: {error}") from None
@@ -100,7 +174,11 @@ def promises(args, classes: list[str]) -> tuple[fusion.Referral | None, fusion.P
     """--refer-accuracy (or its old name) and --sets-alpha as requests to fusion.select."""
     accuracy = args.refer_accuracy
     if args.target_accuracy is not None:
-        log.warning("--target-accuracy is now --refer-accuracy: the threshold is certified (%s, delta %g), no longer the laxest observed one", args.refer_method, args.refer_delta)
+        log.warning(
+            "--target-accuracy is now --refer-accuracy: the threshold is certified (%s, delta %g), no longer the laxest observed one",
+            args.refer_method,
+            args.refer_delta,
+        )
         accuracy = args.target_accuracy if accuracy is None else accuracy
     refer = fusion.Referral(accuracy, args.refer_delta, args.refer_method) if accuracy is not None else None
     if args.sets_alpha is None:
@@ -109,7 +187,9 @@ def promises(args, classes: list[str]) -> tuple[fusion.Referral | None, fusion.P
     if args.sets_by == "part":
         unknown = [c for c in classes if c not in DEFECT_PART]
         if unknown:
-            raise fusion.FusionError(f"--sets-by part: knows sperm18's classes only, not {', '.join(unknown[:3])}; use --sets-by none")
+            raise fusion.FusionError(
+                f"--sets-by part: knows sperm18's classes only, not {', '.join(unknown[:3])}; use --sets-by none"
+            )
         by = tuple(DEFECT_PART[c] for c in classes)
     return refer, fusion.PredictionSets(args.sets_alpha, args.sets_method, by)
 
@@ -119,9 +199,17 @@ def run_fusion(args) -> int:
     per_fold = run_folder.collect_folds(args.runs, args.models, "test")
     refer, sets = promises(args, per_fold[0][0].classes)
     chosen = fusion.select(
-        per_fold, validation_logits(args), args.models, rule=args.select, alphas=args.alphas, alpha=args.alpha,
-        calibrate=args.calibrate, refer=refer, sets=sets, per_fold_cal=calibration_logits(args),
-    )  # fmt: skip
+        per_fold,
+        validation_logits(args),
+        args.models,
+        rule=args.select,
+        alphas=args.alphas,
+        alpha=args.alpha,
+        calibrate=args.calibrate,
+        refer=refer,
+        sets=sets,
+        per_fold_cal=calibration_logits(args),
+    )
     settings = chosen.settings
     # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
     with write_folder(args.out, "--out", overwrite=True, legacy_owned=run_folder.legacy_fusion_files) as folder:
@@ -138,7 +226,12 @@ def run_fusion(args) -> int:
             run_folder.write_fused_logits(folder / name, chosen.per_fold, weights, f"fusion_{name}")
         run_folder.write_fusion_settings(folder, settings)
     if args.summary is not None:
-        atomic_write_text(args.summary, report.promises_markdown(settings, str(args.out / run_folder.FUSION_JSON), environment_line(torch.device("cpu"))))
+        atomic_write_text(
+            args.summary,
+            report.promises_markdown(
+                settings, str(args.out / run_folder.FUSION_JSON), environment_line(torch.device("cpu"))
+            ),
+        )
     log.info("wrote %s (weights %s)", args.out, settings.weights if settings.weights else "per fold")
     return 0
 
@@ -167,15 +260,25 @@ def run_export(args) -> int:
     refuse_overlap(args.export, "--export", model_folders(args))
     check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
     settings, folds = fused_settings(args)
-    decision = settings.decision(folds[0]) if len(folds) == 1 else {}  # the certified rules of that fold's pair travel with it
+    decision = (
+        settings.decision(folds[0]) if len(folds) == 1 else {}
+    )  # the certified rules of that fold's pair travel with it
     if len(folds) > 1 and (settings.referral or settings.sets):
-        log.warning("the referral threshold and prediction sets are certified per fold: export --fold K to carry them in model.json")
+        log.warning(
+            "the referral threshold and prediction sets are certified per fold: export --fold K to carry them in model.json"
+        )
     members = load_fold_members(args.runs, settings.models, folds, "cpu")
     weights = settings.prediction_weights(folds)
     with write_folder(args.export, "--export", args.overwrite, exported_files) as folder:
         export_fused(members, settings.models, folds, weights, folder, decision or None)
-    log.info("wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities) and model.json; models %s, folds %s",
-             args.export, members[0][0].pipeline.img_size, members[0][0].pipeline.img_size, settings.models, folds)  # fmt: skip
+    log.info(
+        "wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities) and model.json; models %s, folds %s",
+        args.export,
+        members[0][0].pipeline.img_size,
+        members[0][0].pipeline.img_size,
+        settings.models,
+        folds,
+    )
     return 0
 
 
@@ -184,7 +287,9 @@ def check_prediction_outputs(args) -> None:
     inputs = model_folders(args)
     refuse_overlap(args.output, "--output", {"--predict": args.predict})
     if args.output.is_dir():
-        raise fusion.FusionError(f"--output {args.output}: is a folder; give the CSV file to write, e.g. {args.output / 'predictions.csv'}")
+        raise fusion.FusionError(
+            f"--output {args.output}: is a folder; give the CSV file to write, e.g. {args.output / 'predictions.csv'}"
+        )
     if args.explain is not None:
         refuse_overlap(args.explain, "--explain", inputs)
         check_replaceable(args.explain, "--explain", args.overwrite, inference.explanation_files)
@@ -195,21 +300,37 @@ def run_prediction(args) -> int:
     check_prediction_outputs(args)
     images, bad = inference.usable_images(args.predict, args.skip_bad)
     settings, folds = fused_settings(args)
-    threshold, set_calibrator = settings.prediction_threshold(folds), settings.prediction_sets(folds)  # before the work: --fold K
+    threshold, set_calibrator = (
+        settings.prediction_threshold(folds),
+        settings.prediction_sets(folds),
+    )  # before the work: --fold K
     members = load_fold_members(args.runs, settings.models, folds, device)
     names = settings.models
     weights = settings.prediction_weights(folds)
     probabilities = inference.fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
-    atomic_write_csv(args.output, *inference.prediction_table(args.predict, images, bad, probabilities, classes, threshold, set_calibrator))
+    atomic_write_csv(
+        args.output,
+        *inference.prediction_table(args.predict, images, bad, probabilities, classes, threshold, set_calibrator),
+    )
     if args.explain is not None:
         with write_folder(args.explain, "--explain", args.overwrite, inference.explanation_files) as folder:
             inference.write_explanations(args.predict, folder, images, members, names, weights, device)
-        log.info("wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv", args.explain, names)
+        log.info(
+            "wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv",
+            args.explain,
+            names,
+        )
     shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
-    log.info("wrote %s: %d images%s, models %s, effective weights (w / T) %s%s", args.output, len(images),
-             f" ({len(bad)} unusable, listed as skipped)" if bad else "", names, shown,
-             f", refer below confidence {threshold:.4f}" if threshold is not None else "")  # fmt: skip
+    log.info(
+        "wrote %s: %d images%s, models %s, effective weights (w / T) %s%s",
+        args.output,
+        len(images),
+        f" ({len(bad)} unusable, listed as skipped)" if bad else "",
+        names,
+        shown,
+        f", refer below confidence {threshold:.4f}" if threshold is not None else "",
+    )
     return 0
 
 

@@ -7,6 +7,7 @@
 
 Without --data, the embedded synthetic sperm18 set is generated (once) and used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,16 +29,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Every flag defaults to None: only the flags given override the preset (``spermfuse/config.py``)."""
     d = trainer.TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS), default="paper_a", help="paper_a (default), paper_b, demo or tiny; flags override it")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="paper_a",
+        help="paper_a (default), paper_b, demo or tiny; flags override it",
+    )
     p.add_argument("--arch", help=f"one of {', '.join(list_models())} (default {d.arch}; B: efficientnet_b4)")
     p.add_argument("--data", help="ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV")
     p.add_argument("--out", help=f"run root (default {d.out})")
     p.add_argument("--fold", default="1", help="fold to test on, 1-based, or 'all' (a holdout split has one run)")
     p.add_argument("--num-folds", type=int, help=f"default {d.num_folds}")
     p.add_argument("--split", choices=["kfold", "holdout"], help="kfold (A) or 70/15/15 holdout (B)")
-    p.add_argument("--val-fraction", type=float, help=f"validation share of the training part, in (0, 1) (A: {d.val_fraction})")
-    p.add_argument("--cal-fraction", type=float, help="share of the training part held out for calibration (temperatures, certified referral, "
-                   "prediction sets), never trained or selected on; written as cal_logits.npz (default 0; tiny 0.1)")
+    p.add_argument(
+        "--val-fraction", type=float, help=f"validation share of the training part, in (0, 1) (A: {d.val_fraction})"
+    )
+    p.add_argument(
+        "--cal-fraction",
+        type=float,
+        help="share of the training part held out for calibration (temperatures, certified referral, "
+        "prediction sets), never trained or selected on; written as cal_logits.npz (default 0; tiny 0.1)",
+    )
     p.add_argument("--img-size", type=int, help=f"A: {d.img_size}, B: 224")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--epochs", type=int, help=f"maximum epochs (method A, default {d.epochs})")
@@ -52,36 +64,76 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plateau-factor", type=float, help=f"default {d.plateau_factor}")
     p.add_argument("--early-stopping", type=int, help=f"patience in epochs (A: {d.early_stopping}, B: 7)")
     p.add_argument("--monitor", choices=["val_acc", "val_loss"])
-    p.add_argument("--val-loss", choices=["weighted", "unweighted"],
-                   help="validation loss with or without the class weights (A: weighted, logged only; B: unweighted, as Keras's val_loss)")
+    p.add_argument(
+        "--val-loss",
+        choices=["weighted", "unweighted"],
+        help="validation loss with or without the class weights (A: weighted, logged only; B: unweighted, as Keras's val_loss)",
+    )
     p.add_argument("--preprocess", choices=["none", "otsu"])
     p.add_argument("--otsu-foreground", choices=["dark", "bright"], help=f"default {d.otsu_foreground}")
     p.add_argument("--freeze-epochs", type=int, help="head-only epochs before fine-tuning (B: 50)")
     p.add_argument("--unfreeze-last", type=int, help=f"layers trained in the fine-tuning stage (B: {d.unfreeze_last})")
     p.add_argument("--finetune-epochs", type=int, help=f"default {d.finetune_epochs}")
-    p.add_argument("--amp", choices=["auto", "on", "off"], help="auto (default) = fp16 on CUDA, off on CPU; on = bf16 on CPU")
+    p.add_argument(
+        "--amp", choices=["auto", "on", "off"], help="auto (default) = fp16 on CUDA, off on CPU; on = bf16 on CPU"
+    )
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm (after unscaling)")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--workers", type=int, help=f"default {d.workers}")
     p.add_argument("--device", help="auto (default), cpu, cuda")
-    p.add_argument("--pretrained", nargs="?", const="default", metavar="TAG",
-                   help="start from a catalogued checkpoint (downloaded once, verified, cached); no TAG: the paper's. See --list-weights")
+    p.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="default",
+        metavar="TAG",
+        help="start from a catalogued checkpoint (downloaded once, verified, cached); no TAG: the paper's. See --list-weights",
+    )
     p.add_argument("--list-weights", action="store_true", help="print the catalogue of pretrained checkpoints and exit")
     p.add_argument("--weights", help="local checkpoint: .pt/.pth, .safetensors, BiT .npz, timm state dict")
-    p.add_argument("--padding", choices=["symmetric", "same"],
-                   help="same: TensorFlow's padding, for a TF-trained EfficientNet file given with --weights (default: the checkpoint's, else symmetric)")
+    p.add_argument(
+        "--padding",
+        choices=["symmetric", "same"],
+        help="same: TensorFlow's padding, for a TF-trained EfficientNet file given with --weights (default: the checkpoint's, else symmetric)",
+    )
     p.add_argument("--dropout", type=float, help="dropout before the classifier (A: 0.7 / 0.5)")
-    p.add_argument("--mean", type=float, nargs=3, help="input mean per channel (default: what the starting weights expect)")
-    p.add_argument("--std", type=float, nargs=3, help="input std per channel (default: what the starting weights expect)")
-    p.add_argument("--drop-path", type=float, help=f"stochastic depth of the EfficientNets (default {d.drop_path:g}: the paper names none)")
-    p.add_argument("--group-column", help="manifest column with the patient / slide / sample id (default 'group', used when present)")
-    p.add_argument("--group-pattern", help="regex whose first capture group is the group in each file name, e.g. 'patient(\\d+)'")
-    p.add_argument("--ema", type=float, metavar="DECAY", help="evaluate, select and save an exponential moving average of the weights (e.g. 0.999)")
-    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation of the logits written after training: flip = image + h/v flips, averaged (default none); "
-                   "on a finished run, --resume --tta flip rewrites its logits")
+    p.add_argument(
+        "--mean", type=float, nargs=3, help="input mean per channel (default: what the starting weights expect)"
+    )
+    p.add_argument(
+        "--std", type=float, nargs=3, help="input std per channel (default: what the starting weights expect)"
+    )
+    p.add_argument(
+        "--drop-path",
+        type=float,
+        help=f"stochastic depth of the EfficientNets (default {d.drop_path:g}: the paper names none)",
+    )
+    p.add_argument(
+        "--group-column",
+        help="manifest column with the patient / slide / sample id (default 'group', used when present)",
+    )
+    p.add_argument(
+        "--group-pattern", help="regex whose first capture group is the group in each file name, e.g. 'patient(\\d+)'"
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="evaluate, select and save an exponential moving average of the weights (e.g. 0.999)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        help="test-time augmentation of the logits written after training: flip = image + h/v flips, averaged (default none); "
+        "on a finished run, --resume --tta flip rewrites its logits",
+    )
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of stopping")
-    p.add_argument("--allow-outside-root", action="store_true", default=None, help="a manifest may list images outside its own folder")
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        default=None,
+        help="a manifest may list images outside its own folder",
+    )
     p.add_argument("--resume", action="store_true", default=None, help="continue from last.pt (the same settings)")
     p.add_argument("--overwrite", action="store_true", default=None, help="start again over an existing run")
     p.add_argument("--synthetic-scale", type=float, help="size of the embedded default set (default 0.08)")

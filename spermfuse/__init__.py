@@ -5,6 +5,7 @@ Method B: hybrid Otsu preprocessing before a two-stage EfficientNet-B4.
 
 The modules, their layers and the on-disk formats: docs/DESIGN.md.
 """
+
 from .models import create_model, list_models
 
 __version__ = "0.3.0.dev0"

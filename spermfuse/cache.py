@@ -6,6 +6,7 @@
 - ``sperm18-v<generator>-seed<s>-<n>-per-class/`` and ``demo-pretrain-<fingerprint>/``: the
   demo's pretraining set and checkpoints (``pretrain.py``).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,9 @@ def pretraining_root(fingerprint: str) -> Path:
     return cache_root() / f"demo-pretrain-{fingerprint}"
 
 
-def ensure_default_data(scale: float | None, context: distributed.DistributedContext = distributed.DistributedContext()) -> Path:
+def ensure_default_data(
+    scale: float | None, context: distributed.DistributedContext = distributed.DistributedContext()
+) -> Path:
     """Generate the embedded default data set on first use (rank 0), then reuse it."""
     folder = default_data_dir(scale)
     if context.is_main:

@@ -9,6 +9,7 @@
   most confident are accepted) and its area (AURC). The certified referral threshold is in
   ``selective.py``, the conformal prediction sets in ``conformal.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     _check(logits, labels)
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)), bounds=(math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])), method="bounded", options={"xatol": 1e-6})
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)),
+        bounds=(math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(math.exp(result.x))
 
 
@@ -114,7 +120,9 @@ def calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: floa
     }
 
 
-def paired_bootstrap(before: np.ndarray, after: np.ndarray, labels: np.ndarray, resamples: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+def paired_bootstrap(
+    before: np.ndarray, after: np.ndarray, labels: np.ndarray, resamples: int = 200, seed: int = 0, level: float = 0.95
+) -> dict:
     """Percentile intervals of NLL, Brier and ECE before and after (two logits arrays of the same
     cells) and of their differences (after - before), resampling the cells with replacement, the
     same resample for both. An ECE change inside its interval is not a change: with N cells even a
@@ -123,13 +131,22 @@ def paired_bootstrap(before: np.ndarray, after: np.ndarray, labels: np.ndarray, 
     draws = {key: [] for key in ("before", "after", "difference")}
     for _ in range(resamples):
         cells = rng.integers(0, len(labels), len(labels))
-        first, second = calibration_scores(before[cells], labels[cells]), calibration_scores(after[cells], labels[cells])
+        first, second = (
+            calibration_scores(before[cells], labels[cells]),
+            calibration_scores(after[cells], labels[cells]),
+        )
         draws["before"].append(first)
         draws["after"].append(second)
         draws["difference"].append({k: second[k] - first[k] for k in first})
     tail = 100 * (1 - level) / 2
     return {
-        part: {key: [float(np.percentile([d[key] for d in values], tail)), float(np.percentile([d[key] for d in values], 100 - tail))] for key in values[0]}
+        part: {
+            key: [
+                float(np.percentile([d[key] for d in values], tail)),
+                float(np.percentile([d[key] for d in values], 100 - tail)),
+            ]
+            for key in values[0]
+        }
         for part, values in draws.items()
     } | {"resamples": resamples, "level": level}
 

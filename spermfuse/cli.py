@@ -6,6 +6,7 @@ and says how to continue. Anything else is a bug and keeps its traceback. Used b
 ``train.py``, ``fuse.py``, ``evaluate.py``, ``benchmark.py`` and the ``python -m`` entry
 points; argument parsing stays in each program.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,9 @@ TIMED_LOG_FORMAT = "%(asctime)s %(message)s"  # training: each epoch line carrie
 
 def run(body: Callable[[], int | None], timed: bool = False, interrupted: str = "interrupted") -> int:
     """Set up logging, call ``body()`` and map what it raises to an exit status."""
-    logging.basicConfig(level=logging.INFO, format=TIMED_LOG_FORMAT if timed else LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format=TIMED_LOG_FORMAT if timed else LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr
+    )
     try:
         return body() or 0
     except (SpermfuseError, OSError) as error:

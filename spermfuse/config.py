@@ -9,6 +9,7 @@ The paper's text lost the values of the learning rate, the weight decay and the 
 range; 1e-4, 1e-4 and +-15 degrees are assumed values (common for AdamW fine-tuning and
 for microscopy rotation), not the paper's.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,9 @@ class TrainConfig:
 # Settings that change how a run is carried out, not what it trains: free to differ on --resume.
 # ``tta`` only changes the logits written from best.pt at the end, so resuming a finished run
 # with another --tta rewrites its logits files (and config.json) with it.
-OPERATIONAL_SETTINGS = frozenset({"resume", "overwrite", "workers", "device", "skip_bad", "data", "out", "tta", "allow_outside_root"})
+OPERATIONAL_SETTINGS = frozenset(
+    {"resume", "overwrite", "workers", "device", "skip_bad", "data", "out", "tta", "allow_outside_root"}
+)
 
 
 # What each preset changes from TrainConfig's defaults; the only place these values live.
@@ -105,17 +108,30 @@ PRESETS: dict[str, dict] = {
     # Method B (Otsu + two-stage EfficientNet-B4): head only for up to 50 epochs, then the
     # last 60 layers; early stopping on validation loss; a 70/15/15 holdout split.
     "paper_b": dict(
-        arch="efficientnet_b4", img_size=224, preprocess="otsu", augment="paper_b", scheduler="constant",
-        monitor="val_loss", val_loss="unweighted", early_stopping=7, freeze_epochs=50, unfreeze_last=60, finetune_epochs=30,
-        split="holdout", val_fraction=0.15, test_fraction=0.15,
-    ),  # fmt: skip
+        arch="efficientnet_b4",
+        img_size=224,
+        preprocess="otsu",
+        augment="paper_b",
+        scheduler="constant",
+        monitor="val_loss",
+        val_loss="unweighted",
+        early_stopping=7,
+        freeze_epochs=50,
+        unfreeze_last=60,
+        finetune_epochs=30,
+        split="holdout",
+        val_fraction=0.15,
+        test_fraction=0.15,
+    ),
     # The CPU demo (demo.sh): the small backbones fine-tuned at 64 px from their pretrained
     # checkpoints (spermfuse/pretrain.py), in minutes; demo_scratch trains them from scratch.
     # Channels-last: +9-17 % training-step speed on this 2-core CPU; bf16 autocast was slower
     # or mixed (docs/cpu_speedups.md), so it stays off. No loader worker: on two cores a
     # worker process competes with the training step (a fold took 21 s without, 25 s with one).
     "demo": dict(img_size=64, epochs=10, lr=1e-3, batch_size=32, early_stopping=10, workers=0, channels_last=True),
-    "demo_scratch": dict(img_size=64, epochs=18, lr=2e-3, batch_size=32, early_stopping=18, workers=0, channels_last=True),
+    "demo_scratch": dict(
+        img_size=64, epochs=18, lr=2e-3, batch_size=32, early_stopping=18, workers=0, channels_last=True
+    ),
     # A smoke test in seconds (the test suite's demo run).
     "tiny": dict(img_size=32, epochs=1, lr=3e-3, num_folds=2, val_fraction=0.2, cal_fraction=0.1, workers=0),
 }
@@ -143,7 +159,10 @@ def validate_config(config: TrainConfig) -> None:
         (config.epochs >= 1, "--epochs must be >= 1"),
         (config.img_size >= 16, "--img-size must be >= 16"),
         # Early stopping and model selection need validation images: 0 is refused, not ignored.
-        (0.0 < config.val_fraction < 1.0, "--val-fraction must be in (0, 1): training selects its best epoch on the validation set"),
+        (
+            0.0 < config.val_fraction < 1.0,
+            "--val-fraction must be in (0, 1): training selects its best epoch on the validation set",
+        ),
         (config.split in ("kfold", "holdout"), "--split must be kfold or holdout"),
         (config.monitor in ("val_acc", "val_loss"), "--monitor must be val_acc or val_loss"),
         (config.class_weights in ("balanced", "none"), "--class-weights must be balanced or none"),
@@ -155,27 +174,68 @@ def validate_config(config: TrainConfig) -> None:
         (config.val_loss in ("weighted", "unweighted"), "--val-loss must be weighted or unweighted"),
         (config.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
         (config.ema is None or 0.0 < config.ema < 1.0, f"--ema {config.ema}: the decay must be in (0, 1), e.g. 0.999"),
-        (config.split == "holdout" or config.num_folds >= 2, f"--num-folds {config.num_folds}: cross-validation needs at least 2 folds"),
+        (
+            config.split == "holdout" or config.num_folds >= 2,
+            f"--num-folds {config.num_folds}: cross-validation needs at least 2 folds",
+        ),
         (_finite(config.lr) and config.lr > 0, f"--lr {config.lr}: give a positive learning rate, e.g. 1e-4"),
-        (_finite(config.weight_decay) and config.weight_decay >= 0, f"--weight-decay {config.weight_decay}: give a value >= 0"),
+        (
+            _finite(config.weight_decay) and config.weight_decay >= 0,
+            f"--weight-decay {config.weight_decay}: give a value >= 0",
+        ),
         (config.workers >= 0, f"--workers {config.workers}: give 0 (load in the main process) or more"),
-        (config.dropout is None or (_finite(config.dropout) and 0.0 <= config.dropout < 1.0), f"--dropout {config.dropout}: give a probability in [0, 1)"),
-        (_finite(config.plateau_factor) and 0.0 < config.plateau_factor < 1.0, f"--plateau-factor {config.plateau_factor}: the learning rate is multiplied by it, give a value in (0, 1)"),
+        (
+            config.dropout is None or (_finite(config.dropout) and 0.0 <= config.dropout < 1.0),
+            f"--dropout {config.dropout}: give a probability in [0, 1)",
+        ),
+        (
+            _finite(config.plateau_factor) and 0.0 < config.plateau_factor < 1.0,
+            f"--plateau-factor {config.plateau_factor}: the learning rate is multiplied by it, give a value in (0, 1)",
+        ),
         (config.plateau_patience >= 0, f"--plateau-patience {config.plateau_patience}: give 0 or more epochs"),
         (0 <= config.seed < 2**32, f"--seed {config.seed}: give an integer in 0..{2**32 - 1}"),
-        (config.grad_clip is None or (_finite(config.grad_clip) and config.grad_clip > 0), f"--grad-clip {config.grad_clip}: the largest gradient norm must be > 0 (leave the flag out for no clipping)"),
+        (
+            config.grad_clip is None or (_finite(config.grad_clip) and config.grad_clip > 0),
+            f"--grad-clip {config.grad_clip}: the largest gradient norm must be > 0 (leave the flag out for no clipping)",
+        ),
         (config.early_stopping >= 1, f"--early-stopping {config.early_stopping}: give a patience of 1 or more epochs"),
-        (_finite(config.rotation) and config.rotation >= 0, f"--rotation {config.rotation}: give a range in degrees >= 0"),
+        (
+            _finite(config.rotation) and config.rotation >= 0,
+            f"--rotation {config.rotation}: give a range in degrees >= 0",
+        ),
         (_finite(config.val_fraction), f"--val-fraction {config.val_fraction}: give a number in (0, 1)"),
-        (_finite(config.cal_fraction) and 0.0 <= config.cal_fraction < 0.5, f"--cal-fraction {config.cal_fraction}: give a share in [0, 0.5), e.g. 0.1 (0: no calibration split)"),
-        (config.split == "kfold" or (0.0 < config.test_fraction < 1.0 and config.val_fraction + config.test_fraction + config.cal_fraction < 1.0),
-         f"--val-fraction {config.val_fraction}, the test fraction {config.test_fraction} and --cal-fraction {config.cal_fraction}: together below 1"),
-        (config.freeze_epochs >= 0 and config.finetune_epochs >= 1 and config.unfreeze_last >= 1,
-         "--freeze-epochs must be >= 0, --finetune-epochs and --unfreeze-last >= 1"),
-        (config.synthetic_scale is None or (_finite(config.synthetic_scale) and config.synthetic_scale > 0), f"--synthetic-scale {config.synthetic_scale}: give a value > 0"),
-        (config.mean is None or all(_finite(m) for m in config.mean), f"--mean {config.mean}: give three finite numbers"),
-        (config.std is None or all(_finite(v) and v > 0 for v in config.std), f"--std {config.std}: every value must be > 0 (the input is divided by it)"),
-        (not (config.resume and config.overwrite), "--resume continues a run and --overwrite starts it again: give one of them"),
+        (
+            _finite(config.cal_fraction) and 0.0 <= config.cal_fraction < 0.5,
+            f"--cal-fraction {config.cal_fraction}: give a share in [0, 0.5), e.g. 0.1 (0: no calibration split)",
+        ),
+        (
+            config.split == "kfold"
+            or (
+                0.0 < config.test_fraction < 1.0
+                and config.val_fraction + config.test_fraction + config.cal_fraction < 1.0
+            ),
+            f"--val-fraction {config.val_fraction}, the test fraction {config.test_fraction} and --cal-fraction {config.cal_fraction}: together below 1",
+        ),
+        (
+            config.freeze_epochs >= 0 and config.finetune_epochs >= 1 and config.unfreeze_last >= 1,
+            "--freeze-epochs must be >= 0, --finetune-epochs and --unfreeze-last >= 1",
+        ),
+        (
+            config.synthetic_scale is None or (_finite(config.synthetic_scale) and config.synthetic_scale > 0),
+            f"--synthetic-scale {config.synthetic_scale}: give a value > 0",
+        ),
+        (
+            config.mean is None or all(_finite(m) for m in config.mean),
+            f"--mean {config.mean}: give three finite numbers",
+        ),
+        (
+            config.std is None or all(_finite(v) and v > 0 for v in config.std),
+            f"--std {config.std}: every value must be > 0 (the input is divided by it)",
+        ),
+        (
+            not (config.resume and config.overwrite),
+            "--resume continues a run and --overwrite starts it again: give one of them",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -15,6 +15,7 @@ tails). ``by``: Mondrian calibration per group of classes (each group gets its o
 calibration cells of its classes), so the coverage holds within every group, not only on
 average: per class would need at least ceil(1/alpha) - 1 calibration cells of every class.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,9 @@ def _ranked(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return order, ranks, above
 
 
-def class_scores(probabilities: np.ndarray, method: str, uniform: np.ndarray, lam: float = 0.01, k_reg: int = 2) -> np.ndarray:
+def class_scores(
+    probabilities: np.ndarray, method: str, uniform: np.ndarray, lam: float = 0.01, k_reg: int = 2
+) -> np.ndarray:
     """The score of every class of every cell [N, C] (module docstring); ``uniform`` [N] in [0, 1)."""
     if method == "lac":
         return 1.0 - probabilities
@@ -125,7 +128,9 @@ def predict_sets(probabilities: np.ndarray, calibrator: SetCalibrator, seed: int
     probabilities = np.asarray(probabilities, dtype=np.float64)
     _check(probabilities, calibrator.alpha, calibrator.method)
     rng = np.random.default_rng(calibrator.seed + 1 if seed is None else seed)
-    scores = class_scores(probabilities, calibrator.method, rng.random(len(probabilities)), calibrator.lam, calibrator.k_reg)
+    scores = class_scores(
+        probabilities, calibrator.method, rng.random(len(probabilities)), calibrator.lam, calibrator.k_reg
+    )
     groups = calibrator.group_of_class or [""] * probabilities.shape[1]
     limits = np.array([calibrator.quantiles[g] for g in groups])
     return scores <= limits[None, :]
@@ -138,7 +143,9 @@ def set_metrics(sets: np.ndarray, labels: np.ndarray, classes: Sequence[str]) ->
     sizes = sets.sum(axis=1)
     return {
         "coverage": float(covered.mean()),
-        "per_class_coverage": {name: float(covered[labels == c].mean()) if (labels == c).any() else None for c, name in enumerate(classes)},
+        "per_class_coverage": {
+            name: float(covered[labels == c].mean()) if (labels == c).any() else None for c, name in enumerate(classes)
+        },
         "mean_size": float(sizes.mean()),
         "size_histogram": {int(k): int((sizes == k).sum()) for k in np.unique(sizes)},
         "coverage_by_size": {int(k): float(covered[sizes == k].mean()) for k in np.unique(sizes)},

@@ -5,6 +5,7 @@ to launch the next one. A CUDA graph records the launches once and replays them 
 one call; for ``FusedPair(concurrent=True)`` the two members' streams become two parallel
 branches of the same graph, so the pair costs about as much as its slower member.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -26,7 +27,9 @@ class CudaGraph:
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3) -> None:
         if example.device.type != "cuda":
-            raise ConfigError(f"CUDA graphs need a CUDA device, got {example.device} (use --device cuda, or leave out --cuda-graph)")
+            raise ConfigError(
+                f"CUDA graphs need a CUDA device, got {example.device} (use --device cuda, or leave out --cuda-graph)"
+            )
         self.static_input = example.detach().clone()
         side = torch.cuda.Stream(example.device)
         side.wait_stream(torch.cuda.current_stream(example.device))

@@ -14,6 +14,7 @@ side (``splits.py``).
 
 Classes are always sorted by name; the class list travels with every output.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,7 +53,9 @@ class Samples:
     folds: np.ndarray | None = None  # 1-based test fold of each sample, when the layout has one
     groups: np.ndarray | None = None  # patient / slide / sample id of each sample (str), when known
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) with on_error="skip"
-    copies: dict[int, int] = field(default_factory=dict)  # index of a byte-identical copy -> index of its first occurrence
+    copies: dict[int, int] = field(
+        default_factory=dict
+    )  # index of a byte-identical copy -> index of its first occurrence
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -97,7 +100,9 @@ def _from_class_folders(root: Path, folder: Path, classes: list[str] | None = No
     paths, names = [], []
     for name, files in found.items():
         if not files:
-            raise DataError(f"{folder / name}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder")
+            raise DataError(
+                f"{folder / name}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder"
+            )
         if classes is not None and name not in classes:
             raise DataError(f"{folder / name}: class {name!r} is not in the other folds' classes {classes}")
         paths += [p.relative_to(root).as_posix() for p in files]
@@ -113,7 +118,9 @@ def _discover_folds(root: Path, fold_dirs: dict[int, Path]) -> tuple[list[str], 
     for k, fold_dir in sorted(fold_dirs.items()):
         test_dir = fold_dir / "test"
         if not test_dir.is_dir():
-            raise DataError(f"{fold_dir}: missing 'test' folder; the official-folds layout is fold<k>/{{train,test}}/<Class>/")
+            raise DataError(
+                f"{fold_dir}: missing 'test' folder; the official-folds layout is fold<k>/{{train,test}}/<Class>/"
+            )
         fold_paths, fold_names = _from_class_folders(root, test_dir)
         paths += fold_paths
         names += fold_names
@@ -121,31 +128,45 @@ def _discover_folds(root: Path, fold_dirs: dict[int, Path]) -> tuple[list[str], 
     return paths, names, folds
 
 
-def _check_manifest_row(csv_path: Path, line: int, row: dict, allow_outside_root: bool, first_line: dict[str, int]) -> None:
+def _check_manifest_row(
+    csv_path: Path, line: int, row: dict, allow_outside_root: bool, first_line: dict[str, int]
+) -> None:
     """One manifest row: a label, an image file inside the manifest's folder, listed once."""
     root = csv_path.parent
     path, label = (row["path"] or "").strip(), (row["label"] or "").strip()
     if not path or not label:
-        raise DataError(f"{csv_path}:{line}: empty {'path' if not path else 'label'}; every row needs an image path and its class")
+        raise DataError(
+            f"{csv_path}:{line}: empty {'path' if not path else 'label'}; every row needs an image path and its class"
+        )
     if path in first_line:
-        raise DataError(f"{csv_path}:{line}: {path!r} is listed again (first on line {first_line[path]}); list each image once")
+        raise DataError(
+            f"{csv_path}:{line}: {path!r} is listed again (first on line {first_line[path]}); list each image once"
+        )
     first_line[path] = line
     if not allow_outside_root and not (root / path).resolve().is_relative_to(root.resolve()):
-        raise DataError(f"{csv_path}:{line}: {path!r} lies outside the manifest's folder; move the manifest up, or allow it with --allow-outside-root")
+        raise DataError(
+            f"{csv_path}:{line}: {path!r} lies outside the manifest's folder; move the manifest up, or allow it with --allow-outside-root"
+        )
     if not is_image_file(Path(path)):
         raise DataError(f"{csv_path}:{line}: {path!r} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     if not (root / path).is_file():
         raise DataError(f"{csv_path}:{line}: image {path!r} not found (paths are relative to the CSV's folder)")
 
 
-def _discover_manifest(csv_path: Path, group_column: str, allow_outside_root: bool = False) -> tuple[Path, list[str], list[str], list[int] | None, list[str] | None]:
+def _discover_manifest(
+    csv_path: Path, group_column: str, allow_outside_root: bool = False
+) -> tuple[Path, list[str], list[str], list[int] | None, list[str] | None]:
     root = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # -sig: a manifest saved by Excel starts with a BOM
+    with open(
+        csv_path, newline="", encoding="utf-8-sig"
+    ) as handle:  # -sig: a manifest saved by Excel starts with a BOM
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         unknown = set(columns) - {"path", "label", "fold", group_column}
         if "path" not in columns or "label" not in columns or unknown:
-            raise DataError(f"{csv_path}: columns must be path,label[,fold][,{group_column}]; found {','.join(columns) or 'none'} (--group-column names the group column)")
+            raise DataError(
+                f"{csv_path}: columns must be path,label[,fold][,{group_column}]; found {','.join(columns) or 'none'} (--group-column names the group column)"
+            )
         rows = list(reader)
     if not rows:
         raise DataError(f"{csv_path}: manifest lists no images")
@@ -161,7 +182,9 @@ def _discover_manifest(csv_path: Path, group_column: str, allow_outside_root: bo
             except ValueError:
                 raise DataError(f"{csv_path}:{line}: fold {row['fold']!r} is not an integer") from None
         if group_column in columns and not (row[group_column] or "").strip():
-            raise DataError(f"{csv_path}:{line}: empty {group_column!r} for {row['path']!r}; every image needs its group (patient, slide or sample)")
+            raise DataError(
+                f"{csv_path}:{line}: empty {group_column!r} for {row['path']!r}; every image needs its group (patient, slide or sample)"
+            )
     groups = [row[group_column].strip() for row in rows] if group_column in columns else None
     return root, paths, names, (folds if "fold" in columns else None), groups
 
@@ -178,12 +201,18 @@ def find_copies(root: Path, paths: Sequence[str], names: Sequence[str]) -> dict[
         if j == i:
             continue
         if names[j] != names[i]:
-            raise DataError(f"{root / rel}: the same file as {root / paths[j]}, but labelled {names[i]!r} and {names[j]!r}; remove the wrong copy")
+            raise DataError(
+                f"{root / rel}: the same file as {root / paths[j]}, but labelled {names[i]!r} and {names[j]!r}; remove the wrong copy"
+            )
         copies[i] = j
     if copies:
         shown = ", ".join(f"{paths[i]} = {paths[j]}" for i, j in list(copies.items())[:3])
-        log.warning("%d images are byte-identical copies of others of their class (%s%s); each copy is kept in its original's fold",
-                    len(copies), shown, " ..." if len(copies) > 3 else "")  # fmt: skip
+        log.warning(
+            "%d images are byte-identical copies of others of their class (%s%s); each copy is kept in its original's fold",
+            len(copies),
+            shown,
+            " ..." if len(copies) > 3 else "",
+        )
     return copies
 
 
@@ -199,7 +228,9 @@ def groups_from_pattern(paths: Sequence[str], pattern: str) -> list[str]:
     for rel in paths:
         match = compiled.search(Path(rel).name)
         if match is None or not match.group(1):
-            raise DataError(f"{rel}: --group-pattern '{pattern}' finds no group in this file name; fix the pattern or the name")
+            raise DataError(
+                f"{rel}: --group-pattern '{pattern}' finds no group in this file name; fix the pattern or the name"
+            )
         groups.append(match.group(1))
     return groups
 
@@ -233,7 +264,9 @@ def discover(
         else:
             paths, names = _from_class_folders(root, root)
     if not paths:
-        raise DataError(f"{root}: no images found; expected <Class>/ folders of {', '.join(sorted(IMAGE_EXTENSIONS))} files")
+        raise DataError(
+            f"{root}: no images found; expected <Class>/ folders of {', '.join(sorted(IMAGE_EXTENSIONS))} files"
+        )
     if group_pattern is not None:
         groups = groups_from_pattern(paths, group_pattern)
 
@@ -298,7 +331,9 @@ def load_rgb(path: Path, background: tuple[int, int, int] = (204, 191, 183)) -> 
         # Scaled by what the mode can hold, never by this image's own maximum: a dim frame
         # stays dim, and every image of a data set is scaled alike.
         array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array / MODE_FULL_SCALE[image.mode] * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(
+            np.clip(array / MODE_FULL_SCALE[image.mode] * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L"
+        )
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -4,6 +4,7 @@ Under ``torchrun --nproc_per_node=N train.py ...`` each process trains on its sh
 (DistributedSampler), metrics are summed over processes, and only rank 0 writes files.
 Without torchrun everything here is a no-op, so the same code runs single-process.
 """
+
 from __future__ import annotations
 
 import os

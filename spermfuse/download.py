@@ -10,6 +10,7 @@ the format its entry declares (:func:`record_first_use`), and every later use ch
 cached file that changed is an error, never a silent reload. Later runs read the cache and
 work offline.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,12 @@ def check_url(url: str, context: str = "") -> None:
     if parts.scheme == "https" or (parts.scheme == "http" and (loopback or os.environ.get(ALLOW_HTTP_VARIABLE) == "1")):
         return
     if parts.scheme == "http":
-        raise DownloadError(f"{url}{context}: plain http can be altered on the way; use an https mirror, or set ${ALLOW_HTTP_VARIABLE}=1 for a trusted network")
-    raise DownloadError(f"{url}{context}: only https (or http) URLs are downloaded; copy the file and pass --weights PATH")
+        raise DownloadError(
+            f"{url}{context}: plain http can be altered on the way; use an https mirror, or set ${ALLOW_HTTP_VARIABLE}=1 for a trusted network"
+        )
+    raise DownloadError(
+        f"{url}{context}: only https (or http) URLs are downloaded; copy the file and pass --weights PATH"
+    )
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
@@ -83,7 +88,9 @@ def _expected_digest(path: Path, entry: WeightsEntry) -> tuple[str | None, str]:
         return entry.sha256.lower(), "the catalogue's"
     record = _record_path(path)
     if record.exists():
-        return record.read_text().split()[0], f"the one recorded at its first download ({record}; delete it too to accept a new file)"
+        return record.read_text().split()[
+            0
+        ], f"the one recorded at its first download ({record}; delete it too to accept a new file)"
     return None, ""
 
 
@@ -116,7 +123,9 @@ def record_first_use(path: Path, entry: WeightsEntry) -> None:
         atomic_write_text(_record_path(path), f"{actual}  {entry.url}\n")
         log.info("%s: no digest known; recorded %s", path, actual)
     except OSError as error:
-        log.warning("%s: SHA-256 %s; could not record it (%s): later uses cannot check the file", path, actual, error.strerror)
+        log.warning(
+            "%s: SHA-256 %s; could not record it (%s): later uses cannot check the file", path, actual, error.strerror
+        )
 
 
 def _stream(url: str, handle, progress: Progress | None) -> str:
@@ -128,7 +137,9 @@ def _stream(url: str, handle, progress: Progress | None) -> str:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         if total is not None and total > MAX_DOWNLOAD_BYTES:
-            raise DownloadError(f"{url}: announces {total / 1e9:.1f} GB, more than any checkpoint ({MAX_DOWNLOAD_BYTES / 1e9:.1f} GB); refused")
+            raise DownloadError(
+                f"{url}: announces {total / 1e9:.1f} GB, more than any checkpoint ({MAX_DOWNLOAD_BYTES / 1e9:.1f} GB); refused"
+            )
         done = 0
         try:
             while chunk := response.read(CHUNK):
@@ -136,7 +147,9 @@ def _stream(url: str, handle, progress: Progress | None) -> str:
                 digest.update(chunk)
                 done += len(chunk)
                 if done > MAX_DOWNLOAD_BYTES:
-                    raise DownloadError(f"{url}: sent more than {MAX_DOWNLOAD_BYTES / 1e9:.1f} GB; refused, nothing was kept")
+                    raise DownloadError(
+                        f"{url}: sent more than {MAX_DOWNLOAD_BYTES / 1e9:.1f} GB; refused, nothing was kept"
+                    )
                 if progress is not None:
                     progress(done, total)
         except http.client.IncompleteRead as error:
@@ -154,7 +167,9 @@ def download(entry: WeightsEntry, folder: Path, progress: Progress | None = None
         folder.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{entry.file_name}.", suffix=".part", dir=folder)
     except OSError as error:
-        raise DownloadError(f"{folder}: the weights cache is not writable ({error.strerror}); set $SPERMFUSE_CACHE to move it") from None
+        raise DownloadError(
+            f"{folder}: the weights cache is not writable ({error.strerror}); set $SPERMFUSE_CACHE to move it"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             log.info("downloading %s %s from %s", entry.arch, entry.tag, entry.url)
@@ -189,7 +204,9 @@ def fetch(entry: WeightsEntry, progress: Progress | None = None, folder: Path | 
     folder = weights_cache() if folder is None else folder
     path = folder / entry.file_name
     if not path.resolve().is_relative_to(folder.resolve()):
-        raise DownloadError(f"{entry.arch} --pretrained {entry.tag}: its cache file {path} would lie outside the cache {folder}; fix the tag")
+        raise DownloadError(
+            f"{entry.arch} --pretrained {entry.tag}: its cache file {path} would lie outside the cache {folder}; fix the tag"
+        )
     if path.exists():
         verify_cached(path, entry)
         return path

@@ -10,6 +10,7 @@ batch (the paper's 8) is large. Choose the decay for the number of steps: its wi
 about 1 / (1 - decay) steps (0.999: about half an epoch of the paper's 14,765 images at
 batch 8; a CPU demo of 34 steps per epoch wants about 0.97).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

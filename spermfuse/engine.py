@@ -4,6 +4,7 @@ One optimiser step per batch through ``scaler.step``; autocast wraps the forward
 the loss; ``scaler.unscale_`` before clipping; ``scaler.update()`` after every step.
 Steps the scaler skips (inf/NaN gradients, normal early in fp16 training) are counted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -168,7 +169,9 @@ def predict(
     return torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices)
 
 
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[float, float]:
+def loss_and_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> tuple[float, float]:
     """Mean (class-weighted, as in training) cross-entropy and accuracy of logits."""
     if len(labels) == 0:
         return math.nan, math.nan
@@ -200,7 +203,13 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
-        return {"patience": self.patience, "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        return {
+            "patience": self.patience,
+            "mode": self.mode,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.patience, self.mode = state["patience"], state["mode"]

@@ -4,6 +4,7 @@ Scripts print such an error as one line and exit with status 2. Every other exce
 a bug in spermfuse or in code calling it, and keeps its traceback: a ``ValueError`` from
 deep inside NumPy must not look like bad input.
 """
+
 from __future__ import annotations
 
 

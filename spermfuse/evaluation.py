@@ -1,5 +1,6 @@
 """The numbers of an evaluation (Sec. 3 of the fusion paper): report.json's metrics per model and
 fold, the paired tests between models, calibration before and after, and Table 2 (the ablation)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,16 +46,30 @@ def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, 
             # Each fold's model trained on the other folds: n_train is the rest of the data (validation included).
             test_size = len(labels) / len(pairs)
             corrected = metrics.corrected_resampled_t_test(scores_a, scores_b, test_size, len(labels) - test_size)
-            tests.append({"a": a, "b": b, "metric": "f1_weighted", **paired, **corrected, "mcnemar_p": metrics.mcnemar_p(labels, predicted_a, predicted_b)})
+            tests.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "metric": "f1_weighted",
+                    **paired,
+                    **corrected,
+                    "mcnemar_p": metrics.mcnemar_p(labels, predicted_a, predicted_b),
+                }
+            )
     return tests
 
 
-def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | None = None, shipped: Sequence[float] | None = None) -> dict:
+def calibration_of(
+    folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | None = None, shipped: Sequence[float] | None = None
+) -> dict:
     """NLL, Brier, ECE and AURC of the pooled test logits, before and after temperature scaling:
     with ``shipped`` (the fusion's temperatures from fusion.json: what --predict applies) those,
     else (given each fold's validation logits) a T fitted per fold on validation only."""
     labels, logits = pooled(folds)
-    block = {"before": calibration.calibration_scores(logits, labels), "aurc_before": calibration.aurc(calibration.probabilities_of(logits), labels)}
+    block = {
+        "before": calibration.calibration_scores(logits, labels),
+        "aurc_before": calibration.aurc(calibration.probabilities_of(logits), labels),
+    }
     block |= {"after": None, "aurc_after": None, "temperature_per_fold": None, "intervals": None}
     temperatures = list(shipped) if shipped is not None else None
     if temperatures is None and val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
@@ -66,12 +81,14 @@ def calibration_of(folds: Sequence[LogitsSet], val_folds: Sequence[LogitsSet] | 
             "aurc_after": calibration.aurc(calibration.probabilities_of(scaled), labels),
             "intervals": calibration.paired_bootstrap(logits, scaled, labels),
             "temperature_per_fold": temperatures,
-        }  # fmt: skip
+        }
     return block
 
 
 def build_report(
-    models: dict[str, Sequence[LogitsSet]], val_models: dict[str, Sequence[LogitsSet]] | None = None, shipped: dict[str, Sequence[float]] | None = None,
+    models: dict[str, Sequence[LogitsSet]],
+    val_models: dict[str, Sequence[LogitsSet]] | None = None,
+    shipped: dict[str, Sequence[float]] | None = None,
 ) -> dict:
     """report.json: ``classes``, ``models`` {name: aggregate/folds/summary/calibration}, ``tests``.
 
@@ -80,7 +97,10 @@ def build_report(
     """
     val_models, shipped = val_models or {}, shipped or {}
     classes = next(iter(models.values()))[0].classes
-    evaluated = {name: evaluate_model(folds) | {"calibration": calibration_of(folds, val_models.get(name), shipped.get(name))} for name, folds in models.items()}
+    evaluated = {
+        name: evaluate_model(folds) | {"calibration": calibration_of(folds, val_models.get(name), shipped.get(name))}
+        for name, folds in models.items()
+    }
     return {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated)}
 
 
@@ -88,7 +108,9 @@ def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
     """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
     models = {name: path for name, path in run_folder.discover_models(runs).items() if not name.startswith("fusion")}
     if not models:
-        raise fusion.FusionError(f"--ablation {runs}: no trained models (fold*/test_logits.npz) there; check the folder")
+        raise fusion.FusionError(
+            f"--ablation {runs}: no trained models (fold*/test_logits.npz) there; check the folder"
+        )
     rows = []
     for name, path in models.items():
         sets = run_folder.load_fold_sets(path)

@@ -16,6 +16,7 @@ fused logit.
 
 Everything here leaves a model as it found it: its modes, ``requires_grad`` flags and hooks.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -60,7 +61,9 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
         try:
             return model.get_submodule(layer)
         except AttributeError:
-            raise ConfigError(f"layer {layer!r}: no such module in {type(model).__name__} (e.g. {', '.join(n for n, _ in list(model.named_children())[:4])})") from None
+            raise ConfigError(
+                f"layer {layer!r}: no such module in {type(model).__name__} (e.g. {', '.join(n for n, _ in list(model.named_children())[:4])})"
+            ) from None
     return layer
 
 
@@ -103,7 +106,11 @@ def _targets(target: int | torch.Tensor | None, logits: torch.Tensor) -> torch.T
     count, classes = logits.shape
     if target is None:
         return logits.argmax(1)
-    target = torch.as_tensor(target, dtype=torch.long).expand(count) if not torch.is_tensor(target) or target.ndim == 0 else target.long()
+    target = (
+        torch.as_tensor(target, dtype=torch.long).expand(count)
+        if not torch.is_tensor(target) or target.ndim == 0
+        else target.long()
+    )
     if target.shape != (count,):
         raise ConfigError(f"target: give one class or one per image ({count}), not {tuple(target.shape)}")
     if bool(((target < 0) | (target >= classes)).any()):
@@ -118,7 +125,9 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(spread > 0, (maps - low) / spread.clamp_min(1e-12), torch.zeros_like(maps))
 
 
-def fused_grad_cam(members: Sequence[Member], inputs: Sequence[torch.Tensor], target: int | torch.Tensor | None = None) -> Explanation:
+def fused_grad_cam(
+    members: Sequence[Member], inputs: Sequence[torch.Tensor], target: int | torch.Tensor | None = None
+) -> Explanation:
     """Grad-CAM of the fused logit sum_i w_i z_i (module docstring); ``inputs[i]`` is member i's
     preprocessed batch (the members may normalise differently; the sizes must agree)."""
     if len(inputs) != len(members):
@@ -132,7 +141,9 @@ def fused_grad_cam(members: Sequence[Member], inputs: Sequence[torch.Tensor], ta
         try:
             for index, member in enumerate(members):
                 layer = resolve_layer(member.model, member.layer)
-                hooks.append(layer.register_forward_hook(lambda _m, _i, out, index=index: activations.__setitem__(index, out)))
+                hooks.append(
+                    layer.register_forward_hook(lambda _m, _i, out, index=index: activations.__setitem__(index, out))
+                )
             # The input requires grad, so the graph exists even when every parameter is frozen.
             logits = sum(m.weight * m.model(x.detach().requires_grad_(True)).float() for m, x in zip(members, inputs))
         finally:
@@ -154,7 +165,12 @@ def fused_grad_cam(members: Sequence[Member], inputs: Sequence[torch.Tensor], ta
     return Explanation(fused.cpu(), {n: m.cpu() for n, m in maps.items()}, target.cpu(), probability.cpu())
 
 
-def grad_cam(model: nn.Module, images: torch.Tensor, target: int | torch.Tensor | None = None, layer: nn.Module | str | None = None) -> torch.Tensor:
+def grad_cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: int | torch.Tensor | None = None,
+    layer: nn.Module | str | None = None,
+) -> torch.Tensor:
     """Grad-CAM maps [N, H, W] in [0, 1] of ``model`` for preprocessed ``images`` [N, 3, H, W].
 
     ``target``: None explains each image's predicted class, an int one class for all, a
@@ -261,23 +277,35 @@ def explain_files(
 
     fused = FusedModel(folds, weights).to(device)  # the model fuse.py --predict computes with
     shares = fused.member_weights()
-    members = [Member(name, c.model, shares[f][i]) for f, fold in enumerate(folds) for i, (name, c) in enumerate(zip(names, fold))]
+    members = [
+        Member(name, c.model, shares[f][i])
+        for f, fold in enumerate(folds)
+        for i, (name, c) in enumerate(zip(names, fold))
+    ]
     pipelines = {spec: from_spec(spec) for spec in fused.distinct_specs}
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = [load_rgb(p) for p in chunk]
-        prepared = {spec: torch.stack([pipeline.scaled(image) for image in images]).to(device) for spec, pipeline in pipelines.items()}
+        prepared = {
+            spec: torch.stack([pipeline.scaled(image) for image in images]).to(device)
+            for spec, pipeline in pipelines.items()
+        }
         explanation = fused_grad_cam(members, [x for fold in fused.member_inputs(prepared) for x in fold])
         for n, (path, image) in enumerate(zip(chunk, images)):
             width, height = image.size
             back = lambda maps: to_original_geometry(maps[n : n + 1], width, height)[0]  # noqa: E731
             yield ImageExplanation(
-                path, int(explanation.target[n]), float(explanation.probability[n]), back(explanation.fused),
+                path,
+                int(explanation.target[n]),
+                float(explanation.probability[n]),
+                back(explanation.fused),
                 {name: back(maps) for name, maps in explanation.members.items()},
-            )  # fmt: skip
+            )
 
 
-def pointing_game(maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], parts: Sequence[str]) -> dict[str, dict[str, float]]:
+def pointing_game(
+    maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], parts: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Is each map's peak inside the part that carries the defect? Per part group: images, hits,
     hit rate, and chance (the mean share of the image that part covers: a peak dropped at
     random hits that often). ``maps[i]`` and ``masks[i]`` share the original image's geometry;
@@ -289,7 +317,9 @@ def pointing_game(maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], par
     groups: dict[str, dict[str, float]] = {}
     for heat, mask, part in zip(maps, masks, parts):
         if heat.shape != mask.shape:
-            raise ConfigError(f"a map of shape {tuple(heat.shape)} for a mask of shape {mask.shape}: both must be in the image's geometry")
+            raise ConfigError(
+                f"a map of shape {tuple(heat.shape)} for a mask of shape {mask.shape}: both must be in the image's geometry"
+            )
         inside = np.isin(mask, values[part])
         row, column = peak(heat[None])[0].tolist()
         group = groups.setdefault(part, {"images": 0, "hits": 0, "chance_sum": 0.0})
@@ -297,12 +327,30 @@ def pointing_game(maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], par
         group["hits"] += int(inside[row, column])
         group["chance_sum"] += float(inside.mean())
     return {
-        part: {"images": g["images"], "hits": g["hits"], "hit_rate": g["hits"] / g["images"], "chance": g["chance_sum"] / g["images"]}
+        part: {
+            "images": g["images"],
+            "hits": g["hits"],
+            "hit_rate": g["hits"] / g["images"],
+            "chance": g["chance_sum"] / g["images"],
+        }
         for part, g in groups.items()
-    }  # fmt: skip
+    }
 
 
 __all__ = [
-    "Explanation", "ImageExplanation", "Member", "default_layer", "explain_files", "pointing_game", "fused_grad_cam", "fused_pair_members", "grad_cam", "occlusion", "peak",
-    "resolve_layer", "scale_to_unit", "spearman", "to_original_geometry",
-]  # fmt: skip
+    "Explanation",
+    "ImageExplanation",
+    "Member",
+    "default_layer",
+    "explain_files",
+    "pointing_game",
+    "fused_grad_cam",
+    "fused_pair_members",
+    "grad_cam",
+    "occlusion",
+    "peak",
+    "resolve_layer",
+    "scale_to_unit",
+    "spearman",
+    "to_original_geometry",
+]

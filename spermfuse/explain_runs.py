@@ -4,6 +4,7 @@ Every test image is explained by the members of the fold that tested it, fused w
 fold's weights (``fusion.json``), as ``fuse.py --predict --fold k`` would predict it. Needs
 the runs' checkpoints (``best.pt``), not only their logits.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,7 +46,9 @@ def fused_test_images(runs: Path) -> tuple[list[TestImage], list[str]]:
     return images, sets[0].classes
 
 
-def explain_test_images(runs: Path, images: Sequence[TestImage], device: torch.device | str = "cpu") -> Iterator[tuple[TestImage, ImageExplanation]]:
+def explain_test_images(
+    runs: Path, images: Sequence[TestImage], device: torch.device | str = "cpu"
+) -> Iterator[tuple[TestImage, ImageExplanation]]:
     """Grad-CAM of each test image under its own fold's fused members, fold by fold."""
     settings = read_fusion_settings(runs / FUSION_FOLDER)
     names = settings.models
@@ -54,7 +57,9 @@ def explain_test_images(runs: Path, images: Sequence[TestImage], device: torch.d
         members = load_fold_members(runs, names, [fold], device)
         weights = settings.prediction_weights([fold])
         chosen = [image for image in images if image.fold == fold]
-        for image, explained in zip(chosen, explain_files([root / i.path for i in chosen], members, weights, names, device)):
+        for image, explained in zip(
+            chosen, explain_files([root / i.path for i in chosen], members, weights, names, device)
+        ):
             yield image, explained
 
 
@@ -77,9 +82,13 @@ def read_masks(masks_root: Path) -> dict[str, Path]:
         with open(manifest, newline="") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as error:
-        raise ConfigError(f"--masks {masks_root}: no readable metadata.csv ({error.strerror}); generate it with python -m spermfuse.synthetic --out DIR --masks") from None
+        raise ConfigError(
+            f"--masks {masks_root}: no readable metadata.csv ({error.strerror}); generate it with python -m spermfuse.synthetic --out DIR --masks"
+        ) from None
     if not rows or "mask" not in rows[0]:
-        raise ConfigError(f"--masks {manifest}: has no 'mask' column; generate the set with python -m spermfuse.synthetic --masks")
+        raise ConfigError(
+            f"--masks {manifest}: has no 'mask' column; generate the set with python -m spermfuse.synthetic --masks"
+        )
     return {row["path"]: masks_root / row["mask"] for row in rows}
 
 
@@ -102,7 +111,9 @@ def check_masks(runs: Path, masks_root: Path) -> dict[str, Path]:
     return masks
 
 
-def pointing_game_of_runs(runs: Path, masks: dict[str, Path], device: torch.device | str = "cpu", limit: int | None = None) -> dict:
+def pointing_game_of_runs(
+    runs: Path, masks: dict[str, Path], device: torch.device | str = "cpu", limit: int | None = None
+) -> dict:
     """The pointing game (``explain.pointing_game``) of the fused model on every test image
     (``limit``: the first N per fold), grouped by the part that carries each class's defect;
     ``masks``: what :func:`check_masks` returned."""

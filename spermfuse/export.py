@@ -9,6 +9,7 @@ is exactly what ``fuse.py --predict`` computes. What happens before it (the lett
 for method B the Otsu segmentation) is described in ``model.json`` so that a client without
 spermfuse can repeat it.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,7 +49,9 @@ def check_exportable(folds: Sequence[Sequence[Classifier]]) -> None:
     for fold in folds:
         for classifier, first in zip(fold, reference):
             if classifier.spec != first.spec or classifier.tta != first.tta:
-                raise ExportError(f"{classifier.source}: preprocessing differs from {first.source} (same model, other fold); retrain or export one fold")
+                raise ExportError(
+                    f"{classifier.source}: preprocessing differs from {first.source} (same model, other fold); retrain or export one fold"
+                )
 
 
 def _traced_input(img_size: int, max_batch: int) -> tuple[tuple[torch.Tensor], tuple[dict]]:
@@ -95,13 +98,20 @@ def export_onnx(module: FusedModel, img_size: int, path: Path, max_batch: int = 
     example, dynamic = _traced_input(img_size, max_batch)
     with torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript"):  # they log every optimisation pass at INFO
         program = torch.onnx.export(module, example, dynamic_shapes=dynamic, dynamo=True, verbose=False)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as private:  # never a fixed, plantable name
+    with tempfile.TemporaryDirectory(
+        prefix=f".{path.name}.", dir=path.parent
+    ) as private:  # never a fixed, plantable name
         partial = Path(private) / path.name
         program.save(str(partial))
         os.replace(partial, path)
 
 
-def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]]) -> dict:
+def describe(
+    folds: Sequence[Sequence[Classifier]],
+    names: Sequence[str],
+    fold_ids: Sequence[int],
+    weights: Sequence[Sequence[float]],
+) -> dict:
     """model.json: what the client must do before the graph, and what the graph does."""
     first = folds[0]
     pipeline = first[0].pipeline
@@ -134,7 +144,11 @@ def describe(folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_i
 
 
 def export_fused(
-    folds: Sequence[Sequence[Classifier]], names: Sequence[str], fold_ids: Sequence[int], weights: Sequence[Sequence[float]], out: Path,
+    folds: Sequence[Sequence[Classifier]],
+    names: Sequence[str],
+    fold_ids: Sequence[int],
+    weights: Sequence[Sequence[float]],
+    out: Path,
     decision: dict | None = None,
 ) -> Path:
     """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra) and ``out/model.json`` (which

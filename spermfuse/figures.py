@@ -1,4 +1,5 @@
 """The figures of an evaluation and of an explanation, as PNG files (matplotlib, imported only when drawing)."""
+
 from __future__ import annotations
 
 import io
@@ -35,7 +36,10 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(6, 0.45 * len(classes))
     figure, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size))
-    for ax, values, name, fmt_ in ((axes[0], matrix, "counts", "{:.0f}"), (axes[1], normalised, "row-normalised", "{:.2f}")):
+    for ax, values, name, fmt_ in (
+        (axes[0], matrix, "counts", "{:.0f}"),
+        (axes[1], normalised, "row-normalised", "{:.2f}"),
+    ):
         ax.imshow(values, cmap="Blues")
         ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -46,7 +50,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if values[i, j] > 0:
-                    ax.text(j, i, fmt_.format(values[i, j]), ha="center", va="center", fontsize=5, color="white" if values[i, j] > peak / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        fmt_.format(values[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=5,
+                        color="white" if values[i, j] > peak / 2 else "black",
+                    )
     _save(figure, path)
 
 
@@ -79,14 +91,18 @@ def plot_roc(folds: Sequence[LogitsSet], path: Path, title: str) -> None:
         ax.plot(grid, c, lw=0.7, alpha=0.5, label=f"fold {f.fold}")
     spread = f" +- {np.std(aucs, ddof=1):.4f}" if len(aucs) > 1 else ""
     ax.plot(grid, mean, color="black", lw=2, label=f"mean macro AUROC {np.mean(aucs):.4f}{spread}")
-    ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color="grey", alpha=0.3, label="+-1 std")
+    ax.fill_between(
+        grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color="grey", alpha=0.3, label="+-1 std"
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: macro ROC over folds")
     ax.legend(loc="lower right", fontsize=7)
     _save(figure, path)
 
 
-def plot_precision_recall(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
+def plot_precision_recall(
+    labels: np.ndarray, logits: np.ndarray, classes: Sequence[str], path: Path, title: str
+) -> None:
     """One-vs-rest precision-recall curve of every class, with its average precision."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -98,8 +114,20 @@ def plot_precision_recall(labels: np.ndarray, logits: np.ndarray, classes: Seque
         truth = labels == c
         if truth.any():
             precision, recall, _ = precision_recall_curve(truth, probabilities[:, c])
-            ax.plot(recall, precision, lw=1, color=colours(c % 20), label=f"{name} ({average_precision_score(truth, probabilities[:, c]):.2f})")
-    ax.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall (AP per class)", xlim=(0, 1), ylim=(0, 1.02))
+            ax.plot(
+                recall,
+                precision,
+                lw=1,
+                color=colours(c % 20),
+                label=f"{name} ({average_precision_score(truth, probabilities[:, c]):.2f})",
+            )
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        title=f"{title}: precision-recall (AP per class)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(fontsize=6, ncol=2, loc="lower left")
     _save(figure, path)
 
@@ -131,8 +159,19 @@ def plot_reliability(folds: Sequence[LogitsSet], temperatures: Sequence[float] |
     for (name, values), marker in zip(versions, ("o", "s")):
         diagram = calibration.reliability(calibration.probabilities_of(values), labels)
         used = diagram.count > 0
-        ax.plot(diagram.confidence[used], diagram.accuracy[used], marker=marker, label=f"{name} (ECE {diagram.expected_calibration_error:.3f})")
-    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: reliability")
+        ax.plot(
+            diagram.confidence[used],
+            diagram.accuracy[used],
+            marker=marker,
+            label=f"{name} (ECE {diagram.expected_calibration_error:.3f})",
+        )
+    ax.set(
+        xlabel="confidence (max probability)",
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"{title}: reliability",
+    )
     ax.legend(loc="upper left", fontsize=8)
     _save(figure, path)
 
@@ -146,7 +185,13 @@ def plot_risk_coverage(models: dict[str, Sequence[LogitsSet]], path: Path) -> No
         probabilities = calibration.probabilities_of(logits)
         coverage, risk = calibration.risk_coverage(probabilities, labels)
         ax.plot(coverage, risk, lw=1.2, label=f"{name} (AURC {calibration.aurc(probabilities, labels):.3f})")
-    ax.set(xlabel="coverage (share of cells accepted, most confident first)", ylabel="risk (error of accepted cells)", xlim=(0, 1), ylim=(0, 1), title="risk-coverage")
+    ax.set(
+        xlabel="coverage (share of cells accepted, most confident first)",
+        ylabel="risk (error of accepted cells)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="risk-coverage",
+    )
     ax.legend(fontsize=7)
     _save(figure, path)
 
@@ -172,10 +217,14 @@ def write_all(models: dict[str, Sequence[LogitsSet]], result: dict, out: Path) -
     """Every figure of a report: confusion, ROC, precision-recall and reliability per model, F1 and risk-coverage."""
     for name, sets in models.items():
         labels, logits = pooled(sets)
-        plot_confusion(result["models"][name]["aggregate"]["confusion"], result["classes"], out / f"confusion_{name}.png", name)
+        plot_confusion(
+            result["models"][name]["aggregate"]["confusion"], result["classes"], out / f"confusion_{name}.png", name
+        )
         plot_roc(sets, out / f"roc_{name}.png", name)
         plot_precision_recall(labels, logits, result["classes"], out / f"pr_{name}.png", name)
     plot_f1_comparison(result, out / "f1_comparison.png")
     plot_risk_coverage(models, out / "risk_coverage.png")
     for name, sets in models.items():
-        plot_reliability(sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name)
+        plot_reliability(
+            sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name
+        )

@@ -1,4 +1,5 @@
 """Atomic writes and safe loading: nothing half-written, nothing unpickled from strangers."""
+
 from __future__ import annotations
 
 import csv
@@ -122,7 +123,9 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     except Exception as error:  # unpickling refusal, corruption, truncation
         if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
             # torch's own text advises weights_only=False, which would run the file's code
-            raise CheckpointError(f"{path}: refused: it holds objects other than tensors, which loading would have to run as code") from None
+            raise CheckpointError(
+                f"{path}: refused: it holds objects other than tensors, which loading would have to run as code"
+            ) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({first_line})") from None
 
@@ -139,9 +142,17 @@ def safe_np_load(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the reference reader's limit

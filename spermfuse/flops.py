@@ -14,6 +14,7 @@ norm over each convolution's weights, so it is counted at 4 FLOPs per weight ele
 counter switches off the inference cache that would otherwise skip it). This is how the
 paper's 4.95 GFLOPs for ResNet50V2 at 240x240 comes out.
 """
+
 from __future__ import annotations
 
 import math

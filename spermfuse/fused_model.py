@@ -11,6 +11,7 @@ where w[k] is fold k's mix from ``fusion.json`` (already divided by each member'
 when fusion was calibrated; ``FusionSettings.prediction_weights``). ``fusion.fuse`` is the same
 rule on logits files.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,14 +51,21 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
     path = Path(path)
     checkpoint = safe_torch_load(path)
     classes = list(checkpoint["classes"])
-    model = create_model(checkpoint["arch"], len(classes), dropout=checkpoint.get("dropout"), padding=checkpoint.get("padding", "symmetric"))
+    model = create_model(
+        checkpoint["arch"],
+        len(classes),
+        dropout=checkpoint.get("dropout"),
+        padding=checkpoint.get("padding", "symmetric"),
+    )
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     spec = PipelineSpec.from_dict(checkpoint.get("pipeline"), str(path))
     return Classifier(model, spec, classes, path, checkpoint["tta"], checkpoint["split"])
 
 
-def load_fold_members(runs: str | Path, models: Sequence[str], folds: Sequence[int], device: torch.device | str = "cpu") -> list[list[Classifier]]:
+def load_fold_members(
+    runs: str | Path, models: Sequence[str], folds: Sequence[int], device: torch.device | str = "cpu"
+) -> list[list[Classifier]]:
     """The trained members of each fold, ``runs/<model>/fold<k>/best.pt``: ``[fold][model]``."""
     return [[load_classifier(Path(runs) / name / f"fold{k}" / "best.pt", device) for name in models] for k in folds]
 
@@ -69,9 +77,13 @@ def check_same_classes(members: Sequence[Sequence[Classifier]]) -> list[str]:
     for fold in members:
         for classifier in fold:
             if classifier.classes != classes:
-                raise DataError(f"{classifier.source}: classes differ from {members[0][0].source}; fuse only models of one data set")
+                raise DataError(
+                    f"{classifier.source}: classes differ from {members[0][0].source}; fuse only models of one data set"
+                )
             if classifier.split and fold[0].split and classifier.split != fold[0].split:
-                raise DataError(f"{classifier.source}: learned from other images than {fold[0].source} (another folds.csv or data); retrain it on the same split")
+                raise DataError(
+                    f"{classifier.source}: learned from other images than {fold[0].source} (another folds.csv or data); retrain it on the same split"
+                )
     return classes
 
 
@@ -88,13 +100,19 @@ class FusedModel(nn.Module):
         super().__init__()
         self.classes = check_same_classes(folds)
         if len(weights) != len(folds) or any(len(w) != len(fold) for w, fold in zip(weights, folds)):
-            raise DataError(f"{len(folds)} folds of {len(folds[0])} members need as many weights, got {[len(w) for w in weights]}")
+            raise DataError(
+                f"{len(folds)} folds of {len(folds[0])} members need as many weights, got {[len(w) for w in weights]}"
+            )
         self.members = nn.ModuleList(nn.ModuleList(c.model for c in fold) for fold in folds)
         self.specs = [[c.spec for c in fold] for fold in folds]
         self.tta = [[c.tta for c in fold] for fold in folds]
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
-        self.register_buffer("mean", torch.tensor([[c.spec.mean for c in fold] for fold in folds], dtype=torch.float32)[..., None, None])
-        self.register_buffer("std", torch.tensor([[c.spec.std for c in fold] for fold in folds], dtype=torch.float32)[..., None, None])
+        self.register_buffer(
+            "mean", torch.tensor([[c.spec.mean for c in fold] for fold in folds], dtype=torch.float32)[..., None, None]
+        )
+        self.register_buffer(
+            "std", torch.tensor([[c.spec.std for c in fold] for fold in folds], dtype=torch.float32)[..., None, None]
+        )
 
     @property
     def distinct_specs(self) -> list[PipelineSpec]:
@@ -103,7 +121,10 @@ class FusedModel(nn.Module):
 
     def member_inputs(self, images: Mapping[PipelineSpec, torch.Tensor]) -> list[list[torch.Tensor]]:
         """Each member's normalised input ``[fold][i]`` from the [0, 1] batches by spec."""
-        return [[(images[spec] - self.mean[f, i]) / self.std[f, i] for i, spec in enumerate(fold)] for f, fold in enumerate(self.specs)]
+        return [
+            [(images[spec] - self.mean[f, i]) / self.std[f, i] for i, spec in enumerate(fold)]
+            for f, fold in enumerate(self.specs)
+        ]
 
     def member_weights(self) -> list[list[float]]:
         """Each member's share of the fused logit: its fold's weight over the number of folds."""

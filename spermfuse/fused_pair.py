@@ -9,6 +9,7 @@ while the first runs in the caller's. The logits are the same either way. A memb
 training mode makes them run in turn: dropout draws from the global generator, and
 concurrent draws would make the result depend on thread timing.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,11 @@ class FusedPair(nn.Module):
         autocast, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 
         def run_second() -> torch.Tensor:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            with (
+                torch.inference_mode(inference),
+                torch.set_grad_enabled(grad),
+                torch.autocast("cpu", dtype=dtype, enabled=autocast),
+            ):
                 return self.second(x)
 
         pending = self._helper.submit(run_second)
@@ -83,4 +88,3 @@ class FusedPair(nn.Module):
     def __getstate__(self) -> dict:
         # Neither a thread nor a CUDA stream can be copied or pickled; a copy makes its own.
         return {**super().__getstate__(), "_helper": None, "_streams": None}
-

@@ -14,6 +14,7 @@ on). Two other selections are offered beside it, and what each guarantees:
 
 N >= 2 models are supported, with weights on the simplex grid.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,6 +34,7 @@ from .selective import accepted_accuracy, certify_threshold
 
 log = logging.getLogger(__name__)
 
+
 def fuse(logit_list: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Weighted sum of logits, sum_i w_i z_i (Eq. of Sec. 2.5)."""
     if len(logit_list) != len(weights):
@@ -48,7 +50,9 @@ def simplex_grid(num_models: int, alphas: Sequence[float]) -> list[tuple[float, 
     values = sorted(set(round(a, 10) for a in alphas))
     grid = [combo for combo in itertools.product(values, repeat=num_models) if abs(sum(combo) - 1.0) < 1e-9]
     if not grid:
-        raise FusionError(f"--alphas {','.join(f'{a:g}' for a in values)}: no {num_models} of these weights sum to 1; use a grid such as 0:1:0.1")
+        raise FusionError(
+            f"--alphas {','.join(f'{a:g}' for a in values)}: no {num_models} of these weights sum to 1; use a grid such as 0:1:0.1"
+        )
     return grid
 
 
@@ -74,7 +78,9 @@ class GridResult:
     best: tuple[float, ...]
 
 
-def score_grid(per_fold: Sequence[Sequence[LogitsSet]], grid: Sequence[tuple[float, ...]]) -> tuple[np.ndarray, np.ndarray]:
+def score_grid(
+    per_fold: Sequence[Sequence[LogitsSet]], grid: Sequence[tuple[float, ...]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and weighted F1 of every weight vector on every fold ([weights, folds])."""
     accuracy = np.zeros((len(grid), len(per_fold)))
     f1 = np.zeros_like(accuracy)
@@ -111,7 +117,9 @@ def nested_selection(result: GridResult) -> list[tuple[float, ...]]:
     return chosen
 
 
-def validation_selection(per_fold_val: Sequence[Sequence[LogitsSet]], alphas: Sequence[float]) -> list[tuple[float, ...]]:
+def validation_selection(
+    per_fold_val: Sequence[Sequence[LogitsSet]], alphas: Sequence[float]
+) -> list[tuple[float, ...]]:
     """For each fold, the weights that are best on that fold's validation logits (no use of its test images)."""
     grid = simplex_grid(len(per_fold_val[0]), alphas)
     chosen = []
@@ -124,7 +132,9 @@ def validation_selection(per_fold_val: Sequence[Sequence[LogitsSet]], alphas: Se
 MIN_CALIBRATION_IMAGES = 10
 
 
-def fit_temperatures(per_fold_val: Sequence[Sequence[LogitsSet]], names: Sequence[str] | None = None) -> list[list[float]]:
+def fit_temperatures(
+    per_fold_val: Sequence[Sequence[LogitsSet]], names: Sequence[str] | None = None
+) -> list[list[float]]:
     """Per fold, each model's temperature, fitted on that fold's *validation* logits only.
 
     A fold whose validation set is too small or holds one class cannot calibrate (the fit
@@ -140,15 +150,22 @@ def fit_temperatures(per_fold_val: Sequence[Sequence[LogitsSet]], names: Sequenc
         fold = [fit_temperature(s.logits, s.labels) for s in sets]
         for name, t in zip(names or [s.source for s in sets], fold):
             if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:
-                raise FusionError(f"--calibrate: fold {sets[0].fold}, {name}: the temperature ran to the bound of its search ({t:.3g}); "
-                                  "its validation logits cannot calibrate it (all right or all wrong with growing confidence); leave --calibrate out")  # fmt: skip
+                raise FusionError(
+                    f"--calibrate: fold {sets[0].fold}, {name}: the temperature ran to the bound of its search ({t:.3g}); "
+                    "its validation logits cannot calibrate it (all right or all wrong with growing confidence); leave --calibrate out"
+                )
         temperatures.append(fold)
     return temperatures
 
 
-def with_temperatures(per_fold: Sequence[Sequence[LogitsSet]], temperatures: Sequence[Sequence[float]]) -> list[list[LogitsSet]]:
+def with_temperatures(
+    per_fold: Sequence[Sequence[LogitsSet]], temperatures: Sequence[Sequence[float]]
+) -> list[list[LogitsSet]]:
     """Every model's logits divided by its temperature of that fold (calibrated before fusing)."""
-    return [[replace(s, logits=(s.logits / np.float32(t)).astype(np.float32)) for s, t in zip(sets, temps)] for sets, temps in zip(per_fold, temperatures)]
+    return [
+        [replace(s, logits=(s.logits / np.float32(t)).astype(np.float32)) for s, t in zip(sets, temps)]
+        for sets, temps in zip(per_fold, temperatures)
+    ]
 
 
 def evaluate_choice(per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[tuple[float, ...]]) -> dict:
@@ -173,10 +190,14 @@ def parse_alphas(text: str) -> list[float]:
         if not all(math.isfinite(x) for x in (start, stop, step)) or step <= 0:
             raise FusionError(f"--alphas {text}: the step must be a number > 0, e.g. 0:1:0.1")
         if start > stop:
-            raise FusionError(f"--alphas {text}: start {start:g} is above stop {stop:g}; give start:stop:step with start <= stop")
+            raise FusionError(
+                f"--alphas {text}: start {start:g} is above stop {stop:g}; give start:stop:step with start <= stop"
+            )
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
         if count > MAX_GRID_POINTS:
-            raise FusionError(f"--alphas {text}: {count} grid points; at most {MAX_GRID_POINTS} (a step of 0.001 on [0, 1])")
+            raise FusionError(
+                f"--alphas {text}: {count} grid points; at most {MAX_GRID_POINTS} (a step of 0.001 on [0, 1])"
+            )
         values = [round(start + i * step, 10) for i in range(count)]
     if len(values) > MAX_GRID_POINTS:
         raise FusionError(f"--alphas {text}: {len(values)} values; at most {MAX_GRID_POINTS}")
@@ -192,7 +213,9 @@ def grid_table(result: GridResult, names: Sequence[str]) -> tuple[list[str], lis
     rows = []
     for i, weights in enumerate(result.weights):
         shown = [f"{weights[0]:.2f}"] if len(names) == 2 else [f"{w:.2f}" for w in weights]
-        cells = [f"{v:.4f}" for j in range(len(result.folds)) for v in (result.accuracy[i, j], result.f1_weighted[i, j])]
+        cells = [
+            f"{v:.4f}" for j in range(len(result.folds)) for v in (result.accuracy[i, j], result.f1_weighted[i, j])
+        ]
         rows.append(shown + cells + [f"{result.accuracy[i].mean():.4f}", f"{result.f1_weighted[i].mean():.4f}"])
     return header, rows
 
@@ -203,7 +226,10 @@ def grid_table(result: GridResult, names: Sequence[str]) -> tuple[list[str], lis
 RULES = {
     "test": ("optimistic", "max mean weighted F1 over the test folds (the paper's; optimistic)"),
     "val": ("val", "per fold, max weighted F1 on that fold's validation logits (no use of its test images)"),
-    "nested": ("nested", "per fold, max mean weighted F1 on the other folds' test logits (their models trained on this fold's images)"),
+    "nested": (
+        "nested",
+        "per fold, max mean weighted F1 on the other folds' test logits (their models trained on this fold's images)",
+    ),
 }
 
 
@@ -238,86 +264,181 @@ class Selection:
     others: dict[str, list[tuple[float, ...]]]
 
 
-def _grid_rules(per_fold, per_fold_val, alphas: Sequence[float], names: Sequence[str]) -> tuple[dict[str, list | None], dict, tuple]:
+def _grid_rules(
+    per_fold, per_fold_val, alphas: Sequence[float], names: Sequence[str]
+) -> tuple[dict[str, list | None], dict, tuple]:
     """Every rule's weights per fold (None where impossible), their test figures, and Table 1."""
     result = grid_search(per_fold, alphas)
     chosen = {"test": [result.best] * len(per_fold), "nested": nested_selection(result) if len(per_fold) > 1 else None}
     chosen["val"] = validation_selection(per_fold_val, alphas) if per_fold_val is not None else None
-    comparison = {rule: evaluate_choice(per_fold, c) | {"weights_per_fold": [list(w) for w in c]} for rule, c in chosen.items() if c}
+    comparison = {
+        rule: evaluate_choice(per_fold, c) | {"weights_per_fold": [list(w) for w in c]}
+        for rule, c in chosen.items()
+        if c
+    }
     log.info("--select                      mean acc   mean F1w   mean F1m   weights per fold")
     for rule, figures in comparison.items():
         shown = " ".join("/".join(f"{x:.1f}" for x in w) for w in figures["weights_per_fold"])
         label = "test (the paper's, optimistic)" if rule == "test" else rule
-        log.info("%-29s %8.4f   %8.4f   %8.4f   %s", label, figures["accuracy"], figures["f1_weighted"], figures["f1_macro"], shown)
+        log.info(
+            "%-29s %8.4f   %8.4f   %8.4f   %s",
+            label,
+            figures["accuracy"],
+            figures["f1_weighted"],
+            figures["f1_macro"],
+            shown,
+        )
     return chosen, comparison, grid_table(result, names)
 
 
 MIN_PROMISE_CELLS = 30
 
 
-def _fused_probabilities(folds: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]], check: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _fused_probabilities(
+    folds: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]], check: str | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each fold's fused probabilities and labels; with ``check`` (what is calibrated on them), a
     warning for a fold with too few cells to back a promise."""
     fused = [(probabilities_of(fuse([s.logits for s in sets], w)), sets[0].labels) for sets, w in zip(folds, chosen)]
     for sets, (_, labels) in zip(folds, fused):
         if check and len(labels) < MIN_PROMISE_CELLS:
-            log.warning("fold %d: %s rests on %d cells (fewer than %d): the promise still holds with its stated probability, "
-                        "but the threshold or sets it allows are coarse; a larger --cal-fraction gives more", sets[0].fold, check, len(labels), MIN_PROMISE_CELLS)  # fmt: skip
+            log.warning(
+                "fold %d: %s rests on %d cells (fewer than %d): the promise still holds with its stated probability, "
+                "but the threshold or sets it allows are coarse; a larger --cal-fraction gives more",
+                sets[0].fold,
+                check,
+                len(labels),
+                MIN_PROMISE_CELLS,
+            )
     return fused
 
 
-def certify_referral(per_fold, per_fold_cal, chosen, target_accuracy: float, delta: float = 0.1, method: str = "sgr", calibrated_on: str = "validation") -> dict:
+def certify_referral(
+    per_fold,
+    per_fold_cal,
+    chosen,
+    target_accuracy: float,
+    delta: float = 0.1,
+    method: str = "sgr",
+    calibrated_on: str = "validation",
+) -> dict:
     """Per fold, a threshold certified on that fold's calibration cells (``selective.py``) for
     that fold's fused pair, and how it did on the fold's test cells; pooled over folds."""
     classes = per_fold[0][0].classes
     folds, pooled = [], []
-    for (pv, yv), (pt, yt), sets in zip(_fused_probabilities(per_fold_cal, chosen, "the referral certificate"), _fused_probabilities(per_fold, chosen), per_fold):
+    for (pv, yv), (pt, yt), sets in zip(
+        _fused_probabilities(per_fold_cal, chosen, "the referral certificate"),
+        _fused_probabilities(per_fold, chosen),
+        per_fold,
+    ):
         certificate = certify_threshold(pv.max(axis=1), pv.argmax(axis=1) == yv, target_accuracy, delta, method)
         correct, accepted = pt.argmax(axis=1) == yt, pt.max(axis=1) >= certificate.threshold
-        per_class = {name: float(correct[accepted & (yt == c)].mean()) if (accepted & (yt == c)).any() else None for c, name in enumerate(classes)}
+        per_class = {
+            name: float(correct[accepted & (yt == c)].mean()) if (accepted & (yt == c)).any() else None
+            for c, name in enumerate(classes)
+        }
         outcome = accepted_accuracy(pt.max(axis=1), correct, certificate.threshold) | {"per_class_accuracy": per_class}
         folds.append({"fold": sets[0].fold, "certificate": certificate.to_dict(), "test": outcome})
         pooled.append((pt.max(axis=1) >= certificate.threshold, correct))
-        log.info("fold %d: certified threshold %s (%d of %d validation cells accepted); test: %d accepted, accuracy %.4f [%.4f, %.4f]",
-                 sets[0].fold, "none (refer all)" if certificate.refers_all else f"{certificate.threshold:.4f}", certificate.n_accepted,
-                 certificate.n_calibration, outcome["accepted"], outcome["accepted_accuracy"], *outcome["interval"])  # fmt: skip
+        log.info(
+            "fold %d: certified threshold %s (%d of %d validation cells accepted); test: %d accepted, accuracy %.4f [%.4f, %.4f]",
+            sets[0].fold,
+            "none (refer all)" if certificate.refers_all else f"{certificate.threshold:.4f}",
+            certificate.n_accepted,
+            certificate.n_calibration,
+            outcome["accepted"],
+            outcome["accepted_accuracy"],
+            *outcome["interval"],
+        )
     accepted = np.concatenate([a for a, _ in pooled])
     correct = np.concatenate([c for _, c in pooled])
-    summary = accepted_accuracy(accepted.astype(float), correct, 0.5)  # the accepted cells of every fold, by their own threshold
+    summary = accepted_accuracy(
+        accepted.astype(float), correct, 0.5
+    )  # the accepted cells of every fold, by their own threshold
     tested = [f["test"]["accepted_accuracy"] for f in folds if f["test"]["accepted"]]
     below = float(np.mean([a < target_accuracy for a in tested])) if tested else math.nan
-    log.info("pooled: %d of %d accepted, accuracy %.4f [%.4f, %.4f] (promised >= %.3f with probability >= %.2f per fold); folds below: %.0f %%",
-             summary["accepted"], len(accepted), summary["accepted_accuracy"], *summary["interval"], target_accuracy, 1 - delta, 100 * below)  # fmt: skip
+    log.info(
+        "pooled: %d of %d accepted, accuracy %.4f [%.4f, %.4f] (promised >= %.3f with probability >= %.2f per fold); folds below: %.0f %%",
+        summary["accepted"],
+        len(accepted),
+        summary["accepted_accuracy"],
+        *summary["interval"],
+        target_accuracy,
+        1 - delta,
+        100 * below,
+    )
     return {
-        "target_accuracy": target_accuracy, "delta": delta, "method": method, "calibrated_on": f"each fold's {calibrated_on} cells",
-        "promise": "marginal over classes, for new cells exchangeable with the calibration cells", "per_fold": folds,
-        "pooled": summary, "folds_below_target": below,
-    }  # fmt: skip
+        "target_accuracy": target_accuracy,
+        "delta": delta,
+        "method": method,
+        "calibrated_on": f"each fold's {calibrated_on} cells",
+        "promise": "marginal over classes, for new cells exchangeable with the calibration cells",
+        "per_fold": folds,
+        "pooled": summary,
+        "folds_below_target": below,
+    }
 
 
-def calibrate_prediction_sets(per_fold, per_fold_cal, chosen, alpha: float, method: str = "aps", by: Sequence[str] | None = None, calibrated_on: str = "validation") -> dict:
+def calibrate_prediction_sets(
+    per_fold,
+    per_fold_cal,
+    chosen,
+    alpha: float,
+    method: str = "aps",
+    by: Sequence[str] | None = None,
+    calibrated_on: str = "validation",
+) -> dict:
     """Per fold, conformal sets (``conformal.py``) calibrated on that fold's calibration cells,
     and their coverage and size on its test cells; pooled over folds."""
     classes = per_fold[0][0].classes
     folds, covered, sizes = [], [], []
-    for k, ((pv, yv), (pt, yt), sets) in enumerate(zip(_fused_probabilities(per_fold_cal, chosen, "the prediction sets"), _fused_probabilities(per_fold, chosen), per_fold)):
+    for k, ((pv, yv), (pt, yt), sets) in enumerate(
+        zip(
+            _fused_probabilities(per_fold_cal, chosen, "the prediction sets"),
+            _fused_probabilities(per_fold, chosen),
+            per_fold,
+        )
+    ):
         calibrator = calibrate_sets(pv, yv, alpha, method, by, seed=k)
         predicted = predict_sets(pt, calibrator)
         metrics = set_metrics(predicted, yt, classes)
         if by is not None:
-            metrics["per_group_coverage"] = {g: float(predicted[np.arange(len(yt)), yt][np.isin(yt, [c for c, b in enumerate(by) if b == g])].mean()) for g in dict.fromkeys(by)}
+            metrics["per_group_coverage"] = {
+                g: float(predicted[np.arange(len(yt)), yt][np.isin(yt, [c for c, b in enumerate(by) if b == g])].mean())
+                for g in dict.fromkeys(by)
+            }
         folds.append({"fold": sets[0].fold, "calibrator": calibrator.to_dict(), "test": metrics})
         covered.append(predicted[np.arange(len(yt)), yt])
         sizes.append(predicted.sum(axis=1))
-        log.info("fold %d: prediction sets (%s, alpha %.2f): test coverage %.4f, mean size %.2f", sets[0].fold, method, alpha, metrics["coverage"], metrics["mean_size"])
+        log.info(
+            "fold %d: prediction sets (%s, alpha %.2f): test coverage %.4f, mean size %.2f",
+            sets[0].fold,
+            method,
+            alpha,
+            metrics["coverage"],
+            metrics["mean_size"],
+        )
     pooled = {"coverage": float(np.concatenate(covered).mean()), "mean_size": float(np.concatenate(sizes).mean())}
-    log.info("pooled: coverage %.4f (promised >= %.2f), mean size %.2f", pooled["coverage"], 1 - alpha, pooled["mean_size"])
-    return {"alpha": alpha, "method": method, "by": list(by) if by is not None else None, "calibrated_on": f"each fold's {calibrated_on} cells", "per_fold": folds, "pooled": pooled}
+    log.info(
+        "pooled: coverage %.4f (promised >= %.2f), mean size %.2f", pooled["coverage"], 1 - alpha, pooled["mean_size"]
+    )
+    return {
+        "alpha": alpha,
+        "method": method,
+        "by": list(by) if by is not None else None,
+        "calibrated_on": f"each fold's {calibrated_on} cells",
+        "per_fold": folds,
+        "pooled": pooled,
+    }
 
 
 def _check_promises(rule: str, alpha: float | None, per_fold_val, calibrate: bool, refer, sets) -> None:
     """A promise may rest neither on weights the test labels chose nor on missing validation logits."""
-    promises = [flag for flag, given in (("--calibrate", calibrate), ("--refer-accuracy", refer), ("--sets-alpha", sets)) if given]
+    promises = [
+        flag
+        for flag, given in (("--calibrate", calibrate), ("--refer-accuracy", refer), ("--sets-alpha", sets))
+        if given
+    ]
     if promises and alpha is None and rule == "test":
         raise FusionError(
             f"{promises[0]} with --select test: the test labels would choose the fusion weight that the promise is then tested on; "
@@ -373,19 +494,42 @@ def select(
     temperatures = None
     if calibrate:  # fitted on calibration (else validation) logits only; the others are scaled with them
         temperatures = fit_temperatures(per_fold_cal if per_fold_cal is not None else per_fold_val, models)
-        per_fold, per_fold_val = with_temperatures(per_fold, temperatures), with_temperatures(per_fold_val, temperatures)
+        per_fold, per_fold_val = (
+            with_temperatures(per_fold, temperatures),
+            with_temperatures(per_fold_val, temperatures),
+        )
         per_fold_cal = with_temperatures(per_fold_cal, temperatures) if per_fold_cal is not None else None
         for fold_sets, temps in zip(per_fold, temperatures):
-            log.info("fold %d temperatures: %s", fold_sets[0].fold, ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)))
+            log.info(
+                "fold %d temperatures: %s",
+                fold_sets[0].fold,
+                ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)),
+            )
     chosen, others, grid, comparison, description = _mix(per_fold, per_fold_val, models, rule, alphas, alpha)
     fit = per_fold_cal if per_fold_cal is not None else per_fold_val
     settings = FusionSettings(
-        models=list(models), folds=[sets[0].fold for sets in per_fold], weights_per_fold=[list(w) for w in chosen], rule=description,
-        select=rule, alphas=alphas, inputs=[s.source for sets in per_fold for s in sets],
-        weights=list(chosen[0]) if alpha is not None or rule == "test" else None, selection_comparison=comparison,
-        temperatures={"models": list(models), "per_fold": temperatures, "fused_per_fold": fused_temperatures(fit, chosen),
-                      "fitted_on": f"each fold's {calibrated_on} logits"} if temperatures else None,
-        referral=certify_referral(per_fold, fit, chosen, refer.accuracy, refer.delta, refer.method, calibrated_on) if refer else None,
-        sets=calibrate_prediction_sets(per_fold, fit, chosen, sets.alpha, sets.method, sets.by, calibrated_on) if sets else None,
-    )  # fmt: skip
+        models=list(models),
+        folds=[sets[0].fold for sets in per_fold],
+        weights_per_fold=[list(w) for w in chosen],
+        rule=description,
+        select=rule,
+        alphas=alphas,
+        inputs=[s.source for sets in per_fold for s in sets],
+        weights=list(chosen[0]) if alpha is not None or rule == "test" else None,
+        selection_comparison=comparison,
+        temperatures={
+            "models": list(models),
+            "per_fold": temperatures,
+            "fused_per_fold": fused_temperatures(fit, chosen),
+            "fitted_on": f"each fold's {calibrated_on} logits",
+        }
+        if temperatures
+        else None,
+        referral=certify_referral(per_fold, fit, chosen, refer.accuracy, refer.delta, refer.method, calibrated_on)
+        if refer
+        else None,
+        sets=calibrate_prediction_sets(per_fold, fit, chosen, sets.alpha, sets.method, sets.by, calibrated_on)
+        if sets
+        else None,
+    )
     return Selection(settings, per_fold, per_fold_val, per_fold_cal, grid, others)

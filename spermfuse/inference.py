@@ -3,6 +3,7 @@
 Each member's ``best.pt`` carries its preprocessing (``transforms.PipelineSpec``), so the
 test-time pipeline is rebuilt exactly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,10 @@ def fused_probabilities(
     probabilities = []
     for start in range(0, len(images), batch_size):
         batch = [load_rgb(p) for p in images[start : start + batch_size]]
-        prepared = {spec: torch.stack([pipeline.scaled(image) for image in batch]).to(device) for spec, pipeline in pipelines.items()}
+        prepared = {
+            spec: torch.stack([pipeline.scaled(image) for image in batch]).to(device)
+            for spec, pipeline in pipelines.items()
+        }
         probabilities.append(torch.softmax(fused.fused_logits(prepared).double(), dim=1).cpu().numpy())
     return np.concatenate(probabilities)
 
@@ -64,8 +68,10 @@ def usable_images(folder: Path, skip_bad: bool = False) -> tuple[list[Path], lis
     bad = [(path, why) for path in images if (why := check_image(path)) is not None]
     if bad and not skip_bad:
         shown = "; ".join(f"{path.relative_to(folder).as_posix()}: {why}" for path, why in bad[:5])
-        raise DataError(f"--predict {folder}: {len(bad)} of {len(images)} images unusable ({shown}{' ...' if len(bad) > 5 else ''}); "
-                        "remove them, or add --skip-bad to list them in the CSV and go on")  # fmt: skip
+        raise DataError(
+            f"--predict {folder}: {len(bad)} of {len(images)} images unusable ({shown}{' ...' if len(bad) > 5 else ''}); "
+            "remove them, or add --skip-bad to list them in the CSV and go on"
+        )
     skipped = {path for path, _ in bad}
     good = [path for path in images if path not in skipped]
     if not good:
@@ -74,24 +80,37 @@ def usable_images(folder: Path, skip_bad: bool = False) -> tuple[list[Path], lis
 
 
 def prediction_table(
-    root: Path, images: Sequence[Path], bad: Sequence[tuple[Path, str]], probabilities: np.ndarray, classes: Sequence[str],
-    threshold: float | None = None, set_calibrator: SetCalibrator | None = None,
+    root: Path,
+    images: Sequence[Path],
+    bad: Sequence[tuple[Path, str]],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    threshold: float | None = None,
+    set_calibrator: SetCalibrator | None = None,
 ) -> tuple[list[str], list[list]]:
     """predictions.csv: path, predicted, confidence[, refer][, set, set_size], p_<class>...[, skipped]."""
     header = ["path", "predicted", "confidence"]
-    rows = [[path.relative_to(root).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"] for path, p in zip(images, probabilities)]
+    rows = [
+        [path.relative_to(root).as_posix(), classes[int(p.argmax())], f"{p.max():.6f}"]
+        for path, p in zip(images, probabilities)
+    ]
     if threshold is not None:  # 1: below the certified threshold, a person looks at it
         header.append("refer")
         rows = [row + [int(p.max() < threshold)] for row, p in zip(rows, probabilities)]
     if set_calibrator is not None:
         sets = predict_sets(probabilities, set_calibrator)
         header += ["set", "set_size"]
-        rows = [row + ["|".join(c for c, inside in zip(classes, members) if inside), int(members.sum())] for row, members in zip(rows, sets)]
+        rows = [
+            row + ["|".join(c for c, inside in zip(classes, members) if inside), int(members.sum())]
+            for row, members in zip(rows, sets)
+        ]
     header += [f"p_{c}" for c in classes]
     rows = [row + [f"{v:.6f}" for v in p] for row, p in zip(rows, probabilities)]
     if bad:  # skipped images: a row each, the reason in the last column
         header.append("skipped")
-        rows = [row + [""] for row in rows] + [[path.relative_to(root).as_posix()] + [""] * (len(header) - 2) + [why] for path, why in bad]
+        rows = [row + [""] for row in rows] + [
+            [path.relative_to(root).as_posix()] + [""] * (len(header) - 2) + [why] for path, why in bad
+        ]
     return header, rows
 
 
@@ -104,8 +123,13 @@ def explanation_files(folder: Path) -> set[str]:
 
 
 def write_explanations(
-    root: Path, folder: Path, images: Sequence[Path], members: Sequence[Sequence[Classifier]], names: Sequence[str],
-    weights: Sequence[Sequence[float]], device: torch.device | str = "cpu",
+    root: Path,
+    folder: Path,
+    images: Sequence[Path],
+    members: Sequence[Sequence[Classifier]],
+    names: Sequence[str],
+    weights: Sequence[Sequence[float]],
+    device: torch.device | str = "cpu",
 ) -> None:
     """One figure per image (the image, each member's Grad-CAM, the fused one) and an index.
 
@@ -119,7 +143,18 @@ def write_explanations(
         label = f"{classes[explained.predicted]} {explained.probability:.2f}"
         explanation_figure(load_rgb(explained.path), explained.figure_maps(), f"{relative.as_posix()}: {label}", figure)
         row, column = peak(explained.fused[None])[0].tolist()
-        rows.append([relative.as_posix(), classes[explained.predicted], f"{explained.probability:.6f}", figure.relative_to(folder).as_posix(), row, column])
+        rows.append(
+            [
+                relative.as_posix(),
+                classes[explained.predicted],
+                f"{explained.probability:.6f}",
+                figure.relative_to(folder).as_posix(),
+                row,
+                column,
+            ]
+        )
         if number % 50 == 0 or number == len(images):
             log.info("explained %d/%d images", number, len(images))
-    atomic_write_csv(folder / EXPLANATIONS_CSV, ["path", "predicted", "probability", "figure", "peak_row", "peak_column"], rows)
+    atomic_write_csv(
+        folder / EXPLANATIONS_CSV, ["path", "predicted", "probability", "figure", "peak_row", "peak_column"], rows
+    )

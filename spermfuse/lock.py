@@ -5,6 +5,7 @@ A second process refuses with one line naming the holder. A lock whose holder is
 process of this machine is stale (a kill -9 leaves it) and is taken over; a lock held on
 another machine is never guessed dead: the message says which file to delete.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,11 @@ class FolderLock:
                 return not _holder(self.path) and time.time() - self.path.stat().st_mtime > 5
             except FileNotFoundError:  # released meanwhile: try again
                 return True
-        return holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and not process_alive(holder["pid"])
+        return (
+            holder.get("host") == socket.gethostname()
+            and isinstance(holder.get("pid"), int)
+            and not process_alive(holder["pid"])
+        )
 
     def release(self) -> None:
         if self.held:

@@ -5,6 +5,7 @@ one confusion-matrix bincount (``per_class_scores``), the single F1 implementati
 report, the fold statistics and the fusion grid search share; it equals scikit-learn's with
 ``zero_division=0``. Specificity, Student-t intervals, McNemar and calibration are here too.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,9 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """Confusion matrix (rows true, columns predicted) from one bincount."""
     labels, predicted = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
-    return np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def per_class_scores(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -111,9 +114,12 @@ def summarize(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) ->
         "ece": expected_calibration_error(labels, probabilities),
         "per_class": {
             name: {
-                "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                "support": int(support[c]), "specificity": float(specificity[c]),
-            }  # fmt: skip
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+                "specificity": float(specificity[c]),
+            }
             for c, name in enumerate(classes)
         },
         "confusion": confusion.astype(int).tolist(),
@@ -176,7 +182,9 @@ def paired_tests(fold_scores_a: Sequence[float], fold_scores_b: Sequence[float])
     return {"paired_t_p": None if math.isnan(t_p) else t_p, "wilcoxon_p": w_p}
 
 
-def corrected_resampled_t_test(fold_scores_a: Sequence[float], fold_scores_b: Sequence[float], test_size: float, train_size: float) -> dict:
+def corrected_resampled_t_test(
+    fold_scores_a: Sequence[float], fold_scores_b: Sequence[float], test_size: float, train_size: float
+) -> dict:
     """The corrected resampled t-test of Nadeau & Bengio (2003, Machine Learning 52:239-281).
 
     The folds' training sets overlap, so their scores are correlated and the plain paired
@@ -190,7 +198,10 @@ def corrected_resampled_t_test(fold_scores_a: Sequence[float], fold_scores_b: Se
         return {"corrected_t": None, "corrected_t_p": None}
     variance = differences.var(ddof=1)
     if variance == 0:
-        return {"corrected_t": 0.0 if differences.mean() == 0 else math.copysign(math.inf, differences.mean()), "corrected_t_p": 1.0 if differences.mean() == 0 else 0.0}
+        return {
+            "corrected_t": 0.0 if differences.mean() == 0 else math.copysign(math.inf, differences.mean()),
+            "corrected_t_p": 1.0 if differences.mean() == 0 else 0.0,
+        }
     t = float(differences.mean() / math.sqrt((1.0 / k + test_size / train_size) * variance))
     return {"corrected_t": t, "corrected_t_p": float(2 * stats.t.sf(abs(t), k - 1))}
 
@@ -201,7 +212,9 @@ def wilcoxon_floor(pairs: int) -> float:
     return 2.0 / 2.0**pairs
 
 
-def top_confusions(confusion: Sequence[Sequence[int]], classes: Sequence[str], top: int = 3) -> dict[str, list[tuple[str, int]]]:
+def top_confusions(
+    confusion: Sequence[Sequence[int]], classes: Sequence[str], top: int = 3
+) -> dict[str, list[tuple[str, int]]]:
     """For each true class, the classes it is most often mistaken for (Table 7)."""
     matrix = np.asarray(confusion)
     out = {}

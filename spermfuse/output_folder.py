@@ -7,6 +7,7 @@ only once the new one is in place, so a kill at any moment leaves the old folder
 new one, never a mix; a kill between the two renames leaves the old one aside, and the
 next writer or reader puts it back. A refused command has written nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,9 @@ def refuse_overlap(output: Path, flag: str, inputs: Mapping[str, Path]) -> None:
     for input_flag, path in inputs.items():
         source = Path(path).resolve()
         if out == source or out.is_relative_to(source) or source.is_relative_to(out):
-            raise ConfigError(f"{flag} {output}: is, lies inside or contains {input_flag} {path}; write the outputs to a folder of their own")
+            raise ConfigError(
+                f"{flag} {output}: is, lies inside or contains {input_flag} {path}; write the outputs to a folder of their own"
+            )
 
 
 def file_digest(path: Path) -> str:
@@ -47,7 +50,9 @@ def file_digest(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    return sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
+    )
 
 
 def write_manifest(folder: Path) -> None:
@@ -84,11 +89,18 @@ def verify_folder(folder: Path) -> None:
     extra, missing = present - set(files), set(files) - present
     changed = [name for name in sorted(present & set(files)) if file_digest(folder / name) != files[name]]
     if extra or missing or changed:
-        what = "; ".join(part for part in (
-            f"not listed: {', '.join(sorted(extra))}" if extra else "", f"missing: {', '.join(sorted(missing))}" if missing else "",
-            f"changed: {', '.join(changed)}" if changed else "",
-        ) if part)  # fmt: skip
-        raise CheckpointError(f"{folder}: does not match its {MANIFEST_NAME} ({what}); write the folder again with the command that made it")
+        what = "; ".join(
+            part
+            for part in (
+                f"not listed: {', '.join(sorted(extra))}" if extra else "",
+                f"missing: {', '.join(sorted(missing))}" if missing else "",
+                f"changed: {', '.join(changed)}" if changed else "",
+            )
+            if part
+        )
+        raise CheckpointError(
+            f"{folder}: does not match its {MANIFEST_NAME} ({what}); write the folder again with the command that made it"
+        )
 
 
 def _siblings(final: Path, suffix: str) -> list[Path]:
@@ -117,7 +129,9 @@ def recover(final: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def check_replaceable(final: Path, flag: str, overwrite: bool, legacy_owned: Callable[[Path], set[str]] | None = None) -> None:
+def check_replaceable(
+    final: Path, flag: str, overwrite: bool, legacy_owned: Callable[[Path], set[str]] | None = None
+) -> None:
     """Refuse to replace a non-empty folder without ``overwrite``, or one holding files this
     command did not write (not in its manifest, or for a folder without one, not in ``legacy_owned``)."""
     recover(final)
@@ -141,7 +155,9 @@ def check_replaceable(final: Path, flag: str, overwrite: bool, legacy_owned: Cal
 
 
 @contextmanager
-def write_folder(final: Path, flag: str, overwrite: bool = False, legacy_owned: Callable[[Path], set[str]] | None = None) -> Iterator[Path]:
+def write_folder(
+    final: Path, flag: str, overwrite: bool = False, legacy_owned: Callable[[Path], set[str]] | None = None
+) -> Iterator[Path]:
     """``with write_folder(out, "--export", overwrite) as staging:`` write into ``staging``; on
     success it gets a manifest and replaces ``out`` as a unit; on any error nothing changes."""
     final = Path(final)

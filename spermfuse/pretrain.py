@@ -17,6 +17,7 @@ record (``pretrain.json``: architecture, classes, recipe, SHA-256 of ``best.pt``
 every use; a checkpoint that fails the check is trained again, and an interrupted
 pretraining resumes from its ``last.pt`` (or starts again if that is unreadable).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,9 @@ class PretrainRecipe:
     batch_size: int = 32
 
     def fingerprint(self) -> str:
-        preset = {k: v for k, v in PRESETS[BASE_PRESET].items() if k not in OPERATIONAL_SETTINGS}  # what changes the weights
+        preset = {
+            k: v for k, v in PRESETS[BASE_PRESET].items() if k not in OPERATIONAL_SETTINGS
+        }  # what changes the weights
         text = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION, "preset": preset}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -75,7 +78,11 @@ def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | No
         record = json.loads(record_path.read_text())
     except ValueError:
         return f"{record_path} is not readable JSON"
-    if record.get("arch") != arch or record.get("classes") != synthetic.SPERM18_CLASSES or record.get("recipe") != asdict(recipe):
+    if (
+        record.get("arch") != arch
+        or record.get("classes") != synthetic.SPERM18_CLASSES
+        or record.get("recipe") != asdict(recipe)
+    ):
         return f"{record_path} records another architecture, class list or recipe"
     if record.get("sha256") != file_sha256(best):
         return f"{best}: its SHA-256 differs from the one recorded when it was made (a corrupt or replaced file)"
@@ -96,9 +103,21 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     # No record: never pretrained, or a pretraining that was interrupted and now resumes.
     data = pretraining_data(recipe)
     config = preset_config(
-        BASE_PRESET, arch=arch, early_stopping=recipe.epochs, data=str(data), out=str(pretrain_root(recipe)), split="holdout", val_fraction=0.1, test_fraction=0.05,
-        img_size=recipe.img_size, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, workers=workers, resume=True,
-    )  # fmt: skip
+        BASE_PRESET,
+        arch=arch,
+        early_stopping=recipe.epochs,
+        data=str(data),
+        out=str(pretrain_root(recipe)),
+        split="holdout",
+        val_fraction=0.1,
+        test_fraction=0.05,
+        img_size=recipe.img_size,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        workers=workers,
+        resume=True,
+    )
     log.info("pretraining %s on %s (%d epochs, once; later runs reuse it)", arch, data, recipe.epochs)
     try:
         run = FoldTrainer(config).run()
@@ -107,7 +126,10 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
         shutil.rmtree(folder)
         run = FoldTrainer(config).run()
     best = run / "best.pt"
-    atomic_write_json(folder / "pretrain.json", {"arch": arch, "classes": synthetic.SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)})
+    atomic_write_json(
+        folder / "pretrain.json",
+        {"arch": arch, "classes": synthetic.SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)},
+    )
     return best
 
 

@@ -3,6 +3,7 @@
 On CUDA every timed iteration is bracketed by CUDA events and synchronised; on the CPU
 ``time.perf_counter`` is used. Report medians: these machines are shared and noisy.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,7 +34,13 @@ class Latency:
 
 def summarize_times(times_ms: Sequence[float]) -> Latency:
     values = np.asarray(times_ms, dtype=np.float64)
-    return Latency(float(np.median(values)), float(np.percentile(values, 10)), float(np.percentile(values, 90)), float(values.mean()), len(values))
+    return Latency(
+        float(np.median(values)),
+        float(np.percentile(values, 10)),
+        float(np.percentile(values, 90)),
+        float(values.mean()),
+        len(values),
+    )
 
 
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 100, iters: int = 200) -> Latency:
@@ -41,7 +48,9 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 100,
     return time_interleaved({"fn": fn}, device, warmup, iters)["fn"]
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 100, iters: int = 200) -> dict[str, Latency]:
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 100, iters: int = 200
+) -> dict[str, Latency]:
     """Time several calls side by side: each timed round runs every one of them once, so
     drifting load on a shared machine affects all alike and their ratios stay fair."""
     for fn in fns.values():
@@ -116,7 +125,11 @@ def inference_step(model: nn.Module, device: torch.device, settings: InferenceSe
 
 
 def inference_latency(
-    model: nn.Module, device: torch.device, settings: InferenceSettings = InferenceSettings(), warmup: int = 100, iters: int = 200
+    model: nn.Module,
+    device: torch.device,
+    settings: InferenceSettings = InferenceSettings(),
+    warmup: int = 100,
+    iters: int = 200,
 ) -> Latency:
     """Latency of ``model`` in eval mode without autograd, run as ``settings`` say."""
     return time_call(inference_step(model, device, settings), device, warmup, iters)

@@ -1,4 +1,5 @@
 """The Markdown of an evaluation: report.md's tables, the README's summary, the pointing game."""
+
 from __future__ import annotations
 
 import re
@@ -21,12 +22,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines) + "\n"
 
 
-_REPORT_FILE = re.compile(r"(report\.(json|md)|ablation\.md|gallery\.md|pointing_game\.(json|md)|[^/]+\.png|gallery/[^/]+\.png)")
+_REPORT_FILE = re.compile(
+    r"(report\.(json|md)|ablation\.md|gallery\.md|pointing_game\.(json|md)|[^/]+\.png|gallery/[^/]+\.png)"
+)
 
 
 def legacy_report_files(folder: Path) -> set[str]:
     """The files of a report folder written before manifests (what a new evaluate.py may replace)."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and _REPORT_FILE.fullmatch(p.relative_to(folder).as_posix())}
+    return {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and _REPORT_FILE.fullmatch(p.relative_to(folder).as_posix())
+    }
 
 
 def fmt(value: object, digits: int = 4) -> str:
@@ -40,10 +47,26 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
     classes, models = report["classes"], report["models"]
     out = ["# spermfuse evaluation\n"]
     out += [f"> {note}\n" for note in notes]
-    keys = ["accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro", "specificity_macro",
-            "specificity_weighted", "auroc_macro", "auroc_weighted", "auprc_macro", "auprc_weighted", "ece"]  # fmt: skip
+    keys = [
+        "accuracy",
+        "precision_weighted",
+        "recall_weighted",
+        "f1_weighted",
+        "f1_macro",
+        "specificity_macro",
+        "specificity_weighted",
+        "auroc_macro",
+        "auroc_weighted",
+        "auprc_macro",
+        "auprc_weighted",
+        "ece",
+    ]
     out.append("## Aggregated over all folds\n")
-    out.append(markdown_table(["model"] + keys, [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in models.items()]))
+    out.append(
+        markdown_table(
+            ["model"] + keys, [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in models.items()]
+        )
+    )
     out.append("## Calibration and selective prediction\n")
     out.append(
         "NLL, Brier and ECE (15 bins) of the test logits as they are and after temperature scaling (a T per fold: for a "
@@ -55,25 +78,55 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
         c = m["calibration"]
         after = c["after"] or {}
         change = (c.get("intervals") or {}).get("difference", {})
-        rows.append([name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "brier", "ece")] + [f"{fmt(c['aurc_before'])} / {fmt(c['aurc_after'])}"]
-                    + [", ".join(f"{k} [{v[0]:+.4f}, {v[1]:+.4f}]" for k, v in change.items()) or "n/a"])  # fmt: skip
-    out.append(markdown_table(["model", "NLL before / after", "Brier before / after", "ECE before / after", "AURC before / after",
-                               "after - before, 95 % paired bootstrap"], rows))  # fmt: skip
+        rows.append(
+            [name]
+            + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "brier", "ece")]
+            + [f"{fmt(c['aurc_before'])} / {fmt(c['aurc_after'])}"]
+            + [", ".join(f"{k} [{v[0]:+.4f}, {v[1]:+.4f}]" for k, v in change.items()) or "n/a"]
+        )
+    out.append(
+        markdown_table(
+            [
+                "model",
+                "NLL before / after",
+                "Brier before / after",
+                "ECE before / after",
+                "AURC before / after",
+                "after - before, 95 % paired bootstrap",
+            ],
+            rows,
+        )
+    )
     if "groups_per_fold" in report:
         groups = report["groups_per_fold"]
         out.append("## Groups (patients, slides or samples) in each test fold\n")
-        out.append(markdown_table(["fold", "groups"] + classes, [[k, g["all"]] + [g.get(c, 0) for c in classes] for k, g in groups.items()]))
+        out.append(
+            markdown_table(
+                ["fold", "groups"] + classes,
+                [[k, g["all"]] + [g.get(c, 0) for c in classes] for k, g in groups.items()],
+            )
+        )
     if grid_markdown:
         out.append("## Table 1. Fusion weight grid (per-fold accuracy and weighted F1)\n")
         out.append(grid_markdown)
     per_class = models[main]["aggregate"]["per_class"]
     out.append(f"## Table 3. Per-class results of {main}\n")
-    out.append(markdown_table(
-        ["class", "precision", "recall", "F1", "specificity", "support"],
-        [[c, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), fmt(v["specificity"]), v["support"]] for c, v in per_class.items()],
-    ))  # fmt: skip
+    out.append(
+        markdown_table(
+            ["class", "precision", "recall", "F1", "specificity", "support"],
+            [
+                [c, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), fmt(v["specificity"]), v["support"]]
+                for c, v in per_class.items()
+            ],
+        )
+    )
     out.append("## Table 4. Per-class F1 of every model\n")
-    out.append(markdown_table(["class"] + list(models), [[c] + [fmt(m["aggregate"]["per_class"][c]["f1"]) for m in models.values()] for c in classes]))
+    out.append(
+        markdown_table(
+            ["class"] + list(models),
+            [[c] + [fmt(m["aggregate"]["per_class"][c]["f1"]) for m in models.values()] for c in classes],
+        )
+    )
     out.append("## Table 5. Fold-wise mean, std and Student-t 95 % CI\n")
     rows = []
     for name, m in models.items():
@@ -84,13 +137,31 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
     if report["tests"]:
         out.append("## Table 6. Paired tests on fold-wise weighted F1 (McNemar on all predictions)\n")
         out.append(paired_tests_caveats(report) + "\n")
-        out.append(markdown_table(
-            ["A", "B", "paired t p", "corrected t", "corrected t p", "Wilcoxon p", "McNemar p"],
-            [[t["a"], t["b"], fmt(t["paired_t_p"]), fmt(t["corrected_t"]), fmt(t["corrected_t_p"]), fmt(t["wilcoxon_p"]), fmt(t["mcnemar_p"])] for t in report["tests"]],
-        ))  # fmt: skip
+        out.append(
+            markdown_table(
+                ["A", "B", "paired t p", "corrected t", "corrected t p", "Wilcoxon p", "McNemar p"],
+                [
+                    [
+                        t["a"],
+                        t["b"],
+                        fmt(t["paired_t_p"]),
+                        fmt(t["corrected_t"]),
+                        fmt(t["corrected_t_p"]),
+                        fmt(t["wilcoxon_p"]),
+                        fmt(t["mcnemar_p"]),
+                    ]
+                    for t in report["tests"]
+                ],
+            )
+        )
     out.append(f"## Table 7. Most frequent confusions of {main}\n")
     confusions = metrics.top_confusions(models[main]["aggregate"]["confusion"], classes)
-    out.append(markdown_table(["true class", "most often predicted as"], [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()]))
+    out.append(
+        markdown_table(
+            ["true class", "most often predicted as"],
+            [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()],
+        )
+    )
     return "\n".join(out)
 
 
@@ -101,8 +172,8 @@ def paired_tests_caveats(report: dict) -> str:
         "> The corrected resampled t-test (Nadeau & Bengio, 2003) inflates the paired t-test's variance by n_test/n_train, "
         "because the folds' training sets overlap; prefer it to the plain paired t-test, which declares differences significant too easily.",
         f"> With {folds} folds the exact two-sided Wilcoxon signed-rank test cannot give p below "
-        f"{metrics.wilcoxon_floor(folds):.4f} (= 2 / 2^{folds}), whatever the difference: a Wilcoxon p above 0.05 here is no evidence of equality."
-    ]  # fmt: skip
+        f"{metrics.wilcoxon_floor(folds):.4f} (= 2 / 2^{folds}), whatever the difference: a Wilcoxon p above 0.05 here is no evidence of equality.",
+    ]
     if "fusion" in report["models"]:
         lines.append(
             "> `fusion` uses the weights `fuse.py --select` chose (by default the paper's a*, tuned on these test folds: optimistic); "
@@ -111,27 +182,51 @@ def paired_tests_caveats(report: dict) -> str:
     return "\n>\n".join(lines)
 
 
-def summary_markdown(report: dict, fusion_settings: run_folder.FusionSettings | None, source: str, environment: str) -> str:
+def summary_markdown(
+    report: dict, fusion_settings: run_folder.FusionSettings | None, source: str, environment: str
+) -> str:
     """The headline figures of one evaluation as Markdown, for a results file a README can embed
     (written by the code, so the README's figures cannot go stale unnoticed)."""
     models = report["models"]
-    members = [name for name in models if not name.startswith("fusion_")]  # the honest selections have their own lines below
+    members = [
+        name for name in models if not name.startswith("fusion_")
+    ]  # the honest selections have their own lines below
     keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_macro", "specificity_macro"]
     out = [f"<!-- written by evaluate.py --summary from {source}; {environment} -->\n"]
-    out.append(markdown_table(["model"] + keys, [[name] + [fmt(models[name]["aggregate"][k]) for k in keys] for name in members]))
+    out.append(
+        markdown_table(
+            ["model"] + keys, [[name] + [fmt(models[name]["aggregate"][k]) for k in keys] for name in members]
+        )
+    )
     if fusion_settings and fusion_settings.selection_comparison:
         weights = fusion_settings.weights
         chosen = f"a* = {weights[0]:.1f} (the paper's rule)" if weights else f"per fold ({fusion_settings.rule})"
-        means = ", ".join(f"{name} {figures['f1_weighted']:.4f}" for name, figures in fusion_settings.selection_comparison.items())
-        out.append(f"Fusion weight: {chosen}. Mean weighted F1 over folds by --select rule (test: the paper's, optimistic): {means}.\n")
+        means = ", ".join(
+            f"{name} {figures['f1_weighted']:.4f}" for name, figures in fusion_settings.selection_comparison.items()
+        )
+        out.append(
+            f"Fusion weight: {chosen}. Mean weighted F1 over folds by --select rule (test: the paper's, optimistic): {means}.\n"
+        )
     out.append("Per-class F1:\n")
-    out.append(markdown_table(["class"] + members, [[c] + [fmt(models[name]["aggregate"]["per_class"][c]["f1"]) for name in members] for c in report["classes"]]))
-    out.append("Calibration (before / after temperature scaling: the fusion's shipped temperature, else one fitted on each fold's validation logits) and AURC:\n")
+    out.append(
+        markdown_table(
+            ["class"] + members,
+            [
+                [c] + [fmt(models[name]["aggregate"]["per_class"][c]["f1"]) for name in members]
+                for c in report["classes"]
+            ],
+        )
+    )
+    out.append(
+        "Calibration (before / after temperature scaling: the fusion's shipped temperature, else one fitted on each fold's validation logits) and AURC:\n"
+    )
     rows = []
     for name in members:
         c = models[name]["calibration"]
         after = c["after"] or {}
-        rows.append([name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "ece")] + [fmt(c["aurc_before"])])
+        rows.append(
+            [name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "ece")] + [fmt(c["aurc_before"])]
+        )
     out.append(markdown_table(["model", "NLL", "ECE", "AURC"], rows))
     return "\n".join(out)
 
@@ -139,13 +234,27 @@ def summary_markdown(report: dict, fusion_settings: run_folder.FusionSettings | 
 def pointing_game_markdown(result: dict, dependence: float | None = None) -> str:
     """The pointing game per part group next to chance, and the model-dependence check."""
     order = ["head", "neck", "tail", "sperm"]
-    names = {"head": "head classes", "neck": "neck classes", "tail": "tail classes", "sperm": "Normal (any part of the sperm)"}
+    names = {
+        "head": "head classes",
+        "neck": "neck classes",
+        "tail": "tail classes",
+        "sperm": "Normal (any part of the sperm)",
+    }
     rows = [
-        [names[part], result[part]["images"], f"{result[part]['hit_rate']:.3f}", f"{result[part]['chance']:.3f}", f"{result[part]['hit_rate'] / max(result[part]['chance'], 1e-12):.1f}x"]
-        for part in order if part in result
-    ]  # fmt: skip
+        [
+            names[part],
+            result[part]["images"],
+            f"{result[part]['hit_rate']:.3f}",
+            f"{result[part]['chance']:.3f}",
+            f"{result[part]['hit_rate'] / max(result[part]['chance'], 1e-12):.1f}x",
+        ]
+        for part in order
+        if part in result
+    ]
     text = "Pointing game of the fused Grad-CAM (its peak inside the part that carries the defect):\n\n"
-    text += markdown_table(["classes", "test images", "hit rate", "chance (part's share of the image)", "hit / chance"], rows)
+    text += markdown_table(
+        ["classes", "test images", "hit rate", "chance (part's share of the image)", "hit / chance"], rows
+    )
     if dependence is not None:
         text += f"\nModel dependence: mean Spearman rank correlation between the fused maps before and after re-initialising each member's last stage: {dependence:.3f} (1 would mean the maps ignore what the model learned).\n"
     return text
@@ -156,20 +265,58 @@ def promises_markdown(settings: run_folder.FusionSettings, source: str, environm
     out = [f"<!-- written by fuse.py --summary from {source}; {environment} -->\n"]
     if settings.referral:
         r = settings.referral
-        rows = [[f["fold"], "refer all" if f["certificate"]["threshold"] is None else fmt(f["certificate"]["threshold"]),
-                 f"{f['certificate']['n_accepted']} / {f['certificate']['n_calibration']}", f["test"]["accepted"], fmt(f["test"]["accepted_accuracy"]),
-                 "[" + ", ".join(fmt(v) for v in f["test"]["interval"]) + "]"] for f in r["per_fold"]]  # fmt: skip
+        rows = [
+            [
+                f["fold"],
+                "refer all" if f["certificate"]["threshold"] is None else fmt(f["certificate"]["threshold"]),
+                f"{f['certificate']['n_accepted']} / {f['certificate']['n_calibration']}",
+                f["test"]["accepted"],
+                fmt(f["test"]["accepted_accuracy"]),
+                "[" + ", ".join(fmt(v) for v in f["test"]["interval"]) + "]",
+            ]
+            for f in r["per_fold"]
+        ]
         pooled = r["pooled"]
-        rows.append(["pooled", "", "", pooled["accepted"], fmt(pooled["accepted_accuracy"]), "[" + ", ".join(fmt(v) for v in pooled["interval"]) + "]"])
-        out.append(f"Referral certified on {r['calibrated_on']} ({r['method']}): accepted accuracy >= {r['target_accuracy']} with probability >= "
-                   f"{1 - r['delta']:.2f}; folds whose test accuracy fell below it: {fmt(r['folds_below_target'], 2)}.\n")  # fmt: skip
-        out.append(markdown_table(["fold", "threshold", "calibration cells accepted", "test cells accepted", "test accuracy", "95 % interval"], rows))
+        rows.append(
+            [
+                "pooled",
+                "",
+                "",
+                pooled["accepted"],
+                fmt(pooled["accepted_accuracy"]),
+                "[" + ", ".join(fmt(v) for v in pooled["interval"]) + "]",
+            ]
+        )
+        out.append(
+            f"Referral certified on {r['calibrated_on']} ({r['method']}): accepted accuracy >= {r['target_accuracy']} with probability >= "
+            f"{1 - r['delta']:.2f}; folds whose test accuracy fell below it: {fmt(r['folds_below_target'], 2)}.\n"
+        )
+        out.append(
+            markdown_table(
+                [
+                    "fold",
+                    "threshold",
+                    "calibration cells accepted",
+                    "test cells accepted",
+                    "test accuracy",
+                    "95 % interval",
+                ],
+                rows,
+            )
+        )
     if settings.sets:
         c = settings.sets
         groups = list(dict.fromkeys(c["by"])) if c["by"] else []
-        rows = [[f["fold"], fmt(f["test"]["coverage"]), fmt(f["test"]["mean_size"], 2)] + [fmt(f["test"].get("per_group_coverage", {}).get(g)) for g in groups]
-                for f in c["per_fold"]]  # fmt: skip
-        out.append(f"Prediction sets ({c['method']}, calibrated on {c['calibrated_on']}): the true class inside with probability >= {1 - c['alpha']:.2f}"
-                   f"{' within each part group' if groups else ''}; pooled test coverage {fmt(c['pooled']['coverage'])}, mean size {fmt(c['pooled']['mean_size'], 2)}.\n")  # fmt: skip
-        out.append(markdown_table(["fold", "test coverage", "mean set size"] + [f"coverage, {g}" for g in groups], rows))
+        rows = [
+            [f["fold"], fmt(f["test"]["coverage"]), fmt(f["test"]["mean_size"], 2)]
+            + [fmt(f["test"].get("per_group_coverage", {}).get(g)) for g in groups]
+            for f in c["per_fold"]
+        ]
+        out.append(
+            f"Prediction sets ({c['method']}, calibrated on {c['calibrated_on']}): the true class inside with probability >= {1 - c['alpha']:.2f}"
+            f"{' within each part group' if groups else ''}; pooled test coverage {fmt(c['pooled']['coverage'])}, mean size {fmt(c['pooled']['mean_size'], 2)}.\n"
+        )
+        out.append(
+            markdown_table(["fold", "test coverage", "mean set size"] + [f"coverage, {g}" for g in groups], rows)
+        )
     return "\n".join(out)

@@ -14,6 +14,7 @@ and ``val_logits.npz`` of the fused models, the other weight selections in
 (:class:`FusionSettings`), ``grid.csv``/``grid.md`` (Table 1) and a manifest
 (``output_folder.py``). ``<runs>/folds.csv`` is the split every model shares (``splits.py``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,9 @@ LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
 SPLIT_KEY = "split"  # optional in a logits file: the digest of the split its model trained on (split_digest)
 
 
-def split_digest(classes: Sequence[str], train: Sequence[str], val: Sequence[str], test: Sequence[str], cal: Sequence[str] = ()) -> str:
+def split_digest(
+    classes: Sequence[str], train: Sequence[str], val: Sequence[str], test: Sequence[str], cal: Sequence[str] = ()
+) -> str:
     """SHA-256 of the class list, the images a run learned from (train and validation) and
     those it was tested on. How the learning part divides into train and validation is left
     out: it follows from --seed and --val-fraction, which --resume checks among the settings,
@@ -68,13 +71,27 @@ class LogitsSet:
     split: str = ""  # split_digest of the run that wrote it ("" when not recorded)
 
 
-def save_logits(path: Path, logits: np.ndarray, labels: np.ndarray, paths: Sequence[str], classes: Sequence[str], arch: str, fold: int, split: str = "") -> None:
+def save_logits(
+    path: Path,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    paths: Sequence[str],
+    classes: Sequence[str],
+    arch: str,
+    fold: int,
+    split: str = "",
+) -> None:
     """Write a logits file (``LOGITS_KEYS``, and ``SPLIT_KEY`` when known), atomically."""
     atomic_savez(
-        path, logits=np.asarray(logits, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64), paths=np.array(list(paths), dtype=str),
-        classes=np.array(list(classes), dtype=str), arch=np.array(arch), fold=np.array(fold, dtype=np.int64),
+        path,
+        logits=np.asarray(logits, dtype=np.float32),
+        labels=np.asarray(labels, dtype=np.int64),
+        paths=np.array(list(paths), dtype=str),
+        classes=np.array(list(classes), dtype=str),
+        arch=np.array(arch),
+        fold=np.array(fold, dtype=np.int64),
         **({SPLIT_KEY: np.array(split)} if split else {}),
-    )  # fmt: skip
+    )
 
 
 def load_logits(path: str | Path) -> LogitsSet:
@@ -94,29 +111,55 @@ def load_logits(path: str | Path) -> LogitsSet:
     if not np.isfinite(logits).all():
         raise FusionError(f"{path}: contains NaN or infinite logits; re-run the model that wrote it")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise FusionError(f"{path}: labels outside 0..{len(classes) - 1} (the class list has {len(classes)}); re-run the model that wrote it")
+        raise FusionError(
+            f"{path}: labels outside 0..{len(classes) - 1} (the class list has {len(classes)}); re-run the model that wrote it"
+        )
     fold = arrays["fold"]
     if fold.shape != () or fold.dtype.kind not in "iu":
         raise FusionError(f"{path}: fold {fold!r} is not one integer; re-run the model that wrote it")
     split = str(arrays[SPLIT_KEY]) if SPLIT_KEY in arrays else ""
-    return LogitsSet(logits, labels, arrays["paths"].astype(str), classes, str(arrays["arch"]), int(fold), str(path), split)
+    return LogitsSet(
+        logits, labels, arrays["paths"].astype(str), classes, str(arrays["arch"]), int(fold), str(path), split
+    )
 
 
 HISTORY_COLUMNS = [
-    "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second",
-    "peak_memory_mb", "skipped_steps",
-]  # fmt: skip
+    "epoch",
+    "stage",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "skipped_steps",
+]
 
 
 def write_history(path: Path, history: list[dict]) -> None:
     atomic_write_csv(path, HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history))
 
 
-def write_config(run_dir: Path, config: "TrainConfig", data_root: Path, normalization: dict, environment: dict, classes: Sequence[str]) -> None:
+def write_config(
+    run_dir: Path,
+    config: "TrainConfig",
+    data_root: Path,
+    normalization: dict,
+    environment: dict,
+    classes: Sequence[str],
+) -> None:
     """``config.json``: the settings as given, and what they resolved to."""
     atomic_write_json(
         run_dir / "config.json",
-        {**asdict(config), "data_root": str(data_root), "normalization": normalization, "environment": environment, "classes": list(classes)},
+        {
+            **asdict(config),
+            "data_root": str(data_root),
+            "normalization": normalization,
+            "environment": environment,
+            "classes": list(classes),
+        },
     )
 
 
@@ -127,7 +170,9 @@ def data_root_of_run(run_dir: Path) -> Path:
     except (OSError, ValueError) as error:
         raise ConfigError(f"{Path(run_dir) / 'config.json'}: cannot read the run's settings ({error})") from None
     if "data_root" not in config:
-        raise ConfigError(f"{Path(run_dir) / 'config.json'}: records no data folder (written before v0.2); retrain the run")
+        raise ConfigError(
+            f"{Path(run_dir) / 'config.json'}: records no data folder (written before v0.2); retrain the run"
+        )
     return Path(config["data_root"])
 
 
@@ -136,9 +181,14 @@ def checkpoint_metadata(config: "TrainConfig", classes: list[str], spec: "Pipeli
     exact test-time preprocessing (``pipeline``: the spec's dict), and knows the test-time
     augmentation and the split it was evaluated with."""
     return {
-        "arch": config.arch, "classes": list(classes), "dropout": config.dropout, "padding": config.padding,
-        "pipeline": spec.to_dict(), "tta": config.tta, "split": split,
-    }  # fmt: skip
+        "arch": config.arch,
+        "classes": list(classes),
+        "dropout": config.dropout,
+        "padding": config.padding,
+        "pipeline": spec.to_dict(),
+        "tta": config.tta,
+        "split": split,
+    }
 
 
 # --------------------------------------------------------------------------- the run root
@@ -180,11 +230,17 @@ def align(sets: Sequence[LogitsSet]) -> list[LogitsSet]:
     aligned = [reference]
     for other in sets[1:]:
         if other.classes != reference.classes:
-            raise FusionError(f"{other.source}: classes differ from {reference.source}; both must be trained on the same class list")
+            raise FusionError(
+                f"{other.source}: classes differ from {reference.source}; both must be trained on the same class list"
+            )
         if len(other.paths) != len(reference.paths) or set(other.paths) != set(order):
-            raise FusionError(f"{other.source}: holds other samples than {reference.source}; were both trained on the same folds.csv?")
+            raise FusionError(
+                f"{other.source}: holds other samples than {reference.source}; were both trained on the same folds.csv?"
+            )
         position = np.argsort([order[p] for p in other.paths])
-        moved = replace(other, logits=other.logits[position], labels=other.labels[position], paths=other.paths[position])
+        moved = replace(
+            other, logits=other.logits[position], labels=other.labels[position], paths=other.paths[position]
+        )
         if not np.array_equal(moved.labels, reference.labels):
             raise FusionError(f"{other.source}: labels differ from {reference.source} for the same images")
         if other.split and reference.split and other.split != reference.split:
@@ -201,12 +257,16 @@ def collect_folds(runs: Path, archs: Sequence[str], split: str = "test") -> list
     files = {arch: find_fold_files(Path(runs) / arch, split) for arch in archs}
     for arch, by_fold in files.items():
         if not by_fold:
-            raise FusionError(f"{Path(runs) / arch}: no fold*/{split}_logits.npz; train it first (python train.py --fold all --arch {arch})")
+            raise FusionError(
+                f"{Path(runs) / arch}: no fold*/{split}_logits.npz; train it first (python train.py --fold all --arch {arch})"
+            )
     all_folds = sorted(set().union(*[set(f) for f in files.values()]))
     for arch, by_fold in files.items():
         missing = [k for k in all_folds if k not in by_fold]
         if missing:
-            raise FusionError(f"{Path(runs) / arch}: fold(s) {missing} missing ({split}_logits.npz); train them or leave that model out")
+            raise FusionError(
+                f"{Path(runs) / arch}: fold(s) {missing} missing ({split}_logits.npz); train them or leave that model out"
+            )
     return [align([load_logits(files[arch][k]) for arch in archs]) for k in all_folds]
 
 
@@ -226,9 +286,10 @@ def load_fold_sets(folder: Path, split: str = "test") -> list[LogitsSet]:
     checked against its manifest first."""
     folder = Path(folder)
     paths = (
-        sorted(find_fold_files(folder, split).values()) or sorted(folder.glob(f"{SINGLE_SPLIT_FOLDER}/{split}_logits.npz"))
+        sorted(find_fold_files(folder, split).values())
+        or sorted(folder.glob(f"{SINGLE_SPLIT_FOLDER}/{split}_logits.npz"))
         or sorted(folder.glob(f"{split}_logits.npz"))
-    )  # fmt: skip
+    )
     if not paths:
         raise FusionError(f"{folder}: no fold*/{split}_logits.npz or {SINGLE_SPLIT_FOLDER}/{split}_logits.npz files")
     if (folder / MANIFEST_NAME).is_file():  # a fusion folder: its files must be the ones fuse.py wrote together
@@ -254,17 +315,34 @@ def discover_models(runs: Path) -> dict[str, Path]:
     fused = runs / FUSION_FOLDER
     if fused.is_dir() and find_fold_files(fused):
         found[FUSION_FOLDER] = fused
-        for selection in sorted(p for p in fused.iterdir() if p.is_dir() and not _FOLD_FOLDER.fullmatch(p.name) and find_fold_files(p)):
+        for selection in sorted(
+            p for p in fused.iterdir() if p.is_dir() and not _FOLD_FOLDER.fullmatch(p.name) and find_fold_files(p)
+        ):
             found[f"{FUSION_FOLDER}_{selection.name}"] = selection  # fuse.py's other weight selections
     return found
 
 
-def write_fused_logits(folder: Path, per_fold: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequence[float]], arch: str, split: str = "test") -> None:
+def write_fused_logits(
+    folder: Path,
+    per_fold: Sequence[Sequence[LogitsSet]],
+    chosen: Sequence[Sequence[float]],
+    arch: str,
+    split: str = "test",
+) -> None:
     """``folder/fold<k>/<split>_logits.npz`` of the fused models (weights ``chosen[k]``), in the logits schema."""
     for sets, weights in zip(per_fold, chosen):
         fused = sum(float(w) * s.logits for w, s in zip(weights, sets))
         first = sets[0]
-        save_logits(logits_path(fold_folder(folder, first.fold), split), fused, first.labels, first.paths, first.classes, arch, first.fold, first.split)
+        save_logits(
+            logits_path(fold_folder(folder, first.fold), split),
+            fused,
+            first.labels,
+            first.paths,
+            first.classes,
+            arch,
+            first.fold,
+            first.split,
+        )
 
 
 # --------------------------------------------------------------------------- fusion.json
@@ -308,14 +386,25 @@ class FusionSettings:
         if not isinstance(data, dict):
             raise FusionError(f"{source}: not a JSON object; run python fuse.py --grid again")
         if data.get("version") != FUSION_SETTINGS_VERSION:
-            raise FusionError(f"{source}: version {data.get('version')}, this spermfuse reads {FUSION_SETTINGS_VERSION}; run python fuse.py --grid again")
+            raise FusionError(
+                f"{source}: version {data.get('version')}, this spermfuse reads {FUSION_SETTINGS_VERSION}; run python fuse.py --grid again"
+            )
         names = {f.name for f in fields(cls)}
-        unknown, missing = set(data) - names, {"models", "folds", "weights_per_fold", "rule", "select", "alphas"} - set(data)
+        unknown, missing = (
+            set(data) - names,
+            {"models", "folds", "weights_per_fold", "rule", "select", "alphas"} - set(data),
+        )
         if unknown or missing:
-            raise FusionError(f"{source}: {'unknown keys ' + ', '.join(sorted(unknown)) if unknown else 'missing ' + ', '.join(sorted(missing))}; run python fuse.py --grid again")
+            raise FusionError(
+                f"{source}: {'unknown keys ' + ', '.join(sorted(unknown)) if unknown else 'missing ' + ', '.join(sorted(missing))}; run python fuse.py --grid again"
+            )
         settings = cls(**data)
-        if len(settings.weights_per_fold) != len(settings.folds) or any(len(w) != len(settings.models) for w in settings.weights_per_fold):
-            raise FusionError(f"{source}: weights_per_fold does not match its folds and models; run python fuse.py --grid again")
+        if len(settings.weights_per_fold) != len(settings.folds) or any(
+            len(w) != len(settings.models) for w in settings.weights_per_fold
+        ):
+            raise FusionError(
+                f"{source}: weights_per_fold does not match its folds and models; run python fuse.py --grid again"
+            )
         return settings
 
     def prediction_weights(self, folds: Sequence[int]) -> list[list[float]]:
@@ -385,7 +474,9 @@ def read_fusion_settings(folder: Path) -> FusionSettings:
     return FusionSettings.from_json(data, str(path))
 
 
-_FUSION_FILE = re.compile(r"(fusion\.json|grid\.(csv|md)|([a-z]+/)?fold\d+(_val)?_logits\.npz|([a-z]+/)?fold\d+/(test|val)_logits\.npz)")
+_FUSION_FILE = re.compile(
+    r"(fusion\.json|grid\.(csv|md)|([a-z]+/)?fold\d+(_val)?_logits\.npz|([a-z]+/)?fold\d+/(test|val)_logits\.npz)"
+)
 
 
 def legacy_fusion_files(folder: Path) -> set[str]:

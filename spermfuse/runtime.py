@@ -3,6 +3,7 @@
 Every output that records its environment (``config.json``, ``model.json``, the results
 files, the benchmark tables) takes it from here.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ from . import distributed
 from .errors import ConfigError
 
 
-def resolve_device(name: str, context: distributed.DistributedContext = distributed.DistributedContext()) -> torch.device:
+def resolve_device(
+    name: str, context: distributed.DistributedContext = distributed.DistributedContext()
+) -> torch.device:
     """``--device auto|cpu|cuda[:k]`` as a device; a missing GPU is a ConfigError naming the flag."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,9 +85,14 @@ def environment(device: torch.device) -> dict:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "git_commit": git_commit(), "device": str(device), "device_name": name,
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "device": str(device),
+        "device_name": name,
+    }
 
 
 def environment_line(device: torch.device) -> str:

@@ -4,6 +4,7 @@ The paper resizes to 224x224, converts to grey, thresholds with Otsu's method,
 closes the binary mask with a 5x5 elliptical structuring element (one dilation,
 then one erosion), and feeds the segmented grey image replicated to 3 channels.
 """
+
 from __future__ import annotations
 
 from typing import Literal

@@ -19,6 +19,7 @@ When no threshold can be certified, the certificate says so: threshold +inf, eve
 The promise is marginal over classes (a rare class may fare worse) and holds for cells from the
 same distribution as the calibration cells; it says nothing about a new microscope or stain.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,7 +77,9 @@ def _test(confidence: np.ndarray, correct: np.ndarray, threshold: float, level: 
     return n, errors, clopper_pearson_upper(errors, n, level)
 
 
-def certify_threshold(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float, delta: float = 0.1, method: str = "sgr") -> Certificate:
+def certify_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_accuracy: float, delta: float = 0.1, method: str = "sgr"
+) -> Certificate:
     """The laxest threshold this method can certify (module docstring) on calibration cells'
     ``confidence`` (their top probability) and ``correct`` (whether the top class is right)."""
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
@@ -125,6 +128,8 @@ def accepted_accuracy(confidence: np.ndarray, correct: np.ndarray, threshold: fl
     low = float(stats.beta.ppf(tail, right, n - right + 1)) if right > 0 else 0.0
     high = float(stats.beta.ppf(1 - tail, right + 1, n - right)) if right < n else 1.0
     return {
-        "accepted": n, "referred_share": float(1.0 - accepted.mean()) if len(accepted) else math.nan,
-        "accepted_accuracy": right / n if n else math.nan, "interval": [low, high] if n else [math.nan, math.nan],
-    }  # fmt: skip
+        "accepted": n,
+        "referred_share": float(1.0 - accepted.mean()) if len(accepted) else math.nan,
+        "accepted_accuracy": right / n if n else math.nan,
+        "interval": [low, high] if n else [math.nan, math.nan],
+    }

@@ -7,6 +7,7 @@ split take whole groups, and :func:`check_group_leakage` refuses any split in wh
 group appears in more than one of train, validation and test. Images of one patient on
 both sides inflate the scores (by about 0.04 AUROC on C-NMC in a published comparison).
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,7 +48,9 @@ CAL_SEED_OFFSET = 1000
 def _check_groups_can_be_split(labels: np.ndarray, classes: Sequence[str], groups: np.ndarray, k: int) -> None:
     distinct = np.unique(groups)
     if len(distinct) < k:
-        raise DataError(f"{len(distinct)} groups for {k} folds: every fold needs its own groups; use --num-folds {max(len(distinct), 2)} or fewer")
+        raise DataError(
+            f"{len(distinct)} groups for {k} folds: every fold needs its own groups; use --num-folds {max(len(distinct), 2)} or fewer"
+        )
     for c, name in enumerate(classes):
         members = groups[labels == c]
         if len(members) and len(np.unique(members)) == 1:
@@ -57,7 +60,9 @@ def _check_groups_can_be_split(labels: np.ndarray, classes: Sequence[str], group
             )
 
 
-def make_folds(labels: np.ndarray, classes: Sequence[str], k: int = 5, seed: int = 42, groups: np.ndarray | None = None) -> np.ndarray:
+def make_folds(
+    labels: np.ndarray, classes: Sequence[str], k: int = 5, seed: int = 42, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Stratified k-fold assignment (1-based test fold per sample), reproducible from ``seed``.
 
     With ``groups``: stratified *group* k-fold, so no group is in two folds.
@@ -73,7 +78,9 @@ def make_folds(labels: np.ndarray, classes: Sequence[str], k: int = 5, seed: int
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     else:
         _check_groups_can_be_split(labels, classes, groups, k)
-        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels, groups)
+        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(
+            np.zeros(len(labels)), labels, groups
+        )
     for fold, (_, test_idx) in enumerate(splits, start=1):
         folds[test_idx] = fold
     return folds
@@ -103,7 +110,9 @@ def _folds_rows(path: Path) -> list[dict[str, str]]:
         raise DataError(f"{path}: lacks column(s) {', '.join(missing)}; {RESPLIT_ADVICE}")
     for line, row in enumerate(rows, start=2):
         if not (row["fold"] or "").strip().isdigit():
-            raise DataError(f"{path}:{line}: fold {row['fold']!r} is not a fold number; fix the row or {RESPLIT_ADVICE}")
+            raise DataError(
+                f"{path}:{line}: fold {row['fold']!r} is not a fold number; fix the row or {RESPLIT_ADVICE}"
+            )
     return rows
 
 
@@ -120,7 +129,9 @@ def read_folds(path: Path, samples: Samples, k: int | None = None) -> np.ndarray
         raise DataError(f"{path}: lists other images than the data set; {RESPLIT_ADVICE}")
     for rel, y in zip(samples.paths, samples.labels):
         if rows[rel]["label"] != samples.classes[y]:
-            raise DataError(f"{path}: {rel} is labelled {rows[rel]['label']!r} there but {samples.classes[y]!r} in the data; {RESPLIT_ADVICE}")
+            raise DataError(
+                f"{path}: {rel} is labelled {rows[rel]['label']!r} there but {samples.classes[y]!r} in the data; {RESPLIT_ADVICE}"
+            )
     recorded = [rows[rel].get("group") for rel in samples.paths]
     given = list(samples.groups) if samples.groups is not None else [None] * len(samples)
     if recorded != given:
@@ -129,7 +140,9 @@ def read_folds(path: Path, samples: Samples, k: int | None = None) -> np.ndarray
     if k is not None:
         outside = [(p, int(f)) for p, f in zip(samples.paths, folds) if not 1 <= f <= k]
         if outside:
-            raise DataError(f"{path}: {outside[0][0]} is in fold {outside[0][1]}, outside 1..{k} (--num-folds {k}); fix the row or {RESPLIT_ADVICE}")
+            raise DataError(
+                f"{path}: {outside[0][0]} is in fold {outside[0][1]}, outside 1..{k} (--num-folds {k}); fix the row or {RESPLIT_ADVICE}"
+            )
         unused = sorted(set(range(1, k + 1)) - set(folds.tolist()))
         if unused:
             raise DataError(f"{path}: fold(s) {unused} hold no image although --num-folds is {k}; {RESPLIT_ADVICE}")
@@ -147,7 +160,9 @@ def groups_per_fold(folds_csv: Path) -> dict[int, dict[str, int]] | None:
         per_fold = found.setdefault(int(row["fold"]), {"all": set()})
         per_fold["all"].add(row["group"])
         per_fold.setdefault(row["label"], set()).add(row["group"])
-    return {fold: {key: len(groups) for key, groups in sorted(counts.items())} for fold, counts in sorted(found.items())}
+    return {
+        fold: {key: len(groups) for key, groups in sorted(counts.items())} for fold, counts in sorted(found.items())
+    }
 
 
 def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: int = 42) -> np.ndarray:
@@ -164,12 +179,18 @@ def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: in
         for copy, original in samples.copies.items():  # an image and its copy are never on both sides
             folds[copy] = folds[original]
         write_folds(folds_csv, samples, folds)
-        kind = f"stratified by class and disjoint in {len(np.unique(samples.groups))} groups" if samples.groups is not None else "stratified"
+        kind = (
+            f"stratified by class and disjoint in {len(np.unique(samples.groups))} groups"
+            if samples.groups is not None
+            else "stratified"
+        )
         log.info("wrote %s (%d-fold %s, seed %d)", folds_csv, k, kind, seed)
     return folds
 
 
-def stratified_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_subset(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (rest, subset) with ``fraction`` of each class in the subset.
 
     With ``fraction > 0``, every class with at least two samples gives at least one to the
@@ -189,7 +210,9 @@ def stratified_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, 
     return rest, subset
 
 
-def group_subset(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def group_subset(
+    indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (rest, subset) by whole groups, about ``fraction`` in the subset, stratified.
 
     One fold of a stratified group k-fold with k = round(1 / fraction); with fewer groups
@@ -201,10 +224,14 @@ def group_subset(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fr
         return indices, np.array([], dtype=np.int64)
     available = len(np.unique(groups[indices]))
     if available < 2:
-        raise DataError(f"only {available} group in the part to split; a group-disjoint validation or test set needs at least 2")
+        raise DataError(
+            f"only {available} group in the part to split; a group-disjoint validation or test set needs at least 2"
+        )
     k = min(max(2, int(round(1 / fraction))), available)
     if k < round(1 / fraction):
-        log.warning("only %d groups: the group-disjoint subset takes about 1/%d of the images, not %.2f", available, k, fraction)
+        log.warning(
+            "only %d groups: the group-disjoint subset takes about 1/%d of the images, not %.2f", available, k, fraction
+        )
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # A class smaller than k is expected here (rare classes, few groups): it goes wholly to one side.
@@ -214,14 +241,21 @@ def group_subset(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fr
     return np.setdiff1d(indices, subset), subset
 
 
-def _subset(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _subset(
+    indices: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     if groups is None:
         return stratified_subset(indices, labels, fraction, seed)
     return group_subset(indices, labels, groups, fraction, seed)
 
 
 def fold_split(
-    folds: np.ndarray, labels: np.ndarray, fold: int, val_fraction: float = 0.1, seed: int = 42, groups: np.ndarray | None = None,
+    folds: np.ndarray,
+    labels: np.ndarray,
+    fold: int,
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    groups: np.ndarray | None = None,
     cal_fraction: float = 0.0,
 ) -> Split:
     """Fold ``fold`` is the test set; a stratified ``cal_fraction`` of the rest is held out for
@@ -242,7 +276,11 @@ def fold_split(
 
 
 def holdout_split(
-    labels: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42, groups: np.ndarray | None = None,
+    labels: np.ndarray,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 42,
+    groups: np.ndarray | None = None,
     cal_fraction: float = 0.0,
 ) -> Split:
     """Stratified train/val/test split (method B uses 70/15/15), with ``cal_fraction`` of the whole
@@ -265,4 +303,6 @@ def check_group_leakage(split: Split, groups: np.ndarray) -> None:
         for b in names[i + 1 :]:
             shared = sorted(parts[a] & parts[b])
             if shared:
-                raise DataError(f"group {shared[0]!r} is in both {a} and {b} ({len(shared)} shared groups): the split leaks; delete folds.csv to re-split by group (every run under that --out then trains anew)")
+                raise DataError(
+                    f"group {shared[0]!r} is in both {a} and {b} ({len(shared)} shared groups): the split leaks; delete folds.csv to re-split by group (every run under that --out then trains anew)"
+                )

@@ -11,6 +11,7 @@ Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split):
 ``config.json``, ``history.csv``, ``best.pt``, ``last.pt``, ``val_logits.npz``,
 ``test_logits.npz``. ``last.pt`` holds everything needed to resume to the same result.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,11 +62,23 @@ class TrainState:
     finished: bool = False
 
     def state_dict(self) -> dict:
-        return {"stage": self.stage, "next_epoch": self.next_epoch, "global_epoch": self.global_epoch, "history": list(self.history), "finished": self.finished}
+        return {
+            "stage": self.stage,
+            "next_epoch": self.next_epoch,
+            "global_epoch": self.global_epoch,
+            "history": list(self.history),
+            "finished": self.finished,
+        }
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> "TrainState":
-        return cls(checkpoint["stage"], checkpoint["next_epoch"], checkpoint["global_epoch"], list(checkpoint["history"]), checkpoint.get("finished", False))
+        return cls(
+            checkpoint["stage"],
+            checkpoint["next_epoch"],
+            checkpoint["global_epoch"],
+            list(checkpoint["history"]),
+            checkpoint.get("finished", False),
+        )
 
 
 @dataclass
@@ -99,14 +112,19 @@ class StageTools:
 
 def stages_of(config: TrainConfig) -> list[Stage]:
     if config.freeze_epochs > 0:
-        return [Stage("frozen", config.freeze_epochs, "head"), Stage("finetune", config.finetune_epochs, config.unfreeze_last)]
+        return [
+            Stage("frozen", config.freeze_epochs, "head"),
+            Stage("finetune", config.finetune_epochs, config.unfreeze_last),
+        ]
     return [Stage("train", config.epochs, "all")]
 
 
 # --------------------------------------------------------------------------- setup helpers
 
 
-def input_normalization(config: TrainConfig, report: LoadReport | None) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+def input_normalization(
+    config: TrainConfig, report: LoadReport | None
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
     """(mean, std, where from): ``--mean/--std`` if given, else what the starting weights expect,
     else (random initialisation) ImageNet's."""
     if config.mean is not None or config.std is not None:
@@ -120,12 +138,20 @@ def input_normalization(config: TrainConfig, report: LoadReport | None) -> tuple
 
 def training_settings(config: TrainConfig) -> dict:
     """The settings a run's result depends on, JSON-like (lists, not tuples), as recorded in last.pt."""
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items() if key not in OPERATIONAL_SETTINGS}
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in asdict(config).items()
+        if key not in OPERATIONAL_SETTINGS
+    }
 
 
 def changed_settings(recorded: dict, current: dict) -> list[str]:
     """``--flag old -> new`` for every recorded setting that ``current`` changes."""
-    return [f"--{key.replace('_', '-')} {recorded[key]} -> {current.get(key)}" for key in recorded if recorded[key] != current.get(key)]
+    return [
+        f"--{key.replace('_', '-')} {recorded[key]} -> {current.get(key)}"
+        for key in recorded
+        if recorded[key] != current.get(key)
+    ]
 
 
 def load_samples(config: TrainConfig, context: distributed.DistributedContext) -> data_lib.Samples:
@@ -139,14 +165,19 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         refuse_overlap(Path(config.out) / config.arch, f"--out {config.out}: its run folder", {"--data": root})
         refuse_overlap(Path(config.out) / "folds.csv", f"--out {config.out}: its", {"--data": root})
     return data_lib.discover(
-        root, on_error="skip" if config.skip_bad else "raise", group_column=config.group_column, group_pattern=config.group_pattern,
+        root,
+        on_error="skip" if config.skip_bad else "raise",
+        group_column=config.group_column,
+        group_pattern=config.group_pattern,
         allow_outside_root=config.allow_outside_root,
     )
 
 
 def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> splits.Split:
     if config.split == "holdout":
-        return splits.holdout_split(samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups, config.cal_fraction)
+        return splits.holdout_split(
+            samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups, config.cal_fraction
+        )
     folds_csv = Path(config.out) / "folds.csv"
     if context.is_main:
         folds = splits.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
@@ -156,8 +187,12 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
     available = sorted(set(folds.tolist()))
     if available != list(range(1, config.num_folds + 1)):
         source = f"{config.data} (its fold column or fold<k>/ folders)" if samples.folds is not None else folds_csv
-        raise ConfigError(f"--num-folds {config.num_folds}: {source} has folds {available}; give --num-folds {len(available)} if they are 1..{len(available)}, or fix the folds")
-    return splits.fold_split(folds, samples.labels, config.fold, config.val_fraction, config.seed, samples.groups, config.cal_fraction)
+        raise ConfigError(
+            f"--num-folds {config.num_folds}: {source} has folds {available}; give --num-folds {len(available)} if they are 1..{len(available)}, or fix the folds"
+        )
+    return splits.fold_split(
+        folds, samples.labels, config.fold, config.val_fraction, config.seed, samples.groups, config.cal_fraction
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -179,13 +214,18 @@ class FoldTrainer:
         self.config = config = replace(config, padding=resolve_padding(config.arch, config.pretrained, config.padding))
         self.progress = progress
         self.on_epoch_end = on_epoch_end
-        self.context = distributed.init_from_environment("cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        self.context = distributed.init_from_environment(
+            "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        )
         self.device = resolve_device(config.device, self.context)
         self.amp_dtype = engine.amp_dtype_for(self.device, config.amp)
         seed_everything(config.seed)
         self.samples = samples if samples is not None else load_samples(config, self.context)
         self.split = make_split(config, self.samples, self.context)
-        paths = [[self.samples.paths[i] for i in part] for part in (self.split.train, self.split.val, self.split.test, self.split.cal)]
+        paths = [
+            [self.samples.paths[i] for i in part]
+            for part in (self.split.train, self.split.val, self.split.test, self.split.cal)
+        ]
         self.split_digest = split_digest(self.samples.classes, *paths)
         self.run_dir = config.run_dir()
         self._build_model()
@@ -197,7 +237,9 @@ class FoldTrainer:
 
     def _build_data(self) -> None:
         c = self.config
-        self.pipeline_spec = PipelineSpec(c.img_size, tuple(c.pad_color), c.preprocess, c.otsu_foreground, tuple(self.mean), tuple(self.std))
+        self.pipeline_spec = PipelineSpec(
+            c.img_size, tuple(c.pad_color), c.preprocess, c.otsu_foreground, tuple(self.mean), tuple(self.std)
+        )
         train_tf = from_spec(self.pipeline_spec, train=True, preset=c.augment, rotation=c.rotation)
         eval_tf = from_spec(self.pipeline_spec)
         self.train_set = data_lib.ImageDataset(self.samples, self.split.train, train_tf, c.seed)
@@ -224,12 +266,16 @@ class FoldTrainer:
             sampler = torch.utils.data.distributed.DistributedSampler(
                 dataset, num_replicas=self.context.world_size, rank=self.context.rank, shuffle=train, seed=c.seed
             )
-        return data_lib.make_loader(dataset, c.batch_size, train=train, seed=c.seed, num_workers=c.workers, device=self.device, sampler=sampler)
+        return data_lib.make_loader(
+            dataset, c.batch_size, train=train, seed=c.seed, num_workers=c.workers, device=self.device, sampler=sampler
+        )
 
     def _build_model(self) -> None:
         c = self.config
         self.spec = get_spec(c.arch)
-        self.model = create_model(c.arch, len(self.samples.classes), dropout=c.dropout, drop_path=c.drop_path, padding=c.padding)
+        self.model = create_model(
+            c.arch, len(self.samples.classes), dropout=c.dropout, drop_path=c.drop_path, padding=c.padding
+        )
         report = load_initial_weights(self.model, c.arch, pretrained=c.pretrained, weights=c.weights)
         self.mean, self.std, source = input_normalization(c, report)
         log.info("input normalisation: mean %s std %s, from %s", self.mean, self.std, source)
@@ -271,7 +317,9 @@ class FoldTrainer:
                 log.info("--resume: no %s yet, starting from scratch", last)
             return None
         if not (self.config.resume or self.config.overwrite):
-            raise ConfigError(f"{self.run_dir}: a run is already there; add --resume to continue it or --overwrite to start again")
+            raise ConfigError(
+                f"{self.run_dir}: a run is already there; add --resume to continue it or --overwrite to start again"
+            )
         if self.config.overwrite:
             return None
         state = safe_torch_load(last)
@@ -297,10 +345,17 @@ class FoldTrainer:
         """Everything a resume needs (what the run is, the weights, :attr:`state`, the stage's
         tools, the random state), saved atomically (by rank 0) and returned."""
         checkpoint = {
-            "arch": self.config.arch, "classes": list(self.samples.classes), "settings": training_settings(self.config), "split": self.split_digest,
-            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None, **tools.state_dict(), **self.state.state_dict(),
-            "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-        }  # fmt: skip
+            "arch": self.config.arch,
+            "classes": list(self.samples.classes),
+            "settings": training_settings(self.config),
+            "split": self.split_digest,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            **tools.state_dict(),
+            **self.state.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
         if self.context.is_main:
             atomic_torch_save(self.run_dir / "last.pt", checkpoint)
         return checkpoint
@@ -308,8 +363,12 @@ class FoldTrainer:
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
             meta = checkpoint_metadata(self.config, self.samples.classes, self.pipeline_spec, self.split_digest)
-            weights = self.ema.shadow if self.ema else self.model.state_dict()  # with --ema, the averaged weights are the model
-            atomic_torch_save(self.run_dir / "best.pt", {"model": weights, "epoch": epoch, "val_metric": metric, **meta})
+            weights = (
+                self.ema.shadow if self.ema else self.model.state_dict()
+            )  # with --ema, the averaged weights are the model
+            atomic_torch_save(
+                self.run_dir / "best.pt", {"model": weights, "epoch": epoch, "val_metric": metric, **meta}
+            )
 
     def _load_best(self) -> dict:
         distributed.barrier(self.context)
@@ -320,7 +379,9 @@ class FoldTrainer:
     # ---- loop
 
     def _evaluate(self, loader, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, labels, indices = engine.predict(self.model, loader, self.device, self.amp_dtype, self.config.channels_last, tta)
+        logits, labels, indices = engine.predict(
+            self.model, loader, self.device, self.amp_dtype, self.config.channels_last, tta
+        )
         return distributed.gather_predictions(logits, labels, indices, self.context)
 
     def _run_epoch(self, stage: Stage, model: nn.Module, optimizer, scaler, global_epoch: int) -> dict:
@@ -328,24 +389,41 @@ class FoldTrainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         result = engine.train_one_epoch(
-            model, self.train_loader, self.criterion, optimizer, scaler, self.device, self.amp_dtype,
-            self.config.grad_clip, self.progress if self.context.is_main else None,
+            model,
+            self.train_loader,
+            self.criterion,
+            optimizer,
+            scaler,
+            self.device,
+            self.amp_dtype,
+            self.config.grad_clip,
+            self.progress if self.context.is_main else None,
             before_step=set_frozen_norms_to_eval if stage.trainable != "all" else None,
-            channels_last=self.config.channels_last, after_step=(lambda: self.ema.update(self.model)) if self.ema else None,
-        )  # fmt: skip
+            channels_last=self.config.channels_last,
+            after_step=(lambda: self.ema.update(self.model)) if self.ema else None,
+        )
         loss_sum, correct, images, seconds = distributed.all_reduce_sum(
             [result.loss_sum, result.correct, result.images, result.seconds], self.context, self.device
         )
-        with self.ema.applied(self.model) if self.ema else nullcontext():  # validate (and so select) the averaged weights
+        with (
+            self.ema.applied(self.model) if self.ema else nullcontext()
+        ):  # validate (and so select) the averaged weights
             logits, labels, _ = self._evaluate(self.val_loader)
         weight = self.loss_weight.cpu() if self.loss_weight is not None and self.config.val_loss == "weighted" else None
         val_loss, val_acc = engine.loss_and_accuracy(logits, labels, weight)
         return {
-            "epoch": global_epoch, "stage": stage.name, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / images, "train_acc": correct / images, "val_loss": val_loss, "val_acc": val_acc,
-            "seconds": round(result.seconds, 3), "images_per_second": round(images / max(seconds / self.context.world_size, 1e-9), 2),
-            "peak_memory_mb": round(peak_memory_mb(self.device), 1), "skipped_steps": result.skipped_steps,
-        }  # fmt: skip
+            "epoch": global_epoch,
+            "stage": stage.name,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / images,
+            "train_acc": correct / images,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "seconds": round(result.seconds, 3),
+            "images_per_second": round(images / max(seconds / self.context.world_size, 1e-9), 2),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "skipped_steps": result.skipped_steps,
+        }
 
     def run(self) -> Path:
         """Train every stage (resuming if asked), then write the logits of the best weights.
@@ -354,7 +432,9 @@ class FoldTrainer:
         aside and deletes it only once the new one has written its logits."""
         with FolderLock(self.run_dir, "training") if self.context.is_main else nullcontext():
             state = self._resume_state()
-            aside = move_aside(self.run_dir, keep={LOCK_NAME}) if self.config.overwrite and self.context.is_main else None
+            aside = (
+                move_aside(self.run_dir, keep={LOCK_NAME}) if self.config.overwrite and self.context.is_main else None
+            )
             self._train(state)
             discard(aside)
         return self.run_dir
@@ -365,7 +445,9 @@ class FoldTrainer:
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             normalization = {"mean": list(self.mean), "std": list(self.std)}
-            write_config(self.run_dir, c, self.samples.root, normalization, environment(self.device), self.samples.classes)
+            write_config(
+                self.run_dir, c, self.samples.root, normalization, environment(self.device), self.samples.classes
+            )
         stages = stages_of(c)
         self._warn_if_frozen_without_weights()
         if resumed is not None:
@@ -391,7 +473,9 @@ class FoldTrainer:
         self._load_best()
         self.ema = None  # the next stage averages from these weights on
         self.state.stage, self.state.next_epoch = self.state.stage + 1, 0
-        carried = engine.EarlyStopping(self.config.early_stopping, stopper.mode, best=stopper.best, best_epoch=stopper.best_epoch)
+        carried = engine.EarlyStopping(
+            self.config.early_stopping, stopper.mode, best=stopper.best, best_epoch=stopper.best_epoch
+        )
         return self._save_last(StageTools(None, None, None, carried))
 
     def _stage_tools(self, resumed: dict | None) -> StageTools:
@@ -402,7 +486,9 @@ class FoldTrainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         scheduler = None
         if c.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience)
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=mode, factor=c.plateau_factor, patience=c.plateau_patience
+            )
         tools = StageTools(optimizer, scaler, scheduler, engine.EarlyStopping(c.early_stopping, mode))
         if resumed is not None:
             tools.load_state_dict(resumed)
@@ -428,8 +514,13 @@ class FoldTrainer:
             self.state.next_epoch = epoch + 1
             self._end_epoch(row, stage, tools)
             if tools.stopper.should_stop:
-                log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)",
-                         self.config.monitor, tools.stopper.patience, tools.stopper.best, tools.stopper.best_epoch)  # fmt: skip
+                log.info(
+                    "early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)",
+                    self.config.monitor,
+                    tools.stopper.patience,
+                    tools.stopper.best,
+                    tools.stopper.best_epoch,
+                )
                 break
         if last:
             self.state.next_epoch, self.state.finished = stage.epochs, True
@@ -440,7 +531,9 @@ class FoldTrainer:
         """After an epoch: the schedule and early stopping step, best.pt, history.csv and last.pt."""
         metric, epoch = row[self.config.monitor], self.state.global_epoch
         if not np.isfinite(metric):
-            raise engine.TrainingError(f"validation {self.config.monitor} is {metric} at epoch {epoch}; the last good state is in {self.run_dir / 'last.pt'}")
+            raise engine.TrainingError(
+                f"validation {self.config.monitor} is {metric} at epoch {epoch}; the last good state is in {self.run_dir / 'last.pt'}"
+            )
         if tools.scheduler is not None:
             tools.scheduler.step(metric)
         if tools.stopper.step(metric, epoch):
@@ -451,15 +544,25 @@ class FoldTrainer:
         self._save_last(tools)
         log.info(
             "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
-            epoch, stage.name, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-            row["lr"], row["images_per_second"], row["seconds"], " *" if tools.stopper.best_epoch == epoch else "",
-        )  # fmt: skip
+            epoch,
+            stage.name,
+            row["train_loss"],
+            row["train_acc"],
+            row["val_loss"],
+            row["val_acc"],
+            row["lr"],
+            row["images_per_second"],
+            row["seconds"],
+            " *" if tools.stopper.best_epoch == epoch else "",
+        )
         if self.on_epoch_end is not None:
             self.on_epoch_end(row)
 
     def _write_outputs(self) -> None:
         best = self._load_best()
-        if self.context.is_main and best.get("tta") != self.config.tta:  # a finished run re-evaluated with another --tta
+        if (
+            self.context.is_main and best.get("tta") != self.config.tta
+        ):  # a finished run re-evaluated with another --tta
             atomic_torch_save(self.run_dir / "best.pt", {**best, "tta": self.config.tta})
         fold = self.config.fold if self.config.split == "kfold" else 1
         for name, loader in (("cal", self.cal_loader), ("val", self.val_loader), ("test", self.test_loader)):
@@ -468,13 +571,24 @@ class FoldTrainer:
             logits, labels, indices = self._evaluate(loader, self.config.tta)  # per-epoch validation runs without TTA
             if self.context.is_main:
                 paths = [self.samples.paths[i] for i in indices.tolist()]
-                save_logits(self.run_dir / f"{name}_logits.npz", logits.numpy(), labels.numpy(), paths, self.samples.classes, self.config.arch, fold, self.split_digest)
+                save_logits(
+                    self.run_dir / f"{name}_logits.npz",
+                    logits.numpy(),
+                    labels.numpy(),
+                    paths,
+                    self.samples.classes,
+                    self.config.arch,
+                    fold,
+                    self.split_digest,
+                )
         if self.context.is_main:  # logits and labels of the test split, from the loop above
             accuracy = (logits.argmax(1) == labels).float().mean().item()
             log.info("%s: test accuracy %.4f on %d images (best weights)", self.run_dir, accuracy, len(labels))
         distributed.barrier(self.context)
 
 
-def train_fold(config: TrainConfig, progress: engine.Progress | None = None, on_epoch_end: Callable[[dict], None] | None = None) -> Path:
+def train_fold(
+    config: TrainConfig, progress: engine.Progress | None = None, on_epoch_end: Callable[[dict], None] | None = None
+) -> Path:
     """Train one fold (or the holdout split) as configured; returns the run folder."""
     return FoldTrainer(config, progress, on_epoch_end).run()

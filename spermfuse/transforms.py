@@ -9,6 +9,7 @@ run on the float tensor so the image is converted only once.
 Every random step draws from a ``numpy.random.Generator`` handed in by the
 caller, so the same seed gives the same augmented tensor.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .segmentation import HybridOtsu
 
 PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
+
 
 def as_rgb(image: Image.Image) -> Image.Image:
     """The image itself when already RGB (``convert`` would copy it on the data-loading hot path)."""
@@ -99,7 +101,9 @@ class RandomFlip:
         """The flip as a map of a ``width`` x ``height`` image onto itself."""
         sx = -1.0 if rng.random() < self.p_horizontal else 1.0
         sy = -1.0 if rng.random() < self.p_vertical else 1.0
-        return np.array([[sx, 0, width if sx < 0 else 0], [0, sy, height if sy < 0 else 0], [0, 0, 1]], dtype=np.float64)
+        return np.array(
+            [[sx, 0, width if sx < 0 else 0], [0, sy, height if sy < 0 else 0], [0, 0, 1]], dtype=np.float64
+        )
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         matrix = self.matrix(image.width, image.height, rng)
@@ -128,7 +132,11 @@ class RandomAffine:
         cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
         cx, cy = width / 2, height / 2
         return np.array(
-            [[cos, -sin, cx - cos * cx + sin * cy + shift_x], [sin, cos, cy - sin * cx - cos * cy + shift_y], [0, 0, 1]],
+            [
+                [cos, -sin, cx - cos * cx + sin * cy + shift_x],
+                [sin, cos, cy - sin * cx - cos * cy + shift_y],
+                [0, 0, 1],
+            ],
             dtype=np.float64,
         )
 
@@ -224,7 +232,9 @@ class Pipeline:
         self.geometric = list(geometric)
         self.photometric = list(photometric)
         self.normalize = normalize or Normalize()
-        self.fill = tuple(getattr(self.preprocess[-1], "background", pad_color)) if self.preprocess else tuple(pad_color)
+        self.fill = (
+            tuple(getattr(self.preprocess[-1], "background", pad_color)) if self.preprocess else tuple(pad_color)
+        )
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         if rng is None:
@@ -256,7 +266,14 @@ class Pipeline:
         return apply_affine(as_rgb(image), matrix, (self.img_size, self.img_size), self.fill)
 
     def __repr__(self) -> str:
-        steps = [f"resize_longer_side({self.img_size})", *self.preprocess, f"pad_to_square({self.img_size}, fill={self.fill})", *self.geometric, *self.photometric, self.normalize]
+        steps = [
+            f"resize_longer_side({self.img_size})",
+            *self.preprocess,
+            f"pad_to_square({self.img_size}, fill={self.fill})",
+            *self.geometric,
+            *self.photometric,
+            self.normalize,
+        ]
         return "Pipeline(\n  " + ",\n  ".join(map(str, steps)) + "\n)"
 
 
@@ -324,7 +341,9 @@ class PipelineSpec:
     def from_dict(cls, data: dict, source: str = "best.pt") -> "PipelineSpec":
         """The spec a checkpoint recorded; one of another version or shape is refused."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: records no preprocessing (written before spermfuse v0.3); retrain it, or predict with the version that trained it")
+            raise ConfigError(
+                f"{source}: records no preprocessing (written before spermfuse v0.3); retrain it, or predict with the version that trained it"
+            )
         if data.get("version") != PIPELINE_SPEC_VERSION:
             found = data.get("version")
             raise ConfigError(
@@ -332,13 +351,25 @@ class PipelineSpec:
                 "predict with the version that trained it (git_commit in config.json), or retrain"
             )
         names = {f.name for f in fields(cls)}
-        values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items() if key != "version"}
+        values = {
+            key: tuple(value) if isinstance(value, list) else value for key, value in data.items() if key != "version"
+        }
         if set(values) != names:
-            raise ConfigError(f"{source}: its preprocessing record has keys {sorted(values)}, expected {sorted(names)}; retrain")
+            raise ConfigError(
+                f"{source}: its preprocessing record has keys {sorted(values)}, expected {sorted(names)}; retrain"
+            )
         return cls(**values)
 
 
 def from_spec(spec: PipelineSpec, train: bool = False, *, preset: str = "paper_a", rotation: float = 15.0) -> Pipeline:
     """The eval pipeline of ``spec`` (``train=False``), or its train pipeline with ``preset`` augmentation."""
-    return build(train, spec.img_size, preset=preset, pad_color=spec.pad_color, rotation=rotation,
-                 preprocess=spec.preprocess_steps(), mean=spec.mean, std=spec.std)  # fmt: skip
+    return build(
+        train,
+        spec.img_size,
+        preset=preset,
+        pad_color=spec.pad_color,
+        rotation=rotation,
+        preprocess=spec.preprocess_steps(),
+        mean=spec.mean,
+        std=spec.std,
+    )

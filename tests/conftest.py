@@ -1,4 +1,5 @@
 """Shared fixtures: small real images written to a temporary folder."""
+
 from __future__ import annotations
 
 import socket
@@ -62,6 +63,8 @@ def tiny_config(data: Path, out: Path, **overrides):
     """A TrainConfig that trains in seconds: tiny model, 32 px, two epochs, no workers."""
     from spermfuse.trainer import TrainConfig
 
-    settings = dict(arch="resnetv2_tiny", data=str(data), out=str(out), img_size=32, epochs=2, workers=0, lr=1e-3, val_fraction=0.2)
+    settings = dict(
+        arch="resnetv2_tiny", data=str(data), out=str(out), img_size=32, epochs=2, workers=0, lr=1e-3, val_fraction=0.2
+    )
     settings.update(overrides)
     return TrainConfig(**settings)

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "benchmark.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "benchmark.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_convolution_counts_one_flop_per_multiply_add():
@@ -86,25 +88,46 @@ def test_standardised_kernel_cache_keeps_the_channels_last_layout():
 
 def test_latency_harness_reports_percentiles():
     settings = profiling.InferenceSettings(img_size=32)
-    latency = profiling.inference_latency(create_model("efficientnet_tiny", 3), torch.device("cpu"), settings, warmup=1, iters=4)
+    latency = profiling.inference_latency(
+        create_model("efficientnet_tiny", 3), torch.device("cpu"), settings, warmup=1, iters=4
+    )
     assert latency.iterations == 4 and latency.p10_ms <= latency.median_ms <= latency.p90_ms
     assert latency.fps == pytest.approx(1000 / latency.median_ms)
 
 
 def test_side_by_side_timing_alternates_the_calls_after_warming_each():
     calls = []
-    latencies = profiling.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), warmup=2, iters=3)
+    latencies = profiling.time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), warmup=2, iters=3
+    )
     assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
     assert latencies["a"].iterations == latencies["b"].iterations == 3
 
 
 def test_benchmark_script_prints_the_table(tmp_path):
-    result = run_benchmark("--models", "resnetv2_tiny", "efficientnet_tiny", "--img-size", "32", "--iters", "3", "--warmup", "1",
-                           "--device", "cpu", "--json", str(tmp_path / "b.json"))  # fmt: skip
+    result = run_benchmark(
+        "--models",
+        "resnetv2_tiny",
+        "efficientnet_tiny",
+        "--img-size",
+        "32",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
     assert result.returncode == 0, result.stderr
     fusion_row = next(line for line in result.stdout.splitlines() if line.startswith("| fusion |"))
     assert fusion_row.endswith("| - | - | - | - |")  # the paper's figures belong to the paper's pair only
-    assert "| fusion_concurrent |" in result.stdout and "machine: CPU" in result.stdout and "measured on the CPU" in result.stdout
+    assert (
+        "| fusion_concurrent |" in result.stdout
+        and "machine: CPU" in result.stdout
+        and "measured on the CPU" in result.stdout
+    )
     assert (tmp_path / "b.json").is_file()
 
 
@@ -112,7 +135,9 @@ def test_benchmark_script_prints_the_table(tmp_path):
 def test_gpu_only_flags_on_the_cpu_fail_with_one_line_before_any_output(flag, tmp_path):
     result = run_benchmark("--device", "cpu", flag, "--json", str(tmp_path / "b.json"))
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"error: {flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {flag} needs a CUDA device (--device cuda); on the CPU use --amp on for bf16"
+    ]
     assert not (tmp_path / "b.json").exists()
 
 
@@ -123,8 +148,23 @@ def test_an_unknown_device_fails_with_one_line():
 
 
 def test_padding_suite_times_both_paddings_of_the_efficientnets_only(tmp_path):
-    result = run_benchmark("--suite", "padding", "--models", "resnetv2_tiny", "efficientnet_tiny", "--img-size", "32", "--iters", "10",
-                           "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"))  # fmt: skip
+    result = run_benchmark(
+        "--suite",
+        "padding",
+        "--models",
+        "resnetv2_tiny",
+        "efficientnet_tiny",
+        "--img-size",
+        "32",
+        "--iters",
+        "10",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "b.json").read_text())["results"]
     assert list(results) == ["efficientnet_tiny"]  # the ResNetV2 has no same padding
@@ -133,8 +173,25 @@ def test_padding_suite_times_both_paddings_of_the_efficientnets_only(tmp_path):
 
 
 def test_explain_suite_times_grad_cam_beside_the_forward(tmp_path):
-    result = run_benchmark("--suite", "explain", "--models", "efficientnet_tiny", "resnetv2_tiny", "--img-size", "32", "--iters", "3",
-                           "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "e.md"))  # fmt: skip
+    result = run_benchmark(
+        "--suite",
+        "explain",
+        "--models",
+        "efficientnet_tiny",
+        "resnetv2_tiny",
+        "--img-size",
+        "32",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        str(tmp_path / "b.json"),
+        "--markdown",
+        str(tmp_path / "e.md"),
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "b.json").read_text())["results"]
     assert results["grad_cam_ms"] > 0 and results["forward_ms"] > 0 and results["occlusion_images_per_s"] > 0

@@ -1,4 +1,5 @@
 """Temperature scaling, calibration scores and risk-coverage."""
+
 import numpy as np
 import pytest
 
@@ -65,7 +66,11 @@ def test_paired_bootstrap_intervals_contain_the_change_and_tighten_with_more_cel
         labels = rng.integers(0, 3, n)
         logits = np.eye(3)[labels] * 3 + rng.normal(0, 1.5, (n, 3))
         result = calibration.paired_bootstrap(logits, logits / 2.0, labels, resamples=100)
-        change = {k: calibration.calibration_scores(logits / 2.0, labels)[k] - calibration.calibration_scores(logits, labels)[k] for k in ("nll", "ece")}
+        change = {
+            k: calibration.calibration_scores(logits / 2.0, labels)[k]
+            - calibration.calibration_scores(logits, labels)[k]
+            for k in ("nll", "ece")
+        }
         return result, change
 
     small, small_change = intervals(200)

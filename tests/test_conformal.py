@@ -1,10 +1,18 @@
 """Conformal prediction sets cover the true class as promised, over many calibration draws."""
+
 import math
 
 import numpy as np
 import pytest
 
-from spermfuse.conformal import SetCalibrator, calibrate_sets, class_scores, conformal_quantile, predict_sets, set_metrics
+from spermfuse.conformal import (
+    SetCalibrator,
+    calibrate_sets,
+    class_scores,
+    conformal_quantile,
+    predict_sets,
+    set_metrics,
+)
 
 CLASSES = [f"c{i}" for i in range(6)]
 

@@ -1,4 +1,5 @@
 """The package's shape (docs/DESIGN.md): no import cycle, function-level imports included."""
+
 import ast
 import re
 from pathlib import Path
@@ -40,7 +41,10 @@ def imported_modules(source: str, name: str, is_package: bool, modules: set[str]
 def import_graph() -> dict[str, set[str]]:
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(path) for path in paths}
-    return {module_name(path): imported_modules(path.read_text(), module_name(path), path.name == "__init__.py", modules) for path in paths}
+    return {
+        module_name(path): imported_modules(path.read_text(), module_name(path), path.name == "__init__.py", modules)
+        for path in paths
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -51,7 +55,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node], _ = "open", stack.append(node)
         for child in sorted(graph[node]):
             if state.get(child) == "open":
-                return stack[stack.index(child):] + [child]
+                return stack[stack.index(child) :] + [child]
             if child not in state and (cycle := visit(child)):
                 return cycle
         state[node], _ = "done", stack.pop()
@@ -99,3 +103,14 @@ def test_the_design_page_lists_the_import_layers_as_they_are():
     rows = re.findall(r"^\| (\d+) \| ([a-z0-9_., ]+) \|$", text, re.M)
     documented = {int(number): {name.strip() for name in names.split(",")} for number, names in rows}
     assert documented == import_layers(import_graph()), "docs/DESIGN.md's import layers are stale: update the table"
+
+
+def test_the_code_is_formatted_at_the_configured_line_length():
+    """pyproject.toml's [tool.ruff] line length, kept by `ruff format` (requirements-dev installs it)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "."], cwd=PACKAGE.parent, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

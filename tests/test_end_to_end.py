@@ -1,4 +1,5 @@
 """The demo pipeline at a tiny size: train both backbones, fuse, evaluate, predict new images."""
+
 import csv
 import json
 import os
@@ -22,7 +23,18 @@ def demo_output(tiny_sperm, tmp_path_factory) -> Path:
     """demo.sh --preset tiny run once for this module: <folder>/runs and <folder>/reports."""
     folder = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "PYTHON": sys.executable}
-    command = ["bash", "demo.sh", "--preset", "tiny", "--data", str(tiny_sperm), "--out", str(folder / "runs"), "--reports", str(folder / "reports")]
+    command = [
+        "bash",
+        "demo.sh",
+        "--preset",
+        "tiny",
+        "--data",
+        str(tiny_sperm),
+        "--out",
+        str(folder / "runs"),
+        "--reports",
+        str(folder / "reports"),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
@@ -43,10 +55,24 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
 
     new_images = tmp_path / "new"
     new_images.mkdir()
-    for name, new_name in (("Normal/Normal_00000.png", "normal, 1.png"), ("PinHead/PinHead_00001.png", 'pin "head".png')):
+    for name, new_name in (
+        ("Normal/Normal_00000.png", "normal, 1.png"),
+        ("PinHead/PinHead_00001.png", 'pin "head".png'),
+    ):
         shutil.copy(tiny_sperm / name, new_images / new_name)
-    predict = [sys.executable, "fuse.py", "--predict", str(new_images), "--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny",
-               "--output", str(tmp_path / "predictions.csv")]  # fmt: skip
+    predict = [
+        sys.executable,
+        "fuse.py",
+        "--predict",
+        str(new_images),
+        "--runs",
+        str(runs),
+        "--models",
+        "efficientnet_tiny",
+        "resnetv2_tiny",
+        "--output",
+        str(tmp_path / "predictions.csv"),
+    ]
     result = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
@@ -58,17 +84,34 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
 
     fused = shutil.copytree(runs / "fusion", tmp_path / "fusion")  # a copy: the module's other tests use the original
     settings = json.loads((fused / "fusion.json").read_text())
-    certificate = {"threshold": 0.3, "target_accuracy": 0.9, "delta": 0.1, "method": "sgr", "n_calibration": 20, "n_accepted": 9, "errors": 0, "risk_upper_bound": 0.1}
-    settings["referral"] = {"per_fold": [{"certificate": certificate}, {"certificate": certificate | {"threshold": 0.5}}]}  # as --refer-accuracy writes it
+    certificate = {
+        "threshold": 0.3,
+        "target_accuracy": 0.9,
+        "delta": 0.1,
+        "method": "sgr",
+        "n_calibration": 20,
+        "n_accepted": 9,
+        "errors": 0,
+        "risk_upper_bound": 0.1,
+    }
+    settings["referral"] = {
+        "per_fold": [{"certificate": certificate}, {"certificate": certificate | {"threshold": 0.5}}]
+    }  # as --refer-accuracy writes it
     (fused / "fusion.json").write_text(json.dumps(settings))
     write_manifest(fused)  # a hand edit must re-list the folder: readers check it
     refused = subprocess.run(predict + ["--out", str(fused)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "certified per fold" in refused.stderr  # --fold all: the average has no calibration cells
-    result = subprocess.run(predict + ["--out", str(fused), "--fold", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert (
+        refused.returncode == 2 and "certified per fold" in refused.stderr
+    )  # --fold all: the average has no calibration cells
+    result = subprocess.run(
+        predict + ["--out", str(fused), "--fold", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["refer"] for r in rows] == [str(int(float(r["confidence"]) < 0.5)) for r in rows]  # fold 2's certified threshold
+    assert [r["refer"] for r in rows] == [
+        str(int(float(r["confidence"]) < 0.5)) for r in rows
+    ]  # fold 2's certified threshold
 
 
 def readme_client() -> str:
@@ -83,14 +126,37 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
     from spermfuse.inference import fused_probabilities
 
     runs = demo_output / "runs"
-    export = [sys.executable, "fuse.py", "--export", str(tmp_path / "deploy"), "--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
+    export = [
+        sys.executable,
+        "fuse.py",
+        "--export",
+        str(tmp_path / "deploy"),
+        "--runs",
+        str(runs),
+        "--models",
+        "efficientnet_tiny",
+        "resnetv2_tiny",
+    ]
     result = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    images = [tiny_sperm / "Normal" / "Normal_00000.png", tiny_sperm / "PinHead" / "PinHead_00003.png", tiny_sperm / "ThinNeck" / "ThinNeck_00001.png"]
+    images = [
+        tiny_sperm / "Normal" / "Normal_00000.png",
+        tiny_sperm / "PinHead" / "PinHead_00003.png",
+        tiny_sperm / "ThinNeck" / "ThinNeck_00001.png",
+    ]
     client = tmp_path / "client.py"
-    client.write_text("import importlib.util\nassert importlib.util.find_spec('spermfuse') is None\n" + readme_client()
-                      + f"\nnp.save({str(tmp_path / 'p.npy')!r}, probabilities.numpy())\n")  # fmt: skip
-    isolated = subprocess.run([sys.executable, "-I", str(client), str(tmp_path / "deploy"), *map(str, images)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    client.write_text(
+        "import importlib.util\nassert importlib.util.find_spec('spermfuse') is None\n"
+        + readme_client()
+        + f"\nnp.save({str(tmp_path / 'p.npy')!r}, probabilities.numpy())\n"
+    )
+    isolated = subprocess.run(
+        [sys.executable, "-I", str(client), str(tmp_path / "deploy"), *map(str, images)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert isolated.returncode == 0, isolated.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     members = [[load_classifier(runs / n / f"fold{k}" / "best.pt") for n in settings.models] for k in settings.folds]
@@ -99,47 +165,112 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
     onnxruntime = pytest.importorskip("onnxruntime")  # the optional export extra (requirements-dev installs it)
     session = onnxruntime.InferenceSession(str(tmp_path / "deploy" / "model.onnx"))
     pipeline = members[0][0].pipeline
-    batch = np.stack([np.asarray(pipeline.geometry(load_rgb(p), np.random.default_rng(0))).transpose(2, 0, 1) for p in images])
+    batch = np.stack(
+        [np.asarray(pipeline.geometry(load_rgb(p), np.random.default_rng(0))).transpose(2, 0, 1) for p in images]
+    )
     assert np.abs(session.run(None, {session.get_inputs()[0].name: batch})[0] - expected).max() <= 1e-5
     again = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing export is not replaced silently
 
 
-def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_applies_them_as_predict_does(tiny_sperm, demo_output, tmp_path):
+def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_applies_them_as_predict_does(
+    tiny_sperm, demo_output, tmp_path
+):
     runs, fused = demo_output / "runs", tmp_path / "fusion"
     models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--out", str(fused)]
-    promised = subprocess.run([sys.executable, "fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *models],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    promised = subprocess.run(
+        [
+            sys.executable,
+            "fuse.py",
+            "--grid",
+            "--select",
+            "val",
+            "--refer-accuracy",
+            "0.2",
+            "--sets-alpha",
+            "0.2",
+            *models,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert promised.returncode == 0, promised.stderr
     new_images = tmp_path / "new"
     new_images.mkdir()
-    for index, name in enumerate(["Normal/Normal_00000.png", "PinHead/PinHead_00003.png", "ThinNeck/ThinNeck_00001.png", "CurlyTail/CurlyTail_00002.png"]):
+    for index, name in enumerate(
+        [
+            "Normal/Normal_00000.png",
+            "PinHead/PinHead_00003.png",
+            "ThinNeck/ThinNeck_00001.png",
+            "CurlyTail/CurlyTail_00002.png",
+        ]
+    ):
         shutil.copy(tiny_sperm / name, new_images / f"cell{index}.png")
-    predict = [sys.executable, "fuse.py", "--predict", str(new_images), "--fold", "2", "--output", str(tmp_path / "p.csv"), *models]
+    predict = [
+        sys.executable,
+        "fuse.py",
+        "--predict",
+        str(new_images),
+        "--fold",
+        "2",
+        "--output",
+        str(tmp_path / "p.csv"),
+        *models,
+    ]
     assert subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
     export = [sys.executable, "fuse.py", "--export", str(tmp_path / "deploy"), "--fold", "2", *models]
     assert subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
-    assert set(json.loads((tmp_path / "deploy" / "model.json").read_text())["decision"]) == {"referral", "prediction_sets"}
+    assert set(json.loads((tmp_path / "deploy" / "model.json").read_text())["decision"]) == {
+        "referral",
+        "prediction_sets",
+    }
     (tmp_path / "client.py").write_text(readme_client())
     images = sorted(new_images.iterdir())  # the order --predict reads them in: the sets' random tie-breaks follow it
-    client = subprocess.run([sys.executable, "-I", str(tmp_path / "client.py"), str(tmp_path / "deploy"), *map(str, images)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    client = subprocess.run(
+        [sys.executable, "-I", str(tmp_path / "client.py"), str(tmp_path / "deploy"), *map(str, images)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert client.returncode == 0, client.stderr
     printed = [line.split(" ") for line in client.stdout.strip().splitlines()]
     expected = {row["path"]: row for row in read_csv(tmp_path / "p.csv")}
     for (path, predicted, _, referral, members), image in zip(printed, images):
         row = expected[image.name]
-        assert predicted == row["predicted"] and referral == ("refer" if row["refer"] == "1" else "accept") and members == row["set"]
+        assert (
+            predicted == row["predicted"]
+            and referral == ("refer" if row["refer"] == "1" else "accept")
+            and members == row["set"]
+        )
 
 
-def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_predictions(tiny_sperm, demo_output, tmp_path):
+def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_predictions(
+    tiny_sperm, demo_output, tmp_path
+):
     from PIL import Image
 
     new_images = tmp_path / "new"
     (new_images / "sub").mkdir(parents=True)
     shutil.copy(tiny_sperm / "Normal/Normal_00000.png", new_images / "normal.png")
     shutil.copy(tiny_sperm / "CurlyTail/CurlyTail_00002.png", new_images / "sub" / "curly.png")
-    command = [sys.executable, "fuse.py", "--predict", str(new_images), "--runs", str(demo_output / "runs"), "--models", "efficientnet_tiny",
-               "resnetv2_tiny", "--output", str(tmp_path / "predictions.csv"), "--explain", str(tmp_path / "why")]  # fmt: skip
+    command = [
+        sys.executable,
+        "fuse.py",
+        "--predict",
+        str(new_images),
+        "--runs",
+        str(demo_output / "runs"),
+        "--models",
+        "efficientnet_tiny",
+        "resnetv2_tiny",
+        "--output",
+        str(tmp_path / "predictions.csv"),
+        "--explain",
+        str(tmp_path / "why"),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
@@ -159,21 +290,49 @@ def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_pre
 
 
 def test_explain_without_predict_is_one_clear_line(tmp_path):
-    result = subprocess.run([sys.executable, "fuse.py", "--grid", "--explain", str(tmp_path / "why")], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: --explain DIR explains predictions: give it with --predict FOLDER"]
+    result = subprocess.run(
+        [sys.executable, "fuse.py", "--grid", "--explain", str(tmp_path / "why")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --explain DIR explains predictions: give it with --predict FOLDER"
+    ]
 
 
-def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_part_masks(tiny_sperm, demo_output, tmp_path):
+def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_part_masks(
+    tiny_sperm, demo_output, tmp_path
+):
     from spermfuse import synthetic
 
-    masks = synthetic.generate(tmp_path / "masks", "sperm18", seed=42, per_class=6, masks=True)  # the tested images, with masks
-    command = [sys.executable, "evaluate.py", "--runs", str(demo_output / "runs"), "--reports", str(tmp_path / "reports"), "--name", "x",
-               "--no-figures", "--explain", "--masks", str(masks), "--summary", str(tmp_path / "summary.md")]  # fmt: skip
+    masks = synthetic.generate(
+        tmp_path / "masks", "sperm18", seed=42, per_class=6, masks=True
+    )  # the tested images, with masks
+    command = [
+        sys.executable,
+        "evaluate.py",
+        "--runs",
+        str(demo_output / "runs"),
+        "--reports",
+        str(tmp_path / "reports"),
+        "--name",
+        "x",
+        "--no-figures",
+        "--explain",
+        "--masks",
+        str(masks),
+        "--summary",
+        str(tmp_path / "summary.md"),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "reports" / "x"
     gallery = (out / "gallery.md").read_text()
-    assert gallery.count("_correct.png") + gallery.count("_wrong.png") >= 18  # every class has a correct or a wrong image
+    assert (
+        gallery.count("_correct.png") + gallery.count("_wrong.png") >= 18
+    )  # every class has a correct or a wrong image
     for line in gallery.splitlines()[4:]:
         name, kind, _, predicted = [cell.strip() for cell in line.strip("|").split("|")][:4]
         assert (predicted == name) == (kind == "correct"), line
@@ -189,26 +348,69 @@ def test_masks_of_other_images_are_refused_naming_the_image(tiny_sperm, demo_out
     from spermfuse import synthetic
 
     masks = synthetic.generate(tmp_path / "masks", "sperm18", seed=7, per_class=6, masks=True)
-    command = [sys.executable, "evaluate.py", "--runs", str(demo_output / "runs"), "--reports", str(tmp_path / "reports"), "--name", "x",
-               "--no-figures", "--explain", "--masks", str(masks), "--explain-limit", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "evaluate.py",
+        "--runs",
+        str(demo_output / "runs"),
+        "--reports",
+        str(tmp_path / "reports"),
+        "--name",
+        "x",
+        "--no-figures",
+        "--explain",
+        "--masks",
+        str(masks),
+        "--explain-limit",
+        "1",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "differs from the tested" in result.stderr and "gallery" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        result.returncode == 2
+        and "differs from the tested" in result.stderr
+        and "gallery" not in result.stderr
+        and len(result.stderr.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "reports" / "x" / "pointing_game.json").exists()
 
 
-def test_predict_lists_every_bad_image_and_skip_bad_goes_on_with_one_figure_per_file(tiny_sperm, demo_output, tmp_path):  # review B6, B22
+def test_predict_lists_every_bad_image_and_skip_bad_goes_on_with_one_figure_per_file(
+    tiny_sperm, demo_output, tmp_path
+):  # review B6, B22
     new_images = tmp_path / "new"
     new_images.mkdir()
     Image.open(tiny_sperm / "Normal/Normal_00000.png").convert("RGB").save(new_images / "cell.jpg")
     shutil.copy(tiny_sperm / "CurlyTail/CurlyTail_00002.png", new_images / "cell.png")
     (new_images / "empty.png").write_bytes(b"")
     (new_images / "fake.tif").write_text("not an image")
-    command = [sys.executable, "fuse.py", "--predict", str(new_images), "--runs", str(demo_output / "runs"), "--models", "efficientnet_tiny",
-               "resnetv2_tiny", "--output", str(tmp_path / "predictions.csv")]  # fmt: skip
+    command = [
+        sys.executable,
+        "fuse.py",
+        "--predict",
+        str(new_images),
+        "--runs",
+        str(demo_output / "runs"),
+        "--models",
+        "efficientnet_tiny",
+        "resnetv2_tiny",
+        "--output",
+        str(tmp_path / "predictions.csv"),
+    ]
     refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "2 of 4 images unusable" in refused.stderr and "empty.png" in refused.stderr and "fake.tif" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "2 of 4 images unusable" in refused.stderr
+        and "empty.png" in refused.stderr
+        and "fake.tif" in refused.stderr
+    )
     assert not (tmp_path / "predictions.csv").exists()
-    result = subprocess.run(command + ["--skip-bad", "--explain", str(tmp_path / "why")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command + ["--skip-bad", "--explain", str(tmp_path / "why")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     rows = {r["path"]: r for r in read_csv(tmp_path / "predictions.csv")}
     assert rows["empty.png"]["skipped"] == "zero-byte file" and rows["empty.png"]["predicted"] == ""

@@ -1,4 +1,5 @@
 """Grad-CAM, occlusion and the pointing game: the definitions on hand-computable models."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,16 @@ from torch import nn
 
 from spermfuse.errors import ConfigError
 from spermfuse.explain import (
-    Member, fused_grad_cam, fused_pair_members, grad_cam, occlusion, peak, pointing_game, spearman, to_original_geometry,
-)  # fmt: skip
+    Member,
+    fused_grad_cam,
+    fused_pair_members,
+    grad_cam,
+    occlusion,
+    peak,
+    pointing_game,
+    spearman,
+    to_original_geometry,
+)
 from spermfuse.fused_pair import FusedPair
 from spermfuse.models import create_model
 from spermfuse.transforms import PipelineSpec, build
@@ -31,7 +40,9 @@ class TwoChannels(nn.Module):
 
 def test_grad_cam_is_relu_of_the_gradient_weighted_channels_scaled_to_unit():
     model = TwoChannels([[2.0, 1.0], [0.0, 3.0]])
-    x = torch.tensor([[-2.0, -1.0, 0.0, 1.0], [2.0, 3.0, 4.0, -4.0], [0.5, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])[None, None]
+    x = torch.tensor([[-2.0, -1.0, 0.0, 1.0], [2.0, 3.0, 4.0, -4.0], [0.5, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])[
+        None, None
+    ]
     # class 0: alpha = (2, 1) / 16, map = ReLU(2x - x) / 16 = ReLU(x) / 16 -> scaled: ReLU(x) / 4
     assert torch.allclose(grad_cam(model, x, target=0, layer="conv")[0], x[0, 0].clamp_min(0) / 4)
     # class 1: alpha = (0, 3) / 16, map = ReLU(-3x) / 16 -> scaled: ReLU(-x) / 4
@@ -49,7 +60,10 @@ def test_no_target_explains_the_predicted_class_and_a_tensor_gives_one_per_image
     predicted = model(x).argmax(1)
     assert predicted.tolist() == [0, 1]
     assert torch.equal(grad_cam(model, x, layer="conv"), grad_cam(model, x, target=predicted, layer="conv"))
-    assert torch.equal(grad_cam(model, x, target=torch.tensor([1, 0]), layer="conv")[0], grad_cam(model, x[:1], target=1, layer="conv")[0])
+    assert torch.equal(
+        grad_cam(model, x, target=torch.tensor([1, 0]), layer="conv")[0],
+        grad_cam(model, x[:1], target=1, layer="conv")[0],
+    )
 
 
 def test_the_model_is_left_as_it_was_found():
@@ -168,7 +182,11 @@ def test_explaining_members_trained_on_other_classes_is_refused_naming_the_check
 
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "cell.png")
     spec = PipelineSpec(32)
-    members = [[Classifier(create_model("efficientnet_tiny", 3), spec, ["a", "b", "c"], tmp_path / "e.pt"),
-                Classifier(create_model("resnetv2_tiny", 3), spec, ["a", "b", "x"], tmp_path / "r.pt")]]  # fmt: skip
+    members = [
+        [
+            Classifier(create_model("efficientnet_tiny", 3), spec, ["a", "b", "c"], tmp_path / "e.pt"),
+            Classifier(create_model("resnetv2_tiny", 3), spec, ["a", "b", "x"], tmp_path / "r.pt"),
+        ]
+    ]
     with pytest.raises(DataError, match="r.pt: classes differ from .*e.pt"):
         list(explain_files([tmp_path / "cell.png"], members, [[0.5, 0.5]], ["e", "r"]))

@@ -1,4 +1,5 @@
 """The exported fused pair at the paper's size computes what fuse.py --predict computes."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,10 @@ from spermfuse.transforms import PipelineSpec
 def test_the_papers_pair_at_240_pixels_exports_to_the_same_probabilities(tmp_path):
     torch.manual_seed(0)
     classes = [f"class{c}" for c in range(18)]
-    pair = [Classifier(create_model(name, 18).eval(), PipelineSpec(240), classes, tmp_path / name) for name in ("efficientnetv2_s", "resnet50v2")]
+    pair = [
+        Classifier(create_model(name, 18).eval(), PipelineSpec(240), classes, tmp_path / name)
+        for name in ("efficientnetv2_s", "resnet50v2")
+    ]
     rng = np.random.default_rng(0)
     images = []
     for i, size in enumerate(((300, 200), (120, 160))):  # one shrunk, one enlarged; both letterboxed
@@ -24,7 +28,14 @@ def test_the_papers_pair_at_240_pixels_exports_to_the_same_probabilities(tmp_pat
     module = FusedModel([pair], [[0.6, 0.4]])
     (tmp_path / "model.pt2").write_bytes(export_program(module, 240))
     program = torch.export.load(str(tmp_path / "model.pt2")).module()
-    batch = torch.stack([torch.from_numpy(np.asarray(pair[0].pipeline.geometry(Image.open(p).convert("RGB"), rng)).copy()).permute(2, 0, 1) for p in images])
+    batch = torch.stack(
+        [
+            torch.from_numpy(np.asarray(pair[0].pipeline.geometry(Image.open(p).convert("RGB"), rng)).copy()).permute(
+                2, 0, 1
+            )
+            for p in images
+        ]
+    )
     with torch.no_grad():
         assert np.abs(program(batch).numpy() - expected).max() <= 1e-5
     if not onnx_available():
@@ -42,16 +53,25 @@ def test_a_method_b_model_exports_with_otsu_before_the_graph_as_model_json_says(
     from spermfuse.transforms import pad_to_square, resize_longer_side
 
     torch.manual_seed(0)
-    model = Classifier(create_model("efficientnet_tiny", 3).eval(), PipelineSpec(64, preprocess="otsu"), ["a", "b", "c"], tmp_path / "b4")
+    model = Classifier(
+        create_model("efficientnet_tiny", 3).eval(),
+        PipelineSpec(64, preprocess="otsu"),
+        ["a", "b", "c"],
+        tmp_path / "b4",
+    )
     images = []
     for i, size in enumerate(((150, 90), (70, 80))):
         images.append(tmp_path / f"smear{i}.png")
         draw_cell(size, radius=20, seed=i).save(images[-1])
     expected = fused_probabilities(images, [[model]], [[1.0]])
     spec = describe([[model]], ["b4"], [1], [[1.0]])
-    assert spec["preprocessing"]["steps"] == ["resize_longer_side", repr(HybridOtsu()), "pad_to_square"] and spec["preprocessing"]["fill"] == [0, 0, 0]
+    assert spec["preprocessing"]["steps"] == ["resize_longer_side", repr(HybridOtsu()), "pad_to_square"] and spec[
+        "preprocessing"
+    ]["fill"] == [0, 0, 0]
     size, fill = spec["input"]["size"], tuple(spec["preprocessing"]["fill"])
-    prepared = [pad_to_square(hybrid_otsu(resize_longer_side(Image.open(p).convert("RGB"), size)), size, fill) for p in images]  # the JSON's steps, in order
+    prepared = [
+        pad_to_square(hybrid_otsu(resize_longer_side(Image.open(p).convert("RGB"), size)), size, fill) for p in images
+    ]  # the JSON's steps, in order
     batch = torch.stack([torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1) for image in prepared])
     (tmp_path / "model.pt2").write_bytes(export_program(FusedModel([[model]], [[1.0]]), size))
     with torch.no_grad():

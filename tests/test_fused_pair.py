@@ -106,7 +106,9 @@ def test_streams_and_cuda_graph_reproduce_the_eager_fused_logits():
 @needs_cuda
 def test_latency_harness_runs_half_channels_last_cuda_graph():
     settings = profiling.InferenceSettings(img_size=64, half=True, channels_last=True, cuda_graph=True)
-    latency = profiling.inference_latency(FusedPair(*tiny_pair(), concurrent=True), torch.device("cuda"), settings, warmup=2, iters=5)
+    latency = profiling.inference_latency(
+        FusedPair(*tiny_pair(), concurrent=True), torch.device("cuda"), settings, warmup=2, iters=5
+    )
     assert latency.iterations == 5 and latency.median_ms > 0
 
 

@@ -16,8 +16,15 @@ CLASSES = ["A", "B", "C"]
 
 def write_logits(path, logits, labels, paths, arch, fold, classes=CLASSES):
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int64), paths=np.array(paths, dtype=str),
-             classes=np.array(classes, dtype=str), arch=np.array(arch), fold=np.array(fold, dtype=np.int64))  # fmt: skip
+    np.savez(
+        path,
+        logits=np.asarray(logits, np.float32),
+        labels=np.asarray(labels, np.int64),
+        paths=np.array(paths, dtype=str),
+        classes=np.array(classes, dtype=str),
+        arch=np.array(arch),
+        fold=np.array(fold, dtype=np.int64),
+    )
 
 
 def fake_runs(root, folds=5, n=60, seed=0):
@@ -31,7 +38,14 @@ def fake_runs(root, folds=5, n=60, seed=0):
             for split in ("test", "val"):
                 logits = truth * 1.0 + rng.normal(0, noise, (n, 3))
                 order = rng.permutation(n)  # files need not share an order
-                write_logits(root / arch / f"fold{k}" / f"{split}_logits.npz", logits[order], labels[order], [paths[i] for i in order], arch, k)
+                write_logits(
+                    root / arch / f"fold{k}" / f"{split}_logits.npz",
+                    logits[order],
+                    labels[order],
+                    [paths[i] for i in order],
+                    arch,
+                    k,
+                )
     return root
 
 
@@ -61,7 +75,9 @@ def test_align_joins_on_paths_whatever_the_order(tmp_path):
 )
 def test_align_refuses_sets_that_do_not_match(tmp_path, other, message):
     write_logits(tmp_path / "a.npz", [[1, 0, 0], [0, 1, 0]], [0, 1], ["x", "y"], "a", 1)
-    settings = dict(logits=[[1, 0, 0], [0, 1, 0]], labels=[0, 1], paths=["x", "y"], arch="b", fold=1, classes=CLASSES) | other
+    settings = (
+        dict(logits=[[1, 0, 0], [0, 1, 0]], labels=[0, 1], paths=["x", "y"], arch="b", fold=1, classes=CLASSES) | other
+    )
     write_logits(tmp_path / "b.npz", **settings)
     with pytest.raises(fusion.FusionError, match=message):
         run_folder.align([run_folder.load_logits(tmp_path / "a.npz"), run_folder.load_logits(tmp_path / "b.npz")])
@@ -101,7 +117,9 @@ def test_a_single_weight_for_three_models_is_one_clear_error():
 
 
 def test_nested_selection_never_looks_at_its_own_fold():
-    result = fusion.GridResult([(0.0, 1.0), (1.0, 0.0)], [1, 2, 3], np.zeros((2, 3)), np.array([[0.9, 0.1, 0.1], [0.1, 0.5, 0.5]]), (0.0, 1.0))
+    result = fusion.GridResult(
+        [(0.0, 1.0), (1.0, 0.0)], [1, 2, 3], np.zeros((2, 3)), np.array([[0.9, 0.1, 0.1], [0.1, 0.5, 0.5]]), (0.0, 1.0)
+    )
     assert fusion.nested_selection(result) == [(1.0, 0.0), (0.0, 1.0), (0.0, 1.0)]
 
 
@@ -114,10 +132,14 @@ def test_the_one_f1_matches_scikit_learn_with_absent_and_never_predicted_classes
     expected = precision_recall_fscore_support(labels, predicted, labels=range(6), zero_division=0)
     for ours, theirs in zip((precision, recall, f1, support), expected):
         assert np.allclose(ours, theirs)
-    assert metrics.weighted_f1(labels, predicted, 6) == pytest.approx(f1_score(labels, predicted, average="weighted", zero_division=0))
+    assert metrics.weighted_f1(labels, predicted, 6) == pytest.approx(
+        f1_score(labels, predicted, average="weighted", zero_division=0)
+    )
     logits = np.eye(6)[predicted]
     present = sorted(set(labels.tolist()))
-    assert metrics.fold_metrics(labels, logits)["f1_macro"] == pytest.approx(f1_score(labels, predicted, labels=present, average="macro", zero_division=0))
+    assert metrics.fold_metrics(labels, logits)["f1_macro"] == pytest.approx(
+        f1_score(labels, predicted, labels=present, average="macro", zero_division=0)
+    )
 
 
 def test_specificity_from_a_hand_made_confusion_matrix():
@@ -146,9 +168,23 @@ def test_summarize_reports_every_key_of_report_json():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 90)
     summary = metrics.summarize(labels, np.eye(3)[labels] + rng.normal(0, 1, (90, 3)), CLASSES)
-    expected = {"accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted", "f1_weighted",
-                "specificity_macro", "specificity_weighted", "auroc_macro", "auroc_weighted", "auprc_macro", "auprc_weighted",
-                "per_class", "confusion"}  # fmt: skip
+    expected = {
+        "accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "precision_weighted",
+        "recall_weighted",
+        "f1_weighted",
+        "specificity_macro",
+        "specificity_weighted",
+        "auroc_macro",
+        "auroc_weighted",
+        "auprc_macro",
+        "auprc_weighted",
+        "per_class",
+        "confusion",
+    }
     assert expected <= set(summary)
     assert summary["recall_weighted"] == pytest.approx(summary["accuracy"])
     assert 0.5 < summary["auroc_macro"] <= 1.0
@@ -205,7 +241,15 @@ def test_evaluate_with_a_single_fold_says_so_instead_of_crashing(tmp_path):
 
 def test_evaluate_refuses_models_with_different_classes(tmp_path):
     runs = fake_runs(tmp_path / "runs", folds=1)
-    write_logits(runs / "other" / "fold1" / "test_logits.npz", [[0, 1, 0, 0]], [1], ["q"], "other", 1, classes=["A", "B", "C", "D"])
+    write_logits(
+        runs / "other" / "fold1" / "test_logits.npz",
+        [[0, 1, 0, 0]],
+        [1],
+        ["q"],
+        "other",
+        1,
+        classes=["A", "B", "C", "D"],
+    )
     result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
     assert result.returncode == 2 and "classes differ" in result.stderr
 
@@ -213,15 +257,21 @@ def test_evaluate_refuses_models_with_different_classes(tmp_path):
 def test_ablation_lays_out_table_2(tmp_path):
     base = fake_runs(tmp_path / "base", seed=1)
     both = fake_runs(tmp_path / "both", seed=2)
-    assert run("fuse.py", "--grid", "--runs", str(both), "--models", "modelx", "modely").returncode == 0  # fused folders beside the models
+    assert (
+        run("fuse.py", "--grid", "--runs", str(both), "--models", "modelx", "modely").returncode == 0
+    )  # fused folders beside the models
     result = run("evaluate.py", "--ablation", f"baseline={base}", f"both={both}", "--reports", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "r" / "ablation" / "ablation.md").read_text()
     assert table.count("fusion a=0.5") == 2 and "| baseline | modelx |" in table
-    assert table.count("| both |") == 4  # the two backbones and the two fusions it computes, no fused folder as a "model"
+    assert (
+        table.count("| both |") == 4
+    )  # the two backbones and the two fusions it computes, no fused folder as a "model"
 
 
-@pytest.mark.parametrize("device, message", [("gpu0", "--device gpu0: not a device"), ("cuda", "--device cuda: no CUDA device")])
+@pytest.mark.parametrize(
+    "device, message", [("gpu0", "--device gpu0: not a device"), ("cuda", "--device cuda: no CUDA device")]
+)
 def test_prediction_on_a_missing_device_gets_one_clear_line(tmp_path, device, message):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
@@ -236,9 +286,15 @@ def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_pat
 
     config = preset_config(
         "paper_b",
-        arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path / "runs"), img_size=32, workers=0,
-        freeze_epochs=1, finetune_epochs=1, unfreeze_last=10,
-    )  # fmt: skip
+        arch="efficientnet_tiny",
+        data=str(tiny_sperm),
+        out=str(tmp_path / "runs"),
+        img_size=32,
+        workers=0,
+        freeze_epochs=1,
+        finetune_epochs=1,
+        unfreeze_last=10,
+    )
     run = trainer.train_fold(config)
     for argv in (["--runs", str(tmp_path / "runs")], ["--logits", f"b4={run}"], ["--logits", f"b4={run.parent}"]):
         reports = tmp_path / "reports" / str(len(argv[1]))
@@ -286,7 +342,9 @@ def test_corrected_resampled_t_is_the_paired_t_shrunk_by_the_overlap_of_training
     assert corrected["corrected_t"] == pytest.approx(paired.statistic / np.sqrt(1 + 5 * 200 / 800))
     assert corrected["corrected_t_p"] == pytest.approx(2 * stats.t.sf(abs(corrected["corrected_t"]), 4))
     assert corrected["corrected_t_p"] > paired.pvalue  # harder to call significant
-    assert metrics.corrected_resampled_t_test(a, b, test_size=1e-9, train_size=1)["corrected_t"] == pytest.approx(paired.statistic)
+    assert metrics.corrected_resampled_t_test(a, b, test_size=1e-9, train_size=1)["corrected_t"] == pytest.approx(
+        paired.statistic
+    )
 
 
 def shuffle_test_labels(runs, seed=1):
@@ -308,14 +366,35 @@ def shuffle_test_labels(runs, seed=1):
 
 def test_calibrated_fusion_fits_each_temperature_on_validation_logits_only(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    assert (
+        run(
+            "fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely"
+        ).returncode
+        == 0
+    )
     temperatures = json.loads((runs / "fusion" / "fusion.json").read_text())["temperatures"]["per_fold"]
     val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
     expected = [[calibration.fit_temperature(s.logits, s.labels) for s in sets] for sets in val]
     assert np.allclose(temperatures, expected)
     shuffle_test_labels(runs)  # a fit that read test labels would now change
     out = tmp_path / "again"
-    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely", "--out", str(out)).returncode == 0
+    assert (
+        run(
+            "fuse.py",
+            "--grid",
+            "--select",
+            "val",
+            "--calibrate",
+            "--runs",
+            str(runs),
+            "--models",
+            "modelx",
+            "modely",
+            "--out",
+            str(out),
+        ).returncode
+        == 0
+    )
     assert json.loads((out / "fusion.json").read_text())["temperatures"]["per_fold"] == temperatures
 
 
@@ -323,7 +402,19 @@ def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_
     from spermfuse.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs), "--models", "modelx", "modely")
+    result = run(
+        "fuse.py",
+        "--grid",
+        "--select",
+        "val",
+        "--refer-accuracy",
+        "0.5",
+        "--runs",
+        str(runs),
+        "--models",
+        "modelx",
+        "modely",
+    )
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
@@ -342,29 +433,68 @@ def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_
     for k in range(1, 6):  # cal_logits.npz as train.py --cal-fraction writes them
         labels = rng.integers(0, 3, 80)
         for arch in ("modelx", "modely"):
-            write_logits(runs / arch / f"fold{k}" / "cal_logits.npz", np.eye(3)[labels] * 2 + rng.normal(0, 1, (80, 3)), labels, [f"cal_{k}_{i}.png" for i in range(80)], arch, k)
-    result = run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs), "--models", "modelx", "modely")
+            write_logits(
+                runs / arch / f"fold{k}" / "cal_logits.npz",
+                np.eye(3)[labels] * 2 + rng.normal(0, 1, (80, 3)),
+                labels,
+                [f"cal_{k}_{i}.png" for i in range(80)],
+                arch,
+                k,
+            )
+    result = run(
+        "fuse.py",
+        "--grid",
+        "--select",
+        "val",
+        "--refer-accuracy",
+        "0.5",
+        "--runs",
+        str(runs),
+        "--models",
+        "modelx",
+        "modely",
+    )
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert settings.referral["calibrated_on"] == "each fold's calibration cells"
     cal = run_folder.collect_folds(runs, ["modelx", "modely"], "cal")
     for sets, weights, fold in zip(cal, settings.weights_per_fold, settings.referral["per_fold"]):
         fused = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], weights))
-        assert fold["certificate"] == certify_threshold(fused.max(axis=1), fused.argmax(axis=1) == sets[0].labels, 0.5).to_dict()
+        assert (
+            fold["certificate"]
+            == certify_threshold(fused.max(axis=1), fused.argmax(axis=1) == sets[0].labels, 0.5).to_dict()
+        )
 
 
 def test_prediction_sets_are_calibrated_per_fold_and_reported_on_its_test_cells(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", "--select", "val", "--sets-alpha", "0.2", "--runs", str(runs), "--models", "modelx", "modely")
+    result = run(
+        "fuse.py",
+        "--grid",
+        "--select",
+        "val",
+        "--sets-alpha",
+        "0.2",
+        "--runs",
+        str(runs),
+        "--models",
+        "modelx",
+        "modely",
+    )
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert [f["fold"] for f in settings.sets["per_fold"]] == [1, 2, 3, 4, 5]
-    assert all(0.5 < f["test"]["coverage"] <= 1.0 for f in settings.sets["per_fold"]) and settings.prediction_sets([2]).alpha == 0.2
+    assert (
+        all(0.5 < f["test"]["coverage"] <= 1.0 for f in settings.sets["per_fold"])
+        and settings.prediction_sets([2]).alpha == 0.2
+    )
     with pytest.raises(run_folder.FusionError, match="certified per fold"):
         settings.prediction_sets([1, 2])
 
 
-@pytest.mark.parametrize("flag", [["--refer-accuracy", "0.9"], ["--target-accuracy", "0.9"], ["--sets-alpha", "0.1"], ["--calibrate"]])
+@pytest.mark.parametrize(
+    "flag", [["--refer-accuracy", "0.9"], ["--target-accuracy", "0.9"], ["--sets-alpha", "0.1"], ["--calibrate"]]
+)
 def test_a_promise_on_a_weight_the_test_labels_chose_is_refused(tmp_path, flag):
     runs = fake_runs(tmp_path / "runs")
     result = run("fuse.py", "--grid", *flag, "--runs", str(runs), "--models", "modelx", "modely")
@@ -375,8 +505,14 @@ def test_a_promise_on_a_weight_the_test_labels_chose_is_refused(tmp_path, flag):
 def test_missing_validation_logits_are_one_line_and_write_nothing(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     (runs / "modelx" / "fold2" / "val_logits.npz").unlink()
-    result = run("fuse.py", "--grid", "--select", "nested", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely")
-    assert result.returncode == 2 and "--calibrate needs every model's validation logits" in result.stderr and "fold(s) [2]" in result.stderr
+    result = run(
+        "fuse.py", "--grid", "--select", "nested", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely"
+    )
+    assert (
+        result.returncode == 2
+        and "--calibrate needs every model's validation logits" in result.stderr
+        and "fold(s) [2]" in result.stderr
+    )
     assert not (runs / "fusion").exists()
 
 
@@ -390,7 +526,9 @@ def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tm
     for name in ("modelx", "fusion"):
         block = report["models"][name]["calibration"]
         val = run_folder.load_fold_sets(runs / name, "val")
-        assert block["temperature_per_fold"] == pytest.approx([calibration.fit_temperature(v.logits, v.labels) for v in val])
+        assert block["temperature_per_fold"] == pytest.approx(
+            [calibration.fit_temperature(v.logits, v.labels) for v in val]
+        )
         assert block["after"]["nll"] < block["before"]["nll"]  # fake logits are over-confident: T > 1 helps
     assert report["models"]["fusion_nested"]["calibration"]["after"] is None  # no validation logits of its own
     assert "Calibration and selective prediction" in (out / "report.md").read_text()
@@ -399,7 +537,9 @@ def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tm
 
 
 def test_prediction_fuses_each_fold_with_its_own_weights_and_temperatures():
-    settings = run_folder.FusionSettings(["x", "y"], [1, 2], [[0.2, 0.8], [0.6, 0.4]], rule="val", select="val", alphas="0:1:0.1")
+    settings = run_folder.FusionSettings(
+        ["x", "y"], [1, 2], [[0.2, 0.8], [0.6, 0.4]], rule="val", select="val", alphas="0:1:0.1"
+    )
     assert settings.prediction_weights([2]) == [[0.6, 0.4]]  # fold 2's own, not the mean of the folds
     settings.temperatures = {"per_fold": [[1.0, 2.0], [2.0, 0.5]]}
     assert settings.prediction_weights([1, 2]) == [[0.2, 0.4], [0.3, 0.8]]
@@ -408,7 +548,25 @@ def test_prediction_fuses_each_fold_with_its_own_weights_and_temperatures():
 
 def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--refer-accuracy", "0.5", "--sets-alpha", "0.2", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    assert (
+        run(
+            "fuse.py",
+            "--grid",
+            "--select",
+            "val",
+            "--calibrate",
+            "--refer-accuracy",
+            "0.5",
+            "--sets-alpha",
+            "0.2",
+            "--runs",
+            str(runs),
+            "--models",
+            "modelx",
+            "modely",
+        ).returncode
+        == 0
+    )
     written = json.loads((runs / "fusion" / "fusion.json").read_text())
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert settings.to_json() == written and settings.version == run_folder.FUSION_SETTINGS_VERSION
@@ -421,29 +579,59 @@ def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
 
 def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    assert (
+        run(
+            "fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely"
+        ).returncode
+        == 0
+    )
     settings = run_folder.read_fusion_settings(runs / "fusion")
     result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
     assert result.returncode == 0, result.stderr
-    reported = json.loads((tmp_path / "r" / "evaluation" / "report.json").read_text())["models"]["fusion"]["calibration"]
+    reported = json.loads((tmp_path / "r" / "evaluation" / "report.json").read_text())["models"]["fusion"][
+        "calibration"
+    ]
     assert reported["temperature_per_fold"] == settings.fused_temperatures()
     test = run_folder.collect_folds(runs, ["modelx", "modely"], "test")
     for k, (sets, fused) in enumerate(zip(test, run_folder.load_fold_sets(runs / "fusion"))):
         members = [s.logits / t for s, t in zip(sets, settings.temperatures["per_fold"][k])]
-        shipped = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], settings.prediction_weights([sets[0].fold])[0]))
-        evaluated = calibration.probabilities_of(fusion.fuse(members, settings.weights_per_fold[k]) / settings.fused_temperatures()[k])
+        shipped = calibration.probabilities_of(
+            fusion.fuse([s.logits for s in sets], settings.prediction_weights([sets[0].fold])[0])
+        )
+        evaluated = calibration.probabilities_of(
+            fusion.fuse(members, settings.weights_per_fold[k]) / settings.fused_temperatures()[k]
+        )
         reordered = run_folder.align([sets[0], fused])[1]  # the fused file, in the members' order
         assert np.allclose(shipped, evaluated, atol=1e-6)
-        assert np.allclose(calibration.probabilities_of(reordered.logits / settings.fused_temperatures()[k]), evaluated, atol=1e-6)
+        assert np.allclose(
+            calibration.probabilities_of(reordered.logits / settings.fused_temperatures()[k]), evaluated, atol=1e-6
+        )
 
 
 def test_the_promises_summary_lists_every_fold_and_the_pooled_figures(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--sets-alpha", "0.2", "--runs", str(runs),
-                 "--models", "modelx", "modely", "--summary", str(tmp_path / "promises.md"))  # fmt: skip
+    result = run(
+        "fuse.py",
+        "--grid",
+        "--select",
+        "val",
+        "--refer-accuracy",
+        "0.5",
+        "--sets-alpha",
+        "0.2",
+        "--runs",
+        str(runs),
+        "--models",
+        "modelx",
+        "modely",
+        "--summary",
+        str(tmp_path / "promises.md"),
+    )
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "promises.md").read_text()
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert "Referral certified on each fold's validation cells (sgr)" in text and "| pooled |" in text
     assert f"pooled test coverage {settings.sets['pooled']['coverage']:.4f}" in text
-    assert sum(line.startswith(("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |")) for line in text.splitlines()) == 10  # both tables
+    assert (
+        sum(line.startswith(("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |")) for line in text.splitlines()) == 10
+    )  # both tables

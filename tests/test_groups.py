@@ -1,4 +1,5 @@
 """Patient-disjoint splits: groups from a manifest or file names, group k-fold, the leakage check."""
+
 import csv
 
 import numpy as np
@@ -51,7 +52,9 @@ def test_without_groups_folds_csv_keeps_its_three_columns(image_folder, tmp_path
     samples = discover(image_folder)
     folds = splits.make_folds(samples.labels, samples.classes, k=3)
     splits.write_folds(tmp_path / "folds.csv", samples, folds)
-    plain = "path,label,fold\n" + "".join(f"{p},{samples.classes[y]},{f}\n" for p, y, f in zip(samples.paths, samples.labels, folds))
+    plain = "path,label,fold\n" + "".join(
+        f"{p},{samples.classes[y]},{f}\n" for p, y, f in zip(samples.paths, samples.labels, folds)
+    )
     assert (tmp_path / "folds.csv").read_text() == plain  # the same bytes as before groups existed
 
 
@@ -125,14 +128,18 @@ def test_training_with_patients_splits_by_patient_and_the_report_counts_them(tmp
 
     data = synthetic.generate(tmp_path / "data", "sperm18", per_class=6, patients=4)
     for fold in (1, 2):
-        run = trainer.train_fold(tiny_config(data, tmp_path / "runs", fold=fold, epochs=1, num_folds=2, group_pattern=r"patient(\d+)"))
+        run = trainer.train_fold(
+            tiny_config(data, tmp_path / "runs", fold=fold, epochs=1, num_folds=2, group_pattern=r"patient(\d+)")
+        )
     with open(tmp_path / "runs" / "folds.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     fold_of_group = {}
     for row in rows:
         assert fold_of_group.setdefault(row["group"], row["fold"]) == row["fold"]  # a patient in one fold only
     assert json.loads((run / "config.json").read_text())["group_pattern"] == r"patient(\d+)"
-    assert evaluate.main(["--runs", str(tmp_path / "runs"), "--reports", str(tmp_path / "reports"), "--no-figures"]) == 0
+    assert (
+        evaluate.main(["--runs", str(tmp_path / "runs"), "--reports", str(tmp_path / "reports"), "--no-figures"]) == 0
+    )
     report = json.loads((tmp_path / "reports" / "evaluation" / "report.json").read_text())
     assert sum(counts["all"] for counts in report["groups_per_fold"].values()) == 4
     assert "Groups (patients" in (tmp_path / "reports" / "evaluation" / "report.md").read_text()

@@ -3,6 +3,7 @@
 Each test is a case of the hostile-input review (../shared/reviews/reliability-v0.2.md,
 named in brackets) that failed before its fix.
 """
+
 import json
 import os
 import signal
@@ -37,8 +38,16 @@ CLASSES = ["A", "B", "C"]
 
 def write_logits(path, logits, labels, paths, arch, fold, **extra):
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int64), paths=np.array(paths, dtype=str),
-             classes=np.array(CLASSES, dtype=str), arch=np.array(arch), fold=np.array(fold, dtype=np.int64), **extra)  # fmt: skip
+    np.savez(
+        path,
+        logits=np.asarray(logits, np.float32),
+        labels=np.asarray(labels, np.int64),
+        paths=np.array(paths, dtype=str),
+        classes=np.array(CLASSES, dtype=str),
+        arch=np.array(arch),
+        fold=np.array(fold, dtype=np.int64),
+        **extra,
+    )
 
 
 def fake_runs(root, folds=3, n=40, seed=0):
@@ -49,7 +58,14 @@ def fake_runs(root, folds=3, n=40, seed=0):
         for arch in ("modelx", "modely"):
             for split in ("test", "val"):
                 logits = np.eye(3)[labels] + rng.normal(0, 1.2, (n, 3))
-                write_logits(root / arch / f"fold{k}" / f"{split}_logits.npz", logits, labels, [f"{split}_{k}_{i}.png" for i in range(n)], arch, k)
+                write_logits(
+                    root / arch / f"fold{k}" / f"{split}_logits.npz",
+                    logits,
+                    labels,
+                    [f"{split}_{k}_{i}.png" for i in range(n)],
+                    arch,
+                    k,
+                )
     return root
 
 
@@ -92,8 +108,27 @@ def test_a_refused_fuse_changes_no_file(tmp_path, capsys):  # [B2]
     runs = fake_runs(tmp_path / "runs")
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
     before = {p: p.read_bytes() for p in (runs / "fusion").rglob("*") if p.is_file()}
-    assert fuse.main(["--grid", "--alphas", "0:1:0.5", "--select", "val", "--calibrate", "--refer-accuracy", "1.5", "--runs", str(runs), *MODELS]) == 2
-    assert "--refer-accuracy 1.5" in capsys.readouterr().err  # refused after the temperatures and the grid were computed
+    assert (
+        fuse.main(
+            [
+                "--grid",
+                "--alphas",
+                "0:1:0.5",
+                "--select",
+                "val",
+                "--calibrate",
+                "--refer-accuracy",
+                "1.5",
+                "--runs",
+                str(runs),
+                *MODELS,
+            ]
+        )
+        == 2
+    )
+    assert (
+        "--refer-accuracy 1.5" in capsys.readouterr().err
+    )  # refused after the temperatures and the grid were computed
     assert {p: p.read_bytes() for p in (runs / "fusion").rglob("*") if p.is_file()} == before
 
 
@@ -110,13 +145,17 @@ def test_a_fuse_killed_at_a_random_moment_leaves_the_old_folder_or_the_new_one(t
     time.sleep(np.random.default_rng(seed).uniform(0.5, 1.0) * duration)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    settings = run_folder.read_fusion_settings(runs / "fusion")  # checks the manifest (and puts back a folder left aside)
+    settings = run_folder.read_fusion_settings(
+        runs / "fusion"
+    )  # checks the manifest (and puts back a folder left aside)
     assert settings.weights in ([0.0, 1.0], [float(w) for w in settings.weights_per_fold[0]])
     if settings.rule == "fixed":
         assert not (runs / "fusion" / "grid.csv").exists()
     else:
         assert (runs / "fusion" / "grid.csv").exists()
-    assert not [p for p in runs.iterdir() if p.name.startswith(".fusion.") and p.name.endswith(".old") and any(p.iterdir())]
+    assert not [
+        p for p in runs.iterdir() if p.name.startswith(".fusion.") and p.name.endswith(".old") and any(p.iterdir())
+    ]
 
 
 # --------------------------------------------------------------------------- 2. inputs are never outputs
@@ -128,7 +167,18 @@ def test_an_explain_folder_equal_to_the_predict_folder_is_refused_before_any_wor
     draw_cell((40, 40), 8, 0).save(images / "cell.png")
     before = (images / "cell.png").read_bytes()
     for explain in (images, images / "why", tmp_path):
-        code = fuse.main(["--predict", str(images), "--explain", str(explain), "--overwrite", "--runs", str(tmp_path / "runs"), *MODELS])
+        code = fuse.main(
+            [
+                "--predict",
+                str(images),
+                "--explain",
+                str(explain),
+                "--overwrite",
+                "--runs",
+                str(tmp_path / "runs"),
+                *MODELS,
+            ]
+        )
         assert code == 2 and "is, lies inside or contains" in capsys.readouterr().err
     assert (images / "cell.png").read_bytes() == before and sorted(p.name for p in images.iterdir()) == ["cell.png"]
 
@@ -137,16 +187,47 @@ def test_overwrite_replaces_only_a_folder_of_the_commands_own_files(tmp_path, ca
     why = tmp_path / "why"
     why.mkdir()
     (why / "thesis.docx").write_text("not an explanation")
-    code = fuse.main(["--predict", str(tmp_path), "--explain", str(tmp_path / "elsewhere"), "--runs", str(tmp_path / "runs"), *MODELS])
+    code = fuse.main(
+        [
+            "--predict",
+            str(tmp_path),
+            "--explain",
+            str(tmp_path / "elsewhere"),
+            "--runs",
+            str(tmp_path / "runs"),
+            *MODELS,
+        ]
+    )
     assert code == 2  # the --explain folder lies inside --predict
-    code = fuse.main(["--predict", str(tmp_path / "new"), "--explain", str(why), "--overwrite", "--runs", str(tmp_path / "runs"), *MODELS])
+    code = fuse.main(
+        [
+            "--predict",
+            str(tmp_path / "new"),
+            "--explain",
+            str(why),
+            "--overwrite",
+            "--runs",
+            str(tmp_path / "runs"),
+            *MODELS,
+        ]
+    )
     assert code == 2 and "thesis.docx" in capsys.readouterr().err and (why / "thesis.docx").exists()
 
 
 def test_an_output_csv_that_is_a_folder_is_refused_before_predicting(tmp_path, capsys):  # [D8]
     (tmp_path / "new").mkdir()
     (tmp_path / "somedir").mkdir()
-    code = fuse.main(["--predict", str(tmp_path / "new"), "--output", str(tmp_path / "somedir"), "--runs", str(tmp_path / "runs"), *MODELS])
+    code = fuse.main(
+        [
+            "--predict",
+            str(tmp_path / "new"),
+            "--output",
+            str(tmp_path / "somedir"),
+            "--runs",
+            str(tmp_path / "runs"),
+            *MODELS,
+        ]
+    )
     assert code == 2 and "is a folder" in capsys.readouterr().err
 
 
@@ -177,7 +258,9 @@ def test_a_second_process_on_a_locked_folder_is_told_who_holds_it(tmp_path):
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / ".spermfuse.lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "since": "then"}))
+    (tmp_path / ".spermfuse.lock").write_text(
+        json.dumps({"pid": dead.pid, "host": os.uname().nodename, "since": "then"})
+    )
     with FolderLock(tmp_path, "training"):
         assert json.loads((tmp_path / ".spermfuse.lock").read_text())["pid"] == os.getpid()
 
@@ -203,7 +286,9 @@ def test_an_overwrite_that_does_not_finish_leaves_no_old_logits_for_fusion(image
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.FoldTrainer(tiny_config(image_folder, tmp_path / "runs", num_folds=2, epochs=3, overwrite=True), on_epoch_end=killed).run()
+        trainer.FoldTrainer(
+            tiny_config(image_folder, tmp_path / "runs", num_folds=2, epochs=3, overwrite=True), on_epoch_end=killed
+        ).run()
     assert not (config.run_dir() / "test_logits.npz").exists() and (config.run_dir() / "last.pt").exists()
     assert not run_folder.find_fold_files(tmp_path / "runs" / config.arch)
 
@@ -219,7 +304,9 @@ def test_resuming_on_a_different_split_is_refused(image_folder, tmp_path):  # [A
 
 def test_fusion_refuses_members_that_learned_from_other_images():
     def logits_set(split, arch):
-        return LogitsSet(np.zeros((2, 3), np.float32), np.array([0, 1]), np.array(["a.png", "b.png"]), CLASSES, arch, 1, arch, split)
+        return LogitsSet(
+            np.zeros((2, 3), np.float32), np.array([0, 1]), np.array(["a.png", "b.png"]), CLASSES, arch, 1, arch, split
+        )
 
     with pytest.raises(FusionError, match="learned from other images"):
         run_folder.align([logits_set("digest-one", "x"), logits_set("digest-two", "y")])
@@ -266,12 +353,25 @@ def test_an_unwritable_cache_names_the_variable_that_moves_it(tmp_path, monkeypa
 # --------------------------------------------------------------------------- 5. every input is validated where it enters
 
 
-@pytest.mark.parametrize("setting, value, flag", [
-    ("num_folds", 1, "--num-folds"), ("num_folds", 0, "--num-folds"), ("lr", -1.0, "--lr"), ("lr", float("nan"), "--lr"),
-    ("weight_decay", -1.0, "--weight-decay"), ("workers", -1, "--workers"), ("dropout", 2.0, "--dropout"),
-    ("plateau_factor", 5.0, "--plateau-factor"), ("seed", -1, "--seed"), ("grad_clip", -1.0, "--grad-clip"), ("grad_clip", 0.0, "--grad-clip"),
-    ("early_stopping", 0, "--early-stopping"), ("std", (0.0, 0.0, 0.0), "--std"), ("resume", True, "--resume"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "setting, value, flag",
+    [
+        ("num_folds", 1, "--num-folds"),
+        ("num_folds", 0, "--num-folds"),
+        ("lr", -1.0, "--lr"),
+        ("lr", float("nan"), "--lr"),
+        ("weight_decay", -1.0, "--weight-decay"),
+        ("workers", -1, "--workers"),
+        ("dropout", 2.0, "--dropout"),
+        ("plateau_factor", 5.0, "--plateau-factor"),
+        ("seed", -1, "--seed"),
+        ("grad_clip", -1.0, "--grad-clip"),
+        ("grad_clip", 0.0, "--grad-clip"),
+        ("early_stopping", 0, "--early-stopping"),
+        ("std", (0.0, 0.0, 0.0), "--std"),
+        ("resume", True, "--resume"),
+    ],
+)
 def test_a_setting_that_cannot_work_is_refused_naming_its_flag(setting, value, flag):  # [C10-C16, B7, B17, D3-D5]
     overrides = {setting: value} | ({"overwrite": True} if setting == "resume" else {})
     with pytest.raises(ConfigError, match=flag):
@@ -283,19 +383,28 @@ def test_train_py_refuses_a_negative_gradient_clip_in_one_line(capsys):
     assert capsys.readouterr().err.strip().startswith("error: --grad-clip -1.0: the largest gradient norm must be > 0")
 
 
-@pytest.mark.parametrize("alphas, message", [
-    ("0:1:0", "step must be a number > 0"), ("0:1:1e-9", "at most 1001"), ("1:0:0.1", "start 1 is above stop 0"), ("0:1:nan", "step"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "alphas, message",
+    [
+        ("0:1:0", "step must be a number > 0"),
+        ("0:1:1e-9", "at most 1001"),
+        ("1:0:0.1", "start 1 is above stop 0"),
+        ("0:1:nan", "step"),
+    ],
+)
 def test_a_grid_that_cannot_be_searched_is_refused(alphas, message):  # [C17, C18, D6]
     with pytest.raises(FusionError, match=message):
         fusion.parse_alphas(alphas)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda rows: [r.replace(",1", ",x", 1) if i == 1 else r for i, r in enumerate(rows)], "is not a fold number"),
-    (lambda rows: [rows[0].replace("fold", "split")] + rows[1:], "lacks column"),
-    (lambda rows: [r.replace(",1", ",7", 1) if i == 1 else r for i, r in enumerate(rows)], "outside 1..2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda rows: [r.replace(",1", ",x", 1) if i == 1 else r for i, r in enumerate(rows)], "is not a fold number"),
+        (lambda rows: [rows[0].replace("fold", "split")] + rows[1:], "lacks column"),
+        (lambda rows: [r.replace(",1", ",7", 1) if i == 1 else r for i, r in enumerate(rows)], "outside 1..2"),
+    ],
+)
 def test_an_edited_folds_csv_is_refused_naming_the_problem(image_folder, tmp_path, edit, message):  # [C3, C4, B10]
     samples = discover(image_folder)
     folds_csv = tmp_path / "folds.csv"
@@ -310,7 +419,9 @@ def test_official_folds_beyond_num_folds_are_refused(image_folder, tmp_path):  #
         for name in ("Big", "Small"):
             (tmp_path / "data" / f"fold{k}" / "test" / name).mkdir(parents=True)
             for i in range(2):
-                draw_cell((40, 40), 12 if name == "Big" else 6, seed=10 * k + i).save(tmp_path / "data" / f"fold{k}" / "test" / name / f"{k}_{i}.png")
+                draw_cell((40, 40), 12 if name == "Big" else 6, seed=10 * k + i).save(
+                    tmp_path / "data" / f"fold{k}" / "test" / name / f"{k}_{i}.png"
+                )
     with pytest.raises(ConfigError, match="has folds \\[1, 2, 3\\]; give --num-folds 3"):
         trainer.FoldTrainer(tiny_config(tmp_path / "data", tmp_path / "runs", num_folds=2))
 
@@ -325,16 +436,21 @@ def manifest(tmp_path, rows, text_prefix=""):
 
 
 def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path):  # [D1]
-    samples = discover(manifest(tmp_path, [(f"img/{i}.png", "A" if i < 3 else "B") for i in range(6)], text_prefix="\ufeff"))
+    samples = discover(
+        manifest(tmp_path, [(f"img/{i}.png", "A" if i < 3 else "B") for i in range(6)], text_prefix="\ufeff")
+    )
     assert samples.classes == ["A", "B"] and len(samples) == 6
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([("img/0.png", "A"), ("img/0.png", "B")], "listed again \\(first on line 2\\)"),
-    ([("img/0.png", "A"), ("img/1.png", "")], "empty label"),
-    ([("../outside.png", "A")], "outside the manifest's folder"),
-    ([("img/0", "A")], "not an image file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([("img/0.png", "A"), ("img/0.png", "B")], "listed again \\(first on line 2\\)"),
+        ([("img/0.png", "A"), ("img/1.png", "")], "empty label"),
+        ([("../outside.png", "A")], "outside the manifest's folder"),
+        ([("img/0", "A")], "not an image file"),
+    ],
+)
 def test_a_bad_manifest_row_is_refused_naming_its_line(tmp_path, rows, message):  # [B12, B13, B18]
     (tmp_path.parent / "outside.png").write_bytes(b"")
     with pytest.raises(DataError, match=message):
@@ -350,10 +466,16 @@ def test_a_decompression_bomb_is_a_bad_file_that_skip_bad_skips(image_folder):  
         load_rgb(bomb)
 
 
-@pytest.mark.parametrize("array, mean", [
-    (np.full((8, 8), 4095, np.uint16), 4095 / 65535 * 255),  # a 12-bit camera frame is dim in 16 bits, not rescaled to white
-    (np.full((8, 8), 0.5, np.float32), 0.5 * 255),  # ImageJ's float TIFF in [0, 1]
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "array, mean",
+    [
+        (
+            np.full((8, 8), 4095, np.uint16),
+            4095 / 65535 * 255,
+        ),  # a 12-bit camera frame is dim in 16 bits, not rescaled to white
+        (np.full((8, 8), 0.5, np.float32), 0.5 * 255),  # ImageJ's float TIFF in [0, 1]
+    ],
+)
 def test_high_bit_depth_images_are_scaled_by_their_mode_not_by_their_own_maximum(tmp_path, array, mean):  # [B8]
     path = tmp_path / "frame.tif"
     Image.fromarray(array).save(path)
@@ -375,11 +497,21 @@ def test_copies_within_a_class_stay_in_one_fold(image_folder, tmp_path):  # [B11
     assert len(copies) == 4 and len(set(folds[copies].tolist())) == 1
 
 
-@pytest.mark.parametrize("labels, fold, message", [([0, 99], 1, "labels outside 0..2"), ([0, -1], 1, "labels outside"), ([0, 1], "one", "not one integer")])
+@pytest.mark.parametrize(
+    "labels, fold, message",
+    [([0, 99], 1, "labels outside 0..2"), ([0, -1], 1, "labels outside"), ([0, 1], "one", "not one integer")],
+)
 def test_a_logits_file_with_impossible_labels_or_fold_is_refused(tmp_path, labels, fold, message):  # [C8, C9]
     path = tmp_path / "bad.npz"
-    np.savez(path, logits=np.zeros((2, 3), np.float32), labels=np.array(labels), paths=np.array(["a", "b"]), classes=np.array(CLASSES),
-             arch=np.array("x"), fold=np.array(fold))  # fmt: skip
+    np.savez(
+        path,
+        logits=np.zeros((2, 3), np.float32),
+        labels=np.array(labels),
+        paths=np.array(["a", "b"]),
+        classes=np.array(CLASSES),
+        arch=np.array("x"),
+        fold=np.array(fold),
+    )
     with pytest.raises(FusionError, match=message):
         run_folder.load_logits(path)
 
@@ -389,13 +521,22 @@ def safetensors_bytes(header, payload=b"\0" * 8):
     return len(text).to_bytes(8, "little") + text + payload
 
 
-@pytest.mark.parametrize("header, message", [
-    ({"w": {"dtype": "F32", "shape": [0, -5], "data_offsets": [0, 0]}}, "whole numbers"),
-    (b'{"w": {"dtype": "F32", "shape": [Infinity], "data_offsets": [0, 8]}}', "whole numbers"),
-    (b"[" * 200000, "not JSON"),
-    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0.5, 4.5]}}, "whole numbers"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, "overlap"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ({"w": {"dtype": "F32", "shape": [0, -5], "data_offsets": [0, 0]}}, "whole numbers"),
+        (b'{"w": {"dtype": "F32", "shape": [Infinity], "data_offsets": [0, 8]}}', "whole numbers"),
+        (b"[" * 200000, "not JSON"),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0.5, 4.5]}}, "whole numbers"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+            },
+            "overlap",
+        ),
+    ],
+)
 def test_a_malformed_safetensors_header_is_a_checkpoint_error(tmp_path, header, message):  # [C5, C6, C7, E3]
     path = tmp_path / "w.safetensors"
     path.write_bytes(safetensors_bytes(header))
@@ -407,7 +548,9 @@ def test_calibration_refuses_a_fold_that_validates_on_one_class(tmp_path, capsys
     runs = fake_runs(tmp_path / "runs")
     for arch in ("modelx", "modely"):
         val = run_folder.load_logits(runs / arch / "fold2" / "val_logits.npz")
-        write_logits(runs / arch / "fold2" / "val_logits.npz", val.logits, np.zeros_like(val.labels), val.paths, arch, 2)
+        write_logits(
+            runs / arch / "fold2" / "val_logits.npz", val.logits, np.zeros_like(val.labels), val.paths, arch, 2
+        )
     assert fuse.main(["--grid", "--select", "val", "--calibrate", "--runs", str(runs), *MODELS]) == 2
     assert "fold 2 validates on 40 images of 1 class" in capsys.readouterr().err
 
@@ -424,16 +567,31 @@ def test_an_ablation_of_a_folder_without_runs_is_refused(tmp_path, capsys):  # [
 
 def test_a_tag_that_would_leave_the_cache_is_refused(tmp_path, monkeypatch):  # [A6]
     path = tmp_path / "cat.json"
-    path.write_text(json.dumps({"efficientnet_tiny": {"x/../../escaped": {"url": "https://example.org/w.pth", "format": "pytorch", "layout": "state dict"}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "efficientnet_tiny": {
+                    "x/../../escaped": {"url": "https://example.org/w.pth", "format": "pytorch", "layout": "state dict"}
+                }
+            }
+        )
+    )
     monkeypatch.setenv("SPERMFUSE_WEIGHTS_CATALOGUE", str(path))
     with pytest.raises(ConfigError, match="may hold only letters"):
         load_catalogue()
 
 
-@pytest.mark.parametrize("url, allowed", [
-    ("https://example.org/w.pth", True), ("http://127.0.0.1:8000/w.pth", True), ("http://example.org/w.pth", False),
-    ("file:///etc/passwd", False), ("ftp://example.org/w.pth", False), ("data:,hello", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://example.org/w.pth", True),
+        ("http://127.0.0.1:8000/w.pth", True),
+        ("http://example.org/w.pth", False),
+        ("file:///etc/passwd", False),
+        ("ftp://example.org/w.pth", False),
+        ("data:,hello", False),
+    ],
+)
 def test_only_https_and_loopback_http_are_downloaded(url, allowed, monkeypatch):  # [A7]
     monkeypatch.delenv(download.ALLOW_HTTP_VARIABLE, raising=False)
     if allowed:
@@ -464,7 +622,11 @@ def serve(folder: Path):
 
 def use_entry(tmp_path, monkeypatch, url):
     path = tmp_path / "cat.json"
-    path.write_text(json.dumps({"resnetv2_tiny": {"lab": {"url": url, "format": "pytorch", "layout": "state dict", "default": True}}}))
+    path.write_text(
+        json.dumps(
+            {"resnetv2_tiny": {"lab": {"url": url, "format": "pytorch", "layout": "state dict", "default": True}}}
+        )
+    )
     monkeypatch.setenv("SPERMFUSE_WEIGHTS_CATALOGUE", str(path))
     monkeypatch.setenv("SPERMFUSE_CACHE", str(tmp_path / "cache"))
 
@@ -478,7 +640,9 @@ def test_a_first_download_that_does_not_load_is_neither_kept_nor_trusted(tmp_pat
         with pytest.raises(Exception, match="it was deleted \\(nothing recorded\\)"):
             create_model("resnetv2_tiny", 3, pretrained=True)
         assert not list((tmp_path / "cache" / "weights").iterdir())
-        torch.save(create_model("resnetv2_tiny", 3).state_dict(), tmp_path / "served" / "w.pth")  # the right file now loads
+        torch.save(
+            create_model("resnetv2_tiny", 3).state_dict(), tmp_path / "served" / "w.pth"
+        )  # the right file now loads
         create_model("resnetv2_tiny", 3, pretrained=True)
         cached = tmp_path / "cache" / "weights" / "resnetv2_tiny-lab.pth"
         assert (cached.stat().st_mode & 0o777) == 0o644 and cached.with_name(cached.name + ".sha256").is_file()  # [E2]
@@ -532,7 +696,9 @@ def test_folds_csv_keeps_formula_like_class_names_through_a_round_trip(tmp_path)
     for name in ("=A", "+B"):
         (tmp_path / "d" / name).mkdir(parents=True)
         for i in range(4):
-            draw_cell((40, 40), 6 + 4 * (name == "+B"), seed=i + 10 * (name == "+B")).save(tmp_path / "d" / name / f"{i}.png")
+            draw_cell((40, 40), 6 + 4 * (name == "+B"), seed=i + 10 * (name == "+B")).save(
+                tmp_path / "d" / name / f"{i}.png"
+            )
     samples = discover(tmp_path / "d")
     folds = splits.load_or_create_folds(samples, tmp_path / "folds.csv", k=2)
     assert "'=A/0.png,'=A," in (tmp_path / "folds.csv").read_text()

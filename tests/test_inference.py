@@ -25,7 +25,13 @@ def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path, mo
     prepare = Pipeline.scaled
     monkeypatch.setattr(Pipeline, "scaled", lambda self, image: calls.append(image) or prepare(self, image))
     shared = PipelineSpec(32)  # both models and both folds test at 32 px
-    folds = [[Classifier(create_model(arch, 3).eval(), shared, ["a", "b", "c"], tmp_path) for arch in ("efficientnet_tiny", "resnetv2_tiny")] for _ in range(2)]
+    folds = [
+        [
+            Classifier(create_model(arch, 3).eval(), shared, ["a", "b", "c"], tmp_path)
+            for arch in ("efficientnet_tiny", "resnetv2_tiny")
+        ]
+        for _ in range(2)
+    ]
     for fold in folds:
         torch.nn.init.normal_(fold[1].model.fc.weight)
     probabilities = fused_probabilities(images, folds, [[0.3, 0.7], [0.3, 0.7]])
@@ -39,16 +45,25 @@ def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path, mo
 def test_a_method_b_checkpoint_records_its_preprocessing_and_prediction_repeats_it(tiny_sperm, tmp_path):
     config = preset_config(
         "paper_b",
-        arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path), img_size=32, workers=0,
-        freeze_epochs=1, finetune_epochs=1, unfreeze_last=10,
-    )  # fmt: skip
+        arch="efficientnet_tiny",
+        data=str(tiny_sperm),
+        out=str(tmp_path),
+        img_size=32,
+        workers=0,
+        freeze_epochs=1,
+        finetune_epochs=1,
+        unfreeze_last=10,
+    )
     best_path = trainer.train_fold(config) / "best.pt"
     recorded = PipelineSpec.from_dict(safe_torch_load(best_path)["pipeline"])
     assert recorded.preprocess == "otsu" and recorded.img_size == 32
     classifier = load_classifier(best_path)
     assert classifier.spec == recorded
     steps = repr(classifier.pipeline)
-    order = [steps.index(step) for step in ("resize_longer_side(32)", "HybridOtsu", "pad_to_square(32, fill=(0, 0, 0))", "Normalize")]
+    order = [
+        steps.index(step)
+        for step in ("resize_longer_side(32)", "HybridOtsu", "pad_to_square(32, fill=(0, 0, 0))", "Normalize")
+    ]
     assert order == sorted(order)  # the paper's order: resize, Otsu, then pad with the background
 
     best = safe_torch_load(best_path)
@@ -89,7 +104,10 @@ def test_a_finished_run_resumed_with_flip_tta_rewrites_its_logits_with_it(tiny_s
 def test_members_of_different_input_sizes_cannot_be_exported_as_one_graph(tmp_path):
     from spermfuse.export import ExportError, check_exportable
 
-    pair = [Classifier(create_model(arch, 3).eval(), PipelineSpec(size), ["a", "b", "c"], tmp_path / arch) for arch, size in (("efficientnet_tiny", 32), ("resnetv2_tiny", 48))]
+    pair = [
+        Classifier(create_model(arch, 3).eval(), PipelineSpec(size), ["a", "b", "c"], tmp_path / arch)
+        for arch, size in (("efficientnet_tiny", 32), ("resnetv2_tiny", 48))
+    ]
     with pytest.raises(ExportError, match=r"different sizes \[32, 48\]"):
         check_exportable([pair])
 

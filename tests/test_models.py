@@ -140,7 +140,9 @@ def test_timm_tf_efficientnetv2_s_weights_load_into_torchvision_layout(tmp_path)
     ours = create_model("efficientnetv2_s", 18, weights=path)
     theirs = [v for k, v in reference.state_dict().items() if not k.startswith("classifier.")]
     mine = [v for k, v in ours.state_dict().items() if not k.startswith("classifier.")]
-    assert len(mine) == len(theirs) > 300 and all(torch.equal(a, b) for a, b in zip(mine, theirs))  # every tensor, in order
+    assert len(mine) == len(theirs) > 300 and all(
+        torch.equal(a, b) for a, b in zip(mine, theirs)
+    )  # every tensor, in order
     assert ours.classifier[1].weight.shape == (18, 1280)
 
 
@@ -152,7 +154,11 @@ def test_normalisation_follows_the_weights(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(create_model("resnetv2_tiny", 3).state_dict(), plain)
     half = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    for name, path, expected in (("resnet50v2", bit, half), ("efficientnetv2_s", tf_v2s, half), ("resnetv2_tiny", plain, (IMAGENET_MEAN, IMAGENET_STD))):
+    for name, path, expected in (
+        ("resnet50v2", bit, half),
+        ("efficientnetv2_s", tf_v2s, half),
+        ("resnetv2_tiny", plain, (IMAGENET_MEAN, IMAGENET_STD)),
+    ):
         report = load_initial_weights(create_model(name, 18), name, weights=path)
         assert (report.mean, report.std) == expected, name
 
@@ -221,7 +227,10 @@ def calibrated_timm(name: str, size: int) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("ours, theirs, size", [("efficientnetv2_s", "tf_efficientnetv2_s", 240), ("efficientnet_b4", "tf_efficientnet_b4", 225)])
+@pytest.mark.parametrize(
+    "ours, theirs, size",
+    [("efficientnetv2_s", "tf_efficientnetv2_s", 240), ("efficientnet_b4", "tf_efficientnet_b4", 225)],
+)
 def test_same_padding_gives_timms_tf_logits_for_the_same_state_dict(tmp_path, ours, theirs, size):
     reference = calibrated_timm(theirs, size)
     path = tmp_path / f"{theirs}.pth"
@@ -239,7 +248,9 @@ def test_same_padding_gives_timms_tf_logits_for_the_same_state_dict(tmp_path, ou
 
 def test_same_padding_keeps_the_parameters_and_their_names():
     symmetric, same = create_model("efficientnet_b0", 4), create_model("efficientnet_b0", 4, padding="same")
-    assert [(k, v.shape) for k, v in symmetric.state_dict().items()] == [(k, v.shape) for k, v in same.state_dict().items()]
+    assert [(k, v.shape) for k, v in symmetric.state_dict().items()] == [
+        (k, v.shape) for k, v in same.state_dict().items()
+    ]
 
 
 def test_same_padding_is_refused_for_the_resnets():

@@ -1,4 +1,5 @@
 """The demo's cached pretraining: made once, reused, rebuilt when the cache does not check out."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """The weights catalogue and its download cache, served from a local HTTP server: never the network."""
+
 import hashlib
 import http.server
 import json
@@ -70,7 +71,9 @@ def served_weights(served: Path, name: str = "lab.pth") -> tuple[dict, str]:
 
 
 def lab_entry(url: str, **fields) -> dict:
-    return {"resnetv2_tiny": {"lab": {"url": url, "format": "pytorch", "layout": "state dict", "default": True, **fields}}}
+    return {
+        "resnetv2_tiny": {"lab": {"url": url, "format": "pytorch", "layout": "state dict", "default": True, **fields}}
+    }
 
 
 def cached_files(tmp_path: Path) -> list[str]:
@@ -139,13 +142,17 @@ def test_a_matching_digest_prefix_is_accepted_as_torch_hub_file_names_give_it(tm
 def test_a_corrupted_cached_file_is_refused_not_reloaded(tmp_path, monkeypatch, mirror, catalogue_digest):
     served, base, _ = mirror
     _, digest = served_weights(served)
-    use_catalogue(tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth", **({"sha256": digest} if catalogue_digest else {})))
+    use_catalogue(
+        tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth", **({"sha256": digest} if catalogue_digest else {}))
+    )
     create_model("resnetv2_tiny", 3, pretrained=True)
     cached = tmp_path / "cache" / "weights" / "resnetv2_tiny-lab.pth"
     data = bytearray(cached.read_bytes())
     data[-100] ^= 0xFF
     cached.write_bytes(bytes(data))
-    with pytest.raises(DownloadError, match="resnetv2_tiny-lab.pth: SHA-256 .* differs .*delete .*resnetv2_tiny-lab.pth"):
+    with pytest.raises(
+        DownloadError, match="resnetv2_tiny-lab.pth: SHA-256 .* differs .*delete .*resnetv2_tiny-lab.pth"
+    ):
         create_model("resnetv2_tiny", 3, pretrained=True)
 
 
@@ -156,7 +163,9 @@ def test_an_unwritable_cache_names_the_folder_and_the_variable(tmp_path, monkeyp
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("SPERMFUSE_CACHE", str(blocker / "cache"))
-    with pytest.raises(DownloadError, match=r"a_file/cache/weights: the weights cache is not writable .*\$SPERMFUSE_CACHE"):
+    with pytest.raises(
+        DownloadError, match=r"a_file/cache/weights: the weights cache is not writable .*\$SPERMFUSE_CACHE"
+    ):
         create_model("resnetv2_tiny", 3, pretrained=True)
 
 
@@ -164,12 +173,16 @@ def test_a_file_whose_tensors_do_not_fit_names_the_first_mismatching_key(tmp_pat
     state = create_model("resnetv2_tiny", 3).state_dict()
     state["stem.conv.weight"] = torch.zeros(8, 3, 7, 7)
     torch.save(state, tmp_path / "narrow.pth")
-    with pytest.raises(WeightsError, match=r"stem\.conv\.weight has shape \(8, 3, 7, 7\) in the file but \(16, 3, 7, 7\)"):
+    with pytest.raises(
+        WeightsError, match=r"stem\.conv\.weight has shape \(8, 3, 7, 7\) in the file but \(16, 3, 7, 7\)"
+    ):
         create_model("resnetv2_tiny", 3, weights=tmp_path / "narrow.pth")
 
 
 def test_an_unknown_tag_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="--pretrained nope: not a checkpoint of efficientnetv2_s; choose one of tf_in21k_ft_in1k, "):
+    with pytest.raises(
+        ConfigError, match="--pretrained nope: not a checkpoint of efficientnetv2_s; choose one of tf_in21k_ft_in1k, "
+    ):
         find_entry("efficientnetv2_s", "nope")
 
 
@@ -181,7 +194,9 @@ def test_the_defaults_are_the_papers_checkpoints():
 
 
 def test_a_mirror_entry_changes_only_the_fields_it_gives(tmp_path, monkeypatch):
-    use_catalogue(tmp_path, monkeypatch, {"efficientnetv2_s": {"tf_in21k_ft_in1k": {"url": "http://mirror.lab/v2s.pth"}}})
+    use_catalogue(
+        tmp_path, monkeypatch, {"efficientnetv2_s": {"tf_in21k_ft_in1k": {"url": "http://mirror.lab/v2s.pth"}}}
+    )
     built_in, mirrored = find_entry("efficientnetv2_s", catalogue=load_catalogue({})), find_entry("efficientnetv2_s")
     assert mirrored.url == "http://mirror.lab/v2s.pth"
     assert (mirrored.sha256, mirrored.padding, mirrored.mean) == (built_in.sha256, built_in.padding, built_in.mean)
@@ -221,9 +236,14 @@ def test_train_py_refuses_an_unknown_tag_in_one_line(capsys):
 def test_safetensors_files_read_as_the_reference_library_writes_them(tmp_path):
     safetensors_torch = pytest.importorskip("safetensors.torch")
     tensors = {
-        "conv.weight": torch.randn(4, 3, 3, 3), "half": torch.randn(5).half(), "brain": torch.randn(2, 3).bfloat16(),
-        "steps": torch.arange(7), "mask": torch.tensor([True, False]), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4),
-    }  # fmt: skip
+        "conv.weight": torch.randn(4, 3, 3, 3),
+        "half": torch.randn(5).half(),
+        "brain": torch.randn(2, 3).bfloat16(),
+        "steps": torch.arange(7),
+        "mask": torch.tensor([True, False]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
     safetensors_torch.save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     read = read_safetensors(tmp_path / "model.safetensors")
     assert read.keys() == tensors.keys()

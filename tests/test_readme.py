@@ -1,4 +1,5 @@
 """The README's figures are the ones the code wrote."""
+
 import re
 from pathlib import Path
 

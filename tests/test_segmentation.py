@@ -97,5 +97,9 @@ def test_method_b_segments_after_the_resize_and_pads_with_its_own_background():
     assert np.array_equal(segmented, expected)
     assert tuple(segmented[0, 0]) == (0, 0, 0) and segmented[32, 32].max() > 0  # black pad, the cell kept
     for seed in range(5):  # rotation / shift fills with the background too, never the beige pad colour
-        augmented = np.asarray(build(True, 64, preset="paper_b", rotation=45, preprocess=[HybridOtsu()]).geometry(image, np.random.default_rng(seed)))
+        augmented = np.asarray(
+            build(True, 64, preset="paper_b", rotation=45, preprocess=[HybridOtsu()]).geometry(
+                image, np.random.default_rng(seed)
+            )
+        )
         assert all(tuple(augmented[y, x]) == (0, 0, 0) for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1)))

@@ -1,4 +1,5 @@
 """Certified referral holds its promise over many calibration draws; the old rule did not."""
+
 import math
 
 import numpy as np
@@ -77,6 +78,10 @@ def test_the_clopper_pearson_bound_is_the_beta_quantile():
 def test_accepted_accuracy_reports_a_two_sided_interval():
     confidence = np.array([0.9, 0.8, 0.7, 0.6])
     result = accepted_accuracy(confidence, np.array([True, True, False, True]), 0.65)
-    assert result["accepted"] == 3 and result["accepted_accuracy"] == pytest.approx(2 / 3) and result["referred_share"] == 0.25
+    assert (
+        result["accepted"] == 3
+        and result["accepted_accuracy"] == pytest.approx(2 / 3)
+        and result["referred_share"] == 0.25
+    )
     low, high = result["interval"]
     assert low == pytest.approx(stats.beta.ppf(0.025, 2, 2)) and high == pytest.approx(stats.beta.ppf(0.975, 3, 1))

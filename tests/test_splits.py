@@ -1,4 +1,5 @@
 """The calibration split: held out of training, disjoint from every other part, by group with groups."""
+
 import numpy as np
 
 from spermfuse.splits import fold_split, holdout_split, make_folds
@@ -23,7 +24,10 @@ def test_no_calibration_fraction_leaves_the_other_parts_as_they_were():
     labels, classes = labelled()
     folds = make_folds(labels, classes, k=5)
     without, zero = fold_split(folds, labels, 3, 0.2), fold_split(folds, labels, 3, 0.2, cal_fraction=0.0)
-    assert len(zero.cal) == 0 and all(np.array_equal(a, b) for a, b in zip((without.train, without.val, without.test), (zero.train, zero.val, zero.test)))
+    assert len(zero.cal) == 0 and all(
+        np.array_equal(a, b)
+        for a, b in zip((without.train, without.val, without.test), (zero.train, zero.val, zero.test))
+    )
     holdout, holdout_zero = holdout_split(labels), holdout_split(labels, cal_fraction=0.0)
     assert np.array_equal(holdout.train, holdout_zero.train) and np.array_equal(holdout.test, holdout_zero.test)
 
@@ -33,4 +37,6 @@ def test_calibration_cells_take_whole_groups():
     groups = np.array([f"p{i % 24}" for i in range(240)])
     folds = make_folds(labels, classes, k=4, groups=groups)
     split = fold_split(folds, labels, 1, 0.2, groups=groups, cal_fraction=0.15)  # checked for leakage inside
-    assert len(split.cal) and not set(groups[split.cal]) & set(groups[np.concatenate([split.train, split.val, split.test])])
+    assert len(split.cal) and not set(groups[split.cal]) & set(
+        groups[np.concatenate([split.train, split.val, split.test])]
+    )

@@ -11,7 +11,11 @@ from spermfuse.data import discover
 
 
 def digest(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_sperm18_has_exactly_the_papers_classes():
@@ -83,7 +87,12 @@ def test_patients_are_in_file_names_and_metadata_and_share_a_look(tmp_path):
     samples = discover(out, group_pattern=r"patient(\d+)")
     with open(out / "metadata.csv") as handle:
         rows = {r["path"]: r["patient"] for r in csv.DictReader(handle)}
-    assert [rows[p] for p in samples.paths] == list(samples.groups) and set(samples.groups) <= {"000", "001", "002", "003"}
+    assert [rows[p] for p in samples.paths] == list(samples.groups) and set(samples.groups) <= {
+        "000",
+        "001",
+        "002",
+        "003",
+    }
     for c in range(len(samples.classes)):  # every class spans at least two patients
         assert len(set(samples.groups[samples.labels == c])) >= 2
     plain = synthetic.generate(tmp_path / "plain", "sperm18", per_class=6)
@@ -111,7 +120,9 @@ def test_masks_are_written_beside_identical_images_and_named_in_the_metadata(tmp
     plain = synthetic.generate(tmp_path / "plain", "sperm18", seed=3, per_class=2)
     masked = synthetic.generate(tmp_path / "masked", "sperm18", seed=3, per_class=2, masks=True)
     rows = list(csv.DictReader(open(masked / "metadata.csv")))
-    assert len(rows) == 36 and discover(masked).classes == synthetic.SPERM18_CLASSES  # the hidden mask folder is no class
+    assert (
+        len(rows) == 36 and discover(masked).classes == synthetic.SPERM18_CLASSES
+    )  # the hidden mask folder is no class
     for row in rows:
         assert (masked / row["path"]).read_bytes() == (plain / row["path"]).read_bytes()
         mask = np.asarray(Image.open(masked / row["mask"]))

@@ -39,7 +39,9 @@ def test_a_fold_writes_every_output_in_the_logits_schema(tiny_sperm, tmp_path):
     val = load(run / "val_logits.npz")
     assert not set(val["paths"]) & set(logits["paths"])
     config = json.loads((run / "config.json").read_text())
-    assert config["environment"]["torch"] == torch.__version__ and config["batch_size"] == 8 and config["drop_path"] == 0.0
+    assert (
+        config["environment"]["torch"] == torch.__version__ and config["batch_size"] == 8 and config["drop_path"] == 0.0
+    )
     header = (run / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,stage,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second")
     best = files.safe_torch_load(run / "best.pt")
@@ -110,9 +112,17 @@ def test_resume_from_another_arch_is_refused(tiny_sperm, tmp_path):
 def test_method_b_two_stages_freeze_then_unfreeze(tiny_sperm, tmp_path):
     config = preset_config(
         "paper_b",
-        arch="efficientnet_tiny", data=str(tiny_sperm), out=str(tmp_path), img_size=32, workers=0,
-        freeze_epochs=1, finetune_epochs=1, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2,
-    )  # fmt: skip
+        arch="efficientnet_tiny",
+        data=str(tiny_sperm),
+        out=str(tmp_path),
+        img_size=32,
+        workers=0,
+        freeze_epochs=1,
+        finetune_epochs=1,
+        unfreeze_last=10,
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
     run = trainer.train_fold(config)
     assert run.name == "holdout"
     stages = [line.split(",")[1] for line in (run / "history.csv").read_text().splitlines()[1:]]
@@ -154,7 +164,14 @@ def test_one_optimizer_step_per_batch():
     model = create_model("resnetv2_tiny", 3)
     optimizer = engine.build_optimizer("adamw", model.parameters(), 1e-3, 0.0)
     batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0, 1]))] * 3
-    engine.train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"))
+    engine.train_one_epoch(
+        model,
+        batches,
+        torch.nn.CrossEntropyLoss(),
+        optimizer,
+        torch.amp.GradScaler("cpu", enabled=False),
+        torch.device("cpu"),
+    )
     assert optimizer.state_dict()["state"][0]["step"].item() == 3
 
 
@@ -176,7 +193,16 @@ def test_bf16_autocast_on_cpu_trains():
     optimizer = engine.build_optimizer("adamw", model.parameters(), 1e-3, 0.0)
     batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0, 1]))]
     dtype = engine.amp_dtype_for(torch.device("cpu"), "on")
-    result = engine.train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), dtype, grad_clip=1.0)
+    result = engine.train_one_epoch(
+        model,
+        batches,
+        torch.nn.CrossEntropyLoss(),
+        optimizer,
+        torch.amp.GradScaler("cpu", enabled=False),
+        torch.device("cpu"),
+        dtype,
+        grad_clip=1.0,
+    )
     assert dtype == torch.bfloat16 and np.isfinite(result.loss)
 
 
@@ -187,7 +213,9 @@ def test_early_stopping_counts_epochs_without_improvement():
 
 
 def run_script(*args, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,7 +236,20 @@ def test_bad_flags_get_one_clear_line(tmp_path, args, message):
 def test_unwritable_output_gets_one_clear_line(tiny_sperm, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the run folder should go")
-    result = run_script("--data", str(tiny_sperm), "--out", str(blocker), "--arch", "resnetv2_tiny", "--img-size", "32", "--epochs", "1", "--workers", "0")
+    result = run_script(
+        "--data",
+        str(tiny_sperm),
+        "--out",
+        str(blocker),
+        "--arch",
+        "resnetv2_tiny",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+    )
     assert result.returncode == 2 and "error:" in result.stderr and "not_a_folder" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -228,10 +269,29 @@ def free_port() -> int:
 def test_torchrun_two_processes_on_cpu_match_the_sample_set(tiny_sperm, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "train.py",
-        "--data", str(tiny_sperm), "--out", str(tmp_path), "--arch", "resnetv2_tiny", "--img-size", "32",
-        "--epochs", "1", "--workers", "0", "--val-fraction", "0.2", "--device", "cpu",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "train.py",
+        "--data",
+        str(tiny_sperm),
+        "--out",
+        str(tmp_path),
+        "--arch",
+        "resnetv2_tiny",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0.2",
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     logits = load(tmp_path / "resnetv2_tiny" / "fold1" / "test_logits.npz")
@@ -257,7 +317,9 @@ def test_a_preset_value_survives_when_its_flag_is_absent():
     from spermfuse.config import PRESETS
 
     config = train.build_config(train.parse_args(["--preset", "demo"]), fold=1)
-    assert (config.batch_size, config.img_size, config.lr) == tuple(PRESETS["demo"][k] for k in ("batch_size", "img_size", "lr"))
+    assert (config.batch_size, config.img_size, config.lr) == tuple(
+        PRESETS["demo"][k] for k in ("batch_size", "img_size", "lr")
+    )
     assert config.plateau_patience == trainer.TrainConfig().plateau_patience  # not in the preset: the default
     assert train.build_config(train.parse_args(["--preset", "demo", "--batch-size", "4"]), fold=1).batch_size == 4
 
@@ -270,14 +332,36 @@ def test_val_fraction_zero_is_refused_naming_the_flag(tiny_sperm, tmp_path):
 def test_method_b_fold_all_trains_its_one_holdout_run_and_exits_0(tiny_sperm, tmp_path):
     import train
 
-    argv = ["--preset", "paper_b", "--fold", "all", "--data", str(tiny_sperm), "--out", str(tmp_path), "--arch", "efficientnet_tiny",
-            "--img-size", "32", "--workers", "0", "--freeze-epochs", "1", "--finetune-epochs", "1", "--unfreeze-last", "10"]  # fmt: skip
+    argv = [
+        "--preset",
+        "paper_b",
+        "--fold",
+        "all",
+        "--data",
+        str(tiny_sperm),
+        "--out",
+        str(tmp_path),
+        "--arch",
+        "efficientnet_tiny",
+        "--img-size",
+        "32",
+        "--workers",
+        "0",
+        "--freeze-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--unfreeze-last",
+        "10",
+    ]
     assert train.main(argv) == 0
     assert [p.name for p in (tmp_path / "efficientnet_tiny").iterdir()] == ["holdout"]
 
 
 def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tiny_sperm, tmp_path):
-    first = trainer.train_fold(tiny_config(tiny_sperm, tmp_path / "a", epochs=1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    first = trainer.train_fold(
+        tiny_config(tiny_sperm, tmp_path / "a", epochs=1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    )
     assert files.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
     fine_tuned = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
     assert fine_tuned.train_set.transform.normalize.mean == (0.5, 0.5, 0.5)  # from the checkpoint, no flag given
@@ -298,9 +382,18 @@ def test_resume_with_changed_settings_is_refused_naming_the_flags(tiny_sperm, tm
 def method_b_tiny(data, out, **extra):
     return preset_config(
         "paper_b",
-        arch="efficientnet_tiny", data=str(data), out=str(out), img_size=32, workers=0,
-        freeze_epochs=2, finetune_epochs=2, unfreeze_last=10, val_fraction=0.2, test_fraction=0.2, **extra,
-    )  # fmt: skip
+        arch="efficientnet_tiny",
+        data=str(data),
+        out=str(out),
+        img_size=32,
+        workers=0,
+        freeze_epochs=2,
+        finetune_epochs=2,
+        unfreeze_last=10,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        **extra,
+    )
 
 
 def test_method_b_killed_at_the_stage_boundary_resumes_from_the_first_stages_best(tiny_sperm, tmp_path, monkeypatch):
@@ -324,8 +417,19 @@ def test_best_pt_of_a_two_stage_run_is_the_best_epoch_of_the_whole_run(tiny_sper
     val_losses = iter([1.0, 0.5, 0.8, 0.9])  # stage 1 ends best; fine-tuning never beats it
 
     def scripted_epoch(self, stage, model, optimizer, scaler, global_epoch):
-        return {"epoch": global_epoch, "stage": stage.name, "lr": 1e-4, "train_loss": 1.0, "train_acc": 0.5, "val_loss": next(val_losses),
-                "val_acc": 0.5, "seconds": 0.0, "images_per_second": 0.0, "peak_memory_mb": 0.0, "skipped_steps": 0}  # fmt: skip
+        return {
+            "epoch": global_epoch,
+            "stage": stage.name,
+            "lr": 1e-4,
+            "train_loss": 1.0,
+            "train_acc": 0.5,
+            "val_loss": next(val_losses),
+            "val_acc": 0.5,
+            "seconds": 0.0,
+            "images_per_second": 0.0,
+            "peak_memory_mb": 0.0,
+            "skipped_steps": 0,
+        }
 
     monkeypatch.setattr(trainer.FoldTrainer, "_run_epoch", scripted_epoch)
     run = trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path))
@@ -364,10 +468,14 @@ def test_with_ema_the_averaged_weights_are_validated_selected_and_saved(tiny_spe
     fold = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path, epochs=2, ema=0.5, monitor="val_acc"))
     run = fold.run()
     best, last = files.safe_torch_load(run / "best.pt"), files.safe_torch_load(run / "last.pt")
-    assert any(not torch.equal(last["model"][k], last["ema"]["shadow"][k]) for k in last["model"])  # raw weights differ from the average
+    assert any(
+        not torch.equal(last["model"][k], last["ema"]["shadow"][k]) for k in last["model"]
+    )  # raw weights differ from the average
     fold.model.load_state_dict(best["model"])
     logits, labels, _ = fold._evaluate(fold.val_loader)
-    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(best["val_metric"])  # the score it was selected by
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(
+        best["val_metric"]
+    )  # the score it was selected by
 
 
 def test_ema_outside_zero_one_is_one_clear_line(tmp_path):

@@ -116,7 +116,9 @@ def test_a_pipeline_spec_round_trips_and_rebuilds_the_same_pipeline():
     assert torch.equal(from_spec(again)(image), from_spec(spec)(image))
 
 
-@pytest.mark.parametrize("size", [(200, 100), (90, 180), (150, 120), (300, 200), (250, 470), (480, 300), (700, 500), (96, 96)])
+@pytest.mark.parametrize(
+    "size", [(200, 100), (90, 180), (150, 120), (300, 200), (250, 470), (480, 300), (700, 500), (96, 96)]
+)
 def test_train_path_with_identity_augmentation_gives_exactly_the_eval_image(size):
     from spermfuse.transforms import Pipeline
 

@@ -10,6 +10,7 @@
 | efficientnet_b0    | torchvision EfficientNet-B0                       | 0.2             |
 | efficientnet_tiny  | narrow four-stage EfficientNetV2-style net, 0.43 M (tests, CPU demo) | 0.2 |
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -88,4 +89,15 @@ def load_initial_weights(
     return None
 
 
-__all__ = ["LoadReport", "create_model", "resolve_padding", "load_initial_weights", "list_models", "get_spec", "REGISTRY", "ResNetV2", "StdConv2d", "WeightsError"]
+__all__ = [
+    "LoadReport",
+    "create_model",
+    "resolve_padding",
+    "load_initial_weights",
+    "list_models",
+    "get_spec",
+    "REGISTRY",
+    "ResNetV2",
+    "StdConv2d",
+    "WeightsError",
+]

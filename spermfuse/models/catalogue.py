@@ -21,6 +21,7 @@ A lab without internet points ``$SPERMFUSE_WEIGHTS_CATALOGUE`` at a JSON file of
 for an existing tag changes only the fields it gives (a mirror gives just its ``url``); a new
 tag needs ``url``, ``format`` and ``layout``; ``"default": true`` makes a tag the default.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,48 +74,114 @@ _UNIT = dict(mean=UNIT_RANGE_MEAN, std=UNIT_RANGE_STD)
 
 BUILT_IN: tuple[WeightsEntry, ...] = (
     WeightsEntry(
-        "efficientnetv2_s", "tf_in21k_ft_in1k", _TIMM_RELEASES + "v0.1-effv2-weights/tf_efficientnetv2_s_21ft1k-d7dafa41.pth",
-        "pytorch", "timm EfficientNet", _APACHE, "method A's: the authors' TF ImageNet-21k -> 1k weights (timm tf_efficientnetv2_s.in21k_ft_in1k)",
-        sha256="d7dafa41", padding="same", default=True, **_UNIT,
-    ),  # fmt: skip
+        "efficientnetv2_s",
+        "tf_in21k_ft_in1k",
+        _TIMM_RELEASES + "v0.1-effv2-weights/tf_efficientnetv2_s_21ft1k-d7dafa41.pth",
+        "pytorch",
+        "timm EfficientNet",
+        _APACHE,
+        "method A's: the authors' TF ImageNet-21k -> 1k weights (timm tf_efficientnetv2_s.in21k_ft_in1k)",
+        sha256="d7dafa41",
+        padding="same",
+        default=True,
+        **_UNIT,
+    ),
     WeightsEntry(
-        "efficientnetv2_s", "tf_in21k_ft_in1k_hf", _HF.format("tf_efficientnetv2_s.in21k_ft_in1k"),
-        "safetensors", "timm EfficientNet", _APACHE, "the same weights from the Hugging Face hub", padding="same", **_UNIT,
-    ),  # fmt: skip
+        "efficientnetv2_s",
+        "tf_in21k_ft_in1k_hf",
+        _HF.format("tf_efficientnetv2_s.in21k_ft_in1k"),
+        "safetensors",
+        "timm EfficientNet",
+        _APACHE,
+        "the same weights from the Hugging Face hub",
+        padding="same",
+        **_UNIT,
+    ),
     WeightsEntry(
-        "efficientnetv2_s", "torchvision_in1k", _TORCHVISION + "efficientnet_v2_s-dd5fe13b.pth",
-        "pytorch", "state dict", _BSD, "torchvision's ImageNet-1k weights (trained in PyTorch)", sha256="dd5fe13b",
-    ),  # fmt: skip
+        "efficientnetv2_s",
+        "torchvision_in1k",
+        _TORCHVISION + "efficientnet_v2_s-dd5fe13b.pth",
+        "pytorch",
+        "state dict",
+        _BSD,
+        "torchvision's ImageNet-1k weights (trained in PyTorch)",
+        sha256="dd5fe13b",
+    ),
     WeightsEntry(
-        "resnet50v2", "bit_m_in21k", _BIT + "BiT-M-R50x1.npz",
-        "npz", "BiT .npz", _APACHE, "Google's BiT-M R50x1 (ImageNet-21k), not distilled", **_UNIT,
-    ),  # fmt: skip
+        "resnet50v2",
+        "bit_m_in21k",
+        _BIT + "BiT-M-R50x1.npz",
+        "npz",
+        "BiT .npz",
+        _APACHE,
+        "Google's BiT-M R50x1 (ImageNet-21k), not distilled",
+        **_UNIT,
+    ),
     WeightsEntry(
-        "resnet50v2", "bit_m_in21k_ft_in1k", _BIT + "BiT-M-R50x1-ILSVRC2012.npz",
-        "npz", "BiT .npz", _APACHE, "BiT-M R50x1 fine-tuned on ImageNet-1k", **_UNIT,
-    ),  # fmt: skip
+        "resnet50v2",
+        "bit_m_in21k_ft_in1k",
+        _BIT + "BiT-M-R50x1-ILSVRC2012.npz",
+        "npz",
+        "BiT .npz",
+        _APACHE,
+        "BiT-M R50x1 fine-tuned on ImageNet-1k",
+        **_UNIT,
+    ),
     WeightsEntry(
-        "resnet50v2", "bit_distilled_in1k", _HF.format("resnetv2_50x1_bit.goog_distilled_in1k"),
-        "safetensors", "timm ResNetV2", _APACHE, "method A's: BiT R50x1 distilled from BiT-M R152x2 on ImageNet-1k (timm resnetv2_50x1_bit.goog_distilled_in1k)",
-        default=True, **_UNIT,
-    ),  # fmt: skip
+        "resnet50v2",
+        "bit_distilled_in1k",
+        _HF.format("resnetv2_50x1_bit.goog_distilled_in1k"),
+        "safetensors",
+        "timm ResNetV2",
+        _APACHE,
+        "method A's: BiT R50x1 distilled from BiT-M R152x2 on ImageNet-1k (timm resnetv2_50x1_bit.goog_distilled_in1k)",
+        default=True,
+        **_UNIT,
+    ),
     WeightsEntry(
-        "efficientnet_b4", "tf_in1k", _TIMM_RELEASES + "v0.1-weights/tf_efficientnet_b4-74ee3bed.pth",
-        "pytorch", "timm EfficientNet", _APACHE, "method B's: the TF/Keras ImageNet weights (timm tf_efficientnet_b4.in1k)",
-        sha256="74ee3bed", padding="same", default=True,
-    ),  # fmt: skip
+        "efficientnet_b4",
+        "tf_in1k",
+        _TIMM_RELEASES + "v0.1-weights/tf_efficientnet_b4-74ee3bed.pth",
+        "pytorch",
+        "timm EfficientNet",
+        _APACHE,
+        "method B's: the TF/Keras ImageNet weights (timm tf_efficientnet_b4.in1k)",
+        sha256="74ee3bed",
+        padding="same",
+        default=True,
+    ),
     WeightsEntry(
-        "efficientnet_b4", "torchvision_in1k", _TORCHVISION + "efficientnet_b4_rwightman-23ab8bcd.pth",
-        "pytorch", "state dict", _BSD, "torchvision's ImageNet-1k weights (trained in PyTorch)", sha256="23ab8bcd",
-    ),  # fmt: skip
+        "efficientnet_b4",
+        "torchvision_in1k",
+        _TORCHVISION + "efficientnet_b4_rwightman-23ab8bcd.pth",
+        "pytorch",
+        "state dict",
+        _BSD,
+        "torchvision's ImageNet-1k weights (trained in PyTorch)",
+        sha256="23ab8bcd",
+    ),
     WeightsEntry(
-        "efficientnet_b0", "torchvision_in1k", _TORCHVISION + "efficientnet_b0_rwightman-7f5810bc.pth",
-        "pytorch", "state dict", _BSD, "torchvision's ImageNet-1k weights", sha256="7f5810bc", default=True,
-    ),  # fmt: skip
+        "efficientnet_b0",
+        "torchvision_in1k",
+        _TORCHVISION + "efficientnet_b0_rwightman-7f5810bc.pth",
+        "pytorch",
+        "state dict",
+        _BSD,
+        "torchvision's ImageNet-1k weights",
+        sha256="7f5810bc",
+        default=True,
+    ),
     WeightsEntry(
-        "efficientnet_b0", "tf_in1k", _TIMM_RELEASES + "v0.1-weights/tf_efficientnet_b0-0af12548.pth",
-        "pytorch", "timm EfficientNet", _APACHE, "the TF ImageNet weights (timm tf_efficientnet_b0.in1k)", sha256="0af12548", padding="same",
-    ),  # fmt: skip
+        "efficientnet_b0",
+        "tf_in1k",
+        _TIMM_RELEASES + "v0.1-weights/tf_efficientnet_b0-0af12548.pth",
+        "pytorch",
+        "timm EfficientNet",
+        _APACHE,
+        "the TF ImageNet weights (timm tf_efficientnet_b0.in1k)",
+        sha256="0af12548",
+        padding="same",
+    ),
 )
 
 Catalogue = dict[str, dict[str, WeightsEntry]]  # arch -> tag -> entry
@@ -127,14 +194,18 @@ def _check(entry: WeightsEntry, source: str) -> WeightsEntry:
     where = f"{source}: {entry.arch} {entry.tag}"
     for what, name in (("tag", entry.tag), ("architecture", entry.arch)):
         if not _TAG.fullmatch(name) or ".." in name:
-            raise ConfigError(f"{source}: {what} {name!r} may hold only letters, digits, '_', '.' and '-' (it names a cache file)")
+            raise ConfigError(
+                f"{source}: {what} {name!r} may hold only letters, digits, '_', '.' and '-' (it names a cache file)"
+            )
     if entry.format not in FORMATS:
         raise ConfigError(f"{where}: format {entry.format!r} is not one of {', '.join(FORMATS)}")
     if entry.layout not in LAYOUTS:
         raise ConfigError(f"{where}: layout {entry.layout!r} is not one of {', '.join(LAYOUTS)}")
     if entry.padding not in ("symmetric", "same"):
         raise ConfigError(f"{where}: padding {entry.padding!r} is not symmetric or same")
-    if entry.sha256 is not None and (len(entry.sha256) < 8 or any(ch not in "0123456789abcdef" for ch in entry.sha256.lower())):
+    if entry.sha256 is not None and (
+        len(entry.sha256) < 8 or any(ch not in "0123456789abcdef" for ch in entry.sha256.lower())
+    ):
         raise ConfigError(f"{where}: sha256 must be hex digits (at least the first 8)")
     if len(entry.mean) != 3 or len(entry.std) != 3:
         raise ConfigError(f"{where}: mean and std take three values each")
@@ -170,7 +241,9 @@ def load_catalogue(environ: dict[str, str] | None = None) -> Catalogue:
         for tag, values in tags.items():
             unknown = set(values) - known if isinstance(values, dict) else {"(not an object)"}
             if unknown:
-                raise ConfigError(f"{source}: {arch} {tag}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"{source}: {arch} {tag}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+                )
             values = {k: tuple(v) if k in ("mean", "std") else v for k, v in values.items()}
             existing = catalogue.get(arch, {}).get(tag)
             if existing is None:
@@ -214,6 +287,8 @@ def catalogue_table(catalogue: Catalogue | None = None) -> str:
             digest = f"sha256 {entry.sha256}" if entry.sha256 else "sha256 recorded at first download"
             mean = "0.5" if entry.mean == UNIT_RANGE_MEAN else "ImageNet"
             lines.append(f"  {entry.tag}{' (default)' if entry.default else ''}: {entry.description}")
-            lines.append(f"      {entry.format}, {entry.layout} names, padding {entry.padding}, mean/std {mean}, {digest}, licence {entry.licence}")
+            lines.append(
+                f"      {entry.format}, {entry.layout} names, padding {entry.padding}, mean/std {mean}, {digest}, licence {entry.licence}"
+            )
             lines.append(f"      {entry.url}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ there (the EfficientNet authors' own, Keras's): every convolution whose TF "SAME
 not symmetric (the stride-2 ones) pads asymmetrically, and BatchNorm uses Keras's epsilon
 1e-3 (torchvision's V2 builders already do; its B-series uses PyTorch's 1e-5).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,9 +63,15 @@ def use_tf_same_padding(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if type(child) is nn.Conv2d and _differs_from_symmetric(child):
                 same = Conv2dSame(
-                    child.in_channels, child.out_channels, child.kernel_size, child.stride, 0,
-                    child.dilation, child.groups, bias=child.bias is not None,
-                )  # fmt: skip
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    0,
+                    child.dilation,
+                    child.groups,
+                    bias=child.bias is not None,
+                )
                 same.load_state_dict(child.state_dict())
                 setattr(parent, name, same)
             elif isinstance(child, nn.BatchNorm2d):
@@ -76,25 +83,35 @@ def _with_padding(model: tv.EfficientNet, padding: str) -> tv.EfficientNet:
     return use_tf_same_padding(model) if padding == "same" else model
 
 
-def efficientnet_v2_s(num_classes: int, dropout: float = 0.7, drop_path: float = 0.0, padding: str = "symmetric") -> tv.EfficientNet:
+def efficientnet_v2_s(
+    num_classes: int, dropout: float = 0.7, drop_path: float = 0.0, padding: str = "symmetric"
+) -> tv.EfficientNet:
     """EfficientNetV2-S (20.20 M parameters with 18 classes)."""
-    model = tv.efficientnet_v2_s(weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path)
+    model = tv.efficientnet_v2_s(
+        weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path
+    )
     return _with_padding(model, padding)
 
 
-def efficientnet_b4(num_classes: int, dropout: float = 0.4, drop_path: float = 0.0, padding: str = "symmetric") -> tv.EfficientNet:
+def efficientnet_b4(
+    num_classes: int, dropout: float = 0.4, drop_path: float = 0.0, padding: str = "symmetric"
+) -> tv.EfficientNet:
     """EfficientNet-B4 with method B's head."""
     model = tv.efficientnet_b4(weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path)
     return _with_padding(model, padding)
 
 
-def efficientnet_b0(num_classes: int, dropout: float = 0.2, drop_path: float = 0.0, padding: str = "symmetric") -> tv.EfficientNet:
+def efficientnet_b0(
+    num_classes: int, dropout: float = 0.2, drop_path: float = 0.0, padding: str = "symmetric"
+) -> tv.EfficientNet:
     """EfficientNet-B0, a small relative for quick experiments."""
     model = tv.efficientnet_b0(weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path)
     return _with_padding(model, padding)
 
 
-def efficientnet_tiny(num_classes: int, dropout: float = 0.2, drop_path: float = 0.0, padding: str = "symmetric") -> tv.EfficientNet:
+def efficientnet_tiny(
+    num_classes: int, dropout: float = 0.2, drop_path: float = 0.0, padding: str = "symmetric"
+) -> tv.EfficientNet:
     """A narrow four-stage EfficientNetV2-style net (0.43 M parameters, ~19 MFLOPs at 80 px).
 
     Sized like ``resnetv2_tiny`` so the CPU demo fuses two comparable backbones, as the

@@ -8,6 +8,7 @@ order, which is what ``layers`` returns; element-wise operations written inline 
 ``unfreeze_last(model, 60)`` makes the parameters of the last 60 leaf modules trainable.
 Frozen BatchNorm layers stay in inference mode (running statistics), as in Keras.
 """
+
 from __future__ import annotations
 
 from torch import nn

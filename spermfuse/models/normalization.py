@@ -1,4 +1,5 @@
 """The input normalisations that pretrained weights expect (mean and std per RGB channel of [0, 1] pixels)."""
+
 from __future__ import annotations
 
 # torchvision's and timm's ImageNet-trained PyTorch weights.

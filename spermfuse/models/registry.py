@@ -1,4 +1,5 @@
 """The architectures by name: how to build each, its default dropout, its family and its head."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ def _resnetv2(layers, width=1.0, stem=64, groups=32) -> Callable[[int, float, fl
             raise ConfigError("--drop-path: the ResNetV2 models have no stochastic depth; leave it at 0")
         if padding != "symmetric":
             # BiT's reference implementation pads explicitly, as this port does (checked against timm).
-            raise ConfigError("--padding same: applies to the EfficientNets; the ResNetV2 models pad as BiT's reference does")
+            raise ConfigError(
+                "--padding same: applies to the EfficientNets; the ResNetV2 models pad as BiT's reference does"
+            )
         return ResNetV2(layers, num_classes, width, stem, dropout, groups)
 
     return build

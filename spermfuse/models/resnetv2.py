@@ -11,6 +11,7 @@ norm + ReLU before global average pooling.
 ResNetV2-50x1 = blocks (3, 4, 6, 3), widths 256/512/1024/2048, 23.54 M parameters
 with an 18-class head (the paper's Table).
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -23,6 +23,7 @@ tf_efficientnetv2 checkpoints expect mean = std = 0.5 ([-1, 1] inputs); torchvis
 timm's EfficientNet-B checkpoints the ImageNet mean/std; a spermfuse checkpoint carries its
 own; any other state dict is assumed ImageNet (say otherwise with ``--mean``/``--std``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,8 +75,11 @@ def _hwio_to_oihw(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array))
 
 
-def bit_npz_to_state_dict(arrays: dict[str, np.ndarray], model: nn.Module, prefix: str = "resnet/") -> dict[str, torch.Tensor]:
+def bit_npz_to_state_dict(
+    arrays: dict[str, np.ndarray], model: nn.Module, prefix: str = "resnet/"
+) -> dict[str, torch.Tensor]:
     """Google's BiT checkpoint names (``resnet/block1/unit01/a/...``) -> this ResNetV2's keys."""
+
     def take(name: str) -> np.ndarray:
         if prefix + name not in arrays:
             raise WeightsError(f"BiT checkpoint lacks {prefix + name!r}; is it a BiT ResNetV2 .npz for this depth?")
@@ -117,7 +121,9 @@ def timm_resnetv2_to_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
     return converted
 
 
-def timm_efficientnet_to_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+def timm_efficientnet_to_state_dict(
+    state: dict[str, torch.Tensor], model: nn.Module, source: str
+) -> dict[str, torch.Tensor]:
     """timm EfficientNet keys -> torchvision's, matched in module order with equal shapes.
 
     Both implementations register stem, blocks (expand, depthwise, SE, project) and head in
@@ -131,7 +137,9 @@ def timm_efficientnet_to_state_dict(state: dict[str, torch.Tensor], model: nn.Mo
     converted = {}
     for (their_key, value), (our_key, target) in zip(theirs, ours):
         if value.shape != target.shape:
-            raise WeightsError(f"{source}: {their_key} {tuple(value.shape)} does not fit {our_key} {tuple(target.shape)}")
+            raise WeightsError(
+                f"{source}: {their_key} {tuple(value.shape)} does not fit {our_key} {tuple(target.shape)}"
+            )
         converted[our_key] = value
     if "classifier.weight" in state:
         converted["classifier.1.weight"] = state["classifier.weight"]
@@ -179,7 +187,9 @@ def convert(model: nn.Module, path: Path, spec: ModelSpec) -> tuple[dict[str, to
         # timm's tf_efficientnetv2_* were all trained on [-1, 1]; its EfficientNet-Bs on ImageNet's statistics.
         normalization = UNIT_RANGE if _is_efficientnet_v2(model) else IMAGENET
         return timm_efficientnet_to_state_dict(state, model, source), "timm EfficientNet", normalization
-    if isinstance(loaded, dict) and isinstance(loaded.get("pipeline"), dict):  # a spermfuse best.pt (transforms.PipelineSpec)
+    if isinstance(loaded, dict) and isinstance(
+        loaded.get("pipeline"), dict
+    ):  # a spermfuse best.pt (transforms.PipelineSpec)
         return state, "spermfuse checkpoint", (tuple(loaded["pipeline"]["mean"]), tuple(loaded["pipeline"]["std"]))
     return state, "state dict", IMAGENET
 
@@ -234,7 +244,9 @@ def load_pretrained(model: nn.Module, name: str, spec: ModelSpec, tag: str | boo
     try:
         state, fmt, _ = convert(model, path, spec)
         if fmt != entry.layout:
-            raise CheckpointError(f"{path}: holds {fmt} names where the catalogue's {name} {entry.tag} says {entry.layout}")
+            raise CheckpointError(
+                f"{path}: holds {fmt} names where the catalogue's {name} {entry.tag} says {entry.layout}"
+            )
     except (CheckpointError, WeightsError) as error:
         if not trusted:  # a first file without a digest that is not what its entry declares: never trusted, never kept
             path.unlink(missing_ok=True)

@@ -26,12 +26,38 @@ One module per data set (``sperm18``, ``hushem4``, ``blood4``), their shared ``d
 helpers, the ``writer`` (files, cache, preview) and the command line (``__main__``):
 ``python -m spermfuse.synthetic --kind sperm18 --out DIR [--per-class N] [--patients N] [--masks]``.
 """
+
 from .blood4 import BLOOD4_CLASSES
 from .hushem4 import HUSHEM4_CLASSES
 from .sperm18 import DEFECT_PART, MASK_FOLDER, PART_VALUES, SPERM18_CLASSES
-from .writer import GENERATOR_VERSION, KINDS, MIN_PER_CLASS, class_counts, generate, generate_once, patient_looks, preview, render, render_with_mask
+from .writer import (
+    GENERATOR_VERSION,
+    KINDS,
+    MIN_PER_CLASS,
+    class_counts,
+    generate,
+    generate_once,
+    patient_looks,
+    preview,
+    render,
+    render_with_mask,
+)
 
 __all__ = [
-    "BLOOD4_CLASSES", "DEFECT_PART", "GENERATOR_VERSION", "HUSHEM4_CLASSES", "KINDS", "MASK_FOLDER", "MIN_PER_CLASS", "PART_VALUES",
-    "SPERM18_CLASSES", "class_counts", "generate", "generate_once", "patient_looks", "preview", "render", "render_with_mask",
-]  # fmt: skip
+    "BLOOD4_CLASSES",
+    "DEFECT_PART",
+    "GENERATOR_VERSION",
+    "HUSHEM4_CLASSES",
+    "KINDS",
+    "MASK_FOLDER",
+    "MIN_PER_CLASS",
+    "PART_VALUES",
+    "SPERM18_CLASSES",
+    "class_counts",
+    "generate",
+    "generate_once",
+    "patient_looks",
+    "preview",
+    "render",
+    "render_with_mask",
+]

@@ -1,4 +1,5 @@
 """blood4: blood-smear-like images in the four ALL classes of method B."""
+
 from __future__ import annotations
 
 
@@ -45,9 +46,16 @@ def render_blood(label: str, rng: np.random.Generator) -> tuple[Image.Image, dic
     pixels = np.asarray(canvas, dtype=np.float32)
     yy, xx = np.mgrid[0:W, 0:W]
     inside = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 < (0.9 * nucleus_r) ** 2
-    grain = np.asarray(Image.fromarray((rng.random((W // 4, W // 4)) * 255).astype(np.uint8)).resize((W, W), Image.BILINEAR), dtype=np.float32)
+    grain = np.asarray(
+        Image.fromarray((rng.random((W // 4, W // 4)) * 255).astype(np.uint8)).resize((W, W), Image.BILINEAR),
+        dtype=np.float32,
+    )
     pixels[inside] += (grain[inside, None] - 128) * texture * 0.6
     canvas = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     blur, noise = rng.uniform(0.4, 1.0), rng.uniform(2, 5)
-    meta = {"nucleus_radius_px": round(nucleus_r / SUPERSAMPLE, 2), "cytoplasm_ratio": round(rim, 3), "texture": texture}
+    meta = {
+        "nucleus_radius_px": round(nucleus_r / SUPERSAMPLE, 2),
+        "cytoplasm_ratio": round(rim, 3),
+        "texture": texture,
+    }
     return finish(canvas, (size, size), rng, blur, noise), meta

@@ -1,4 +1,5 @@
 """Drawing helpers shared by the renderers: rotation, stained backgrounds, optics, debris."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ def stained_background(width: int, height: int, rng: np.random.Generator, base=(
     return colour * (1.0 + gradient + vignette)[..., None]
 
 
-def finish(canvas: Image.Image, size: tuple[int, int], rng: np.random.Generator, blur: float, noise: float) -> Image.Image:
+def finish(
+    canvas: Image.Image, size: tuple[int, int], rng: np.random.Generator, blur: float, noise: float
+) -> Image.Image:
     """Downsample the supersampled drawing, blur like optics, add sensor noise."""
     image = canvas.resize(size, Image.BOX)
     if blur > 0:

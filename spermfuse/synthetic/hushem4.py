@@ -1,4 +1,5 @@
 """hushem4: 131 x 131 sperm-head images in the four HuSHeM classes."""
+
 from __future__ import annotations
 
 import math
@@ -34,5 +35,10 @@ def render_head(label: str, rng: np.random.Generator) -> tuple[Image.Image, dict
     neck = rotate(np.array([[0.45, 0.0], [0.8, 0.0]]) * S, angle) + centre
     draw.line([tuple(pt) for pt in neck], fill=jitter_colour((130, 80, 140), rng), width=int(0.15 * S))
     blur, noise = rng.uniform(0.5, 1.5), rng.uniform(2, 5)
-    meta = {"head_aspect": round(p.head_aspect, 4), "head_taper": round(p.head_taper, 4), "head_irregularity": round(p.head_irregularity, 4), "blur": round(blur, 3)}
+    meta = {
+        "head_aspect": round(p.head_aspect, 4),
+        "head_taper": round(p.head_taper, 4),
+        "head_irregularity": round(p.head_irregularity, 4),
+        "blur": round(blur, 3),
+    }
     return finish(canvas, (size, size), rng, blur, noise), meta

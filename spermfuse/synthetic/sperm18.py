@@ -1,4 +1,5 @@
 """sperm18: single-sperm crops in the 18 Hi-LabSpermMorpho classes, with their part masks."""
+
 from __future__ import annotations
 
 import math
@@ -11,20 +12,49 @@ from .drawing import SUPERSAMPLE, draw_debris, finish, jitter_colour, rotate, st
 
 
 SPERM18_CLASSES = [
-    "AmorfHead", "AsymmetricNeck", "CurlyTail", "DoubleHead", "DoubleTail", "LongTail",
-    "NarrowAcrosome", "Normal", "PinHead", "PyriformHead", "RounHead", "ShortTail",
-    "TaperedHead", "ThickNeck", "ThinNeck", "TwistedNeck", "TwistedTail", "VacuolatedHead",
-]  # fmt: skip
+    "AmorfHead",
+    "AsymmetricNeck",
+    "CurlyTail",
+    "DoubleHead",
+    "DoubleTail",
+    "LongTail",
+    "NarrowAcrosome",
+    "Normal",
+    "PinHead",
+    "PyriformHead",
+    "RounHead",
+    "ShortTail",
+    "TaperedHead",
+    "ThickNeck",
+    "ThinNeck",
+    "TwistedNeck",
+    "TwistedTail",
+    "VacuolatedHead",
+]
 
 # Relative class frequencies shaped like Hi-LabSpermMorpho's: VacuolatedHead the most
 # common (1697 of 18,456), DoubleHead (48), LongTail and ThinNeck the rarest. Only those
 # counts are published in the text; the rest keep that ordering, not exact values.
 SPERM18_FREQUENCY = {
-    "AmorfHead": 1400, "AsymmetricNeck": 900, "CurlyTail": 1100, "DoubleHead": 48, "DoubleTail": 500,
-    "LongTail": 110, "NarrowAcrosome": 900, "Normal": 1600, "PinHead": 600, "PyriformHead": 1000,
-    "RounHead": 700, "ShortTail": 900, "TaperedHead": 1200, "ThickNeck": 700, "ThinNeck": 150,
-    "TwistedNeck": 700, "TwistedTail": 800, "VacuolatedHead": 1697,
-}  # fmt: skip
+    "AmorfHead": 1400,
+    "AsymmetricNeck": 900,
+    "CurlyTail": 1100,
+    "DoubleHead": 48,
+    "DoubleTail": 500,
+    "LongTail": 110,
+    "NarrowAcrosome": 900,
+    "Normal": 1600,
+    "PinHead": 600,
+    "PyriformHead": 1000,
+    "RounHead": 700,
+    "ShortTail": 900,
+    "TaperedHead": 1200,
+    "ThickNeck": 700,
+    "ThinNeck": 150,
+    "TwistedNeck": 700,
+    "TwistedTail": 800,
+    "VacuolatedHead": 1697,
+}
 
 
 @dataclass
@@ -118,12 +148,16 @@ def head_outline(p: SpermParams, rng: np.random.Generator, n: int = 72) -> np.nd
     if p.head_irregularity > 0:
         radius = np.ones_like(phi)
         for harmonic in (2, 3, 4, 5):
-            radius += p.head_irregularity * rng.normal(0, 1) / harmonic * np.cos(harmonic * phi + rng.uniform(0, 2 * np.pi))
+            radius += (
+                p.head_irregularity * rng.normal(0, 1) / harmonic * np.cos(harmonic * phi + rng.uniform(0, 2 * np.pi))
+            )
         x, y = x * radius, y * radius
     return np.stack([x, y], axis=1)
 
 
-def tail_path(start: np.ndarray, heading: float, length_px: float, p: SpermParams, rng: np.random.Generator) -> np.ndarray:
+def tail_path(
+    start: np.ndarray, heading: float, length_px: float, p: SpermParams, rng: np.random.Generator
+) -> np.ndarray:
     """A thin wavy tail: integrate the heading along the arc length."""
     steps = max(int(length_px / 2), 4)
     s = np.linspace(0, 1, steps)
@@ -144,14 +178,28 @@ MASK_FOLDER = ".masks"
 # The part that carries each class's defect: where an explanation should point. A Normal
 # sperm has no defect; the whole cell (any part, not the background) is its answer.
 DEFECT_PART = {
-    **dict.fromkeys(["AmorfHead", "DoubleHead", "NarrowAcrosome", "PinHead", "PyriformHead", "RounHead", "TaperedHead", "VacuolatedHead"], "head"),
+    **dict.fromkeys(
+        [
+            "AmorfHead",
+            "DoubleHead",
+            "NarrowAcrosome",
+            "PinHead",
+            "PyriformHead",
+            "RounHead",
+            "TaperedHead",
+            "VacuolatedHead",
+        ],
+        "head",
+    ),
     **dict.fromkeys(["AsymmetricNeck", "ThickNeck", "ThinNeck", "TwistedNeck"], "neck"),
     **dict.fromkeys(["CurlyTail", "DoubleTail", "LongTail", "ShortTail", "TwistedTail"], "tail"),
     "Normal": "sperm",
 }
 
 
-def render_sperm(label: str, rng: np.random.Generator, mask: bool = False) -> tuple[Image.Image, dict] | tuple[Image.Image, dict, Image.Image]:
+def render_sperm(
+    label: str, rng: np.random.Generator, mask: bool = False
+) -> tuple[Image.Image, dict] | tuple[Image.Image, dict, Image.Image]:
     """One single-sperm crop of class ``label`` and its generating parameters.
 
     ``mask=True`` also returns its part mask (``PART_VALUES``: background 0, head 1, neck 2,
@@ -236,7 +284,13 @@ def render_sperm(label: str, rng: np.random.Generator, mask: bool = False) -> tu
 
     blur, noise = rng.uniform(0.3, 1.0), rng.uniform(2.0, 6.0)
     image = finish(canvas, (width, height), rng, blur, noise)
-    meta = {"width": width, "height": height, "angle_deg": round(math.degrees(angle), 2), "blur": round(blur, 3), "noise": round(noise, 3)}
+    meta = {
+        "width": width,
+        "height": height,
+        "angle_deg": round(math.degrees(angle), 2),
+        "blur": round(blur, 3),
+        "noise": round(noise, 3),
+    }
     meta.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(p).items()})
     if mask:
         return image, meta, parts.resize((width, height), Image.NEAREST)

@@ -1,4 +1,5 @@
 """Writing a data set: class counts, patients, the files, the cache, the preview."""
+
 from __future__ import annotations
 
 import csv
@@ -135,9 +136,13 @@ def generate(
         raise ConfigError(f"{out_dir}: folder exists and is not empty; choose another --out or delete it")
     try:  # a private temporary name: two processes generating the same set never meet
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
+        tmp_dir = Path(
+            tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent)
+        )
     except OSError as error:
-        raise ConfigError(f"{out_dir.parent}: not writable ({error.strerror}); choose another --out, or set $SPERMFUSE_CACHE to a writable folder") from None
+        raise ConfigError(
+            f"{out_dir.parent}: not writable ({error.strerror}); choose another --out, or set $SPERMFUSE_CACHE to a writable folder"
+        ) from None
     try:
         _write_set(tmp_dir, kind, seed, per_class, scale, masks, patients, progress)
         try:
@@ -146,7 +151,9 @@ def generate(
             if (out_dir / "metadata.csv").is_file():
                 log.info("%s: another process generated the same set first; using it", out_dir)
             else:  # no metadata.csv (written last): an interrupted older version's leftover
-                leftover = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".old", dir=out_dir.parent))
+                leftover = Path(
+                    tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".old", dir=out_dir.parent)
+                )
                 os.rename(out_dir, leftover / out_dir.name)
                 shutil.rmtree(leftover, ignore_errors=True)
                 tmp_dir.rename(out_dir)
@@ -155,7 +162,16 @@ def generate(
     return out_dir
 
 
-def _write_set(tmp_dir: Path, kind: str, seed: int, per_class: int | None, scale: float | None, masks: bool, patients: int | None, progress) -> None:
+def _write_set(
+    tmp_dir: Path,
+    kind: str,
+    seed: int,
+    per_class: int | None,
+    scale: float | None,
+    masks: bool,
+    patients: int | None,
+    progress,
+) -> None:
     counts = class_counts(kind, per_class, scale)
     total, done = sum(counts.values()), 0
     looks = patient_looks(seed, patients) if patients else []
@@ -196,7 +212,12 @@ def generate_once(out_dir: str | Path, kind: str = "sperm18", **options) -> Path
     is written last); a folder without one is an interrupted or foreign leftover and is replaced."""
     out_dir = Path(out_dir)
     if not (out_dir / "metadata.csv").exists():
-        log.info("generating the synthetic %s set (%s) in %s (once)", kind, ", ".join(f"{k} {v}" for k, v in options.items()), out_dir)
+        log.info(
+            "generating the synthetic %s set (%s) in %s (once)",
+            kind,
+            ", ".join(f"{k} {v}" for k, v in options.items()),
+            out_dir,
+        )
         generate(out_dir, kind, replace_incomplete=True, **options)
     return out_dir
 
@@ -212,7 +233,9 @@ def preview(kind: str, path: str | Path, per_class: int = 4, seed: int = 42, til
         for col in range(per_class):
             image, _ = render(kind, label, seed, col)
             image.thumbnail((tile - 4, tile - 4))
-            sheet.paste(image, (label_width + col * tile + (tile - image.width) // 2, row * tile + (tile - image.height) // 2))
+            sheet.paste(
+                image, (label_width + col * tile + (tile - image.width) // 2, row * tile + (tile - image.height) // 2)
+            )
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
