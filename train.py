@@ -206,8 +206,10 @@ def train(args: argparse.Namespace) -> None:
         fetch(find_entry(first.arch, first.pretrained), DownloadLine())
     samples = None  # discovered (and every image checked) once for all folds
     for fold in folds:
-        fold_trainer = trainer.FoldTrainer(build_config(args, fold), progress=ProgressLine(), samples=samples)
-        samples = fold_trainer.samples
+        config = build_config(args, fold)
+        setup = trainer.setup_fold(config, samples)
+        samples = setup.samples
+        fold_trainer = trainer.FoldTrainer(config, setup, progress=ProgressLine())
         logging.info("done: %s", fold_trainer.run())
 
 

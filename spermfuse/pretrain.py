@@ -34,7 +34,7 @@ from .cache import pretraining_data_dir, pretraining_root
 from .files import CheckpointError, atomic_write_json
 from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
 from .download import file_sha256
-from .trainer import FoldTrainer
+from .trainer import train_fold
 
 log = logging.getLogger(__name__)
 BASE_PRESET = "demo_scratch"  # the pretraining's settings, with the recipe's on top
@@ -120,11 +120,11 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     )
     log.info("pretraining %s on %s (%d epochs, once; later runs reuse it)", arch, data, recipe.epochs)
     try:
-        run = FoldTrainer(config).run()
+        run = train_fold(config)
     except CheckpointError as error:  # an unreadable last.pt from a killed run: start again
         log.warning("pretrained %s: %s; starting again", arch, error)
         shutil.rmtree(folder)
-        run = FoldTrainer(config).run()
+        run = train_fold(config)
     best = run / "best.pt"
     atomic_write_json(
         folder / "pretrain.json",

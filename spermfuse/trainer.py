@@ -198,30 +198,49 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class FoldSetup:
+    """What training a fold needs that takes side effects to make: the process group and the
+    device, the seeded random generators, the data (generated on first use) and its split
+    (folds.csv written once). Made by :func:`setup_fold`; :class:`FoldTrainer` only reads it."""
+
+    context: distributed.DistributedContext
+    device: torch.device
+    samples: data_lib.Samples
+    split: splits.Split
+
+
+def setup_fold(config: TrainConfig, samples: data_lib.Samples | None = None) -> FoldSetup:
+    """Join the process group (under torchrun), pick the device, seed every generator, find the
+    data (``samples``: already discovered, e.g. by an earlier fold) and split it."""
+    validate_config(config)
+    context = distributed.init_from_environment(
+        "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    )
+    device = resolve_device(config.device, context)
+    seed_everything(config.seed)  # before the model is made: its initial weights come from it
+    samples = samples if samples is not None else load_samples(config, context)
+    return FoldSetup(context, device, samples, make_split(config, samples, context))
+
+
 class FoldTrainer:
     """State of one fold's training; :meth:`run` does it all and returns the run folder."""
 
     def __init__(
         self,
         config: TrainConfig,
+        setup: FoldSetup,
         progress: engine.Progress | None = None,
         on_epoch_end: Callable[[dict], None] | None = None,
-        samples: data_lib.Samples | None = None,
     ) -> None:
-        """``samples``: an already discovered data set (``--fold all`` checks the images once)."""
+        """``setup``: what :func:`setup_fold` made for this config (the trainer only reads it)."""
         validate_config(config)
         # The padding is a property of the network (best.pt rebuilds it): resolved once, recorded.
         self.config = config = replace(config, padding=resolve_padding(config.arch, config.pretrained, config.padding))
         self.progress = progress
         self.on_epoch_end = on_epoch_end
-        self.context = distributed.init_from_environment(
-            "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-        )
-        self.device = resolve_device(config.device, self.context)
+        self.context, self.device, self.samples, self.split = setup.context, setup.device, setup.samples, setup.split
         self.amp_dtype = engine.amp_dtype_for(self.device, config.amp)
-        seed_everything(config.seed)
-        self.samples = samples if samples is not None else load_samples(config, self.context)
-        self.split = make_split(config, self.samples, self.context)
         paths = [
             [self.samples.paths[i] for i in part]
             for part in (self.split.train, self.split.val, self.split.test, self.split.cal)
@@ -591,4 +610,4 @@ def train_fold(
     config: TrainConfig, progress: engine.Progress | None = None, on_epoch_end: Callable[[dict], None] | None = None
 ) -> Path:
     """Train one fold (or the holdout split) as configured; returns the run folder."""
-    return FoldTrainer(config, progress, on_epoch_end).run()
+    return FoldTrainer(config, setup_fold(config), progress, on_epoch_end).run()

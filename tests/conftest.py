@@ -68,3 +68,10 @@ def tiny_config(data: Path, out: Path, **overrides):
     )
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def fold_trainer_for(config, **options):
+    """A FoldTrainer of ``config`` with its setup made, as train.py does."""
+    from spermfuse import trainer
+
+    return trainer.FoldTrainer(config, trainer.setup_fold(config), **options)

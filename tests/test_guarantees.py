@@ -20,7 +20,7 @@ from PIL import Image
 
 import fuse
 import train
-from conftest import draw_cell, tiny_config
+from conftest import draw_cell, fold_trainer_for, tiny_config
 from spermfuse import download, fusion, run_folder, splits, trainer
 from spermfuse.files import CheckpointError, csv_text, read_csv, read_safetensors
 from spermfuse.config import TrainConfig, validate_config
@@ -233,7 +233,7 @@ def test_an_output_csv_that_is_a_folder_is_refused_before_predicting(tmp_path, c
 
 def test_a_run_root_inside_the_data_folder_is_refused(image_folder):  # [D2]
     with pytest.raises(ConfigError, match="--data"):
-        trainer.FoldTrainer(tiny_config(image_folder, image_folder, num_folds=2))
+        fold_trainer_for(tiny_config(image_folder, image_folder, num_folds=2))
 
 
 def test_fusion_needs_two_different_models_and_an_output_outside_them(tmp_path, capsys):  # [B16]
@@ -267,7 +267,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_training_refuses_a_run_folder_in_use(image_folder, tmp_path):  # [A3]
     config = tiny_config(image_folder, tmp_path / "runs", num_folds=2, epochs=1)
-    fold_trainer = trainer.FoldTrainer(config)
+    fold_trainer = fold_trainer_for(config)
     with FolderLock(config.run_dir(), "training"):
         with pytest.raises(LockError, match="in use for training"):
             fold_trainer.run()
@@ -286,7 +286,7 @@ def test_an_overwrite_that_does_not_finish_leaves_no_old_logits_for_fusion(image
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.FoldTrainer(
+        fold_trainer_for(
             tiny_config(image_folder, tmp_path / "runs", num_folds=2, epochs=3, overwrite=True), on_epoch_end=killed
         ).run()
     assert not (config.run_dir() / "test_logits.npz").exists() and (config.run_dir() / "last.pt").exists()
@@ -423,7 +423,7 @@ def test_official_folds_beyond_num_folds_are_refused(image_folder, tmp_path):  #
                     tmp_path / "data" / f"fold{k}" / "test" / name / f"{k}_{i}.png"
                 )
     with pytest.raises(ConfigError, match="has folds \\[1, 2, 3\\]; give --num-folds 3"):
-        trainer.FoldTrainer(tiny_config(tmp_path / "data", tmp_path / "runs", num_folds=2))
+        fold_trainer_for(tiny_config(tmp_path / "data", tmp_path / "runs", num_folds=2))
 
 
 def manifest(tmp_path, rows, text_prefix=""):

@@ -86,9 +86,8 @@ def test_an_interrupted_pretraining_resumes_from_its_last_checkpoint(cache, monk
 
 
 def test_fine_tuning_starts_from_the_pretrained_weights(cache, tiny_sperm, tmp_path):
-    from conftest import tiny_config
-    from spermfuse.trainer import FoldTrainer
+    from conftest import fold_trainer_for, tiny_config
 
     best = pretrain.pretrained_checkpoint("resnetv2_tiny", TINY, workers=0)
-    fine_tune = FoldTrainer(tiny_config(tiny_sperm, tmp_path / "runs", weights=str(best)))
+    fine_tune = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "runs", weights=str(best)))
     assert torch.equal(fine_tune.model.stem.conv.weight, safe_torch_load(best)["model"]["stem.conv.weight"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import fold_trainer_for, tiny_config
 from spermfuse.config import preset_config
 from spermfuse import files, engine, trainer
 from spermfuse.models import create_model
@@ -306,7 +306,7 @@ def test_a_bug_keeps_its_traceback_while_bad_input_is_one_line(monkeypatch, tmp_
     def broken(*args, **kwargs):
         raise ValueError("an internal bug, not bad input")
 
-    monkeypatch.setattr(trainer, "FoldTrainer", broken)
+    monkeypatch.setattr(trainer, "setup_fold", broken)
     with pytest.raises(ValueError, match="internal bug"):
         train.main(["--out", str(tmp_path), "--data", str(tmp_path)])
     assert train.main(["--out", str(tmp_path), "--fold", "x"]) == 2  # a user's mistake: a line, exit 2
@@ -363,7 +363,7 @@ def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tin
         tiny_config(tiny_sperm, tmp_path / "a", epochs=1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     )
     assert files.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
-    fine_tuned = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
+    fine_tuned = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
     assert fine_tuned.train_set.transform.normalize.mean == (0.5, 0.5, 0.5)  # from the checkpoint, no flag given
     run = fine_tuned.run()
     assert json.loads((run / "config.json").read_text())["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
@@ -465,7 +465,7 @@ def test_weight_ema_warms_up_from_a_short_memory():
 
 
 def test_with_ema_the_averaged_weights_are_validated_selected_and_saved(tiny_sperm, tmp_path):
-    fold = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path, epochs=2, ema=0.5, monitor="val_acc"))
+    fold = fold_trainer_for(tiny_config(tiny_sperm, tmp_path, epochs=2, ema=0.5, monitor="val_acc"))
     run = fold.run()
     best, last = files.safe_torch_load(run / "best.pt"), files.safe_torch_load(run / "last.pt")
     assert any(
@@ -486,7 +486,7 @@ def test_ema_outside_zero_one_is_one_clear_line(tmp_path):
 
 @pytest.mark.parametrize("val_loss", ["weighted", "unweighted"])
 def test_the_validation_loss_is_weighted_or_not_as_asked(image_folder, tmp_path, val_loss):
-    fold_trainer = trainer.FoldTrainer(tiny_config(image_folder, tmp_path, epochs=1, num_folds=2, val_loss=val_loss))
+    fold_trainer = fold_trainer_for(tiny_config(image_folder, tmp_path, epochs=1, num_folds=2, val_loss=val_loss))
     run = fold_trainer.run()
     with np.load(run / "val_logits.npz", allow_pickle=False) as f:
         logits, labels = torch.from_numpy(f["logits"]), torch.from_numpy(f["labels"])
@@ -508,6 +508,6 @@ def test_a_calibration_fraction_writes_cal_logits_of_cells_no_part_of_training_s
     cal, val, test = (np.load(run / f"{name}_logits.npz", allow_pickle=False) for name in ("cal", "val", "test"))
     assert len(cal["paths"]) >= 18 and cal["logits"].shape == (len(cal["paths"]), 18)
     assert not set(cal["paths"]) & (set(val["paths"]) | set(test["paths"]))
-    fold = trainer.FoldTrainer(tiny_config(tiny_sperm, tmp_path / "again", epochs=1, cal_fraction=0.2))
+    fold = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "again", epochs=1, cal_fraction=0.2))
     trained_on = {fold.samples.paths[i] for i in fold.split.train}
     assert not trained_on & set(cal["paths"].tolist())
