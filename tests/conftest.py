@@ -75,3 +75,44 @@ def fold_trainer_for(config, **options):
     from spermfuse import trainer
 
     return trainer.FoldTrainer(config, trainer.setup_fold(config), **options)
+
+
+# Logits files of made-up models, for the fusion and evaluation tests.
+CLASSES = ["A", "B", "C"]
+
+
+def write_logits(path, logits, labels, paths, arch, fold, classes=CLASSES, **extra):
+    """A logits file in the schema of run_folder.save_logits (``extra``: more keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        logits=np.asarray(logits, np.float32),
+        labels=np.asarray(labels, np.int64),
+        paths=np.array(paths, dtype=str),
+        classes=np.array(classes, dtype=str),
+        arch=np.array(arch),
+        fold=np.array(fold, dtype=np.int64),
+        **extra,
+    )
+
+
+def fake_runs(root, folds=5, n=60, seed=0):
+    """Two models whose errors differ: fusing them beats both."""
+    rng = np.random.default_rng(seed)
+    for k in range(1, folds + 1):
+        labels = rng.integers(0, 3, n)
+        paths = [f"img_{k}_{i}.png" for i in range(n)]
+        truth = np.eye(3)[labels]
+        for arch, noise in (("modelx", 1.2), ("modely", 1.2)):
+            for split in ("test", "val"):
+                logits = truth * 1.0 + rng.normal(0, noise, (n, 3))
+                order = rng.permutation(n)  # files need not share an order
+                write_logits(
+                    root / arch / f"fold{k}" / f"{split}_logits.npz",
+                    logits[order],
+                    labels[order],
+                    [paths[i] for i in order],
+                    arch,
+                    k,
+                )
+    return root

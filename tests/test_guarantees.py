@@ -20,7 +20,7 @@ from PIL import Image
 
 import fuse
 import train
-from conftest import draw_cell, fold_trainer_for, tiny_config
+from conftest import CLASSES, draw_cell, fake_runs, fold_trainer_for, tiny_config, write_logits
 from spermfuse import download, fusion, run_folder, splits, trainer
 from spermfuse.files import CheckpointError, csv_text, read_csv, read_safetensors
 from spermfuse.config import TrainConfig, validate_config
@@ -33,40 +33,6 @@ from spermfuse.output_folder import verify_folder, write_folder
 from spermfuse.run_folder import LogitsSet
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["A", "B", "C"]
-
-
-def write_logits(path, logits, labels, paths, arch, fold, **extra):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        path,
-        logits=np.asarray(logits, np.float32),
-        labels=np.asarray(labels, np.int64),
-        paths=np.array(paths, dtype=str),
-        classes=np.array(CLASSES, dtype=str),
-        arch=np.array(arch),
-        fold=np.array(fold, dtype=np.int64),
-        **extra,
-    )
-
-
-def fake_runs(root, folds=3, n=40, seed=0):
-    """Two models' test and validation logits on ``folds`` folds."""
-    rng = np.random.default_rng(seed)
-    for k in range(1, folds + 1):
-        labels = rng.integers(0, 3, n)
-        for arch in ("modelx", "modely"):
-            for split in ("test", "val"):
-                logits = np.eye(3)[labels] + rng.normal(0, 1.2, (n, 3))
-                write_logits(
-                    root / arch / f"fold{k}" / f"{split}_logits.npz",
-                    logits,
-                    labels,
-                    [f"{split}_{k}_{i}.png" for i in range(n)],
-                    arch,
-                    k,
-                )
-    return root
 
 
 MODELS = ["--models", "modelx", "modely"]
@@ -96,7 +62,7 @@ def test_a_reader_refuses_a_folder_whose_files_differ_from_its_manifest(tmp_path
 
 
 def test_rerunning_fuse_leaves_none_of_the_earlier_runs_outputs(tmp_path):  # [B1]
-    runs = fake_runs(tmp_path / "runs")
+    runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
     assert fuse.main(["--alpha", "0.0", "--runs", str(runs), *MODELS]) == 0
     left = sorted(p.relative_to(runs / "fusion").as_posix() for p in (runs / "fusion").rglob("*"))
@@ -105,7 +71,7 @@ def test_rerunning_fuse_leaves_none_of_the_earlier_runs_outputs(tmp_path):  # [B
 
 
 def test_a_refused_fuse_changes_no_file(tmp_path, capsys):  # [B2]
-    runs = fake_runs(tmp_path / "runs")
+    runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
     before = {p: p.read_bytes() for p in (runs / "fusion").rglob("*") if p.is_file()}
     assert (
@@ -237,7 +203,7 @@ def test_a_run_root_inside_the_data_folder_is_refused(image_folder):  # [D2]
 
 
 def test_fusion_needs_two_different_models_and_an_output_outside_them(tmp_path, capsys):  # [B16]
-    runs = fake_runs(tmp_path / "runs")
+    runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     for models in (["modelx"], ["modelx", "modelx"]):
         assert fuse.main(["--grid", "--runs", str(runs), "--models", *models]) == 2
         assert "two or more different models" in capsys.readouterr().err
@@ -545,7 +511,7 @@ def test_a_malformed_safetensors_header_is_a_checkpoint_error(tmp_path, header, 
 
 
 def test_calibration_refuses_a_fold_that_validates_on_one_class(tmp_path, capsys):  # [B14]
-    runs = fake_runs(tmp_path / "runs")
+    runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     for arch in ("modelx", "modely"):
         val = run_folder.load_logits(runs / arch / "fold2" / "val_logits.npz")
         write_logits(
