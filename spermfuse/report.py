@@ -224,10 +224,18 @@ def summary_markdown(
     for name in members:
         c = models[name]["calibration"]
         after = c["after"] or {}
+        change = (c.get("intervals") or {}).get("difference", {})
+        shown = {k: f"[{change[k][0]:+.4f}, {change[k][1]:+.4f}]" if k in change else "n/a" for k in ("nll", "ece")}
         rows.append(
-            [name] + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "ece")] + [fmt(c["aurc_before"])]
+            [name]
+            + [f"{fmt(c['before'][k])} / {fmt(after.get(k))} {shown[k]}" for k in ("nll", "ece")]
+            + [fmt(c["aurc_before"])]
         )
-    out.append(markdown_table(["model", "NLL", "ECE", "AURC"], rows))
+    out.append(
+        markdown_table(
+            ["model", "NLL (change, 95 % paired bootstrap)", "ECE (change, 95 % paired bootstrap)", "AURC"], rows
+        )
+    )
     return "\n".join(out)
 
 
