@@ -115,7 +115,7 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
 
 
 def readme_client() -> str:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "PREDICTION.md").read_text()  # the deployment section holds the client
     return "# client.py:" + readme.split("# client.py:", 1)[1].split("```", 1)[0]
 
 
