@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .cache import weights_cache
-from .files import atomic_write_text
+from .files import atomic_write_text, file_sha256
 from .errors import SpermfuseError
 
 if TYPE_CHECKING:
@@ -42,14 +42,6 @@ Progress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or 
 
 class DownloadError(SpermfuseError):
     """A download or cached file that cannot be used; the message names it and the way out."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_url(url: str, context: str = "") -> None:

@@ -10,7 +10,6 @@ next writer or reader puts it back. A refused command has written nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from .files import CheckpointError, atomic_write_json
+from .files import CheckpointError, atomic_write_json, file_sha256
 from .errors import ConfigError
 from .lock import process_alive
 
@@ -41,14 +40,6 @@ def refuse_overlap(output: Path, flag: str, inputs: Mapping[str, Path]) -> None:
             )
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _files(folder: Path) -> list[str]:
     return sorted(
         p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
@@ -57,7 +48,7 @@ def _files(folder: Path) -> list[str]:
 
 def write_manifest(folder: Path) -> None:
     """``folder/manifest.json``: every file below ``folder`` with its SHA-256; written last."""
-    files = {name: file_digest(folder / name) for name in _files(folder)}
+    files = {name: file_sha256(folder / name) for name in _files(folder)}
     atomic_write_json(folder / MANIFEST_NAME, {"format": MANIFEST_FORMAT, "files": files})
 
 
@@ -87,7 +78,7 @@ def verify_folder(folder: Path) -> None:
         return
     present = set(_files(folder))
     extra, missing = present - set(files), set(files) - present
-    changed = [name for name in sorted(present & set(files)) if file_digest(folder / name) != files[name]]
+    changed = [name for name in sorted(present & set(files)) if file_sha256(folder / name) != files[name]]
     if extra or missing or changed:
         what = "; ".join(
             part

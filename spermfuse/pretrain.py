@@ -31,9 +31,8 @@ from pathlib import Path
 
 from . import cli, synthetic
 from .cache import pretraining_data_dir, pretraining_root
-from .files import CheckpointError, atomic_write_json
+from .files import CheckpointError, atomic_write_json, file_sha256
 from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
-from .download import file_sha256
 from .trainer import train_fold
 
 log = logging.getLogger(__name__)
