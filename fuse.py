@@ -9,6 +9,7 @@
     python fuse.py --alpha 0.5                   # a fixed weight
     python fuse.py --predict new_images/         # fused class probabilities -> predictions.csv
     python fuse.py --predict new_images/ --explain why/   # + a Grad-CAM figure per image and why/explanations.csv
+    python fuse.py --predict samples/ --fold 1 --samples  # per sample: % normal forms and defect groups with intervals
     python fuse.py --export deploy/              # model.pt2 + model.json: the same, without spermfuse
 
 a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
@@ -23,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import cli, fusion, inference, report, run_folder
+from spermfuse import cli, fusion, inference, report, run_folder, sample_report
 from spermfuse.export import export_fused
 from spermfuse.files import atomic_write_csv, atomic_write_text
 from spermfuse.fused_model import load_fold_members
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
+from spermfuse.quantify import METHODS, WHO_NORMAL_LIMIT
 from spermfuse.runtime import environment_line, resolve_device
-from spermfuse.synthetic import DEFECT_PART
+from spermfuse.synthetic import DEFECT_PART, MORPHOLOGY_GROUP
 
 log = logging.getLogger("fuse")
 
@@ -130,6 +132,38 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="--predict: skip unreadable images and list them in the CSV instead of stopping",
     )
+    p.add_argument(
+        "--samples",
+        action="store_true",
+        help="--predict --fold K: each subfolder of FOLDER is one sample (patient); writes samples.csv beside --output and "
+        f"a page per sample in {sample_report.REPORTS_FOLDER}/: %% normal forms and defect groups, corrected for the pair's errors",
+    )
+    p.add_argument(
+        "--sample-method",
+        choices=METHODS,
+        default="acc",
+        help="--samples: acc adjusts the count by the held-out confusion (default); cc counts (biased); pcc / em use probabilities",
+    )
+    p.add_argument(
+        "--sample-groups",
+        type=Path,
+        metavar="FILE.json",
+        help="--samples: a JSON object class -> group for the roll-up (default for sperm18's classes: head, neck, tail, normal)",
+    )
+    p.add_argument(
+        "--estimate-on",
+        choices=["classes", "groups"],
+        default="classes",
+        help="--samples: groups = estimate the groups' fractions from their merged confusion (when classes are too alike)",
+    )
+    p.add_argument("--normal-class", default="Normal", help="--samples: the class of normal forms (default Normal)")
+    p.add_argument(
+        "--normal-limit",
+        type=float,
+        default=WHO_NORMAL_LIMIT,
+        help="--samples: the reference limit of normal forms the flag compares with (default 0.04, WHO 6th edition)",
+    )
+    p.add_argument("--sample-level", type=float, default=0.95, help="--samples: the intervals' level (default 0.95)")
     return p.parse_args(argv)
 
 
@@ -293,13 +327,86 @@ def check_prediction_outputs(args) -> None:
     if args.explain is not None:
         refuse_overlap(args.explain, "--explain", inputs)
         check_replaceable(args.explain, "--explain", args.overwrite, inference.explanation_files)
+    if args.samples:
+        refuse_overlap(sample_reports_folder(args), "--samples", inputs)
+        check_replaceable(sample_reports_folder(args), "--samples", args.overwrite, sample_report.report_files)
+
+
+def sample_reports_folder(args) -> Path:
+    return args.output.parent / sample_report.REPORTS_FOLDER
+
+
+def sample_request(args, settings: run_folder.FusionSettings, folds: list[int]):
+    """--samples: (SampleSettings, the held-out confusion), checked before any model loads; None without it."""
+    if not args.samples:
+        return None
+    if len(folds) != 1:
+        raise fusion.FusionError(
+            "--samples: the correction needs the confusion of the deployed pair on cells it never trained on; the "
+            f"average of the folds has none (each trained on the others' cells): give --fold K, one of {settings.folds}"
+        )
+    held_out = sample_report.held_out_confusion(
+        args.runs, settings.models, folds[0], settings.prediction_weights(folds)[0]
+    )
+    if settings.select == "test" and "test cells" in held_out.source:
+        log.warning(
+            "--samples: the confusion comes from test cells that also chose the fusion weight (--select test); "
+            "fuse with --select val, or train with --cal-fraction, for a confusion nothing was tuned on"
+        )
+    groups = (
+        sample_report.read_group_map(args.sample_groups)
+        if args.sample_groups is not None
+        else sample_report.default_groups(held_out.classes, MORPHOLOGY_GROUP)
+    )
+    chosen = sample_report.SampleSettings(
+        args.sample_method,
+        args.sample_level,
+        args.normal_class,
+        args.normal_limit,
+        groups,
+        args.estimate_on == "groups",
+    )
+    sample_report.check_sample_settings(chosen, held_out)
+    return chosen, held_out
+
+
+def write_samples(
+    args, request, samples, images, bad, probabilities, classes, threshold, set_calibrator, models, folds
+):
+    """samples.csv beside --output and the per-sample pages, every estimate computed first."""
+    chosen, held_out = request
+    sample_report.estimate_samples(samples, probabilities, held_out, chosen)
+    table = sample_report.samples_table(samples, chosen)
+    provenance = sample_report.Provenance(
+        models,
+        folds[0],
+        args.out / run_folder.FUSION_JSON,
+        held_out.source,
+        len(bad),
+    )
+    with write_folder(sample_reports_folder(args), "--samples", args.overwrite, sample_report.report_files) as folder:
+        sample_report.write_sample_pages(
+            folder, samples, images, probabilities, classes, chosen, provenance, threshold, set_calibrator
+        )
+    samples_csv = args.output.parent / sample_report.SAMPLES_CSV
+    atomic_write_csv(samples_csv, *table)
+    log.info(
+        "wrote %s and %s: %d samples (%s, %s)",
+        samples_csv,
+        sample_reports_folder(args),
+        len(samples),
+        chosen.method,
+        held_out.source,
+    )
 
 
 def run_prediction(args) -> int:
     device = resolve_device(args.device)
     check_prediction_outputs(args)
     images, bad = inference.usable_images(args.predict, args.skip_bad)
+    samples = sample_report.split_samples(args.predict, images) if args.samples else None
     settings, folds = fused_settings(args)
+    request = sample_request(args, settings, folds)
     threshold, set_calibrator = (
         settings.prediction_threshold(folds),
         settings.prediction_sets(folds),
@@ -313,6 +420,10 @@ def run_prediction(args) -> int:
         args.output,
         *inference.prediction_table(args.predict, images, bad, probabilities, classes, threshold, set_calibrator),
     )
+    if request is not None:
+        write_samples(
+            args, request, samples, images, bad, probabilities, classes, threshold, set_calibrator, names, folds
+        )
     if args.explain is not None:
         with write_folder(args.explain, "--explain", args.overwrite, inference.explanation_files) as folder:
             inference.write_explanations(args.predict, folder, images, members, names, weights, device)
@@ -337,6 +448,8 @@ def run_prediction(args) -> int:
 def run(args) -> int:
     if args.explain is not None and args.predict is None:
         raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
+    if args.samples and args.predict is None:
+        raise fusion.FusionError("--samples reports on predicted samples: give it with --predict FOLDER --fold K")
     if args.export:
         return run_export(args)
     return run_prediction(args) if args.predict else run_fusion(args)

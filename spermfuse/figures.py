@@ -10,6 +10,7 @@ import numpy as np
 
 from . import calibration, metrics
 from .files import atomic_write_bytes
+from .quantify import FractionEstimate
 from .run_folder import LogitsSet, pooled
 
 
@@ -228,3 +229,52 @@ def write_all(models: dict[str, Sequence[LogitsSet]], result: dict, out: Path) -
         plot_reliability(
             sets, result["models"][name]["calibration"]["temperature_per_fold"], out / f"reliability_{name}.png", name
         )
+
+
+def plot_fractions(estimate: FractionEstimate, limit: tuple[str, float] | None, path: Path, title: str) -> None:
+    """A sample's estimated fractions (%) with their intervals: the groups on top, then the classes;
+    ``limit`` (name, value) draws a reference line on that row (WHO's 4 % normal forms)."""
+    rows = ([] if estimate.groups is None else [(f"{g} (group)", *estimate.of(g)) for g in estimate.groups.classes]) + [
+        (c, *estimate.of(c)) for c in estimate.classes
+    ]
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 0.26 * len(rows) + 1.2))
+    positions = np.arange(len(rows))[::-1]
+    values = np.array([r[1:] for r in rows]) * 100
+    axis.errorbar(
+        values[:, 0],
+        positions,
+        xerr=[values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]],
+        fmt="o",
+        color="tab:blue",
+        ecolor="tab:gray",
+        capsize=3,
+        markersize=4,
+    )
+    if limit is not None:
+        name, value = limit
+        row = positions[[r[0] for r in rows].index(name)] if name in [r[0] for r in rows] else None
+        axis.axvline(value * 100, color="tab:red", linestyle="--", linewidth=1, label=f"{value:.0%} ({name})")
+        if row is not None:
+            axis.axhspan(row - 0.45, row + 0.45, color="tab:red", alpha=0.08)
+        axis.legend(fontsize=7, loc="lower right")
+    axis.set_yticks(positions)
+    axis.set_yticklabels([r[0] for r in rows], fontsize=8)
+    axis.set_xlabel(f"% of cells ({estimate.level:.0%} interval, {estimate.method})")
+    axis.set_xlim(0, max(5.0, float(values[:, 2].max()) * 1.1))
+    axis.set_title(title, fontsize=10)
+    axis.grid(axis="x", alpha=0.3)
+    _save(figure, path)
+
+
+def contact_sheet(images: Sequence, captions: Sequence[str], path: Path, columns: int = 6) -> None:
+    """Images in a grid, each with its caption (the least certain cells of a sample)."""
+    plt = _pyplot()
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.95 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    for axis, image, caption in zip(axes.ravel(), images, captions):
+        axis.imshow(image)
+        axis.set_title(caption, fontsize=6)
+    _save(figure, path)

@@ -78,7 +78,7 @@ def row_normalised(confusion: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     if empty:
         raise QuantifyError(
             f"the confusion has no held-out cells of true class {', '.join(empty)}: its errors are unknown; "
-            "add labelled cells of it, or merge it into a group with --sample-groups"
+            "label held-out cells of it, or estimate on groups (--estimate-on groups)"
         )
     return confusion / rows[:, None]
 
@@ -96,8 +96,25 @@ def check_distinguishable(matrix: np.ndarray, classes: Sequence[str]) -> None:
     raise QuantifyError(
         f"the classifier cannot tell {classes[i]} from {classes[j]} apart (their confusion rows differ by "
         f"{distance[i, j]:.3f} in total; smallest singular value {smallest:.2g}): their fractions are not identifiable; "
-        "merge them into one group with --sample-groups, or use --sample-method cc"
+        "estimate on groups that join them (--estimate-on groups), or label more held-out cells"
     )
+
+
+def check_confusion(confusion: np.ndarray, classes: Sequence[str], method: str) -> None:
+    """Every check of the confusion that ``method`` needs, before any work: ``cc`` and ``pcc`` do
+    not use it; ``em`` needs each class's held-out cells (their prior); ``acc`` also needs the
+    classes told apart."""
+    if method in ("acc", "em"):
+        matrix = row_normalised(confusion, classes)
+        if method == "acc":
+            check_distinguishable(matrix, classes)
+
+
+def merge_classes(confusion: np.ndarray, groups: Sequence[int], num_groups: int) -> np.ndarray:
+    """The confusion of a classifier whose classes are merged into groups (``groups[c]``: the group
+    of class c): rows and columns of a group summed."""
+    indicator = np.eye(num_groups)[np.asarray(groups)]
+    return indicator.T @ np.asarray(confusion, dtype=np.float64) @ indicator
 
 
 def adjusted_count(predicted_shares: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -231,9 +248,7 @@ def class_fractions(
     (e.g. head / neck / tail / normal) for the roll-up in ``.groups``."""
     confusion = np.asarray(confusion, dtype=np.float64)
     classes = list(classes) if classes is not None else [str(i) for i in range(len(confusion))]
-    matrix = row_normalised(confusion, classes)
-    if method == "acc":
-        check_distinguishable(matrix, classes)
+    check_confusion(confusion, classes, method)
     if not 0.0 < level < 1.0:
         raise QuantifyError(f"level {level}: give a probability between 0 and 1, e.g. 0.95")
     if n_boot < 1:

@@ -417,3 +417,108 @@ def test_predict_lists_every_bad_image_and_skip_bad_goes_on_with_one_figure_per_
     assert rows["cell.jpg"]["skipped"] == "" and rows["cell.jpg"]["predicted"]
     figures = sorted(r["figure"] for r in read_csv(tmp_path / "why" / "explanations.csv"))
     assert figures == ["cell.jpg.png", "cell.png.png"] and all((tmp_path / "why" / f).is_file() for f in figures)
+
+
+def sample_folders(tiny_sperm: Path, root: Path) -> Path:
+    """Two samples (patients) of 12 cells each: root/patientA, root/patient B."""
+    for sample, classes in (("patientA", ("Normal", "PinHead")), ("patient B", ("CurlyTail", "ThinNeck"))):
+        (root / sample).mkdir(parents=True)
+        for name in classes:
+            for image in sorted((tiny_sperm / name).glob("*.png")):
+                shutil.copy(image, root / sample / image.name)
+    return root
+
+
+def samples_command(runs: Path, images: Path, output: Path, *extra: str) -> list[str]:
+    models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
+    return [sys.executable, "fuse.py", "--predict", str(images), "--output", str(output), *models, *extra]
+
+
+def test_samples_write_a_row_and_a_page_per_sample_with_the_adjusted_fractions(tiny_sperm, demo_output, tmp_path):
+    """The tiny demo's 18 calibration cells of fold 1 cannot separate 18 classes (see the next
+    test); here they are replaced by a classifier that is always right on them, so the adjusted
+    count runs end to end (its interval is then the cells' bootstrap)."""
+    from spermfuse.run_folder import load_logits, save_logits
+
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_output / "runs", runs)
+    for arch in ("efficientnet_tiny", "resnetv2_tiny"):
+        path = runs / arch / "fold1" / "cal_logits.npz"
+        held_out = load_logits(path)
+        right = 6.0 * np.eye(len(held_out.classes))[held_out.labels]
+        save_logits(path, right, held_out.labels, held_out.paths, held_out.classes, arch, 1, held_out.split)
+    images = sample_folders(tiny_sperm, tmp_path / "samples")
+    output = tmp_path / "out" / "predictions.csv"
+    result = subprocess.run(
+        samples_command(runs, images, output, "--fold", "1", "--samples"), cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(tmp_path / "out" / "samples.csv")
+    assert [(r["sample"], r["cells"], r["method"]) for r in rows] == [
+        ("patient B", "12", "acc"),
+        ("patientA", "12", "acc"),
+    ]
+    predictions = read_csv(output)
+    for row in rows:
+        mine = [p for p in predictions if p["path"].startswith(row["sample"] + "/")]
+        counted = 100 * sum(p["predicted"] == "Normal" for p in mine) / len(mine)
+        # M is the identity: the adjusted count is the count, inside its interval
+        assert float(row["normal_forms_percent"]) == pytest.approx(counted, abs=0.05)
+        assert float(row["normal_forms_low"]) <= counted <= float(row["normal_forms_high"])
+        assert row["normal_forms_flag"] in ("below", "above", "undetermined")
+        assert "fewer than the 200 WHO asks for" in row["warning"]
+        assert {f"{g}_percent" for g in ("head", "neck", "tail", "normal")} <= set(row)
+        page = tmp_path / "out" / row["page"]
+        assert page.is_file() and page.with_suffix(".md").is_file()
+        assert f"Sample {row['sample']}" in page.read_text() and "calibration cells" in page.read_text()
+    reports = tmp_path / "out" / "sample_reports"
+    assert (reports / "sample_patient_B_fractions.png").is_file() and (reports / "manifest.json").is_file()
+
+
+def test_samples_refuse_a_confusion_that_cannot_separate_the_classes_before_writing_anything(
+    tiny_sperm, demo_output, tmp_path
+):
+    images = sample_folders(tiny_sperm, tmp_path / "samples")
+    output = tmp_path / "out" / "predictions.csv"
+    result = subprocess.run(
+        samples_command(demo_output / "runs", images, output, "--fold", "1", "--samples"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "cannot tell" in result.stderr and "--estimate-on groups" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--samples"], "give --fold K"),
+        (["--samples", "--fold", "1", "--normal-class", "Healthy"], "--normal-class Healthy: not a class"),
+        (["--samples", "--fold", "1", "--estimate-on", "groups", "--sample-groups", "missing.json"], "--sample-groups"),
+    ],
+)
+def test_samples_refuse_what_they_cannot_estimate_with_one_line(tiny_sperm, demo_output, tmp_path, extra, message):
+    images = sample_folders(tiny_sperm, tmp_path / "samples")
+    result = subprocess.run(
+        samples_command(demo_output / "runs", images, tmp_path / "p.csv", *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_samples_need_every_image_in_a_sample_folder(tiny_sperm, demo_output, tmp_path):
+    images = sample_folders(tiny_sperm, tmp_path / "samples")
+    shutil.copy(tiny_sperm / "Normal" / "Normal_00000.png", images / "loose.png")
+    result = subprocess.run(
+        samples_command(demo_output / "runs", images, tmp_path / "p.csv", "--fold", "1", "--samples"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "loose.png is not in a sample folder" in result.stderr

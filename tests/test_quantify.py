@@ -93,7 +93,7 @@ def test_the_95_percent_interval_covers_as_promised_only_after_adjustment(method
 
 def test_two_classes_the_classifier_cannot_tell_apart_are_refused_with_both_names():
     confusion = np.array([[40, 40, 10, 10], [41, 39, 10, 10], [5, 5, 80, 10], [5, 5, 10, 80]])
-    with pytest.raises(QuantifyError, match="cannot tell Normal from Head apart.*--sample-groups"):
+    with pytest.raises(QuantifyError, match="cannot tell Normal from Head apart.*--estimate-on groups"):
         class_fractions(cells_with_counts(np.array([50, 50, 50, 50])), confusion, CLASSES)
 
 

@@ -195,6 +195,8 @@ DEFECT_PART = {
     **dict.fromkeys(["CurlyTail", "DoubleTail", "LongTail", "ShortTail", "TwistedTail"], "tail"),
     "Normal": "sperm",
 }
+# The per-sample report's groups (sample_report.py): the defect part, and normal forms on their own.
+MORPHOLOGY_GROUP = {label: "normal" if part == "sperm" else part for label, part in DEFECT_PART.items()}
 
 
 def render_sperm(

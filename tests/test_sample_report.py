@@ -1,0 +1,114 @@
+"""The per-sample report (sample_report.py): samples from folders, merged groups, samples.csv, pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spermfuse.data import DataError
+from spermfuse.quantify import QuantifyError, merge_classes
+from spermfuse.sample_report import (
+    HeldOutConfusion,
+    Provenance,
+    Sample,
+    SampleSettings,
+    check_sample_settings,
+    estimate_samples,
+    read_group_map,
+    samples_table,
+    split_samples,
+    write_sample_pages,
+)
+
+CLASSES = ["Normal", "Pin", "Curly"]
+GROUPS = {"Normal": "normal", "Pin": "head", "Curly": "tail"}
+
+
+def held_out(confusion) -> HeldOutConfusion:
+    return HeldOutConfusion(np.asarray(confusion, dtype=float), CLASSES, "test cells")
+
+
+def probabilities_for(predicted: list[int]) -> np.ndarray:
+    return np.eye(len(CLASSES))[predicted] * 0.8 + 0.2 / len(CLASSES)
+
+
+def test_each_first_level_folder_is_a_sample_and_names_become_safe_file_names(tmp_path):
+    images = [tmp_path / "p 1" / "a.png", tmp_path / "p 1" / "deep" / "b.png", tmp_path / "q<2>" / "c.png"]
+    samples = split_samples(tmp_path, images)
+    assert [(s.name, s.page, s.cells) for s in samples] == [
+        ("p 1", "sample_p_1", [0, 1]),
+        ("q<2>", "sample_q_2_", [2]),
+    ]
+    with pytest.raises(DataError, match="differ only in characters"):
+        split_samples(tmp_path, [tmp_path / "a b" / "x.png", tmp_path / "a_b" / "y.png"])
+
+
+def test_merging_classes_sums_their_rows_and_columns():
+    confusion = np.array([[5, 3, 2], [4, 4, 2], [1, 1, 8]])
+    assert merge_classes(confusion, [0, 0, 1], 2).tolist() == [[16, 4], [2, 8]]
+
+
+def test_groups_too_alike_as_classes_are_estimated_on_their_merged_confusion():
+    confusion = [[20, 20, 0], [21, 19, 0], [0, 2, 38]]  # Normal and Pin: one class to this classifier
+    settings = SampleSettings(groups={"Normal": "head or normal", "Pin": "head or normal", "Curly": "tail"})
+    with pytest.raises(QuantifyError, match="cannot tell Normal from Pin"):
+        check_sample_settings(settings, held_out(confusion))
+    settings.merge = True
+    check_sample_settings(settings, held_out(confusion))
+    samples = [Sample("a", "sample_a", list(range(10)))]
+    estimate_samples(samples, probabilities_for([0] * 6 + [2] * 4), held_out(confusion), settings)
+    assert samples[0].estimate.classes == ["head or normal", "tail"]
+    assert samples[0].counted.tolist() == [6, 4]
+    assert settings.normal_name == "head or normal"
+
+
+def test_estimating_on_groups_needs_a_group_map():
+    with pytest.raises(DataError, match="--estimate-on groups: needs the groups"):
+        check_sample_settings(SampleSettings(merge=True), held_out(np.eye(3) * 10))
+
+
+def test_the_table_flags_each_sample_on_its_own_interval():
+    settings = SampleSettings(groups=GROUPS, n_boot=300)
+    confusion = np.eye(3) * 100
+    samples = [Sample("none", "sample_none", list(range(0, 300))), Sample("many", "sample_many", list(range(300, 600)))]
+    predicted = [1] * 150 + [2] * 150 + [0] * 150 + [1] * 150  # sample 1: no normal forms; sample 2: half
+    estimate_samples(samples, probabilities_for(predicted), held_out(confusion), settings)
+    header, rows = samples_table(samples, settings)
+    flags = [row[header.index("normal_forms_flag")] for row in rows]
+    assert flags == ["below", "above"]
+    assert [row[header.index("warning")] for row in rows] == ["", ""]  # 300 cells: WHO's minimum is met
+    assert "head_percent" in header and "tail_high" in header
+
+
+def test_a_group_map_file_must_be_one_object_of_names(tmp_path):
+    path = tmp_path / "groups.json"
+    path.write_text('["Normal", "head"]')
+    with pytest.raises(DataError, match="one JSON object of class → group"):
+        read_group_map(path)
+    path.write_text('{"Normal": "normal", "Pin": "head"}')
+    assert read_group_map(path) == {"Normal": "normal", "Pin": "head"}
+
+
+def test_a_page_escapes_the_sample_name_and_states_its_provenance(tmp_path):
+    from PIL import Image
+
+    images = []
+    for i in range(4):
+        path = tmp_path / "cells" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (20, 20), (i * 40, 90, 120)).save(path)
+        images.append(path)
+    (tmp_path / "fusion.json").write_text("{}")
+    settings = SampleSettings(groups=GROUPS, n_boot=50)
+    samples = [Sample("<b>x</b>", "sample__b_x__b_", [0, 1, 2, 3])]
+    probabilities = probabilities_for([0, 1, 2, 2])
+    estimate_samples(samples, probabilities, held_out(np.eye(3) * 50), settings)
+    provenance = Provenance(["m1", "m2"], 3, tmp_path / "fusion.json", "fold 3's 150 held-out test cells")
+    write_sample_pages(tmp_path / "out", samples, images, probabilities, CLASSES, settings, provenance)
+    page = (tmp_path / "out" / "sample__b_x__b_.html").read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+    assert "fold 3&#x27;s 150 held-out test cells" in page and "fewer than the 200 WHO asks for" in page
+    markdown = Path(tmp_path / "out" / "sample__b_x__b_.md").read_text()
+    assert "Normal: 25.0 %" in markdown
