@@ -15,6 +15,8 @@
     python benchmark.py --suite explain                  # Grad-CAM of the fused pair vs its forward; occlusion images/s
     python benchmark.py --suite guarantees --markdown docs/guarantees_benchmark.md   # manifests and locks vs the commands they guard
     python benchmark.py --suite promises --markdown docs/promises_benchmark.md       # certified referral and conformal sets at the paper's scale
+    python benchmark.py --suite samples --markdown docs/samples_benchmark.md   # per-sample fractions on simulated patients (needs bash demo.sh)
+    python benchmark.py --suite sample-report --models efficientnet_tiny resnetv2_tiny --img-size 64   # one 200-cell sample's report, end to end
     python benchmark.py --suite cpu --models efficientnet_tiny resnetv2_tiny --img-size 64 --batch-size 32   # CPU speed-ups
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
@@ -69,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             "cpu",
             "guarantees",
             "promises",
+            "samples",
+            "sample-report",
         ],
         default="models",
     )
@@ -95,6 +99,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
     p.add_argument("--rounds", type=int, default=5, help="--suite guarantees: interleaved rounds (medians)")
+    p.add_argument(
+        "--logits-from",
+        type=Path,
+        default=Path("runs/demo/fusion"),
+        help="--suite samples: a fusion (or model) folder whose fold*/test_logits.npz are the held-out cells",
+    )
+    p.add_argument("--simulated-samples", type=int, default=200, help="--suite samples: patients per row")
+    p.add_argument("--boot", type=int, default=300, help="--suite samples: bootstrap replicates per interval")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
         "--markdown",
@@ -915,6 +927,117 @@ def promises_suite(args, device) -> dict:
     return {"seconds": float(np.median(seconds)), "pooled_accepted_accuracy": pooled["accepted_accuracy"]}
 
 
+def samples_suite(args, device) -> dict:
+    """quantify.py's methods on simulated patients (sample_simulation.py): samples of 200 cells drawn
+    from the held-out cells of --logits-from, the confusion from the other half (or 300 of them);
+    then the seconds one 200-cell sample's estimate takes (acc, --boot replicates, medians)."""
+    from spermfuse.metrics import confusion_counts
+    from spermfuse.quantify import class_fractions
+    from spermfuse.run_folder import load_fold_sets, pooled
+    from spermfuse.sample_simulation import SimulationSetting, coverage_table
+    from spermfuse.synthetic import MORPHOLOGY_GROUP
+
+    sets = load_fold_sets(args.logits_from)
+    labels, logits = pooled(sets)
+    classes = sets[0].classes
+    settings = [
+        SimulationSetting(method, cells, samples=args.simulated_samples, n_boot=args.boot)
+        for method in ("cc", "acc", "pcc", "em")
+        for cells in (None, 300)
+    ]
+    table, results = coverage_table(logits, labels, classes, MORPHOLOGY_GROUP, settings)
+    confusion = confusion_counts(labels, logits.argmax(axis=1), len(classes))
+    seconds = []
+    for round_ in range(args.rounds):
+        start = time.perf_counter()
+        class_fractions(
+            logits[:200].argmax(axis=1), confusion, classes, n_boot=2000, seed=round_, groups=MORPHOLOGY_GROUP
+        )
+        seconds.append(time.perf_counter() - start)
+    source = f"{len(labels)} held-out cells of {args.logits_from} ({len(sets)} folds)"
+    timing = (
+        f"\nHeld-out cells: {source}; {args.simulated_samples} simulated patients of 200 cells per row, "
+        f"{args.boot} bootstrap replicates per interval. One sample's acc estimate with 2,000 replicates: "
+        f"median {np.median(seconds):.2f} s over {args.rounds} rounds.\n"
+    )
+    print_table(args, device, table + timing)
+    return {"rows": results, "estimate_seconds": float(np.median(seconds))}
+
+
+def sample_report_suite(args, device) -> dict:
+    """The seconds from a folder of 200 cell images to its sample report (--models, random weights,
+    one fold, a = 0.5): read and letterbox the images, the fused probabilities (eager, or the ONNX
+    Runtime session of the exported graph), the acc estimate with 2,000 replicates and the page
+    with its two figures. Medians of --rounds rounds per runtime, interleaved."""
+    import tempfile
+
+    from spermfuse import synthetic
+    from spermfuse.data import load_rgb
+    from spermfuse.export import export_onnx, onnx_available
+    from spermfuse.fused_model import Classifier, FusedModel
+    from spermfuse.inference import fused_probabilities, list_images
+    from spermfuse.sample_report import (
+        HeldOutConfusion,
+        Provenance,
+        SampleSettings,
+        estimate_samples,
+        split_samples,
+        write_sample_pages,
+    )
+    from spermfuse.transforms import PipelineSpec, from_spec
+
+    classes = list(synthetic.SPERM18_CLASSES)
+    spec = PipelineSpec(args.img_size)
+    pair = [Classifier(create_model(name, len(classes)).eval(), spec, classes, Path(name)) for name in args.models]
+    held_out = HeldOutConfusion(np.eye(len(classes)) * 40 + 2, classes, "a made-up confusion (timing only)")
+    settings = SampleSettings(groups=dict(synthetic.MORPHOLOGY_GROUP))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = synthetic.generate(Path(tmp) / "cells", "sperm18", seed=0, per_class=12)
+        (Path(tmp) / "samples" / "patient").mkdir(parents=True)
+        for path in list_images(data)[:200]:
+            (Path(tmp) / "samples" / "patient" / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+        root = Path(tmp) / "samples"
+        (Path(tmp) / "fusion.json").write_text("{}")
+        provenance = Provenance(list(args.models), 1, Path(tmp) / "fusion.json", held_out.source)
+        pipeline = from_spec(spec)
+
+        def onnx_probabilities(session, images):
+            batches = []
+            for start in range(0, len(images), 16):
+                letterboxed = [
+                    np.asarray(pipeline.geometry(load_rgb(p), np.random.default_rng(0)))
+                    for p in images[start : start + 16]
+                ]
+                batch = np.stack(letterboxed).transpose(0, 3, 1, 2).copy()
+                batches.append(session.run(None, {session.get_inputs()[0].name: batch})[0])
+            return np.concatenate(batches)
+
+        def report(probabilities_of) -> None:
+            images = list_images(root)
+            samples = split_samples(root, images)
+            probabilities = probabilities_of(images)
+            estimate_samples(samples, probabilities, held_out, settings)
+            write_sample_pages(Path(tmp) / "report", samples, images, probabilities, classes, settings, provenance)
+
+        runners = {"eager": lambda images: fused_probabilities(images, [pair], [[0.5, 0.5]])}
+        if onnx_available():
+            import onnxruntime
+
+            export_onnx(FusedModel([pair], [[0.5, 0.5]]).eval(), args.img_size, Path(tmp) / "model.onnx")
+            session = onnxruntime.InferenceSession(str(Path(tmp) / "model.onnx"))
+            runners["ONNX Runtime"] = lambda images: onnx_probabilities(session, images)
+        seconds = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, runner in runners.items():
+                start = time.perf_counter()
+                report(runner)
+                seconds[name].append(time.perf_counter() - start)
+    rows = [[name, f"{np.median(s):.2f}", f"{min(s):.2f}", f"{max(s):.2f}"] for name, s in seconds.items()]
+    title = f"One 200-cell sample report: {' + '.join(args.models)} at {args.img_size} px, {torch.get_num_threads()} threads, {args.rounds} rounds\n\n"
+    print_table(args, device, title + markdown_table(["runtime", "median s", "fastest s", "slowest s"], rows))
+    return {name: float(np.median(s)) for name, s in seconds.items()}
+
+
 def run_seconds(command: list[str]) -> float:
     import subprocess
 
@@ -937,6 +1060,8 @@ SUITES = {
     "cpu": cpu_suite,
     "guarantees": guarantees_suite,
     "promises": promises_suite,
+    "samples": samples_suite,
+    "sample-report": sample_report_suite,
 }
 
 

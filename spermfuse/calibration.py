@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 from .errors import SpermfuseError
 
@@ -67,6 +67,41 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         options={"xatol": 1e-6},
     )
     return float(math.exp(result.x))
+
+
+@dataclass
+class BiasCorrectedTemperature:
+    """softmax(z / T + b): one temperature and a bias per class (Alexandari, Kundaje & Shrikumar
+    2020, "bias-corrected temperature scaling"): the per-class calibration EM prior adjustment
+    needs, which one temperature alone cannot give."""
+
+    temperature: float
+    bias: np.ndarray
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(np.asarray(logits, dtype=np.float64) / self.temperature + self.bias))
+
+
+def fit_bias_corrected_temperature(
+    logits: np.ndarray, labels: np.ndarray, ridge: float = 1e-3
+) -> BiasCorrectedTemperature:
+    """T and b minimising the NLL of softmax(z / T + b) on held-out logits (convex in 1/T and b),
+    with a small ridge on b so that a class without cells keeps a finite bias."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    _check(logits, labels)
+    onehot = np.eye(logits.shape[1])[labels]
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        scale, bias = theta[0], theta[1:]
+        log_p = log_softmax(scale * logits + bias)
+        residual = (np.exp(log_p) - onehot) / len(labels)
+        value = -(log_p * onehot).sum() / len(labels) + ridge * (bias**2).sum()
+        return value, np.concatenate([[(residual * logits).sum()], residual.sum(axis=0) + 2 * ridge * bias])
+
+    start = np.concatenate([[1.0 / fit_temperature(logits, labels)], np.zeros(logits.shape[1])])
+    bounds = [(1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0])] + [(None, None)] * logits.shape[1]
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    return BiasCorrectedTemperature(float(1.0 / result.x[0]), result.x[1:] - result.x[1:].mean())
 
 
 def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import __version__, fusion, run_folder
+from .calibration import fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
 from .data import DataError, load_rgb
 from .figures import contact_sheet, plot_fractions
@@ -74,11 +75,14 @@ class SampleSettings:
 
 @dataclass
 class HeldOutConfusion:
-    """The deployed pair's confusion on cells it never trained on, and where they came from."""
+    """The deployed pair's confusion on cells it never trained on, where they came from, and
+    (for ``pcc``/``em``, which recalibrate on them) their fused logits and labels."""
 
     confusion: np.ndarray
     classes: list[str]
     source: str
+    logits: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 @dataclass
@@ -108,7 +112,7 @@ def held_out_confusion(runs: Path, models: Sequence[str], fold: int, weights: Se
         classes = sets[0].classes
         confusion = confusion_counts(sets[0].labels, fused.argmax(axis=1), len(classes))
         source = f"fold {fold}'s {len(sets[0].labels)} held-out {words} ({split}_logits.npz of {', '.join(models)})"
-        return HeldOutConfusion(confusion, classes, source)
+        return HeldOutConfusion(confusion, classes, source, fused, sets[0].labels)
     raise fusion.FusionError(f"--samples: fold {fold} of {', '.join(models)} has no cal_logits.npz or test_logits.npz")
 
 
@@ -177,6 +181,9 @@ def estimate_samples(
 ) -> None:
     """Each sample's :class:`FractionEstimate`, counts and warnings, in place."""
     estimated, indicator = estimated_space(held_out, settings)
+    if settings.method in NEEDS_PROBABILITIES:  # per-class calibration on the held-out cells (BCTS)
+        recalibrated = fit_bias_corrected_temperature(held_out.logits, held_out.labels)
+        probabilities = recalibrated.probabilities(np.log(np.clip(probabilities, 1e-300, None)))
     for sample in samples:
         cells = probabilities[sample.cells] @ indicator
         data = cells if settings.method in NEEDS_PROBABILITIES else cells.argmax(axis=1)

@@ -4,7 +4,7 @@ Each simulated sample has its own true class fractions (a % normal forms drawn u
 0–15 %, the defects from a flat Dirichlet). Its cells are drawn, class by class, from held-out
 cells of a real classifier (their fused logits and true labels, e.g. the demo's out-of-fold test
 cells), so the sample is classified exactly as that classifier classifies such cells. The
-confusion (and, for ``pcc``/``em``, the temperature) is estimated from the *other* half of the
+confusion (and, for ``pcc``/``em``, the bias-corrected temperature) is estimated from the *other* half of the
 held-out cells, re-split for every sample, optionally from only a few of them: the interval must
 carry that uncertainty too. The truth an interval must cover is the patient's fraction, not the
 200 cells' count.
@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .calibration import fit_temperature, probabilities_of
+from .calibration import fit_bias_corrected_temperature
 from .metrics import confusion_counts
 from .quantify import WHO_NORMAL_LIMIT, QuantifyError, class_fractions, flag
 
@@ -91,8 +91,7 @@ def simulate(
         )
         confusion = confusion_counts(labels[calibration], logits[calibration].argmax(axis=1), len(classes))
         if setting.method in ("pcc", "em"):
-            temperature = fit_temperature(logits[calibration], labels[calibration])
-            data = probabilities_of(logits[cells], temperature)
+            data = fit_bias_corrected_temperature(logits[calibration], labels[calibration]).probabilities(logits[cells])
         else:
             data = logits[cells].argmax(axis=1)
         try:
@@ -125,3 +124,39 @@ def simulate(
         "wrong_side": wrong_flags / kept if kept else float("nan"),
         "group_coverage": {name: float(np.mean(hits)) for name, hits in group_covered.items()},
     }
+
+
+def coverage_table(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    groups: Mapping[str, str],
+    settings: Sequence[SimulationSetting],
+    normal: str = "Normal",
+    seed: int = 0,
+) -> tuple[str, list[dict]]:
+    """The Markdown coverage table of ``settings`` (one row each) and the rows as dicts."""
+    from .report import markdown_table
+
+    results = []
+    for setting in settings:
+        results.append(simulate(logits, labels, classes, groups, setting, normal, seed))
+        log.info("simulated %s with %s confusion cells", setting.method, setting.confusion_cells or "all")
+    group_names = list(results[0]["group_coverage"])
+    header = ["method", "confusion from", "% normal: bias", "RMSE", "coverage", "mean width"]
+    header += [f"{g} coverage" for g in group_names if g != "normal"] + ["wrong side of 4 %", "refused"]
+    rows = []
+    for setting, result in zip(settings, results):
+        rows.append(
+            [
+                setting.method,
+                "half the held-out cells" if setting.confusion_cells is None else f"{setting.confusion_cells} cells",
+                f"{100 * result['bias']:+.1f} pp",
+                f"{100 * result['rmse']:.1f} pp",
+                f"{result['coverage']:.3f}",
+                f"{100 * result['width']:.1f} pp",
+            ]
+            + [f"{result['group_coverage'][g]:.3f}" for g in group_names if g != "normal"]
+            + [f"{result['wrong_side']:.3f}", f"{result['refused']}/{result['samples']}"]
+        )
+    return markdown_table(header, rows), results

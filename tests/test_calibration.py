@@ -79,3 +79,18 @@ def test_paired_bootstrap_intervals_contain_the_change_and_tighten_with_more_cel
         low, high = small["difference"][key]
         assert low <= small_change[key] <= high
         assert np.diff(large["difference"][key])[0] < np.diff(small["difference"][key])[0]
+
+
+def test_bias_corrected_temperature_recovers_the_temperature_and_class_biases_labels_were_drawn_with():
+    from spermfuse.calibration import fit_bias_corrected_temperature, log_softmax
+
+    rng = np.random.default_rng(0)
+    true_labels = rng.integers(0, 4, 4000)
+    logits = rng.normal(size=(4000, 4)) + 2.0 * np.eye(4)[true_labels]
+    bias = np.array([0.75, 0.25, -0.5, -0.5])  # mean zero, as the fit reports it
+    probabilities = np.exp(log_softmax(logits / 2.0 + bias))
+    labels = (probabilities.cumsum(axis=1) < rng.random(4000)[:, None]).sum(axis=1)
+    fitted = fit_bias_corrected_temperature(logits, labels)
+    assert fitted.temperature == pytest.approx(2.0, rel=0.1)
+    assert np.allclose(fitted.bias, bias, atol=0.15)
+    assert fitted.probabilities(logits).sum(axis=1) == pytest.approx(np.ones(4000))

@@ -112,3 +112,18 @@ def test_a_page_escapes_the_sample_name_and_states_its_provenance(tmp_path):
     assert "fold 3&#x27;s 150 held-out test cells" in page and "fewer than the 200 WHO asks for" in page
     markdown = Path(tmp_path / "out" / "sample__b_x__b_.md").read_text()
     assert "Normal: 25.0 %" in markdown
+
+
+def test_em_recalibrates_on_the_held_out_logits_before_adjusting():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 60)
+    logits = rng.normal(size=(180, 3)) + 2.5 * np.eye(3)[labels]
+    confusion = np.zeros((3, 3))
+    np.add.at(confusion, (labels, logits.argmax(axis=1)), 1)
+    settings = SampleSettings(method="em", n_boot=100)
+    samples = [Sample("a", "sample_a", list(range(100)))]
+    cells = rng.normal(size=(100, 3)) + 2.5 * np.eye(3)[np.r_[np.zeros(10, int), np.ones(90, int)]]
+    probabilities = np.exp(cells) / np.exp(cells).sum(axis=1, keepdims=True)
+    estimate_samples(samples, probabilities, HeldOutConfusion(confusion, CLASSES, "test", logits, labels), settings)
+    value, low, high = samples[0].estimate.of("Normal")
+    assert low <= 0.10 <= high and samples[0].estimate.method == "em"
