@@ -433,12 +433,14 @@ def export_suite(args, device) -> dict:
     return out
 
 
-def print_table(args, device, table: str) -> None:
-    """Print a suite's table; with --markdown also write it, with the command and machine, for the README."""
+def print_table(args, device, table: str, flags: str | None = None) -> None:
+    """Print a suite's table; with --markdown also write it, with the command and machine, for the README
+    (``flags``: the suite's own, when the model timing flags do not apply to it)."""
     print(table)
     if args.markdown:
-        command = (
-            f"benchmark.py --suite {args.suite} --models {' '.join(args.models)} --img-size {args.img_size} --batch-size {args.batch_size} "
+        command = f"benchmark.py --suite {args.suite} " + (
+            flags
+            or f"--models {' '.join(args.models)} --img-size {args.img_size} --batch-size {args.batch_size} "
             f"--warmup {args.warmup} --iters {args.iters}"
         )
         atomic_write_text(
@@ -960,7 +962,8 @@ def samples_suite(args, device) -> dict:
         f"{args.boot} bootstrap replicates per interval. One sample's acc estimate with 2,000 replicates: "
         f"median {np.median(seconds):.2f} s over {args.rounds} rounds.\n"
     )
-    print_table(args, device, table + timing)
+    flags = f"--logits-from {args.logits_from} --simulated-samples {args.simulated_samples} --boot {args.boot} --rounds {args.rounds}"
+    print_table(args, device, table + timing, flags)
     return {"rows": results, "estimate_seconds": float(np.median(seconds))}
 
 
@@ -1034,7 +1037,8 @@ def sample_report_suite(args, device) -> dict:
                 seconds[name].append(time.perf_counter() - start)
     rows = [[name, f"{np.median(s):.2f}", f"{min(s):.2f}", f"{max(s):.2f}"] for name, s in seconds.items()]
     title = f"One 200-cell sample report: {' + '.join(args.models)} at {args.img_size} px, {torch.get_num_threads()} threads, {args.rounds} rounds\n\n"
-    print_table(args, device, title + markdown_table(["runtime", "median s", "fastest s", "slowest s"], rows))
+    flags = f"--models {' '.join(args.models)} --img-size {args.img_size} --rounds {args.rounds}"
+    print_table(args, device, title + markdown_table(["runtime", "median s", "fastest s", "slowest s"], rows), flags)
     return {name: float(np.median(s)) for name, s in seconds.items()}
 
 

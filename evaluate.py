@@ -86,10 +86,10 @@ def fusion_settings(folders: dict[str, Path]) -> run_folder.FusionSettings | Non
     return run_folder.read_fusion_settings(folders["fusion"])
 
 
-def validation_sets(folder: Path) -> list[run_folder.LogitsSet] | None:
-    """The model's validation logits, for temperature scaling; None when it has none."""
+def held_out_sets(folder: Path, split: str) -> list[run_folder.LogitsSet] | None:
+    """The model's validation (temperature scaling) or calibration logits; None when it has none."""
     try:
-        return run_folder.load_fold_sets(folder, "val")
+        return run_folder.load_fold_sets(folder, split)
     except fusion.FusionError:
         return None
 
@@ -185,12 +185,15 @@ def run_evaluation(args, out: Path) -> None:
     start = time.perf_counter()
     folders, models, main_name = load_models(args)
     notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
-    val_models = {name: sets for name, folder in folders.items() if (sets := validation_sets(folder)) is not None}
+    val_models = {name: sets for name, folder in folders.items() if (sets := held_out_sets(folder, "val")) is not None}
+    cal_models = {name: sets for name, folder in folders.items() if (sets := held_out_sets(folder, "cal")) is not None}
     settings = fusion_settings(folders)
     shipped = (
         {"fusion": settings.fused_temperatures()} if settings is not None and settings.fused_temperatures() else None
     )
-    result = evaluation.build_report(models, val_models, shipped)
+    result = evaluation.build_report(
+        models, val_models, shipped, cal_models, settings.select if settings is not None else None
+    )
     if not args.logits and (args.runs / "folds.csv").is_file():
         groups = splits.groups_per_fold(args.runs / "folds.csv")
         if groups is not None:

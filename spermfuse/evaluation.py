@@ -14,20 +14,43 @@ from .report import fmt
 from .run_folder import LogitsSet, align, pooled
 
 
-def evaluate_model(folds: Sequence[LogitsSet]) -> dict:
-    """``aggregate`` (all folds' predictions together), ``folds`` and ``summary`` of one model."""
+def training_sizes(folds: Sequence[LogitsSet], held_out: Sequence[Sequence[LogitsSet] | None] = ()) -> list[int]:
+    """The cells each fold's model learned from: every tested cell (each is tested once over the
+    folds) but its own test fold and the fold's validation and calibration cells (``held_out``:
+    those logits per fold, when known)."""
+    total = sum(len(f.labels) for f in folds)
+    sizes = [total - len(f.labels) for f in folds]
+    for sets in held_out:
+        if sets is not None and [s.fold for s in sets] == [f.fold for f in folds]:
+            sizes = [size - len(s.labels) for size, s in zip(sizes, sets)]
+    return sizes
+
+
+def test_train_ratio(folds: Sequence[LogitsSet], train_sizes: Sequence[int]) -> float | None:
+    """Nadeau–Bengio's n_test / n_train (means over the folds); None when no cell trained."""
+    train = float(np.mean(train_sizes))
+    return float(np.mean([len(f.labels) for f in folds])) / train if train > 0 else None
+
+
+def evaluate_model(folds: Sequence[LogitsSet], train_sizes: Sequence[int] | None = None) -> dict:
+    """``aggregate`` (all folds' predictions together), ``folds`` and ``summary`` of one model
+    (the summary's corrected intervals use ``train_sizes``, default :func:`training_sizes`)."""
     labels, logits = pooled(folds)
     per_fold = [metrics.fold_metrics(f.labels, f.logits) for f in folds]
     keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_micro", "auprc_micro"]
+    ratio = test_train_ratio(folds, train_sizes if train_sizes is not None else training_sizes(folds))
     return {
         "aggregate": metrics.summarize(labels, logits, folds[0].classes),
         "folds": {key: [row[key] for row in per_fold] for key in keys} | {"fold": [f.fold for f in folds]},
-        "summary": {key: metrics.mean_std_ci([row[key] for row in per_fold]) for key in keys},
+        "summary": {key: metrics.mean_std_ci([row[key] for row in per_fold], test_train_ratio=ratio) for key in keys},
     }
 
 
-def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, dict]) -> list[dict]:
-    """Paired tests for every pair of models tested on the same samples (Table 6, McNemar beyond)."""
+def compare_models(
+    models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, dict], train_sizes: dict[str, list[int]] | None = None
+) -> list[dict]:
+    """Paired tests for every pair of models tested on the same samples (Table 6, McNemar beyond);
+    the corrected t-test's n_train is model A's ``train_sizes`` (default :func:`training_sizes`)."""
     names = list(models)
     tests = []
     for i, a in enumerate(names):
@@ -43,9 +66,9 @@ def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, 
             predicted_b = np.concatenate([y.logits for _, y in pairs]).argmax(1)
             scores_a, scores_b = evaluated[a]["folds"]["f1_weighted"], evaluated[b]["folds"]["f1_weighted"]
             paired = metrics.paired_tests(scores_a, scores_b)
-            # Each fold's model trained on the other folds: n_train is the rest of the data (validation included).
+            sizes = (train_sizes or {}).get(a) or training_sizes(models[a])
             test_size = len(labels) / len(pairs)
-            corrected = metrics.corrected_resampled_t_test(scores_a, scores_b, test_size, len(labels) - test_size)
+            corrected = metrics.corrected_resampled_t_test(scores_a, scores_b, test_size, float(np.mean(sizes)))
             tests.append(
                 {
                     "a": a,
@@ -57,6 +80,34 @@ def compare_models(models: dict[str, Sequence[LogitsSet]], evaluated: dict[str, 
                 }
             )
     return tests
+
+
+HONEST_SELECTIONS = {
+    "val": "a chosen per fold on its validation logits",
+    "nested": "a chosen per fold on the other folds",
+}
+
+
+def headline(report: dict, select: str | None) -> dict | None:
+    """The fusion row to present as the result: one whose weight never saw its test fold.
+
+    ``select`` is the rule of fuse.py's chosen fusion (``fusion``); with the paper's ``test`` rule
+    the ``fusion_val`` (else ``fusion_nested``) row fuse.py also writes is the headline. ``vs``:
+    the corrected resampled t-test and McNemar p against each member. None without such a row."""
+    models = report["models"]
+    if select in HONEST_SELECTIONS and "fusion" in models:
+        key, rule = "fusion", select
+    else:
+        key, rule = next(((f"fusion_{r}", r) for r in HONEST_SELECTIONS if f"fusion_{r}" in models), (None, None))
+    if key is None:
+        return None
+    versus = {}
+    for test in report["tests"]:
+        if key in (test["a"], test["b"]):
+            member = test["b"] if test["a"] == key else test["a"]
+            if not member.startswith("fusion"):
+                versus[member] = {"p_corrected_t": test["corrected_t_p"], "p_mcnemar": test["mcnemar_p"]}
+    return {"fusion": key, "selection": HONEST_SELECTIONS[rule], "vs": versus}
 
 
 def calibration_of(
@@ -89,19 +140,28 @@ def build_report(
     models: dict[str, Sequence[LogitsSet]],
     val_models: dict[str, Sequence[LogitsSet]] | None = None,
     shipped: dict[str, Sequence[float]] | None = None,
+    cal_models: dict[str, Sequence[LogitsSet]] | None = None,
+    select: str | None = None,
 ) -> dict:
     """report.json: ``classes``, ``models`` {name: aggregate/folds/summary/calibration}, ``tests``.
 
     ``val_models``: the validation logits of those models that have them, for calibration;
-    ``shipped``: per model, temperatures that prediction applies (the fusion's), used as they are.
+    ``shipped``: per model, temperatures that prediction applies (the fusion's), used as they are;
+    ``cal_models``: calibration logits (``train.py --cal-fraction``), which no model trained on;
+    ``select``: fusion.json's rule for the ``fusion`` row (for the leak-free ``headline``).
     """
-    val_models, shipped = val_models or {}, shipped or {}
+    val_models, shipped, cal_models = val_models or {}, shipped or {}, cal_models or {}
     classes = next(iter(models.values()))[0].classes
+    sizes = {
+        name: training_sizes(folds, [val_models.get(name), cal_models.get(name)]) for name, folds in models.items()
+    }
     evaluated = {
-        name: evaluate_model(folds) | {"calibration": calibration_of(folds, val_models.get(name), shipped.get(name))}
+        name: evaluate_model(folds, sizes[name])
+        | {"calibration": calibration_of(folds, val_models.get(name), shipped.get(name))}
         for name, folds in models.items()
     }
-    return {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated)}
+    result = {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated, sizes)}
+    return result | {"headline": headline(result, select)}
 
 
 def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:

@@ -141,19 +141,28 @@ def fold_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-def mean_std_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
+def mean_std_ci(values: Sequence[float], confidence: float = 0.95, test_train_ratio: float | None = None) -> dict:
     """Mean, unbiased std and Student-t confidence interval (t with k-1 degrees of freedom).
 
-    With a single value there is no spread: std and the interval are None.
+    ``ci95`` is the paper's mean ± t·s/√k, which treats the folds as independent. The folds'
+    models share most of their training cells, so their scores are correlated; ``ci95_corrected``
+    widens the interval by Nadeau & Bengio's factor (2003): mean ± t·s·√(1/k + n_test/n_train),
+    given ``test_train_ratio`` = n_test / n_train (None without it). With a single value there
+    is no spread: std and both intervals are None.
     """
     values = np.asarray(values, dtype=np.float64)
     k = len(values)
     mean = float(values.mean())
     if k < 2:
-        return {"mean": mean, "std": None, "ci95": None}
+        return {"mean": mean, "std": None, "ci95": None, "ci95_corrected": None}
     std = float(values.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, k - 1) * std / math.sqrt(k))
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+    t = float(stats.t.ppf(0.5 + confidence / 2, k - 1))
+    half = t * std / math.sqrt(k)
+    corrected = None
+    if test_train_ratio is not None:
+        wide = t * std * math.sqrt(1.0 / k + test_train_ratio)
+        corrected = [mean - wide, mean + wide]
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "ci95_corrected": corrected}
 
 
 def mcnemar_p(labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray) -> float:

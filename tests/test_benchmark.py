@@ -196,3 +196,47 @@ def test_explain_suite_times_grad_cam_beside_the_forward(tmp_path):
     results = json.loads((tmp_path / "b.json").read_text())["results"]
     assert results["grad_cam_ms"] > 0 and results["forward_ms"] > 0 and results["occlusion_images_per_s"] > 0
     assert "| efficientnet_tiny + resnetv2_tiny | 32 |" in (tmp_path / "e.md").read_text()
+
+
+def test_samples_suite_scores_every_method_on_simulated_patients_from_held_out_logits(tmp_path):
+    import numpy as np
+
+    from spermfuse.run_folder import save_logits
+    from spermfuse.synthetic import SPERM18_CLASSES
+
+    rng = np.random.default_rng(0)
+    for fold in (1, 2):
+        labels = np.repeat(np.arange(18), 8)
+        logits = rng.normal(size=(len(labels), 18)) + 3.0 * np.eye(18)[labels]
+        paths = [f"{fold}_{i}.png" for i in range(len(labels))]
+        save_logits(
+            tmp_path / "fusion" / f"fold{fold}" / "test_logits.npz",
+            logits,
+            labels,
+            paths,
+            SPERM18_CLASSES,
+            "fusion",
+            fold,
+        )
+    result = run_benchmark(
+        "--suite", "samples", "--logits-from", str(tmp_path / "fusion"), "--simulated-samples", "4", "--boot", "30",
+        "--rounds", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "s.md"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]["rows"]
+    assert [(r["method"], r["confusion_cells"]) for r in rows] == [
+        (m, c) for m in ("cc", "acc", "pcc", "em") for c in (None, 300)
+    ]
+    assert all(r["samples"] == 4 for r in rows)
+    text = (tmp_path / "s.md").read_text()
+    assert "--simulated-samples 4 --boot 30" in text and "| acc | 300 cells |" in text
+
+
+def test_sample_report_suite_times_a_200_cell_report_per_runtime(tmp_path):
+    result = run_benchmark(
+        "--suite", "sample-report", "--models", "efficientnet_tiny", "resnetv2_tiny", "--img-size", "32",
+        "--rounds", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert results["eager"] > 0 and "One 200-cell sample report" in result.stdout

@@ -119,6 +119,30 @@ def test_student_t_interval_uses_k_minus_one_degrees_of_freedom():
     assert metrics.mean_std_ci([0.7])["ci95"] is None
 
 
+def test_the_corrected_interval_widens_by_nadeau_and_bengios_factor():
+    # Five folds, each model trained on 4x the cells it is tested on: n_test / n_train = 0.25.
+    # By hand: s = 0.0790569, t(0.975, 4) = 2.776445, half-width = t * s * sqrt(1/5 + 0.25) = 0.147244.
+    summary = metrics.mean_std_ci([0.5, 0.6, 0.7, 0.55, 0.65], test_train_ratio=0.25)
+    assert summary["ci95_corrected"] == pytest.approx([0.6 - 0.147244, 0.6 + 0.147244], abs=1e-6)
+    plain = summary["ci95"][1] - summary["mean"]
+    assert (summary["ci95_corrected"][1] - summary["mean"]) / plain == pytest.approx(np.sqrt(0.45 * 5), rel=1e-9)
+    assert metrics.mean_std_ci([0.5, 0.6])["ci95_corrected"] is None  # no ratio given
+
+
+def test_training_sizes_leave_out_the_test_validation_and_calibration_cells():
+    from spermfuse.evaluation import training_sizes
+    from spermfuse.run_folder import LogitsSet
+
+    def cells(fold: int, n: int) -> LogitsSet:
+        return LogitsSet(
+            np.zeros((n, 2)), np.zeros(n, int), np.array([f"{fold}_{i}" for i in range(n)]), ["a", "b"], "m", fold
+        )
+
+    tests = [cells(1, 10), cells(2, 12), cells(3, 8)]
+    assert training_sizes(tests) == [20, 18, 22]
+    assert training_sizes(tests, [[cells(1, 2), cells(2, 2), cells(3, 2)], None]) == [18, 16, 20]
+
+
 def test_mcnemar_is_exact_binomial_on_discordant_pairs():
     labels = np.zeros(12, dtype=int)
     a = np.array([0] * 10 + [1] * 2)  # a right on 10
@@ -600,3 +624,45 @@ def test_the_promises_summary_lists_every_fold_and_the_pooled_figures(tmp_path):
     assert (
         sum(line.startswith(("| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |")) for line in text.splitlines()) == 10
     )  # both tables
+
+
+def headline_models(seed: int = 0) -> dict:
+    """Five folds of 40 cells: m1 right on ~60 %, m2 always right, fusion_val = m1, fusion = m2."""
+    from spermfuse.run_folder import LogitsSet
+
+    rng = np.random.default_rng(seed)
+    models = {"m1": [], "m2": [], "fusion": [], "fusion_val": []}
+    for fold in range(1, 6):
+        labels = rng.integers(0, 3, 40)
+        paths = np.array([f"{fold}_{i}.png" for i in range(40)])
+        right = np.eye(3)[labels] * 3
+        sometimes = np.where(rng.random(40)[:, None] < 0.6, right, np.eye(3)[(labels + 1) % 3] * 3)
+        for name, logits in (("m1", sometimes), ("m2", right), ("fusion", right), ("fusion_val", sometimes)):
+            models[name].append(LogitsSet(logits, labels, paths, ["a", "b", "c"], name, fold))
+    return models
+
+
+def test_the_headline_fusion_is_the_leak_free_one_with_both_tests_against_each_member():
+    from spermfuse.evaluation import build_report
+
+    report = build_report(headline_models(), select="test")
+    line = report["headline"]
+    assert line["fusion"] == "fusion_val" and "validation" in line["selection"]
+    assert line["vs"]["m1"] == {"p_corrected_t": 1.0, "p_mcnemar": 1.0}  # identical predictions
+    assert line["vs"]["m2"]["p_corrected_t"] < 0.01 and line["vs"]["m2"]["p_mcnemar"] < 1e-6  # m2 always right
+    assert build_report(headline_models(), select="val")["headline"]["fusion"] == "fusion"
+
+
+def test_without_a_leak_free_fusion_there_is_no_headline_and_the_summary_labels_the_paper_rule():
+    from spermfuse.evaluation import build_report
+    from spermfuse.report import presented_rows, summary_markdown
+
+    models = headline_models()
+    del models["fusion_val"]
+    report = build_report(models, select="test")
+    assert report["headline"] is None
+    assert presented_rows(report)[-1] == ("fusion (paper's rule: a* on the test folds, optimistic)", "fusion")
+    with_headline = build_report(headline_models(), select="test")
+    text = summary_markdown(with_headline, None, "report.json", "test machine")
+    assert "| fusion_val (headline) |" in text and "against m1" in text and "no evidence of a difference" in text
+    assert "against m2" in text and "a difference on both tests" in text
