@@ -3,7 +3,8 @@
     python train.py --fold 2 --arch resnet50v2            # method A, paper settings
     python train.py --fold all --arch efficientnetv2_s
     python train.py --preset paper_b --data ALL/           # method B: Otsu + two-stage EfficientNet-B4
-    torchrun --nproc_per_node=2 train.py --fold 1          # DistributedDataParallel
+    torchrun --nproc_per_node=2 train.py --fold 1          # DistributedDataParallel: one fold over 2 GPUs
+    torchrun --nproc_per_node=2 train.py --fold all --fold-parallel   # the folds spread over 2 GPUs (or processes)
 
 Without --data, the embedded synthetic sperm18 set is generated (once) and used.
 """
@@ -17,6 +18,7 @@ import sys
 import time
 
 from spermfuse import cli, distributed, trainer
+from spermfuse.fold_parallel import run_fold_parallel
 from spermfuse.config import PRESETS, preset_config, validate_config
 from spermfuse.engine import TTA_MODES
 from spermfuse.errors import ConfigError
@@ -134,6 +136,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="a manifest may list images outside its own folder",
     )
+    p.add_argument(
+        "--fold-parallel",
+        action="store_true",
+        help="under torchrun: each process trains its share of the folds (fold k on rank (k-1) mod N) on its own device",
+    )
     p.add_argument("--resume", action="store_true", default=None, help="continue from last.pt (the same settings)")
     p.add_argument("--overwrite", action="store_true", default=None, help="start again over an existing run")
     p.add_argument("--synthetic-scale", type=float, help="size of the embedded default set (default 0.08)")
@@ -204,13 +211,26 @@ def train(args: argparse.Namespace) -> None:
     folds = parse_folds(args.fold, first)
     if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
         fetch(find_entry(first.arch, first.pretrained), DownloadLine())
+    if args.fold_parallel:
+        run_fold_parallel(
+            folds,
+            lambda context: trainer.setup_fold(first, context=context),  # rank 0: the data and folds.csv
+            lambda fold, context: train_fold(args, fold, None, context),
+            trainer.device_type_of(first),
+        )
+        return
     samples = None  # discovered (and every image checked) once for all folds
     for fold in folds:
-        config = build_config(args, fold)
-        setup = trainer.setup_fold(config, samples)
-        samples = setup.samples
-        fold_trainer = trainer.FoldTrainer(config, setup, progress=ProgressLine())
-        logging.info("done: %s", fold_trainer.run())
+        samples = train_fold(args, fold, samples)
+
+
+def train_fold(args: argparse.Namespace, fold: int, samples=None, context=None):
+    """One fold from the flags; returns the samples it discovered (for the next fold)."""
+    config = build_config(args, fold)
+    setup = trainer.setup_fold(config, samples, context)
+    fold_trainer = trainer.FoldTrainer(config, setup, progress=ProgressLine())
+    logging.info("done: %s", fold_trainer.run())
+    return setup.samples
 
 
 def main(argv=None) -> int:

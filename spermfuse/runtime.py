@@ -32,7 +32,7 @@ def resolve_device(
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
-        if context.enabled:
+        if device.index is None and (context.enabled or context.local_rank):  # this process's GPU under torchrun
             device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
     return device

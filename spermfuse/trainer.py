@@ -210,13 +210,21 @@ class FoldSetup:
     split: splits.Split
 
 
-def setup_fold(config: TrainConfig, samples: data_lib.Samples | None = None) -> FoldSetup:
-    """Join the process group (under torchrun), pick the device, seed every generator, find the
-    data (``samples``: already discovered, e.g. by an earlier fold) and split it."""
+def device_type_of(config: TrainConfig) -> str:
+    """``cuda`` when the config asks for (or allows) a GPU and there is one, else ``cpu``."""
+    return "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+
+
+def setup_fold(
+    config: TrainConfig,
+    samples: data_lib.Samples | None = None,
+    context: distributed.DistributedContext | None = None,
+) -> FoldSetup:
+    """Join the process group (under torchrun; ``context`` given: that one instead, e.g. one
+    fold of a fold-parallel run), pick the device, seed every generator, find the data
+    (``samples``: already discovered, e.g. by an earlier fold) and split it."""
     validate_config(config)
-    context = distributed.init_from_environment(
-        "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    )
+    context = context or distributed.init_from_environment(device_type_of(config))
     device = resolve_device(config.device, context)
     seed_everything(config.seed)  # before the model is made: its initial weights come from it
     samples = samples if samples is not None else load_samples(config, context)
