@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 from spermfuse import cli, distributed, trainer
 from spermfuse.fold_parallel import run_fold_parallel
@@ -25,6 +27,9 @@ from spermfuse.errors import ConfigError
 from spermfuse.download import fetch
 from spermfuse.models import list_models
 from spermfuse.models.catalogue import catalogue_table, find_entry
+from spermfuse.files import atomic_write_text
+from spermfuse.run_folder import LAST_CHECKPOINT
+from spermfuse.slurm import SlurmSettings, batch_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -141,7 +146,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="under torchrun: each process trains its share of the folds (fold k on rank (k-1) mod N) on its own device",
     )
-    p.add_argument("--resume", action="store_true", default=None, help="continue from last.pt (the same settings)")
+    slurm = p.add_argument_group("Slurm (--slurm-script): the resources of each array task")
+    slurm.add_argument(
+        "--slurm-script",
+        type=Path,
+        metavar="FILE",
+        help="write (not submit) an sbatch script: one array task per (architecture, fold), then fuse.py and "
+        "evaluate.py; submit it with: sbatch FILE",
+    )
+    slurm.add_argument("--slurm-archs", nargs="+", metavar="ARCH", help="architectures of the array (default: --arch)")
+    slurm.add_argument("--slurm-time", default="12:00:00", help="time limit per task (default 12:00:00)")
+    slurm.add_argument("--slurm-mem", default="32G", help="memory per task (default 32G)")
+    slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per task (default 8)")
+    slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per task (default 1; 0 for CPU nodes)")
+    slurm.add_argument("--slurm-partition", help="partition (default: the cluster's)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        choices=["yes", "auto"],
+        help="continue from last.pt (the same settings); --resume auto: continue when last.pt exists, else start "
+        "(what a requeued Slurm task runs)",
+    )
     p.add_argument("--overwrite", action="store_true", default=None, help="start again over an existing run")
     p.add_argument("--synthetic-scale", type=float, help="size of the embedded default set (default 0.08)")
     return p.parse_args(argv)
@@ -149,9 +175,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace, fold: int) -> trainer.TrainConfig:
     """The preset with the flags that were given on top."""
-    names = [f.name for f in dataclasses.fields(trainer.TrainConfig) if f.name != "fold"]
+    names = [f.name for f in dataclasses.fields(trainer.TrainConfig) if f.name not in ("fold", "resume")]
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return preset_config(args.preset, **given, fold=fold)
+    config = preset_config(args.preset, **given, fold=fold)
+    if args.resume == "auto":
+        return dataclasses.replace(config, resume=(config.run_dir() / LAST_CHECKPOINT).is_file())
+    return dataclasses.replace(config, resume=args.resume == "yes")
 
 
 def parse_folds(text: str, config: trainer.TrainConfig) -> list[int]:
@@ -201,7 +230,31 @@ class ProgressLine:
         sys.stderr.flush()
 
 
-def train(args: argparse.Namespace) -> None:
+def write_slurm_script(
+    args: argparse.Namespace, argv: list[str], config: trainer.TrainConfig, folds: list[int]
+) -> None:
+    """--slurm-script FILE: the sbatch script of the runs these flags describe (slurm.py)."""
+    settings = SlurmSettings(args.slurm_time, args.slurm_mem, args.slurm_cpus, args.slurm_gpus, args.slurm_partition)
+    unknown = [a for a in args.slurm_archs or [] if a not in list_models()]
+    if unknown:
+        raise ConfigError(f"--slurm-archs {unknown[0]}: unknown; choose from {', '.join(list_models())}")
+    script = batch_script(
+        argv,
+        args.slurm_archs or [config.arch],
+        folds,
+        str(config.out),
+        os.getcwd(),
+        sys.executable,
+        str(Path(__file__).resolve().parent),
+        settings,
+    )
+    Path(config.out).mkdir(parents=True, exist_ok=True)  # Slurm writes the tasks' logs there, and makes no folders
+    atomic_write_text(args.slurm_script, script)
+    args.slurm_script.chmod(0o755)
+    logging.info("wrote %s; submit it with: sbatch %s", args.slurm_script, args.slurm_script)
+
+
+def train(args: argparse.Namespace, argv: list[str]) -> None:
     """Every fold asked for, one after the other (the images checked once)."""
     if args.list_weights:
         print(catalogue_table())
@@ -209,6 +262,9 @@ def train(args: argparse.Namespace) -> None:
     first = build_config(args, 1)
     validate_config(first)  # before any download
     folds = parse_folds(args.fold, first)
+    if args.slurm_script is not None:
+        write_slurm_script(args, argv, first, folds)
+        return
     if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
         fetch(find_entry(first.arch, first.pretrained), DownloadLine())
     if args.fold_parallel:
@@ -234,9 +290,12 @@ def train_fold(args: argparse.Namespace, fold: int, samples=None, context=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
-        return cli.run(lambda: train(args), timed=True, interrupted="interrupted; continue with --resume")
+        return cli.run(
+            lambda: train(args, argv), timed=True, interrupted="interrupted; continue with --resume", preemptible=True
+        )
     finally:
         distributed.shutdown()
 

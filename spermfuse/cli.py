@@ -2,7 +2,9 @@
 
 A :class:`~spermfuse.errors.SpermfuseError` (or a file-system error naming a path) is the
 user's to fix: it prints as ``error: ...`` and exits with status 2. Ctrl-C exits with 130
-and says how to continue. Anything else is a bug and keeps its traceback. Used by
+and says how to continue; a preemptible program (training) stops on SIGTERM or SIGUSR1, what
+schedulers send before a kill, and exits with 75 (EX_TEMPFAIL: try again), asking Slurm to
+requeue it after SIGUSR1. Anything else is a bug and keeps its traceback. Used by
 ``train.py``, ``fuse.py``, ``evaluate.py``, ``benchmark.py`` and the ``python -m`` entry
 points; argument parsing stays in each program.
 """
@@ -10,6 +12,9 @@ points; argument parsing stays in each program.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
 import sys
 from typing import Callable
 
@@ -19,11 +24,53 @@ LOG_FORMAT = "%(message)s"
 TIMED_LOG_FORMAT = "%(asctime)s %(message)s"  # training: each epoch line carries its time
 
 
-def run(body: Callable[[], int | None], timed: bool = False, interrupted: str = "interrupted") -> int:
-    """Set up logging, call ``body()`` and map what it raises to an exit status."""
+PREEMPTED_STATUS = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, run it again to continue
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(BaseException):
+    """A scheduler's SIGTERM or SIGUSR1 (a BaseException, like Ctrl-C: no ``except Exception``
+    swallows it, and every ``finally`` and atomic write cleans up on its way out)."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+def _raise_preempted(signal_number: int, frame) -> None:
+    raise Preempted(signal_number)
+
+
+def stop_on_signals() -> None:
+    """From now on SIGTERM and SIGUSR1 raise :class:`Preempted` in the main thread."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, _raise_preempted)
+
+
+def requeue_under_slurm(signal_number: int) -> bool:
+    """After SIGUSR1 (``sbatch --signal=USR1@...``: the time limit is near) ask Slurm to requeue
+    this job; after SIGTERM Slurm's own preemption policy decides. True when asked."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if signal_number != signal.SIGUSR1 or not job:
+        return False
+    try:
+        subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        print(f"could not requeue Slurm job {job} ({error}); resubmit it", file=sys.stderr)
+        return False
+    return True
+
+
+def run(
+    body: Callable[[], int | None], timed: bool = False, interrupted: str = "interrupted", preemptible: bool = False
+) -> int:
+    """Set up logging, call ``body()`` and map what it raises to an exit status (``preemptible``:
+    stop on SIGTERM/SIGUSR1 with :data:`PREEMPTED_STATUS`)."""
     logging.basicConfig(
         level=logging.INFO, format=TIMED_LOG_FORMAT if timed else LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr
     )
+    if preemptible:
+        stop_on_signals()
     try:
         return body() or 0
     except (SpermfuseError, OSError) as error:
@@ -34,3 +81,7 @@ def run(body: Callable[[], int | None], timed: bool = False, interrupted: str = 
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except Preempted as stop:
+        requeued = requeue_under_slurm(stop.signal_number)
+        print(f"stopped by {stop}: {interrupted}{' (Slurm requeues it)' if requeued else ''}", file=sys.stderr)
+        return PREEMPTED_STATUS

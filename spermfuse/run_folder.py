@@ -194,6 +194,7 @@ def checkpoint_metadata(config: "TrainConfig", classes: list[str], spec: "Pipeli
 # --------------------------------------------------------------------------- the run root
 
 FUSION_FOLDER = "fusion"  # fuse.py's output under the run root
+LAST_CHECKPOINT = "last.pt"  # a run's resumable state, rewritten atomically after every epoch
 FUSION_JSON = "fusion.json"
 SINGLE_SPLIT_FOLDER = "holdout"  # train.py's run folder of a train/val/test split (method B)
 _FOLD_FOLDER = re.compile(r"fold(\d+)")

@@ -36,7 +36,7 @@ from .models import LoadReport, create_model, get_spec, load_initial_weights, re
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .output_folder import discard, move_aside, refuse_overlap
 from .profiling import peak_memory_mb
-from .run_folder import checkpoint_metadata, save_logits, split_digest, write_config, write_history
+from .run_folder import LAST_CHECKPOINT, checkpoint_metadata, save_logits, split_digest, write_config, write_history
 from .runtime import environment, resolve_device, seed_everything
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, from_spec
 
@@ -338,7 +338,7 @@ class FoldTrainer:
     # ---- checkpoints
 
     def _resume_state(self) -> dict | None:
-        last = self.run_dir / "last.pt"
+        last = self.run_dir / LAST_CHECKPOINT
         if not last.exists():
             if self.config.resume:
                 log.info("--resume: no %s yet, starting from scratch", last)
@@ -384,7 +384,7 @@ class FoldTrainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
         if self.context.is_main:
-            atomic_torch_save(self.run_dir / "last.pt", checkpoint)
+            atomic_torch_save(self.run_dir / LAST_CHECKPOINT, checkpoint)
         return checkpoint
 
     def _save_best(self, epoch: int, metric: float) -> None:

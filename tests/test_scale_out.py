@@ -1,0 +1,111 @@
+"""Scale-out on a scheduler: the Slurm script, and training that stops on a scheduler's signal
+and continues to the same logits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spermfuse import cli
+from spermfuse.slurm import PER_TASK_FLAGS, SlurmSettings, batch_script, command_without
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(*flags: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+def test_the_repeated_command_drops_the_flags_each_task_sets():
+    argv = ["--preset", "tiny", "--fold", "all", "--resume", "--slurm-archs", "a", "b", "--arch=x", "--data", "d"]
+    assert command_without(argv, PER_TASK_FLAGS) == ["--preset", "tiny", "--data", "d"]
+
+
+def test_the_script_has_a_task_per_architecture_and_fold_and_a_dependent_report():
+    script = batch_script(["--epochs", "3"], ["m1", "m2"], [1, 2, 3], "runs", "/work", "py", "/src", SlurmSettings())
+    assert "#SBATCH --array=1-6" in script and "#SBATCH --signal=USR1@120" in script
+    assert "archs=(m1 m1 m1 m2 m2 m2)" in script and "folds=(1 2 3 1 2 3)" in script
+    assert "--dependency=afterok:${SLURM_ARRAY_JOB_ID}" in script and "fuse.py --grid" in script
+    assert "#SBATCH --gpus-per-task=1" in script
+    cpu_only = batch_script([], ["m1"], [1], "runs", "/work", "py", "/src", SlurmSettings(gpus_per_task=0))
+    assert "gpus-per-task" not in cpu_only and "fuse.py" not in cpu_only  # one model: evaluation only
+
+
+def test_the_written_script_passes_bash_n_and_its_task_2_trains_exactly_fold_2(tiny_sperm, tmp_path):
+    job, runs = tmp_path / "job.sh", tmp_path / "runs"
+    common = ["--preset", "tiny", "--data", str(tiny_sperm), "--out", str(runs), "--arch", "efficientnet_tiny"]
+    written = run_train(*common, "--fold", "all", "--slurm-script", str(job), "--slurm-gpus", "0")
+    assert written.returncode == 0, written.stderr
+    assert f"sbatch {job}" in written.stderr and not (runs / "efficientnet_tiny").exists()  # written, not run
+    assert subprocess.run(["bash", "-n", str(job)]).returncode == 0
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"SLURM_ARRAY_TASK_ID": "2"}
+    task = subprocess.run(["bash", str(job)], capture_output=True, text=True, env=environment, timeout=300)
+    assert task.returncode == 0, task.stderr[-2000:]
+    assert sorted(p.name for p in (runs / "efficientnet_tiny").iterdir()) == ["fold2"]
+    assert (runs / "efficientnet_tiny" / "fold2" / "test_logits.npz").is_file()
+
+
+def test_a_signal_exits_with_the_preempted_status_and_slurm_is_asked_to_requeue(tmp_path, monkeypatch):
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "asked"}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    saved = {number: signal.getsignal(number) for number in cli.STOP_SIGNALS}
+    try:
+        for number, requeued in ((signal.SIGTERM, False), (signal.SIGUSR1, True)):
+
+            def body(number=number):
+                os.kill(os.getpid(), number)
+                time.sleep(5)  # the handler interrupts this
+
+            assert cli.run(body, preemptible=True) == cli.PREEMPTED_STATUS
+            assert (tmp_path / "asked").exists() == requeued
+        assert (tmp_path / "asked").read_text().split() == ["requeue", "4242"]
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+
+
+def test_training_stopped_by_sigterm_resumes_with_resume_auto_to_the_same_logits(tiny_sperm, tmp_path):
+    common = ["--preset", "tiny", "--data", str(tiny_sperm), "--arch", "efficientnet_tiny", "--fold", "1"]
+    common += ["--epochs", "20", "--early-stopping", "20"]
+    full = run_train(*common, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    cut = tmp_path / "cut" / "efficientnet_tiny" / "fold1"
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *common, "--out", str(tmp_path / "cut")],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (cut / "last.pt").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == cli.PREEMPTED_STATUS, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr and not (cut / "test_logits.npz").exists()
+    assert not (cut / ".spermfuse.lock").exists()  # the lock went with the process
+    resumed = run_train(*common, "--out", str(tmp_path / "cut"), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = np.load(tmp_path / "full" / "efficientnet_tiny" / "fold1" / "test_logits.npz")["logits"]
+    assert np.array_equal(np.load(cut / "test_logits.npz")["logits"], expected)
+
+
+def test_resume_auto_starts_a_run_that_has_no_last_checkpoint(tiny_sperm, tmp_path):
+    result = run_train(
+        "--preset", "tiny", "--data", str(tiny_sperm), "--arch", "efficientnet_tiny", "--fold", "1",
+        "--out", str(tmp_path), "--resume", "auto",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "efficientnet_tiny" / "fold1" / "test_logits.npz").is_file()
