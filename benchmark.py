@@ -17,6 +17,7 @@
     python benchmark.py --suite promises --markdown docs/promises_benchmark.md       # certified referral and conformal sets at the paper's scale
     python benchmark.py --suite samples --markdown docs/samples_benchmark.md   # per-sample fractions on simulated patients (needs bash demo.sh)
     python benchmark.py --suite sample-report --models efficientnet_tiny resnetv2_tiny --img-size 64   # one 200-cell sample's report, end to end
+    python benchmark.py --suite scale-out --rounds 3   # the tiny protocol: folds one after the other vs --fold-parallel (torchrun)
     python benchmark.py --suite cpu --models efficientnet_tiny resnetv2_tiny --img-size 64 --batch-size 32   # CPU speed-ups
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,
@@ -73,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "promises",
             "samples",
             "sample-report",
+            "scale-out",
         ],
         default="models",
     )
@@ -1042,6 +1044,56 @@ def sample_report_suite(args, device) -> dict:
     return {name: float(np.median(s)) for name, s in seconds.items()}
 
 
+def scale_out_suite(args, device) -> dict:
+    """The wall time of training --models' first architecture on both folds of the tiny preset
+    (10 epochs, 6 synthetic images a class): one fold after the other with 2 and with 1 CPU
+    thread, and the two folds at once under torchrun --fold-parallel (2 processes, 1 thread each,
+    what torchrun sets). Medians of --rounds rounds, interleaved."""
+    import os
+    import subprocess
+    import tempfile
+
+    from spermfuse import synthetic
+
+    arch = args.models[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = synthetic.generate(Path(tmp) / "data", "sperm18", seed=42, per_class=6)
+        flags = ["--preset", "tiny", "--epochs", "10", "--early-stopping", "10", "--data", str(data), "--arch", arch]
+        flags += ["--fold", "all", "--device", "cpu"]
+        variants = {
+            "sequential, 2 threads": ("2", [sys.executable, "train.py"]),
+            "sequential, 1 thread": ("1", [sys.executable, "train.py"]),
+            "--fold-parallel, 2 processes x 1 thread": (
+                "1",
+                [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "train.py", "--fold-parallel"],
+            ),
+        }
+        seconds = {name: [] for name in variants}
+        for round_ in range(args.rounds):
+            for number, (name, (threads, launcher)) in enumerate(variants.items()):
+                out = Path(tmp) / f"runs{round_}_{number}"
+                environment = {**os.environ, "OMP_NUM_THREADS": threads}
+                start = time.perf_counter()
+                subprocess.run(
+                    [*launcher, *flags, "--out", str(out)],
+                    check=True,
+                    capture_output=True,
+                    env=environment,
+                    cwd=Path(__file__).parent,
+                )
+                seconds[name].append(time.perf_counter() - start)
+    base = np.median(seconds["sequential, 2 threads"])
+    rows = [[name, f"{np.median(s):.1f}", f"{base / np.median(s):.2f}x"] for name, s in seconds.items()]
+    title = f"The tiny protocol ({arch}, 2 folds x 10 epochs, 108 images, 32 px) on {os.cpu_count()} CPU cores, {args.rounds} rounds\n\n"
+    print_table(
+        args,
+        device,
+        title + markdown_table(["how", "median s", "speed vs sequential, 2 threads"], rows),
+        f"--models {arch} --rounds {args.rounds}",
+    )
+    return {name: float(np.median(s)) for name, s in seconds.items()}
+
+
 def run_seconds(command: list[str]) -> float:
     import subprocess
 
@@ -1066,6 +1118,7 @@ SUITES = {
     "promises": promises_suite,
     "samples": samples_suite,
     "sample-report": sample_report_suite,
+    "scale-out": scale_out_suite,
 }
 
 

@@ -88,4 +88,8 @@ if [ "$preset" = demo ] && [ ${#data[@]} -eq 0 ]; then  # the README's figures, 
   summary=(--summary docs/demo_results.md --explain --masks "$masks")
 fi
 timed "evaluation" "$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset" "${summary[@]}"
+if [ ${#summary[@]} -gt 0 ]; then  # the README's two gallery figures, from this same evaluation
+  cp "$reports/$preset/gallery/DoubleHead_correct.png" docs/explanation_doublehead.png
+  cp "$reports/$preset/gallery/TaperedHead_correct.png" docs/explanation_taperedhead.png
+fi
 echo "report: $reports/$preset/report.md"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from spermfuse import cli, evaluation, explain_runs, figures, fusion, report, run_folder, splits
-from spermfuse.files import atomic_write_json, atomic_write_text
+from spermfuse.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
 from spermfuse.runtime import environment_line, resolve_device
 from spermfuse.output_folder import write_folder
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--summary",
         type=Path,
         metavar="FILE.md",
-        help="also write the headline tables to FILE.md (demo.sh: docs/demo_results.md)",
+        help="also write the headline tables to FILE.md (demo.sh: docs/demo_results.md) and, beside it, the figures it shows",
     )
     p.add_argument(
         "--explain",
@@ -220,6 +220,9 @@ def run_evaluation(args, out: Path) -> None:
             result, settings, str(out / "report.json"), environment_line(torch.device("cpu"))
         )
         atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
+        if not args.no_figures:  # the figures beside it come from the same run, stamped with the same commit
+            for name in report.summary_figures(result, main_name):
+                atomic_write_bytes(args.summary.parent / name, (out / name).read_bytes())
     for note in notes:
         log.warning("note: %s", note)
     for name, m in result["models"].items():

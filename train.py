@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from spermfuse.errors import ConfigError
 from spermfuse.download import fetch
 from spermfuse.models import list_models
 from spermfuse.models.catalogue import catalogue_table, find_entry
-from spermfuse.files import atomic_write_text
+from spermfuse.files import atomic_write_text, read_csv
+from spermfuse.report import markdown_table
 from spermfuse.run_folder import LAST_CHECKPOINT
 from spermfuse.slurm import SlurmSettings, batch_script
 
@@ -146,6 +148,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="under torchrun: each process trains its share of the folds (fold k on rank (k-1) mod N) on its own device",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs this command would start (architecture, fold, device, state, expected time) and stop",
+    )
     slurm = p.add_argument_group("Slurm (--slurm-script): the resources of each array task")
     slurm.add_argument(
         "--slurm-script",
@@ -254,6 +261,40 @@ def write_slurm_script(
     logging.info("wrote %s; submit it with: sbatch %s", args.slurm_script, args.slurm_script)
 
 
+def planned_runs(args: argparse.Namespace, folds: list[int]) -> str:
+    """--dry-run: a row per run (state from its folder; expected time from the median epoch of any
+    finished epoch of this architecture under --out, times the epochs left, an upper bound)."""
+    configs = [build_config(args, fold) for fold in folds]
+    epochs = [
+        float(row["seconds"])
+        for history in sorted((Path(configs[0].out) / configs[0].arch).glob("*/history.csv"))
+        for row in read_csv(history)
+    ]
+    per_epoch = statistics.median(epochs) if epochs else None
+    rows = []
+    for config in configs:
+        done = len(read_csv(config.run_dir() / "history.csv")) if (config.run_dir() / "history.csv").is_file() else 0
+        state = (
+            "finished"
+            if (config.run_dir() / "test_logits.npz").is_file()
+            else f"resumable after epoch {done}"
+            if (config.run_dir() / LAST_CHECKPOINT).is_file()
+            else "new"
+        )
+        left = 0 if state == "finished" else max(config.epochs - done, 0)
+        expected = (
+            "-"
+            if state == "finished"
+            else f"<= {left * per_epoch / 60:.1f} min"
+            if per_epoch is not None
+            else "unknown (no epoch timed yet)"
+        )
+        device = trainer.device_type_of(config) if config.device == "auto" else config.device
+        rows.append([config.arch, config.fold, device, config.img_size, config.epochs, state, expected])
+    header = ["arch", "fold", "device", "img_size", "max epochs", "state", "expected time"]
+    return markdown_table(header, rows)
+
+
 def train(args: argparse.Namespace, argv: list[str]) -> None:
     """Every fold asked for, one after the other (the images checked once)."""
     if args.list_weights:
@@ -264,6 +305,9 @@ def train(args: argparse.Namespace, argv: list[str]) -> None:
     folds = parse_folds(args.fold, first)
     if args.slurm_script is not None:
         write_slurm_script(args, argv, first, folds)
+        return
+    if args.dry_run:
+        print(planned_runs(args, folds))
         return
     if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
         fetch(find_entry(first.arch, first.pretrained), DownloadLine())

@@ -8,10 +8,11 @@ from typing import Sequence
 
 import numpy as np
 
-from . import calibration, metrics
+from . import __version__, calibration, metrics
 from .files import atomic_write_bytes
 from .quantify import FractionEstimate
 from .run_folder import LogitsSet, pooled
+from .runtime import git_commit
 
 
 def _pyplot():
@@ -23,9 +24,15 @@ def _pyplot():
     return plt
 
 
+def provenance_stamp() -> dict[str, str]:
+    """The PNG text chunks every figure carries: the spermfuse version and commit that drew it
+    (a README's figures can be checked against the results file of the same run)."""
+    return {"Software": f"spermfuse {__version__}", "Comment": f"commit {git_commit(short=True) or 'unknown'}"}
+
+
 def _save(figure, path: Path) -> None:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata=provenance_stamp())
     _pyplot().close(figure)
     atomic_write_bytes(path, buffer.getvalue())
 

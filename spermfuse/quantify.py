@@ -12,8 +12,8 @@ correct the count with the classifier's confusion measured on cells it never tra
 - ``em``  the prior adjustment of Saerens, Latinne & Decaestecker (2002): the probabilities are
   re-weighted from the calibration cells' prior to the sample's until it is a fixed point. It
   needs probabilities calibrated class by class: callers recalibrate with a bias-corrected
-  temperature (``calibration.fit_bias_corrected_temperature``, Alexandari et al. 2020) first;
-  with one temperature only, the demo's EM intervals covered none of 10 simulated patients.
+  temperature (``calibration.fit_bias_corrected_temperature``, Alexandari et al. 2020) first:
+  one temperature leaves per-class miscalibration, which drives EM's prior of a class to zero.
 
 Intervals are percentile bootstraps that resample the sample's cells *and* the confusion counts
 (each true class's row from its own cells), so the uncertainty of M widens the interval. A group

@@ -233,6 +233,13 @@ def headline_sentence(report: dict) -> str:
     return f"Headline: `{line['fusion']}` ({line['selection']}, never its test fold); " + "; ".join(parts) + "."
 
 
+def summary_figures(report: dict, main: str) -> list[str]:
+    """The report's figures a summary's page shows beside it (evaluate.py --summary copies them):
+    the main model's confusion matrix and ROC, the risk-coverage curves, the first member's reliability."""
+    first = next(name for name in report["models"] if not name.startswith("fusion"))
+    return [f"confusion_{main}.png", f"roc_{main}.png", "risk_coverage.png", f"reliability_{first}.png"]
+
+
 def summary_markdown(
     report: dict, fusion_settings: run_folder.FusionSettings | None, source: str, environment: str
 ) -> str:

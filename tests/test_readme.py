@@ -24,3 +24,25 @@ def test_every_link_to_a_local_file_resolves():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name}: link to {target} does not resolve"
+
+
+def test_the_readme_figures_come_from_the_run_that_wrote_its_results():
+    """docs/ figures shown in the README carry the commit (PNG text) of docs/demo_results.md's run."""
+    from PIL import Image
+
+    header = (ROOT / "docs" / "demo_results.md").read_text().splitlines()[0]
+    commit = re.search(r"commit (\w+)", header).group(1)
+    shown = re.findall(r"!\[[^\]]*\]\((docs/[a-z_]+\.png)\)", (ROOT / "README.md").read_text())
+    evaluation = [p for p in shown if not p.endswith("preview_sperm18.png")]  # the preview is the generator's
+    assert len(evaluation) >= 6
+    for path in evaluation:
+        assert Image.open(ROOT / path).text.get("Comment") == f"commit {commit}", f"{path} is not from that run"
+
+
+def test_every_file_in_docs_is_referenced():
+    """No orphans: each file in docs/ is named by a page, a script or the code that writes it."""
+    sources = [ROOT / "README.md", ROOT / "demo.sh", *(ROOT / "docs").glob("*.md"), *ROOT.glob("*.py")]
+    text = "\n".join(path.read_text() for path in sources)
+    for path in (ROOT / "docs").iterdir():
+        others = text.replace(path.read_text(errors="ignore"), "") if path.suffix == ".md" else text
+        assert f"docs/{path.name}" in others or f"({path.name})" in others, f"docs/{path.name} is referenced nowhere"
