@@ -30,6 +30,7 @@ from spermfuse.models import list_models
 from spermfuse.models.catalogue import catalogue_table, find_entry
 from spermfuse.files import atomic_write_text, read_csv
 from spermfuse.report import markdown_table
+from spermfuse.preemption import StopRequest
 from spermfuse.run_folder import LAST_CHECKPOINT
 from spermfuse.slurm import SlurmSettings, batch_script
 
@@ -295,7 +296,7 @@ def planned_runs(args: argparse.Namespace, folds: list[int]) -> str:
     return markdown_table(header, rows)
 
 
-def train(args: argparse.Namespace, argv: list[str]) -> None:
+def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = None) -> None:
     """Every fold asked for, one after the other (the images checked once)."""
     if args.list_weights:
         print(catalogue_table())
@@ -315,20 +316,20 @@ def train(args: argparse.Namespace, argv: list[str]) -> None:
         run_fold_parallel(
             folds,
             lambda context: trainer.setup_fold(first, context=context),  # rank 0: the data and folds.csv
-            lambda fold, context: train_fold(args, fold, None, context),
+            lambda fold, context: train_fold(args, fold, None, context, stop),
             trainer.device_type_of(first),
         )
         return
     samples = None  # discovered (and every image checked) once for all folds
     for fold in folds:
-        samples = train_fold(args, fold, samples)
+        samples = train_fold(args, fold, samples, stop=stop)
 
 
-def train_fold(args: argparse.Namespace, fold: int, samples=None, context=None):
+def train_fold(args: argparse.Namespace, fold: int, samples=None, context=None, stop: StopRequest | None = None):
     """One fold from the flags; returns the samples it discovered (for the next fold)."""
     config = build_config(args, fold)
     setup = trainer.setup_fold(config, samples, context)
-    fold_trainer = trainer.FoldTrainer(config, setup, progress=ProgressLine())
+    fold_trainer = trainer.FoldTrainer(config, setup, progress=ProgressLine(), stop=stop)
     logging.info("done: %s", fold_trainer.run())
     return setup.samples
 
@@ -336,9 +337,10 @@ def train_fold(args: argparse.Namespace, fold: int, samples=None, context=None):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    stop = StopRequest()  # SIGTERM/SIGUSR1: the step in progress ends, last.pt records it, exit 75
     try:
         return cli.run(
-            lambda: train(args, argv), timed=True, interrupted="interrupted; continue with --resume", preemptible=True
+            lambda: train(args, argv, stop), timed=True, interrupted="interrupted; continue with --resume", stop=stop
         )
     finally:
         distributed.shutdown()

@@ -2,9 +2,9 @@
 
 A :class:`~spermfuse.errors.SpermfuseError` (or a file-system error naming a path) is the
 user's to fix: it prints as ``error: ...`` and exits with status 2. Ctrl-C exits with 130
-and says how to continue; a preemptible program (training) stops on SIGTERM or SIGUSR1, what
-schedulers send before a kill, and exits with 75 (EX_TEMPFAIL: try again), asking Slurm to
-requeue it after SIGUSR1. Anything else is a bug and keeps its traceback. Used by
+and says how to continue; a program given a ``preemption.StopRequest`` (training) stops on
+SIGTERM or SIGUSR1, what schedulers send before a kill, and exits with 75 (EX_TEMPFAIL: try
+again), asking Slurm to requeue it after SIGUSR1. Anything else is a bug and keeps its traceback. Used by
 ``train.py``, ``fuse.py``, ``evaluate.py``, ``benchmark.py`` and the ``python -m`` entry
 points; argument parsing stays in each program.
 """
@@ -19,32 +19,13 @@ import sys
 from typing import Callable
 
 from .errors import SpermfuseError, user_message
+from .preemption import Preempted, StopRequest
 
 LOG_FORMAT = "%(message)s"
 TIMED_LOG_FORMAT = "%(asctime)s %(message)s"  # training: each epoch line carries its time
 
 
 PREEMPTED_STATUS = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, run it again to continue
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class Preempted(BaseException):
-    """A scheduler's SIGTERM or SIGUSR1 (a BaseException, like Ctrl-C: no ``except Exception``
-    swallows it, and every ``finally`` and atomic write cleans up on its way out)."""
-
-    def __init__(self, signal_number: int) -> None:
-        super().__init__(signal.Signals(signal_number).name)
-        self.signal_number = signal_number
-
-
-def _raise_preempted(signal_number: int, frame) -> None:
-    raise Preempted(signal_number)
-
-
-def stop_on_signals() -> None:
-    """From now on SIGTERM and SIGUSR1 raise :class:`Preempted` in the main thread."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, _raise_preempted)
 
 
 def requeue_under_slurm(signal_number: int) -> bool:
@@ -62,15 +43,18 @@ def requeue_under_slurm(signal_number: int) -> bool:
 
 
 def run(
-    body: Callable[[], int | None], timed: bool = False, interrupted: str = "interrupted", preemptible: bool = False
+    body: Callable[[], int | None],
+    timed: bool = False,
+    interrupted: str = "interrupted",
+    stop: StopRequest | None = None,
 ) -> int:
-    """Set up logging, call ``body()`` and map what it raises to an exit status (``preemptible``:
-    stop on SIGTERM/SIGUSR1 with :data:`PREEMPTED_STATUS`)."""
+    """Set up logging, call ``body()`` and map what it raises to an exit status (``stop``: handle
+    SIGTERM/SIGUSR1 with it, and exit with :data:`PREEMPTED_STATUS` when they stop the program)."""
     logging.basicConfig(
         level=logging.INFO, format=TIMED_LOG_FORMAT if timed else LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr
     )
-    if preemptible:
-        stop_on_signals()
+    if stop is not None:
+        stop.install()
     try:
         return body() or 0
     except (SpermfuseError, OSError) as error:

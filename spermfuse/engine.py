@@ -58,6 +58,18 @@ class EpochResult:
     images: int
     seconds: float
     skipped_steps: int = 0
+    stopped_at: int | None = None  # the last step done when a stop was requested mid-epoch
+
+    def state_dict(self) -> dict:
+        """The running totals of an epoch stopped mid-way (saved in last.pt to continue it)."""
+        return {
+            "loss_sum": self.loss_sum,
+            "correct": self.correct,
+            "images": self.images,
+            "seconds": self.seconds,
+            "skipped_steps": self.skipped_steps,
+            "stopped_at": self.stopped_at,
+        }
 
     @property
     def loss(self) -> float:
@@ -81,20 +93,30 @@ def train_one_epoch(
     before_step: Callable[[nn.Module], None] | None = None,
     channels_last: bool = False,
     after_step: Callable[[], None] | None = None,
+    resume_from: EpochResult | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> EpochResult:
-    """One pass over ``loader``: one optimiser step per batch through the scaler."""
+    """One pass over ``loader``: one optimiser step per batch through the scaler.
+
+    ``resume_from``: the totals of this epoch stopped at step ``stopped_at`` (its batches are
+    passed over, in the same seeded order); ``stop_requested``: polled after every step, True
+    ends the epoch there with ``stopped_at`` set."""
     model.train()
     if before_step is not None:
         before_step(model)  # e.g. keep frozen BatchNorm layers in eval mode
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen, skipped = 0, 0
+    done = resume_from.stopped_at if resume_from is not None else 0
+    total_loss = torch.tensor(resume_from.loss_sum if done else 0.0, device=device, dtype=torch.float64)
+    correct = torch.tensor(resume_from.correct if done else 0, device=device, dtype=torch.int64)
+    seen, skipped = (resume_from.images, resume_from.skipped_steps) if done else (0, 0)
+    earlier_seconds = resume_from.seconds if done else 0.0
     # The scaler backs off exactly when it skipped a step; one read of the scale per step
     # (a host sync on CUDA) tells, against the value the previous step left.
     scale = scaler.get_scale() if scaler.is_enabled() else None
     start = time.perf_counter()
     batches = len(loader)
     for step, (images, labels, _) in enumerate(loader, start=1):
+        if step <= done:
+            continue
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if channels_last:
@@ -121,8 +143,11 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
         if progress is not None:
-            progress(step, batches, seen / (time.perf_counter() - start))
-    seconds = time.perf_counter() - start
+            progress(step, batches, seen / (time.perf_counter() - start + earlier_seconds))
+        if stop_requested is not None and stop_requested() and step < batches:
+            seconds = time.perf_counter() - start + earlier_seconds
+            return EpochResult(total_loss.item(), int(correct.item()), seen, seconds, skipped, stopped_at=step)
+    seconds = time.perf_counter() - start + earlier_seconds
     if skipped:
         log.info("GradScaler skipped %d of %d steps (inf/NaN gradients; normal early in fp16)", skipped, batches)
     return EpochResult(total_loss.item(), int(correct.item()), seen, seconds, skipped)

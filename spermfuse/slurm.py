@@ -3,9 +3,9 @@ fusion and the evaluation as a job that starts when every task has finished.
 
 ``train.py ... --fold all --slurm-script job.sh`` writes the script (it never submits it); the
 user runs ``sbatch job.sh``. Each task runs ``train.py ... --fold K --resume auto``, so a task
-that Slurm requeues (preemption, or the ``--signal=USR1@120`` warning before its time limit,
-on which train.py saves nothing new, exits with 75 and asks to be requeued) continues from its
-last finished epoch.
+that Slurm requeues (preemption, or the ``--signal=USR1@120`` warning before its time limit, on
+which train.py saves its position after the step in progress, exits with 75 and asks to be
+requeued) continues from the next step.
 """
 
 from __future__ import annotations

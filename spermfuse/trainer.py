@@ -36,6 +36,7 @@ from .models import LoadReport, create_model, get_spec, load_initial_weights, re
 from .models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from .output_folder import discard, move_aside, refuse_overlap
 from .profiling import peak_memory_mb
+from .preemption import Preempted, StopRequest
 from .run_folder import LAST_CHECKPOINT, checkpoint_metadata, save_logits, split_digest, write_config, write_history
 from .runtime import environment, resolve_device, seed_everything
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, from_spec
@@ -240,13 +241,18 @@ class FoldTrainer:
         setup: FoldSetup,
         progress: engine.Progress | None = None,
         on_epoch_end: Callable[[dict], None] | None = None,
+        stop: StopRequest | None = None,
     ) -> None:
-        """``setup``: what :func:`setup_fold` made for this config (the trainer only reads it)."""
+        """``setup``: what :func:`setup_fold` made for this config (the trainer only reads it);
+        ``stop``: the installed signal handler whose request ends an epoch after its current step
+        (single-process runs; under DDP a signal stops at once and the epoch is redone)."""
         validate_config(config)
         # The padding is a property of the network (best.pt rebuilds it): resolved once, recorded.
         self.config = config = replace(config, padding=resolve_padding(config.arch, config.pretrained, config.padding))
         self.progress = progress
         self.on_epoch_end = on_epoch_end
+        self.stop = stop if stop is not None and not setup.context.enabled else None
+        self.partial: engine.EpochResult | None = None  # an epoch stopped mid-way, to continue
         self.context, self.device, self.samples, self.split = setup.context, setup.device, setup.samples, setup.split
         self.amp_dtype = engine.amp_dtype_for(self.device, config.amp)
         paths = [
@@ -368,9 +374,10 @@ class FoldTrainer:
             )
         return state
 
-    def _save_last(self, tools: StageTools) -> dict:
+    def _save_last(self, tools: StageTools, partial: engine.EpochResult | None = None) -> dict:
         """Everything a resume needs (what the run is, the weights, :attr:`state`, the stage's
-        tools, the random state), saved atomically (by rank 0) and returned."""
+        tools, the random state, and ``partial``: the totals of an epoch stopped mid-way), saved
+        atomically (by rank 0) and returned."""
         checkpoint = {
             "arch": self.config.arch,
             "classes": list(self.samples.classes),
@@ -382,6 +389,7 @@ class FoldTrainer:
             **self.state.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "partial_epoch": partial.state_dict() if partial is not None else None,
         }
         if self.context.is_main:
             atomic_torch_save(self.run_dir / LAST_CHECKPOINT, checkpoint)
@@ -411,24 +419,31 @@ class FoldTrainer:
         )
         return distributed.gather_predictions(logits, labels, indices, self.context)
 
-    def _run_epoch(self, stage: Stage, model: nn.Module, optimizer, scaler, global_epoch: int) -> dict:
+    def _run_epoch(self, stage: Stage, model: nn.Module, tools: StageTools, global_epoch: int) -> dict:
+        """One epoch's training (continuing :attr:`partial` when resumed mid-epoch) and validation."""
         self.train_loader.sampler.set_epoch(global_epoch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        result = engine.train_one_epoch(
-            model,
-            self.train_loader,
-            self.criterion,
-            optimizer,
-            scaler,
-            self.device,
-            self.amp_dtype,
-            self.config.grad_clip,
-            self.progress if self.context.is_main else None,
-            before_step=set_frozen_norms_to_eval if stage.trainable != "all" else None,
-            channels_last=self.config.channels_last,
-            after_step=(lambda: self.ema.update(self.model)) if self.ema else None,
-        )
+        with self.stop.deferred() if self.stop is not None else nullcontext():
+            result = engine.train_one_epoch(
+                model,
+                self.train_loader,
+                self.criterion,
+                tools.optimizer,
+                tools.scaler,
+                self.device,
+                self.amp_dtype,
+                self.config.grad_clip,
+                self.progress if self.context.is_main else None,
+                before_step=set_frozen_norms_to_eval if stage.trainable != "all" else None,
+                channels_last=self.config.channels_last,
+                after_step=(lambda: self.ema.update(self.model)) if self.ema else None,
+                resume_from=self.partial,
+                stop_requested=(lambda: self.stop.requested) if self.stop is not None else None,
+            )
+        self.partial = None
+        if result.stopped_at is not None:
+            self._stop_mid_epoch(result, tools)
         loss_sum, correct, images, seconds = distributed.all_reduce_sum(
             [result.loss_sum, result.correct, result.images, result.seconds], self.context, self.device
         )
@@ -441,7 +456,7 @@ class FoldTrainer:
         return {
             "epoch": global_epoch,
             "stage": stage.name,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": tools.optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / images,
             "train_acc": correct / images,
             "val_loss": val_loss,
@@ -451,6 +466,17 @@ class FoldTrainer:
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             "skipped_steps": result.skipped_steps,
         }
+
+    def _stop_mid_epoch(self, result: engine.EpochResult, tools: StageTools) -> None:
+        """A stop request inside an epoch: last.pt with the position in the epoch, then stop."""
+        self.state.global_epoch -= 1  # the epoch is not over: a resume enters it again
+        self._save_last(tools, partial=result)
+        log.info(
+            "stopped after step %d of epoch %d; --resume continues from the next step",
+            result.stopped_at,
+            self.state.global_epoch + 1,
+        )
+        raise Preempted(self.stop.signal_number)
 
     def run(self) -> Path:
         """Train every stage (resuming if asked), then write the logits of the best weights.
@@ -480,6 +506,8 @@ class FoldTrainer:
         if resumed is not None:
             self.model.load_state_dict(resumed["model"])
             self.state = TrainState.from_checkpoint(resumed)
+            partial = resumed.get("partial_epoch")
+            self.partial = engine.EpochResult(**partial) if partial else None
             log.info("resuming %s at stage %d, epoch %d", self.run_dir, self.state.stage + 1, self.state.next_epoch + 1)
         while not self.state.finished:
             tools = self._train_stage(stages[self.state.stage], resumed, last=self.state.stage == len(stages) - 1)
@@ -537,7 +565,7 @@ class FoldTrainer:
             return tools
         for epoch in range(self.state.next_epoch, stage.epochs):
             self.state.global_epoch += 1
-            row = self._run_epoch(stage, model, tools.optimizer, tools.scaler, self.state.global_epoch)
+            row = self._run_epoch(stage, model, tools, self.state.global_epoch)
             self.state.next_epoch = epoch + 1
             self._end_epoch(row, stage, tools)
             if tools.stopper.should_stop:
@@ -569,6 +597,8 @@ class FoldTrainer:
         if self.context.is_main:
             write_history(self.run_dir / "history.csv", self.state.history)
         self._save_last(tools)
+        if self.stop is not None and self.stop.requested:  # asked for after the epoch's last step
+            raise Preempted(self.stop.signal_number)
         log.info(
             "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
             epoch,

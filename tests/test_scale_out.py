@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from spermfuse import cli
+from spermfuse.preemption import STOP_SIGNALS, Preempted, StopRequest
 from spermfuse.slurm import PER_TASK_FLAGS, SlurmSettings, batch_script, command_without
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_a_signal_exits_with_the_preempted_status_and_slurm_is_asked_to_requeue(
     scontrol.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    saved = {number: signal.getsignal(number) for number in cli.STOP_SIGNALS}
+    saved = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     try:
         for number, requeued in ((signal.SIGTERM, False), (signal.SIGUSR1, True)):
 
@@ -68,12 +69,36 @@ def test_a_signal_exits_with_the_preempted_status_and_slurm_is_asked_to_requeue(
                 os.kill(os.getpid(), number)
                 time.sleep(5)  # the handler interrupts this
 
-            assert cli.run(body, preemptible=True) == cli.PREEMPTED_STATUS
+            assert cli.run(body, stop=StopRequest()) == cli.PREEMPTED_STATUS
             assert (tmp_path / "asked").exists() == requeued
         assert (tmp_path / "asked").read_text().split() == ["requeue", "4242"]
     finally:
         for number, handler in saved.items():
             signal.signal(number, handler)
+
+
+def test_a_stop_inside_an_epoch_ends_it_after_the_step_and_the_resume_continues_from_the_next(tiny_sperm, tmp_path):
+    from conftest import fold_trainer_for, tiny_config
+    from spermfuse.files import safe_torch_load
+
+    settings = dict(epochs=3, batch_size=8, arch="efficientnet_tiny")
+    full = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "full", **settings)).run()
+    stop, calls = StopRequest(), []
+
+    def signal_at_epoch_2_step_3(step, batches, rate):  # as if SIGTERM arrived during that step
+        calls.append(step)
+        if len(calls) == batches + 3:
+            stop(signal.SIGTERM)
+
+    config = tiny_config(tiny_sperm, tmp_path / "cut", **settings)
+    with pytest.raises(Preempted):
+        fold_trainer_for(config, stop=stop, progress=signal_at_epoch_2_step_3).run()
+    last = safe_torch_load(config.run_dir() / "last.pt")
+    assert last["partial_epoch"]["stopped_at"] == 3 and last["next_epoch"] == 1 and last["global_epoch"] == 1
+    resumed = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "cut", resume=True, **settings)).run()
+    expected = np.load(full / "test_logits.npz")["logits"]
+    assert np.array_equal(np.load(resumed / "test_logits.npz")["logits"], expected)
+    assert len((resumed / "history.csv").read_text().splitlines()) == 4  # three epochs, the second once
 
 
 def test_training_stopped_by_sigterm_resumes_with_resume_auto_to_the_same_logits(tiny_sperm, tmp_path):

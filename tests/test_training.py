@@ -416,7 +416,7 @@ def test_method_b_killed_at_the_stage_boundary_resumes_from_the_first_stages_bes
 def test_best_pt_of_a_two_stage_run_is_the_best_epoch_of_the_whole_run(tiny_sperm, tmp_path, monkeypatch):
     val_losses = iter([1.0, 0.5, 0.8, 0.9])  # stage 1 ends best; fine-tuning never beats it
 
-    def scripted_epoch(self, stage, model, optimizer, scaler, global_epoch):
+    def scripted_epoch(self, stage, model, tools, global_epoch):
         return {
             "epoch": global_epoch,
             "stage": stage.name,
