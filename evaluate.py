@@ -156,12 +156,10 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
 
 def run_ablation(args, out: Path) -> None:
     """Table 2: each run root's backbones and their fusions, in ``out/ablation.md``."""
-    rows = [
-        [name] + row
-        for name, folder in named_folders(args.ablation).items()
-        for row in evaluation.ablation_rows(folder, fusion.parse_alphas(args.alphas))
-    ]
-    table = report.markdown_table(["setting", "model", "accuracy", "weighted F1", "macro F1"], rows)
+    rows = evaluation.ablation_rows(named_folders(args.ablation), fusion.parse_alphas(args.alphas))
+    header = ["setting", "model", "accuracy", "weighted F1", "macro F1"]
+    header += [f"McNemar p vs {next(iter(named_folders(args.ablation)))}", "folds with p < 0.05"]
+    table = report.markdown_table(header, rows)
     with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
         atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)
     print(table)

@@ -3,6 +3,7 @@ fold, the paired tests between models, calibration before and after, and Table 2
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from . import calibration, fusion, metrics, run_folder
 from .errors import FusionError
-from .report import fmt
+from .report import fmt, p_value
 from .run_folder import LogitsSet, align, pooled
 
 
@@ -164,25 +165,65 @@ def build_report(
     return result | {"headline": headline(result, select)}
 
 
-def ablation_rows(runs: Path, alphas: Sequence[float]) -> list[list[str]]:
-    """Table 2 for one run root: each backbone, their fusion at a = 0.5, and at the tuned a*."""
+def ablation_models(runs: Path, alphas: Sequence[float]) -> dict[str, list[LogitsSet]]:
+    """Table 2's models of one run root, per fold: each backbone, and for two or more their
+    fusion at a = 0.5 and at the a* tuned on these test folds (the paper's rule)."""
     models = {name: path for name, path in run_folder.discover_models(runs).items() if not name.startswith("fusion")}
     if not models:
         raise fusion.FusionError(
             f"--ablation {runs}: no trained models (fold*/test_logits.npz) there; check the folder"
         )
-    rows = []
-    for name, path in models.items():
-        sets = run_folder.load_fold_sets(path)
-        agg = metrics.summarize(*pooled(sets), sets[0].classes)
-        rows.append([name, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
+    table = {name: run_folder.load_fold_sets(path) for name, path in models.items()}
     if len(models) >= 2:
-        names = list(models)[:2]
-        per_fold = run_folder.collect_folds(runs, names)
-        labels = np.concatenate([sets[0].labels for sets in per_fold])
+        per_fold = run_folder.collect_folds(runs, list(models)[:2])
         tuned = fusion.grid_search(per_fold, alphas).best
         for label, weights in (("fusion a=0.5", (0.5, 0.5)), (f"fusion a*={tuned[0]:.1f}", tuned)):
-            logits = np.concatenate([fusion.fuse([s.logits for s in sets], weights) for sets in per_fold])
-            agg = metrics.summarize(labels, logits, per_fold[0][0].classes)
-            rows.append([label, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])])
+            table[label] = [
+                replace(sets[0], logits=fusion.fuse([s.logits for s in sets], weights)) for sets in per_fold
+            ]
+    return table
+
+
+def ablation_rows(settings: dict[str, Path], alphas: Sequence[float]) -> list[list[str]]:
+    """Table 2 over named run roots: every model's accuracy and F1 scores, and for each setting
+    after the first, McNemar's exact test against the first setting's same model on the same
+    cells (pooled over the folds, then the folds where it is below 0.05): a one-seed difference
+    with p >= 0.05 is no evidence."""
+    tables = {setting: ablation_models(root, alphas) for setting, root in settings.items()}
+    reference_name = next(iter(tables))
+    rows = []
+    for setting, models in tables.items():
+        for name, folds in models.items():
+            agg = metrics.summarize(*pooled(folds), folds[0].classes)
+            row = [setting, name, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])]
+            reference = tables[reference_name].get(_same_model(name, tables[reference_name]))
+            row += ["-", "-"] if setting == reference_name or reference is None else _mcnemar_cells(folds, reference)
+            rows.append(row)
     return rows
+
+
+def _same_model(name: str, models: dict[str, list[LogitsSet]]) -> str | None:
+    """The reference's row for ``name`` (a tuned fusion matches the tuned fusion, whatever its a*)."""
+    if name in models:
+        return name
+    return next((other for other in models if name.startswith("fusion a*") and other.startswith("fusion a*")), None)
+
+
+def _mcnemar_cells(folds: Sequence[LogitsSet], reference: Sequence[LogitsSet]) -> list[str]:
+    """The pooled McNemar p and the folds whose own p is below 0.05 (with the sign of the change)."""
+    if [f.fold for f in folds] != [r.fold for r in reference]:
+        return ["n/a (other folds)", "-"]
+    try:
+        pairs = [align([r, f]) for f, r in zip(folds, reference)]
+    except FusionError:
+        return ["n/a (other cells)", "-"]
+    labels = np.concatenate([r.labels for r, _ in pairs])
+    before = np.concatenate([r.logits.argmax(1) for r, _ in pairs])
+    after = np.concatenate([f.logits.argmax(1) for _, f in pairs])
+    significant = []
+    for r, f in pairs:
+        p = metrics.mcnemar_p(r.labels, r.logits.argmax(1), f.logits.argmax(1))
+        if p < 0.05:
+            change = (f.logits.argmax(1) == f.labels).sum() - (r.logits.argmax(1) == r.labels).sum()
+            significant.append(f"{f.fold} ({'+' if change > 0 else '-'})")
+    return [p_value(metrics.mcnemar_p(labels, before, after)).removeprefix("= "), ", ".join(significant) or "none"]

@@ -666,3 +666,23 @@ def test_without_a_leak_free_fusion_there_is_no_headline_and_the_summary_labels_
     text = summary_markdown(with_headline, None, "report.json", "test machine")
     assert "| fusion_val (headline) |" in text and "against m1" in text and "no evidence of a difference" in text
     assert "against m2" in text and "a difference on both tests" in text
+
+
+def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_path):
+    from conftest import write_logits
+
+    from spermfuse.evaluation import ablation_rows
+
+    rng = np.random.default_rng(3)
+    for fold in (1, 2):
+        labels = rng.integers(0, 3, 60)
+        paths = [f"{fold}_{i}.png" for i in range(60)]
+        right = np.eye(3)[labels] * 3
+        half = np.where(rng.random(60)[:, None] < 0.5, right, np.eye(3)[(labels + 1) % 3] * 3)
+        for root, logits in (("plain", half), ("same", half), ("better", right)):
+            write_logits(tmp_path / root / "m" / f"fold{fold}" / "test_logits.npz", logits, labels, paths, "m", fold)
+    rows = ablation_rows({name: tmp_path / name for name in ("plain", "same", "better")}, [0.5])
+    by_setting = {row[0]: row for row in rows}
+    assert by_setting["plain"][5:] == ["-", "-"]
+    assert by_setting["same"][5:] == ["1.0000", "none"]  # identical predictions: no evidence
+    assert by_setting["better"][5:] == ["< 0.0001", "1 (+), 2 (+)"]
