@@ -19,6 +19,7 @@ from pathlib import Path
 from .engine import TTA_MODES
 from .errors import ConfigError
 from .models import get_spec
+from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .transforms import PAD_COLOR
 
 
@@ -103,8 +104,9 @@ OPERATIONAL_SETTINGS = frozenset(
 
 # What each preset changes from TrainConfig's defaults; the only place these values live.
 PRESETS: dict[str, dict] = {
-    # Method A as published: the defaults themselves.
-    "paper_a": {},
+    # Method A as published: the defaults, and the ImageNet mean/std its text names (l. 62), also
+    # with --pretrained (outside this preset the starting weights' own statistics are the default).
+    "paper_a": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD),
     # Method B (Otsu + two-stage EfficientNet-B4): head only for up to 50 epochs, then the
     # last 60 layers; early stopping on validation loss; a 70/15/15 holdout split.
     "paper_b": dict(
@@ -122,6 +124,7 @@ PRESETS: dict[str, dict] = {
         split="holdout",
         val_fraction=0.15,
         test_fraction=0.15,
+        drop_path=0.2,  # Keras's EfficientNetB4 drop_connect_rate, which the paper's model keeps
     ),
     # The CPU demo (demo.sh): the small backbones fine-tuned at 64 px from their pretrained
     # checkpoints (spermfuse/pretrain.py), in minutes; demo_scratch trains them from scratch.
