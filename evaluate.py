@@ -124,7 +124,13 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
     ):  # fold by fold
         name, kind = chosen[image.path]
         figure = out / "gallery" / f"{name}_{kind}.png"
-        title = f"{name}, {kind}: predicted {classes[image.predicted]} {image.probability:.2f} (fold {image.fold})"
+        # The title names the class the maps explain (the plain forward's); the report's
+        # prediction (with TTA and temperatures) is added when it differs.
+        title = (
+            f"{name}, {kind}: maps of {classes[explained.predicted]} {explained.probability:.2f} (fold {image.fold})"
+        )
+        if explained.predicted != image.predicted:
+            title += f"; reported prediction {classes[image.predicted]}"
         figures.explanation_figure(load_rgb(explained.path), explained.figure_maps(), title, figure)
         rows.append(
             [

@@ -119,6 +119,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"stochastic depth of the EfficientNets (default {d.drop_path:g}: the paper names none)",
     )
     p.add_argument(
+        "--bn-momentum",
+        type=float,
+        help="BatchNorm momentum in PyTorch's convention (Keras's 0.99 is 0.01; default torch's 0.1, paper_b 0.01)",
+    )
+    p.add_argument(
+        "--loss-normalization",
+        choices=["weights", "count"],
+        help="class-weighted loss divided by the weights' sum (PyTorch, default) or by the batch size (Keras, paper_b)",
+    )
+    p.add_argument(
         "--group-column",
         help="manifest column with the patient / slide / sample id (default 'group', used when present)",
     )

@@ -79,6 +79,11 @@ class TrainConfig:
     # checkpoint it fine-tunes runs without drop-path, so none by default (torchvision's
     # EfficientNetV2-S builder would silently use up to 0.2).
     drop_path: float = 0.0
+    # Keras's conventions, for method B: its BatchNorm momentum 0.99 (torch's 0.01; None keeps
+    # torch's 0.1), and its class-weighted loss sum(w_i l_i) / N ("count") where PyTorch's
+    # weighted mean is sum(w_i l_i) / sum(w_i) ("weights").
+    bn_momentum: float | None = None
+    loss_normalization: str = "weights"
     ema: float | None = None  # decay of an exponential moving average of the weights used for evaluation (e.g. 0.999)
     tta: str = "none"  # test-time augmentation of the written logits: none | flip (image + both flips, averaged)
     skip_bad: bool = False
@@ -125,6 +130,8 @@ PRESETS: dict[str, dict] = {
         val_fraction=0.15,
         test_fraction=0.15,
         drop_path=0.2,  # Keras's EfficientNetB4 drop_connect_rate, which the paper's model keeps
+        bn_momentum=0.01,  # Keras's 0.99 in PyTorch's convention
+        loss_normalization="count",  # Keras's class-weighted loss
     ),
     # The CPU demo (demo.sh): the small backbones fine-tuned at 64 px from their pretrained
     # checkpoints (spermfuse/pretrain.py), in minutes; demo_scratch trains them from scratch.
@@ -172,6 +179,11 @@ def validate_config(config: TrainConfig) -> None:
         (config.preprocess in ("none", "otsu"), "--preprocess must be none or otsu"),
         (config.scheduler in ("plateau", "constant"), "--scheduler must be plateau or constant"),
         (0.0 <= config.drop_path < 1.0, "--drop-path must be in [0, 1)"),
+        (
+            config.bn_momentum is None or (_finite(config.bn_momentum) and 0.0 < config.bn_momentum <= 1.0),
+            f"--bn-momentum {config.bn_momentum}: PyTorch's convention, in (0, 1] (Keras's 0.99 is 0.01)",
+        ),
+        (config.loss_normalization in ("weights", "count"), "--loss-normalization must be weights or count"),
         (config.padding in (None, "symmetric", "same"), "--padding must be symmetric or same"),
         (not (config.pretrained and config.weights), "give either --pretrained or --weights PATH, not both"),
         (config.val_loss in ("weighted", "unweighted"), "--val-loss must be weighted or unweighted"),

@@ -194,6 +194,18 @@ def predict(
     return torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices)
 
 
+class CountNormalizedCrossEntropy(nn.Module):
+    """Class-weighted cross-entropy as Keras computes it: sum(w_i l_i) / N, where PyTorch's
+    ``CrossEntropyLoss(weight=w)`` divides by sum(w_i) (method B's ``loss_normalization="count"``)."""
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, weight=self.weight, reduction="sum") / len(labels)
+
+
 def loss_and_accuracy(
     logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
 ) -> tuple[float, float]:

@@ -290,7 +290,11 @@ class FoldTrainer:
         else:
             weights = None
         self.loss_weight = weights.to(self.device) if weights is not None else None
-        self.criterion = nn.CrossEntropyLoss(weight=self.loss_weight)
+        self.criterion = (
+            engine.CountNormalizedCrossEntropy(self.loss_weight)
+            if c.loss_normalization == "count"
+            else nn.CrossEntropyLoss(weight=self.loss_weight)
+        )
 
     def _loader(self, dataset: data_lib.ImageDataset, train: bool) -> torch.utils.data.DataLoader:
         c = self.config
@@ -310,6 +314,10 @@ class FoldTrainer:
             c.arch, len(self.samples.classes), dropout=c.dropout, drop_path=c.drop_path, padding=c.padding
         )
         report = load_initial_weights(self.model, c.arch, pretrained=c.pretrained, weights=c.weights)
+        if c.bn_momentum is not None:  # Keras's running-statistics update (method B)
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = c.bn_momentum
         self.mean, self.std, source = input_normalization(c, report)
         log.info("input normalisation: mean %s std %s, from %s", self.mean, self.std, source)
         self.model.to(self.device)

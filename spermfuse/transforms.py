@@ -116,29 +116,27 @@ class RandomFlip:
 
 @dataclass
 class RandomAffine:
-    """Rotate by U(-degrees, degrees), translate by up to ``translate`` of the size, zoom by 1 +- ``zoom``."""
+    """Rotate by U(-degrees, degrees), translate by up to ``translate`` of the size, zoom by 1 +- ``zoom``
+    (``independent_zoom``: x and y drawn apart, as Keras's ImageDataGenerator ``zoom_range`` does)."""
 
     degrees: float = 15.0
     translate: float = 0.0
     zoom: float = 0.0
     fill: tuple[int, int, int] = PAD_COLOR
+    independent_zoom: bool = False
 
     def matrix(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
         """Rotation and zoom about the centre, then the shift, as a map of a ``width`` x ``height`` image onto itself."""
         angle = math.radians(rng.uniform(-self.degrees, self.degrees)) if self.degrees else 0.0
         shift_x = rng.uniform(-self.translate, self.translate) * width if self.translate else 0.0
         shift_y = rng.uniform(-self.translate, self.translate) * height if self.translate else 0.0
-        scale = rng.uniform(1 - self.zoom, 1 + self.zoom) if self.zoom else 1.0
-        cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+        scale_x = rng.uniform(1 - self.zoom, 1 + self.zoom) if self.zoom else 1.0
+        scale_y = rng.uniform(1 - self.zoom, 1 + self.zoom) if self.zoom and self.independent_zoom else scale_x
+        cos, sin = math.cos(angle), math.sin(angle)
+        linear = np.array([[cos * scale_x, -sin * scale_y], [sin * scale_x, cos * scale_y]])
         cx, cy = width / 2, height / 2
-        return np.array(
-            [
-                [cos, -sin, cx - cos * cx + sin * cy + shift_x],
-                [sin, cos, cy - sin * cx - cos * cy + shift_y],
-                [0, 0, 1],
-            ],
-            dtype=np.float64,
-        )
+        offset = np.array([cx + shift_x, cy + shift_y]) - linear @ np.array([cx, cy])
+        return np.array([[*linear[0], offset[0]], [*linear[1], offset[1]], [0, 0, 1]], dtype=np.float64)
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         matrix = self.matrix(image.width, image.height, rng)
@@ -291,7 +289,7 @@ def build(
     """The train or eval pipeline of a method.
 
     ``paper_a`` (method A): h-flip 0.5, v-flip 0.3, rotation +-15 deg, brightness/contrast 0.3,
-    Gaussian noise 0.2. ``paper_b`` (method B): rotation 15 deg, translation 10 %, zoom 10 %,
+    Gaussian noise 0.2. ``paper_b`` (method B): rotation 15 deg, translation 10 %, zoom 10 % (x and y apart, as Keras),
     both flips at 0.5. ``none``: no augmentation. Eval is letterbox + normalise only.
     """
     normalize = Normalize(mean, std)
@@ -301,7 +299,10 @@ def build(
         geometric = [RandomFlip(0.5, 0.3), RandomAffine(degrees=rotation, fill=pad_color)]
         photometric = [RandomBrightnessContrast(p=0.3), RandomGaussianNoise(p=0.2)]
     elif preset == "paper_b":
-        geometric = [RandomFlip(0.5, 0.5), RandomAffine(degrees=rotation, translate=0.1, zoom=0.1, fill=pad_color)]
+        geometric = [
+            RandomFlip(0.5, 0.5),
+            RandomAffine(degrees=rotation, translate=0.1, zoom=0.1, fill=pad_color, independent_zoom=True),
+        ]
         photometric = []
     else:
         raise ConfigError(f"--augment {preset}: unknown; choose paper_a, paper_b or none")

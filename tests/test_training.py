@@ -511,3 +511,22 @@ def test_a_calibration_fraction_writes_cal_logits_of_cells_no_part_of_training_s
     fold = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "again", epochs=1, cal_fraction=0.2))
     trained_on = {fold.samples.paths[i] for i in fold.split.train}
     assert not trained_on & set(cal["paths"].tolist())
+
+
+def test_keras_loss_normalisation_divides_the_weighted_sum_by_the_batch_size():
+    from spermfuse.engine import CountNormalizedCrossEntropy
+
+    logits, labels = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 2, 1, 0])
+    weight = torch.tensor([0.5, 1.0, 3.0])
+    per_cell = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * weight[labels]
+    assert CountNormalizedCrossEntropy(weight)(logits, labels).item() == pytest.approx(per_cell.sum().item() / 6)
+    pytorch = torch.nn.CrossEntropyLoss(weight=weight)(logits, labels).item()
+    assert pytorch == pytest.approx(per_cell.sum().item() / weight[labels].sum().item())
+
+
+def test_a_bn_momentum_reaches_every_batchnorm_layer(tiny_sperm, tmp_path):
+    from conftest import fold_trainer_for
+
+    fold = fold_trainer_for(tiny_config(tiny_sperm, tmp_path, arch="efficientnet_tiny", bn_momentum=0.01))
+    norms = [m for m in fold.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.01 for m in norms)

@@ -137,3 +137,17 @@ def test_composed_flip_matches_flipping_the_letterboxed_image():
     flipped = Pipeline(96, geometric=[RandomFlip(1.0, 0.0)]).geometry(image, np.random.default_rng(0))
     expected = np.asarray(letterbox(image, 96))[:, ::-1]
     assert np.abs(np.asarray(flipped, dtype=np.float64) - expected).mean() < 1.5
+
+
+def test_keras_zoom_scales_x_and_y_apart_and_the_isotropic_zoom_does_not():
+    from spermfuse.transforms import RandomAffine
+
+    def column_norms(affine):
+        matrix = affine.matrix(100, 80, np.random.default_rng(5))
+        return np.linalg.norm(matrix[:2, :2], axis=0)
+
+    isotropic = column_norms(RandomAffine(degrees=10, zoom=0.1))
+    independent = column_norms(RandomAffine(degrees=10, zoom=0.1, independent_zoom=True))
+    assert isotropic[0] == pytest.approx(isotropic[1])
+    assert abs(independent[0] - independent[1]) > 1e-3
+    assert all(0.9 <= n <= 1.1 for n in independent)
