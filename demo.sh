@@ -28,6 +28,7 @@ while [ $# -gt 0 ]; do
     --no-pretrain) pretrain=0; shift ;;
     --weights1) weights[0]="$(absolute "$2")"; shift 2 ;;
     --weights2) weights[1]="$(absolute "$2")"; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2)" >&2; exit 2 ;;
   esac
 done

@@ -30,7 +30,7 @@ log = logging.getLogger("evaluate")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.argument_parser(__doc__)
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run root to search when --logits is not given")
     p.add_argument("--logits", nargs="+", metavar="NAME=DIR", help="named model folders holding fold logits")
     p.add_argument("--main", help="model for Tables 3 and 7 (default: fusion if present, else the first)")

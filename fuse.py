@@ -37,12 +37,15 @@ log = logging.getLogger("fuse")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.argument_parser(__doc__)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--grid", action="store_true", help="search the weight grid")
     mode.add_argument("--alpha", type=float, help="fixed weight a of the first model (two models)")
     mode.add_argument(
-        "--predict", type=Path, metavar="FOLDER", help="classify the images in FOLDER with the fused models"
+        "--predict",
+        type=Path,
+        metavar="FOLDER",
+        help="classify the images in FOLDER (or one image, or a quoted glob such as 'cells/*.png') with the fused models",
     )
     mode.add_argument(
         "--export",
@@ -282,7 +285,11 @@ def fused_settings(args) -> tuple[run_folder.FusionSettings, list[int]]:
 def model_folders(args) -> dict[str, Path]:
     """The inputs of --predict and --export, by flag: no output may be, lie in or contain one."""
     inputs = {f"--models {name}": args.runs / name for name in args.models} | {"--out": args.out}
-    return inputs | ({"--predict": args.predict} if args.predict is not None else {})
+    if args.predict is None:
+        return inputs
+    # a folder or a file is the input itself; a glob pattern stands for the folder of its matches
+    given = args.predict if args.predict.exists() else inference.prediction_inputs(args.predict)[0]
+    return inputs | {"--predict": given}
 
 
 def exported_files(folder: Path) -> set[str]:
@@ -319,7 +326,7 @@ def run_export(args) -> int:
 def check_prediction_outputs(args) -> None:
     """--output and --explain: never an input, never a folder for the CSV; all before any work."""
     inputs = model_folders(args)
-    refuse_overlap(args.output, "--output", {"--predict": args.predict})
+    refuse_overlap(args.output, "--output", {"--predict": inputs["--predict"]})
     if args.output.is_dir():
         raise fusion.FusionError(
             f"--output {args.output}: is a folder; give the CSV file to write, e.g. {args.output / 'predictions.csv'}"
@@ -403,8 +410,9 @@ def write_samples(
 def run_prediction(args) -> int:
     device = resolve_device(args.device)
     check_prediction_outputs(args)
-    images, bad = inference.usable_images(args.predict, args.skip_bad)
-    samples = sample_report.split_samples(args.predict, images) if args.samples else None
+    root, listed = inference.prediction_inputs(args.predict)  # a folder, a file or a glob pattern
+    images, bad = inference.usable_images(root, args.skip_bad, listed)
+    samples = sample_report.split_samples(root, images) if args.samples else None
     settings, folds = fused_settings(args)
     request = sample_request(args, settings, folds)
     threshold, set_calibrator = (
@@ -418,7 +426,7 @@ def run_prediction(args) -> int:
     classes = members[0][0].classes
     atomic_write_csv(
         args.output,
-        *inference.prediction_table(args.predict, images, bad, probabilities, classes, threshold, set_calibrator),
+        *inference.prediction_table(root, images, bad, probabilities, classes, threshold, set_calibrator),
     )
     if request is not None:
         write_samples(
@@ -426,7 +434,7 @@ def run_prediction(args) -> int:
         )
     if args.explain is not None:
         with write_folder(args.explain, "--explain", args.overwrite, inference.explanation_files) as folder:
-            inference.write_explanations(args.predict, folder, images, members, names, weights, device)
+            inference.write_explanations(root, folder, images, members, names, weights, device)
         log.info(
             "wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv",
             args.explain,

@@ -38,7 +38,7 @@ from spermfuse.slurm import SlurmSettings, batch_script
 def parse_args(argv=None) -> argparse.Namespace:
     """Every flag defaults to None: only the flags given override the preset (``spermfuse/config.py``)."""
     d = trainer.TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.argument_parser(__doc__)
     p.add_argument(
         "--preset",
         choices=list(PRESETS),

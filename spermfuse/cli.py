@@ -11,6 +11,8 @@ points; argument parsing stays in each program.
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
 import os
 import signal
@@ -26,6 +28,32 @@ TIMED_LOG_FORMAT = "%(asctime)s %(message)s"  # training: each epoch line carrie
 
 
 PREEMPTED_STATUS = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, run it again to continue
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without abbreviations (``--epoch`` is not silently ``--epochs``) and with a
+    "did you mean" for a mistyped flag, instead of the whole usage."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:
+        flags = [flag for action in self._actions for flag in action.option_strings]
+        hints = []
+        for word in message.replace(",", " ").split():
+            if word.startswith("--") and word not in flags:
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                if close:
+                    hints.append(f"{word}: did you mean {close[0]}?")
+        line = f"{self.prog}: error: {message}" + (f" ({'; '.join(hints)})" if hints else "")
+        self.exit(2, f"{line}\n(see {self.prog} --help)\n")
+
+
+def argument_parser(description: str | None = None, **kwargs) -> ArgumentParser:
+    """The parser every spermfuse program uses (see :class:`ArgumentParser`)."""
+    return ArgumentParser(description=description, **kwargs)
 
 
 def requeue_under_slurm(signal_number: int) -> bool:

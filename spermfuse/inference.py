@@ -6,7 +6,9 @@ test-time pipeline is rebuilt exactly.
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +39,26 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def prediction_inputs(spec: str | Path) -> tuple[Path, list[Path]]:
+    """``--predict``'s images and the folder their names are relative to: a folder (every image
+    below it), one image file, or a glob pattern (quoted, e.g. ``'cells/*.png'``)."""
+    spec = Path(spec)
+    if spec.is_dir():
+        return spec, list_images(spec)
+    if spec.is_file():
+        if spec.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"--predict {spec}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return spec.parent, [spec]
+    if glob.has_magic(str(spec)):
+        matches = sorted(
+            Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not matches:
+            raise DataError(f"--predict {spec}: the pattern matches no image")
+        return Path(os.path.commonpath([str(p.parent) for p in matches])), matches
+    raise DataError(f"--predict {spec}: no such folder, image or pattern")
+
+
 @torch.no_grad()
 def fused_probabilities(
     images: Sequence[Path],
@@ -61,10 +83,13 @@ def fused_probabilities(
     return np.concatenate(probabilities)
 
 
-def usable_images(folder: Path, skip_bad: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Every image below ``folder`` checked before any model loads: (the good ones, (path, why) of
-    the bad ones). Bad images are one error listing them, unless ``skip_bad``."""
-    images = list_images(folder)
+def usable_images(
+    folder: Path, skip_bad: bool = False, images: Sequence[Path] | None = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every image below ``folder`` (or ``images``, named relative to it) checked before any model
+    loads: (the good ones, (path, why) of the bad ones). Bad images are one error listing them,
+    unless ``skip_bad``."""
+    images = list(images) if images is not None else list_images(folder)
     bad = [(path, why) for path in images if (why := check_image(path)) is not None]
     if bad and not skip_bad:
         shown = "; ".join(f"{path.relative_to(folder).as_posix()}: {why}" for path, why in bad[:5])

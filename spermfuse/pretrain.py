@@ -20,7 +20,6 @@ pretraining resumes from its ``last.pt`` (or starts again if that is unreadable)
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -134,7 +133,7 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m spermfuse.pretrain --arch NAME``: pretrain (or find) the checkpoint, print its path."""
-    parser = argparse.ArgumentParser(prog="python -m spermfuse.pretrain", description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser(__doc__.split("\n\n")[0], prog="python -m spermfuse.pretrain")
     parser.add_argument("--arch", required=True, help="a registered model, e.g. efficientnet_tiny")
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: fastest on 2 cores)")
     args = parser.parse_args(argv)

@@ -522,3 +522,33 @@ def test_samples_need_every_image_in_a_sample_folder(tiny_sperm, demo_output, tm
         text=True,
     )
     assert result.returncode != 0 and "loose.png is not in a sample folder" in result.stderr
+
+
+def test_predict_takes_one_image_or_a_glob_pattern(tiny_sperm, demo_output, tmp_path):
+    models = ["--runs", str(demo_output / "runs"), "--models", "efficientnet_tiny", "resnetv2_tiny"]
+    one = tiny_sperm / "Normal" / "Normal_00000.png"
+    result = subprocess.run(
+        [sys.executable, "fuse.py", "--predict", str(one), "--output", str(tmp_path / "one.csv"), *models],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [row["path"] for row in read_csv(tmp_path / "one.csv")] == ["Normal_00000.png"]
+    pattern = str(tiny_sperm / "PinHead" / "*.png")
+    result = subprocess.run(
+        [sys.executable, "fuse.py", "--predict", pattern, "--output", str(tmp_path / "glob.csv"), *models],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    names = [row["path"] for row in read_csv(tmp_path / "glob.csv")]
+    assert names == sorted(p.name for p in (tiny_sperm / "PinHead").glob("*.png"))
+    missing = subprocess.run(
+        [sys.executable, "fuse.py", "--predict", str(tmp_path / "nothing*.png"), *models],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "matches no image" in missing.stderr

@@ -16,9 +16,9 @@ from .writer import KINDS, class_counts, generate, preview
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.argument_parser(
+        "Procedural microscopy data sets (sperm18, hushem4, blood4) as ImageFolder PNGs.",
         prog="python -m spermfuse.synthetic",
-        description="Procedural microscopy data sets (sperm18, hushem4, blood4) as ImageFolder PNGs.",
     )
     parser.add_argument("--kind", choices=sorted(KINDS), default="sperm18")
     parser.add_argument("--out", type=Path, help="folder to write (must not exist or be empty)")
