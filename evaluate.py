@@ -31,7 +31,11 @@ log = logging.getLogger("evaluate")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = cli.argument_parser(__doc__)
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="run root to search when --logits is not given")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        help="run root to search when --logits is not given (default: runs/ when it holds models, else the most recent runs/<name>/)",
+    )
     p.add_argument("--logits", nargs="+", metavar="NAME=DIR", help="named model folders holding fold logits")
     p.add_argument("--main", help="model for Tables 3 and 7 (default: fusion if present, else the first)")
     p.add_argument(
@@ -187,6 +191,8 @@ def load_models(args) -> tuple[dict[str, Path], dict[str, list[run_folder.Logits
 def run_evaluation(args, out: Path) -> None:
     """report.json, report.md and the figures of every model under ``out`` (a unit); --summary; --explain."""
     start = time.perf_counter()
+    if not args.logits:
+        args.runs = run_folder.find_run_root(args.runs)
     folders, models, main_name = load_models(args)
     notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
     val_models = {name: sets for name, folder in folders.items() if (sets := held_out_sets(folder, "val")) is not None}

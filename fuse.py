@@ -53,9 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="DIR",
         help="write DIR/model.pt2 (torch.export) and DIR/model.json: what --predict computes, without spermfuse",
     )
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="run root written by train.py")
     p.add_argument(
-        "--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help="model folders under --runs (N >= 2)"
+        "--runs",
+        type=Path,
+        help="run root written by train.py (default: runs/ when it holds models, else the most recent runs/<name>/)",
+    )
+    p.add_argument(
+        "--models", nargs="+", help="model folders under --runs to fuse (N >= 2; default: every trained model there)"
     )
     p.add_argument("--alphas", default="0:1:0.1", help="grid, start:stop:step or a comma list (default 0:1:0.1)")
     p.add_argument(
@@ -201,9 +205,8 @@ def calibration_logits(args) -> list | None:
 
 
 def check_models(args) -> None:
-    """At least two distinct model folders, none of them the output folder."""
-    if len(args.models) < 2 or len(set(args.models)) != len(args.models):
-        raise fusion.FusionError(f"--models {' '.join(args.models)}: fusion needs two or more different models")
+    """At least two distinct model folders (default: every trained one), none of them the output folder."""
+    args.models = run_folder.fusion_members(args.runs, args.models)
     refuse_overlap(args.out, "--out", {f"--models {name}": args.runs / name for name in args.models})
 
 
@@ -284,11 +287,12 @@ def fused_settings(args) -> tuple[run_folder.FusionSettings, list[int]]:
 
 def model_folders(args) -> dict[str, Path]:
     """The inputs of --predict and --export, by flag: no output may be, lie in or contain one."""
-    inputs = {f"--models {name}": args.runs / name for name in args.models} | {"--out": args.out}
+    names = args.models or run_folder.trained_models(args.runs)
+    inputs = {f"--models {name}": args.runs / name for name in names} | {"--out": args.out}
     if args.predict is None:
         return inputs
     # a folder or a file is the input itself; a glob pattern stands for the folder of its matches
-    given = args.predict if args.predict.exists() else inference.prediction_inputs(args.predict)[0]
+    given = inference.prediction_inputs(args.predict)[0] if inference.is_pattern(args.predict) else args.predict
     return inputs | {"--predict": given}
 
 
@@ -454,6 +458,8 @@ def run_prediction(args) -> int:
 
 
 def run(args) -> int:
+    args.runs = run_folder.find_run_root(args.runs)
+    args.out = args.out or args.runs / run_folder.FUSION_FOLDER
     if args.explain is not None and args.predict is None:
         raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
     if args.samples and args.predict is None:
@@ -465,7 +471,6 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.out = args.out or args.runs / run_folder.FUSION_FOLDER
     return cli.run(lambda: run(args))
 
 

@@ -39,6 +39,11 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def is_pattern(spec: str | Path) -> bool:
+    """Whether ``--predict`` is a glob pattern rather than a path that exists."""
+    return not Path(spec).exists() and glob.has_magic(str(spec))
+
+
 def prediction_inputs(spec: str | Path) -> tuple[Path, list[Path]]:
     """``--predict``'s images and the folder their names are relative to: a folder (every image
     below it), one image file, or a glob pattern (quoted, e.g. ``'cells/*.png'``)."""
@@ -49,7 +54,7 @@ def prediction_inputs(spec: str | Path) -> tuple[Path, list[Path]]:
         if spec.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(f"--predict {spec}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return spec.parent, [spec]
-    if glob.has_magic(str(spec)):
+    if is_pattern(spec):
         matches = sorted(
             Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS
         )

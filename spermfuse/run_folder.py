@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -31,6 +32,8 @@ from .conformal import SetCalibrator
 from .output_folder import MANIFEST_NAME, verify_folder
 from .selective import Certificate
 from .errors import ConfigError, FusionError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -321,6 +324,46 @@ def discover_models(runs: Path) -> dict[str, Path]:
         ):
             found[f"{FUSION_FOLDER}_{selection.name}"] = selection  # fuse.py's other weight selections
     return found
+
+
+def trained_models(runs: Path) -> list[str]:
+    """The trained (not fused) model folders under ``runs``, by name."""
+    return [name for name in discover_models(runs) if not name.startswith(FUSION_FOLDER)]
+
+
+def find_run_root(runs: Path | None, default: Path = Path("runs")) -> Path:
+    """``--runs`` when given; else ``runs/`` when it holds trained models, else the run root below
+    it (``runs/demo``, ``runs/tiny``, ...) whose logits are the most recent. A root without
+    trained models is a FusionError naming where it looked and how to train."""
+    if runs is not None:
+        return Path(runs)
+    if trained_models(default):
+        return default
+    roots = [p for p in sorted(default.iterdir()) if p.is_dir() and trained_models(p)] if default.is_dir() else []
+    if not roots:
+        raise FusionError(
+            f"no trained models in {default}/ or its subfolders; train a pair first (bash demo.sh on a CPU, or "
+            "python train.py --fold all --arch efficientnetv2_s and --arch resnet50v2), or give --runs DIR"
+        )
+
+    def newest(root: Path) -> float:
+        return max(f.stat().st_mtime for name in trained_models(root) for f in find_fold_files(root / name).values())
+
+    chosen = max(roots, key=newest)
+    log.info("--runs %s (the most recent of %s; give --runs to choose)", chosen, ", ".join(str(r) for r in roots))
+    return chosen
+
+
+def fusion_members(runs: Path, models: Sequence[str] | None) -> list[str]:
+    """``--models`` when given, else every trained model under ``runs``; two different ones at least."""
+    chosen = list(models) if models else trained_models(runs)
+    if len(chosen) < 2 or len(set(chosen)) != len(chosen):
+        found = ", ".join(trained_models(runs)) or "none"
+        raise FusionError(
+            f"--models {' '.join(chosen) or '(none given)'}: fusion needs two or more different trained models "
+            f"(under {runs}: {found}); train the other one (python train.py --fold all --arch ARCH --out {runs})"
+        )
+    return chosen
 
 
 def write_fused_logits(

@@ -686,3 +686,28 @@ def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_pat
     assert by_setting["plain"][5:] == ["-", "-"]
     assert by_setting["same"][5:] == ["1.0000", "none"]  # identical predictions: no evidence
     assert by_setting["better"][5:] == ["< 0.0001", "1 (+), 2 (+)"]
+
+
+def test_without_runs_the_most_recent_run_root_under_runs_is_used_and_named(tmp_path, monkeypatch, caplog):
+    import logging
+    import os
+
+    from spermfuse.run_folder import find_run_root
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(fusion.FusionError, match="no trained models in runs/ or its subfolders"):
+        find_run_root(None)
+    older, newer = fake_runs(tmp_path / "runs" / "demo"), fake_runs(tmp_path / "runs" / "tiny")
+    for logits in older.rglob("*.npz"):
+        os.utime(logits, (1_000_000, 1_000_000))
+    with caplog.at_level(logging.INFO):
+        assert find_run_root(None) == Path("runs") / "tiny"
+    assert "the most recent of runs/demo, runs/tiny" in caplog.text
+    assert find_run_root(older) == older  # given: used as it is
+
+
+def test_fuse_without_models_fuses_every_trained_model_of_the_run_root(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", "--grid", "--runs", str(runs))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((runs / "fusion" / "fusion.json").read_text())["models"] == ["modelx", "modely"]

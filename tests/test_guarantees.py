@@ -206,7 +206,7 @@ def test_fusion_needs_two_different_models_and_an_output_outside_them(tmp_path, 
     runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     for models in (["modelx"], ["modelx", "modelx"]):
         assert fuse.main(["--grid", "--runs", str(runs), "--models", *models]) == 2
-        assert "two or more different models" in capsys.readouterr().err
+        assert "two or more different trained models" in capsys.readouterr().err
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS, "--out", str(runs / "modelx")]) == 2
     assert not (runs / "fusion").exists()
 
