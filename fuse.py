@@ -28,6 +28,7 @@ from spermfuse import cli, fusion, inference, report, run_folder, sample_report
 from spermfuse.export import export_fused
 from spermfuse.files import atomic_write_csv, atomic_write_text
 from spermfuse.fused_model import load_fold_members
+from spermfuse.model_card import MODEL_CARD, model_card
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.quantify import METHODS, WHO_NORMAL_LIMIT
 from spermfuse.runtime import environment_line, resolve_device
@@ -298,7 +299,7 @@ def model_folders(args) -> dict[str, Path]:
 
 def exported_files(folder: Path) -> set[str]:
     """The files an export folder written before manifests held (what --overwrite may replace)."""
-    return {"model.pt2", "model.json", "model.onnx"}
+    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD}
 
 
 def run_export(args) -> int:
@@ -314,13 +315,25 @@ def run_export(args) -> int:
         )
     members = load_fold_members(args.runs, settings.models, folds, "cpu")
     weights = settings.prediction_weights(folds)
+    tested = fusion.fused_folds(args.runs, settings.models, folds, weights)  # for the model card
+    card = model_card(
+        args.runs,
+        settings,
+        folds,
+        tested,
+        members[0][0].pipeline.img_size,
+        decision or None,
+        "python fuse.py " + " ".join(sys.argv[1:]),
+    )
     with write_folder(args.export, "--export", args.overwrite, exported_files) as folder:
         export_fused(members, settings.models, folds, weights, folder, decision or None)
+        atomic_write_text(folder / MODEL_CARD, card)
     log.info(
-        "wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities) and model.json; models %s, folds %s",
+        "wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities), model.json and %s; models %s, folds %s",
         args.export,
         members[0][0].pipeline.img_size,
         members[0][0].pipeline.img_size,
+        MODEL_CARD,
         settings.models,
         folds,
     )

@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ from .calibration import TEMPERATURE_BOUNDS, fit_temperature, probabilities_of
 from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
 from .metrics import fold_metrics, weighted_f1
+from . import run_folder
 from .run_folder import FusionSettings, LogitsSet
 from .selective import accepted_accuracy, certify_threshold
 
@@ -40,6 +42,21 @@ def fuse(logit_list: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
     if len(logit_list) != len(weights):
         raise ValueError(f"{len(logit_list)} logit arrays but {len(weights)} weights")
     return sum(float(w) * np.asarray(z, dtype=np.float32) for w, z in zip(weights, logit_list))
+
+
+def fused_folds(
+    runs: Path, models: Sequence[str], folds: Sequence[int], weights: Sequence[Sequence[float]], split: str = "test"
+) -> list[LogitsSet]:
+    """The members' ``split`` logits of ``folds`` fused with each fold's ``weights`` (as
+    ``--predict`` mixes them: ``FusionSettings.prediction_weights``), one set per fold."""
+    per_fold = {sets[0].fold: sets for sets in run_folder.collect_folds(runs, models, split)}
+    missing = [k for k in folds if k not in per_fold]
+    if missing:
+        raise FusionError(f"{runs}: no {split}_logits.npz of fold(s) {missing} for {', '.join(models)}")
+    return [
+        replace(per_fold[k][0], logits=fuse([s.logits for s in per_fold[k]], w), arch="fusion")
+        for k, w in zip(folds, weights)
+    ]
 
 
 def simplex_grid(num_models: int, alphas: Sequence[float]) -> list[tuple[float, ...]]:

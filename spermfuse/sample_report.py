@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, fusion, run_folder
+from . import __version__, fusion
 from .calibration import fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
 from .data import DataError, load_rgb
@@ -102,17 +102,12 @@ def held_out_confusion(runs: Path, models: Sequence[str], fold: int, weights: Se
     calibration cells, or on its test cells when the runs have no calibration split."""
     for split, words in (("cal", "calibration cells"), ("test", "test cells")):
         try:
-            per_fold = run_folder.collect_folds(runs, models, split)
+            (fused,) = fusion.fused_folds(runs, models, [fold], [weights], split)
         except fusion.FusionError:
             continue
-        sets = next((sets for sets in per_fold if sets[0].fold == fold), None)
-        if sets is None:
-            continue
-        fused = fusion.fuse([s.logits for s in sets], weights)
-        classes = sets[0].classes
-        confusion = confusion_counts(sets[0].labels, fused.argmax(axis=1), len(classes))
-        source = f"fold {fold}'s {len(sets[0].labels)} held-out {words} ({split}_logits.npz of {', '.join(models)})"
-        return HeldOutConfusion(confusion, classes, source, fused, sets[0].labels)
+        confusion = confusion_counts(fused.labels, fused.logits.argmax(axis=1), len(fused.classes))
+        source = f"fold {fold}'s {len(fused.labels)} held-out {words} ({split}_logits.npz of {', '.join(models)})"
+        return HeldOutConfusion(confusion, fused.classes, source, fused.logits, fused.labels)
     raise fusion.FusionError(f"--samples: fold {fold} of {', '.join(models)} has no cal_logits.npz or test_logits.npz")
 
 

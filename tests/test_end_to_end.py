@@ -226,6 +226,11 @@ def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_app
         "referral",
         "prediction_sets",
     }
+    card = (tmp_path / "deploy" / "MODEL_CARD.md").read_text()
+    for field in ("## Intended use", "not a diagnostic device", "classes (18)", "95 % Wilson interval", "## Limits"):
+        assert field in card
+    assert "- referral: " in card and "prediction sets:" in card
+    assert "fuse.py --export" in card  # the command that wrote it
     (tmp_path / "client.py").write_text(readme_client())
     images = sorted(new_images.iterdir())  # the order --predict reads them in: the sets' random tie-breaks follow it
     client = subprocess.run(

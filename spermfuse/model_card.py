@@ -1,0 +1,167 @@
+"""MODEL_CARD.md, written with every export: what the deployed model is for, what it learned
+from, how well it did on cells it never trained on (with intervals), its decision rules, its
+limits, and what made it."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__, metrics
+from .report import markdown_table
+from .run_folder import FusionSettings, LogitsSet, data_root_of_run, fold_folder, pooled
+from .runtime import git_commit
+from .selective import Certificate
+
+MODEL_CARD = "MODEL_CARD.md"
+INTENDED_USE = (
+    "Research use: classifying single-cell sperm morphology images into the classes below, and "
+    "estimating a sample's class fractions with `fuse.py --samples`. It is not a diagnostic device: "
+    "a person reviews the referred cells, and a lab validates the model on its own cells "
+    "(stain, microscope, magnification) before relying on it."
+)
+
+
+def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of a binomial proportion (accuracy, recall)."""
+    if trials == 0:
+        return math.nan, math.nan
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    # at 0 or all successes the bound is exactly 0 or 1 (floating point leaves 1e-16 off)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (
+        1.0 if successes == trials else min(1.0, centre + half)
+    )
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def _training_record(runs: Path, model: str, fold: int) -> dict:
+    try:
+        return json.loads((fold_folder(runs / model, fold) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_card(
+    runs: Path,
+    settings: FusionSettings,
+    folds: Sequence[int],
+    tested: Sequence[LogitsSet],
+    img_size: int,
+    decision: dict | None,
+    command: str,
+) -> str:
+    """The card's Markdown. ``tested``: the fused test logits of ``folds`` (each fold's pair on
+    the cells it never trained on)."""
+    labels, logits = pooled(tested)
+    classes = tested[0].classes
+    predicted = logits.argmax(axis=1)
+    confusion = metrics.confusion_counts(labels, predicted, len(classes))
+    right = int(np.trace(confusion))
+    low, high = wilson_interval(right, len(labels))
+    record = _training_record(runs, settings.models[0], folds[0])
+    data_root = str(data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))) if record else "unknown"
+    specificity = metrics.specificity_per_class(confusion)
+    rows = []
+    for c, name in enumerate(classes):
+        support = int(confusion[c].sum())
+        recall_low, recall_high = wilson_interval(int(confusion[c, c]), support)
+        recall = confusion[c, c] / support if support else math.nan
+        rows.append(
+            [
+                name,
+                support,
+                _percent(recall),
+                f"{_percent(recall_low)} – {_percent(recall_high)}",
+                _percent(specificity[c]),
+            ]
+        )
+    lines = [
+        "# Model card",
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+        "## Model",
+        "",
+        f"- members: {', '.join(settings.models)}; folds {', '.join(map(str, folds))} "
+        f"({'one fold' if len(folds) == 1 else 'their fused logits averaged'})",
+        f"- fusion: {settings.rule}; weights per fold {settings.prediction_weights(folds)} (divided by temperatures when calibrated)",
+        f"- input: letterboxed RGB, {img_size} x {img_size} px (model.json describes the preprocessing)",
+        "",
+        "## Data",
+        "",
+        f"- trained on: {data_root}",
+        f"- classes ({len(classes)}): {', '.join(classes)}",
+        f"- split: {record.get('num_folds', '?')}-fold cross-validation ({record.get('split', '?')}), "
+        f"validation fraction {record.get('val_fraction', '?')}, calibration fraction {record.get('cal_fraction', 0)}"
+        + (
+            f", groups from {record.get('group_pattern') or record.get('group_column')}"
+            if record.get("group_pattern")
+            else ""
+        ),
+        "",
+        "## Performance on held-out cells",
+        "",
+        f"The fused pair of each fold on that fold's test cells ({len(labels)} cells, never trained on): "
+        f"accuracy {_percent(right / len(labels))} (95 % Wilson interval {_percent(low)} – {_percent(high)}).",
+        "",
+        markdown_table(["class", "test cells", "sensitivity (recall)", "95 % interval", "specificity"], rows),
+    ]
+    if settings.select == "test":
+        lines += [
+            "Note: the fusion weight was chosen on these test folds (the paper's rule), so these figures are "
+            "slightly optimistic; `fuse.py --grid --select val` avoids it.",
+            "",
+        ]
+    lines += ["## Decision rules", ""]
+    if decision:
+        if "referral" in decision:
+            certificate = Certificate.from_dict(decision["referral"])
+            lines.append(
+                "- referral: every cell goes to a person (no threshold could be certified on the held-out cells)"
+                if certificate.refers_all
+                else f"- referral: cells with confidence below {certificate.threshold:.4f} go to a person; the accepted "
+                f"cells' accuracy is at least {certificate.target_accuracy} with probability {1 - certificate.delta:.2f} "
+                "(certified on held-out cells; model.json's `decision.referral`)"
+            )
+        if "prediction_sets" in decision:
+            lines.append(
+                "- prediction sets: conformal sets that contain the true class with the promised probability "
+                "(model.json's `decision.prediction_sets`)"
+            )
+    else:
+        lines.append("- none: every cell gets its most probable class (no certified referral or prediction sets)")
+    lines += [
+        "",
+        "## Limits",
+        "",
+        f"- trained at {img_size} px on the data above; cells from another lab, stain or microscope need a local check",
+        "- one label per cell: a cell with several defects is counted in one class",
+    ]
+    if "spermfuse" in data_root and "sperm18" in data_root:
+        lines.append("- trained on procedural (synthetic) images: not for real micrographs")
+    commit = git_commit(short=True)
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- written by: {command}",
+        f"- spermfuse {__version__}" + (f", commit {commit}" if commit else ""),
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+    ]
+    return "\n".join(lines)
