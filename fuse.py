@@ -471,12 +471,12 @@ def run_prediction(args) -> int:
 
 
 def run(args) -> int:
-    args.runs = run_folder.find_run_root(args.runs)
-    args.out = args.out or args.runs / run_folder.FUSION_FOLDER
     if args.explain is not None and args.predict is None:
         raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
     if args.samples and args.predict is None:
         raise fusion.FusionError("--samples reports on predicted samples: give it with --predict FOLDER --fold K")
+    args.runs = run_folder.find_run_root(args.runs)  # flags first: their errors do not depend on the runs
+    args.out = args.out or args.runs / run_folder.FUSION_FOLDER
     if args.export:
         return run_export(args)
     return run_prediction(args) if args.predict else run_fusion(args)
