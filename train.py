@@ -229,22 +229,61 @@ class DownloadLine:
             sys.stderr.flush()
 
 
-class ProgressLine:
-    """A live per-batch line on an interactive terminal; silent otherwise."""
+def clock(seconds: float) -> str:
+    """``1:02`` or ``1:45:00``."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
-    def __init__(self) -> None:
+
+GPU_SIZED = 200  # px: at this input size and above a CPU epoch of the paper's data takes hours
+
+
+class ProgressLine:
+    """Where the run stands: on an interactive terminal one updating line
+    (``fold 2/5 · epoch 3/100 · batch 40/110 · 12 img/s · epoch ETA 1:02 · run ETA <= 1:45:00``);
+    when piped, the per-epoch log lines only. On a CPU with a GPU-sized run it also logs, once,
+    the time the first steps measured, extrapolated to an epoch and to the run's maximum."""
+
+    MEASURED_STEPS = 5
+
+    def __init__(self, config: trainer.TrainConfig) -> None:
         self.live = sys.stderr.isatty()
         self.start = time.perf_counter()
+        self.fold, self.epochs = config.fold, config.epochs
+        self.folds = config.num_folds if config.split == "kfold" else 1
+        self.epoch, self.warned = 1, False
+        cpu = trainer.device_type_of(config) == "cpu" if config.device == "auto" else config.device == "cpu"
+        self.warn_cpu = cpu and config.img_size >= GPU_SIZED
+
+    def epoch_done(self, row: dict) -> None:
+        """After an epoch (FoldTrainer's on_epoch_end): the next one is row's epoch + 1."""
+        self.epoch = row["epoch"] + 1
 
     def __call__(self, batch: int, batches: int, rate: float) -> None:
-        if not self.live:
-            return
         if batch == 1:
             self.start = time.perf_counter()
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / batch * (batches - batch)
+        epoch_seconds = elapsed / batch * batches
+        if self.warn_cpu and not self.warned and batch == min(self.MEASURED_STEPS, batches):
+            self.warned = True
+            logging.warning(
+                "on this CPU an epoch takes about %s (measured over %d steps), this run up to %s (%d epochs max); "
+                "for a CPU recipe use --preset demo --arch efficientnet_tiny, or bash demo.sh --data DIR",
+                clock(epoch_seconds),
+                batch,
+                clock(epoch_seconds * self.epochs),
+                self.epochs,
+            )
+        if not self.live:
+            return
+        left = epoch_seconds - elapsed
+        run_left = left + epoch_seconds * max(self.epochs - self.epoch, 0)
         end = "\n" if batch == batches else ""
-        sys.stderr.write(f"\r  batch {batch}/{batches}  {rate:6.1f} img/s  ETA {eta:5.0f} s" + end)
+        sys.stderr.write(
+            f"\r  fold {self.fold}/{self.folds} · epoch {self.epoch}/{self.epochs} · batch {batch}/{batches} · "
+            f"{rate:.0f} img/s · epoch ETA {clock(left)} · run ETA <= {clock(run_left)}   " + end
+        )
         sys.stderr.flush()
 
 
@@ -330,6 +369,11 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
             trainer.device_type_of(first),
         )
         return
+    if first.img_size < GPU_SIZED and args.preset == "demo" and not (first.weights or first.pretrained):
+        logging.warning(
+            "--preset demo fine-tunes pretrained small backbones: give --weights (bash demo.sh makes them once), "
+            "or train from scratch with --preset demo_scratch"
+        )
     samples = None  # discovered (and every image checked) once for all folds
     for fold in folds:
         samples = train_fold(args, fold, samples, stop=stop)
@@ -339,7 +383,8 @@ def train_fold(args: argparse.Namespace, fold: int, samples=None, context=None, 
     """One fold from the flags; returns the samples it discovered (for the next fold)."""
     config = build_config(args, fold)
     setup = trainer.setup_fold(config, samples, context)
-    fold_trainer = trainer.FoldTrainer(config, setup, progress=ProgressLine(), stop=stop)
+    line = ProgressLine(config)
+    fold_trainer = trainer.FoldTrainer(config, setup, progress=line, on_epoch_end=line.epoch_done, stop=stop)
     logging.info("done: %s", fold_trainer.run())
     return setup.samples
 
