@@ -22,7 +22,7 @@ from pathlib import Path
 
 from spermfuse import cli, distributed, trainer
 from spermfuse.fold_parallel import run_fold_parallel
-from spermfuse.config import PRESETS, preset_config, validate_config
+from spermfuse.config import PRESETS, preset_config, recorded_settings, validate_config
 from spermfuse.engine import TTA_MODES
 from spermfuse.errors import ConfigError
 from spermfuse.download import fetch
@@ -44,6 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=list(PRESETS),
         default="paper_a",
         help="paper_a (default), paper_b, demo or tiny; flags override it",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="replay a run's settings from its config.json (instead of --preset); flags given here override them",
     )
     p.add_argument("--arch", help=f"one of {', '.join(list_models())} (default {d.arch}; B: efficientnet_b4)")
     p.add_argument("--data", help="ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV")
@@ -192,13 +198,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace, fold: int) -> trainer.TrainConfig:
-    """The preset with the flags that were given on top."""
-    names = [f.name for f in dataclasses.fields(trainer.TrainConfig) if f.name not in ("fold", "resume")]
-    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    config = preset_config(args.preset, **given, fold=fold)
+    """The preset (or with --config, a run's recorded settings) with the flags that were given on top."""
+    given = {name: getattr(args, name) for name in given_flags(args) - {"fold", "resume"}}
+    if args.config is not None:
+        config = trainer.TrainConfig(**{**recorded_settings(args.config), **given, "fold": fold})
+    else:
+        config = preset_config(args.preset, **given, fold=fold)
     if args.resume == "auto":
         return dataclasses.replace(config, resume=(config.run_dir() / LAST_CHECKPOINT).is_file())
     return dataclasses.replace(config, resume=args.resume == "yes")
+
+
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """The TrainConfig settings given on the command line (flags default to None)."""
+    return {f.name for f in dataclasses.fields(trainer.TrainConfig) if getattr(args, f.name, None) is not None}
 
 
 def parse_folds(text: str, config: trainer.TrainConfig) -> list[int]:
@@ -351,6 +364,13 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
         print(catalogue_table())
         return
     first = build_config(args, 1)
+    if args.config is not None:
+        overridden = [
+            f"--{name.replace('_', '-')}" for name in recorded_settings(args.config) if name in given_flags(args)
+        ]
+        logging.info(
+            "replaying %s%s", args.config, f"; the command line overrides {', '.join(overridden)}" if overridden else ""
+        )
     validate_config(first)  # before any download
     folds = parse_folds(args.fold, first)
     if args.slurm_script is not None:

@@ -12,6 +12,7 @@ for microscopy rotation), not the paper's.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -155,6 +156,22 @@ def preset_config(preset: str = "paper_a", **overrides) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
     return TrainConfig(**{**PRESETS[preset], **overrides})
+
+
+NOT_REPLAYED = {"fold", "resume", "overwrite"}  # what a replay of a run's config.json takes from the command
+
+
+def recorded_settings(path: str | Path) -> dict:
+    """The TrainConfig settings a run's ``config.json`` records (``train.py --config FILE``),
+    without the fold and the resume/overwrite choice; lists back to tuples."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--config {path}: not a readable config.json ({error})") from None
+    if not isinstance(record, dict) or "arch" not in record:
+        raise ConfigError(f"--config {path}: not a run's config.json (no 'arch'); give <run>/fold<k>/config.json")
+    names = {f.name for f in fields(TrainConfig)} - NOT_REPLAYED
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in record.items() if key in names}
 
 
 def _finite(value: float) -> bool:

@@ -58,3 +58,36 @@ def test_a_gpu_sized_run_on_the_cpu_says_how_long_it_will_take_after_its_first_s
     caplog.clear()
     quiet(5, 30, 50.0)
     assert not caplog.records
+
+
+def test_config_replays_a_run_and_the_command_line_overrides_it_and_says_so(tiny_sperm, tmp_path):
+    import json
+
+    first = ["--preset", "tiny", "--data", str(tiny_sperm), "--arch", "efficientnet_tiny", "--fold", "1"]
+    assert (
+        subprocess.run(
+            [sys.executable, "train.py", *first, "--out", str(tmp_path / "a"), "--lr", "0.002"], cwd=ROOT
+        ).returncode
+        == 0
+    )
+    recorded = tmp_path / "a" / "efficientnet_tiny" / "fold1" / "config.json"
+    replay = [
+        sys.executable,
+        "train.py",
+        "--config",
+        str(recorded),
+        "--out",
+        str(tmp_path / "b"),
+        "--epochs",
+        "2",
+        "--fold",
+        "1",
+    ]
+    result = subprocess.run(replay, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "the command line overrides --out, --epochs" in result.stderr
+    before, after = (
+        json.loads(p.read_text()) for p in (recorded, tmp_path / "b" / "efficientnet_tiny" / "fold1" / "config.json")
+    )
+    changed = {key for key in before if before[key] != after.get(key) and key != "environment"}
+    assert changed == {"out", "epochs"} and after["lr"] == 0.002 and after["img_size"] == 32
