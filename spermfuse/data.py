@@ -60,6 +60,11 @@ class Samples:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def absolute_paths(self) -> list[Path]:
+        """Each image's full path (``paths`` are relative to ``root``)."""
+        return [self.root / p for p in self.paths]
+
     def counts(self) -> dict[str, int]:
         """Images per class."""
         return {name: int(n) for name, n in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))}
@@ -235,6 +240,20 @@ def groups_from_pattern(paths: Sequence[str], pattern: str) -> list[str]:
     return groups
 
 
+SPLIT_FOLDER_NAMES = {"train", "test", "val", "valid", "validation"}
+
+
+def refuse_split_folders(root: Path) -> None:
+    """A ``train/`` + ``test/`` layout is not two classes: say what to give instead."""
+    names = {p.name.lower() for p in root.iterdir() if p.is_dir()}
+    if len(names) >= 2 and names <= SPLIT_FOLDER_NAMES and "train" in names:
+        raise DataError(
+            f"{root}: holds {', '.join(sorted(names))}/ split folders, not classes; spermfuse makes its own folds: give "
+            f"--data {root / 'train'} (and predict on the rest with fuse.py --predict), or keep your split as "
+            f"{root}/fold1/train/<Class>/ and {root}/fold1/test/<Class>/"
+        )
+
+
 def discover(
     root: str | os.PathLike,
     on_error: Literal["raise", "skip"] = "raise",
@@ -262,6 +281,7 @@ def discover(
         if fold_dirs:
             paths, names, folds = _discover_folds(root, fold_dirs)
         else:
+            refuse_split_folders(root)
             paths, names = _from_class_folders(root, root)
     if not paths:
         raise DataError(

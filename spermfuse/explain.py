@@ -168,15 +168,21 @@ def fused_grad_cam(
 def grad_cam(
     model: nn.Module,
     images: torch.Tensor,
-    target: int | torch.Tensor | None = None,
+    target: int | str | torch.Tensor | None = None,
     layer: nn.Module | str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Grad-CAM maps [N, H, W] in [0, 1] of ``model`` for preprocessed ``images`` [N, 3, H, W].
 
-    ``target``: None explains each image's predicted class, an int one class for all, a
-    tensor [N] one class per image. ``layer``: a module or its name (default
-    :func:`default_layer`).
+    ``target``: None explains each image's predicted class, an int (or a class name, with
+    ``classes`` the model's class list) one class for all, a tensor [N] one class per image.
+    ``layer``: a module or its name (default :func:`default_layer`).
     """
+    if isinstance(target, str):
+        if classes is None or target not in classes:
+            known = f"one of {', '.join(classes)}" if classes is not None else "give classes=[...] to name a class"
+            raise ValueError(f"grad_cam target {target!r}: {known}")
+        target = list(classes).index(target)
     return fused_grad_cam([Member("model", model, 1.0, layer)], [images], target).fused
 
 

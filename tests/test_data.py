@@ -206,3 +206,21 @@ def test_a_zero_fraction_gives_an_empty_subset():
     labels = np.repeat(np.arange(3), 10)
     rest, subset = splits.stratified_subset(np.arange(30), labels, 0.0, seed=1)
     assert len(subset) == 0 and len(rest) == 30
+
+
+def test_a_train_and_test_layout_is_named_not_read_as_two_classes(tmp_path):
+    from spermfuse.data import DataError, discover
+
+    for split in ("train", "test"):
+        (tmp_path / split / "Normal").mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(tmp_path / split / "Normal" / "a.png")
+    with pytest.raises(DataError, match=r"holds test, train/ split folders, not classes.*fold1/train/<Class>/"):
+        discover(tmp_path)
+
+
+def test_samples_give_absolute_paths_too(image_folder):
+    from spermfuse.data import discover
+
+    samples = discover(image_folder)
+    assert all(p.is_file() and p.is_absolute() == image_folder.is_absolute() for p in samples.absolute_paths)
+    assert samples.absolute_paths[0] == samples.root / samples.paths[0]

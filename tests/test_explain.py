@@ -190,3 +190,15 @@ def test_explaining_members_trained_on_other_classes_is_refused_naming_the_check
     ]
     with pytest.raises(DataError, match="r.pt: classes differ from .*e.pt"):
         list(explain_files([tmp_path / "cell.png"], members, [[0.5, 0.5]], ["e", "r"]))
+
+
+def test_grad_cam_takes_a_class_name_with_the_class_list():
+    from spermfuse.explain import grad_cam
+    from spermfuse.models import create_model
+
+    model = create_model("efficientnet_tiny", 3).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    by_name = grad_cam(model, images, "B", classes=["A", "B", "C"])
+    assert torch.equal(by_name, grad_cam(model, images, 1))
+    with pytest.raises(ValueError, match="give classes="):
+        grad_cam(model, images, "B")

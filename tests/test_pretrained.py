@@ -273,3 +273,17 @@ def test_safetensors_weights_load_through_the_timm_names(tmp_path):
 def test_pretrained_and_a_local_file_together_are_refused_before_any_download(capsys):
     assert train.main(["--arch", "resnet50v2", "--pretrained", "--weights", "x.pth", "--preset", "tiny"]) == 2
     assert capsys.readouterr().err.strip() == "error: give either --pretrained or --weights PATH, not both"
+
+
+def test_a_spermfuse_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
+    from spermfuse.models import create_model, load_initial_weights
+    from spermfuse.models.weights import WeightsError
+
+    path = tmp_path / "best.pt"
+    state = create_model("efficientnet_tiny", 3).state_dict()
+    torch.save({"model": state, "pipeline": {"mean": [0.5] * 3, "std": [0.5] * 3}, "arch": "efficientnet_tiny"}, path)
+    with pytest.raises(
+        WeightsError,
+        match="a spermfuse checkpoint of efficientnet_tiny, not resnetv2_tiny; give --arch efficientnet_tiny",
+    ):
+        load_initial_weights(create_model("resnetv2_tiny", 3), "resnetv2_tiny", weights=str(path))

@@ -85,7 +85,7 @@ def load_initial_weights(
     if pretrained:
         return load_pretrained(model, name, get_spec(name), pretrained)
     if weights is not None:
-        return load_weights(model, weights, get_spec(name))
+        return load_weights(model, weights, get_spec(name), name)
     return None
 
 

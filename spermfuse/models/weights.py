@@ -171,8 +171,11 @@ def _is_efficientnet_v2(model: nn.Module) -> bool:
     return any(isinstance(m, FusedMBConv) for m in model.modules())
 
 
-def convert(model: nn.Module, path: Path, spec: ModelSpec) -> tuple[dict[str, torch.Tensor], str, Normalization]:
-    """Read ``path``: a state dict in this model's names, the format found, and its (mean, std)."""
+def convert(
+    model: nn.Module, path: Path, spec: ModelSpec, arch: str | None = None
+) -> tuple[dict[str, torch.Tensor], str, Normalization]:
+    """Read ``path``: a state dict in this model's names, the format found, and its (mean, std).
+    ``arch``: the model's name, to refuse a spermfuse checkpoint of another architecture by name."""
     source = str(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -190,6 +193,10 @@ def convert(model: nn.Module, path: Path, spec: ModelSpec) -> tuple[dict[str, to
     if isinstance(loaded, dict) and isinstance(
         loaded.get("pipeline"), dict
     ):  # a spermfuse best.pt (transforms.PipelineSpec)
+        if arch is not None and loaded.get("arch") not in (None, arch):
+            raise WeightsError(
+                f"{source}: a spermfuse checkpoint of {loaded['arch']}, not {arch}; give --arch {loaded['arch']}"
+            )
         return state, "spermfuse checkpoint", (tuple(loaded["pipeline"]["mean"]), tuple(loaded["pipeline"]["std"]))
     return state, "state dict", IMAGENET
 
@@ -216,13 +223,14 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], head: str, sour
     return report
 
 
-def load_weights(model: nn.Module, path: str | Path, spec: ModelSpec) -> LoadReport:
-    """Load a local checkpoint file into ``model`` (see module docstring for formats)."""
+def load_weights(model: nn.Module, path: str | Path, spec: ModelSpec, arch: str | None = None) -> LoadReport:
+    """Load a local checkpoint file into ``model`` (see module docstring for formats; ``arch``:
+    the model's name, named in the refusal of another architecture's spermfuse checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
-        state, fmt, (mean, std) = convert(model, path, spec)
+        state, fmt, (mean, std) = convert(model, path, spec, arch)
     except CheckpointError as error:
         raise WeightsError(str(error)) from None
     with torch.no_grad():
