@@ -311,6 +311,10 @@ def discover(
         copies = find_copies(root, paths, names)
 
     classes = sorted(set(names))
+    if len(classes) < 2:
+        raise DataError(
+            f"{root}: one class ({classes[0]}); a classifier needs two or more class folders (or labels in the manifest)"
+        )
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
     fold_array = np.array(folds, dtype=np.int64) if folds is not None else None

@@ -224,3 +224,13 @@ def test_samples_give_absolute_paths_too(image_folder):
     samples = discover(image_folder)
     assert all(p.is_file() and p.is_absolute() == image_folder.is_absolute() for p in samples.absolute_paths)
     assert samples.absolute_paths[0] == samples.root / samples.paths[0]
+
+
+def test_a_single_class_data_set_is_refused(tmp_path):
+    from spermfuse.data import DataError, discover
+
+    (tmp_path / "Normal").mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 20), (i, 0, 0)).save(tmp_path / "Normal" / f"{i}.png")
+    with pytest.raises(DataError, match="one class \\(Normal\\); a classifier needs two or more"):
+        discover(tmp_path)
