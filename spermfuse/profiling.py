@@ -49,19 +49,26 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 100,
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 100, iters: int = 200
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int = 100,
+    iters: int = 200,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Latency]:
     """Time several calls side by side: each timed round runs every one of them once, so
-    drifting load on a shared machine affects all alike and their ratios stay fair."""
+    drifting load on a shared machine affects all alike and their ratios stay fair.
+    ``progress(round, rounds)`` after every round."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    for _ in range(iters):
+    for done in range(1, iters + 1):
         for name, fn in fns.items():
             times[name].append(_time_once(fn, device))
+        if progress is not None:
+            progress(done, iters)
     return {name: summarize_times(values) for name, values in times.items()}
 
 
