@@ -77,18 +77,19 @@ def parse_args(argv=None) -> argparse.Namespace:
             "scale-out",
         ],
         default="models",
+        help="what to measure (default models: parameters, FLOPs, latency; see the examples above)",
     )
     p.add_argument(
         "--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}"
     )
-    p.add_argument("--num-classes", type=int, default=18)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--img-size", type=int, default=240)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=18, help="classes of the models' heads (default 18)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--img-size", type=int, default=240, help="input size in px (default 240, the paper's)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of the latency runs (default 1, the paper's)")
     p.add_argument("--iters", type=int, help="timed rounds (default 200 on a GPU, as the paper; 20 on the CPU)")
     p.add_argument("--warmup", type=int, help="untimed rounds first (default 100 on a GPU, as the paper; 5 on the CPU)")
     p.add_argument("--amp", choices=["on", "off"], default="off", help="autocast (fp16 on CUDA, bf16 on CPU)")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument(
         "--half", action="store_true", help="weights and input in fp16 (CUDA): no autocast casts at run time"
     )
@@ -98,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the models first")
     p.add_argument("--throughput", nargs="*", type=int, metavar="BATCH", help="also images/s at these batch sizes")
     p.add_argument("--train", action="store_true", help="training steps (batch 8): fp32 vs AMP")
-    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--train-steps", type=int, default=20, help="--train: timed training steps (default 20)")
     p.add_argument("--data", type=Path, help="--suite transforms/loader: image folder (default: synthetic sperm18)")
     p.add_argument("--rounds", type=int, default=5, help="--suite guarantees: interleaved rounds (medians)")
     p.add_argument(

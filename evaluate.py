@@ -41,10 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--name", help="report name: output goes to <reports>/<name>/ (default evaluation; with --ablation, ablation)"
     )
-    p.add_argument("--reports", type=Path, default=Path("reports"))
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="where report folders go (default reports)")
     p.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="Table 2 from several run roots")
     p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
-    p.add_argument("--no-figures", action="store_true")
+    p.add_argument(
+        "--no-figures", action="store_true", help="skip the PNG figures (faster; report.md and report.json only)"
+    )
     p.add_argument(
         "--summary",
         type=Path,

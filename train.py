@@ -73,19 +73,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g} (assumed: the paper's text lost it)")
     p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], help=f"default {d.optimizer}")
     p.add_argument("--class-weights", choices=["balanced", "none"], help=f"default {d.class_weights}")
-    p.add_argument("--augment", choices=["paper_a", "paper_b", "none"])
+    p.add_argument(
+        "--augment",
+        choices=["paper_a", "paper_b", "none"],
+        help=f"training augmentation: method A's, method B's or none (default {d.augment})",
+    )
     p.add_argument("--rotation", type=float, help=f"rotation range in degrees (default {d.rotation:g}, assumed)")
-    p.add_argument("--scheduler", choices=["plateau", "constant"])
+    p.add_argument(
+        "--scheduler",
+        choices=["plateau", "constant"],
+        help=f"plateau: the learning rate times --plateau-factor after --plateau-patience flat epochs (default {d.scheduler})",
+    )
     p.add_argument("--plateau-patience", type=int, help=f"default {d.plateau_patience}")
     p.add_argument("--plateau-factor", type=float, help=f"default {d.plateau_factor}")
     p.add_argument("--early-stopping", type=int, help=f"patience in epochs (A: {d.early_stopping}, B: 7)")
-    p.add_argument("--monitor", choices=["val_acc", "val_loss"])
+    p.add_argument(
+        "--monitor",
+        choices=["val_acc", "val_loss"],
+        help=f"validation metric of early stopping, the schedule and best.pt (default {d.monitor})",
+    )
     p.add_argument(
         "--val-loss",
         choices=["weighted", "unweighted"],
         help="validation loss with or without the class weights (A: weighted, logged only; B: unweighted, as Keras's val_loss)",
     )
-    p.add_argument("--preprocess", choices=["none", "otsu"])
+    p.add_argument(
+        "--preprocess",
+        choices=["none", "otsu"],
+        help=f"otsu: method B's Otsu threshold and elliptical closing before the network (default {d.preprocess})",
+    )
     p.add_argument("--otsu-foreground", choices=["dark", "bright"], help=f"default {d.otsu_foreground}")
     p.add_argument("--freeze-epochs", type=int, help="head-only epochs before fine-tuning (B: 50)")
     p.add_argument("--unfreeze-last", type=int, help=f"layers trained in the fine-tuning stage (B: {d.unfreeze_last})")
@@ -94,7 +110,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--amp", choices=["auto", "on", "off"], help="auto (default) = fp16 on CUDA, off on CPU; on = bf16 on CPU"
     )
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm (after unscaling)")
-    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="channels-last memory format (faster convolutions on recent GPUs and on this CPU; the demo presets use it)",
+    )
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--workers", type=int, help=f"default {d.workers}")
     p.add_argument("--device", help="auto (default), cpu, cuda")
