@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--summary",
         type=Path,
         metavar="FILE.md",
-        help="also write the headline tables to FILE.md (demo.sh: docs/demo_results.md) and, beside it, the figures it shows",
+        help="also write the headline table to FILE.md (demo.sh: docs/demo_results.md), the per-class, calibration and "
+        "pointing-game tables to FILE_details.md, and beside them the figures they show",
     )
     p.add_argument(
         "--explain",
@@ -90,6 +91,11 @@ def fusion_settings(folders: dict[str, Path]) -> run_folder.FusionSettings | Non
     if "fusion" not in folders or not (folders["fusion"] / "fusion.json").is_file():
         return None
     return run_folder.read_fusion_settings(folders["fusion"])
+
+
+def details_path(summary: Path) -> Path:
+    """Where --summary FILE.md puts the per-class, calibration and pointing-game tables: FILE_details.md."""
+    return summary.with_name(summary.stem + "_details" + summary.suffix)
 
 
 def held_out_sets(folder: Path, split: str) -> list[run_folder.LogitsSet] | None:
@@ -228,10 +234,10 @@ def run_evaluation(args, out: Path) -> None:
         if not args.no_figures:
             figures.write_all(models, result, folder)
     if args.summary:
-        summary = report.summary_markdown(
-            result, settings, str(out / "report.json"), environment_line(torch.device("cpu"))
-        )
-        atomic_write_text(args.summary, summary + (f"\n{pointing}" if pointing else ""))
+        source, machine = str(out / "report.json"), environment_line(torch.device("cpu"))
+        atomic_write_text(args.summary, report.summary_markdown(result, settings, source, machine))
+        details = report.summary_details_markdown(result, source, machine) + (f"\n{pointing}" if pointing else "")
+        atomic_write_text(details_path(args.summary), details)
         if not args.no_figures:  # the figures beside it come from the same run, stamped with the same commit
             for name in report.summary_figures(result, main_name):
                 atomic_write_bytes(args.summary.parent / name, (out / name).read_bytes())

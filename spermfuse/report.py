@@ -247,7 +247,6 @@ def summary_markdown(
     (written by the code, so the README's figures cannot go stale unnoticed)."""
     models = report["models"]
     rows = presented_rows(report)
-    members = [name for _, name in rows]
     keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_macro", "specificity_macro"]
     out = [f"<!-- written by evaluate.py --summary from {source}; {environment} -->\n"]
     out.append(
@@ -266,6 +265,15 @@ def summary_markdown(
         out.append(
             f"Fusion weight of the `fusion` row: {chosen}. Mean weighted F1 over folds by --select rule (test: the paper's, optimistic): {means}.\n"
         )
+    return "\n".join(out)
+
+
+def summary_details_markdown(report: dict, source: str, environment: str) -> str:
+    """The rest of a summary: per-class F1 and calibration of the summary's rows (``--summary
+    FILE`` writes it to ``FILE``'s ``_details`` sibling, for a page beside the README)."""
+    models = report["models"]
+    members = [name for _, name in presented_rows(report)]
+    out = [f"<!-- written by evaluate.py --summary from {source}; {environment} -->\n"]
     out.append("Per-class F1:\n")
     out.append(
         markdown_table(
