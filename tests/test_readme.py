@@ -27,12 +27,17 @@ def test_every_link_to_a_local_file_resolves():
 
 
 def test_the_readme_figures_come_from_the_run_that_wrote_its_results():
-    """docs/ figures shown in the README carry the commit (PNG text) of docs/demo_results.md's run."""
+    """docs/ figures shown in the README and on the demo page carry the commit (PNG text) of
+    docs/demo_results.md's run, as does its details file."""
     from PIL import Image
 
     header = (ROOT / "docs" / "demo_results.md").read_text().splitlines()[0]
     commit = re.search(r"commit (\w+)", header).group(1)
+    assert commit in (ROOT / "docs" / "demo_results_details.md").read_text().splitlines()[0]
     shown = re.findall(r"!\[[^\]]*\]\((docs/[a-z_]+\.png)\)", (ROOT / "README.md").read_text())
+    shown += [
+        "docs/" + name for name in re.findall(r"!\[[^\]]*\]\(([a-z_]+\.png)\)", (ROOT / "docs" / "DEMO.md").read_text())
+    ]
     evaluation = [p for p in shown if not p.endswith("preview_sperm18.png")]  # the preview is the generator's
     assert len(evaluation) >= 6
     for path in evaluation:
