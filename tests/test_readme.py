@@ -51,3 +51,40 @@ def test_every_file_in_docs_is_referenced():
     for path in (ROOT / "docs").iterdir():
         others = text.replace(path.read_text(errors="ignore"), "") if path.suffix == ".md" else text
         assert f"docs/{path.name}" in others or f"({path.name})" in others, f"docs/{path.name} is referenced nowhere"
+
+
+PROGRAMS = ("demo.sh", "train.py", "fuse.py", "evaluate.py", "benchmark.py")
+
+
+def readme_commands() -> list[list[str]]:
+    """Every spermfuse command line of the README's bash blocks (comments and && chains split off)."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            for part in line.split("&&"):
+                words = shlex.split(part.strip()) if part.strip() else []
+                if any(word in PROGRAMS for word in words[:2]):
+                    commands.append(words)
+    return commands
+
+
+@pytest.mark.parametrize("command", readme_commands(), ids=lambda c: " ".join(c)[:60])
+def test_every_readme_command_parses_with_its_programs_own_parser(command, monkeypatch):
+    """A UX check by machine: the flags the README types exist (the programs' parsers refuse
+    unknown or abbreviated ones)."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    words = command[command.index("train.py") :] if "torchrun" in command else command
+    if words[0] == "bash" and words[1] == "demo.sh":
+        known = set(re.findall(r"^\s+(--[a-z0-9-]+)\)", (ROOT / "demo.sh").read_text(), re.M))
+        assert {w for w in words[2:] if w.startswith("--")} <= known
+        return
+    if words[0] == "python":
+        words = words[1:]
+    program = importlib.import_module(words[0][:-3])
+    program.parse_args(words[1:])  # SystemExit (a failure here) on any unknown flag
