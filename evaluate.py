@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from spermfuse import cli, evaluation, explain_runs, figures, fusion, report, run_folder, splits
+from spermfuse.report_page import REPORT_HTML, report_page
 from spermfuse.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
 from spermfuse.runtime import environment_line, resolve_device
@@ -233,6 +234,14 @@ def run_evaluation(args, out: Path) -> None:
         pointing = write_explanations(args, folder, result["classes"], masks) if args.explain else None
         if not args.no_figures:
             figures.write_all(models, result, folder)
+        provenance = [
+            f"runs: {args.runs if not args.logits else ', '.join(args.logits)}",
+            f"command: python evaluate.py {' '.join(sys.argv[1:])}",
+            f"machine: {environment_line(torch.device('cpu'))}",
+            f"written: {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        ]
+        page = report_page(result, main_name, folder, provenance, f"spermfuse evaluation: {out.name}")
+        atomic_write_text(folder / REPORT_HTML, page)
     if args.summary:
         source, machine = str(out / "report.json"), environment_line(torch.device("cpu"))
         atomic_write_text(args.summary, report.summary_markdown(result, settings, source, machine))

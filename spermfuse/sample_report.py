@@ -9,7 +9,6 @@ have them, else fold K's test cells. This module owns ``samples.csv`` and the pe
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, fusion
+from . import __version__, fusion, page
 from .calibration import fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
 from .data import DataError, load_rgb
@@ -311,54 +310,6 @@ def _rows(estimate: FractionEstimate) -> list[list[str]]:
     ]
 
 
-def _markdown(blocks: Sequence[tuple]) -> str:
-    lines = []
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            lines += ["#" * int(kind[1]) + " " + block[1], ""]
-        elif kind == "p":
-            lines += [f"**{block[1]}**" if block[2] else block[1], ""]
-        elif kind == "img":
-            lines += [f"![{block[1]}]({block[2]})", ""]
-        elif kind == "ul":
-            lines += [f"- {item}" for item in block[1]] + [""]
-        else:
-            header, rows = block[1], block[2]
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
-    return "\n".join(lines)
-
-
-def _html(blocks: Sequence[tuple], title: str) -> str:
-    body = []
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
-        elif kind == "p":
-            body.append(f'<p class="{block[2]}">{html.escape(block[1])}</p>')
-        elif kind == "img":
-            body.append(f'<img alt="{html.escape(block[1])}" src="{html.escape(block[2])}">')
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in block[1]) + "</ul>")
-        else:
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
-            )
-            body.append(f"<table><tr>{head}</tr>{rows}</table>")
-    style = (
-        "body{font-family:sans-serif;max-width:52em;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.strong{font-weight:bold;font-size:1.1em}"
-        ".warning{color:#a00}img{max-width:100%}"
-    )
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
-
-
 def write_sample_pages(
     folder: Path,
     samples: Sequence[Sample],
@@ -386,8 +337,8 @@ def write_sample_pages(
             folder / f"{sample.page}_uncertain.png",
         )
         blocks = _page_blocks(sample, probabilities, classes, settings, provenance, threshold, set_calibrator)
-        atomic_write_text(folder / f"{sample.page}.md", _markdown(blocks))
-        atomic_write_text(folder / f"{sample.page}.html", _html(blocks, f"Sample {sample.name}"))
+        atomic_write_text(folder / f"{sample.page}.md", page.markdown(blocks))
+        atomic_write_text(folder / f"{sample.page}.html", page.html_page(blocks, f"Sample {sample.name}"))
         log.info("sample report %d/%d: %s", number, len(samples), sample.name)
 
 

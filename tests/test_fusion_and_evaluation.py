@@ -711,3 +711,33 @@ def test_fuse_without_models_fuses_every_trained_model_of_the_run_root(tmp_path)
     result = run("fuse.py", "--grid", "--runs", str(runs))
     assert result.returncode == 0, result.stderr
     assert json.loads((runs / "fusion" / "fusion.json").read_text())["models"] == ["modelx", "modely"]
+
+
+def test_report_html_is_one_self_contained_page_whose_images_all_decode(tmp_path):
+    import base64
+    import io
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--select", "val", "--runs", str(runs)).returncode == 0
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "page")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "r" / "page" / "report.html").read_text()
+
+    class Images(HTMLParser):
+        sources: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed(text)
+    assert len(parser.sources) >= 5 and all(s.startswith("data:image/png;base64,") for s in parser.sources)
+    for source in parser.sources:
+        image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        assert image.width > 100 and image.height > 100
+    assert "test cells of 3 classes" in text and "corrected for the folds" in text and "<script" not in text
+    assert "sensitivity (recall)" in text and "command: python evaluate.py" in text and "http" not in text
