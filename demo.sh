@@ -78,17 +78,17 @@ for i in 0 1; do
   fi
   timed "training ${archs[$i]}, every fold" "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${train[@]}" "${init[@]}"
 done
-timed "fusion" "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}"
+timed "fusion" "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}" --overwrite
 summary=()
 if [ "$preset" = demo ] && [ ${#data[@]} -eq 0 ]; then  # the README's figures, with the pointing game against the part masks
   # The promises a lab can act on, beside the paper's fusion (their own folder: the weight is chosen on validation).
   timed "certified referral and prediction sets" "$PYTHON" fuse.py --grid --select val --refer-accuracy 0.7 --sets-alpha 0.1 --sets-by part \
-    --runs "$out" --models "${archs[@]}" --out "$reports/$preset-promises" --summary docs/demo_promises.md
+    --runs "$out" --models "${archs[@]}" --out "$reports/$preset-promises" --summary docs/demo_promises.md --overwrite
   masks=data/sperm18-masks  # the default set again (same seed and scale, the same images), with its part masks
   [ -f "$masks/metadata.csv" ] || "$PYTHON" -m spermfuse.synthetic --out "$masks" --masks
   summary=(--summary docs/demo_results.md --explain --masks "$masks")
 fi
-timed "evaluation" "$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset" "${summary[@]}"
+timed "evaluation" "$PYTHON" evaluate.py --runs "$out" --reports "$reports" --name "$preset" --overwrite "${summary[@]}"
 if [ ${#summary[@]} -gt 0 ]; then  # the README's two gallery figures, from this same evaluation
   cp "$reports/$preset/gallery/DoubleHead_correct.png" docs/explanation_doublehead.png
   cp "$reports/$preset/gallery/TaperedHead_correct.png" docs/explanation_taperedhead.png

@@ -25,7 +25,7 @@ from spermfuse.report_page import REPORT_HTML, report_page
 from spermfuse.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
 from spermfuse.runtime import environment_line, resolve_device
-from spermfuse.output_folder import write_folder
+from spermfuse.output_folder import check_replaceable, write_folder
 
 log = logging.getLogger("evaluate")
 
@@ -45,6 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reports", type=Path, default=Path("reports"), help="where report folders go (default reports)")
     p.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="Table 2 from several run roots")
     p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing report folder (<reports>/<name>) that evaluate.py wrote (never one holding other files)",
+    )
     p.add_argument(
         "--no-figures", action="store_true", help="skip the PNG figures (faster; report.md and report.json only)"
     )
@@ -179,7 +184,7 @@ def run_ablation(args, out: Path) -> None:
     header = ["setting", "model", "accuracy", "weighted F1", "macro F1"]
     header += [f"McNemar p vs {next(iter(named_folders(args.ablation)))}", "folds with p < 0.05"]
     table = report.markdown_table(header, rows)
-    with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
+    with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
         atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)
     print(table)
 
@@ -228,7 +233,7 @@ def run_evaluation(args, out: Path) -> None:
             raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
         masks = explain_runs.check_masks(args.runs, args.masks)  # before anything is written
     # The report folder is written as a unit: a killed run leaves the previous report whole.
-    with write_folder(out, "--name", overwrite=True, legacy_owned=report.legacy_report_files) as folder:
+    with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
         atomic_write_json(folder / "report.json", result)
         atomic_write_text(folder / "report.md", report.report_markdown(result, main_name, grid_md, notes))
         pointing = write_explanations(args, folder, result["classes"], masks) if args.explain else None
@@ -265,10 +270,15 @@ def run_evaluation(args, out: Path) -> None:
     log.info("wrote %s in %.1f s", out, time.perf_counter() - start)
 
 
+def run(args, out: Path) -> None:
+    check_replaceable(out, "--name", args.overwrite, report.legacy_report_files)  # before any work
+    return run_ablation(args, out) if args.ablation else run_evaluation(args, out)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.reports / (args.name or ("ablation" if args.ablation else "evaluation"))
-    return cli.run(lambda: run_ablation(args, out) if args.ablation else run_evaluation(args, out))
+    return cli.run(lambda: run(args, out))
 
 
 if __name__ == "__main__":

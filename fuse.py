@@ -133,7 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="--export/--explain: replace an existing folder that this command wrote (never one holding other files)",
+        help="replace an existing fusion (--out), --export, --explain or --samples folder that this command wrote "
+        "(never one holding other files)",
     )
     p.add_argument(
         "--skip-bad",
@@ -237,6 +238,7 @@ def promises(args, classes: list[str]) -> tuple[fusion.Referral | None, fusion.P
 
 def run_fusion(args) -> int:
     check_models(args)
+    check_replaceable(args.out, "--out", args.overwrite, run_folder.legacy_fusion_files)  # before any work
     per_fold = run_folder.collect_folds(args.runs, args.models, "test")
     refer, sets = promises(args, per_fold[0][0].classes)
     chosen = fusion.select(
@@ -253,7 +255,7 @@ def run_fusion(args) -> int:
     )
     settings = chosen.settings
     # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
-    with write_folder(args.out, "--out", overwrite=True, legacy_owned=run_folder.legacy_fusion_files) as folder:
+    with write_folder(args.out, "--out", args.overwrite, run_folder.legacy_fusion_files) as folder:
         if chosen.grid is not None:
             atomic_write_csv(folder / "grid.csv", *chosen.grid)
             atomic_write_text(folder / "grid.md", report.markdown_table(*chosen.grid))

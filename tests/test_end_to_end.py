@@ -346,7 +346,8 @@ def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_par
     assert sum(g["images"] for g in pointing["groups"].values()) == 18 * 6  # every test image once
     assert all(0 < g["chance"] < 1 and 0 <= g["hit_rate"] <= 1 for g in pointing["groups"].values())
     assert -1 <= pointing["model_dependence_spearman"] <= 1
-    assert "Pointing game" in (tmp_path / "summary.md").read_text()
+    assert "Pointing game" in (tmp_path / "summary_details.md").read_text()  # the details beside the summary
+    assert "| model | accuracy |" in (tmp_path / "summary.md").read_text()  # the headline table
 
 
 def test_masks_of_other_images_are_refused_naming_the_image(tiny_sperm, demo_output, tmp_path):

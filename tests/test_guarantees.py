@@ -64,7 +64,8 @@ def test_a_reader_refuses_a_folder_whose_files_differ_from_its_manifest(tmp_path
 def test_rerunning_fuse_leaves_none_of_the_earlier_runs_outputs(tmp_path):  # [B1]
     runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
-    assert fuse.main(["--alpha", "0.0", "--runs", str(runs), *MODELS]) == 0
+    assert fuse.main(["--alpha", "0.0", "--runs", str(runs), *MODELS]) == 2  # not without --overwrite
+    assert fuse.main(["--alpha", "0.0", "--runs", str(runs), *MODELS, "--overwrite"]) == 0
     left = sorted(p.relative_to(runs / "fusion").as_posix() for p in (runs / "fusion").rglob("*"))
     assert not [name for name in left if name.startswith(("grid", "val", "nested", "optimistic"))]
     assert json.loads((runs / "fusion" / "fusion.json").read_text())["weights"] == [0.0, 1.0]
@@ -88,6 +89,7 @@ def test_a_refused_fuse_changes_no_file(tmp_path, capsys):  # [B2]
                 "--runs",
                 str(runs),
                 *MODELS,
+                "--overwrite",
             ]
         )
         == 2
@@ -102,11 +104,11 @@ def test_a_refused_fuse_changes_no_file(tmp_path, capsys):  # [B2]
 def test_a_fuse_killed_at_a_random_moment_leaves_the_old_folder_or_the_new_one(tmp_path, seed):  # [B3]
     runs = fake_runs(tmp_path / "runs", folds=5, n=300)
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
-    command = [sys.executable, "fuse.py", "--alpha", "0.0", "--runs", str(runs), *MODELS]
+    command = [sys.executable, "fuse.py", "--alpha", "0.0", "--runs", str(runs), *MODELS, "--overwrite"]
     started = time.perf_counter()
     assert subprocess.run(command, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
     duration = time.perf_counter() - started
-    assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0  # back to the old folder
+    assert fuse.main(["--grid", "--runs", str(runs), *MODELS, "--overwrite"]) == 0  # back to the old folder
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(np.random.default_rng(seed).uniform(0.5, 1.0) * duration)
     process.send_signal(signal.SIGKILL)
