@@ -39,154 +39,170 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Every flag defaults to None: only the flags given override the preset (``spermfuse/config.py``)."""
     d = trainer.TrainConfig()
     p = cli.argument_parser(__doc__)
-    p.add_argument(
+    run = p.add_argument_group("what to train")
+    data = p.add_argument_group("data and splits")
+    model = p.add_argument_group("model and starting weights")
+    optimisation = p.add_argument_group("optimisation")
+    augmentation = p.add_argument_group("augmentation")
+    runtime = p.add_argument_group("evaluation and runtime")
+    run.add_argument(
         "--preset",
         choices=list(PRESETS),
         default="paper_a",
         help="paper_a (default), paper_b, demo or tiny; flags override it",
     )
-    p.add_argument(
+    run.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
         help="replay a run's settings from its config.json (instead of --preset); flags given here override them",
     )
-    p.add_argument("--arch", help=f"one of {', '.join(list_models())} (default {d.arch}; B: efficientnet_b4)")
-    p.add_argument("--data", help="ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV")
-    p.add_argument("--out", help=f"run root (default {d.out})")
-    p.add_argument("--fold", default="1", help="fold to test on, 1-based, or 'all' (a holdout split has one run)")
-    p.add_argument("--num-folds", type=int, help=f"default {d.num_folds}")
-    p.add_argument("--split", choices=["kfold", "holdout"], help="kfold (A) or 70/15/15 holdout (B)")
-    p.add_argument(
+    run.add_argument("--arch", help=f"one of {', '.join(list_models())} (default {d.arch}; B: efficientnet_b4)")
+    data.add_argument("--data", help="ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV")
+    data.add_argument("--out", help=f"run root (default {d.out})")
+    run.add_argument("--fold", default="1", help="fold to test on, 1-based, or 'all' (a holdout split has one run)")
+    run.add_argument("--num-folds", type=int, help=f"default {d.num_folds}")
+    data.add_argument("--split", choices=["kfold", "holdout"], help="kfold (A) or 70/15/15 holdout (B)")
+    data.add_argument(
         "--val-fraction", type=float, help=f"validation share of the training part, in (0, 1) (A: {d.val_fraction})"
     )
-    p.add_argument(
+    data.add_argument(
         "--cal-fraction",
         type=float,
         help="share of the training part held out for calibration (temperatures, certified referral, "
         "prediction sets), never trained or selected on; written as cal_logits.npz (default 0; tiny 0.1)",
     )
-    p.add_argument("--img-size", type=int, help=f"A: {d.img_size}, B: 224")
-    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    p.add_argument("--epochs", type=int, help=f"maximum epochs (method A, default {d.epochs})")
-    p.add_argument("--lr", type=float, help=f"default {d.lr:g} (assumed: the paper's text lost it)")
-    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g} (assumed: the paper's text lost it)")
-    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], help=f"default {d.optimizer}")
-    p.add_argument("--class-weights", choices=["balanced", "none"], help=f"default {d.class_weights}")
-    p.add_argument(
+    data.add_argument("--img-size", type=int, help=f"A: {d.img_size}, B: 224")
+    optimisation.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    optimisation.add_argument("--epochs", type=int, help=f"maximum epochs (method A, default {d.epochs})")
+    optimisation.add_argument("--lr", type=float, help=f"default {d.lr:g} (assumed: the paper's text lost it)")
+    optimisation.add_argument(
+        "--weight-decay", type=float, help=f"default {d.weight_decay:g} (assumed: the paper's text lost it)"
+    )
+    optimisation.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], help=f"default {d.optimizer}")
+    optimisation.add_argument("--class-weights", choices=["balanced", "none"], help=f"default {d.class_weights}")
+    augmentation.add_argument(
         "--augment",
         choices=["paper_a", "paper_b", "none"],
         help=f"training augmentation: method A's, method B's or none (default {d.augment})",
     )
-    p.add_argument("--rotation", type=float, help=f"rotation range in degrees (default {d.rotation:g}, assumed)")
-    p.add_argument(
+    augmentation.add_argument(
+        "--rotation", type=float, help=f"rotation range in degrees (default {d.rotation:g}, assumed)"
+    )
+    optimisation.add_argument(
         "--scheduler",
         choices=["plateau", "constant"],
         help=f"plateau: the learning rate times --plateau-factor after --plateau-patience flat epochs (default {d.scheduler})",
     )
-    p.add_argument("--plateau-patience", type=int, help=f"default {d.plateau_patience}")
-    p.add_argument("--plateau-factor", type=float, help=f"default {d.plateau_factor}")
-    p.add_argument("--early-stopping", type=int, help=f"patience in epochs (A: {d.early_stopping}, B: 7)")
-    p.add_argument(
+    optimisation.add_argument("--plateau-patience", type=int, help=f"default {d.plateau_patience}")
+    optimisation.add_argument("--plateau-factor", type=float, help=f"default {d.plateau_factor}")
+    optimisation.add_argument("--early-stopping", type=int, help=f"patience in epochs (A: {d.early_stopping}, B: 7)")
+    optimisation.add_argument(
         "--monitor",
         choices=["val_acc", "val_loss"],
         help=f"validation metric of early stopping, the schedule and best.pt (default {d.monitor})",
     )
-    p.add_argument(
+    optimisation.add_argument(
         "--val-loss",
         choices=["weighted", "unweighted"],
         help="validation loss with or without the class weights (A: weighted, logged only; B: unweighted, as Keras's val_loss)",
     )
-    p.add_argument(
+    data.add_argument(
         "--preprocess",
         choices=["none", "otsu"],
         help=f"otsu: method B's Otsu threshold and elliptical closing before the network (default {d.preprocess})",
     )
-    p.add_argument("--otsu-foreground", choices=["dark", "bright"], help=f"default {d.otsu_foreground}")
-    p.add_argument("--freeze-epochs", type=int, help="head-only epochs before fine-tuning (B: 50)")
-    p.add_argument("--unfreeze-last", type=int, help=f"layers trained in the fine-tuning stage (B: {d.unfreeze_last})")
-    p.add_argument("--finetune-epochs", type=int, help=f"default {d.finetune_epochs}")
-    p.add_argument(
+    data.add_argument("--otsu-foreground", choices=["dark", "bright"], help=f"default {d.otsu_foreground}")
+    optimisation.add_argument("--freeze-epochs", type=int, help="head-only epochs before fine-tuning (B: 50)")
+    optimisation.add_argument(
+        "--unfreeze-last", type=int, help=f"layers trained in the fine-tuning stage (B: {d.unfreeze_last})"
+    )
+    optimisation.add_argument("--finetune-epochs", type=int, help=f"default {d.finetune_epochs}")
+    optimisation.add_argument(
         "--amp", choices=["auto", "on", "off"], help="auto (default) = fp16 on CUDA, off on CPU; on = bf16 on CPU"
     )
-    p.add_argument("--grad-clip", type=float, help="clip the gradient norm (after unscaling)")
-    p.add_argument(
+    optimisation.add_argument("--grad-clip", type=float, help="clip the gradient norm (after unscaling)")
+    runtime.add_argument(
         "--channels-last",
         action="store_true",
         default=None,
         help="channels-last memory format (faster convolutions on recent GPUs and on this CPU; the demo presets use it)",
     )
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--workers", type=int, help=f"default {d.workers}")
-    p.add_argument("--device", help="auto (default), cpu, cuda")
-    p.add_argument(
+    optimisation.add_argument("--seed", type=int, help=f"default {d.seed}")
+    data.add_argument("--workers", type=int, help=f"default {d.workers}")
+    runtime.add_argument("--device", help="auto (default), cpu, cuda")
+    model.add_argument(
         "--pretrained",
         nargs="?",
         const="default",
         metavar="TAG",
         help="start from a catalogued checkpoint (downloaded once, verified, cached); no TAG: the paper's. See --list-weights",
     )
-    p.add_argument("--list-weights", action="store_true", help="print the catalogue of pretrained checkpoints and exit")
-    p.add_argument("--weights", help="local checkpoint: .pt/.pth, .safetensors, BiT .npz, timm state dict")
-    p.add_argument(
+    model.add_argument(
+        "--list-weights", action="store_true", help="print the catalogue of pretrained checkpoints and exit"
+    )
+    model.add_argument("--weights", help="local checkpoint: .pt/.pth, .safetensors, BiT .npz, timm state dict")
+    model.add_argument(
         "--padding",
         choices=["symmetric", "same"],
         help="same: TensorFlow's padding, for a TF-trained EfficientNet file given with --weights (default: the checkpoint's, else symmetric)",
     )
-    p.add_argument("--dropout", type=float, help="dropout before the classifier (A: 0.7 / 0.5)")
-    p.add_argument(
+    model.add_argument("--dropout", type=float, help="dropout before the classifier (A: 0.7 / 0.5)")
+    model.add_argument(
         "--mean", type=float, nargs=3, help="input mean per channel (default: what the starting weights expect)"
     )
-    p.add_argument(
+    model.add_argument(
         "--std", type=float, nargs=3, help="input std per channel (default: what the starting weights expect)"
     )
-    p.add_argument(
+    model.add_argument(
         "--drop-path",
         type=float,
         help=f"stochastic depth of the EfficientNets (default {d.drop_path:g}: the paper names none)",
     )
-    p.add_argument(
+    model.add_argument(
         "--bn-momentum",
         type=float,
         help="BatchNorm momentum in PyTorch's convention (Keras's 0.99 is 0.01; default torch's 0.1, paper_b 0.01)",
     )
-    p.add_argument(
+    optimisation.add_argument(
         "--loss-normalization",
         choices=["weights", "count"],
         help="class-weighted loss divided by the weights' sum (PyTorch, default) or by the batch size (Keras, paper_b)",
     )
-    p.add_argument(
+    data.add_argument(
         "--group-column",
         help="manifest column with the patient / slide / sample id (default 'group', used when present)",
     )
-    p.add_argument(
+    data.add_argument(
         "--group-pattern", help="regex whose first capture group is the group in each file name, e.g. 'patient(\\d+)'"
     )
-    p.add_argument(
+    optimisation.add_argument(
         "--ema",
         type=float,
         metavar="DECAY",
         help="evaluate, select and save an exponential moving average of the weights (e.g. 0.999)",
     )
-    p.add_argument(
+    runtime.add_argument(
         "--tta",
         choices=TTA_MODES,
         help="test-time augmentation of the logits written after training: flip = image + h/v flips, averaged (default none); "
         "on a finished run, --resume --tta flip rewrites its logits",
     )
-    p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of stopping")
-    p.add_argument(
+    data.add_argument(
+        "--skip-bad", action="store_true", default=None, help="skip unreadable images instead of stopping"
+    )
+    data.add_argument(
         "--allow-outside-root",
         action="store_true",
         default=None,
         help="a manifest may list images outside its own folder",
     )
-    p.add_argument(
+    run.add_argument(
         "--fold-parallel",
         action="store_true",
         help="under torchrun: each process trains its share of the folds (fold k on rank (k-1) mod N) on its own device",
     )
-    p.add_argument(
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help="print the runs this command would start (architecture, fold, device, state, expected time) and stop",
@@ -205,7 +221,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per task (default 8)")
     slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per task (default 1; 0 for CPU nodes)")
     slurm.add_argument("--slurm-partition", help="partition (default: the cluster's)")
-    p.add_argument(
+    run.add_argument(
         "--resume",
         nargs="?",
         const="yes",
@@ -213,8 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="continue from last.pt (the same settings); --resume auto: continue when last.pt exists, else start "
         "(what a requeued Slurm task runs)",
     )
-    p.add_argument("--overwrite", action="store_true", default=None, help="start again over an existing run")
-    p.add_argument("--synthetic-scale", type=float, help="size of the embedded default set (default 0.08)")
+    run.add_argument("--overwrite", action="store_true", default=None, help="start again over an existing run")
+    data.add_argument("--synthetic-scale", type=float, help="size of the embedded default set (default 0.08)")
     return p.parse_args(argv)
 
 
