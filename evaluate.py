@@ -235,7 +235,10 @@ def run_evaluation(args, out: Path) -> None:
     # The report folder is written as a unit: a killed run leaves the previous report whole.
     with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
         atomic_write_json(folder / "report.json", result)
-        atomic_write_text(folder / "report.md", report.report_markdown(result, main_name, grid_md, notes))
+        atomic_write_text(
+            folder / "report.md",
+            report.report_markdown(result, main_name, grid_md, notes, with_figures=not args.no_figures),
+        )
         pointing = write_explanations(args, folder, result["classes"], masks) if args.explain else None
         if not args.no_figures:
             figures.write_all(models, result, folder)

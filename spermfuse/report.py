@@ -47,7 +47,24 @@ def interval(bounds: Sequence[float] | None) -> str:
     return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else "n/a (one fold)"
 
 
-def report_markdown(report: dict, main: str, grid_markdown: str | None = None, notes: Sequence[str] = ()) -> str:
+def report_figures(main: str) -> list[tuple[str, str]]:
+    """(file, caption) of the figures a report shows for its ``main`` model (figures.write_all writes them)."""
+    return [
+        (f"confusion_{main}.png", f"confusion matrix of {main}"),
+        (f"roc_{main}.png", f"macro ROC of {main}"),
+        (f"pr_{main}.png", f"precision-recall of {main}"),
+        (f"reliability_{main}.png", f"reliability of {main}"),
+        ("risk_coverage.png", "risk-coverage of every model"),
+    ]
+
+
+def report_markdown(
+    report: dict,
+    main: str,
+    grid_markdown: str | None = None,
+    notes: Sequence[str] = (),
+    with_figures: bool = False,
+) -> str:
     """The paper's Tables 1 and 3-7 for ``main`` (and the comparison with the others)."""
     classes, models = report["classes"], report["models"]
     out = ["# spermfuse evaluation\n"]
@@ -176,6 +193,9 @@ def report_markdown(report: dict, main: str, grid_markdown: str | None = None, n
             [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()],
         )
     )
+    if with_figures:
+        out.append("## Figures\n")
+        out += [f"![{caption}]({name})\n" for name, caption in report_figures(main)]
     return "\n".join(out)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .page import html_page, png_data_uri
-from .report import fmt, headline_sentence, interval
+from .report import fmt, headline_sentence, interval, report_figures
 
 REPORT_HTML = "report.html"
 
@@ -50,13 +50,7 @@ def _models(report: dict) -> tuple:
 
 def report_page(report: dict, main: str, folder: Path, provenance: Sequence[str], title: str) -> str:
     """The HTML of ``folder``'s report (its figures and gallery, when written, are embedded)."""
-    figures = [
-        (f"confusion_{main}.png", f"confusion matrix of {main}"),
-        (f"roc_{main}.png", f"macro ROC of {main}"),
-        (f"pr_{main}.png", f"precision-recall of {main}"),
-        (f"reliability_{main}.png", f"reliability of {main}"),
-        ("risk_coverage.png", "risk-coverage of every model"),
-    ]
+    figures = report_figures(main)
     blocks: list[tuple] = [("h1", title), *_headline(report, main)]
     blocks += [("h2", "Models"), _models(report), ("h2", f"Per class: {main}"), _per_class(report, main)]
     shown = [(name, alt) for name, alt in figures if (folder / name).is_file()]

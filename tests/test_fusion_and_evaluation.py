@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -741,3 +742,6 @@ def test_report_html_is_one_self_contained_page_whose_images_all_decode(tmp_path
         assert image.width > 100 and image.height > 100
     assert "test cells of 3 classes" in text and "corrected for the folds" in text and "<script" not in text
     assert "sensitivity (recall)" in text and "command: python evaluate.py" in text and "http" not in text
+    markdown = (tmp_path / "r" / "page" / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(linked) == 5 and all((tmp_path / "r" / "page" / name).is_file() for name in linked)
