@@ -698,7 +698,8 @@ def test_without_runs_the_most_recent_run_root_under_runs_is_used_and_named(tmp_
     monkeypatch.chdir(tmp_path)
     with pytest.raises(fusion.FusionError, match="no trained models in runs/ or its subfolders"):
         find_run_root(None)
-    older, newer = fake_runs(tmp_path / "runs" / "demo"), fake_runs(tmp_path / "runs" / "tiny")
+    older = fake_runs(tmp_path / "runs" / "demo")
+    fake_runs(tmp_path / "runs" / "tiny")  # written now: the newer root
     for logits in older.rglob("*.npz"):
         os.utime(logits, (1_000_000, 1_000_000))
     with caplog.at_level(logging.INFO):

@@ -76,7 +76,6 @@ def test_every_readme_command_parses_with_its_programs_own_parser(command, monke
     """A UX check by machine: the flags the README types exist (the programs' parsers refuse
     unknown or abbreviated ones)."""
     import importlib
-    import sys
 
     monkeypatch.syspath_prepend(str(ROOT))
     words = command[command.index("train.py") :] if "torchrun" in command else command
