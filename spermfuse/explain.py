@@ -125,6 +125,11 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(spread > 0, (maps - low) / spread.clamp_min(1e-12), torch.zeros_like(maps))
 
 
+def _upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    """[N, 1, h, w] -> [N, H, W], bilinear."""
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
 def fused_grad_cam(
     members: Sequence[Member], inputs: Sequence[torch.Tensor], target: int | torch.Tensor | None = None
 ) -> Explanation:
@@ -152,15 +157,28 @@ def fused_grad_cam(
         target = _targets(target, logits)
         score = logits.gather(1, target[:, None].to(logits.device)).sum()
         gradients = torch.autograd.grad(score, [activations[i] for i in range(len(members))])
-    summed: dict[str, torch.Tensor] = {}
+    # Grad-CAM as Selvaraju et al. define it: the weighted activations summed (over a member's
+    # folds too) at the layer's own resolution, the ReLU there, then the upsampling. The fused
+    # map does the same with every member that carries weight when their layers share one
+    # resolution (the exact Grad-CAM of the fused logit); otherwise it can only sum them after
+    # upsampling, and takes the ReLU of that sum.
+    layer_maps: dict[str, torch.Tensor] = {}
+    carries: dict[str, bool] = {}
     for index, (member, gradient) in enumerate(zip(members, gradients)):
         activation = activations[index].detach().float()
         alpha = gradient.float().mean(dim=(2, 3), keepdim=True)
         weighted = (alpha * activation).sum(1, keepdim=True)
-        upsampled = F.interpolate(weighted, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-        summed[member.name] = summed.get(member.name, 0) + upsampled
-    fused = scale_to_unit(torch.relu(sum(summed.values())))
-    maps = {name: scale_to_unit(torch.relu(total)) for name, total in summed.items()}
+        previous = layer_maps.get(member.name)
+        layer_maps[member.name] = weighted if previous is None else previous + weighted
+        carries[member.name] = carries.get(member.name, False) or member.weight != 0
+    maps = {name: scale_to_unit(_upsample(torch.relu(m), size)) for name, m in layer_maps.items()}
+    carrying = [m for name, m in layer_maps.items() if carries[name]]
+    if not carrying:
+        fused = torch.zeros(len(logits), *size)
+    elif len({tuple(m.shape[-2:]) for m in carrying}) == 1:
+        fused = scale_to_unit(_upsample(torch.relu(sum(carrying)), size))
+    else:
+        fused = scale_to_unit(torch.relu(sum(_upsample(m, size) for m in carrying)))
     probability = logits.detach().softmax(1).gather(1, target[:, None].to(logits.device))[:, 0]
     return Explanation(fused.cpu(), {n: m.cpu() for n, m in maps.items()}, target.cpu(), probability.cpu())
 

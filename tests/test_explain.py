@@ -202,3 +202,23 @@ def test_grad_cam_takes_a_class_name_with_the_class_list():
     assert torch.equal(by_name, grad_cam(model, images, 1))
     with pytest.raises(ValueError, match="give classes="):
         grad_cam(model, images, "B")
+
+
+def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples():
+    """Selvaraju et al.'s definition, computed here by hand with hooks on the same layer."""
+    import torch.nn.functional as F
+
+    from spermfuse.explain import default_layer, grad_cam, scale_to_unit
+    from spermfuse.models import create_model
+
+    model = create_model("efficientnet_tiny", 3).eval()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    store = {}
+    handle = default_layer(model).register_forward_hook(lambda m, i, out: store.__setitem__("a", out))
+    logits = model(images.requires_grad_(True))
+    handle.remove()
+    target = logits.argmax(1)
+    gradient = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), store["a"])[0]
+    weighted = (gradient.mean(dim=(2, 3), keepdim=True) * store["a"]).sum(1, keepdim=True).detach()
+    expected = scale_to_unit(F.interpolate(torch.relu(weighted), size=(64, 64), mode="bilinear")[:, 0])
+    assert torch.allclose(grad_cam(model, images.detach()), expected, atol=1e-5)
