@@ -43,13 +43,17 @@ def default_layer(model: nn.Module) -> nn.Module:
 
     - EfficientNets (torchvision): ``features[-1]``, the final 1x1 convolution + BatchNorm +
       SiLU (1280 channels for V2-S, 1792 for B4), the map that is pooled into the classifier;
-    - ResNetV2 (BiT): ``stages[-1]``, the output of the last stage, before the final
-      GroupNorm + ReLU and the pooling (the ReLU there is in place, so it cannot be hooked).
+    - ResNetV2 (BiT): ``act``, the ReLU after the final GroupNorm, the map that is pooled.
+      (Not ``stages[-1]``: the GroupNorm after it removes any per-group shift, so the Grad-CAM
+      weights there sum to zero in every group and the map has no fixed scale.)
+
+    For both, features -> global average pool -> linear, so the spatial sum of the unrectified
+    map equals the explained logit minus its bias: the members' maps share one scale.
     """
     if isinstance(model, EfficientNet):
         return model.features[-1]
     if isinstance(model, ResNetV2):
-        return model.stages[-1]
+        return model.act
     raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; pass layer= (a module or its name)")
 
 

@@ -22,6 +22,7 @@ from .calibration import probabilities_of
 from .errors import ConfigError
 from .explain import ImageExplanation, default_layer, explain_files, pointing_game, spearman
 from .fused_model import load_fold_members
+from .models.resnetv2 import ResNetV2
 from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .synthetic import DEFECT_PART
 
@@ -128,12 +129,21 @@ def pointing_game_of_runs(
     return pointing_game(heat, truth, parts)
 
 
+def last_stage(model: nn.Module) -> list[nn.Module]:
+    """The modules whose weights make the default Grad-CAM layer's features: the EfficientNet's
+    last feature block; the ResNetV2's last stage and final GroupNorm (its Grad-CAM layer, the
+    ReLU after that norm, has no weights)."""
+    if isinstance(model, ResNetV2):
+        return [model.stages[-1], model.norm]
+    return [default_layer(model)]
+
+
 def reinitialise_last_stage(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose default Grad-CAM layer (its last stage) is freshly initialised."""
+    """A copy of ``model`` whose last stage (:func:`last_stage`) is freshly initialised."""
     model = copy.deepcopy(model)
     with torch.random.fork_rng():  # seeded for repeatable figures, the caller's generator untouched
         torch.manual_seed(0)
-        for module in default_layer(model).modules():
+        for module in (m for stage in last_stage(model) for m in stage.modules()):
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     return model

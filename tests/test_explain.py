@@ -222,3 +222,42 @@ def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples():
     weighted = (gradient.mean(dim=(2, 3), keepdim=True) * store["a"]).sum(1, keepdim=True).detach()
     expected = scale_to_unit(F.interpolate(torch.relu(weighted), size=(64, 64), mode="bilinear")[:, 0])
     assert torch.allclose(grad_cam(model, images.detach()), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_tiny", "resnetv2_tiny"])
+def test_the_default_layer_map_sums_to_the_explained_logit_minus_its_bias(arch):
+    """features -> pool -> linear for both backbones: the unrectified Grad-CAM map's spatial sum is
+    z_c - b_c, so a fused map adds maps of one scale (not so before the ResNetV2's last GroupNorm)."""
+    from spermfuse.explain import default_layer
+    from spermfuse.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(arch, 4).eval()
+    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    nn.init.normal_(head.weight)
+    nn.init.normal_(head.bias)
+    store = {}
+    handle = default_layer(model).register_forward_hook(lambda m, i, out: store.__setitem__("a", out))
+    logits = model(torch.rand(2, 3, 64, 64, requires_grad=True))
+    handle.remove()
+    gradient = torch.autograd.grad(logits[:, 2].sum(), store["a"])[0]
+    linear = (gradient.mean(dim=(2, 3), keepdim=True) * store["a"]).sum(dim=(1, 2, 3))
+    assert torch.allclose(linear, logits[:, 2] - head.bias[2], atol=1e-4)
+
+
+def test_the_model_dependence_check_reinitialises_the_weights_behind_each_backbones_map():
+    from spermfuse.explain_runs import reinitialise_last_stage
+    from spermfuse.models import create_model
+
+    torch.manual_seed(0)
+    resnet = create_model("resnetv2_tiny", 4).eval()
+    with torch.no_grad():
+        resnet.norm.weight.mul_(3.0)
+    fresh = reinitialise_last_stage(resnet)
+    changed = [
+        name
+        for (name, before), (_, after) in zip(resnet.named_parameters(), fresh.named_parameters())
+        if not torch.equal(before, after)
+    ]
+    assert any(name.startswith("stages.3.") for name in changed) and "norm.weight" in changed
+    assert not any(name.startswith(("stem.", "stages.0.")) for name in changed)

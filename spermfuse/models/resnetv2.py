@@ -118,6 +118,8 @@ class ResNetV2(nn.Module):
             self.stages.append(nn.Sequential(*blocks))
             channels = out_channels
         self.norm = group_norm(channels, groups)
+        # A module (not an in-place call) so that Grad-CAM can hook the features that are pooled.
+        self.act = nn.ReLU()
         self.num_features = channels
         self.head_drop = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
@@ -128,7 +130,7 @@ class ResNetV2(nn.Module):
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
-        return F.relu(self.norm(x), inplace=True)
+        return self.act(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(self.forward_features(x), 1).flatten(1)
