@@ -374,7 +374,7 @@ def sample_request(args, settings: run_folder.FusionSettings, folds: list[int]):
     held_out = sample_report.held_out_confusion(
         args.runs, settings.models, folds[0], settings.prediction_weights(folds)[0]
     )
-    if settings.select == "test" and "test cells" in held_out.source:
+    if settings.select == "test" and held_out.split == "test":
         log.warning(
             "--samples: the confusion comes from test cells that also chose the fusion weight (--select test); "
             "fuse with --select val, or train with --cal-fraction, for a confusion nothing was tuned on"

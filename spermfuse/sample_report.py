@@ -82,6 +82,7 @@ class HeldOutConfusion:
     source: str
     logits: np.ndarray | None = None
     labels: np.ndarray | None = None
+    split: str = ""  # which held-out cells: "cal" or "test"
 
 
 @dataclass
@@ -106,7 +107,7 @@ def held_out_confusion(runs: Path, models: Sequence[str], fold: int, weights: Se
             continue
         confusion = confusion_counts(fused.labels, fused.logits.argmax(axis=1), len(fused.classes))
         source = f"fold {fold}'s {len(fused.labels)} held-out {words} ({split}_logits.npz of {', '.join(models)})"
-        return HeldOutConfusion(confusion, fused.classes, source, fused.logits, fused.labels)
+        return HeldOutConfusion(confusion, fused.classes, source, fused.logits, fused.labels, split)
     raise fusion.FusionError(f"--samples: fold {fold} of {', '.join(models)} has no cal_logits.npz or test_logits.npz")
 
 
@@ -118,7 +119,8 @@ def estimated_space(held_out: HeldOutConfusion, settings: SampleSettings) -> tup
     names = list(dict.fromkeys(settings.groups[c] for c in held_out.classes))
     index = [names.index(settings.groups[c]) for c in held_out.classes]
     merged = merge_classes(held_out.confusion, index, len(names))
-    return HeldOutConfusion(merged, names, held_out.source + ", classes merged into groups"), np.eye(len(names))[index]
+    merged_source = held_out.source + ", classes merged into groups"
+    return HeldOutConfusion(merged, names, merged_source, split=held_out.split), np.eye(len(names))[index]
 
 
 def read_group_map(path: Path) -> dict[str, str]:
