@@ -272,6 +272,7 @@ def fold_split(
     split = Split(train, val, test, cal)
     if groups is not None:
         check_group_leakage(split, groups)
+        warn_few_calibration_groups(split, groups, f"fold {fold}")
     return split
 
 
@@ -292,7 +293,28 @@ def holdout_split(
     split = Split(train, val, test, cal)
     if groups is not None:
         check_group_leakage(split, groups)
+        warn_few_calibration_groups(split, groups, "the holdout split")
     return split
+
+
+MIN_CALIBRATION_GROUPS = 30
+
+
+def warn_few_calibration_groups(split: Split, groups: np.ndarray, where: str) -> None:
+    """With groups, the promises fitted on the calibration cells (issue 23: certified referral,
+    prediction sets) are about new *groups*: cells of one patient are not exchangeable with
+    another's. Under ``MIN_CALIBRATION_GROUPS`` groups that is a weak basis: said, not refused."""
+    count = len(np.unique(groups[split.cal])) if len(split.cal) else 0
+    if 0 < count < MIN_CALIBRATION_GROUPS:
+        log.warning(
+            "%s: the calibration cells come from %d groups (fewer than %d); a certified threshold or prediction set "
+            "fitted on them holds for new cells of these patients, and for new patients only as far as %d are "
+            "representative; a larger --cal-fraction or more groups make it hold for new patients",
+            where,
+            count,
+            MIN_CALIBRATION_GROUPS,
+            count,
+        )
 
 
 def check_group_leakage(split: Split, groups: np.ndarray) -> None:

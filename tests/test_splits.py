@@ -40,3 +40,22 @@ def test_calibration_cells_take_whole_groups():
     assert len(split.cal) and not set(groups[split.cal]) & set(
         groups[np.concatenate([split.train, split.val, split.test])]
     )
+
+
+def test_a_calibration_split_of_few_groups_is_named_in_a_warning(caplog):
+    labels, classes = labelled(240)
+    groups = np.array([f"p{i % 24}" for i in range(240)])  # 24 patients: the cal part holds a handful
+    folds = make_folds(labels, classes, k=4, groups=groups)
+    with caplog.at_level("WARNING", logger="spermfuse.splits"):
+        split = fold_split(folds, labels, 1, 0.2, groups=groups, cal_fraction=0.15)
+    count = len(set(groups[split.cal]))
+    assert f"fold 1: the calibration cells come from {count} groups (fewer than 30)" in caplog.text
+
+
+def test_a_calibration_split_of_thirty_groups_or_more_gives_no_warning(caplog):
+    labels, classes = labelled(2000, seed=1)
+    groups = np.array([f"p{i % 400}" for i in range(2000)])  # 400 patients: about 40 in the cal part
+    folds = make_folds(labels, classes, k=4, groups=groups)
+    with caplog.at_level("WARNING", logger="spermfuse.splits"):
+        split = fold_split(folds, labels, 1, 0.2, groups=groups, cal_fraction=0.15)
+    assert len(set(groups[split.cal])) >= 30 and "calibration cells come from" not in caplog.text
