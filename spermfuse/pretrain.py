@@ -50,9 +50,10 @@ class PretrainRecipe:
     batch_size: int = 32
 
     def fingerprint(self) -> str:
+        # What changes the weights; the preset's calibration share is not used here (cal_fraction=0 below).
         preset = {
-            k: v for k, v in PRESETS[BASE_PRESET].items() if k not in OPERATIONAL_SETTINGS
-        }  # what changes the weights
+            k: v for k, v in PRESETS[BASE_PRESET].items() if k not in OPERATIONAL_SETTINGS and k != "cal_fraction"
+        }
         text = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION, "preset": preset}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -109,6 +110,7 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
         split="holdout",
         val_fraction=0.1,
         test_fraction=0.05,
+        cal_fraction=0.0,  # a stand-in for ImageNet weights: nothing of it is calibrated
         img_size=recipe.img_size,
         epochs=recipe.epochs,
         lr=recipe.lr,
