@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from spermfuse import cli, distributed, trainer
+from spermfuse import cli, distributed, fold_setup, trainer
 from spermfuse.fold_parallel import run_fold_parallel
 from spermfuse.config import PRESETS, preset_config, recorded_settings, validate_config
 from spermfuse.engine import TTA_MODES
@@ -303,7 +303,7 @@ class ProgressLine:
         self.fold, self.epochs = config.fold, config.epochs
         self.folds = config.num_folds if config.split == "kfold" else 1
         self.epoch, self.warned = 1, False
-        cpu = trainer.device_type_of(config) == "cpu" if config.device == "auto" else config.device == "cpu"
+        cpu = fold_setup.device_type_of(config) == "cpu" if config.device == "auto" else config.device == "cpu"
         self.warn_cpu = cpu and config.img_size >= GPU_SIZED
 
     def epoch_done(self, row: dict) -> None:
@@ -389,7 +389,7 @@ def planned_runs(args: argparse.Namespace, folds: list[int]) -> str:
             if per_epoch is not None
             else "unknown (no epoch timed yet)"
         )
-        device = trainer.device_type_of(config) if config.device == "auto" else config.device
+        device = fold_setup.device_type_of(config) if config.device == "auto" else config.device
         rows.append([config.arch, config.fold, device, config.img_size, config.epochs, state, expected])
     header = ["arch", "fold", "device", "img_size", "max epochs", "state", "expected time"]
     return markdown_table(header, rows)
@@ -421,9 +421,9 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
     if args.fold_parallel:
         run_fold_parallel(
             folds,
-            lambda context: trainer.setup_fold(first, context=context),  # rank 0: the data and folds.csv
+            lambda context: fold_setup.setup_fold(first, context=context),  # rank 0: the data and folds.csv
             lambda fold, context: train_fold(args, fold, None, context, stop),
-            trainer.device_type_of(first),
+            fold_setup.device_type_of(first),
         )
         return
     if first.img_size < GPU_SIZED and args.preset == "demo" and not (first.weights or first.pretrained):
@@ -439,9 +439,10 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
 def train_fold(args: argparse.Namespace, fold: int, samples=None, context=None, stop: StopRequest | None = None):
     """One fold from the flags; returns the samples it discovered (for the next fold)."""
     config = build_config(args, fold)
-    setup = trainer.setup_fold(config, samples, context)
+    setup = fold_setup.setup_fold(config, samples, context)
+    parts = fold_setup.build_fold(config, setup)
     line = ProgressLine(config)
-    fold_trainer = trainer.FoldTrainer(config, setup, progress=line, on_epoch_end=line.epoch_done, stop=stop)
+    fold_trainer = trainer.FoldTrainer(setup, parts, progress=line, on_epoch_end=line.epoch_done, stop=stop)
     logging.info("done: %s", fold_trainer.run())
     return setup.samples
 

@@ -72,9 +72,10 @@ def tiny_config(data: Path, out: Path, **overrides):
 
 def fold_trainer_for(config, **options):
     """A FoldTrainer of ``config`` with its setup made, as train.py does."""
-    from spermfuse import trainer
+    from spermfuse import fold_setup, trainer
 
-    return trainer.FoldTrainer(config, trainer.setup_fold(config), **options)
+    setup = fold_setup.setup_fold(config)
+    return trainer.FoldTrainer(setup, fold_setup.build_fold(config, setup), **options)
 
 
 # Logits files of made-up models, for the fusion and evaluation tests.

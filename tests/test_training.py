@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import fold_trainer_for, tiny_config
-from spermfuse.config import preset_config
-from spermfuse import files, engine, trainer
+from spermfuse.config import TrainConfig, preset_config
+from spermfuse import files, engine, fold_setup, trainer
+from spermfuse.errors import ConfigError
 from spermfuse.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
 
 def test_existing_run_needs_resume_or_overwrite(tiny_sperm, tmp_path):
     trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
-    with pytest.raises(trainer.ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="--resume"):
         trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
 
 
@@ -105,7 +106,7 @@ def test_resume_from_another_arch_is_refused(tiny_sperm, tmp_path):
     state = files.safe_torch_load(run / "last.pt")
     state["arch"] = "efficientnet_tiny"
     files.atomic_torch_save(run / "last.pt", state)
-    with pytest.raises(trainer.ConfigError, match="not resumable"):
+    with pytest.raises(ConfigError, match="not resumable"):
         trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, resume=True))
 
 
@@ -306,7 +307,7 @@ def test_a_bug_keeps_its_traceback_while_bad_input_is_one_line(monkeypatch, tmp_
     def broken(*args, **kwargs):
         raise ValueError("an internal bug, not bad input")
 
-    monkeypatch.setattr(trainer, "setup_fold", broken)
+    monkeypatch.setattr(fold_setup, "setup_fold", broken)
     with pytest.raises(ValueError, match="internal bug"):
         train.main(["--out", str(tmp_path), "--data", str(tmp_path)])
     assert train.main(["--out", str(tmp_path), "--fold", "x"]) == 2  # a user's mistake: a line, exit 2
@@ -320,12 +321,12 @@ def test_a_preset_value_survives_when_its_flag_is_absent():
     assert (config.batch_size, config.img_size, config.lr) == tuple(
         PRESETS["demo"][k] for k in ("batch_size", "img_size", "lr")
     )
-    assert config.plateau_patience == trainer.TrainConfig().plateau_patience  # not in the preset: the default
+    assert config.plateau_patience == TrainConfig().plateau_patience  # not in the preset: the default
     assert train.build_config(train.parse_args(["--preset", "demo", "--batch-size", "4"]), fold=1).batch_size == 4
 
 
 def test_val_fraction_zero_is_refused_naming_the_flag(tiny_sperm, tmp_path):
-    with pytest.raises(trainer.ConfigError, match="--val-fraction"):
+    with pytest.raises(ConfigError, match="--val-fraction"):
         trainer.train_fold(tiny_config(tiny_sperm, tmp_path, val_fraction=0.0))
 
 
@@ -364,7 +365,11 @@ def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tin
     )
     assert files.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
     fine_tuned = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
-    assert fine_tuned.train_set.transform.normalize.mean == (0.5, 0.5, 0.5)  # from the checkpoint, no flag given
+    assert fine_tuned.loaders["train"].dataset.transform.normalize.mean == (
+        0.5,
+        0.5,
+        0.5,
+    )  # from the checkpoint, no flag
     run = fine_tuned.run()
     assert json.loads((run / "config.json").read_text())["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert files.safe_torch_load(run / "best.pt")["pipeline"]["std"] == [0.5, 0.5, 0.5]
@@ -372,7 +377,7 @@ def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tin
 
 def test_resume_with_changed_settings_is_refused_naming_the_flags(tiny_sperm, tmp_path):
     trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
-    with pytest.raises(trainer.ConfigError, match=r"--lr 0.001 -> 0.01.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"--lr 0.001 -> 0.01.*--overwrite"):
         trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, lr=1e-2, resume=True))
     trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, workers=1, resume=True))  # how it runs may change
     run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, lr=1e-2, overwrite=True))
@@ -472,7 +477,7 @@ def test_with_ema_the_averaged_weights_are_validated_selected_and_saved(tiny_spe
         not torch.equal(last["model"][k], last["ema"]["shadow"][k]) for k in last["model"]
     )  # raw weights differ from the average
     fold.model.load_state_dict(best["model"])
-    logits, labels, _ = fold._evaluate(fold.val_loader)
+    logits, labels, _ = fold._evaluate(fold.loaders["val"])
     assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(
         best["val_metric"]
     )  # the score it was selected by
@@ -500,7 +505,7 @@ def test_the_validation_loss_is_weighted_or_not_as_asked(image_folder, tmp_path,
 def test_method_b_stops_on_the_unweighted_validation_loss_as_keras_does():
     config = preset_config("paper_b")
     assert (config.monitor, config.val_loss) == ("val_loss", "unweighted")
-    assert trainer.TrainConfig().val_loss == "weighted"
+    assert TrainConfig().val_loss == "weighted"
 
 
 def test_a_calibration_fraction_writes_cal_logits_of_cells_no_part_of_training_saw(tiny_sperm, tmp_path):
@@ -509,7 +514,7 @@ def test_a_calibration_fraction_writes_cal_logits_of_cells_no_part_of_training_s
     assert len(cal["paths"]) >= 18 and cal["logits"].shape == (len(cal["paths"]), 18)
     assert not set(cal["paths"]) & (set(val["paths"]) | set(test["paths"]))
     fold = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "again", epochs=1, cal_fraction=0.2))
-    trained_on = {fold.samples.paths[i] for i in fold.split.train}
+    trained_on = {fold.samples.paths[i] for i in fold.loaders["train"].dataset.indices}
     assert not trained_on & set(cal["paths"].tolist())
 
 

@@ -34,6 +34,19 @@ def unfreeze_last(model: nn.Module, n: int) -> list[str]:
     return [name for name, _ in chosen]
 
 
+def set_trainable(model: nn.Module, head: str, trainable: str | int) -> int:
+    """A stage's trainable parameters: ``"all"``, ``"head"`` (the ``head`` module only) or the
+    last ``trainable`` layers with the head; returns how many parameters train."""
+    if trainable == "all":
+        for parameter in model.parameters():
+            parameter.requires_grad = True
+    else:
+        freeze_backbone(model, head)
+        if trainable != "head":
+            unfreeze_last(model, int(trainable))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def set_frozen_norms_to_eval(model: nn.Module) -> None:
     """Put BatchNorm layers whose parameters are frozen into eval mode (call after ``model.train()``)."""
     for module in model.modules():
