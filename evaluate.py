@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import cli, evaluation, explain_runs, figures, fusion, report, run_folder, splits
+from spermfuse import cli, evaluation, explain_runs, figures, fusion, pointing_game, report, run_folder, splits
 from spermfuse.report_page import REPORT_HTML, report_page
 from spermfuse.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from spermfuse.data import load_rgb
@@ -169,10 +169,13 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
     log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))
     if masks is None:
         return None
-    result = explain_runs.pointing_game_of_runs(args.runs, masks, device, args.explain_limit)
+    cases, setting = explain_runs.pointing_cases(args.runs, masks, device, args.explain_limit)
+    rows = pointing_game.summarise(cases)
     dependence = explain_runs.model_dependence(args.runs, device)
-    atomic_write_json(out / "pointing_game.json", {"groups": result, "model_dependence_spearman": dependence})
-    text = report.pointing_game_markdown(result, dependence)
+    atomic_write_json(
+        out / "pointing_game.json", {"setting": setting, "rows": rows, "model_dependence_spearman": dependence}
+    )
+    text = report.pointing_game_markdown(rows, setting, dependence)
     atomic_write_text(out / "pointing_game.md", text)
     print(text)
     return text

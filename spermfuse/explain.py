@@ -34,7 +34,6 @@ from .data import load_rgb
 from .errors import ConfigError
 from .fused_model import Classifier, FusedModel
 from .models.resnetv2 import ResNetV2
-from .synthetic import PART_VALUES
 from .transforms import from_spec, letterbox_box
 
 
@@ -271,8 +270,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two maps (all pixels), for the model-dependence check."""
     from scipy.stats import spearmanr
 
-    value = spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic
-    return float(np.nan_to_num(value))
+    a, b = a.flatten().numpy(), b.flatten().numpy()
+    if a.min() == a.max() or b.min() == b.max():  # a constant map has no ranks: no correlation
+        return 0.0
+    return float(np.nan_to_num(spearmanr(a, b).statistic))
 
 
 @dataclass
@@ -280,7 +281,7 @@ class ImageExplanation:
     """One image's explanation, maps in the image file's own geometry ([height, width], [0, 1])."""
 
     path: Path
-    predicted: int
+    predicted: int  # the class explained: the predicted one unless a target was given
     probability: float
     fused: torch.Tensor
     members: dict[str, torch.Tensor]
@@ -297,11 +298,13 @@ def explain_files(
     names: Sequence[str],
     device: torch.device | str = "cpu",
     batch_size: int = 8,
+    targets: Sequence[int] | None = None,
 ) -> Iterator[ImageExplanation]:
     """Grad-CAM of the fused prediction of each image file, as ``fuse.py --predict`` makes it:
     ``folds[k][i]`` is member ``names[i]`` of fold k with weight ``weights[k][i]``, the folds'
     fused logits averaged (so each member weighs w / K). The maps explain the plain forward
-    pass (without test-time augmentation) and come back in each file's geometry."""
+    pass (without test-time augmentation) and come back in each file's geometry.
+    ``targets``: the class to explain for each file (default: its predicted class)."""
 
     fused = FusedModel(folds, weights).to(device)  # the model fuse.py --predict computes with
     shares = fused.member_weights()
@@ -318,7 +321,8 @@ def explain_files(
             spec: torch.stack([pipeline.scaled(image) for image in images]).to(device)
             for spec, pipeline in pipelines.items()
         }
-        explanation = fused_grad_cam(members, [x for fold in fused.member_inputs(prepared) for x in fold])
+        target = torch.as_tensor(list(targets[start : start + batch_size])) if targets is not None else None
+        explanation = fused_grad_cam(members, [x for fold in fused.member_inputs(prepared) for x in fold], target)
         for n, (path, image) in enumerate(zip(chunk, images)):
             width, height = image.size
             back = lambda maps: to_original_geometry(maps[n : n + 1], width, height)[0]  # noqa: E731
@@ -331,38 +335,18 @@ def explain_files(
             )
 
 
-def pointing_game(
-    maps: Sequence[torch.Tensor], masks: Sequence[np.ndarray], parts: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """Is each map's peak inside the part that carries the defect? Per part group: images, hits,
-    hit rate, and chance (the mean share of the image that part covers: a peak dropped at
-    random hits that often). ``maps[i]`` and ``masks[i]`` share the original image's geometry;
-    ``parts[i]`` is "head", "neck", "tail" or "sperm" (any of the three, for Normal);
-    mask values follow ``synthetic.PART_VALUES``."""
-
-    values = {"head": [PART_VALUES["head"]], "neck": [PART_VALUES["neck"]], "tail": [PART_VALUES["tail"]]}
-    values["sperm"] = values["head"] + values["neck"] + values["tail"]
-    groups: dict[str, dict[str, float]] = {}
-    for heat, mask, part in zip(maps, masks, parts):
-        if heat.shape != mask.shape:
-            raise ConfigError(
-                f"a map of shape {tuple(heat.shape)} for a mask of shape {mask.shape}: both must be in the image's geometry"
-            )
-        inside = np.isin(mask, values[part])
-        row, column = peak(heat[None])[0].tolist()
-        group = groups.setdefault(part, {"images": 0, "hits": 0, "chance_sum": 0.0})
-        group["images"] += 1
-        group["hits"] += int(inside[row, column])
-        group["chance_sum"] += float(inside.mean())
-    return {
-        part: {
-            "images": g["images"],
-            "hits": g["hits"],
-            "hit_rate": g["hits"] / g["images"],
-            "chance": g["chance_sum"] / g["images"],
-        }
-        for part, g in groups.items()
-    }
+def layer_size(model: nn.Module, input_size: int, layer: nn.Module | str | None = None) -> tuple[int, int]:
+    """(height, width) of the map Grad-CAM reads at ``layer`` (default :func:`default_layer`)
+    for an ``input_size`` square input: how coarse the model's explanation can be at best."""
+    sizes = []
+    hook = resolve_layer(model, layer).register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape[-2:])))
+    parameter = next(model.parameters())
+    try:
+        with _untouched([model]), torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        hook.remove()
+    return sizes[0]
 
 
 __all__ = [
@@ -371,7 +355,7 @@ __all__ = [
     "Member",
     "default_layer",
     "explain_files",
-    "pointing_game",
+    "layer_size",
     "fused_grad_cam",
     "fused_pair_members",
     "grad_cam",

@@ -1,4 +1,6 @@
-"""Explanations of a cross-validated fusion's own test images: the gallery and the pointing game.
+"""Explanations of a cross-validated fusion's own test images: the gallery, the pointing game
+(``pointing_game.py``: its baselines; here the maps of the trained, the untrained and the
+part-switched model) and the model-dependence check.
 
 Every test image is explained by the members of the fold that tested it, fused with that
 fold's weights (``fusion.json``), as ``fuse.py --predict --fold k`` would predict it. Needs
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,9 +22,10 @@ from torch import nn
 
 from .calibration import probabilities_of
 from .errors import ConfigError
-from .explain import ImageExplanation, default_layer, explain_files, pointing_game, spearman
-from .fused_model import load_fold_members
+from .explain import ImageExplanation, default_layer, explain_files, layer_size, spearman
+from .fused_model import Classifier, load_fold_members
 from .models.resnetv2 import ResNetV2
+from .pointing_game import PointingCase, hits, score, tolerance
 from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .synthetic import DEFECT_PART
 
@@ -34,6 +37,7 @@ class TestImage:
     fold: int
     predicted: int
     probability: float
+    probabilities: np.ndarray | None = None  # [C] under the fused logits
 
 
 def fused_test_images(runs: Path) -> tuple[list[TestImage], list[str]]:
@@ -43,7 +47,7 @@ def fused_test_images(runs: Path) -> tuple[list[TestImage], list[str]]:
     for fold_set in sets:
         probabilities = probabilities_of(fold_set.logits)
         for path, label, p in zip(fold_set.paths, fold_set.labels, probabilities):
-            images.append(TestImage(str(path), int(label), fold_set.fold, int(p.argmax()), float(p.max())))
+            images.append(TestImage(str(path), int(label), fold_set.fold, int(p.argmax()), float(p.max()), p))
     return images, sets[0].classes
 
 
@@ -112,21 +116,87 @@ def check_masks(runs: Path, masks_root: Path) -> dict[str, Path]:
     return masks
 
 
-def pointing_game_of_runs(
+def counterfactual_class(image: TestImage, classes: Sequence[str]) -> tuple[int, str] | None:
+    """For the part-switch test: the most probable class (under the fused logits) whose defect
+    lies on another part: a tail class for a head or neck defect, a head class for a tail
+    defect; None for Normal (no defect part to switch from)."""
+    part = DEFECT_PART[classes[image.label]]
+    if part == "sperm":
+        return None
+    other = "head" if part == "tail" else "tail"
+    candidates = [c for c, name in enumerate(classes) if DEFECT_PART.get(name) == other]
+    return max(candidates, key=lambda c: image.probabilities[c]), other
+
+
+def randomly_initialised(model: nn.Module, modules: Sequence[nn.Module] | None = None, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose ``modules`` (default: all of it) are freshly initialised, seeded
+    (repeatable figures; the caller's random generator is left as it was)."""
+    chosen = {id(m) for stage in (modules if modules is not None else [model]) for m in stage.modules()}
+    copied = copy.deepcopy(model)
+    originals = dict(model.named_modules())
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for name, module in copied.named_modules():
+            if id(originals[name]) in chosen and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return copied.eval()
+
+
+def untrained_members(members: Sequence[Sequence[Classifier]], seed: int = 0) -> list[list[Classifier]]:
+    """The same architectures, preprocessing and weights in the fusion, every network randomly initialised."""
+    return [[replace(c, model=randomly_initialised(c.model, seed=seed)) for c in fold] for fold in members]
+
+
+def pointing_cases(
     runs: Path, masks: dict[str, Path], device: torch.device | str = "cpu", limit: int | None = None
-) -> dict:
-    """The pointing game (``explain.pointing_game``) of the fused model on every test image
-    (``limit``: the first N per fold), grouped by the part that carries each class's defect;
-    ``masks``: what :func:`check_masks` returned."""
+) -> tuple[list[PointingCase], dict]:
+    """The pointing game of every test image (``limit``: the first N per fold): the fused map of
+    its *true* class under its fold's fused pair, scored against the part that carries that
+    class's defect within half the coarsest map's stride, beside the model-free baselines, the
+    untrained pair's map of the same class, and the map of a counterfactual class of another
+    part (:func:`counterfactual_class`); and the setting (input size, coarsest map size, median
+    radius in original pixels). ``masks``: what :func:`check_masks` returned."""
     images, classes = fused_test_images(runs)
     if limit is not None:
         images = [i for fold in sorted({i.fold for i in images}) for i in [j for j in images if j.fold == fold][:limit]]
-    heat, truth, parts = [], [], []
-    for image, explained in explain_test_images(runs, images, device):
-        heat.append(explained.fused)
-        truth.append(np.asarray(Image.open(masks[image.path])))
-        parts.append(DEFECT_PART[classes[image.label]])
-    return pointing_game(heat, truth, parts)
+    settings = read_fusion_settings(runs / FUSION_FOLDER)
+    names = settings.models
+    root = data_root_of_run(runs / names[0] / f"fold{images[0].fold}")
+    cases = []
+    for fold in sorted({image.fold for image in images}):
+        chosen = [image for image in images if image.fold == fold]
+        members, weights = load_fold_members(runs, names, [fold], device), settings.prediction_weights([fold])
+        input_size = members[0][0].spec.img_size
+        coarsest = min(min(layer_size(c.model, input_size)) for c in members[0])
+        paths = [root / image.path for image in chosen]
+        switches = [counterfactual_class(image, classes) for image in chosen]
+
+        def maps(folds, targets):
+            return (e.fused.numpy() for e in explain_files(paths, folds, weights, names, device, targets=targets))
+
+        truth = [image.label for image in chosen]
+        for image, trained, untrained, switched, switch in zip(
+            chosen,
+            maps(members, truth),
+            maps(untrained_members(members), truth),
+            maps(members, [s[0] if s else image.label for s, image in zip(switches, chosen)]),
+            switches,
+        ):
+            mask = np.asarray(Image.open(masks[image.path]))
+            with Image.open(root / image.path) as picture:
+                grey = np.asarray(picture.convert("L"), dtype=np.float64)
+            radius = tolerance(grey.shape[1], grey.shape[0], input_size, coarsest)
+            part = DEFECT_PART[classes[image.label]]
+            case = score(trained, mask, grey, part, radius, image.predicted == image.label)
+            case.untrained = hits(untrained, mask, part, radius)
+            case.part_switch = hits(switched, mask, switch[1], radius) if switch else None
+            cases.append(case)
+    setting = {
+        "input_size": input_size,
+        "map_size": coarsest,
+        "median_radius": float(np.median([c.radius for c in cases])),
+    }
+    return cases, setting
 
 
 def last_stage(model: nn.Module) -> list[nn.Module]:
@@ -140,13 +210,7 @@ def last_stage(model: nn.Module) -> list[nn.Module]:
 
 def reinitialise_last_stage(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose last stage (:func:`last_stage`) is freshly initialised."""
-    model = copy.deepcopy(model)
-    with torch.random.fork_rng():  # seeded for repeatable figures, the caller's generator untouched
-        torch.manual_seed(0)
-        for module in (m for stage in last_stage(model) for m in stage.modules()):
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return model
+    return randomly_initialised(model, last_stage(model))
 
 
 def model_dependence(runs: Path, device: torch.device | str = "cpu", count: int = 16) -> float:

@@ -331,29 +331,61 @@ def summary_details_markdown(report: dict, source: str, environment: str) -> str
     return "\n".join(out)
 
 
-def pointing_game_markdown(result: dict, dependence: float | None = None) -> str:
-    """The pointing game per part group next to chance, and the model-dependence check."""
-    order = ["head", "neck", "tail", "sperm"]
-    names = {
-        "head": "head classes",
-        "neck": "neck classes",
-        "tail": "tail classes",
-        "sperm": "Normal (any part of the sperm)",
-    }
-    rows = [
+POINTING_GROUP_NAMES = {
+    "head": "head classes",
+    "neck": "neck classes",
+    "tail": "tail classes",
+    "sperm": "Normal (any part)",
+}
+
+
+def pointing_game_markdown(rows: list[dict], setting: dict, dependence: float | None = None) -> str:
+    """The pointing game (``pointing_game.summarise``'s rows) beside its baselines, what a hit
+    means (``setting``: ``input_size``, ``map_size``, ``median_radius``), and the
+    model-dependence check."""
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = [
         [
-            names[part],
-            result[part]["images"],
-            f"{result[part]['hit_rate']:.3f}",
-            f"{result[part]['chance']:.3f}",
-            f"{result[part]['hit_rate'] / max(result[part]['chance'], 1e-12):.1f}x",
+            POINTING_GROUP_NAMES[row["group"]],
+            row["cells"],
+            row["n"],
+            f"{row['hit_rate']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]",
+            share(row["area_share"]),
+            share(row["centre"]),
+            share(row["darkest"]),
+            share(row["untrained"]),
+            f"{share(row['energy'])} ({share(row['part_share'])})",
+            share(row["part_switch"]),
         ]
-        for part in order
-        if part in result
+        for row in rows
     ]
-    text = "Pointing game of the fused Grad-CAM (its peak inside the part that carries the defect):\n\n"
+    text = (
+        "Pointing game of the fused Grad-CAM of each test cell's *true* class: a hit is a peak within "
+        f"{setting['median_radius']:.1f} original px (median) of the part that carries the defect, half the stride "
+        f"of the coarsest map ({setting['map_size']} x {setting['map_size']} at {setting['input_size']} px). "
+        "Beside it, the same hit rate of rules that know nothing of the model, on the same cells: a uniformly "
+        "random peak (area share), the image centre, the darkest point of the blurred image, and the same pair "
+        "untrained; the energy share of the map inside the part (a uniform map's in brackets); and how often "
+        "the map of a class of another part (a tail class for head and neck cells, a head class for tail cells) "
+        "moves its peak to that part. Intervals: 95 % bootstrap over cells.\n\n"
+    )
     text += markdown_table(
-        ["classes", "test images", "hit rate", "chance (part's share of the image)", "hit / chance"], rows
+        [
+            "classes",
+            "cells",
+            "n",
+            "hit rate [95 % CI]",
+            "area share",
+            "centre",
+            "darkest",
+            "untrained",
+            "energy (uniform)",
+            "part switch",
+        ],
+        table,
     )
     if dependence is not None:
         text += f"\nModel dependence: mean Spearman rank correlation between the fused maps before and after re-initialising each member's last stage: {dependence:.3f} (1 would mean the maps ignore what the model learned).\n"

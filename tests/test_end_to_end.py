@@ -342,9 +342,14 @@ def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_par
         name, kind, _, predicted = [cell.strip() for cell in line.strip("|").split("|")][:4]
         assert (predicted == name) == (kind == "correct"), line
     pointing = json.loads((out / "pointing_game.json").read_text())
-    assert set(pointing["groups"]) == {"head", "neck", "tail", "sperm"}
-    assert sum(g["images"] for g in pointing["groups"].values()) == 18 * 6  # every test image once
-    assert all(0 < g["chance"] < 1 and 0 <= g["hit_rate"] <= 1 for g in pointing["groups"].values())
+    every = {row["group"]: row for row in pointing["rows"] if row["cells"] == "all"}
+    assert set(every) == {"head", "neck", "tail", "sperm"}
+    assert sum(row["n"] for row in every.values()) == 18 * 6  # every test image once
+    for row in every.values():
+        assert 0 < row["area_share"] <= 1 and row["ci_low"] <= row["hit_rate"] <= row["ci_high"]
+        assert all(0 <= row[key] <= 1 for key in ("centre", "darkest", "untrained", "energy"))
+        assert (row["part_switch"] is None) == (row["group"] == "sperm")  # Normal has no part to switch from
+    assert pointing["setting"]["input_size"] == 32 and pointing["setting"]["median_radius"] > 0
     assert -1 <= pointing["model_dependence_spearman"] <= 1
     assert "Pointing game" in (tmp_path / "summary_details.md").read_text()  # the details beside the summary
     assert "| model | accuracy |" in (tmp_path / "summary.md").read_text()  # the headline table

@@ -14,7 +14,6 @@ from spermfuse.explain import (
     grad_cam,
     occlusion,
     peak,
-    pointing_game,
     spearman,
     to_original_geometry,
 )
@@ -163,16 +162,29 @@ def test_maps_depend_on_the_model_reinitialising_the_last_stage_changes_them():
     assert correlation < 0.5
 
 
-def test_the_pointing_game_counts_peaks_inside_the_defect_part_and_its_chance():
-    mask = np.zeros((10, 10), dtype=np.uint8)
-    mask[0:2, 0:5] = 1  # head: 10 % of the image
-    mask[2:3, 0:5] = 2  # neck: 5 %
-    mask[3:10, 0:2] = 3  # tail: 14 %
-    at = lambda r, c: torch.zeros(10, 10).index_put_((torch.tensor(r), torch.tensor(c)), torch.tensor(1.0))  # noqa: E731
-    result = pointing_game([at(0, 0), at(9, 9), at(2, 1), at(8, 1)], [mask] * 4, ["head", "head", "neck", "sperm"])
-    assert result["head"] == {"images": 2, "hits": 1, "hit_rate": 0.5, "chance": pytest.approx(0.10)}
-    assert result["neck"]["hit_rate"] == 1.0 and result["neck"]["chance"] == pytest.approx(0.05)
-    assert result["sperm"]["hits"] == 1 and result["sperm"]["chance"] == pytest.approx(0.29)
+def test_the_layer_size_is_the_map_grad_cam_reads():
+    from spermfuse.explain import layer_size
+
+    assert layer_size(create_model("efficientnet_tiny", 3), 64) == (4, 4)
+    assert layer_size(create_model("resnetv2_tiny", 3), 64) == (2, 2)
+
+
+def test_explained_files_take_a_target_class_per_file(tmp_path):
+    from spermfuse.explain import explain_files
+    from spermfuse.fused_model import Classifier
+
+    for name in ("a", "b"):
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(
+            tmp_path / f"{name}.png"
+        )
+    torch.manual_seed(0)
+    spec = PipelineSpec(32)
+    members = [[Classifier(create_model("efficientnet_tiny", 3), spec, ["x", "y", "z"], tmp_path / "e.pt")]]
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    explained = list(explain_files(paths, members, [[1.0]], ["e"], targets=[2, 0]))
+    assert [e.predicted for e in explained] == [2, 0]
+    again = list(explain_files(paths, members, [[1.0]], ["e"], targets=[1, 1]))
+    assert not torch.allclose(explained[0].fused, again[0].fused)  # another class, another map
 
 
 def test_explaining_members_trained_on_other_classes_is_refused_naming_the_checkpoint(tmp_path):
@@ -261,3 +273,29 @@ def test_the_model_dependence_check_reinitialises_the_weights_behind_each_backbo
     ]
     assert any(name.startswith("stages.3.") for name in changed) and "norm.weight" in changed
     assert not any(name.startswith(("stem.", "stages.0.")) for name in changed)
+
+
+def test_the_part_switch_explains_the_likeliest_class_of_another_part():
+    from spermfuse.explain_runs import TestImage, counterfactual_class
+    from spermfuse.synthetic import SPERM18_CLASSES
+
+    probabilities = np.full(18, 0.01)
+    probabilities[SPERM18_CLASSES.index("ShortTail")] = 0.2
+    probabilities[SPERM18_CLASSES.index("PinHead")] = 0.3
+    of = lambda name: TestImage("x.png", SPERM18_CLASSES.index(name), 1, 0, 0.3, probabilities)  # noqa: E731
+    assert counterfactual_class(of("TaperedHead"), SPERM18_CLASSES) == (SPERM18_CLASSES.index("ShortTail"), "tail")
+    assert counterfactual_class(of("ThinNeck"), SPERM18_CLASSES) == (SPERM18_CLASSES.index("ShortTail"), "tail")
+    assert counterfactual_class(of("CurlyTail"), SPERM18_CLASSES) == (SPERM18_CLASSES.index("PinHead"), "head")
+    assert counterfactual_class(of("Normal"), SPERM18_CLASSES) is None
+
+
+def test_the_untrained_baseline_reinitialises_every_weight_repeatably_and_leaves_the_trained_model_alone():
+    from spermfuse.explain_runs import randomly_initialised
+
+    model = create_model("resnetv2_tiny", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first, second = randomly_initialised(model, seed=5), randomly_initialised(model, seed=5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    weights = [k for k, v in before.items() if k.endswith("weight") and v.ndim > 1]
+    assert all(not torch.equal(first.state_dict()[k], before[k]) for k in weights)
+    assert all(torch.equal(first.state_dict()[k], second.state_dict()[k]) for k in before)
