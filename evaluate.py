@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from spermfuse import cli, evaluation, explain_runs, figures, fusion, pointing_game, report, run_folder, splits
@@ -149,6 +150,8 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
         )
         if explained.predicted != image.predicted:
             title += f"; reported prediction {classes[image.predicted]}"
+        runner_up = int(np.argsort(image.probabilities)[-2])
+        title += f"\nnext most likely: {classes[runner_up]} {image.probabilities[runner_up]:.2f}"
         figures.explanation_figure(load_rgb(explained.path), explained.figure_maps(), title, figure)
         rows.append(
             [
@@ -164,6 +167,7 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
     atomic_write_text(
         out / "gallery.md",
         "# Grad-CAM gallery of the fused model\n\n"
+        "The maps explain the plain forward pass (no test-time augmentation), members on the fused map's scale.\n\n"
         + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows),
     )
     log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))

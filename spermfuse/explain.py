@@ -82,8 +82,10 @@ class Member:
 
 @dataclass
 class Explanation:
-    """Maps in the input's geometry, [N, H, W] in [0, 1]; ``members`` keyed by member name
-    (members of the same name, e.g. one backbone's folds, are summed before scaling)."""
+    """Maps in the input's geometry, [N, H, W]: ``fused`` min-max scaled to [0, 1]; ``members``
+    keyed by member name (one backbone's folds summed) on the fused map's scale, divided by its
+    peak: a member's share of the evidence shows, and a member may exceed 1 where the other's
+    negative evidence cancels it in the fused map."""
 
     fused: torch.Tensor
     members: dict[str, torch.Tensor]
@@ -174,14 +176,18 @@ def fused_grad_cam(
         previous = layer_maps.get(member.name)
         layer_maps[member.name] = weighted if previous is None else previous + weighted
         carries[member.name] = carries.get(member.name, False) or member.weight != 0
-    maps = {name: scale_to_unit(_upsample(torch.relu(m), size)) for name, m in layer_maps.items()}
     carrying = [m for name, m in layer_maps.items() if carries[name]]
     if not carrying:
         fused = torch.zeros(len(logits), *size)
     elif len({tuple(m.shape[-2:]) for m in carrying}) == 1:
-        fused = scale_to_unit(_upsample(torch.relu(sum(carrying)), size))
+        fused = _upsample(torch.relu(sum(carrying)), size)
     else:
-        fused = scale_to_unit(torch.relu(sum(_upsample(m, size) for m in carrying)))
+        fused = torch.relu(sum(_upsample(m, size) for m in carrying))
+    # The members on the fused map's scale (1 = its peak), not each on its own: a member with
+    # weight 0.1 looks a ninth as hot as one with 0.9 for the same evidence.
+    peak = fused.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
+    maps = {name: _upsample(torch.relu(m), size) / peak for name, m in layer_maps.items()}
+    fused = scale_to_unit(fused)
     probability = logits.detach().softmax(1).gather(1, target[:, None].to(logits.device))[:, 0]
     return Explanation(fused.cpu(), {n: m.cpu() for n, m in maps.items()}, target.cpu(), probability.cpu())
 

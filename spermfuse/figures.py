@@ -212,19 +212,42 @@ def plot_risk_coverage(models: dict[str, Sequence[LogitsSet]], path: Path) -> No
     _save(figure, path)
 
 
+EXPLANATION_COLORMAP = "viridis"  # perceptually uniform and colour-blind safe (not jet)
+
+
+def overlay(
+    image, heat: np.ndarray, colormap: str = EXPLANATION_COLORMAP, alpha: float = 0.5, vmax: float = 1.0
+) -> np.ndarray:
+    """An RGB uint8 image [H, W, 3]: ``heat`` [H, W] (0 .. ``vmax``, in the image's geometry)
+    coloured by ``colormap`` and blended over ``image`` (a PIL image or an RGB array) with
+    opacity ``alpha``."""
+    import matplotlib
+
+    rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64)[..., :3]
+    if rgb.shape[:2] != heat.shape:
+        raise ValueError(f"a map of shape {heat.shape} for an image of {rgb.shape[:2]}: give both in one geometry")
+    coloured = matplotlib.colormaps[colormap](np.clip(np.asarray(heat) / max(vmax, 1e-12), 0.0, 1.0))[..., :3] * 255
+    return np.round((1 - alpha) * rgb + alpha * coloured).astype(np.uint8)
+
+
 def explanation_figure(image, maps: dict[str, np.ndarray], title: str, path: Path) -> None:
-    """The image, then each map as an overlay on it (member maps, then the fused map), one row."""
+    """The image, then each map as an overlay on it (member maps, then the fused map), one row,
+    on one colour scale with its bar (members drawn on the fused map's scale: 1 = its peak)."""
+    import matplotlib
+
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 2.9), squeeze=False)
+    vmax = max(1.0, *(float(np.max(heat)) for heat in maps.values()))
+    figure, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)) + 0.6, 2.9), squeeze=False)
     axes = axes[0]
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=9)
     for axis, (name, heat) in zip(axes[1:], maps.items()):
-        axis.imshow(image)
-        axis.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+        axis.imshow(overlay(image, heat, vmax=vmax))
         axis.set_title(name, fontsize=9)
     for axis in axes:
         axis.set_axis_off()
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, vmax), EXPLANATION_COLORMAP)
+    figure.colorbar(scale, ax=list(axes), fraction=0.02, pad=0.01).set_label("Grad-CAM (1 = fused peak)", fontsize=8)
     figure.suptitle(title, fontsize=10, y=1.04)  # above the panel titles, however tall the image
     _save(figure, path)
 

@@ -14,6 +14,7 @@ from spermfuse.explain import (
     grad_cam,
     occlusion,
     peak,
+    scale_to_unit,
     spearman,
     to_original_geometry,
 )
@@ -100,9 +101,25 @@ def test_fused_maps_follow_the_members_weights():
     both = fused_grad_cam(fused_pair_members(pair, "e", "r"), [x, x])
     assert torch.equal(both.target, pair(x).argmax(1))
     assert torch.allclose(both.probability, pair(x).softmax(1).max(1).values, atol=1e-6)
-    # A member's map under the fused logit equals its own map for that class: the weight only scales it.
-    assert torch.allclose(both.members["e"], grad_cam(first, x, target=both.target), atol=1e-5)
-    assert not torch.allclose(both.fused, both.members["e"], atol=1e-3)
+    # A member's map under the fused logit is its own map for that class: the weight only scales it.
+    assert torch.allclose(scale_to_unit(both.members["e"]), grad_cam(first, x, target=both.target), atol=1e-5)
+    assert not torch.allclose(both.fused, scale_to_unit(both.members["e"]), atol=1e-3)
+
+
+def test_member_maps_share_the_fused_maps_scale_so_a_members_weight_shows():
+    torch.manual_seed(0)
+    first, second = create_model("efficientnet_tiny", 4).eval(), create_model("resnetv2_tiny", 4).eval()
+    nn.init.normal_(second.fc.weight)
+    x = torch.randn(1, 3, 32, 32)
+
+    def peaks(weight_of_second):
+        members = [Member("e", first, 0.2), Member("r", second, weight_of_second)]
+        explanation = fused_grad_cam(members, [x, x], target=2)
+        return explanation.members["e"].max(), explanation.members["r"].max()
+
+    e_low, r_low = peaks(0.4)
+    e_high, r_high = peaks(0.8)
+    assert (r_high / e_high) / (r_low / e_low) == pytest.approx(2.0, rel=1e-4)  # twice the weight, twice as hot
 
 
 def test_folds_of_one_backbone_are_summed_into_one_member_map():
@@ -111,7 +128,7 @@ def test_folds_of_one_backbone_are_summed_into_one_member_map():
     x = torch.randn(1, 3, 32, 32)
     explanation = fused_grad_cam([Member("effnet", model, 0.5) for model in folds], [x, x])
     assert list(explanation.members) == ["effnet"]
-    assert torch.allclose(explanation.members["effnet"], explanation.fused)
+    assert torch.allclose(scale_to_unit(explanation.members["effnet"]), explanation.fused, atol=1e-6)
 
 
 class Brightness(nn.Module):
@@ -299,3 +316,21 @@ def test_the_untrained_baseline_reinitialises_every_weight_repeatably_and_leaves
     weights = [k for k, v in before.items() if k.endswith("weight") and v.ndim > 1]
     assert all(not torch.equal(first.state_dict()[k], before[k]) for k in weights)
     assert all(torch.equal(first.state_dict()[k], second.state_dict()[k]) for k in before)
+
+
+def test_the_overlay_blends_the_colormap_over_the_image():
+    from matplotlib import colormaps
+
+    from spermfuse.figures import overlay
+
+    image = np.full((4, 6, 3), 200, dtype=np.uint8)
+    heat = np.zeros((4, 6))
+    heat[1, 2] = 2.0
+    blended = overlay(image, heat, alpha=0.5, vmax=2.0)
+    top = np.round(np.array(colormaps["viridis"](1.0)[:3]) * 255)
+    bottom = np.round(np.array(colormaps["viridis"](0.0)[:3]) * 255)
+    assert blended.dtype == np.uint8 and blended.shape == (4, 6, 3)
+    assert np.abs(blended[1, 2].astype(float) - (100 + top / 2)).max() <= 1
+    assert np.abs(blended[0, 0].astype(float) - (100 + bottom / 2)).max() <= 1
+    with pytest.raises(ValueError, match="one geometry"):
+        overlay(image, np.zeros((5, 6)))
