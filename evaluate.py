@@ -73,6 +73,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --explain: the pointing game against the part masks of DIR (python -m spermfuse.synthetic --out DIR --masks: the same images)",
     )
     p.add_argument("--explain-limit", type=int, metavar="N", help="--masks: only the first N test images of each fold")
+    p.add_argument(
+        "--randomisation-images",
+        type=int,
+        default=100,
+        metavar="N",
+        help="--explain: test images (spread over the folds) of the cascading-randomisation check (default 100)",
+    )
     p.add_argument("--device", default="cpu", help="--explain: cpu, cuda or auto")
     return p.parse_args(argv)
 
@@ -171,16 +178,18 @@ def write_explanations(args, out: Path, classes: list[str], masks: dict[str, Pat
         + report.markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows),
     )
     log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))
-    if masks is None:
-        return None
-    cases, setting = explain_runs.pointing_cases(args.runs, masks, device, args.explain_limit)
-    rows = pointing_game.summarise(cases)
-    dependence = explain_runs.model_dependence(args.runs, device)
-    atomic_write_json(
-        out / "pointing_game.json", {"setting": setting, "rows": rows, "model_dependence_spearman": dependence}
-    )
-    text = report.pointing_game_markdown(rows, setting, dependence)
-    atomic_write_text(out / "pointing_game.md", text)
+    curve = explain_runs.randomisation_check(args.runs, device, args.randomisation_images)
+    atomic_write_json(out / "randomisation.json", curve.to_dict())
+    figures.plot_randomisation(curve, out / "randomisation.png")
+    text = report.randomisation_markdown(curve)
+    atomic_write_text(out / "randomisation.md", text)
+    if masks is not None:
+        cases, setting = explain_runs.pointing_cases(args.runs, masks, device, args.explain_limit)
+        rows = pointing_game.summarise(cases)
+        atomic_write_json(out / "pointing_game.json", {"setting": setting, "rows": rows})
+        pointing = report.pointing_game_markdown(rows, setting)
+        atomic_write_text(out / "pointing_game.md", pointing)
+        text = pointing + "\n" + text
     print(text)
     return text
 

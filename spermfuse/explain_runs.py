@@ -1,6 +1,6 @@
 """Explanations of a cross-validated fusion's own test images: the gallery, the pointing game
 (``pointing_game.py``: its baselines; here the maps of the trained, the untrained and the
-part-switched model) and the model-dependence check.
+part-switched model) and the cascading-randomisation check (``sanity_check.py``).
 
 Every test image is explained by the members of the fold that tested it, fused with that
 fold's weights (``fusion.json``), as ``fuse.py --predict --fold k`` would predict it. Needs
@@ -9,7 +9,6 @@ the runs' checkpoints (``best.pt``), not only their logits.
 
 from __future__ import annotations
 
-import copy
 import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,14 +17,20 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from .calibration import probabilities_of
 from .errors import ConfigError
-from .explain import ImageExplanation, default_layer, explain_files, layer_size, spearman
+from .explain import ImageExplanation, explain_files, layer_size
 from .fused_model import Classifier, load_fold_members
-from .models.resnetv2 import ResNetV2
 from .pointing_game import PointingCase, hits, score, tolerance
+from .sanity_check import (
+    RandomisationCurve,
+    cascade_blocks,
+    cascaded,
+    darkness_map,
+    randomisation_curve,
+    randomly_initialised,
+)
 from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .synthetic import DEFECT_PART
 
@@ -128,20 +133,6 @@ def counterfactual_class(image: TestImage, classes: Sequence[str]) -> tuple[int,
     return max(candidates, key=lambda c: image.probabilities[c]), other
 
 
-def randomly_initialised(model: nn.Module, modules: Sequence[nn.Module] | None = None, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` whose ``modules`` (default: all of it) are freshly initialised, seeded
-    (repeatable figures; the caller's random generator is left as it was)."""
-    chosen = {id(m) for stage in (modules if modules is not None else [model]) for m in stage.modules()}
-    copied = copy.deepcopy(model)
-    originals = dict(model.named_modules())
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for name, module in copied.named_modules():
-            if id(originals[name]) in chosen and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return copied.eval()
-
-
 def untrained_members(members: Sequence[Sequence[Classifier]], seed: int = 0) -> list[list[Classifier]]:
     """The same architectures, preprocessing and weights in the fusion, every network randomly initialised."""
     return [[replace(c, model=randomly_initialised(c.model, seed=seed)) for c in fold] for fold in members]
@@ -199,34 +190,44 @@ def pointing_cases(
     return cases, setting
 
 
-def last_stage(model: nn.Module) -> list[nn.Module]:
-    """The modules whose weights make the default Grad-CAM layer's features: the EfficientNet's
-    last feature block; the ResNetV2's last stage and final GroupNorm (its Grad-CAM layer, the
-    ReLU after that norm, has no weights)."""
-    if isinstance(model, ResNetV2):
-        return [model.stages[-1], model.norm]
-    return [default_layer(model)]
-
-
-def reinitialise_last_stage(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose last stage (:func:`last_stage`) is freshly initialised."""
-    return randomly_initialised(model, last_stage(model))
-
-
-def model_dependence(runs: Path, device: torch.device | str = "cpu", count: int = 16) -> float:
-    """Mean Spearman rank correlation between the fused maps of the first ``count`` test images of
-    fold 1 and those after re-initialising every member's last stage (near 1 would mean the maps
-    show the image, not what the model learned)."""
+def randomisation_check(
+    runs: Path, device: torch.device | str = "cpu", count: int = 100, seed: int = 0
+) -> RandomisationCurve:
+    """Cascading randomisation (``sanity_check.py``) of the fused maps of ``count`` test images
+    spread over every fold (a seeded draw), each map explaining the image's true class under its
+    own fold's fused pair, with every member re-initialised block by block from the logits down."""
     images, _ = fused_test_images(runs)
-    images = [i for i in images if i.fold == images[0].fold][:count]
+    folds = sorted({image.fold for image in images})
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for fold in folds:
+        of_fold = [image for image in images if image.fold == fold]
+        share = -(-count // len(folds))
+        chosen += [of_fold[i] for i in sorted(rng.permutation(len(of_fold))[:share])]
     settings = read_fusion_settings(runs / FUSION_FOLDER)
-    names, fold = settings.models, images[0].fold
-    members = load_fold_members(runs, names, [fold], device)
-    weights = settings.prediction_weights([fold])
-    root = data_root_of_run(runs / names[0] / f"fold{fold}")
-    paths = [root / i.path for i in images]
-    before = [e.fused for e in explain_files(paths, members, weights, names, device)]
-    for classifier in members[0]:
-        classifier.model = reinitialise_last_stage(classifier.model).eval()
-    after = [e.fused for e in explain_files(paths, members, weights, names, device)]
-    return float(np.mean([spearman(a, b) for a, b in zip(before, after)]))
+    names = settings.models
+    root = data_root_of_run(runs / names[0] / f"fold{folds[0]}")
+    trained, null_first, null_second, darkness, by_step = [], [], [], [], {}
+    for fold in folds:
+        of_fold = [image for image in chosen if image.fold == fold]
+        members, weights = load_fold_members(runs, names, [fold], device), settings.prediction_weights([fold])
+        paths, truth = [root / image.path for image in of_fold], [image.label for image in of_fold]
+        steps = max(len(cascade_blocks(c.model)) for c in members[0])
+
+        def maps(folds_of_members):
+            explained = explain_files(paths, folds_of_members, weights, names, device, targets=truth)
+            return [e.fused.numpy() for e in explained]
+
+        def randomised(how):
+            return [[replace(c, model=how(c.model)) for c in fold_members] for fold_members in members]
+
+        trained += maps(members)
+        for step in range(steps):
+            by_step.setdefault(step, []).extend(maps(randomised(lambda m: cascaded(m, step, seed))))
+        null_first += maps(randomised(lambda m: randomly_initialised(m, seed=seed + 1)))
+        null_second += maps(randomised(lambda m: randomly_initialised(m, seed=seed + 2)))
+        for path in paths:
+            with Image.open(path) as picture:
+                darkness.append(darkness_map(np.asarray(picture.convert("L"))))
+    labels = ["head"] + [f"head + {k} block{'s' if k > 1 else ''}" for k in range(1, len(by_step) - 1)] + ["all"]
+    return randomisation_curve(lambda step: by_step[step], labels, trained, (null_first, null_second), darkness)

@@ -252,6 +252,28 @@ def explanation_figure(image, maps: dict[str, np.ndarray], title: str, path: Pat
     _save(figure, path)
 
 
+def plot_randomisation(curve, path: Path) -> None:
+    """The cascading-randomisation curve (``sanity_check.RandomisationCurve``): Spearman and SSIM
+    of the randomised maps to the trained ones, step by step, with their 95 % intervals, beside
+    the two-random-networks null, the model-free darkness reference and the failure threshold."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    x = np.arange(len(curve.steps))
+    for name, values, colour in (("Spearman", curve.spearman, "tab:blue"), ("SSIM", curve.ssim, "tab:orange")):
+        axis.plot(x, [v.mean for v in values], marker="o", color=colour, label=f"{name}, trained vs randomised")
+        axis.fill_between(x, [v.low for v in values], [v.high for v in values], color=colour, alpha=0.2)
+    axis.axhline(curve.null_spearman.mean, color="tab:blue", linestyle="--", label="Spearman, two random pairs")
+    axis.axhline(curve.darkness_spearman.mean, color="grey", linestyle=":", label="Spearman, trained vs darkness")
+    axis.axhline(curve.threshold, color="tab:red", linewidth=0.8, label=f"fails at or above ({curve.threshold})")
+    axis.set_xticks(x, curve.steps, rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel("similarity to the trained map")
+    axis.set_xlabel("re-initialised, from the logits down")
+    axis.set_ylim(-0.2, 1.05)
+    axis.legend(fontsize=7)
+    axis.set_title(f"Cascading randomisation, {curve.images} test cells", fontsize=10)
+    _save(figure, path)
+
+
 def write_all(models: dict[str, Sequence[LogitsSet]], result: dict, out: Path) -> None:
     """Every figure of a report: confusion, ROC, precision-recall and reliability per model, F1 and risk-coverage."""
     for name, sets in models.items():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from . import metrics, run_folder
+
+if TYPE_CHECKING:  # for the hints only: report.py stays below the models
+    from .sanity_check import RandomisationCurve, Similarity
 
 
 def markdown_cell(value: object) -> str:
@@ -339,10 +342,9 @@ POINTING_GROUP_NAMES = {
 }
 
 
-def pointing_game_markdown(rows: list[dict], setting: dict, dependence: float | None = None) -> str:
-    """The pointing game (``pointing_game.summarise``'s rows) beside its baselines, what a hit
-    means (``setting``: ``input_size``, ``map_size``, ``median_radius``), and the
-    model-dependence check."""
+def pointing_game_markdown(rows: list[dict], setting: dict) -> str:
+    """The pointing game (``pointing_game.summarise``'s rows) beside its baselines, and what a hit
+    means (``setting``: ``input_size``, ``map_size``, ``median_radius``)."""
 
     def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -387,8 +389,35 @@ def pointing_game_markdown(rows: list[dict], setting: dict, dependence: float | 
         ],
         table,
     )
-    if dependence is not None:
-        text += f"\nModel dependence: mean Spearman rank correlation between the fused maps before and after re-initialising each member's last stage: {dependence:.3f} (1 would mean the maps ignore what the model learned).\n"
+    return text
+
+
+def randomisation_markdown(curve: RandomisationCurve) -> str:
+    """The cascading-randomisation check (``sanity_check.py``): the similarity of the trained maps
+    to the randomised network's at each step, the references, and the verdict."""
+
+    def shown(value: Similarity) -> str:
+        return f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]"
+
+    text = (
+        f"Cascading randomisation (Adebayo et al. 2018) of the fused Grad-CAM, {curve.images} test cells of every fold, "
+        "the true class explained throughout: each member re-initialised from the logits downward, block by block; "
+        "similarity of each randomised map to the trained one (mean over cells, 95 % bootstrap interval).\n\n"
+    )
+    text += markdown_table(
+        ["randomised", "Spearman", "SSIM"],
+        [[step, shown(r), shown(s)] for step, r, s in zip(curve.steps, curve.spearman, curve.ssim)],
+    )
+    verdict = (
+        f"**fails**: at full randomisation the maps still correlate with the trained ones (upper bound >= {curve.threshold})"
+        if curve.fails
+        else f"passes: at full randomisation the upper bound of the Spearman interval is below {curve.threshold}"
+    )
+    text += (
+        f"\nTwo independently randomised pairs agree with each other at Spearman {shown(curve.null_spearman)} "
+        f"(SSIM {shown(curve.null_ssim)}): what the architecture and the image alone give. The trained maps agree with "
+        f"the model-free darkness of the blurred image at Spearman {shown(curve.darkness_spearman)}. Verdict: {verdict}.\n"
+    )
     return text
 
 

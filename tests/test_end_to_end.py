@@ -350,7 +350,9 @@ def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_par
         assert all(0 <= row[key] <= 1 for key in ("centre", "darkest", "untrained", "energy"))
         assert (row["part_switch"] is None) == (row["group"] == "sperm")  # Normal has no part to switch from
     assert pointing["setting"]["input_size"] == 32 and pointing["setting"]["median_radius"] > 0
-    assert -1 <= pointing["model_dependence_spearman"] <= 1
+    curve = json.loads((out / "randomisation.json").read_text())
+    assert len(curve["spearman"]) == len(curve["steps"]) and curve["steps"][-1] == "all" and curve["images"] > 0
+    assert isinstance(curve["fails"], bool) and (out / "randomisation.png").is_file()
     assert "Pointing game" in (tmp_path / "summary_details.md").read_text()  # the details beside the summary
     assert "| model | accuracy |" in (tmp_path / "summary.md").read_text()  # the headline table
 
