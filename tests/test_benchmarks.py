@@ -1,0 +1,85 @@
+"""The benchmark suites in process, at sizes that take seconds: each returns its figures and
+reports its table. Through benchmark.py (tests/test_benchmark.py): models, padding, explain,
+samples, sample-report. Not in the suite (a minute or more each here; run by hand):
+fusion (paper-size commands), cpu (the default data set), scale-out (torchrun)."""
+
+from pathlib import Path
+
+import pytest
+from spermfuse.benchmarks import Benchmark, run_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PAIR = ["efficientnet_tiny", "resnetv2_tiny"]
+
+
+def tiny(suite: str, **settings) -> tuple[dict, list[str], Benchmark]:
+    """Run ``suite`` with the tiny pair at 32 px and few rounds; its figures, what it reported, and the settings."""
+    reported: list[str] = []
+    bench = Benchmark(
+        suite=suite,
+        models=TINY_PAIR,
+        img_size=32,
+        iters=3,
+        warmup=1,
+        rounds=1,
+        train_steps=2,
+        scripts=ROOT,
+        write=reported.append,
+        **settings,
+    )
+    return run_suite(bench), reported, bench
+
+
+def test_the_models_suite_counts_and_times_both_members_and_the_pair():
+    results, reported, _ = tiny("models")
+    assert set(results) == {*TINY_PAIR, "fusion", "fusion_concurrent"}
+    assert all(r["median_ms"] > 0 and r["params_m"] > 0 for r in results.values())
+    assert results["fusion"]["params_m"] == pytest.approx(sum(results[m]["params_m"] for m in TINY_PAIR))
+    assert any("fused pair / slower member latency" in line for line in reported)
+
+
+def test_the_ema_suite_times_a_step_with_and_without_the_update():
+    results, reported, _ = tiny("ema")
+    assert set(results) == set(TINY_PAIR) and all(r["plain_ms"] > 0 and r["ema_ms"] > 0 for r in results.values())
+    assert "| model | step ms (median) |" in reported[0]
+
+
+def test_the_export_suite_times_every_runtime_beside_eager_and_keeps_its_table_for_markdown():
+    results, _, bench = tiny("export")
+    assert {"eager, batch 1", "torch.export (.pt2), batch 1", "eager, batch 32"} <= set(results)
+    assert bench.markdown.startswith("<!-- written by benchmark.py --suite export --models efficientnet_tiny")
+
+
+def test_the_transforms_suite_compares_the_own_pipeline_with_torchvisions():
+    results, reported, _ = tiny("transforms")
+    assert set(results["ms_per_image"]) == {"spermfuse", "torchvision_v2"} and len(results["rounds"]["spermfuse"]) == 5
+    assert any("time ratio" in line for line in reported)
+
+
+def test_the_loader_suite_measures_the_loader_and_the_training_step(tmp_path):
+    results, _, _ = tiny("loader")
+    assert {"loader_workers0", "loader_workers2", "train_step_resnetv2_tiny"} == set(results)
+    assert all(value > 0 for value in results.values())
+
+
+def test_the_splits_suite_times_folds_with_and_without_groups():
+    results, _, _ = tiny("splits")
+    assert len(results) == 4 and all(seconds > 0 for seconds in results.values())
+
+
+def test_the_promises_suite_keeps_its_guarantees_at_the_papers_scale():
+    results, _, bench = tiny("promises")
+    assert results["pooled_accepted_accuracy"] >= 0.9  # the promise (TAU 0.9) on a calibrated simulation
+    assert "| pooled |" in bench.markdown and results["seconds"] > 0
+
+
+def test_the_guarantees_suite_sets_the_guards_against_the_commands_they_guard():
+    results, _, bench = tiny("guarantees")
+    assert 0 < results["unit_share_of_grid"] < 1 and 0 < results["run_folder_share_of_tiny_run"] < 1
+    assert "lock + --overwrite's move-aside" in bench.markdown
+
+
+def test_the_timm_suite_needs_timm():
+    pytest.importorskip("timm")
+    results, _, _ = tiny("timm", num_classes=4)
+    assert results["timm_over_ours_train"] > 0
