@@ -78,3 +78,11 @@ def gather_predictions(
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()
+
+
+def wrap(model: torch.nn.Module, context: DistributedContext, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel under torchrun (one device per process), else itself."""
+    if not context.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from . import engine
+from .distributed import DistributedContext
 from .config import OPERATIONAL_SETTINGS, TrainConfig
 from .errors import ConfigError
 from .files import safe_torch_load
+from .profiling import peak_memory_mb
 from .run_folder import LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -100,11 +102,15 @@ class StageTools:
 
 
 def stage_tools(
-    config: TrainConfig, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None
+    config: TrainConfig,
+    model: nn.Module,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    resumed: dict | None = None,
 ) -> StageTools:
-    """Fresh tools of a stage: the optimiser over ``model``'s parameters, a GradScaler (active
-    with float16 autocast only), the plateau schedule (``--scheduler plateau``) and early stopping
-    on ``config.monitor``."""
+    """The tools of a stage: the optimiser over ``model``'s parameters, a GradScaler (active with
+    float16 autocast only), the plateau schedule (``--scheduler plateau``) and early stopping on
+    ``config.monitor``; fresh, or restored from the ``resumed`` last.pt with the random state."""
     mode = "max" if config.monitor == "val_acc" else "min"
     optimizer = engine.build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -113,7 +119,40 @@ def stage_tools(
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience
         )
-    return StageTools(optimizer, scaler, scheduler, engine.EarlyStopping(config.early_stopping, mode))
+    tools = StageTools(optimizer, scaler, scheduler, engine.EarlyStopping(config.early_stopping, mode))
+    if resumed is not None:
+        tools.load_state_dict(resumed)
+        restore_random_state(resumed)  # dropout draws continue where they stopped
+    return tools
+
+
+def history_row(
+    stage: str,
+    epoch: int,
+    tools: StageTools,
+    totals: list[float],
+    result: engine.EpochResult,
+    validation: tuple[float, float],
+    context: DistributedContext,
+    device: torch.device,
+) -> dict:
+    """One epoch's row of history.csv: ``totals`` are the loss sum, correct count, images and
+    seconds summed over the processes, ``result`` this process's epoch, ``validation`` the
+    validation loss and accuracy."""
+    loss_sum, correct, images, seconds = totals
+    return {
+        "epoch": epoch,
+        "stage": stage,
+        "lr": tools.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / images,
+        "train_acc": correct / images,
+        "val_loss": validation[0],
+        "val_acc": validation[1],
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(images / max(seconds / context.world_size, 1e-9), 2),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "skipped_steps": result.skipped_steps,
+    }
 
 
 def training_settings(config: TrainConfig) -> dict:
@@ -167,3 +206,27 @@ def resumable_checkpoint(run_dir: Path, config: TrainConfig, classes: list[str],
             "scheduler and early stopping would not match them. Resume with the run's flags, or start again with --overwrite"
         )
     return state
+
+
+def random_state(device: torch.device) -> dict:
+    """The generators' states that last.pt carries (dropout's draws continue after a resume)."""
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+    }
+
+
+def restore_random_state(checkpoint: dict) -> None:
+    """Set the generators back to what :func:`random_state` recorded in ``checkpoint``."""
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint["cuda_rng"]:
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+
+
+def epoch_summary(row: dict, best: bool) -> str:
+    """One history row as the log's line (`` *`` marks a new best epoch)."""
+    return (
+        f"epoch {row['epoch']} [{row['stage']}] train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | lr {row['lr']:.2e} | "
+        f"{row['images_per_second']:.0f} img/s | {row['seconds']:.1f} s{' *' if best else ''}"
+    )

@@ -1,15 +1,14 @@
-"""Train one fold end to end: data, model, stages, checkpoints, logits files.
+"""Train one fold: the epochs of every stage, best.pt and last.pt, then the logits files.
 
-Method A (default, Sec. 2.4 of the fusion paper): class-weighted cross-entropy, AdamW
-lr 1e-4 wd 1e-4, ReduceLROnPlateau on validation accuracy (factor 0.5, patience 3),
-early stopping after 10 epochs without improvement, batch 8, 240 px, seed 42.
-Method B (preset ``paper_b`` in ``config.py``): Otsu preprocessing, EfficientNet-B4 at 224 px, a
-head-only stage then the last 60 layers, early stopping on validation loss
-(patience 7), constant learning rate, a 70/15/15 split.
+Method A (default, Sec. 2.4 of the fusion paper): class-weighted cross-entropy, AdamW lr 1e-4
+wd 1e-4, ReduceLROnPlateau on validation accuracy (factor 0.5, patience 3), early stopping after
+10 epochs without improvement, batch 8, 240 px, seed 42. Method B (preset ``paper_b``): Otsu
+preprocessing, EfficientNet-B4 at 224 px, a head-only stage then the last 60 layers, early
+stopping on validation loss (patience 7), constant learning rate, a 70/15/15 split.
 
-Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split):
-``config.json``, ``history.csv``, ``best.pt``, ``last.pt``, ``val_logits.npz``,
-``test_logits.npz``. ``last.pt`` holds everything needed to resume to the same result.
+Outputs in ``<out>/<arch>/fold<k>/`` (``holdout/`` for the holdout split): ``config.json``,
+``history.csv``, ``best.pt``, ``last.pt`` (all a resume needs to reach the same result) and
+``{test,val,cal}_logits.npz`` (``cal`` with a calibration split). Setup: ``fold_setup.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, engine
+from . import distributed, engine, train_state
 from .config import TrainConfig
 from .ema import WeightEMA
 from .files import atomic_torch_save, safe_torch_load
@@ -33,10 +32,9 @@ from .models import get_spec
 from .models.freezing import set_frozen_norms_to_eval, set_trainable
 from .output_folder import discard, move_aside
 from .preemption import Preempted, StopRequest
-from .profiling import peak_memory_mb
 from .run_folder import LAST_CHECKPOINT, checkpoint_metadata, save_logits, write_config, write_history
 from .runtime import environment
-from .train_state import Stage, StageTools, TrainState, resumable_checkpoint, stage_tools, stages_of, training_settings
+from .train_state import Stage, StageTools, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +67,6 @@ class FoldTrainer:
         self.state = TrainState()
         self.ema: WeightEMA | None = None  # made at the start of each stage with --ema
 
-    def _wrapped_model(self) -> nn.Module:
-        if not self.context.enabled:
-            return self.model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-
     # ---- checkpoints
 
     def _save_last(self, tools: StageTools, partial: engine.EpochResult | None = None) -> dict:
@@ -84,14 +76,13 @@ class FoldTrainer:
         checkpoint = {
             "arch": self.config.arch,
             "classes": list(self.samples.classes),
-            "settings": training_settings(self.config),
+            "settings": train_state.training_settings(self.config),
             "split": self.split_digest,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             **tools.state_dict(),
             **self.state.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            **train_state.random_state(self.device),
             "partial_epoch": partial.state_dict() if partial is not None else None,
         }
         if self.context.is_main:
@@ -101,9 +92,7 @@ class FoldTrainer:
     def _save_best(self, epoch: int, metric: float) -> None:
         if self.context.is_main:
             meta = checkpoint_metadata(self.config, self.samples.classes, self.pipeline_spec, self.split_digest)
-            weights = (
-                self.ema.shadow if self.ema else self.model.state_dict()
-            )  # with --ema, the averaged weights are the model
+            weights = self.ema.shadow if self.ema else self.model.state_dict()  # with --ema, the average is the model
             atomic_torch_save(
                 self.run_dir / "best.pt", {"model": weights, "epoch": epoch, "val_metric": metric, **meta}
             )
@@ -147,28 +136,17 @@ class FoldTrainer:
         self.partial = None
         if result.stopped_at is not None:
             self._stop_mid_epoch(result, tools)
-        loss_sum, correct, images, seconds = distributed.all_reduce_sum(
+        totals = distributed.all_reduce_sum(
             [result.loss_sum, result.correct, result.images, result.seconds], self.context, self.device
         )
-        with (
-            self.ema.applied(self.model) if self.ema else nullcontext()
-        ):  # validate (and so select) the averaged weights
+        # With --ema, validate (and so select) the averaged weights.
+        with self.ema.applied(self.model) if self.ema else nullcontext():
             logits, labels, _ = self._evaluate(self.loaders["val"])
         weight = self.loss_weight.cpu() if self.loss_weight is not None and self.config.val_loss == "weighted" else None
         val_loss, val_acc = engine.loss_and_accuracy(logits, labels, weight)
-        return {
-            "epoch": global_epoch,
-            "stage": stage.name,
-            "lr": tools.optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / images,
-            "train_acc": correct / images,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "seconds": round(result.seconds, 3),
-            "images_per_second": round(images / max(seconds / self.context.world_size, 1e-9), 2),
-            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-            "skipped_steps": result.skipped_steps,
-        }
+        return train_state.history_row(
+            stage.name, global_epoch, tools, totals, result, (val_loss, val_acc), self.context, self.device
+        )
 
     def _stop_mid_epoch(self, result: engine.EpochResult, tools: StageTools) -> None:
         """A stop request inside an epoch: last.pt with the position in the epoch, then stop."""
@@ -187,7 +165,7 @@ class FoldTrainer:
         One process at a time per run folder (a lock file); ``--overwrite`` moves the old run
         aside and deletes it only once the new one has written its logits."""
         with FolderLock(self.run_dir, "training") if self.context.is_main else nullcontext():
-            state = resumable_checkpoint(self.run_dir, self.config, self.samples.classes, self.split_digest)
+            state = train_state.resumable_checkpoint(self.run_dir, self.config, self.samples.classes, self.split_digest)
             aside = (
                 move_aside(self.run_dir, keep={LOCK_NAME}) if self.config.overwrite and self.context.is_main else None
             )
@@ -204,7 +182,7 @@ class FoldTrainer:
             write_config(
                 self.run_dir, c, self.samples.root, normalization, environment(self.device), self.samples.classes
             )
-        stages = stages_of(c)
+        stages = train_state.stages_of(c)
         if resumed is not None:
             self.model.load_state_dict(resumed["model"])
             self.state = TrainState.from_checkpoint(resumed)
@@ -235,16 +213,6 @@ class FoldTrainer:
         )
         return self._save_last(StageTools(None, None, None, carried))
 
-    def _stage_tools(self, resumed: dict | None) -> StageTools:
-        """Fresh tools of a stage, restored when resuming (with the random state of dropout)."""
-        tools = stage_tools(self.config, self.model, self.device, self.amp_dtype)
-        if resumed is not None:
-            tools.load_state_dict(resumed)
-            torch.set_rng_state(resumed["torch_rng"])  # dropout draws continue where they stopped
-            if resumed["cuda_rng"]:
-                torch.cuda.set_rng_state_all(resumed["cuda_rng"])
-        return tools
-
     def _train_stage(self, stage: Stage, resumed: dict | None, last: bool) -> StageTools:
         """Epochs of one stage until its budget or early stopping; returns the stage's tools (its
         early stopping knows the best score so far). The run's last stage ends finished."""
@@ -253,8 +221,8 @@ class FoldTrainer:
         self.ema = WeightEMA(self.model, self.config.ema) if self.config.ema else None
         if self.ema and resumed is not None and resumed.get("ema") is not None:
             self.ema.load_state_dict(resumed["ema"])
-        model = self._wrapped_model()
-        tools = self._stage_tools(resumed)
+        model = distributed.wrap(self.model, self.context, self.device)
+        tools = train_state.stage_tools(self.config, self.model, self.device, self.amp_dtype, resumed)
         if tools.stopper.should_stop:
             return tools
         for epoch in range(self.state.next_epoch, stage.epochs):
@@ -293,33 +261,19 @@ class FoldTrainer:
         self._save_last(tools)
         if self.stop is not None and self.stop.requested:  # asked for after the epoch's last step
             raise Preempted(self.stop.signal_number)
-        log.info(
-            "epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f img/s | %.1f s%s",
-            epoch,
-            stage.name,
-            row["train_loss"],
-            row["train_acc"],
-            row["val_loss"],
-            row["val_acc"],
-            row["lr"],
-            row["images_per_second"],
-            row["seconds"],
-            " *" if tools.stopper.best_epoch == epoch else "",
-        )
+        log.info("%s", train_state.epoch_summary(row, best=tools.stopper.best_epoch == epoch))
         if self.on_epoch_end is not None:
             self.on_epoch_end(row)
 
     def _write_outputs(self) -> None:
         best = self._load_best()
-        if (
-            self.context.is_main and best.get("tta") != self.config.tta
-        ):  # a finished run re-evaluated with another --tta
+        # A finished run re-evaluated with another --tta records it.
+        if self.context.is_main and best.get("tta") != self.config.tta:
             atomic_torch_save(self.run_dir / "best.pt", {**best, "tta": self.config.tta})
         fold = self.config.fold if self.config.split == "kfold" else 1
         for name in [split for split in ("cal", "val", "test") if split in self.loaders]:
-            logits, labels, indices = self._evaluate(
-                self.loaders[name], self.config.tta
-            )  # per-epoch validation runs without TTA
+            # With --tta (the epochs' validation runs without it).
+            logits, labels, indices = self._evaluate(self.loaders[name], self.config.tta)
             if self.context.is_main:
                 paths = [self.samples.paths[i] for i in indices.tolist()]
                 save_logits(
