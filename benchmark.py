@@ -39,6 +39,7 @@ from spermfuse.benchmarks.speed import settings_for
 from spermfuse.errors import ConfigError
 from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.models import list_models
+from spermfuse.progress_line import round_counter
 from spermfuse.runtime import device_description, resolve_device
 
 
@@ -88,13 +89,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="--suite export/padding/explain/cpu/guarantees: also write its table here (for the README)",
     )
     return p.parse_args(argv)
-
-
-def round_counter(done: int, rounds: int) -> None:
-    """``round 40/200`` on an interactive terminal, silent otherwise."""
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r  round {done}/{rounds}" + ("\n" if done == rounds else ""))
-        sys.stderr.flush()
 
 
 FLAGS = {f.name for f in dataclasses.fields(Benchmark)} - {"device", "scripts", "write", "progress", "markdown"}

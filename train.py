@@ -15,23 +15,22 @@ import argparse
 import dataclasses
 import logging
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from spermfuse import cli, distributed, fold_setup, trainer
-from spermfuse.fold_parallel import run_fold_parallel
 from spermfuse.config import PRESETS, preset_config, recorded_settings, validate_config
+from spermfuse.download import fetch
 from spermfuse.engine import TTA_MODES
 from spermfuse.errors import ConfigError
-from spermfuse.download import fetch
+from spermfuse.files import atomic_write_text
+from spermfuse.fold_parallel import run_fold_parallel
 from spermfuse.models import list_models
 from spermfuse.models.catalogue import catalogue_table, find_entry
-from spermfuse.files import atomic_write_text, read_csv
-from spermfuse.report import markdown_table
 from spermfuse.preemption import StopRequest
+from spermfuse.progress_line import GPU_SIZED, DownloadLine, ProgressLine
 from spermfuse.run_folder import LAST_CHECKPOINT
+from spermfuse.run_plan import plan_table
 from spermfuse.slurm import SlurmSettings, batch_script
 
 
@@ -269,74 +268,6 @@ def parse_folds(text: str, config: trainer.TrainConfig) -> list[int]:
     return [fold]
 
 
-class DownloadLine:
-    """Megabytes downloaded so far, on an interactive terminal; silent otherwise."""
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if sys.stderr.isatty():
-            of = f" of {total / 1e6:.1f}" if total else ""
-            sys.stderr.write(f"\r  downloaded {done / 1e6:.1f}{of} MB" + ("\n" if done == total else ""))
-            sys.stderr.flush()
-
-
-def clock(seconds: float) -> str:
-    """``1:02`` or ``1:45:00``."""
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
-
-
-GPU_SIZED = 200  # px: at this input size and above a CPU epoch of the paper's data takes hours
-
-
-class ProgressLine:
-    """Where the run stands: on an interactive terminal one updating line
-    (``fold 2/5 · epoch 3/100 · batch 40/110 · 12 img/s · epoch ETA 1:02 · run ETA <= 1:45:00``);
-    when piped, the per-epoch log lines only. On a CPU with a GPU-sized run it also logs, once,
-    the time the first steps measured, extrapolated to an epoch and to the run's maximum."""
-
-    MEASURED_STEPS = 5
-
-    def __init__(self, config: trainer.TrainConfig) -> None:
-        self.live = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.fold, self.epochs = config.fold, config.epochs
-        self.folds = config.num_folds if config.split == "kfold" else 1
-        self.epoch, self.warned = 1, False
-        cpu = fold_setup.device_type_of(config) == "cpu" if config.device == "auto" else config.device == "cpu"
-        self.warn_cpu = cpu and config.img_size >= GPU_SIZED
-
-    def epoch_done(self, row: dict) -> None:
-        """After an epoch (FoldTrainer's on_epoch_end): the next one is row's epoch + 1."""
-        self.epoch = row["epoch"] + 1
-
-    def __call__(self, batch: int, batches: int, rate: float) -> None:
-        if batch == 1:
-            self.start = time.perf_counter()
-        elapsed = time.perf_counter() - self.start
-        epoch_seconds = elapsed / batch * batches
-        if self.warn_cpu and not self.warned and batch == min(self.MEASURED_STEPS, batches):
-            self.warned = True
-            logging.warning(
-                "on this CPU an epoch takes about %s (measured over %d steps), this run up to %s (%d epochs max); "
-                "for a CPU recipe use --preset demo --arch efficientnet_tiny, or bash demo.sh --data DIR",
-                clock(epoch_seconds),
-                batch,
-                clock(epoch_seconds * self.epochs),
-                self.epochs,
-            )
-        if not self.live:
-            return
-        left = epoch_seconds - elapsed
-        run_left = left + epoch_seconds * max(self.epochs - self.epoch, 0)
-        end = "\n" if batch == batches else ""
-        sys.stderr.write(
-            f"\r  fold {self.fold}/{self.folds} · epoch {self.epoch}/{self.epochs} · batch {batch}/{batches} · "
-            f"{rate:.0f} img/s · epoch ETA {clock(left)} · run ETA <= {clock(run_left)}   " + end
-        )
-        sys.stderr.flush()
-
-
 def write_slurm_script(
     args: argparse.Namespace, argv: list[str], config: trainer.TrainConfig, folds: list[int]
 ) -> None:
@@ -361,40 +292,6 @@ def write_slurm_script(
     logging.info("wrote %s; submit it with: sbatch %s", args.slurm_script, args.slurm_script)
 
 
-def planned_runs(args: argparse.Namespace, folds: list[int]) -> str:
-    """--dry-run: a row per run (state from its folder; expected time from the median epoch of any
-    finished epoch of this architecture under --out, times the epochs left, an upper bound)."""
-    configs = [build_config(args, fold) for fold in folds]
-    epochs = [
-        float(row["seconds"])
-        for history in sorted((Path(configs[0].out) / configs[0].arch).glob("*/history.csv"))
-        for row in read_csv(history)
-    ]
-    per_epoch = statistics.median(epochs) if epochs else None
-    rows = []
-    for config in configs:
-        done = len(read_csv(config.run_dir() / "history.csv")) if (config.run_dir() / "history.csv").is_file() else 0
-        state = (
-            "finished"
-            if (config.run_dir() / "test_logits.npz").is_file()
-            else f"resumable after epoch {done}"
-            if (config.run_dir() / LAST_CHECKPOINT).is_file()
-            else "new"
-        )
-        left = 0 if state == "finished" else max(config.epochs - done, 0)
-        expected = (
-            "-"
-            if state == "finished"
-            else f"<= {left * per_epoch / 60:.1f} min"
-            if per_epoch is not None
-            else "unknown (no epoch timed yet)"
-        )
-        device = fold_setup.device_type_of(config) if config.device == "auto" else config.device
-        rows.append([config.arch, config.fold, device, config.img_size, config.epochs, state, expected])
-    header = ["arch", "fold", "device", "img_size", "max epochs", "state", "expected time"]
-    return markdown_table(header, rows)
-
-
 def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = None) -> None:
     """Every fold asked for, one after the other (the images checked once)."""
     if args.list_weights:
@@ -414,7 +311,7 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
         write_slurm_script(args, argv, first, folds)
         return
     if args.dry_run:
-        print(planned_runs(args, folds))
+        print(plan_table([build_config(args, fold) for fold in folds]))
         return
     if first.pretrained:  # the download, with a progress line, before any training (later loads read the cache)
         fetch(find_entry(first.arch, first.pretrained), DownloadLine())
