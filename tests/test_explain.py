@@ -19,7 +19,7 @@ from spermfuse.explain import (
     to_original_geometry,
 )
 from spermfuse.fused_pair import FusedPair
-from spermfuse.models import create_model
+from spermfuse.models import create_model, list_models
 from spermfuse.transforms import PipelineSpec, build
 
 
@@ -233,14 +233,18 @@ def test_grad_cam_takes_a_class_name_with_the_class_list():
         grad_cam(model, images, "B")
 
 
-def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples():
-    """Selvaraju et al.'s definition, computed here by hand with hooks on the same layer."""
+@pytest.mark.parametrize("arch", list_models())
+def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples(arch):
+    """Selvaraju et al.'s definition, computed here by hand with hooks on the same layer, for
+    every registered architecture."""
     import torch.nn.functional as F
 
     from spermfuse.explain import default_layer, grad_cam, scale_to_unit
-    from spermfuse.models import create_model
 
-    model = create_model("efficientnet_tiny", 3).eval()
+    torch.manual_seed(0)
+    model = create_model(arch, 3).eval()
+    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    nn.init.normal_(head.weight, std=0.1)  # BiT zero-initialises its head: give the gradients values
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     store = {}
     handle = default_layer(model).register_forward_hook(lambda m, i, out: store.__setitem__("a", out))
@@ -253,7 +257,7 @@ def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples():
     assert torch.allclose(grad_cam(model, images.detach()), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["efficientnet_tiny", "resnetv2_tiny"])
+@pytest.mark.parametrize("arch", list_models())
 def test_the_default_layer_map_sums_to_the_explained_logit_minus_its_bias(arch):
     """features -> pool -> linear for both backbones: the unrectified Grad-CAM map's spatial sum is
     z_c - b_c, so a fused map adds maps of one scale (not so before the ResNetV2's last GroupNorm)."""
