@@ -3,13 +3,13 @@ fold, the paired tests between models, calibration before and after, and Table 2
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from . import calibration, fusion, metrics, run_folder
+from . import calibration, fusion, metrics, run_folder, splits
 from .errors import FusionError
 from .report import fmt, p_value
 from .run_folder import LogitsSet, align, pooled
@@ -163,6 +163,81 @@ def build_report(
     }
     result = {"classes": classes, "models": evaluated, "tests": compare_models(models, evaluated, sizes)}
     return result | {"headline": headline(result, select)}
+
+
+def held_out_sets(folder: Path, split: str) -> list[LogitsSet] | None:
+    """A model's validation (temperature scaling) or calibration logits; None when it has none."""
+    try:
+        return run_folder.load_fold_sets(folder, split)
+    except FusionError:
+        return None
+
+
+def check_comparable(models: dict[str, list[LogitsSet]]) -> None:
+    """Every model of one evaluation has the same classes (one data set)."""
+    first_name, first = next(iter(models.items()))
+    for name, sets in models.items():
+        if sets[0].classes != first[0].classes:
+            raise FusionError(f"{name} ({sets[0].source}): classes differ from {first_name}; evaluate them separately")
+
+
+def single_split_note(name: str, sets: Sequence[LogitsSet]) -> str:
+    """Why a model with fewer than two test folds has no spread, interval or paired test."""
+    if run_folder.is_single_split(sets):
+        return f"{name}: one holdout test split ({sets[0].source}), evaluated as a single split: no folds, so no standard deviation, confidence interval or fold-wise paired test"
+    return f"{name}: only one fold, so no standard deviation or confidence interval"
+
+
+def few_groups_notes(groups: dict[int, dict[str, int]]) -> list[str]:
+    """A warning for every fold in which a class's test images come from fewer than 2 groups."""
+    return [
+        f"fold {fold}: the test images of {name} come from {n} group: its scores in that fold rest on one patient"
+        for fold, counts in groups.items()
+        for name, n in counts.items()
+        if name != "all" and n < 2
+    ]
+
+
+@dataclass
+class Evaluation:
+    """report.json (``result``), the models' test logits per fold, the notes a reader needs, and
+    the fusion's settings (fusion.json) when a ``fusion`` model has them."""
+
+    result: dict
+    models: dict[str, list[LogitsSet]]
+    notes: list[str]
+    settings: run_folder.FusionSettings | None
+
+
+def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None) -> Evaluation:
+    """The evaluation of the models in ``folders`` (their test, validation and calibration logits,
+    and the fusion's fusion.json when there is one), with notes on single splits and, from
+    ``folds_csv``, on classes whose test images in a fold come from one patient."""
+    if not folders:
+        raise FusionError("no logits found; train with train.py (and fuse with fuse.py) first")
+    models = {name: run_folder.load_fold_sets(folder) for name, folder in folders.items()}
+    check_comparable(models)
+    notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
+    held_out = {
+        split: {name: sets for name, folder in folders.items() if (sets := held_out_sets(folder, split)) is not None}
+        for split in ("val", "cal")
+    }
+    fused = folders.get("fusion")
+    settings = (
+        run_folder.read_fusion_settings(fused)
+        if fused is not None and (fused / run_folder.FUSION_JSON).is_file()
+        else None
+    )
+    shipped = {"fusion": settings.fused_temperatures()} if settings and settings.fused_temperatures() else None
+    result = build_report(
+        models, held_out["val"], shipped, held_out["cal"], settings.select if settings is not None else None
+    )
+    if folds_csv is not None and folds_csv.is_file():
+        groups = splits.groups_per_fold(folds_csv)
+        if groups is not None:
+            result["groups_per_fold"] = groups
+            notes += few_groups_notes(groups)
+    return Evaluation(result, models, notes, settings)
 
 
 def ablation_models(runs: Path, alphas: Sequence[float]) -> dict[str, list[LogitsSet]]:

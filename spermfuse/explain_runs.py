@@ -10,6 +10,7 @@ the runs' checkpoints (``best.pt``), not only their logits.
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,10 +20,15 @@ import torch
 from PIL import Image
 
 from .calibration import probabilities_of
+from .data import load_rgb
 from .errors import ConfigError
 from .explain import ImageExplanation, explain_files, layer_size
+from .figures import explanation_figure, plot_randomisation
+from .files import atomic_write_json, atomic_write_text
 from .fused_model import Classifier, load_fold_members
-from .pointing_game import PointingCase, hits, score, tolerance
+from .pointing_game import PointingCase, hits, score, summarise, tolerance
+from .report import markdown_table, pointing_game_markdown, randomisation_markdown
+from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .sanity_check import (
     RandomisationCurve,
     cascade_blocks,
@@ -31,8 +37,9 @@ from .sanity_check import (
     randomisation_curve,
     randomly_initialised,
 )
-from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .synthetic import DEFECT_PART
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -231,3 +238,75 @@ def randomisation_check(
                 darkness.append(darkness_map(np.asarray(picture.convert("L"))))
     labels = ["head"] + [f"head + {k} block{'s' if k > 1 else ''}" for k in range(1, len(by_step) - 1)] + ["all"]
     return randomisation_curve(lambda step: by_step[step], labels, trained, (null_first, null_second), darkness)
+
+
+def gallery_title(heading: str, image: TestImage, explained: ImageExplanation, classes: Sequence[str]) -> str:
+    """A gallery figure's title: the class the maps explain (the plain forward's) with its
+    probability and fold, the report's prediction (with TTA and temperatures) when it differs,
+    and the next most likely class."""
+    title = f"{heading}: maps of {classes[explained.predicted]} {explained.probability:.2f} (fold {image.fold})"
+    if explained.predicted != image.predicted:
+        title += f"; reported prediction {classes[image.predicted]}"
+    runner_up = int(np.argsort(image.probabilities)[-2])
+    return title + f"\nnext most likely: {classes[runner_up]} {image.probabilities[runner_up]:.2f}"
+
+
+def write_gallery(runs: Path, out: Path, classes: list[str], device: torch.device | str = "cpu") -> None:
+    """Per class the most confident correct and wrong test image, with its maps: ``out/gallery/``
+    and ``out/gallery.md``."""
+    images, _ = fused_test_images(runs)
+    chosen = {image.path: (name, kind) for name, kind, image in gallery_images(images, classes)}
+    rows = []
+    for image, explained in explain_test_images(runs, [i for i in images if i.path in chosen], device):  # fold by fold
+        name, kind = chosen[image.path]
+        figure = out / "gallery" / f"{name}_{kind}.png"
+        title = gallery_title(f"{name}, {kind}", image, explained, classes)
+        explanation_figure(load_rgb(explained.path), explained.figure_maps(), title, figure)
+        rows.append(
+            [
+                name,
+                kind,
+                image.path,
+                classes[image.predicted],
+                f"{image.probability:.4f}",
+                f"![](gallery/{figure.name})",
+            ]
+        )
+    rows.sort()  # by class, then correct before wrong
+    atomic_write_text(
+        out / "gallery.md",
+        "# Grad-CAM gallery of the fused model\n\n"
+        "The maps explain the plain forward pass (no test-time augmentation), members on the fused map's scale.\n\n"
+        + markdown_table(["class", "kind", "image", "predicted", "probability", "maps"], rows),
+    )
+    log.info("wrote %s: %d Grad-CAM figures", out / "gallery.md", len(rows))
+
+
+def write_explanations(
+    runs: Path,
+    out: Path,
+    classes: list[str],
+    masks: dict[str, Path] | None = None,
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+    randomisation_images: int = 100,
+) -> str:
+    """``evaluate.py --explain``'s part of a report folder ``out``: the gallery (per class the
+    most confident correct and wrong test image, ``gallery/`` and ``gallery.md``), the
+    cascading-randomisation check (``randomisation.{json,md,png}``) and, with ``masks`` (what
+    :func:`check_masks` returned), the pointing game (``pointing_game.{json,md}``: ``limit``
+    test images per fold); returns the checks' Markdown."""
+    write_gallery(runs, out, classes, device)
+    curve = randomisation_check(runs, device, randomisation_images)
+    atomic_write_json(out / "randomisation.json", curve.to_dict())
+    plot_randomisation(curve, out / "randomisation.png")
+    text = randomisation_markdown(curve)
+    atomic_write_text(out / "randomisation.md", text)
+    if masks is not None:
+        cases, setting = pointing_cases(runs, masks, device, limit)
+        rows = summarise(cases)
+        atomic_write_json(out / "pointing_game.json", {"setting": setting, "rows": rows})
+        pointing = pointing_game_markdown(rows, setting)
+        atomic_write_text(out / "pointing_game.md", pointing)
+        text = pointing + "\n" + text
+    return text
