@@ -524,6 +524,10 @@ def select(
             )
     chosen, others, grid, comparison, description = _mix(per_fold, per_fold_val, models, rule, alphas, alpha)
     fit = per_fold_cal if per_fold_cal is not None else per_fold_val
+    fused_temperature = fused_temperatures(fit, chosen) if temperatures else None
+    # The promises are certified on the probabilities prediction computes: with temperatures,
+    # the fused logits divided by their own temperature too.
+    shipped = [[w / t for w in ws] for ws, t in zip(chosen, fused_temperature)] if fused_temperature else chosen
     settings = FusionSettings(
         models=list(models),
         folds=[sets[0].fold for sets in per_fold],
@@ -537,15 +541,15 @@ def select(
         temperatures={
             "models": list(models),
             "per_fold": temperatures,
-            "fused_per_fold": fused_temperatures(fit, chosen),
+            "fused_per_fold": fused_temperature,
             "fitted_on": f"each fold's {calibrated_on} logits",
         }
         if temperatures
         else None,
-        referral=certify_referral(per_fold, fit, chosen, refer.accuracy, refer.delta, refer.method, calibrated_on)
+        referral=certify_referral(per_fold, fit, shipped, refer.accuracy, refer.delta, refer.method, calibrated_on)
         if refer
         else None,
-        sets=calibrate_prediction_sets(per_fold, fit, chosen, sets.alpha, sets.method, sets.by, calibrated_on)
+        sets=calibrate_prediction_sets(per_fold, fit, shipped, sets.alpha, sets.method, sets.by, calibrated_on)
         if sets
         else None,
     )

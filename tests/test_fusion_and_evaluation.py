@@ -415,6 +415,30 @@ def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_
     assert settings.referral["pooled"]["accepted"] > 0 and "pooled:" in result.stderr
 
 
+def test_with_temperatures_the_certificate_is_of_the_probabilities_prediction_computes(tmp_path):
+    """--calibrate divides the fused logits by their own temperature at prediction: the threshold
+    must be certified on those probabilities, not on the members' scaled logits before it."""
+    from spermfuse.selective import certify_threshold
+
+    runs = fake_runs(tmp_path / "runs")
+    result = run(
+        "fuse.py", "--grid", "--select", "val", "--calibrate", "--refer-accuracy", "0.5", "--sets-alpha", "0.2",
+        "--runs", str(runs), "--models", "modelx", "modely",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    assert any(abs(t - 1.0) > 1e-3 for t in settings.fused_temperatures())  # the fused temperature matters here
+    for sets, fold in zip(run_folder.collect_folds(runs, ["modelx", "modely"], "val"), settings.folds):
+        shipped = calibration.probabilities_of(
+            fusion.fuse([s.logits for s in sets], settings.prediction_weights([fold])[0])
+        )
+        certificate = certify_threshold(shipped.max(axis=1), shipped.argmax(axis=1) == sets[0].labels, 0.5, 0.1, "sgr")
+        stored, expected = settings.decision(fold)["referral"], certificate.to_dict()
+        assert stored.keys() == expected.keys()
+        for key, value in expected.items():  # float32 logits: the same up to rounding
+            assert stored[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
+
+
 def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_path):
     from spermfuse.selective import certify_threshold
 
