@@ -308,12 +308,13 @@ def run_export(args) -> int:
     refuse_overlap(args.export, "--export", model_folders(args))
     check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
     settings, folds = fused_settings(args)
-    decision = (
-        settings.decision(folds[0]) if len(folds) == 1 else {}
-    )  # the certified rules of that fold's pair travel with it
-    if len(folds) > 1 and (settings.referral or settings.sets):
+    # The certified rules of the exported model travel with it (one fold's pair, or the folds'
+    # average when they were certified on a shared calibration holdout).
+    decision = settings.decision(folds) if settings.certified_for(folds) else {}
+    if not settings.certified_for(folds):
         log.warning(
-            "the referral threshold and prediction sets are certified per fold: export --fold K to carry them in model.json"
+            "the referral threshold and prediction sets are certified per fold: export --fold K to carry them in model.json "
+            "(or train with --cal-holdout F, for the average of the folds)"
         )
     members = load_fold_members(args.runs, settings.models, folds, "cpu")
     weights = settings.prediction_weights(folds)

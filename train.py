@@ -69,7 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cal-fraction",
         type=float,
         help="share of the training part held out for calibration (temperatures, certified referral, "
-        "prediction sets), never trained or selected on; written as cal_logits.npz (default 0; tiny 0.1)",
+        "prediction sets), never trained or selected on; written as cal_logits.npz (default 0; demo and tiny 0.1)",
+    )
+    data.add_argument(
+        "--cal-holdout",
+        type=float,
+        help="k-fold: share of all images reserved before the folds as every fold's calibration cells (no fold "
+        "trains, validates or tests on them), so the average of the folds' models can be certified (default 0)",
     )
     data.add_argument("--img-size", type=int, help=f"A: {d.img_size}, B: 224")
     optimisation.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")

@@ -36,6 +36,7 @@ class TrainConfig:
     split: str = "kfold"  # kfold | holdout
     val_fraction: float = 0.1
     cal_fraction: float = 0.0  # held out for calibration (temperatures, referral, sets); never trained or selected on
+    cal_holdout: float = 0.0  # k-fold: a share of all images reserved before the folds, every fold's calibration cells
     test_fraction: float = 0.15  # holdout only
     img_size: int = 240
     batch_size: int = 8
@@ -258,6 +259,19 @@ def validate_config(config: TrainConfig) -> None:
         (
             _finite(config.cal_fraction) and 0.0 <= config.cal_fraction < 0.5,
             f"--cal-fraction {config.cal_fraction}: give a share in [0, 0.5), e.g. 0.1 (0: no calibration split)",
+        ),
+        (
+            _finite(config.cal_holdout) and 0.0 <= config.cal_holdout < 0.5,
+            f"--cal-holdout {config.cal_holdout}: give a share in [0, 0.5), e.g. 0.1 (0: none)",
+        ),
+        (
+            not (config.cal_holdout > 0 and config.cal_fraction > 0),
+            "--cal-holdout and --cal-fraction: give one (the holdout is every fold's calibration set; "
+            "--cal-fraction holds out cells per fold); a preset's --cal-fraction goes with --cal-fraction 0",
+        ),
+        (
+            not (config.cal_holdout > 0 and config.split == "holdout"),
+            "--cal-holdout is for k-fold runs; a holdout split reserves its calibration cells with --cal-fraction",
         ),
         (
             config.split == "kfold"

@@ -83,7 +83,14 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
             f"--num-folds {config.num_folds}: {source} has folds {available}; give --num-folds {len(available)} if they are 1..{len(available)}, or fix the folds"
         )
     return splits.fold_split(
-        folds, samples.labels, config.fold, config.val_fraction, config.seed, samples.groups, config.cal_fraction
+        folds,
+        samples.labels,
+        config.fold,
+        config.val_fraction,
+        config.seed,
+        samples.groups,
+        config.cal_fraction,
+        config.cal_holdout,
     )
 
 

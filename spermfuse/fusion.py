@@ -330,6 +330,53 @@ def _fused_probabilities(
     return fused
 
 
+def shares_calibration_cells(per_fold_cal: Sequence[Sequence[LogitsSet]] | None) -> bool:
+    """Whether every fold calibrates on the same images (``train.py --cal-holdout``): then the
+    average of the folds' models, which none of them trained on, can be certified too."""
+    if per_fold_cal is None or len(per_fold_cal) < 2:
+        return False
+    first = sorted(per_fold_cal[0][0].paths.tolist())
+    return all(sorted(sets[0].paths.tolist()) == first for sets in per_fold_cal[1:])
+
+
+def average_probabilities(
+    per_fold_cal: Sequence[Sequence[LogitsSet]], weights: Sequence[Sequence[float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities ``--predict --fold all`` gives the shared calibration cells (each fold's
+    fused logits, averaged over the folds, then softmax), and their labels, in path order."""
+    fused = []
+    for sets, w in zip(per_fold_cal, weights):
+        order = np.argsort(sets[0].paths)
+        fused.append(fuse([s.logits[order] for s in sets], w))
+    first = per_fold_cal[0][0]
+    return probabilities_of(np.mean(fused, axis=0)), first.labels[np.argsort(first.paths)]
+
+
+def certify_average(per_fold_cal, weights, target_accuracy: float, delta: float = 0.1, method: str = "sgr") -> dict:
+    """The referral certificate of the average of every fold's pair, on the shared calibration
+    holdout; it has no test cells of its own (each fold's test cells trained the other folds)."""
+    probabilities, labels = average_probabilities(per_fold_cal, weights)
+    certificate = certify_threshold(
+        probabilities.max(axis=1), probabilities.argmax(axis=1) == labels, target_accuracy, delta, method
+    )
+    log.info(
+        "average of the folds: certified threshold %s (%d of %d calibration holdout cells accepted)",
+        "none (refer all)" if certificate.refers_all else f"{certificate.threshold:.4f}",
+        certificate.n_accepted,
+        certificate.n_calibration,
+    )
+    return {"folds": [sets[0].fold for sets in per_fold_cal], "certificate": certificate.to_dict()}
+
+
+def calibrate_average_sets(
+    per_fold_cal, weights, alpha: float, method: str = "aps", by: Sequence[str] | None = None
+) -> dict:
+    """The conformal set calibrator of the average of every fold's pair, on the shared holdout."""
+    probabilities, labels = average_probabilities(per_fold_cal, weights)
+    calibrator = calibrate_sets(probabilities, labels, alpha, method, by, seed=len(per_fold_cal))
+    return {"folds": [sets[0].fold for sets in per_fold_cal], "calibrator": calibrator.to_dict()}
+
+
 def certify_referral(
     per_fold,
     per_fold_cal,
@@ -553,4 +600,9 @@ def select(
         if sets
         else None,
     )
+    if shares_calibration_cells(per_fold_cal):  # train.py --cal-holdout: the folds' average is certified too
+        if refer:
+            settings.referral["average"] = certify_average(fit, shipped, refer.accuracy, refer.delta, refer.method)
+        if sets:
+            settings.sets["average"] = calibrate_average_sets(fit, shipped, sets.alpha, sets.method, sets.by)
     return Selection(settings, per_fold, per_fold_val, per_fold_cal, grid, others)

@@ -403,7 +403,9 @@ class FusionSettings:
     ``--calibrate``): ``{"models", "per_fold", "fitted_on"}``; ``referral`` (with
     ``--refer-accuracy``): each fold's certificate (``selective.Certificate``) and test outcome;
     ``sets`` (with ``--sets-alpha``): each fold's ``conformal.SetCalibrator`` and test metrics.
-    Both are certified per fold, for that fold's pair: prediction applies them with ``--fold K``.
+    Both are certified per fold, for that fold's pair: prediction applies them with ``--fold K``;
+    with a calibration holdout shared by the folds (``train.py --cal-holdout``) also for the
+    average of every fold (``referral["average"]``, ``sets["average"]``: ``--fold all``).
     """
 
     models: list[str]
@@ -471,13 +473,22 @@ class FusionSettings:
         """The temperature of each fold's fused logits (``--calibrate``), in ``folds`` order."""
         return (self.temperatures or {}).get("fused_per_fold")
 
+    def certified_for(self, folds: Sequence[int]) -> bool:
+        """Whether the certified rules (if any) hold for ``folds``' model: one fold's pair, or the
+        average of every fold when they were certified on a shared calibration holdout."""
+        if len(folds) == 1:
+            return True
+        rules = [block for block in (self.referral, self.sets) if block is not None]
+        return sorted(folds) == sorted(self.folds) and all("average" in block for block in rules)
+
     def _per_fold(self, block: dict, folds: Sequence[int], flag: str) -> dict:
-        if len(folds) != 1:
+        if not self.certified_for(folds):
             raise FusionError(
                 f"fusion.json's {flag} is certified per fold, on that fold's own calibration cells; the average of the folds' "
-                f"models has none (each trained on the others' cells): predict with --fold K, one of {self.folds}"
+                f"models has none (each trained on the others' cells): predict with --fold K, one of {self.folds}, "
+                "or train with --cal-holdout F (cells no fold trains on) and fuse again"
             )
-        return block["per_fold"][self.folds.index(folds[0])]
+        return block["average"] if len(folds) > 1 else block["per_fold"][self.folds.index(folds[0])]
 
     def prediction_threshold(self, folds: Sequence[int]) -> float | None:
         """The certified referral threshold of one fold's pair (+inf: refer every cell); None without referral."""
@@ -485,13 +496,13 @@ class FusionSettings:
             return None
         return Certificate.from_dict(self._per_fold(self.referral, folds, "referral")["certificate"]).threshold
 
-    def decision(self, fold: int) -> dict:
-        """The certified rules of one fold's pair as data (``model.json``'s ``decision``)."""
+    def decision(self, folds: Sequence[int]) -> dict:
+        """The certified rules of ``folds``' model as data (``model.json``'s ``decision``)."""
         rules = {}
         if self.referral is not None:
-            rules["referral"] = self._per_fold(self.referral, [fold], "referral")["certificate"]
+            rules["referral"] = self._per_fold(self.referral, folds, "referral")["certificate"]
         if self.sets is not None:
-            rules["prediction_sets"] = self._per_fold(self.sets, [fold], "prediction sets")["calibrator"]
+            rules["prediction_sets"] = self._per_fold(self.sets, folds, "prediction sets")["calibrator"]
         return rules
 
     def prediction_sets(self, folds: Sequence[int]) -> SetCalibrator | None:

@@ -249,6 +249,17 @@ def _subset(
     return group_subset(indices, labels, groups, fraction, seed)
 
 
+HOLDOUT_SEED_OFFSET = 2000  # the calibration holdout's own draw, the same for every fold
+
+
+def calibration_holdout(labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
+    """The indices of ``--cal-holdout``: a stratified (group-disjoint with ``groups``) share of all
+    images, drawn with the run's seed alone, so every fold reserves the same cells."""
+    if fraction <= 0:
+        return np.array([], dtype=np.int64)
+    return _subset(np.arange(len(labels)), labels, groups, fraction, seed + HOLDOUT_SEED_OFFSET)[1]
+
+
 def fold_split(
     folds: np.ndarray,
     labels: np.ndarray,
@@ -257,17 +268,26 @@ def fold_split(
     seed: int = 42,
     groups: np.ndarray | None = None,
     cal_fraction: float = 0.0,
+    cal_holdout: float = 0.0,
 ) -> Split:
     """Fold ``fold`` is the test set; a stratified ``cal_fraction`` of the rest is held out for
     calibration, then a stratified ``val_fraction`` of what remains is the validation set.
+
+    With ``cal_holdout`` instead, a stratified share of *all* images (:func:`calibration_holdout`)
+    is every fold's calibration set and no fold's train, validation or test cells, so the
+    folds' models never saw it and their average can be calibrated on it.
 
     The test fold is never used for early stopping or model selection. With ``groups`` the
     validation and calibration sets take whole groups, and the split is checked for leakage.
     """
     if fold not in set(folds.tolist()):
         raise DataError(f"fold {fold} does not exist; folds are {sorted(set(folds.tolist()))}")
-    test = np.flatnonzero(folds == fold)
-    rest, cal = _subset(np.flatnonzero(folds != fold), labels, groups, cal_fraction, seed + CAL_SEED_OFFSET + fold)
+    reserved = calibration_holdout(labels, groups, cal_holdout, seed)
+    test = np.setdiff1d(np.flatnonzero(folds == fold), reserved)
+    rest = np.setdiff1d(np.flatnonzero(folds != fold), reserved)
+    rest, cal = _subset(rest, labels, groups, cal_fraction, seed + CAL_SEED_OFFSET + fold)
+    if len(reserved):
+        cal = reserved
     train, val = _subset(rest, labels, groups, val_fraction, seed + fold)
     split = Split(train, val, test, cal)
     if groups is not None:

@@ -433,7 +433,7 @@ def test_with_temperatures_the_certificate_is_of_the_probabilities_prediction_co
             fusion.fuse([s.logits for s in sets], settings.prediction_weights([fold])[0])
         )
         certificate = certify_threshold(shipped.max(axis=1), shipped.argmax(axis=1) == sets[0].labels, 0.5, 0.1, "sgr")
-        stored, expected = settings.decision(fold)["referral"], certificate.to_dict()
+        stored, expected = settings.decision([fold])["referral"], certificate.to_dict()
         assert stored.keys() == expected.keys()
         for key, value in expected.items():  # float32 logits: the same up to rounding
             assert stored[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
@@ -478,6 +478,52 @@ def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_
             fold["certificate"]
             == certify_threshold(fused.max(axis=1), fused.argmax(axis=1) == sets[0].labels, 0.5).to_dict()
         )
+
+
+def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(tmp_path):
+    """train.py --cal-holdout: every fold calibrates on the same cells, which none trained on; the
+    average of the folds (--fold all) then gets its own certificate and set calibrator."""
+    from spermfuse.conformal import calibrate_sets
+    from spermfuse.selective import certify_threshold
+
+    runs = fake_runs(tmp_path / "runs")
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 3, 120)
+    for k in range(1, 6):  # the same 120 cells in every fold, each fold's models scoring them
+        order = rng.permutation(120)  # files need not share an order
+        for arch in ("modelx", "modely"):
+            logits = np.eye(3)[labels] * 2 + rng.normal(0, 1, (120, 3))
+            write_logits(
+                runs / arch / f"fold{k}" / "cal_logits.npz",
+                logits[order],
+                labels[order],
+                [f"held_{i}.png" for i in order],
+                arch,
+                k,
+            )
+    result = run(
+        "fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.6", "--sets-alpha", "0.2",
+        "--runs", str(runs), "--models", "modelx", "modely",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    assert settings.certified_for(settings.folds) and not settings.certified_for(settings.folds[:2])
+    cal = run_folder.collect_folds(runs, ["modelx", "modely"], "cal")
+    average, truth = fusion.average_probabilities(cal, settings.prediction_weights(settings.folds))
+    expected = certify_threshold(average.max(axis=1), average.argmax(axis=1) == truth, 0.6).to_dict()
+    assert settings.decision(settings.folds)["referral"] == expected
+    calibrator = calibrate_sets(average, truth, 0.2, "aps", None, seed=5).to_dict()
+    assert settings.decision(settings.folds)["prediction_sets"] == calibrator
+    assert settings.prediction_threshold(settings.folds) == expected["threshold"]
+
+
+def test_without_a_shared_holdout_the_average_of_the_folds_has_no_certificate(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs)).returncode == 0
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    assert "average" not in settings.referral and not settings.certified_for(settings.folds)
+    with pytest.raises(fusion.FusionError, match="or train with --cal-holdout F"):
+        settings.prediction_threshold(settings.folds)
 
 
 def test_prediction_sets_are_calibrated_per_fold_and_reported_on_its_test_cells(tmp_path):

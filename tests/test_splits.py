@@ -59,3 +59,29 @@ def test_a_calibration_split_of_thirty_groups_or_more_gives_no_warning(caplog):
     with caplog.at_level("WARNING", logger="spermfuse.splits"):
         split = fold_split(folds, labels, 1, 0.2, groups=groups, cal_fraction=0.15)
     assert len(set(groups[split.cal])) >= 30 and "calibration cells come from" not in caplog.text
+
+
+def test_a_calibration_holdout_is_the_same_cells_in_every_fold_and_in_no_folds_other_parts():
+    labels, classes = labelled(200)
+    groups = np.array([f"p{i % 40}" for i in range(200)])
+    folds = make_folds(labels, classes, k=5, groups=groups)
+    parts = [fold_split(folds, labels, k, 0.2, groups=groups, cal_holdout=0.15) for k in range(1, 6)]
+    reserved = set(parts[0].cal.tolist())
+    assert reserved and all(set(p.cal.tolist()) == reserved for p in parts)
+    for split in parts:
+        assert not reserved & set(np.concatenate([split.train, split.val, split.test]).tolist())
+        assert not set(groups[split.cal]) & set(groups[np.concatenate([split.train, split.val, split.test])])
+    tested = set(np.concatenate([p.test for p in parts]).tolist())
+    assert tested == set(range(200)) - reserved  # every other image is tested exactly once over the folds
+
+
+def test_the_calibration_holdout_and_a_per_fold_calibration_share_are_one_or_the_other():
+    import pytest
+
+    from spermfuse.config import TrainConfig, validate_config
+    from spermfuse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--cal-holdout and --cal-fraction: give one"):
+        validate_config(TrainConfig(cal_fraction=0.1, cal_holdout=0.1))
+    with pytest.raises(ConfigError, match="--cal-holdout is for k-fold runs"):
+        validate_config(TrainConfig(split="holdout", cal_holdout=0.1))

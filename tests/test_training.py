@@ -535,3 +535,13 @@ def test_a_bn_momentum_reaches_every_batchnorm_layer(tiny_sperm, tmp_path):
     fold = fold_trainer_for(tiny_config(tiny_sperm, tmp_path, arch="efficientnet_tiny", bn_momentum=0.01))
     norms = [m for m in fold.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.momentum == 0.01 for m in norms)
+
+
+def test_a_calibration_holdout_is_written_by_every_fold_and_tested_by_none(tiny_sperm, tmp_path):
+    runs = [
+        trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, fold=k, cal_fraction=0.0, cal_holdout=0.2))
+        for k in (1, 2)
+    ]
+    cal = [set(np.load(run / "cal_logits.npz", allow_pickle=False)["paths"].tolist()) for run in runs]
+    tested = set().union(*(np.load(run / "test_logits.npz", allow_pickle=False)["paths"].tolist() for run in runs))
+    assert cal[0] == cal[1] and len(cal[0]) >= 18 and not cal[0] & tested
