@@ -32,7 +32,7 @@ from spermfuse.model_card import MODEL_CARD, model_card
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.quantify import METHODS, WHO_NORMAL_LIMIT
 from spermfuse.runtime import environment_line, resolve_device
-from spermfuse.synthetic import DEFECT_PART, MORPHOLOGY_GROUP
+from spermfuse.synthetic import MORPHOLOGY_GROUP
 
 log = logging.getLogger("fuse")
 
@@ -176,34 +176,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def validation_logits(args) -> list | None:
-    """Every model's validation logits per fold; None when some are missing, unless a flag needs them."""
+def held_out_logits(args, split: str) -> list | None:
+    """Every model's ``split`` logits per fold (``val``, or ``cal`` with train.py --cal-fraction or
+    --cal-holdout); None when some are missing, unless a flag needs the validation logits."""
     try:
-        return run_folder.collect_folds(args.runs, args.models, "val")
+        per_fold = run_folder.collect_folds(args.runs, args.models, split)
     except fusion.FusionError as error:
-        needs = [
-            flag
-            for flag, given in (
-                ("--calibrate", args.calibrate),
-                ("--refer-accuracy", args.refer_accuracy is not None or args.target_accuracy is not None),
-                ("--sets-alpha", args.sets_alpha is not None),
-            )
-            if given
-        ]
-        if needs:
-            flag = needs[0]
-            raise fusion.FusionError(f"{flag} needs every model's validation logits: {error}") from None
+        if split == "val" and (needs := fusion.promise_flags(args.calibrate, refer_accuracy(args), args.sets_alpha)):
+            raise fusion.FusionError(f"{needs[0]} needs every model's validation logits: {error}") from None
         return None
-
-
-def calibration_logits(args) -> list | None:
-    """Every model's calibration logits per fold (train.py --cal-fraction), or None when some are missing."""
-    try:
-        per_fold_cal = run_folder.collect_folds(args.runs, args.models, "cal")
-    except fusion.FusionError:
-        return None
-    log.info("calibration cells found (cal_logits.npz): temperatures, referral and prediction sets are fitted on them")
-    return per_fold_cal
+    if split == "cal":
+        log.info(
+            "calibration cells found (cal_logits.npz): temperatures, referral and prediction sets are fitted on them"
+        )
+    return per_fold
 
 
 def check_models(args) -> None:
@@ -212,38 +198,31 @@ def check_models(args) -> None:
     refuse_overlap(args.out, "--out", {f"--models {name}": args.runs / name for name in args.models})
 
 
-def promises(args, classes: list[str]) -> tuple[fusion.Referral | None, fusion.PredictionSets | None]:
-    """--refer-accuracy (or its old name) and --sets-alpha as requests to fusion.select."""
-    accuracy = args.refer_accuracy
-    if args.target_accuracy is not None:
-        log.warning(
-            "--target-accuracy is now --refer-accuracy: the threshold is certified (%s, delta %g), no longer the laxest observed one",
-            args.refer_method,
-            args.refer_delta,
-        )
-        accuracy = args.target_accuracy if accuracy is None else accuracy
-    refer = fusion.Referral(accuracy, args.refer_delta, args.refer_method) if accuracy is not None else None
-    if args.sets_alpha is None:
-        return refer, None
-    by = None
-    if args.sets_by == "part":
-        unknown = [c for c in classes if c not in DEFECT_PART]
-        if unknown:
-            raise fusion.FusionError(
-                f"--sets-by part: knows sperm18's classes only, not {', '.join(unknown[:3])}; use --sets-by none"
-            )
-        by = tuple(DEFECT_PART[c] for c in classes)
-    return refer, fusion.PredictionSets(args.sets_alpha, args.sets_method, by)
+def refer_accuracy(args) -> float | None:
+    """--refer-accuracy, or its old name --target-accuracy (said in a warning)."""
+    if args.target_accuracy is None:
+        return args.refer_accuracy
+    log.warning(
+        "--target-accuracy is now --refer-accuracy: the threshold is certified (%s, delta %g), no longer the laxest observed one",
+        args.refer_method,
+        args.refer_delta,
+    )
+    return args.target_accuracy if args.refer_accuracy is None else args.refer_accuracy
 
 
 def run_fusion(args) -> int:
     check_models(args)
     check_replaceable(args.out, "--out", args.overwrite, run_folder.legacy_fusion_files)  # before any work
     per_fold = run_folder.collect_folds(args.runs, args.models, "test")
-    refer, sets = promises(args, per_fold[0][0].classes)
+    accuracy = refer_accuracy(args)
+    refer = fusion.Referral(accuracy, args.refer_delta, args.refer_method) if accuracy is not None else None
+    sets = None
+    if args.sets_alpha is not None:
+        by = fusion.part_groups(per_fold[0][0].classes) if args.sets_by == "part" else None
+        sets = fusion.PredictionSets(args.sets_alpha, args.sets_method, by)
     chosen = fusion.select(
         per_fold,
-        validation_logits(args),
+        held_out_logits(args, "val"),
         args.models,
         rule=args.select,
         alphas=args.alphas,
@@ -251,7 +230,7 @@ def run_fusion(args) -> int:
         calibrate=args.calibrate,
         refer=refer,
         sets=sets,
-        per_fold_cal=calibration_logits(args),
+        per_fold_cal=held_out_logits(args, "cal"),
     )
     settings = chosen.settings
     # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).

@@ -26,13 +26,14 @@ from typing import Sequence
 
 import numpy as np
 
+from . import run_folder
 from .calibration import TEMPERATURE_BOUNDS, fit_temperature, probabilities_of
 from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
 from .metrics import fold_metrics, weighted_f1
-from . import run_folder
 from .run_folder import FusionSettings, LogitsSet
 from .selective import accepted_accuracy, certify_threshold
+from .synthetic import DEFECT_PART
 
 log = logging.getLogger(__name__)
 
@@ -496,13 +497,25 @@ def calibrate_prediction_sets(
     }
 
 
+def promise_flags(calibrate: bool, refer: object, sets: object) -> list[str]:
+    """The flags of the promises asked for: ``--calibrate``, ``--refer-accuracy``, ``--sets-alpha``."""
+    asked = (("--calibrate", calibrate), ("--refer-accuracy", refer is not None), ("--sets-alpha", sets is not None))
+    return [flag for flag, given in asked if given]
+
+
+def part_groups(classes: Sequence[str]) -> tuple[str, ...]:
+    """``--sets-by part``: each sperm18 class's part group (head, neck, tail; Normal alone)."""
+    unknown = [c for c in classes if c not in DEFECT_PART]
+    if unknown:
+        raise FusionError(
+            f"--sets-by part: knows sperm18's classes only, not {', '.join(unknown[:3])}; use --sets-by none"
+        )
+    return tuple(DEFECT_PART[c] for c in classes)
+
+
 def _check_promises(rule: str, alpha: float | None, per_fold_val, calibrate: bool, refer, sets) -> None:
     """A promise may rest neither on weights the test labels chose nor on missing validation logits."""
-    promises = [
-        flag
-        for flag, given in (("--calibrate", calibrate), ("--refer-accuracy", refer), ("--sets-alpha", sets))
-        if given
-    ]
+    promises = promise_flags(calibrate, refer, sets)
     if promises and alpha is None and rule == "test":
         raise FusionError(
             f"{promises[0]} with --select test: the test labels would choose the fusion weight that the promise is then tested on; "
