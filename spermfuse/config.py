@@ -110,6 +110,9 @@ OPERATIONAL_SETTINGS = frozenset(
 
 
 # What each preset changes from TrainConfig's defaults; the only place these values live.
+# What the CPU demo presets share (their comments are at the presets).
+_CPU_DEMO = dict(img_size=64, batch_size=32, workers=0, channels_last=True, cal_fraction=0.1)
+
 PRESETS: dict[str, dict] = {
     # Method A as published: the defaults, and the ImageNet mean/std its text names (l. 62), also
     # with --pretrained (outside this preset the starting weights' own statistics are the default).
@@ -143,26 +146,8 @@ PRESETS: dict[str, dict] = {
     # A tenth of each fold's training images is held out for the promises (issue 23): the
     # temperatures, the referral threshold and the prediction sets are fitted on cells that
     # neither the gradient nor the choice of the epoch saw.
-    "demo": dict(
-        img_size=64,
-        epochs=10,
-        lr=1e-3,
-        batch_size=32,
-        early_stopping=10,
-        workers=0,
-        channels_last=True,
-        cal_fraction=0.1,
-    ),
-    "demo_scratch": dict(
-        img_size=64,
-        epochs=18,
-        lr=2e-3,
-        batch_size=32,
-        early_stopping=18,
-        workers=0,
-        channels_last=True,
-        cal_fraction=0.1,
-    ),
+    "demo": dict(**_CPU_DEMO, epochs=10, lr=1e-3, early_stopping=10),
+    "demo_scratch": dict(**_CPU_DEMO, epochs=18, lr=2e-3, early_stopping=18),
     # A smoke test in seconds (the test suite's demo run).
     "tiny": dict(img_size=32, epochs=1, lr=3e-3, num_folds=2, val_fraction=0.2, cal_fraction=0.1, workers=0),
 }
