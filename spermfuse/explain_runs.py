@@ -158,20 +158,21 @@ def pointing_cases(
     if limit is not None:
         images = [i for fold in sorted({i.fold for i in images}) for i in [j for j in images if j.fold == fold][:limit]]
     settings = read_fusion_settings(runs / FUSION_FOLDER)
-    names = settings.models
-    root = data_root_of_run(runs / names[0] / f"fold{images[0].fold}")
-    cases = []
+    root = data_root_of_run(runs / settings.models[0] / f"fold{images[0].fold}")
+    cases, setting = [], {}
     for fold in sorted({image.fold for image in images}):
         chosen = [image for image in images if image.fold == fold]
-        members, weights = load_fold_members(runs, names, [fold], device), settings.prediction_weights([fold])
-        input_size = members[0][0].spec.img_size
-        coarsest = min(min(layer_size(c.model, input_size)) for c in members[0])
+        members = load_fold_members(runs, settings.models, [fold], device)
+        setting["input_size"] = members[0][0].spec.img_size
+        setting["map_size"] = min(min(layer_size(c.model, setting["input_size"])) for c in members[0])
         paths = [root / image.path for image in chosen]
-        switches = [counterfactual_class(image, classes) for image in chosen]
 
         def maps(folds, targets):
-            return (e.fused.numpy() for e in explain_files(paths, folds, weights, names, device, targets=targets))
+            weights = settings.prediction_weights([fold])
+            explained = explain_files(paths, folds, weights, settings.models, device, targets=targets)
+            return (e.fused.numpy() for e in explained)
 
+        switches = [counterfactual_class(image, classes) for image in chosen]
         truth = [image.label for image in chosen]
         for image, trained, untrained, switched, switch in zip(
             chosen,
@@ -180,21 +181,41 @@ def pointing_cases(
             maps(members, [s[0] if s else image.label for s, image in zip(switches, chosen)]),
             switches,
         ):
-            mask = np.asarray(Image.open(masks[image.path]))
-            with Image.open(root / image.path) as picture:
-                grey = np.asarray(picture.convert("L"), dtype=np.float64)
-            radius = tolerance(grey.shape[1], grey.shape[0], input_size, coarsest)
-            part = DEFECT_PART[classes[image.label]]
-            case = score(trained, mask, grey, part, radius, image.predicted == image.label)
-            case.untrained = hits(untrained, mask, part, radius)
-            case.part_switch = hits(switched, mask, switch[1], radius) if switch else None
-            cases.append(case)
-    setting = {
-        "input_size": input_size,
-        "map_size": coarsest,
-        "median_radius": float(np.median([c.radius for c in cases])),
-    }
+            cases.append(
+                pointing_case(
+                    root / image.path,
+                    np.asarray(Image.open(masks[image.path])),
+                    image,
+                    classes,
+                    setting,
+                    (trained, untrained, switched),
+                    switch,
+                )
+            )
+    setting["median_radius"] = float(np.median([c.radius for c in cases]))
     return cases, setting
+
+
+def pointing_case(
+    path: Path,
+    mask: np.ndarray,
+    image: TestImage,
+    classes: Sequence[str],
+    setting: dict,
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray],
+    switch: tuple[int, str] | None,
+) -> PointingCase:
+    """One cell's scores: ``maps`` are the trained, untrained and part-switched pair's maps in the
+    image's geometry; the tolerance follows ``setting``'s input and coarsest map sizes."""
+    trained, untrained, switched = maps
+    with Image.open(path) as picture:
+        grey = np.asarray(picture.convert("L"), dtype=np.float64)
+    radius = tolerance(grey.shape[1], grey.shape[0], setting["input_size"], setting["map_size"])
+    part = DEFECT_PART[classes[image.label]]
+    case = score(trained, mask, grey, part, radius, image.predicted == image.label)
+    case.untrained = hits(untrained, mask, part, radius)
+    case.part_switch = hits(switched, mask, switch[1], radius) if switch else None
+    return case
 
 
 def randomisation_check(

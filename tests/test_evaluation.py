@@ -1,0 +1,282 @@
+"""The evaluation (evaluation.py, evaluate.py): report.json and its Markdown, figures and page, the
+headline, calibration before and after, and Table 2 (the ablation)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, fake_runs, write_logits
+
+from spermfuse import calibration, fusion, run_folder
+from spermfuse.config import preset_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def headline_models(seed: int = 0) -> dict:
+    """Five folds of 40 cells: m1 right on ~60 %, m2 always right, fusion_val = m1, fusion = m2."""
+    from spermfuse.run_folder import LogitsSet
+
+    rng = np.random.default_rng(seed)
+    models = {"m1": [], "m2": [], "fusion": [], "fusion_val": []}
+    for fold in range(1, 6):
+        labels = rng.integers(0, 3, 40)
+        paths = np.array([f"{fold}_{i}.png" for i in range(40)])
+        right = np.eye(3)[labels] * 3
+        sometimes = np.where(rng.random(40)[:, None] < 0.6, right, np.eye(3)[(labels + 1) % 3] * 3)
+        for name, logits in (("m1", sometimes), ("m2", right), ("fusion", right), ("fusion_val", sometimes)):
+            models[name].append(LogitsSet(logits, labels, paths, ["a", "b", "c"], name, fold))
+    return models
+
+
+def test_training_sizes_leave_out_the_test_validation_and_calibration_cells():
+    from spermfuse.evaluation import training_sizes
+    from spermfuse.run_folder import LogitsSet
+
+    def cells(fold: int, n: int) -> LogitsSet:
+        return LogitsSet(
+            np.zeros((n, 2)), np.zeros(n, int), np.array([f"{fold}_{i}" for i in range(n)]), ["a", "b"], "m", fold
+        )
+
+    tests = [cells(1, 10), cells(2, 12), cells(3, 8)]
+    assert training_sizes(tests) == [20, 18, 22]
+    assert training_sizes(tests, [[cells(1, 2), cells(2, 2), cells(3, 2)], None]) == [18, 16, 20]
+
+
+def test_evaluate_writes_report_json_markdown_and_figures(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--alpha", "0.5", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "reports" / "evaluation"
+    report = json.loads((out / "report.json").read_text())
+    assert report["classes"] == CLASSES and set(report["models"]) == {"modelx", "modely", "fusion"}
+    fused = report["models"]["fusion"]
+    assert len(fused["folds"]["accuracy"]) == 5 and len(fused["summary"]["f1_weighted"]["ci95"]) == 2
+    assert {t["a"] + "/" + t["b"] for t in report["tests"]} == {"modelx/modely", "modelx/fusion", "modely/fusion"}
+    assert fused["aggregate"]["f1_macro"] > report["models"]["modelx"]["aggregate"]["f1_macro"]
+    markdown = (out / "report.md").read_text()
+    for table in ("Table 3", "Table 4", "Table 5", "Table 6", "Table 7"):
+        assert table in markdown
+    for figure in ("confusion_fusion.png", "roc_fusion.png", "pr_modelx.png", "f1_comparison.png"):
+        assert (out / figure).stat().st_size > 1000
+
+
+def test_evaluate_with_a_single_fold_says_so_instead_of_crashing(tmp_path):
+    runs = fake_runs(tmp_path / "runs", folds=1)
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    assert result.returncode == 0, result.stderr
+    assert "only one fold" in (tmp_path / "r" / "evaluation" / "report.md").read_text()
+
+
+def test_evaluate_refuses_models_with_different_classes(tmp_path):
+    runs = fake_runs(tmp_path / "runs", folds=1)
+    write_logits(
+        runs / "other" / "fold1" / "test_logits.npz",
+        [[0, 1, 0, 0]],
+        [1],
+        ["q"],
+        "other",
+        1,
+        classes=["A", "B", "C", "D"],
+    )
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    assert result.returncode == 2 and "classes differ" in result.stderr
+
+
+def test_ablation_lays_out_table_2(tmp_path):
+    base = fake_runs(tmp_path / "base", seed=1)
+    both = fake_runs(tmp_path / "both", seed=2)
+    assert (
+        run("fuse.py", "--grid", "--runs", str(both), "--models", "modelx", "modely").returncode == 0
+    )  # fused folders beside the models
+    result = run("evaluate.py", "--ablation", f"baseline={base}", f"both={both}", "--reports", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "r" / "ablation" / "ablation.md").read_text()
+    assert table.count("fusion a=0.5") == 2 and "| baseline | modelx |" in table
+    assert (
+        table.count("| both |") == 4
+    )  # the two backbones and the two fusions it computes, no fused folder as a "model"
+
+
+def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_path):
+    import evaluate
+    from spermfuse import trainer
+
+    config = preset_config(
+        "paper_b",
+        arch="efficientnet_tiny",
+        data=str(tiny_sperm),
+        out=str(tmp_path / "runs"),
+        img_size=32,
+        workers=0,
+        freeze_epochs=1,
+        finetune_epochs=1,
+        unfreeze_last=10,
+    )
+    run = trainer.train_fold(config)
+    for argv in (["--runs", str(tmp_path / "runs")], ["--logits", f"b4={run}"], ["--logits", f"b4={run.parent}"]):
+        reports = tmp_path / "reports" / str(len(argv[1]))
+        assert evaluate.main([*argv, "--reports", str(reports), "--no-figures"]) == 0
+        report = json.loads((reports / "evaluation" / "report.json").read_text())
+        (model,) = report["models"].values()
+        support = sum(c["support"] for c in model["aggregate"]["per_class"].values())
+        assert support == len(np.load(run / "test_logits.npz")["labels"])  # Tables 3-4 over the holdout test split
+        assert "single split" in (reports / "evaluation" / "report.md").read_text()
+
+
+def test_the_honest_fusions_are_evaluated_against_the_members_too(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
+    members = run_folder.collect_folds(runs, ["modelx", "modely"])
+    nested_weights = settings["selection_comparison"]["nested"]["weights_per_fold"]
+    for sets, weights, fused in zip(members, nested_weights, run_folder.load_fold_sets(runs / "fusion" / "nested")):
+        fused, *aligned = run_folder.align([fused, *sets])
+        assert np.allclose(fused.logits, fusion.fuse([s.logits for s in aligned], weights), atol=1e-5)
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--no-figures")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "reports" / "evaluation" / "report.json").read_text())
+    pairs = {(t["a"], t["b"]) for t in report["tests"]}
+    assert {("modelx", "fusion_nested"), ("modely", "fusion_val"), ("modelx", "fusion")} <= pairs
+    assert all(t["corrected_t_p"] >= t["paired_t_p"] for t in report["tests"])  # report.json carries the corrected test
+    markdown = (tmp_path / "reports" / "evaluation" / "report.md").read_text()
+    assert "cannot give p below 0.0625" in markdown and "`fusion_val`" in markdown
+
+
+def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "reports" / "evaluation"
+    report = json.loads((out / "report.json").read_text())
+    for name in ("modelx", "fusion"):
+        block = report["models"][name]["calibration"]
+        val = run_folder.load_fold_sets(runs / name, "val")
+        assert block["temperature_per_fold"] == pytest.approx(
+            [calibration.fit_temperature(v.logits, v.labels) for v in val]
+        )
+        assert block["after"]["nll"] < block["before"]["nll"]  # fake logits are over-confident: T > 1 helps
+    assert report["models"]["fusion_nested"]["calibration"]["after"] is None  # no validation logits of its own
+    assert "Calibration and selective prediction" in (out / "report.md").read_text()
+    for figure in ("reliability_fusion.png", "reliability_modelx.png", "risk_coverage.png"):
+        assert (out / figure).stat().st_size > 1000
+
+
+def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert (
+        run(
+            "fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely"
+        ).returncode
+        == 0
+    )
+    settings = run_folder.read_fusion_settings(runs / "fusion")
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    assert result.returncode == 0, result.stderr
+    reported = json.loads((tmp_path / "r" / "evaluation" / "report.json").read_text())["models"]["fusion"][
+        "calibration"
+    ]
+    assert reported["temperature_per_fold"] == settings.fused_temperatures()
+    test = run_folder.collect_folds(runs, ["modelx", "modely"], "test")
+    for k, (sets, fused) in enumerate(zip(test, run_folder.load_fold_sets(runs / "fusion"))):
+        members = [s.logits / t for s, t in zip(sets, settings.temperatures["per_fold"][k])]
+        shipped = calibration.probabilities_of(
+            fusion.fuse([s.logits for s in sets], settings.prediction_weights([sets[0].fold])[0])
+        )
+        evaluated = calibration.probabilities_of(
+            fusion.fuse(members, settings.weights_per_fold[k]) / settings.fused_temperatures()[k]
+        )
+        reordered = run_folder.align([sets[0], fused])[1]  # the fused file, in the members' order
+        assert np.allclose(shipped, evaluated, atol=1e-6)
+        assert np.allclose(
+            calibration.probabilities_of(reordered.logits / settings.fused_temperatures()[k]), evaluated, atol=1e-6
+        )
+
+
+def test_the_headline_fusion_is_the_leak_free_one_with_both_tests_against_each_member():
+    from spermfuse.evaluation import build_report
+
+    report = build_report(headline_models(), select="test")
+    line = report["headline"]
+    assert line["fusion"] == "fusion_val" and "validation" in line["selection"]
+    assert line["vs"]["m1"] == {"p_corrected_t": 1.0, "p_mcnemar": 1.0}  # identical predictions
+    assert line["vs"]["m2"]["p_corrected_t"] < 0.01 and line["vs"]["m2"]["p_mcnemar"] < 1e-6  # m2 always right
+    assert build_report(headline_models(), select="val")["headline"]["fusion"] == "fusion"
+
+
+def test_without_a_leak_free_fusion_there_is_no_headline_and_the_summary_labels_the_paper_rule():
+    from spermfuse.evaluation import build_report
+    from spermfuse.report import presented_rows, summary_markdown
+
+    models = headline_models()
+    del models["fusion_val"]
+    report = build_report(models, select="test")
+    assert report["headline"] is None
+    assert presented_rows(report)[-1] == ("fusion (paper's rule: a* on the test folds, optimistic)", "fusion")
+    with_headline = build_report(headline_models(), select="test")
+    text = summary_markdown(with_headline, None, "report.json", "test machine")
+    assert "| fusion_val (headline) |" in text and "against m1" in text and "no evidence of a difference" in text
+    assert "against m2" in text and "a difference on both tests" in text
+
+
+def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_path):
+    from conftest import write_logits
+
+    from spermfuse.evaluation import ablation_rows
+
+    rng = np.random.default_rng(3)
+    for fold in (1, 2):
+        labels = rng.integers(0, 3, 60)
+        paths = [f"{fold}_{i}.png" for i in range(60)]
+        right = np.eye(3)[labels] * 3
+        half = np.where(rng.random(60)[:, None] < 0.5, right, np.eye(3)[(labels + 1) % 3] * 3)
+        for root, logits in (("plain", half), ("same", half), ("better", right)):
+            write_logits(tmp_path / root / "m" / f"fold{fold}" / "test_logits.npz", logits, labels, paths, "m", fold)
+    rows = ablation_rows({name: tmp_path / name for name in ("plain", "same", "better")}, [0.5])
+    by_setting = {row[0]: row for row in rows}
+    assert by_setting["plain"][5:] == ["-", "-"]
+    assert by_setting["same"][5:] == ["1.0000", "none"]  # identical predictions: no evidence
+    assert by_setting["better"][5:] == ["< 0.0001", "1 (+), 2 (+)"]
+
+
+def test_report_html_is_one_self_contained_page_whose_images_all_decode(tmp_path):
+    import base64
+    import io
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    runs = fake_runs(tmp_path / "runs")
+    assert run("fuse.py", "--grid", "--select", "val", "--runs", str(runs)).returncode == 0
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "page")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "r" / "page" / "report.html").read_text()
+
+    class Images(HTMLParser):
+        sources: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed(text)
+    assert len(parser.sources) >= 5 and all(s.startswith("data:image/png;base64,") for s in parser.sources)
+    for source in parser.sources:
+        image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        assert image.width > 100 and image.height > 100
+    assert "test cells of 3 classes" in text and "corrected for the folds" in text and "<script" not in text
+    assert "sensitivity (recall)" in text and "command: python evaluate.py" in text and "http" not in text
+    markdown = (tmp_path / "r" / "page" / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(linked) == 5 and all((tmp_path / "r" / "page" / name).is_file() for name in linked)
