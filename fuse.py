@@ -32,7 +32,6 @@ from spermfuse.model_card import MODEL_CARD, model_card
 from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
 from spermfuse.quantify import METHODS, WHO_NORMAL_LIMIT
 from spermfuse.runtime import environment_line, resolve_device
-from spermfuse.synthetic import MORPHOLOGY_GROUP
 
 log = logging.getLogger("fuse")
 
@@ -346,34 +345,10 @@ def sample_request(args, settings: run_folder.FusionSettings, folds: list[int]):
     """--samples: (SampleSettings, the held-out confusion), checked before any model loads; None without it."""
     if not args.samples:
         return None
-    if len(folds) != 1:
-        raise fusion.FusionError(
-            "--samples: the correction needs the confusion of the deployed pair on cells it never trained on; the "
-            f"average of the folds has none (each trained on the others' cells): give --fold K, one of {settings.folds}"
-        )
-    held_out = sample_report.held_out_confusion(
-        args.runs, settings.models, folds[0], settings.prediction_weights(folds)[0]
+    options = sample_report.SampleSettings(
+        args.sample_method, args.sample_level, args.normal_class, args.normal_limit, merge=args.estimate_on == "groups"
     )
-    if settings.select == "test" and held_out.split == "test":
-        log.warning(
-            "--samples: the confusion comes from test cells that also chose the fusion weight (--select test); "
-            "fuse with --select val, or train with --cal-fraction, for a confusion nothing was tuned on"
-        )
-    groups = (
-        sample_report.read_group_map(args.sample_groups)
-        if args.sample_groups is not None
-        else sample_report.default_groups(held_out.classes, MORPHOLOGY_GROUP)
-    )
-    chosen = sample_report.SampleSettings(
-        args.sample_method,
-        args.sample_level,
-        args.normal_class,
-        args.normal_limit,
-        groups,
-        args.estimate_on == "groups",
-    )
-    sample_report.check_sample_settings(chosen, held_out)
-    return chosen, held_out
+    return sample_report.sample_request(args.runs, settings, folds, options, args.sample_groups)
 
 
 def write_samples(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,6 +23,7 @@ from . import __version__, fusion, page
 from .calibration import fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
 from .data import DataError, load_rgb
+from .errors import FusionError
 from .figures import contact_sheet, plot_fractions
 from .files import atomic_write_text, file_sha256
 from .metrics import confusion_counts
@@ -36,7 +37,9 @@ from .quantify import (
     flag,
     merge_classes,
 )
+from .run_folder import FusionSettings
 from .runtime import git_commit
+from .synthetic import MORPHOLOGY_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,35 @@ def held_out_confusion(runs: Path, models: Sequence[str], fold: int, weights: Se
         source = f"fold {fold}'s {len(fused.labels)} held-out {words} ({split}_logits.npz of {', '.join(models)})"
         return HeldOutConfusion(confusion, fused.classes, source, fused.logits, fused.labels, split)
     raise fusion.FusionError(f"--samples: fold {fold} of {', '.join(models)} has no cal_logits.npz or test_logits.npz")
+
+
+def sample_request(
+    runs: Path,
+    fusion_settings: FusionSettings,
+    folds: Sequence[int],
+    options: SampleSettings,
+    groups_file: Path | None = None,
+) -> tuple[SampleSettings, HeldOutConfusion]:
+    """``--samples``' settings and the held-out confusion of the deployed pair (fold ``folds[0]``),
+    checked before any model loads; the groups from ``groups_file`` (JSON class -> group) or,
+    for sperm18's classes, the morphology groups."""
+    if len(folds) != 1:
+        raise FusionError(
+            "--samples: the correction needs the confusion of the deployed pair on cells it never trained on; the "
+            f"average of the folds has none (each trained on the others' cells): give --fold K, one of {fusion_settings.folds}"
+        )
+    held_out = held_out_confusion(runs, fusion_settings.models, folds[0], fusion_settings.prediction_weights(folds)[0])
+    if fusion_settings.select == "test" and held_out.split == "test":
+        log.warning(
+            "--samples: the confusion comes from test cells that also chose the fusion weight (--select test); "
+            "fuse with --select val, or train with --cal-fraction, for a confusion nothing was tuned on"
+        )
+    groups = (
+        read_group_map(groups_file) if groups_file is not None else default_groups(held_out.classes, MORPHOLOGY_GROUP)
+    )
+    chosen = replace(options, groups=groups)
+    check_sample_settings(chosen, held_out)
+    return chosen, held_out
 
 
 def estimated_space(held_out: HeldOutConfusion, settings: SampleSettings) -> tuple[HeldOutConfusion, np.ndarray]:
