@@ -308,3 +308,27 @@ def test_the_overlay_blends_the_colormap_over_the_image():
     assert np.abs(blended[0, 0].astype(float) - (100 + bottom / 2)).max() <= 1
     with pytest.raises(ValueError, match="one geometry"):
         overlay(image, np.zeros((5, 6)))
+
+
+def test_a_cell_is_scored_by_its_true_parts_map_and_the_switched_map_by_the_other_part(tmp_path):
+    from spermfuse.explain_runs import TestImage, pointing_case
+    from spermfuse.synthetic import PART_VALUES, SPERM18_CLASSES
+
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[5:10, 5:10] = PART_VALUES["head"]
+    mask[30:35, 30:35] = PART_VALUES["tail"]
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(tmp_path / "cell.png")
+    on_head, on_tail = np.zeros((40, 40)), np.zeros((40, 40))
+    on_head[7, 7], on_tail[32, 32] = 1.0, 1.0
+    label = SPERM18_CLASSES.index("TaperedHead")
+    image = TestImage("cell.png", label, 1, label, 0.9, np.full(18, 1 / 18))
+    setting = {"input_size": 40, "map_size": 40}  # a stride of one pixel: a tolerance of half a pixel
+    switch = (SPERM18_CLASSES.index("ShortTail"), "tail")
+    case = pointing_case(
+        tmp_path / "cell.png", mask, image, SPERM18_CLASSES, setting, (on_head, on_tail, on_tail), switch
+    )
+    assert case.hit and not case.untrained and case.part_switch and case.correct and case.radius == 0.5
+    missed = pointing_case(
+        tmp_path / "cell.png", mask, image, SPERM18_CLASSES, setting, (on_tail, on_head, on_head), switch
+    )
+    assert not missed.hit and missed.untrained and not missed.part_switch
