@@ -127,7 +127,11 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     """Min-max scale each map of [N, H, W] to [0, 1]; a map without any spread (all zero) is 0."""
     low = maps.flatten(1).min(1).values[:, None, None]
     spread = maps.flatten(1).max(1).values[:, None, None] - low
-    return torch.where(spread > 0, (maps - low) / spread.clamp_min(1e-12), torch.zeros_like(maps))
+    # Any spread, however small, scales to [0, 1] (a floor of 1e-12 left maps of a barely active
+    # layer short of 1); only a map without spread stays 0.
+    return torch.where(
+        spread > 0, (maps - low) / spread.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps)
+    )
 
 
 def _upsample(maps: torch.Tensor, size) -> torch.Tensor:
