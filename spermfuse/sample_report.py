@@ -114,6 +114,25 @@ def held_out_confusion(runs: Path, models: Sequence[str], fold: int, weights: Se
     raise fusion.FusionError(f"--samples: fold {fold} of {', '.join(models)} has no cal_logits.npz or test_logits.npz")
 
 
+def average_held_out_confusion(
+    runs: Path, models: Sequence[str], folds: Sequence[int], weights: Sequence[Sequence[float]]
+) -> HeldOutConfusion | None:
+    """The average of ``folds``' fused pairs (as ``--predict --fold all`` computes) on the
+    calibration holdout they share (``train.py --cal-holdout``); None without one."""
+    try:
+        fused = fusion.fused_folds(runs, models, folds, weights, "cal")
+    except fusion.FusionError:
+        return None
+    ordered = [np.argsort(f.paths) for f in fused]
+    if any(not np.array_equal(f.paths[o], fused[0].paths[ordered[0]]) for f, o in zip(fused, ordered)):
+        return None  # per-fold calibration cells (--cal-fraction): each fold trained on the others'
+    logits = np.mean([f.logits[o] for f, o in zip(fused, ordered)], axis=0)
+    labels = fused[0].labels[ordered[0]]
+    confusion = confusion_counts(labels, logits.argmax(axis=1), len(fused[0].classes))
+    source = f"the {len(labels)} cells of the calibration holdout shared by folds {list(folds)} (cal_logits.npz of {', '.join(models)})"
+    return HeldOutConfusion(confusion, fused[0].classes, source, logits, labels, "cal")
+
+
 def sample_request(
     runs: Path,
     fusion_settings: FusionSettings,
@@ -124,12 +143,15 @@ def sample_request(
     """``--samples``' settings and the held-out confusion of the deployed pair (fold ``folds[0]``),
     checked before any model loads; the groups from ``groups_file`` (JSON class -> group) or,
     for sperm18's classes, the morphology groups."""
-    if len(folds) != 1:
+    weights = fusion_settings.prediction_weights(folds)
+    if len(folds) == 1:
+        held_out = held_out_confusion(runs, fusion_settings.models, folds[0], weights[0])
+    elif (held_out := average_held_out_confusion(runs, fusion_settings.models, folds, weights)) is None:
         raise FusionError(
-            "--samples: the correction needs the confusion of the deployed pair on cells it never trained on; the "
-            f"average of the folds has none (each trained on the others' cells): give --fold K, one of {fusion_settings.folds}"
+            "--samples: the correction needs the confusion of the deployed model on cells it never trained on; the "
+            f"average of the folds has none (each trained on the others' cells): give --fold K, one of "
+            f"{fusion_settings.folds}, or train with --cal-holdout F"
         )
-    held_out = held_out_confusion(runs, fusion_settings.models, folds[0], fusion_settings.prediction_weights(folds)[0])
     if fusion_settings.select == "test" and held_out.split == "test":
         log.warning(
             "--samples: the confusion comes from test cells that also chose the fusion weight (--select test); "
