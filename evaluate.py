@@ -159,9 +159,11 @@ def run_evaluation(args, out: Path) -> None:
         atomic_write_text(args.summary, report.summary_markdown(result, settings, source, machine))
         details = report.summary_details_markdown(result, source, machine) + (f"\n{pointing}" if pointing else "")
         atomic_write_text(details_path(args.summary), details)
-        if not args.no_figures:  # the figures beside it come from the same run, stamped with the same commit
-            for name in report.summary_figures(result, main_name):
-                atomic_write_bytes(args.summary.parent / name, (out / name).read_bytes())
+        # The figures beside it come from the same run, stamped with the same commit, named after
+        # the summary (two summaries in one folder never overwrite each other's figures).
+        shown = [] if args.no_figures else report.summary_figures(result, main_name)
+        for name in shown + (["randomisation.png"] if args.explain else []):
+            atomic_write_bytes(args.summary.parent / f"{args.summary.stem}_{name}", (out / name).read_bytes())
     for note in notes:
         log.warning("note: %s", note)
     for name, m in result["models"].items():

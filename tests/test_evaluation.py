@@ -280,3 +280,17 @@ def test_report_html_is_one_self_contained_page_whose_images_all_decode(tmp_path
     markdown = (tmp_path / "r" / "page" / "report.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
     assert len(linked) == 5 and all((tmp_path / "r" / "page" / name).is_file() for name in linked)
+
+
+def test_summaries_copy_their_figures_under_their_own_names(tmp_path):
+    """Two summaries written into one folder (the demo's and another run's) keep their own figures."""
+    for name, seed in (("first", 0), ("second", 1)):
+        runs = fake_runs(tmp_path / f"runs_{name}", seed=seed)
+        result = run(
+            "evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--name", name,
+            "--summary", str(tmp_path / "docs" / f"{name}.md"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    first, second = (tmp_path / "docs" / f"{name}_roc_modelx.png" for name in ("first", "second"))
+    assert first.is_file() and second.is_file() and first.read_bytes() != second.read_bytes()
+    assert not (tmp_path / "docs" / "roc_modelx.png").exists()
