@@ -97,6 +97,26 @@ def write_logits(path, logits, labels, paths, arch, fold, classes=CLASSES, **ext
     )
 
 
+def write_calibration_logits(root, folds=5, n=80, shared=False, seed=7, noise=1.0):
+    """cal_logits.npz of modelx and modely in every fold: per-fold cells (train.py --cal-fraction)
+    or, ``shared``, the same ``n`` cells in every fold (--cal-holdout), in a different order per file."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    for k in range(1, folds + 1):
+        names = [f"held_{i}.png" if shared else f"cal_{k}_{i}.png" for i in range(n)]
+        order = rng.permutation(n)  # files need not share an order
+        for arch in ("modelx", "modely"):
+            logits = np.eye(3)[labels] * 2 + rng.normal(0, noise, (n, 3))
+            write_logits(
+                root / arch / f"fold{k}" / "cal_logits.npz",
+                logits[order],
+                labels[order],
+                [names[i] for i in order],
+                arch,
+                k,
+            )
+
+
 def fake_runs(root, folds=5, n=60, seed=0):
     """Two models whose errors differ: fusing them beats both."""
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, fake_runs, write_logits
+from conftest import CLASSES, fake_runs, write_calibration_logits
 
 from spermfuse import calibration, fusion, run_folder
 
@@ -198,18 +198,7 @@ def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_
     from spermfuse.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
-    rng = np.random.default_rng(7)
-    for k in range(1, 6):  # cal_logits.npz as train.py --cal-fraction writes them
-        labels = rng.integers(0, 3, 80)
-        for arch in ("modelx", "modely"):
-            write_logits(
-                runs / arch / f"fold{k}" / "cal_logits.npz",
-                np.eye(3)[labels] * 2 + rng.normal(0, 1, (80, 3)),
-                labels,
-                [f"cal_{k}_{i}.png" for i in range(80)],
-                arch,
-                k,
-            )
+    write_calibration_logits(runs)  # as train.py --cal-fraction writes them
     result = run(
         "fuse.py",
         "--grid",
@@ -242,20 +231,7 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
     from spermfuse.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
-    rng = np.random.default_rng(11)
-    labels = rng.integers(0, 3, 120)
-    for k in range(1, 6):  # the same 120 cells in every fold, each fold's models scoring them
-        order = rng.permutation(120)  # files need not share an order
-        for arch in ("modelx", "modely"):
-            logits = np.eye(3)[labels] * 2 + rng.normal(0, 1, (120, 3))
-            write_logits(
-                runs / arch / f"fold{k}" / "cal_logits.npz",
-                logits[order],
-                labels[order],
-                [f"held_{i}.png" for i in order],
-                arch,
-                k,
-            )
+    write_calibration_logits(runs, n=120, shared=True, seed=11)  # the same cells in every fold
     result = run(
         "fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.6", "--sets-alpha", "0.2",
         "--runs", str(runs), "--models", "modelx", "modely",

@@ -129,33 +129,14 @@ def test_em_recalibrates_on_the_held_out_logits_before_adjusting():
     assert low <= 0.10 <= high and samples[0].estimate.method == "em"
 
 
-def write_calibration_cells(runs: Path, shared: bool, seed: int = 3) -> None:
-    """Two models' cal_logits.npz for 3 folds: the same 90 cells in every fold (--cal-holdout) or not."""
-    from conftest import write_logits
-
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, 90)
-    for k in (1, 2, 3):
-        names = [f"held_{i}.png" if shared else f"cal_{k}_{i}.png" for i in range(90)]
-        order = rng.permutation(90)  # files need not share an order
-        for arch in ("modelx", "modely"):
-            logits = np.eye(3)[labels] * 2 + rng.normal(0, 1.5, (90, 3))
-            write_logits(
-                runs / arch / f"fold{k}" / "cal_logits.npz",
-                logits[order],
-                labels[order],
-                [names[i] for i in order],
-                arch,
-                k,
-            )
-
-
 def test_the_average_of_the_folds_gets_a_confusion_from_a_shared_calibration_holdout(tmp_path):
+    from conftest import write_calibration_logits
+
     from spermfuse import fusion
     from spermfuse.metrics import confusion_counts
     from spermfuse.sample_report import average_held_out_confusion
 
-    write_calibration_cells(tmp_path, shared=True)
+    write_calibration_logits(tmp_path, folds=3, n=90, shared=True, seed=3, noise=1.5)
     weights = [[0.5, 0.5], [0.3, 0.7], [0.6, 0.4]]
     held = average_held_out_confusion(tmp_path, ["modelx", "modely"], [1, 2, 3], weights)
     fused = fusion.fused_folds(tmp_path, ["modelx", "modely"], [1, 2, 3], weights, "cal")
@@ -163,5 +144,5 @@ def test_the_average_of_the_folds_gets_a_confusion_from_a_shared_calibration_hol
     labels = fused[0].labels[np.argsort(fused[0].paths)]
     expected = confusion_counts(labels, np.mean(ordered, axis=0).argmax(axis=1), 3)
     assert np.array_equal(held.confusion, expected) and held.split == "cal" and held.confusion.sum() == 90
-    write_calibration_cells(tmp_path / "per_fold", shared=False)
+    write_calibration_logits(tmp_path / "per_fold", folds=3, n=90, seed=3, noise=1.5)
     assert average_held_out_confusion(tmp_path / "per_fold", ["modelx", "modely"], [1, 2, 3], weights) is None
