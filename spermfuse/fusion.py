@@ -331,34 +331,29 @@ def _fused_probabilities(
     return fused
 
 
-def shares_calibration_cells(per_fold_cal: Sequence[Sequence[LogitsSet]] | None) -> bool:
-    """Whether every fold calibrates on the same images (``train.py --cal-holdout``): then the
-    average of the folds' models, which none of them trained on, can be certified too."""
-    if per_fold_cal is None or len(per_fold_cal) < 2:
-        return False
-    first = sorted(per_fold_cal[0][0].paths.tolist())
-    return all(sorted(sets[0].paths.tolist()) == first for sets in per_fold_cal[1:])
+def shared_average(fused: Sequence[LogitsSet]) -> LogitsSet | None:
+    """The folds' fused logits averaged cell by cell, as ``--predict --fold all`` computes them, in
+    path order; None unless every fold holds the same cells (a calibration holdout shared by the
+    folds, ``train.py --cal-holdout``: the one set on which their average can be calibrated)."""
+    if len(fused) < 2:
+        return None
+    ordered = [np.argsort(f.paths) for f in fused]
+    paths = fused[0].paths[ordered[0]]
+    if any(len(f.paths) != len(paths) or not np.array_equal(f.paths[o], paths) for f, o in zip(fused, ordered)):
+        return None
+    logits = np.mean([f.logits[o] for f, o in zip(fused, ordered)], axis=0).astype(np.float32)
+    return replace(fused[0], logits=logits, labels=fused[0].labels[ordered[0]], paths=paths)
 
 
-def average_probabilities(
-    per_fold_cal: Sequence[Sequence[LogitsSet]], weights: Sequence[Sequence[float]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The probabilities ``--predict --fold all`` gives the shared calibration cells (each fold's
-    fused logits, averaged over the folds, then softmax), and their labels, in path order."""
-    fused = []
-    for sets, w in zip(per_fold_cal, weights):
-        order = np.argsort(sets[0].paths)
-        fused.append(fuse([s.logits[order] for s in sets], w))
-    first = per_fold_cal[0][0]
-    return probabilities_of(np.mean(fused, axis=0)), first.labels[np.argsort(first.paths)]
-
-
-def certify_average(per_fold_cal, weights, target_accuracy: float, delta: float = 0.1, method: str = "sgr") -> dict:
-    """The referral certificate of the average of every fold's pair, on the shared calibration
-    holdout; it has no test cells of its own (each fold's test cells trained the other folds)."""
-    probabilities, labels = average_probabilities(per_fold_cal, weights)
+def certify_average(
+    average: LogitsSet, folds: Sequence[int], target_accuracy: float, delta: float = 0.1, method: str = "sgr"
+) -> dict:
+    """The referral certificate of the average of ``folds``' pairs, on the holdout they share
+    (:func:`shared_average`); it has no test cells of its own (each fold's test cells trained the
+    other folds)."""
+    probabilities = probabilities_of(average.logits)
     certificate = certify_threshold(
-        probabilities.max(axis=1), probabilities.argmax(axis=1) == labels, target_accuracy, delta, method
+        probabilities.max(axis=1), probabilities.argmax(axis=1) == average.labels, target_accuracy, delta, method
     )
     log.info(
         "average of the folds: certified threshold %s (%d of %d calibration holdout cells accepted)",
@@ -366,16 +361,15 @@ def certify_average(per_fold_cal, weights, target_accuracy: float, delta: float 
         certificate.n_accepted,
         certificate.n_calibration,
     )
-    return {"folds": [sets[0].fold for sets in per_fold_cal], "certificate": certificate.to_dict()}
+    return {"folds": list(folds), "certificate": certificate.to_dict()}
 
 
 def calibrate_average_sets(
-    per_fold_cal, weights, alpha: float, method: str = "aps", by: Sequence[str] | None = None
+    average: LogitsSet, folds: Sequence[int], alpha: float, method: str = "aps", by: Sequence[str] | None = None
 ) -> dict:
-    """The conformal set calibrator of the average of every fold's pair, on the shared holdout."""
-    probabilities, labels = average_probabilities(per_fold_cal, weights)
-    calibrator = calibrate_sets(probabilities, labels, alpha, method, by, seed=len(per_fold_cal))
-    return {"folds": [sets[0].fold for sets in per_fold_cal], "calibrator": calibrator.to_dict()}
+    """The conformal set calibrator of the average of ``folds``' pairs, on the holdout they share."""
+    calibrator = calibrate_sets(probabilities_of(average.logits), average.labels, alpha, method, by, seed=len(folds))
+    return {"folds": list(folds), "calibrator": calibrator.to_dict()}
 
 
 def certify_referral(
@@ -613,9 +607,13 @@ def select(
         if sets
         else None,
     )
-    if shares_calibration_cells(per_fold_cal):  # train.py --cal-holdout: the folds' average is certified too
-        if refer:
-            settings.referral["average"] = certify_average(fit, shipped, refer.accuracy, refer.delta, refer.method)
-        if sets:
-            settings.sets["average"] = calibrate_average_sets(fit, shipped, sets.alpha, sets.method, sets.by)
+    # train.py --cal-holdout: every fold holds the same calibration cells, so the folds' average is certified too.
+    fused_cal = [replace(c[0], logits=fuse([s.logits for s in c], w)) for c, w in zip(per_fold_cal or [], shipped)]
+    average = shared_average(fused_cal)
+    if average is not None and refer:
+        settings.referral["average"] = certify_average(
+            average, settings.folds, refer.accuracy, refer.delta, refer.method
+        )
+    if average is not None and sets:
+        settings.sets["average"] = calibrate_average_sets(average, settings.folds, sets.alpha, sets.method, sets.by)
     return Selection(settings, per_fold, per_fold_val, per_fold_cal, grid, others)

@@ -120,17 +120,15 @@ def average_held_out_confusion(
     """The average of ``folds``' fused pairs (as ``--predict --fold all`` computes) on the
     calibration holdout they share (``train.py --cal-holdout``); None without one."""
     try:
-        fused = fusion.fused_folds(runs, models, folds, weights, "cal")
+        average = fusion.shared_average(fusion.fused_folds(runs, models, folds, weights, "cal"))
     except fusion.FusionError:
         return None
-    ordered = [np.argsort(f.paths) for f in fused]
-    if any(not np.array_equal(f.paths[o], fused[0].paths[ordered[0]]) for f, o in zip(fused, ordered)):
+    if average is None:
         return None  # per-fold calibration cells (--cal-fraction): each fold trained on the others'
-    logits = np.mean([f.logits[o] for f, o in zip(fused, ordered)], axis=0)
-    labels = fused[0].labels[ordered[0]]
-    confusion = confusion_counts(labels, logits.argmax(axis=1), len(fused[0].classes))
+    logits, labels = average.logits, average.labels
+    confusion = confusion_counts(labels, logits.argmax(axis=1), len(average.classes))
     source = f"the {len(labels)} cells of the calibration holdout shared by folds {list(folds)} (cal_logits.npz of {', '.join(models)})"
-    return HeldOutConfusion(confusion, fused[0].classes, source, logits, labels, "cal")
+    return HeldOutConfusion(confusion, average.classes, source, logits, labels, "cal")
 
 
 def sample_request(

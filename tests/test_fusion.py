@@ -240,7 +240,12 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert settings.certified_for(settings.folds) and not settings.certified_for(settings.folds[:2])
     cal = run_folder.collect_folds(runs, ["modelx", "modely"], "cal")
-    average, truth = fusion.average_probabilities(cal, settings.prediction_weights(settings.folds))
+    by_path = []  # each fold's fused pair on the holdout, as --predict mixes it, in one cell order
+    for sets, weights in zip(cal, settings.prediction_weights(settings.folds)):
+        order = np.argsort(sets[0].paths)
+        by_path.append(fusion.fuse([s.logits[order] for s in sets], weights))
+    average = calibration.probabilities_of(np.mean(by_path, axis=0))
+    truth = cal[0][0].labels[np.argsort(cal[0][0].paths)]
     expected = certify_threshold(average.max(axis=1), average.argmax(axis=1) == truth, 0.6).to_dict()
     assert settings.decision(settings.folds)["referral"] == expected
     calibrator = calibrate_sets(average, truth, 0.2, "aps", None, seed=5).to_dict()
