@@ -276,16 +276,6 @@ def peak(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat // maps.shape[-1], flat % maps.shape[-1]], 1)
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (all pixels), for the model-dependence check."""
-    from scipy.stats import spearmanr
-
-    a, b = a.flatten().numpy(), b.flatten().numpy()
-    if a.min() == a.max() or b.min() == b.max():  # a constant map has no ranks: no correlation
-        return 0.0
-    return float(np.nan_to_num(spearmanr(a, b).statistic))
-
-
 @dataclass
 class ImageExplanation:
     """One image's explanation, maps in the image file's own geometry ([height, width], [0, 1])."""
@@ -373,6 +363,5 @@ __all__ = [
     "peak",
     "resolve_layer",
     "scale_to_unit",
-    "spearman",
     "to_original_geometry",
 ]

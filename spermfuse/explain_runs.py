@@ -26,14 +26,13 @@ from .explain import ImageExplanation, explain_files, layer_size
 from .figures import explanation_figure, plot_randomisation
 from .files import atomic_write_json, atomic_write_text
 from .fused_model import Classifier, load_fold_members
-from .pointing_game import PointingCase, hits, score, summarise, tolerance
+from .pointing_game import PointingCase, darkness_map, hits, score, summarise, tolerance
 from .report import markdown_table, pointing_game_markdown, randomisation_markdown
 from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .sanity_check import (
     RandomisationCurve,
     cascade_blocks,
     cascaded,
-    darkness_map,
     randomisation_curve,
     randomly_initialised,
 )

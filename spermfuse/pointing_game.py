@@ -64,10 +64,17 @@ def peak_of(heat: np.ndarray) -> tuple[int, int]:
     return int(row), int(column)
 
 
+def darkness_map(grey: np.ndarray, sigma: float = DARKEST_BLUR_SIGMA) -> np.ndarray:
+    """A model-free 'explanation': the darkness of the blurred grey image [H, W], scaled to [0, 1]."""
+    dark = -ndimage.gaussian_filter(np.asarray(grey, dtype=np.float64), sigma)
+    spread = dark.max() - dark.min()
+    return (dark - dark.min()) / spread if spread > 0 else np.zeros_like(dark)
+
+
 def darkest_point(grey: np.ndarray, sigma: float = DARKEST_BLUR_SIGMA) -> tuple[int, int]:
     """(row, column) of the darkest pixel of ``grey`` [H, W] after a Gaussian blur: the
     model-free rule that a stained head is the darkest place of a sperm image."""
-    return peak_of(-ndimage.gaussian_filter(np.asarray(grey, dtype=np.float64), sigma))
+    return peak_of(darkness_map(grey, sigma))
 
 
 def energy_share(heat: np.ndarray, inside: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from torchvision.models.efficientnet import EfficientNet
 
 from .errors import ConfigError
 from .models.resnetv2 import ResNetV2
-from .pointing_game import DARKEST_BLUR_SIGMA, bootstrap_interval
+from .pointing_game import bootstrap_interval
 
 FAIL_THRESHOLD = 0.5  # Spearman at full randomisation: at or above, the maps do not depend on the weights
 
@@ -88,13 +88,6 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     if a.min() == a.max() or b.min() == b.max():
         return 0.0
     return float(np.nan_to_num(spearmanr(a, b).statistic))
-
-
-def darkness_map(grey: np.ndarray, sigma: float = DARKEST_BLUR_SIGMA) -> np.ndarray:
-    """A model-free 'explanation': the blurred image's darkness, scaled to [0, 1]."""
-    dark = -ndimage.gaussian_filter(np.asarray(grey, dtype=np.float64), sigma)
-    spread = dark.max() - dark.min()
-    return (dark - dark.min()) / spread if spread > 0 else np.zeros_like(dark)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import pytest
 from spermfuse.pointing_game import (
     bootstrap_interval,
     darkest_point,
+    darkness_map,
     dilate,
     energy_share,
     hits,
@@ -102,3 +103,14 @@ def test_the_bootstrap_interval_of_a_hit_rate_covers_the_true_rate_about_95_perc
         low, high = bootstrap_interval(values, n_boot=400, seed=draw)
         covered += low <= 0.3 <= high
     assert 0.90 <= covered / 300 <= 0.985  # 95 % nominal; percentile intervals run a little short at n = 120
+
+
+def test_the_darkness_map_is_brightest_where_the_image_is_darkest():
+    grey = np.full((20, 20), 200.0)
+    grey[5:9, 5:9] = 10.0
+    dark = darkness_map(grey)
+    assert (
+        dark.max() == 1.0
+        and dark.min() == 0.0
+        and np.unravel_index(dark.argmax(), dark.shape) in {(r, c) for r in range(5, 9) for c in range(5, 9)}
+    )

@@ -9,7 +9,6 @@ from spermfuse.models import create_model
 from spermfuse.sanity_check import (
     cascade_blocks,
     cascaded,
-    darkness_map,
     randomisation_curve,
     randomly_initialised,
     rank_correlation,
@@ -66,17 +65,6 @@ def test_ssim_is_one_for_the_same_map_and_low_for_unrelated_maps():
     assert ssim(a, a) == pytest.approx(1.0)
     assert ssim(a, rng.random((32, 32))) < 0.3
     assert rank_correlation(a, 2 * a + 1) == pytest.approx(1.0) and rank_correlation(a, np.zeros_like(a)) == 0.0
-
-
-def test_the_darkness_map_is_brightest_where_the_image_is_darkest():
-    grey = np.full((20, 20), 200.0)
-    grey[5:9, 5:9] = 10.0
-    dark = darkness_map(grey)
-    assert (
-        dark.max() == 1.0
-        and dark.min() == 0.0
-        and np.unravel_index(dark.argmax(), dark.shape) in {(r, c) for r in range(5, 9) for c in range(5, 9)}
-    )
 
 
 def images(count=24, seed=0):
