@@ -19,83 +19,177 @@ from pathlib import Path
 
 from .engine import TTA_MODES
 from .errors import ConfigError
-from .models import get_spec
+from .flags import setting
+from .models import get_spec, list_models
 from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .transforms import PAD_COLOR
 
 
+# The sections of train.py --help that the settings' flags are listed under.
+SECTIONS = {
+    "run": "what to train",
+    "data": "data and splits",
+    "model": "model and starting weights",
+    "optimisation": "optimisation",
+    "augmentation": "augmentation",
+    "runtime": "evaluation and runtime",
+}
+
+
 @dataclass
 class TrainConfig:
-    """Every knob of a training run; defaults are method A's (the paper's, or assumed where its text lost them)."""
+    """Every knob of a training run; defaults are method A's (the paper's, or assumed where its
+    text lost them). Each flag's help is here, beside its default (``flags.setting``)."""
 
-    arch: str = "resnet50v2"
-    data: str | None = None  # None: the embedded synthetic sperm18 set
-    out: str = "runs"
-    fold: int = 1
-    num_folds: int = 5
-    split: str = "kfold"  # kfold | holdout
-    val_fraction: float = 0.1
-    cal_fraction: float = 0.0  # held out for calibration (temperatures, referral, sets); never trained or selected on
-    cal_holdout: float = 0.0  # k-fold: a share of all images reserved before the folds, every fold's calibration cells
+    arch: str = setting("resnet50v2", f"backbone, one of {', '.join(list_models())}", "run")
+    data: str | None = setting(
+        None,
+        "ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV (default: the embedded synthetic "
+        "sperm18 set, generated once)",
+        "data",
+    )
+    out: str = setting("runs", "run root", "data")
+    fold: int = 1  # train.py's --fold takes 'all' too
+    num_folds: int = setting(5, "folds of the cross-validation", "run")
+    split: str = setting("kfold", "kfold (A) or a 70/15/15 holdout (B)", "data", choices=["kfold", "holdout"])
+    val_fraction: float = setting(0.1, "validation share of the training part, in (0, 1)", "data")
+    cal_fraction: float = setting(
+        0.0,
+        "share of the training part held out for calibration (temperatures, certified referral, prediction sets), "
+        "never trained or selected on; written as cal_logits.npz",
+        "data",
+    )
+    cal_holdout: float = setting(
+        0.0,
+        "k-fold: share of all images reserved before the folds as every fold's calibration cells (no fold trains, "
+        "validates or tests on them), so the average of the folds' models can be certified",
+        "data",
+    )
     test_fraction: float = 0.15  # holdout only
-    img_size: int = 240
-    batch_size: int = 8
-    epochs: int = 100
-    lr: float = 1e-4  # assumed (lost in the paper's text)
-    weight_decay: float = 1e-4  # assumed (lost in the paper's text)
-    optimizer: str = "adamw"
-    class_weights: str = "balanced"  # balanced | none
-    augment: str = "paper_a"  # paper_a | paper_b | none
-    rotation: float = 15.0  # assumed (lost in the paper's text)
-    scheduler: str = "plateau"  # plateau | constant
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    early_stopping: int = 10
-    monitor: str = "val_acc"  # val_acc | val_loss
+    img_size: int = setting(240, "input side in pixels (letterboxed)", "data")
+    batch_size: int = setting(8, "images per step", "optimisation")
+    epochs: int = setting(
+        100, "maximum epochs (one stage; with --freeze-epochs, see --finetune-epochs)", "optimisation"
+    )
+    lr: float = setting(1e-4, "learning rate (assumed: the paper's text lost it)", "optimisation")
+    weight_decay: float = setting(1e-4, "weight decay (assumed: the paper's text lost it)", "optimisation")
+    optimizer: str = setting("adamw", "optimiser", "optimisation", choices=["adamw", "adam", "sgd"])
+    class_weights: str = setting("balanced", "class weights of the loss", "optimisation", choices=["balanced", "none"])
+    augment: str = setting(
+        "paper_a",
+        "training augmentation: method A's, method B's or none",
+        "augmentation",
+        choices=["paper_a", "paper_b", "none"],
+    )
+    rotation: float = setting(15.0, "rotation range in degrees (assumed: the paper's text lost it)", "augmentation")
+    scheduler: str = setting(
+        "plateau",
+        "plateau: the learning rate times --plateau-factor after --plateau-patience flat epochs",
+        "optimisation",
+        choices=["plateau", "constant"],
+    )
+    plateau_factor: float = setting(0.5, "the plateau schedule's factor", "optimisation")
+    plateau_patience: int = setting(3, "the plateau schedule's patience in epochs", "optimisation")
+    early_stopping: int = setting(10, "patience in epochs", "optimisation")
+    monitor: str = setting(
+        "val_acc",
+        "validation metric of early stopping, the schedule and best.pt",
+        "optimisation",
+        choices=["val_acc", "val_loss"],
+    )
     # The validation loss as Keras computes it is unweighted (class_weight applies to the
     # training loss only): method B stops on that one. Method A monitors accuracy and logs
     # the weighted loss, the same objective as its training loss, so the two curves compare.
-    val_loss: str = "weighted"  # weighted | unweighted
-    preprocess: str = "none"  # none | otsu
-    otsu_foreground: str = "dark"
-    freeze_epochs: int = 0  # > 0: method B's head-only stage first
-    unfreeze_last: int = 60
-    finetune_epochs: int = 30
-    amp: str = "auto"
-    grad_clip: float | None = None
-    channels_last: bool = False
-    seed: int = 42
-    workers: int = 2
-    device: str = "auto"
-    pretrained: str | None = None  # a tag of models/catalogue.py; "default": the paper's checkpoint
-    weights: str | None = None
-    # "same": TensorFlow's padding for TF-trained EfficientNet checkpoints; None: what the
-    # catalogued checkpoint needs, else symmetric (PyTorch's).
-    padding: str | None = None
-    dropout: float | None = None
-    # Input normalisation; None: what the starting weights expect (0.5/0.5 for BiT and
-    # TF-trained EfficientNetV2, ImageNet's for torchvision's), ImageNet's from scratch.
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    # Stochastic depth of the EfficientNets. The paper names only dropout (0.7) and the
-    # checkpoint it fine-tunes runs without drop-path, so none by default (torchvision's
-    # EfficientNetV2-S builder would silently use up to 0.2).
-    drop_path: float = 0.0
-    # Keras's conventions, for method B: its BatchNorm momentum 0.99 (torch's 0.01; None keeps
-    # torch's 0.1), and its class-weighted loss sum(w_i l_i) / N ("count") where PyTorch's
-    # weighted mean is sum(w_i l_i) / sum(w_i) ("weights").
-    bn_momentum: float | None = None
-    loss_normalization: str = "weights"
-    ema: float | None = None  # decay of an exponential moving average of the weights used for evaluation (e.g. 0.999)
-    tta: str = "none"  # test-time augmentation of the written logits: none | flip (image + both flips, averaged)
-    skip_bad: bool = False
-    allow_outside_root: bool = False  # manifest paths may leave the manifest's folder
-    group_column: str = "group"  # a manifest's patient / slide / sample column, used when present
-    group_pattern: str | None = None  # regex with one capture group: the group in each file name
-    resume: bool = False
-    overwrite: bool = False
+    val_loss: str = setting(
+        "weighted",
+        "validation loss with or without the class weights (unweighted: Keras's val_loss)",
+        "optimisation",
+        choices=["weighted", "unweighted"],
+    )
+    preprocess: str = setting(
+        "none",
+        "otsu: method B's Otsu threshold and elliptical closing before the network",
+        "data",
+        choices=["none", "otsu"],
+    )
+    otsu_foreground: str = setting("dark", "the cells' side of the Otsu threshold", "data", choices=["dark", "bright"])
+    freeze_epochs: int = setting(0, "head-only epochs before fine-tuning (method B's first stage)", "optimisation")
+    unfreeze_last: int = setting(60, "layers trained in the fine-tuning stage", "optimisation")
+    finetune_epochs: int = setting(30, "epochs of the fine-tuning stage", "optimisation")
+    amp: str = setting(
+        "auto", "auto = fp16 on CUDA, off on CPU; on = bf16 on CPU", "optimisation", choices=["auto", "on", "off"]
+    )
+    grad_clip: float | None = setting(None, "clip the gradient norm (after unscaling)", "optimisation")
+    channels_last: bool = setting(
+        False, "channels-last memory format (faster convolutions on recent GPUs and on this CPU)", "runtime"
+    )
+    seed: int = setting(42, "random seed of the split, the weights and the batches", "optimisation")
+    workers: int = setting(2, "data loader processes", "data")
+    device: str = setting("auto", "auto, cpu or cuda", "runtime")
+    pretrained: str | None = setting(
+        None,
+        "start from a catalogued checkpoint (downloaded once, verified, cached); no TAG: the paper's. See --list-weights",
+        "model",
+        nargs="?",
+        const="default",
+        metavar="TAG",
+    )
+    weights: str | None = setting(None, "local checkpoint: .pt/.pth, .safetensors, BiT .npz, timm state dict", "model")
+    padding: str | None = setting(
+        None,
+        "same: TensorFlow's padding, for a TF-trained EfficientNet file given with --weights (default: the "
+        "checkpoint's, else symmetric)",
+        "model",
+        choices=["symmetric", "same"],
+    )
+    dropout: float | None = setting(
+        None, "dropout before the classifier (default: the architecture's, A: 0.7 / 0.5)", "model"
+    )
+    mean: tuple[float, float, float] | None = setting(
+        None, "input mean per channel (default: what the starting weights expect, ImageNet's from scratch)", "model"
+    )
+    std: tuple[float, float, float] | None = setting(
+        None, "input std per channel (default: what the starting weights expect, ImageNet's from scratch)", "model"
+    )
+    # The paper names only dropout (0.7) and the checkpoint it fine-tunes runs without
+    # drop-path, so none by default (torchvision's EfficientNetV2-S builder would use up to 0.2).
+    drop_path: float = setting(0.0, "stochastic depth of the EfficientNets", "model")
+    bn_momentum: float | None = setting(
+        None, "BatchNorm momentum in PyTorch's convention (Keras's 0.99 is 0.01; default torch's 0.1)", "model"
+    )
+    # PyTorch's weighted mean is sum(w_i l_i) / sum(w_i) ("weights"); Keras's class-weighted
+    # loss is sum(w_i l_i) / N ("count").
+    loss_normalization: str = setting(
+        "weights",
+        "class-weighted loss divided by the weights' sum (PyTorch) or by the batch size (Keras)",
+        "optimisation",
+        choices=["weights", "count"],
+    )
+    ema: float | None = setting(
+        None,
+        "evaluate, select and save an exponential moving average of the weights (e.g. 0.999)",
+        "optimisation",
+        metavar="DECAY",
+    )
+    tta: str = setting(
+        "none",
+        "test-time augmentation of the logits written after training: flip = image + h/v flips, averaged; on a "
+        "finished run, --resume --tta flip rewrites its logits",
+        "runtime",
+        choices=TTA_MODES,
+    )
+    skip_bad: bool = setting(False, "skip unreadable images instead of stopping", "data")
+    allow_outside_root: bool = setting(False, "a manifest may list images outside its own folder", "data")
+    group_column: str = setting(
+        "group", "manifest column with the patient / slide / sample id, used when present", "data"
+    )
+    group_pattern: str | None = setting(
+        None, "regex whose first capture group is the group in each file name, e.g. 'patient(\\d+)'", "data"
+    )
+    resume: bool = False  # train.py's --resume takes 'auto' too
+    overwrite: bool = setting(False, "start again over an existing run", "run")
     pad_color: tuple[int, int, int] = PAD_COLOR
-    synthetic_scale: float | None = None  # size of the embedded default set
+    synthetic_scale: float | None = setting(None, "size of the embedded default set (default 0.08)", "data")
 
     def run_dir(self) -> Path:
         return Path(self.out) / self.arch / (f"fold{self.fold}" if self.split == "kfold" else "holdout")
@@ -161,6 +255,24 @@ def preset_config(preset: str = "paper_a", **overrides) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
     return TrainConfig(**{**PRESETS[preset], **overrides})
+
+
+def folds_to_train(text: str, config: TrainConfig) -> list[int]:
+    """The folds that ``train.py --fold TEXT`` trains; a holdout split (method B) is one run, so 'all' means that one."""
+    if config.split == "holdout":
+        if text not in ("1", "all"):
+            raise ConfigError(f"--fold {text}: a holdout split has one run; leave --fold out or give 'all'")
+        return [1]
+    num_folds = config.num_folds
+    if text == "all":
+        return list(range(1, num_folds + 1))
+    try:
+        fold = int(text)
+    except ValueError:
+        raise ConfigError(f"--fold {text}: give a number 1..{num_folds} or 'all'") from None
+    if not 1 <= fold <= num_folds:
+        raise ConfigError(f"--fold {fold}: out of range; choose 1..{num_folds} or 'all'")
+    return [fold]
 
 
 NOT_REPLAYED = {"fold", "resume", "overwrite"}  # what a replay of a run's config.json takes from the command

@@ -10,11 +10,17 @@ requeued) continues from the next step.
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError
+from .files import atomic_write_text
+from .flags import setting
+from .models import list_models
 
 # train.py flags the script sets per task, dropped from the command it repeats.
 PER_TASK_FLAGS = {"--fold", "--arch", "--resume", "--slurm-script", "--fold-parallel"}
@@ -22,14 +28,14 @@ PER_TASK_FLAGS = {"--fold", "--arch", "--resume", "--slurm-script", "--fold-para
 
 @dataclass
 class SlurmSettings:
-    """The resources of each array task (sbatch's own option names and formats)."""
+    """The resources of each array task (sbatch's own formats); train.py's ``--slurm-<field>``."""
 
-    time: str = "12:00:00"
-    memory: str = "32G"
-    cpus_per_task: int = 8
-    gpus_per_task: int = 1
-    partition: str | None = None
-    warning_seconds: int = 120  # --signal=USR1@this: time to stop cleanly before the limit
+    time: str = setting("12:00:00", "time limit per task", "slurm")
+    mem: str = setting("32G", "memory per task", "slurm")
+    cpus: int = setting(8, "CPUs per task", "slurm")
+    gpus: int = setting(1, "GPUs per task (0 for CPU nodes)", "slurm")
+    partition: str | None = setting(None, "partition (default: the cluster's)", "slurm")
+    warning: int = setting(120, "seconds before the time limit that train.py is told to stop cleanly", "slurm")
 
 
 def command_without(argv: Sequence[str], flags: set[str], prefix: str = "--slurm-") -> list[str]:
@@ -51,7 +57,7 @@ def command_without(argv: Sequence[str], flags: set[str], prefix: str = "--slurm
 def _check(settings: SlurmSettings, archs: Sequence[str], folds: Sequence[int]) -> None:
     if not archs or not folds:
         raise ConfigError("--slurm-script: no architecture or fold to train")
-    if settings.cpus_per_task < 1 or settings.gpus_per_task < 0 or settings.warning_seconds < 1:
+    if settings.cpus < 1 or settings.gpus < 0 or settings.warning < 1:
         raise ConfigError("--slurm-cpus/--slurm-gpus/--slurm-warning: give positive counts (GPUs may be 0)")
 
 
@@ -82,15 +88,15 @@ def batch_script(
         f"#SBATCH --job-name=spermfuse-{'-'.join(archs)}",
         f"#SBATCH --array=1-{len(tasks)}",
         f"#SBATCH --time={settings.time}",
-        f"#SBATCH --mem={settings.memory}",
-        f"#SBATCH --cpus-per-task={settings.cpus_per_task}",
+        f"#SBATCH --mem={settings.mem}",
+        f"#SBATCH --cpus-per-task={settings.cpus}",
     ]
-    if settings.gpus_per_task:
-        directives.append(f"#SBATCH --gpus-per-task={settings.gpus_per_task}")
+    if settings.gpus:
+        directives.append(f"#SBATCH --gpus-per-task={settings.gpus}")
     if settings.partition:
         directives.append(f"#SBATCH --partition={settings.partition}")
     directives += [
-        f"#SBATCH --signal=USR1@{settings.warning_seconds}   # warn train.py before the time limit: it stops and asks to be requeued",
+        f"#SBATCH --signal=USR1@{settings.warning}   # warn train.py before the time limit: it stops and asks to be requeued",
         "#SBATCH --requeue                # a preempted or requeued task starts again and resumes",
         f"#SBATCH --output={runs}/slurm-%A_%a.out",
     ]
@@ -112,7 +118,7 @@ def batch_script(
             "",
             'if [ "$task" = 1 ] && [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then',
             "  sbatch --dependency=afterok:${SLURM_ARRAY_JOB_ID} --job-name=spermfuse-report "
-            f"--time=01:00:00 --mem={settings.memory} --cpus-per-task={settings.cpus_per_task} "
+            f"--time=01:00:00 --mem={settings.mem} --cpus-per-task={settings.cpus} "
             f"--output={runs}/slurm-report-%j.out --wrap {shlex.quote(follow_up)}",
             "fi",
             "",
@@ -122,3 +128,23 @@ def batch_script(
             "",
         ]
     )
+
+
+def write_batch_script(
+    path: Path,
+    train_argv: Sequence[str],
+    archs: Sequence[str],
+    folds: Sequence[int],
+    runs: str,
+    scripts: Path,
+    settings: SlurmSettings,
+) -> None:
+    """Write :func:`batch_script` to ``path`` (executable), run from the current folder with this
+    Python; the run root is made now, as Slurm writes the tasks' logs there and makes no folders."""
+    unknown = [arch for arch in archs if arch not in list_models()]
+    if unknown:
+        raise ConfigError(f"--slurm-archs {unknown[0]}: unknown; choose from {', '.join(list_models())}")
+    script = batch_script(train_argv, archs, folds, str(runs), os.getcwd(), sys.executable, str(scripts), settings)
+    Path(runs).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, script)
+    Path(path).chmod(0o755)
