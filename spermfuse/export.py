@@ -23,9 +23,13 @@ from typing import Iterator, Sequence
 import torch
 
 from . import __version__
-from .files import atomic_write_bytes, atomic_write_json
 from .errors import SpermfuseError
-from .fused_model import Classifier, FusedModel, check_same_classes
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .fused_model import Classifier, FusedModel, check_same_classes, load_fold_members
+from .fusion import fused_folds
+from .model_card import MODEL_CARD, model_card
+from .output_folder import write_folder
+from .run_folder import FusionSettings
 from .runtime import git_commit
 
 
@@ -168,3 +172,39 @@ def export_fused(
         description["decision"] = decision
     atomic_write_json(out / "model.json", description)
     return out
+
+
+def exported_files(folder: Path) -> set[str]:
+    """The files an export folder written before manifests held (what --overwrite may replace)."""
+    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD}
+
+
+def write_export(
+    runs: Path, settings: FusionSettings, folds: Sequence[int], out: Path, overwrite: bool, command: str
+) -> None:
+    """``fuse.py --export DIR``: the fused model of ``folds`` (model.pt2, model.json) with its model
+    card, written as a unit. The certified rules travel with it when they hold for ``folds``: one
+    fold's pair, or the folds' average certified on a shared calibration holdout."""
+    decision = settings.decision(folds) if settings.certified_for(folds) else {}
+    if not settings.certified_for(folds):
+        log.warning(
+            "the referral threshold and prediction sets are certified per fold: export --fold K to carry them in model.json "
+            "(or train with --cal-holdout F, for the average of the folds)"
+        )
+    members = load_fold_members(runs, settings.models, folds, "cpu")
+    weights = settings.prediction_weights(folds)
+    tested = fused_folds(runs, settings.models, folds, weights)  # for the model card
+    size = members[0][0].pipeline.img_size
+    card = model_card(runs, settings, folds, tested, size, decision or None, command)
+    with write_folder(out, "--export", overwrite, exported_files) as folder:
+        export_fused(members, settings.models, folds, weights, folder, decision or None)
+        atomic_write_text(folder / MODEL_CARD, card)
+    log.info(
+        "wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities), model.json and %s; models %s, folds %s",
+        out,
+        size,
+        size,
+        MODEL_CARD,
+        settings.models,
+        folds,
+    )

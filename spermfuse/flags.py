@@ -17,14 +17,26 @@ import types
 import typing
 from typing import Any, Mapping
 
-_HELP, _SECTION, _FLAG = "help", "section", "flag"
+from .errors import ConfigError
+
+_HELP, _SECTION, _OPTION, _FLAG = "help", "section", "option", "flag"
 
 
-def setting(default: Any, help: str, section: str, **flag: Any) -> Any:
+def setting(default: Any, help: str, section: str, option: str | None = None, **flag: Any) -> Any:
     """A dataclass field that is also a flag: ``help`` (the default and the presets' values are
-    appended), the ``section`` of --help it is listed under, and argparse's ``choices``,
-    ``metavar``, ``nargs`` or ``const`` in ``flag``."""
-    return dataclasses.field(default=default, metadata={_HELP: help, _SECTION: section, _FLAG: flag})
+    appended), the ``section`` of --help it is listed under, the ``option`` when its name is not
+    the field's (``--normal-class``), and argparse's ``choices``, ``metavar``, ``nargs`` or
+    ``const`` in ``flag``."""
+    metadata = {_HELP: help, _SECTION: section, _OPTION: option, _FLAG: flag}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _option(field: dataclasses.Field, prefix: str) -> str:
+    return field.metadata[_OPTION] or f"--{prefix}{field.name.replace('_', '-')}"
+
+
+def _destination(field: dataclasses.Field, prefix: str) -> str:
+    return _option(field, prefix).removeprefix("--").replace("-", "_")
 
 
 def _value(value: Any) -> str:
@@ -79,8 +91,8 @@ def add_setting_flags(
         arguments = {**_argument_type(hints[field.name]), **field.metadata[_FLAG]}
         group = (sections or {}).get(field.metadata[_SECTION], parser)
         group.add_argument(
-            f"--{prefix}{field.name.replace('_', '-')}",
-            dest=prefix.replace("-", "_") + field.name,
+            _option(field, prefix),
+            dest=_destination(field, prefix),
             default=None,
             help=help_text.replace("%", "%%"),
             **arguments,
@@ -90,10 +102,22 @@ def add_setting_flags(
 def given_settings(args: argparse.Namespace, settings: type, prefix: str = "") -> dict[str, Any]:
     """The ``settings`` fields whose flags were given (not None), by field name; a flag of
     several values as the field's tuple."""
-    dest = prefix.replace("-", "_")
     given = {
-        field.name: getattr(args, dest + field.name)
+        field.name: getattr(args, _destination(field, prefix))
         for field in dataclasses.fields(settings)
-        if _HELP in field.metadata and getattr(args, dest + field.name, None) is not None
+        if _HELP in field.metadata and getattr(args, _destination(field, prefix), None) is not None
     }
     return {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}  # nargs
+
+
+def requested(args: argparse.Namespace, settings: type, prefix: str, key: str) -> Any:
+    """The ``settings`` from their flags when ``--<prefix><key>`` was given (the request, e.g.
+    ``--refer-accuracy``), else None; its other flags alone are refused, not ignored."""
+    given = given_settings(args, settings, prefix)
+    if key in given:
+        return settings(**given)
+    if given:
+        by_name = {field.name: field for field in dataclasses.fields(settings)}
+        option, needed = _option(by_name[next(iter(given))], prefix), _option(by_name[key], prefix)
+        raise ConfigError(f"{option} refines {needed}: give {needed} too, or leave {option} out")
+    return None

@@ -30,6 +30,7 @@ from . import run_folder
 from .calibration import TEMPERATURE_BOUNDS, fit_temperature, probabilities_of
 from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
+from .flags import setting
 from .metrics import fold_metrics, weighted_f1
 from .run_folder import FusionSettings, LogitsSet
 from .selective import accepted_accuracy, certify_threshold
@@ -255,18 +256,40 @@ RULES = {
 class Referral:
     """--refer-accuracy: the accuracy promised on accepted cells, with probability 1 - delta."""
 
-    accuracy: float
-    delta: float = 0.1
-    method: str = "sgr"
+    accuracy: float | None = setting(
+        None,
+        "refer the cells below a confidence threshold certified on held-out cells: accepted accuracy >= TAU with "
+        "probability >= 1 - --refer-delta",
+        "promises",
+        metavar="TAU",
+    )
+    delta: float = setting(0.1, "--refer-accuracy: the probability that the promise fails", "promises")
+    method: str = setting(
+        "sgr", "--refer-accuracy: SGR binary search or a fixed Bonferroni grid", "promises", choices=["sgr", "grid"]
+    )
 
 
 @dataclass(frozen=True)
 class PredictionSets:
     """--sets-alpha: conformal sets that miss the true class with probability at most alpha."""
 
-    alpha: float
-    method: str = "aps"
-    by: tuple[str, ...] | None = None  # the group of each class (Mondrian), or one group
+    alpha: float | None = setting(
+        None,
+        "conformal prediction sets that miss the true class with probability <= ALPHA (e.g. 0.1)",
+        "promises",
+        metavar="ALPHA",
+    )
+    method: str = setting("aps", "--sets-alpha: the conformal score", "promises", choices=["aps", "raps", "lac"])
+    by: str = setting(
+        "none",
+        "--sets-alpha: part = coverage per defect part group (head, neck, tail; Normal alone; sperm18's classes)",
+        "promises",
+        choices=["none", "part"],
+    )
+
+    def groups(self, classes: Sequence[str]) -> tuple[str, ...] | None:
+        """The group of each class (Mondrian coverage), or None for one group."""
+        return part_groups(classes) if self.by == "part" else None
 
 
 @dataclass
@@ -561,6 +584,7 @@ def select(
     cells of ``--cal-fraction``, which no part of training saw) when given, else on the
     validation cells (which also chose the epoch: not fresh, said in fusion.json)."""
     _check_promises(rule, alpha, per_fold_val, calibrate, refer, sets)
+    by = sets.groups(per_fold[0][0].classes) if sets else None  # before any work
     calibrated_on = "calibration" if per_fold_cal is not None else "validation"
     temperatures = None
     if calibrate:  # fitted on calibration (else validation) logits only; the others are scaled with them
@@ -603,7 +627,7 @@ def select(
         referral=certify_referral(per_fold, fit, shipped, refer.accuracy, refer.delta, refer.method, calibrated_on)
         if refer
         else None,
-        sets=calibrate_prediction_sets(per_fold, fit, shipped, sets.alpha, sets.method, sets.by, calibrated_on)
+        sets=calibrate_prediction_sets(per_fold, fit, shipped, sets.alpha, sets.method, by, calibrated_on)
         if sets
         else None,
     )
@@ -615,5 +639,5 @@ def select(
             average, settings.folds, refer.accuracy, refer.delta, refer.method
         )
     if average is not None and sets:
-        settings.sets["average"] = calibrate_average_sets(average, settings.folds, sets.alpha, sets.method, sets.by)
+        settings.sets["average"] = calibrate_average_sets(average, settings.folds, sets.alpha, sets.method, by)
     return Selection(settings, per_fold, per_fold_val, per_fold_cal, grid, others)

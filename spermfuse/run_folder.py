@@ -453,6 +453,13 @@ class FusionSettings:
             )
         return settings
 
+    def chosen_folds(self, text: str) -> list[int]:
+        """The folds of ``fuse.py --fold TEXT`` (a fold number, or 'all'), refused unless fused here."""
+        folds = self.folds if text == "all" else [int(text)] if text.isdigit() else None
+        if folds is None or any(k not in self.folds for k in folds):
+            raise FusionError(f"--fold {text}: fusion.json has folds {self.folds} (or 'all')")
+        return folds
+
     def prediction_weights(self, folds: Sequence[int]) -> list[list[float]]:
         """The mix each fold's members are fused with at prediction: that fold's own choice (the
         same a* for all with the paper's rule; per fold with ``--select val|nested``), divided by

@@ -26,8 +26,10 @@ from .data import DataError, load_rgb
 from .errors import FusionError
 from .figures import contact_sheet, plot_fractions
 from .files import atomic_write_text, file_sha256
+from .flags import setting
 from .metrics import confusion_counts
 from .quantify import (
+    METHODS,
     NEEDS_PROBABILITIES,
     WHO_MINIMUM_CELLS,
     WHO_NORMAL_LIMIT,
@@ -60,14 +62,36 @@ class SampleSettings:
     """How ``--samples`` estimates: the quantify method and level, the class of normal forms and
     its reference limit, the class → group map (None: classes only)."""
 
-    method: str = "acc"
-    level: float = 0.95
-    normal_class: str = "Normal"
-    normal_limit: float = WHO_NORMAL_LIMIT
+    method: str = setting(
+        "acc",
+        "acc adjusts the count by the held-out confusion; cc counts (biased); pcc / em use probabilities",
+        "samples",
+        option="--sample-method",
+        choices=METHODS,
+    )
+    level: float = setting(0.95, "the intervals' level", "samples", option="--sample-level")
+    normal_class: str = setting("Normal", "the class of normal forms", "samples", option="--normal-class")
+    normal_limit: float = setting(
+        WHO_NORMAL_LIMIT,
+        "the reference limit of normal forms the flag compares with (WHO 6th edition)",
+        "samples",
+        option="--normal-limit",
+    )
     groups: dict[str, str] | None = None
-    merge: bool = False  # estimate on the groups (their merged confusion) instead of the classes
+    estimate_on: str = setting(
+        "classes",
+        "groups = estimate the groups' fractions from their merged confusion (when classes are too alike)",
+        "samples",
+        option="--estimate-on",
+        choices=["classes", "groups"],
+    )
     n_boot: int = 2000
     seed: int = 0
+
+    @property
+    def merge(self) -> bool:
+        """Estimate on the groups (their merged confusion) instead of the classes."""
+        return self.estimate_on == "groups"
 
     @property
     def normal_name(self) -> str:

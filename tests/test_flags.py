@@ -10,6 +10,7 @@ import pytest
 import train
 from spermfuse import flags
 from spermfuse.config import TrainConfig
+from spermfuse.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -70,3 +71,36 @@ def test_every_training_setting_is_a_flag_of_train_py_or_set_by_the_program():
         for f in dataclasses.fields(TrainConfig)
         if f.name not in {"fold", "resume"} | without_flag
     )
+
+
+@dataclasses.dataclass
+class Promise:
+    accuracy: float | None = flags.setting(None, "the promise", "p")
+    delta: float = flags.setting(0.1, "its failure probability", "p")
+
+
+def promise(argv: list[str]):
+    p = argparse.ArgumentParser()
+    flags.add_setting_flags(p, Promise, prefix="refer-")
+    return flags.requested(p.parse_args(argv), Promise, "refer-", "accuracy")
+
+
+def test_a_request_is_built_only_when_its_key_flag_is_given():
+    assert promise([]) is None
+    assert promise(["--refer-accuracy", "0.9"]) == Promise(0.9, 0.1)
+    assert promise(["--refer-accuracy", "0.9", "--refer-delta", "0.05"]) == Promise(0.9, 0.05)
+
+
+def test_a_refining_flag_without_its_request_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="--refer-delta refines --refer-accuracy: give --refer-accuracy too"):
+        promise(["--refer-delta", "0.05"])
+
+
+def test_an_option_other_than_the_field_name_names_the_flag_and_its_destination():
+    @dataclasses.dataclass
+    class Samples:
+        normal_class: str = flags.setting("Normal", "the class of normal forms", "s", option="--normal-label")
+
+    p = argparse.ArgumentParser()
+    flags.add_setting_flags(p, Samples)
+    assert flags.given_settings(p.parse_args(["--normal-label", "N"]), Samples) == {"normal_class": "N"}

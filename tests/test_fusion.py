@@ -298,6 +298,21 @@ def test_a_promise_on_a_weight_the_test_labels_chose_is_refused(tmp_path, flag):
     assert not (runs / "fusion").exists()
 
 
+def test_a_promise_flag_that_only_refines_another_is_refused_in_one_line(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", "--grid", "--select", "val", "--sets-method", "raps", "--runs", str(runs))
+    assert result.returncode == 2 and "--sets-method refines --sets-alpha" in result.stderr
+    assert not (runs / "fusion").exists()
+
+
+def test_sets_by_part_groups_sperm18_classes_by_part_and_refuses_other_classes():
+    by_part = fusion.PredictionSets(0.1, by="part").groups(["Normal", "TaperedHead", "CurlyTail"])
+    assert by_part == ("sperm", "head", "tail")  # Normal is a group of its own
+    assert fusion.PredictionSets(0.1).groups(["a", "b"]) is None
+    with pytest.raises(fusion.FusionError, match="--sets-by part: knows sperm18's classes only"):
+        fusion.PredictionSets(0.1, by="part").groups(["a", "b"])
+
+
 def test_missing_validation_logits_are_one_line_and_write_nothing(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     (runs / "modelx" / "fold2" / "val_logits.npz").unlink()

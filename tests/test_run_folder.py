@@ -91,6 +91,14 @@ def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
         run_folder.FusionSettings.from_json(written | {"version": 0})
 
 
+def test_the_folds_of_a_fold_flag_are_those_fused_or_refused():
+    settings = run_folder.FusionSettings(["a", "b"], [1, 2, 3], [[0.5, 0.5]] * 3, "grid", "val", "0:1:0.1")
+    assert settings.chosen_folds("all") == [1, 2, 3] and settings.chosen_folds("2") == [2]
+    for text in ("4", "two", "-1"):
+        with pytest.raises(run_folder.FusionError, match=f"--fold {text}: fusion.json has folds"):
+            settings.chosen_folds(text)
+
+
 def test_without_runs_the_most_recent_run_root_under_runs_is_used_and_named(tmp_path, monkeypatch, caplog):
     import logging
     import os

@@ -55,7 +55,7 @@ def test_groups_too_alike_as_classes_are_estimated_on_their_merged_confusion():
     settings = SampleSettings(groups={"Normal": "head or normal", "Pin": "head or normal", "Curly": "tail"})
     with pytest.raises(QuantifyError, match="cannot tell Normal from Pin"):
         check_sample_settings(settings, held_out(confusion))
-    settings.merge = True
+    settings.estimate_on = "groups"
     check_sample_settings(settings, held_out(confusion))
     samples = [Sample("a", "sample_a", list(range(10)))]
     estimate_samples(samples, probabilities_for([0] * 6 + [2] * 4), held_out(confusion), settings)
@@ -66,7 +66,7 @@ def test_groups_too_alike_as_classes_are_estimated_on_their_merged_confusion():
 
 def test_estimating_on_groups_needs_a_group_map():
     with pytest.raises(DataError, match="--estimate-on groups: needs the groups"):
-        check_sample_settings(SampleSettings(merge=True), held_out(np.eye(3) * 10))
+        check_sample_settings(SampleSettings(estimate_on="groups"), held_out(np.eye(3) * 10))
 
 
 def test_the_table_flags_each_sample_on_its_own_interval():

@@ -1,0 +1,149 @@
+"""``fuse.py --predict``: the fused models on new images, and what it writes beside the CSV.
+
+A :class:`PredictionRequest` (its flags declared on its fields) names the images, the fused
+runs and the outputs; :func:`predict` checks every output before any model loads, computes the
+fused probabilities once, then writes the predictions CSV, with ``--samples`` the per-sample
+report (``sample_report.py``) and with ``--explain`` a Grad-CAM figure per image. An output is
+never an input, and a folder is replaced only when this program wrote it (``output_folder.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import inference, run_folder, sample_report
+from .errors import FusionError
+from .files import atomic_write_csv
+from .flags import setting
+from .fused_model import load_fold_members
+from .output_folder import check_replaceable, refuse_overlap, write_folder
+from .runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictionRequest:
+    """What ``fuse.py --predict IMAGES`` classifies with which runs, and where the results go."""
+
+    images: Path  # a folder, one image, or a glob pattern such as 'cells/*.png'
+    runs: Path
+    fusion: Path  # the fusion folder (fusion.json)
+    models: list[str] | None = None  # the model folders under ``runs``; None: every trained one
+    fold: str = "all"
+    overwrite: bool = False
+    output: Path = setting(Path("predictions.csv"), "--predict: the CSV to write", "prediction")
+    device: str = setting("cpu", "--predict: cpu, cuda or auto", "prediction")
+    skip_bad: bool = setting(
+        False, "--predict: skip unreadable images and list them in the CSV instead of stopping", "prediction"
+    )
+    explain: Path | None = setting(
+        None,
+        "--predict: also a Grad-CAM figure per image (each member's map and the fused map) and DIR/explanations.csv",
+        "prediction",
+        metavar="DIR",
+    )
+    samples: bool = setting(
+        False,
+        "--predict --fold K: each subfolder of FOLDER is one sample (patient); writes samples.csv beside --output "
+        f"and a page per sample in {sample_report.REPORTS_FOLDER}/: % normal forms and defect groups, corrected "
+        "for the pair's errors",
+        "prediction",
+    )
+    sample_groups: Path | None = setting(
+        None,
+        "--samples: a JSON object class -> group for the roll-up (default for sperm18's classes: head, neck, tail, "
+        "normal)",
+        "samples",
+        metavar="FILE.json",
+    )
+
+    @property
+    def reports_folder(self) -> Path:
+        """Where --samples writes the per-sample pages: beside the CSV."""
+        return self.output.parent / sample_report.REPORTS_FOLDER
+
+
+def input_folders(runs: Path, models: list[str] | None, fusion: Path, images: Path | None = None) -> dict[str, Path]:
+    """The inputs of --predict and --export, by flag: no output may be, lie in or contain one."""
+    names = models or run_folder.trained_models(runs)
+    inputs = {f"--models {name}": runs / name for name in names} | {"--out": fusion}
+    if images is None:
+        return inputs
+    # a folder or a file is the input itself; a glob pattern stands for the folder of its matches
+    given = inference.prediction_inputs(images)[0] if inference.is_pattern(images) else images
+    return inputs | {"--predict": given}
+
+
+def check_outputs(request: PredictionRequest) -> None:
+    """--output, --explain and --samples: never an input, never a folder for the CSV; all before any work."""
+    inputs = input_folders(request.runs, request.models, request.fusion, request.images)
+    refuse_overlap(request.output, "--output", {"--predict": inputs["--predict"]})
+    if request.output.is_dir():
+        raise FusionError(
+            f"--output {request.output}: is a folder; give the CSV file to write, e.g. {request.output / 'predictions.csv'}"
+        )
+    if request.explain is not None:
+        refuse_overlap(request.explain, "--explain", inputs)
+        check_replaceable(request.explain, "--explain", request.overwrite, inference.explanation_files)
+    if request.samples:
+        refuse_overlap(request.reports_folder, "--samples", inputs)
+        check_replaceable(request.reports_folder, "--samples", request.overwrite, sample_report.report_files)
+
+
+def predict(request: PredictionRequest, sample_options: sample_report.SampleSettings) -> None:
+    """Classify the images with the fused models of ``request.fold`` and write every output asked for."""
+    device = resolve_device(request.device)
+    check_outputs(request)
+    root, listed = inference.prediction_inputs(request.images)
+    images, bad = inference.usable_images(root, request.skip_bad, listed)
+    samples = sample_report.split_samples(root, images) if request.samples else None
+    settings = run_folder.read_fusion_settings(request.fusion)
+    folds = settings.chosen_folds(request.fold)
+    held_out = (  # checked before any model loads
+        sample_report.sample_request(request.runs, settings, folds, sample_options, request.sample_groups)
+        if request.samples
+        else None
+    )
+    threshold, set_calibrator = settings.prediction_threshold(folds), settings.prediction_sets(folds)  # --fold K
+    members = load_fold_members(request.runs, settings.models, folds, device)
+    weights = settings.prediction_weights(folds)
+    probabilities = inference.fused_probabilities(images, members, weights, device)
+    classes = members[0][0].classes
+    table = inference.prediction_table(root, images, bad, probabilities, classes, threshold, set_calibrator)
+    atomic_write_csv(request.output, *table)
+    if held_out is not None:
+        chosen, confusion = held_out
+        sample_report.estimate_samples(samples, probabilities, confusion, chosen)
+        provenance = sample_report.Provenance(
+            settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, confusion.source, len(bad)
+        )
+        with write_folder(request.reports_folder, "--samples", request.overwrite, sample_report.report_files) as out:
+            sample_report.write_sample_pages(
+                out, samples, images, probabilities, classes, chosen, provenance, threshold, set_calibrator
+            )
+        samples_csv = request.output.parent / sample_report.SAMPLES_CSV
+        atomic_write_csv(samples_csv, *sample_report.samples_table(samples, chosen))
+        log.info(
+            "wrote %s and %s: %d samples (%s, %s)", samples_csv, out, len(samples), chosen.method, confusion.source
+        )
+    if request.explain is not None:
+        with write_folder(request.explain, "--explain", request.overwrite, inference.explanation_files) as folder:
+            inference.write_explanations(root, folder, images, members, settings.models, weights, device)
+        log.info(
+            "wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv",
+            request.explain,
+            settings.models,
+        )
+    shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
+    log.info(
+        "wrote %s: %d images%s, models %s, effective weights (w / T) %s%s",
+        request.output,
+        len(images),
+        f" ({len(bad)} unusable, listed as skipped)" if bad else "",
+        settings.models,
+        shown,
+        f", refer below confidence {threshold:.4f}" if threshold is not None else "",
+    )
