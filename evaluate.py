@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from spermfuse import cli, evaluation, explain_runs, figures, fusion, report, run_folder
-from spermfuse.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.output_folder import check_replaceable, write_folder
 from spermfuse.report_page import REPORT_HTML, report_page
 from spermfuse.runtime import environment_line, resolve_device
@@ -92,11 +92,6 @@ def named_folders(pairs: list[str]) -> dict[str, Path]:
     return folders
 
 
-def details_path(summary: Path) -> Path:
-    """Where --summary FILE.md puts the per-class, calibration and pointing-game tables: FILE_details.md."""
-    return summary.with_name(summary.stem + "_details" + summary.suffix)
-
-
 def run_ablation(args, out: Path) -> None:
     """Table 2: each run root's backbones and their fusions, in ``out/ablation.md``."""
     rows = evaluation.ablation_rows(named_folders(args.ablation), fusion.parse_alphas(args.alphas))
@@ -116,15 +111,8 @@ def run_evaluation(args, out: Path) -> None:
     folders = named_folders(args.logits) if args.logits else run_folder.discover_models(args.runs)
     if not folders:
         raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
-    evaluated = evaluation.evaluate_folders(folders, None if args.logits else args.runs / "folds.csv")
-    result, models, notes, settings = evaluated.result, evaluated.models, evaluated.notes, evaluated.settings
-    main_name = args.main or ("fusion" if "fusion" in models else next(iter(models)))
-    if main_name not in models:
-        raise fusion.FusionError(f"--main {main_name}: not among {', '.join(models)}")
-    grid_md = next(
-        ((folder / "grid.md").read_text() for folder in reversed(folders.values()) if (folder / "grid.md").is_file()),
-        None,
-    )
+    evaluated = evaluation.evaluate_folders(folders, None if args.logits else args.runs / "folds.csv", args.main)
+    result, main_name = evaluated.result, evaluated.main
     masks = None
     if args.masks is not None:
         if not args.explain:
@@ -133,19 +121,22 @@ def run_evaluation(args, out: Path) -> None:
     # The report folder is written as a unit: a killed run leaves the previous report whole.
     with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
         atomic_write_json(folder / "report.json", result)
-        atomic_write_text(
-            folder / "report.md",
-            report.report_markdown(result, main_name, grid_md, notes, with_figures=not args.no_figures),
-        )
+        markdown = report.report_markdown(result, main_name, evaluated.grid, evaluated.notes, not args.no_figures)
+        atomic_write_text(folder / "report.md", markdown)
         pointing = None
         if args.explain:
-            device = resolve_device(args.device)
             pointing = explain_runs.write_explanations(
-                args.runs, folder, result["classes"], masks, device, args.explain_limit, args.randomisation_images
+                args.runs,
+                folder,
+                result["classes"],
+                masks,
+                resolve_device(args.device),
+                args.explain_limit,
+                args.randomisation_images,
             )
             print(pointing)
         if not args.no_figures:
-            figures.write_all(models, result, folder)
+            figures.write_all(evaluated.models, result, folder)
         provenance = [
             f"runs: {args.runs if not args.logits else ', '.join(args.logits)}",
             f"command: python evaluate.py {' '.join(sys.argv[1:])}",
@@ -155,16 +146,10 @@ def run_evaluation(args, out: Path) -> None:
         page = report_page(result, main_name, folder, provenance, f"spermfuse evaluation: {out.name}")
         atomic_write_text(folder / REPORT_HTML, page)
     if args.summary:
-        source, machine = str(out / "report.json"), environment_line(torch.device("cpu"))
-        atomic_write_text(args.summary, report.summary_markdown(result, settings, source, machine))
-        details = report.summary_details_markdown(result, source, machine) + (f"\n{pointing}" if pointing else "")
-        atomic_write_text(details_path(args.summary), details)
-        # The figures beside it come from the same run, stamped with the same commit, named after
-        # the summary (two summaries in one folder never overwrite each other's figures).
         shown = [] if args.no_figures else report.summary_figures(result, main_name)
-        for name in shown + (["randomisation.png"] if args.explain else []):
-            atomic_write_bytes(args.summary.parent / f"{args.summary.stem}_{name}", (out / name).read_bytes())
-    for note in notes:
+        shown += ["randomisation.png"] if args.explain else []
+        report.write_summary(args.summary, out, evaluated, environment_line(torch.device("cpu")), pointing, shown)
+    for note in evaluated.notes:
         log.warning("note: %s", note)
     for name, m in result["models"].items():
         a = m["aggregate"]

@@ -149,8 +149,8 @@ def run_fusion(args) -> None:
     # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
     with write_folder(args.out, "--out", args.overwrite, run_folder.legacy_fusion_files) as folder:
         if chosen.grid is not None:
-            atomic_write_csv(folder / "grid.csv", *chosen.grid)
-            atomic_write_text(folder / "grid.md", report.markdown_table(*chosen.grid))
+            atomic_write_csv(folder / run_folder.GRID_CSV, *chosen.grid)
+            atomic_write_text(folder / run_folder.GRID_MD, report.markdown_table(*chosen.grid))
         for split, logits in (("test", chosen.per_fold), ("val", chosen.per_fold_val), ("cal", chosen.per_fold_cal)):
             if logits is not None:
                 run_folder.write_fused_logits(folder, logits, settings.weights_per_fold, "fusion", split=split)
@@ -181,9 +181,14 @@ def run(args) -> None:
         write_export(args.runs, settings, settings.chosen_folds(args.fold), args.export, args.overwrite, command)
     elif args.predict:
         request = PredictionRequest(
-            args.predict, args.runs, args.out, args.models, args.fold, args.overwrite,
+            args.predict,
+            args.runs,
+            args.out,
+            args.models,
+            args.fold,
+            args.overwrite,
             **flags.given_settings(args, PredictionRequest),
-        )  # fmt: skip
+        )
         predict(request, sample_report.SampleSettings(**flags.given_settings(args, sample_report.SampleSettings)))
     else:
         run_fusion(args)

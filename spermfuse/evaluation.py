@@ -200,21 +200,28 @@ def few_groups_notes(groups: dict[int, dict[str, int]]) -> list[str]:
 
 @dataclass
 class Evaluation:
-    """report.json (``result``), the models' test logits per fold, the notes a reader needs, and
-    the fusion's settings (fusion.json) when a ``fusion`` model has them."""
+    """report.json (``result``), the models' test logits per fold, the notes a reader needs, the
+    fusion's settings (fusion.json) when a ``fusion`` model has them, the model of Tables 3 and 7
+    (``main``) and Table 1 (grid.md) when a fusion folder holds it."""
 
     result: dict
     models: dict[str, list[LogitsSet]]
     notes: list[str]
     settings: run_folder.FusionSettings | None
+    main: str
+    grid: str | None
 
 
-def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None) -> Evaluation:
+def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None, main: str | None = None) -> Evaluation:
     """The evaluation of the models in ``folders`` (their test, validation and calibration logits,
     and the fusion's fusion.json when there is one), with notes on single splits and, from
-    ``folds_csv``, on classes whose test images in a fold come from one patient."""
+    ``folds_csv``, on classes whose test images in a fold come from one patient. ``main``: the
+    model of Tables 3 and 7 (default: the fusion when there is one, else the first)."""
     if not folders:
         raise FusionError("no logits found; train with train.py (and fuse with fuse.py) first")
+    main = main or ("fusion" if "fusion" in folders else next(iter(folders)))
+    if main not in folders:
+        raise FusionError(f"--main {main}: not among {', '.join(folders)}")
     models = {name: run_folder.load_fold_sets(folder) for name, folder in folders.items()}
     check_comparable(models)
     notes = [single_split_note(name, sets) for name, sets in models.items() if len(sets) < 2]
@@ -237,7 +244,7 @@ def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None) ->
         if groups is not None:
             result["groups_per_fold"] = groups
             notes += few_groups_notes(groups)
-    return Evaluation(result, models, notes, settings)
+    return Evaluation(result, models, notes, settings, main, run_folder.grid_markdown(list(folders.values())))
 
 
 def ablation_models(runs: Path, alphas: Sequence[float]) -> dict[str, list[LogitsSet]]:

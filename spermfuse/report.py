@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from . import metrics, run_folder
+from .files import atomic_write_bytes, atomic_write_text
 
-if TYPE_CHECKING:  # for the hints only: report.py stays below the models
+if TYPE_CHECKING:  # for the hints only: report.py stays below the models and the evaluation
+    from .evaluation import Evaluation
     from .sanity_check import RandomisationCurve, Similarity
 
 
@@ -332,6 +334,26 @@ def summary_details_markdown(report: dict, source: str, environment: str) -> str
         )
     )
     return "\n".join(out)
+
+
+def write_summary(
+    summary: Path,
+    report_folder: Path,
+    evaluated: Evaluation,
+    environment: str,
+    pointing: str | None = None,
+    figures: Sequence[str] = (),
+) -> None:
+    """``evaluate.py --summary FILE.md``: the headline in FILE.md, the per-class, calibration and
+    pointing-game tables in FILE_details.md, and beside them the report's ``figures`` named
+    ``FILE_<figure>`` (two summaries in one folder never overwrite each other's figures). All
+    come from one evaluation, stamped with one commit."""
+    source = str(report_folder / "report.json")
+    atomic_write_text(summary, summary_markdown(evaluated.result, evaluated.settings, source, environment))
+    details = summary_details_markdown(evaluated.result, source, environment) + (f"\n{pointing}" if pointing else "")
+    atomic_write_text(summary.with_name(f"{summary.stem}_details{summary.suffix}"), details)
+    for name in figures:
+        atomic_write_bytes(summary.parent / f"{summary.stem}_{name}", (report_folder / name).read_bytes())
 
 
 POINTING_GROUP_NAMES = {

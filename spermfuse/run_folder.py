@@ -199,6 +199,7 @@ def checkpoint_metadata(config: "TrainConfig", classes: list[str], spec: "Pipeli
 FUSION_FOLDER = "fusion"  # fuse.py's output under the run root
 LAST_CHECKPOINT = "last.pt"  # a run's resumable state, rewritten atomically after every epoch
 FUSION_JSON = "fusion.json"
+GRID_CSV, GRID_MD = "grid.csv", "grid.md"  # the fusion folder's Table 1 (fuse.py --grid)
 SINGLE_SPLIT_FOLDER = "holdout"  # train.py's run folder of a train/val/test split (method B)
 _FOLD_FOLDER = re.compile(r"fold(\d+)")
 
@@ -521,6 +522,12 @@ class FusionSettings:
 
 def write_fusion_settings(folder: Path, settings: FusionSettings) -> None:
     atomic_write_json(Path(folder) / FUSION_JSON, settings.to_json())
+
+
+def grid_markdown(folders: Sequence[Path]) -> str | None:
+    """Table 1 (grid.md) of the last of ``folders`` that holds one (a fusion folder), else None."""
+    found = [folder / GRID_MD for folder in folders if (folder / GRID_MD).is_file()]
+    return found[-1].read_text() if found else None
 
 
 def read_fusion_settings(folder: Path) -> FusionSettings:
