@@ -40,7 +40,7 @@ from spermfuse.errors import ConfigError
 from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.models import list_models
 from spermfuse.progress_line import round_counter
-from spermfuse.runtime import device_description, resolve_device
+from spermfuse.runtime import DEVICE_HELP, device_description, resolve_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--models", nargs="+", default=["efficientnetv2_s", "resnet50v2"], help=f"two of {', '.join(list_models())}"
     )
     p.add_argument("--num-classes", type=int, default=18, help="classes of the models' heads (default 18)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
     p.add_argument("--img-size", type=int, default=240, help="input size in px (default 240, the paper's)")
     p.add_argument("--batch-size", type=int, default=1, help="batch of the latency runs (default 1, the paper's)")
     p.add_argument("--iters", type=int, help="timed rounds (default 200 on a GPU, as the paper; 20 on the CPU)")

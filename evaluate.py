@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import cli, evaluation, explain_runs, figures, fusion, report, run_folder
+from spermfuse import cli, evaluation, explain_runs, figures, flags, fusion, report, run_folder
 from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.output_folder import check_replaceable, write_folder
 from spermfuse.report_page import REPORT_HTML, report_page
-from spermfuse.runtime import environment_line, resolve_device
+from spermfuse.runtime import environment_line
 
 log = logging.getLogger("evaluate")
 
@@ -64,21 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="opt-in, needs the checkpoints: a gallery of Grad-CAM figures, per class the fused model's most confident correct and wrong test image",
     )
-    p.add_argument(
-        "--masks",
-        type=Path,
-        metavar="DIR",
-        help="with --explain: the pointing game against the part masks of DIR (python -m spermfuse.synthetic --out DIR --masks: the same images)",
-    )
-    p.add_argument("--explain-limit", type=int, metavar="N", help="--masks: only the first N test images of each fold")
-    p.add_argument(
-        "--randomisation-images",
-        type=int,
-        default=100,
-        metavar="N",
-        help="--explain: test images (spread over the folds) of the cascading-randomisation check (default 100)",
-    )
-    p.add_argument("--device", default="cpu", help="--explain: cpu, cuda or auto")
+    flags.add_setting_flags(p, explain_runs.ExplanationSettings)
     return p.parse_args(argv)
 
 
@@ -113,11 +99,10 @@ def run_evaluation(args, out: Path) -> None:
         raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
     evaluated = evaluation.evaluate_folders(folders, None if args.logits else args.runs / "folds.csv", args.main)
     result, main_name = evaluated.result, evaluated.main
-    masks = None
-    if args.masks is not None:
-        if not args.explain:
-            raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
-        masks = explain_runs.check_masks(args.runs, args.masks)  # before anything is written
+    options = explain_runs.ExplanationSettings(**flags.given_settings(args, explain_runs.ExplanationSettings))
+    if options.masks is not None and not args.explain:
+        raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
+    masks = explain_runs.check_masks(args.runs, options.masks) if options.masks else None  # before any writing
     # The report folder is written as a unit: a killed run leaves the previous report whole.
     with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
         atomic_write_json(folder / "report.json", result)
@@ -125,15 +110,7 @@ def run_evaluation(args, out: Path) -> None:
         atomic_write_text(folder / "report.md", markdown)
         pointing = None
         if args.explain:
-            pointing = explain_runs.write_explanations(
-                args.runs,
-                folder,
-                result["classes"],
-                masks,
-                resolve_device(args.device),
-                args.explain_limit,
-                args.randomisation_images,
-            )
+            pointing = explain_runs.write_explanations(args.runs, folder, result["classes"], options, masks)
             print(pointing)
         if not args.no_figures:
             figures.write_all(evaluated.models, result, folder)

@@ -26,8 +26,8 @@ import torch
 
 from spermfuse import cli, flags, fusion, report, run_folder, sample_report
 from spermfuse.export import exported_files, write_export
-from spermfuse.files import atomic_write_csv, atomic_write_text
-from spermfuse.output_folder import check_replaceable, refuse_overlap, write_folder
+from spermfuse.files import atomic_write_text
+from spermfuse.output_folder import check_replaceable, refuse_overlap
 from spermfuse.prediction import PredictionRequest, input_folders, predict
 from spermfuse.runtime import environment_line
 
@@ -35,7 +35,7 @@ log = logging.getLogger("fuse")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """The promises', prediction's and samples' flags come from their settings' fields (flags.setting)."""
+    """The choice's, promises', prediction's and samples' flags come from their settings' fields (flags.setting)."""
     p = cli.argument_parser(__doc__)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--grid", action="store_true", help="search the weight grid")
@@ -60,19 +60,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--models", nargs="+", help="model folders under --runs to fuse (N >= 2; default: every trained model there)"
     )
-    p.add_argument("--alphas", default="0:1:0.1", help="grid, start:stop:step or a comma list (default 0:1:0.1)")
-    p.add_argument(
-        "--select",
-        choices=["test", "val", "nested"],
-        default="test",
-        help="test: the paper's choice on the test folds (optimistic); val: per fold on validation logits (no test leakage); "
-        "nested: per fold on the other folds' test logits (those models trained on fold k's images)",
-    )
-    p.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="temperature-scale each member per fold on its validation logits before fusing",
-    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default <runs>/fusion)")
     p.add_argument(
         "--summary",
@@ -87,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="replace an existing fusion (--out), --export, --explain or --samples folder that this command wrote "
         "(never one holding other files)",
     )
+    flags.add_setting_flags(p, fusion.Choice)
     promises = p.add_argument_group("promises (--grid or --alpha; each certified on held-out cells)")
     flags.add_setting_flags(p, fusion.Referral, {"promises": promises}, prefix="refer-")
     promises.add_argument("--target-accuracy", type=float, metavar="TAU", help="the old name of --refer-accuracy")
@@ -132,38 +120,25 @@ def run_fusion(args) -> None:
     refuse_overlap(args.out, "--out", {f"--models {name}": args.runs / name for name in args.models})
     check_replaceable(args.out, "--out", args.overwrite, run_folder.legacy_fusion_files)  # before any work
     refer, sets = referral(args), flags.requested(args, fusion.PredictionSets, "sets-", "alpha")
-    promises = fusion.promise_flags(args.calibrate, refer, sets)
+    choice = fusion.Choice(**flags.given_settings(args, fusion.Choice))
+    promises = fusion.promise_flags(choice.calibrate, refer, sets)
     chosen = fusion.select(
         run_folder.collect_folds(args.runs, args.models, "test"),
         held_out_logits(args, "val", promises),
         args.models,
-        rule=args.select,
-        alphas=args.alphas,
+        choice,
         alpha=args.alpha,
-        calibrate=args.calibrate,
         refer=refer,
         sets=sets,
         per_fold_cal=held_out_logits(args, "cal", promises),
     )
-    settings = chosen.settings
-    # Everything is computed; the folder is written as a unit (a refused or killed run changes nothing).
-    with write_folder(args.out, "--out", args.overwrite, run_folder.legacy_fusion_files) as folder:
-        if chosen.grid is not None:
-            atomic_write_csv(folder / run_folder.GRID_CSV, *chosen.grid)
-            atomic_write_text(folder / run_folder.GRID_MD, report.markdown_table(*chosen.grid))
-        for split, logits in (("test", chosen.per_fold), ("val", chosen.per_fold_val), ("cal", chosen.per_fold_cal)):
-            if logits is not None:
-                run_folder.write_fused_logits(folder, logits, settings.weights_per_fold, "fusion", split=split)
-        # The other rules' fused logits too, so evaluate.py tests the members against an
-        # honestly selected fusion as well as the chosen one (fusion_val, fusion_nested, ...).
-        for name, weights in chosen.others.items():
-            run_folder.write_fused_logits(folder / name, chosen.per_fold, weights, f"fusion_{name}")
-        run_folder.write_fusion_settings(folder, settings)
+    grid_table = report.markdown_table(*chosen.grid) if chosen.grid is not None else None
+    run_folder.write_fusion_folder(args.out, args.overwrite, chosen, grid_table)
     if args.summary is not None:
         environment = environment_line(torch.device("cpu"))
-        summary = report.promises_markdown(settings, str(args.out / run_folder.FUSION_JSON), environment)
+        summary = report.promises_markdown(chosen.settings, str(args.out / run_folder.FUSION_JSON), environment)
         atomic_write_text(args.summary, summary)
-    log.info("wrote %s (weights %s)", args.out, settings.weights if settings.weights else "per fold")
+    log.info("wrote %s (weights %s)", args.out, chosen.settings.weights or "per fold")
 
 
 def run(args) -> None:

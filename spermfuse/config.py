@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .flags import setting
 from .models import get_spec, list_models
 from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from .runtime import DEVICE_HELP
 from .transforms import PAD_COLOR
 
 
@@ -125,7 +126,7 @@ class TrainConfig:
     )
     seed: int = setting(42, "random seed of the split, the weights and the batches", "optimisation")
     workers: int = setting(2, "data loader processes", "data")
-    device: str = setting("auto", "auto, cpu or cuda", "runtime")
+    device: str = setting("auto", DEVICE_HELP, "runtime")
     pretrained: str | None = setting(
         None,
         "start from a catalogued checkpoint (downloaded once, verified, cached); no TAG: the paper's. See --list-weights",

@@ -25,10 +25,12 @@ from .errors import ConfigError
 from .explain import ImageExplanation, explain_files, layer_size
 from .figures import explanation_figure, plot_randomisation
 from .files import atomic_write_json, atomic_write_text
+from .flags import setting
 from .fused_model import Classifier, load_fold_members
 from .pointing_game import PointingCase, darkness_map, hits, score, summarise, tolerance
 from .report import markdown_table, pointing_game_markdown, randomisation_markdown
 from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
+from .runtime import DEVICE_HELP, resolve_device
 from .sanity_check import (
     RandomisationCurve,
     cascade_blocks,
@@ -39,6 +41,29 @@ from .sanity_check import (
 from .synthetic import DEFECT_PART
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExplanationSettings:
+    """``evaluate.py --explain``'s options (its flags on the fields)."""
+
+    masks: Path | None = setting(
+        None,
+        "with --explain: the pointing game against the part masks of DIR (python -m spermfuse.synthetic --out DIR "
+        "--masks: the same images)",
+        "explain",
+        metavar="DIR",
+    )
+    limit: int | None = setting(
+        None, "--masks: only the first N test images of each fold", "explain", option="--explain-limit", metavar="N"
+    )
+    randomisation_images: int = setting(
+        100,
+        "--explain: test images (spread over the folds) of the cascading-randomisation check",
+        "explain",
+        metavar="N",
+    )
+    device: str = setting("auto", f"--explain: {DEVICE_HELP}", "explain")
 
 
 @dataclass
@@ -303,21 +328,17 @@ def write_gallery(runs: Path, out: Path, classes: list[str], device: torch.devic
 
 
 def write_explanations(
-    runs: Path,
-    out: Path,
-    classes: list[str],
-    masks: dict[str, Path] | None = None,
-    device: torch.device | str = "cpu",
-    limit: int | None = None,
-    randomisation_images: int = 100,
+    runs: Path, out: Path, classes: list[str], settings: ExplanationSettings, masks: dict[str, Path] | None = None
 ) -> str:
     """``evaluate.py --explain``'s part of a report folder ``out``: the gallery (per class the
     most confident correct and wrong test image, ``gallery/`` and ``gallery.md``), the
     cascading-randomisation check (``randomisation.{json,md,png}``) and, with ``masks`` (what
-    :func:`check_masks` returned), the pointing game (``pointing_game.{json,md}``: ``limit``
-    test images per fold); returns the checks' Markdown."""
+    :func:`check_masks` returned for ``settings.masks``), the pointing game
+    (``pointing_game.{json,md}``: ``settings.limit`` test images per fold); returns the checks'
+    Markdown."""
+    device, limit = resolve_device(settings.device), settings.limit
     write_gallery(runs, out, classes, device)
-    curve = randomisation_check(runs, device, randomisation_images)
+    curve = randomisation_check(runs, device, settings.randomisation_images)
     atomic_write_json(out / "randomisation.json", curve.to_dict())
     plot_randomisation(curve, out / "randomisation.png")
     text = randomisation_markdown(curve)

@@ -253,6 +253,25 @@ RULES = {
 
 
 @dataclass(frozen=True)
+class Choice:
+    """How ``fuse.py --grid`` chooses the weights: the rule, the grid, and temperatures first."""
+
+    select: str = setting(
+        "test",
+        "test: the paper's choice on the test folds (optimistic); val: per fold on validation logits (no test "
+        "leakage); nested: per fold on the other folds' test logits (those models trained on fold k's images)",
+        "fusion",
+        choices=list(RULES),
+    )
+    alphas: str = setting("0:1:0.1", "the weight grid, start:stop:step or a comma list", "fusion")
+    calibrate: bool = setting(
+        False,
+        "temperature-scale each member per fold on its calibration (else validation) logits before fusing",
+        "fusion",
+    )
+
+
+@dataclass(frozen=True)
 class Referral:
     """--refer-accuracy: the accuracy promised on accepted cells, with probability 1 - delta."""
 
@@ -567,22 +586,21 @@ def select(
     per_fold: list[list[LogitsSet]],
     per_fold_val: list[list[LogitsSet]] | None,
     models: Sequence[str],
+    choice: Choice = Choice(),
     *,
-    rule: str = "test",
-    alphas: str = "0:1:0.1",
     alpha: float | None = None,
-    calibrate: bool = False,
     refer: Referral | None = None,
     sets: PredictionSets | None = None,
     per_fold_cal: list[list[LogitsSet]] | None = None,
 ) -> Selection:
-    """The whole of ``fuse.py``'s choice, written nowhere: optional temperatures, the mix by
-    ``rule`` on the ``alphas`` grid (or the fixed ``alpha``), the other rules beside it, a
+    """The whole of ``fuse.py``'s choice, written nowhere: optional temperatures, the mix by the
+    ``choice``'s rule on its grid (or the fixed ``alpha``), the other rules beside it, a
     certified referral threshold and conformal prediction sets per fold.
 
     The temperatures, the threshold and the sets are fitted on ``per_fold_cal`` (the calibration
     cells of ``--cal-fraction``, which no part of training saw) when given, else on the
     validation cells (which also chose the epoch: not fresh, said in fusion.json)."""
+    rule, alphas, calibrate = choice.select, choice.alphas, choice.calibrate
     _check_promises(rule, alpha, per_fold_val, calibrate, refer, sets)
     by = sets.groups(per_fold[0][0].classes) if sets else None  # before any work
     calibrated_on = "calibration" if per_fold_cal is not None else "validation"

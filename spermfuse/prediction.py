@@ -19,7 +19,7 @@ from .files import atomic_write_csv
 from .flags import setting
 from .fused_model import load_fold_members
 from .output_folder import check_replaceable, refuse_overlap, write_folder
-from .runtime import resolve_device
+from .runtime import DEVICE_HELP, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class PredictionRequest:
     fold: str = "all"
     overwrite: bool = False
     output: Path = setting(Path("predictions.csv"), "--predict: the CSV to write", "prediction")
-    device: str = setting("cpu", "--predict: cpu, cuda or auto", "prediction")
+    device: str = setting("auto", f"--predict: {DEVICE_HELP}", "prediction")
     skip_bad: bool = setting(
         False, "--predict: skip unreadable images and list them in the CSV instead of stopping", "prediction"
     )

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .files import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, safe_np_load
+from .files import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text, safe_np_load
 from .conformal import SetCalibrator
-from .output_folder import MANIFEST_NAME, verify_folder
+from .output_folder import MANIFEST_NAME, verify_folder, write_folder
 from .selective import Certificate
 from .errors import ConfigError, FusionError
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .config import TrainConfig
+    from .fusion import Selection
     from .transforms import PipelineSpec
 
 LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
@@ -522,6 +523,24 @@ class FusionSettings:
 
 def write_fusion_settings(folder: Path, settings: FusionSettings) -> None:
     atomic_write_json(Path(folder) / FUSION_JSON, settings.to_json())
+
+
+def write_fusion_folder(out: Path, overwrite: bool, chosen: Selection, grid_table: str | None) -> None:
+    """fuse.py's fusion folder, written as a unit (a refused or killed run changes nothing): Table 1
+    (grid.csv, and ``grid_table``'s Markdown as grid.md), the fused logits of every split, the other
+    rules' fused test logits (fusion_val, fusion_nested, ... so evaluate.py tests the members
+    against an honestly selected fusion as well as the chosen one) and fusion.json."""
+    settings = chosen.settings
+    with write_folder(out, "--out", overwrite, legacy_fusion_files) as folder:
+        if chosen.grid is not None:
+            atomic_write_csv(folder / GRID_CSV, *chosen.grid)
+            atomic_write_text(folder / GRID_MD, grid_table)
+        for split, logits in (("test", chosen.per_fold), ("val", chosen.per_fold_val), ("cal", chosen.per_fold_cal)):
+            if logits is not None:
+                write_fused_logits(folder, logits, settings.weights_per_fold, "fusion", split=split)
+        for name, weights in chosen.others.items():
+            write_fused_logits(folder / name, chosen.per_fold, weights, f"fusion_{name}")
+        write_fusion_settings(folder, settings)
 
 
 def grid_markdown(folders: Sequence[Path]) -> str | None:

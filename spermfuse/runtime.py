@@ -19,6 +19,10 @@ from . import distributed
 from .errors import ConfigError
 
 
+# Every program's --device: one default, one meaning.
+DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:K"
+
+
 def resolve_device(
     name: str, context: distributed.DistributedContext = distributed.DistributedContext()
 ) -> torch.device:
