@@ -219,9 +219,10 @@ def test_samples_suite_scores_every_method_on_simulated_patients_from_held_out_l
             fold,
         )
     result = run_benchmark(
-        "--suite", "samples", "--logits-from", str(tmp_path / "fusion"), "--simulated-samples", "4", "--boot", "30",
-        "--rounds", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "s.md"),
-    )  # fmt: skip
+        *"--suite samples --simulated-samples 4 --boot 30 --rounds 1 --device cpu".split(),
+        *["--logits-from", str(tmp_path / "fusion"), "--json", str(tmp_path / "b.json")],
+        *["--markdown", str(tmp_path / "s.md")],
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["results"]["rows"]
     assert [(r["method"], r["confusion_cells"]) for r in rows] == [
@@ -234,9 +235,9 @@ def test_samples_suite_scores_every_method_on_simulated_patients_from_held_out_l
 
 def test_sample_report_suite_times_a_200_cell_report_per_runtime(tmp_path):
     result = run_benchmark(
-        "--suite", "sample-report", "--models", "efficientnet_tiny", "resnetv2_tiny", "--img-size", "32",
-        "--rounds", "1", "--device", "cpu", "--json", str(tmp_path / "b.json"),
-    )  # fmt: skip
+        *"--suite sample-report --models efficientnet_tiny resnetv2_tiny --img-size 32 --rounds 1 --device cpu".split(),
+        *["--json", str(tmp_path / "b.json")],
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "b.json").read_text())["results"]
     assert results["eager"] > 0 and "One 200-cell sample report" in result.stdout

@@ -286,10 +286,8 @@ def test_summaries_copy_their_figures_under_their_own_names(tmp_path):
     """Two summaries written into one folder (the demo's and another run's) keep their own figures."""
     for name, seed in (("first", 0), ("second", 1)):
         runs = fake_runs(tmp_path / f"runs_{name}", seed=seed)
-        result = run(
-            "evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--name", name,
-            "--summary", str(tmp_path / "docs" / f"{name}.md"),
-        )  # fmt: skip
+        folders = ["--runs", str(runs), "--reports", str(tmp_path / "reports")]
+        result = run("evaluate.py", *folders, "--name", name, "--summary", str(tmp_path / "docs" / f"{name}.md"))
         assert result.returncode == 0, result.stderr
     first, second = (tmp_path / "docs" / f"{name}_roc_modelx.png" for name in ("first", "second"))
     assert first.is_file() and second.is_file() and first.read_bytes() != second.read_bytes()

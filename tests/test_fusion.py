@@ -176,10 +176,8 @@ def test_with_temperatures_the_certificate_is_of_the_probabilities_prediction_co
     from spermfuse.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
-    result = run(
-        "fuse.py", "--grid", "--select", "val", "--calibrate", "--refer-accuracy", "0.5", "--sets-alpha", "0.2",
-        "--runs", str(runs), "--models", "modelx", "modely",
-    )  # fmt: skip
+    promises = "--grid --select val --calibrate --refer-accuracy 0.5 --sets-alpha 0.2".split()
+    result = run("fuse.py", *promises, "--runs", str(runs), "--models", "modelx", "modely")
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert any(abs(t - 1.0) > 1e-3 for t in settings.fused_temperatures())  # the fused temperature matters here
@@ -232,10 +230,8 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
 
     runs = fake_runs(tmp_path / "runs")
     write_calibration_logits(runs, n=120, shared=True, seed=11)  # the same cells in every fold
-    result = run(
-        "fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.6", "--sets-alpha", "0.2",
-        "--runs", str(runs), "--models", "modelx", "modely",
-    )  # fmt: skip
+    promises = "--grid --select val --refer-accuracy 0.6 --sets-alpha 0.2".split()
+    result = run("fuse.py", *promises, "--runs", str(runs), "--models", "modelx", "modely")
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert settings.certified_for(settings.folds) and not settings.certified_for(settings.folds[:2])

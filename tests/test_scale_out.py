@@ -148,10 +148,8 @@ def test_training_stopped_by_sigterm_resumes_with_resume_auto_to_the_same_logits
 
 
 def test_resume_auto_starts_a_run_that_has_no_last_checkpoint(tiny_sperm, tmp_path):
-    result = run_train(
-        "--preset", "tiny", "--data", str(tiny_sperm), "--arch", "efficientnet_tiny", "--fold", "1",
-        "--out", str(tmp_path), "--resume", "auto",
-    )  # fmt: skip
+    folders = ["--data", str(tiny_sperm), "--out", str(tmp_path)]
+    result = run_train(*"--preset tiny --arch efficientnet_tiny --fold 1 --resume auto".split(), *folders)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "efficientnet_tiny" / "fold1" / "test_logits.npz").is_file()
 
