@@ -125,7 +125,8 @@ def run_evaluation(args, out: Path) -> None:
     if args.summary:
         shown = [] if args.no_figures else report.summary_figures(result, main_name)
         shown += ["randomisation.png"] if args.explain else []
-        report.write_summary(args.summary, out, evaluated, environment_line(torch.device("cpu")), pointing, shown)
+        machine = environment_line(torch.device("cpu"))
+        report.write_summary(args.summary, out, result, evaluated.settings, machine, pointing, shown)
     for note in evaluated.notes:
         log.warning("note: %s", note)
     for name, m in result["models"].items():

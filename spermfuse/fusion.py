@@ -32,7 +32,7 @@ from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
 from .flags import setting
 from .metrics import fold_metrics, weighted_f1
-from .run_folder import FusionSettings, LogitsSet
+from .run_folder import FusionSettings, LogitsSet, Selection
 from .selective import accepted_accuracy, certify_threshold
 from .synthetic import DEFECT_PART
 
@@ -309,19 +309,6 @@ class PredictionSets:
     def groups(self, classes: Sequence[str]) -> tuple[str, ...] | None:
         """The group of each class (Mondrian coverage), or None for one group."""
         return part_groups(classes) if self.by == "part" else None
-
-
-@dataclass
-class Selection:
-    """What fuse.py writes: the settings (fusion.json), the logits it fused (temperature-scaled
-    with --calibrate), Table 1, and the other rules' weights by folder name."""
-
-    settings: FusionSettings
-    per_fold: list[list[LogitsSet]]
-    per_fold_val: list[list[LogitsSet]] | None
-    per_fold_cal: list[list[LogitsSet]] | None
-    grid: tuple[list[str], list[list[str]]] | None
-    others: dict[str, list[tuple[float, ...]]]
 
 
 def _grid_rules(

@@ -11,8 +11,7 @@ import numpy as np
 from . import metrics, run_folder
 from .files import atomic_write_bytes, atomic_write_text
 
-if TYPE_CHECKING:  # for the hints only: report.py stays below the models and the evaluation
-    from .evaluation import Evaluation
+if TYPE_CHECKING:  # for the hints only: report.py stays below the models
     from .sanity_check import RandomisationCurve, Similarity
 
 
@@ -339,18 +338,20 @@ def summary_details_markdown(report: dict, source: str, environment: str) -> str
 def write_summary(
     summary: Path,
     report_folder: Path,
-    evaluated: Evaluation,
+    result: dict,
+    settings: run_folder.FusionSettings | None,
     environment: str,
     pointing: str | None = None,
     figures: Sequence[str] = (),
 ) -> None:
-    """``evaluate.py --summary FILE.md``: the headline in FILE.md, the per-class, calibration and
+    """``evaluate.py --summary FILE.md`` of an evaluation (``result``: report.json; ``settings``:
+    fusion.json when fused): the headline in FILE.md, the per-class, calibration and
     pointing-game tables in FILE_details.md, and beside them the report's ``figures`` named
     ``FILE_<figure>`` (two summaries in one folder never overwrite each other's figures). All
     come from one evaluation, stamped with one commit."""
     source = str(report_folder / "report.json")
-    atomic_write_text(summary, summary_markdown(evaluated.result, evaluated.settings, source, environment))
-    details = summary_details_markdown(evaluated.result, source, environment) + (f"\n{pointing}" if pointing else "")
+    atomic_write_text(summary, summary_markdown(result, settings, source, environment))
+    details = summary_details_markdown(result, source, environment) + (f"\n{pointing}" if pointing else "")
     atomic_write_text(summary.with_name(f"{summary.stem}_details{summary.suffix}"), details)
     for name in figures:
         atomic_write_bytes(summary.parent / f"{summary.stem}_{name}", (report_folder / name).read_bytes())

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .fusion import Selection
     from .transforms import PipelineSpec
 
 LOGITS_KEYS = ("logits", "labels", "paths", "classes", "arch", "fold")
@@ -523,6 +522,19 @@ class FusionSettings:
 
 def write_fusion_settings(folder: Path, settings: FusionSettings) -> None:
     atomic_write_json(Path(folder) / FUSION_JSON, settings.to_json())
+
+
+@dataclass
+class Selection:
+    """What fuse.py writes (fusion.select chooses it, :func:`write_fusion_folder` writes it): the settings (fusion.json), the logits it fused (temperature-scaled
+    with --calibrate), Table 1, and the other rules' weights by folder name."""
+
+    settings: FusionSettings
+    per_fold: list[list[LogitsSet]]
+    per_fold_val: list[list[LogitsSet]] | None
+    per_fold_cal: list[list[LogitsSet]] | None
+    grid: tuple[list[str], list[list[str]]] | None
+    others: dict[str, list[tuple[float, ...]]]
 
 
 def write_fusion_folder(out: Path, overwrite: bool, chosen: Selection, grid_table: str | None) -> None:
