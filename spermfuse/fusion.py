@@ -569,6 +569,40 @@ def fused_temperatures(fit: Sequence[Sequence[LogitsSet]], chosen: Sequence[Sequ
     return temperatures
 
 
+def _with_member_temperatures(per_fold, per_fold_val, per_fold_cal, models: Sequence[str]):
+    """--calibrate: each member's temperature per fold, fitted on the calibration (else validation)
+    logits only, and every split's logits divided by it: (temperatures, test, val, cal)."""
+    temperatures = fit_temperatures(per_fold_cal if per_fold_cal is not None else per_fold_val, models)
+    for fold_sets, temps in zip(per_fold, temperatures):
+        shown = ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps))
+        log.info("fold %d temperatures: %s", fold_sets[0].fold, shown)
+    scaled = [
+        with_temperatures(split, temperatures) if split is not None else None
+        for split in (per_fold, per_fold_val, per_fold_cal)
+    ]
+    return temperatures, *scaled
+
+
+def _promises(settings: FusionSettings, per_fold, fit, per_fold_cal, shipped, refer, sets, by, calibrated_on) -> None:
+    """fusion.json's referral and sets: certified per fold on ``fit`` with the ``shipped`` weights
+    and, when every fold holds the same calibration cells (train.py --cal-holdout), for the
+    folds' average too."""
+    if refer:
+        settings.referral = certify_referral(
+            per_fold, fit, shipped, refer.accuracy, refer.delta, refer.method, calibrated_on
+        )
+    if sets:
+        settings.sets = calibrate_prediction_sets(per_fold, fit, shipped, sets.alpha, sets.method, by, calibrated_on)
+    fused_cal = [replace(c[0], logits=fuse([s.logits for s in c], w)) for c, w in zip(per_fold_cal or [], shipped)]
+    average = shared_average(fused_cal)
+    if average is not None and refer:
+        settings.referral["average"] = certify_average(
+            average, settings.folds, refer.accuracy, refer.delta, refer.method
+        )
+    if average is not None and sets:
+        settings.sets["average"] = calibrate_average_sets(average, settings.folds, sets.alpha, sets.method, by)
+
+
 def select(
     per_fold: list[list[LogitsSet]],
     per_fold_val: list[list[LogitsSet]] | None,
@@ -587,62 +621,38 @@ def select(
     The temperatures, the threshold and the sets are fitted on ``per_fold_cal`` (the calibration
     cells of ``--cal-fraction``, which no part of training saw) when given, else on the
     validation cells (which also chose the epoch: not fresh, said in fusion.json)."""
-    rule, alphas, calibrate = choice.select, choice.alphas, choice.calibrate
-    _check_promises(rule, alpha, per_fold_val, calibrate, refer, sets)
+    rule = choice.select
+    _check_promises(rule, alpha, per_fold_val, choice.calibrate, refer, sets)
     by = sets.groups(per_fold[0][0].classes) if sets else None  # before any work
     calibrated_on = "calibration" if per_fold_cal is not None else "validation"
     temperatures = None
-    if calibrate:  # fitted on calibration (else validation) logits only; the others are scaled with them
-        temperatures = fit_temperatures(per_fold_cal if per_fold_cal is not None else per_fold_val, models)
-        per_fold, per_fold_val = (
-            with_temperatures(per_fold, temperatures),
-            with_temperatures(per_fold_val, temperatures),
+    if choice.calibrate:
+        temperatures, per_fold, per_fold_val, per_fold_cal = _with_member_temperatures(
+            per_fold, per_fold_val, per_fold_cal, models
         )
-        per_fold_cal = with_temperatures(per_fold_cal, temperatures) if per_fold_cal is not None else None
-        for fold_sets, temps in zip(per_fold, temperatures):
-            log.info(
-                "fold %d temperatures: %s",
-                fold_sets[0].fold,
-                ", ".join(f"{name} {t:.3f}" for name, t in zip(models, temps)),
-            )
-    chosen, others, grid, comparison, description = _mix(per_fold, per_fold_val, models, rule, alphas, alpha)
+    chosen, others, grid, comparison, description = _mix(per_fold, per_fold_val, models, rule, choice.alphas, alpha)
     fit = per_fold_cal if per_fold_cal is not None else per_fold_val
     fused_temperature = fused_temperatures(fit, chosen) if temperatures else None
-    # The promises are certified on the probabilities prediction computes: with temperatures,
-    # the fused logits divided by their own temperature too.
-    shipped = [[w / t for w in ws] for ws, t in zip(chosen, fused_temperature)] if fused_temperature else chosen
     settings = FusionSettings(
         models=list(models),
         folds=[sets[0].fold for sets in per_fold],
         weights_per_fold=[list(w) for w in chosen],
         rule=description,
         select=rule,
-        alphas=alphas,
+        alphas=choice.alphas,
         inputs=[s.source for sets in per_fold for s in sets],
         weights=list(chosen[0]) if alpha is not None or rule == "test" else None,
         selection_comparison=comparison,
-        temperatures={
+    )
+    if temperatures:
+        settings.temperatures = {
             "models": list(models),
             "per_fold": temperatures,
             "fused_per_fold": fused_temperature,
             "fitted_on": f"each fold's {calibrated_on} logits",
         }
-        if temperatures
-        else None,
-        referral=certify_referral(per_fold, fit, shipped, refer.accuracy, refer.delta, refer.method, calibrated_on)
-        if refer
-        else None,
-        sets=calibrate_prediction_sets(per_fold, fit, shipped, sets.alpha, sets.method, by, calibrated_on)
-        if sets
-        else None,
-    )
-    # train.py --cal-holdout: every fold holds the same calibration cells, so the folds' average is certified too.
-    fused_cal = [replace(c[0], logits=fuse([s.logits for s in c], w)) for c, w in zip(per_fold_cal or [], shipped)]
-    average = shared_average(fused_cal)
-    if average is not None and refer:
-        settings.referral["average"] = certify_average(
-            average, settings.folds, refer.accuracy, refer.delta, refer.method
-        )
-    if average is not None and sets:
-        settings.sets["average"] = calibrate_average_sets(average, settings.folds, sets.alpha, sets.method, by)
+    # The promises are certified on the probabilities prediction computes: with temperatures,
+    # the fused logits divided by their own temperature too.
+    shipped = [[w / t for w in ws] for ws, t in zip(chosen, fused_temperature)] if fused_temperature else chosen
+    _promises(settings, per_fold, fit, per_fold_cal, shipped, refer, sets, by, calibrated_on)
     return Selection(settings, per_fold, per_fold_val, per_fold_cal, grid, others)

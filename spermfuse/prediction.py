@@ -93,6 +93,29 @@ def check_outputs(request: PredictionRequest) -> None:
         check_replaceable(request.reports_folder, "--samples", request.overwrite, sample_report.report_files)
 
 
+def write_samples(
+    request: PredictionRequest, held_out, samples, images, probabilities, classes, provenance, threshold, set_calibrator
+) -> None:
+    """--samples: every sample's estimates first, then the per-sample pages (a unit folder) and
+    samples.csv beside the predictions."""
+    chosen, confusion = held_out
+    sample_report.estimate_samples(samples, probabilities, confusion, chosen)
+    with write_folder(request.reports_folder, "--samples", request.overwrite, sample_report.report_files) as folder:
+        sample_report.write_sample_pages(
+            folder, samples, images, probabilities, classes, chosen, provenance, threshold, set_calibrator
+        )
+    samples_csv = request.output.parent / sample_report.SAMPLES_CSV
+    atomic_write_csv(samples_csv, *sample_report.samples_table(samples, chosen))
+    log.info(
+        "wrote %s and %s: %d samples (%s, %s)",
+        samples_csv,
+        request.reports_folder,
+        len(samples),
+        chosen.method,
+        confusion.source,
+    )
+
+
 def predict(request: PredictionRequest, sample_options: sample_report.SampleSettings) -> None:
     """Classify the images with the fused models of ``request.fold`` and write every output asked for."""
     device = resolve_device(request.device)
@@ -115,20 +138,10 @@ def predict(request: PredictionRequest, sample_options: sample_report.SampleSett
     table = inference.prediction_table(root, images, bad, probabilities, classes, threshold, set_calibrator)
     atomic_write_csv(request.output, *table)
     if held_out is not None:
-        chosen, confusion = held_out
-        sample_report.estimate_samples(samples, probabilities, confusion, chosen)
         provenance = sample_report.Provenance(
-            settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, confusion.source, len(bad)
+            settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(bad)
         )
-        with write_folder(request.reports_folder, "--samples", request.overwrite, sample_report.report_files) as out:
-            sample_report.write_sample_pages(
-                out, samples, images, probabilities, classes, chosen, provenance, threshold, set_calibrator
-            )
-        samples_csv = request.output.parent / sample_report.SAMPLES_CSV
-        atomic_write_csv(samples_csv, *sample_report.samples_table(samples, chosen))
-        log.info(
-            "wrote %s and %s: %d samples (%s, %s)", samples_csv, out, len(samples), chosen.method, confusion.source
-        )
+        write_samples(request, held_out, samples, images, probabilities, classes, provenance, threshold, set_calibrator)
     if request.explain is not None:
         with write_folder(request.explain, "--explain", request.overwrite, inference.explanation_files) as folder:
             inference.write_explanations(root, folder, images, members, settings.models, weights, device)
