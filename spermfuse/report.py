@@ -62,46 +62,28 @@ def report_figures(main: str) -> list[tuple[str, str]]:
     ]
 
 
-def report_markdown(
-    report: dict,
-    main: str,
-    grid_markdown: str | None = None,
-    notes: Sequence[str] = (),
-    with_figures: bool = False,
-) -> str:
-    """The paper's Tables 1 and 3-7 for ``main`` (and the comparison with the others)."""
-    classes, models = report["classes"], report["models"]
-    out = ["# spermfuse evaluation\n"]
-    out += [f"> {note}\n" for note in notes]
-    keys = [
-        "accuracy",
-        "precision_weighted",
-        "recall_weighted",
-        "f1_weighted",
-        "f1_macro",
-        "specificity_macro",
-        "specificity_weighted",
-        "auroc_macro",
-        "auroc_weighted",
-        "auprc_macro",
-        "auprc_weighted",
-        "ece",
-    ]
-    if report.get("headline"):
-        out.append("## Headline\n")
-        out.append(headline_sentence(report) + "\n")
-    out.append("## Aggregated over all folds\n")
-    out.append(
-        markdown_table(
-            ["model"] + keys, [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in models.items()]
-        )
-    )
-    out.append("## Calibration and selective prediction\n")
-    out.append(
-        "NLL, Brier and ECE (15 bins) of the test logits as they are and after temperature scaling (a T per fold: for a "
-        "fusion made with --calibrate the one fusion.json ships and --predict applies, else fitted on that fold's validation logits); "
-        "AURC is the area under the risk-coverage curve (lower is better).\n"
-    )
+AGGREGATE_KEYS = (
+    "accuracy",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "f1_macro",
+    "specificity_macro",
+    "specificity_weighted",
+    "auroc_macro",
+    "auroc_weighted",
+    "auprc_macro",
+    "auprc_weighted",
+    "ece",
+)
+
+
+def _aggregate_section(models: dict) -> list[str]:
+    rows = [[name] + [fmt(m["aggregate"][k]) for k in AGGREGATE_KEYS] for name, m in models.items()]
+    return ["## Aggregated over all folds\n", markdown_table(["model", *AGGREGATE_KEYS], rows)]
+
+
+def _calibration_section(models: dict) -> list[str]:
     rows = []
     for name, m in models.items():
         c = m["calibration"]
@@ -113,93 +95,100 @@ def report_markdown(
             + [f"{fmt(c['aurc_before'])} / {fmt(c['aurc_after'])}"]
             + [", ".join(f"{k} [{v[0]:+.4f}, {v[1]:+.4f}]" for k, v in change.items()) or "n/a"]
         )
-    out.append(
-        markdown_table(
-            [
-                "model",
-                "NLL before / after",
-                "Brier before / after",
-                "ECE before / after",
-                "AURC before / after",
-                "after - before, 95 % paired bootstrap",
-            ],
-            rows,
-        )
-    )
-    if "groups_per_fold" in report:
-        groups = report["groups_per_fold"]
-        out.append("## Groups (patients, slides or samples) in each test fold\n")
-        out.append(
-            markdown_table(
-                ["fold", "groups"] + classes,
-                [[k, g["all"]] + [g.get(c, 0) for c in classes] for k, g in groups.items()],
-            )
-        )
-    if grid_markdown:
-        out.append("## Table 1. Fusion weight grid (per-fold accuracy and weighted F1)\n")
-        out.append(grid_markdown)
+    header = ["model", "NLL before / after", "Brier before / after", "ECE before / after", "AURC before / after"]
+    return [
+        "## Calibration and selective prediction\n",
+        "NLL, Brier and ECE (15 bins) of the test logits as they are and after temperature scaling (a T per fold: for a "
+        "fusion made with --calibrate the one fusion.json ships and --predict applies, else fitted on that fold's validation logits); "
+        "AURC is the area under the risk-coverage curve (lower is better).\n",
+        markdown_table([*header, "after - before, 95 % paired bootstrap"], rows),
+    ]
+
+
+def _groups_section(groups: dict, classes: Sequence[str]) -> list[str]:
+    rows = [[k, g["all"]] + [g.get(c, 0) for c in classes] for k, g in groups.items()]
+    return [
+        "## Groups (patients, slides or samples) in each test fold\n",
+        markdown_table(["fold", "groups", *classes], rows),
+    ]
+
+
+def _per_class_sections(models: dict, main: str, classes: Sequence[str]) -> list[str]:
+    """Tables 3 (``main``'s per-class results) and 4 (every model's per-class F1)."""
     per_class = models[main]["aggregate"]["per_class"]
-    out.append(f"## Table 3. Per-class results of {main}\n")
-    out.append(
-        markdown_table(
-            ["class", "precision", "recall", "F1", "specificity", "support"],
-            [
-                [c, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), fmt(v["specificity"]), v["support"]]
-                for c, v in per_class.items()
-            ],
-        )
-    )
-    out.append("## Table 4. Per-class F1 of every model\n")
-    out.append(
-        markdown_table(
-            ["class"] + list(models),
-            [[c] + [fmt(m["aggregate"]["per_class"][c]["f1"]) for m in models.values()] for c in classes],
-        )
-    )
-    out.append("## Table 5. Fold-wise mean, std and Student-t 95 % CI\n")
-    out.append(
+    main_rows = [
+        [c, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), fmt(v["specificity"]), v["support"]]
+        for c, v in per_class.items()
+    ]
+    f1_rows = [[c] + [fmt(m["aggregate"]["per_class"][c]["f1"]) for m in models.values()] for c in classes]
+    return [
+        f"## Table 3. Per-class results of {main}\n",
+        markdown_table(["class", "precision", "recall", "F1", "specificity", "support"], main_rows),
+        "## Table 4. Per-class F1 of every model\n",
+        markdown_table(["class", *models], f1_rows),
+    ]
+
+
+def _fold_interval_section(models: dict) -> list[str]:
+    """Table 5: the folds' mean, std and the paper's and the corrected 95 % intervals."""
+    rows = [
+        [name, key, fmt(s["mean"]), fmt(s["std"]), interval(s["ci95"]), interval(s.get("ci95_corrected"))]
+        for name, m in models.items()
+        for key, s in m["summary"].items()
+    ]
+    return [
+        "## Table 5. Fold-wise mean, std and Student-t 95 % CI\n",
         "The paper's interval mean ± t·s/√k treats the folds as independent; their models share most of their "
         "training cells, so the corrected interval mean ± t·s·√(1/k + n_test/n_train) (Nadeau & Bengio 2003) is the one "
-        "to read.\n"
-    )
-    rows = []
-    for name, m in models.items():
-        for key, s in m["summary"].items():
-            rows.append(
-                [name, key, fmt(s["mean"]), fmt(s["std"]), interval(s["ci95"]), interval(s.get("ci95_corrected"))]
-            )
-    out.append(markdown_table(["model", "metric", "mean", "std", "95 % CI (paper)", "95 % CI (corrected)"], rows))
-    if report["tests"]:
-        out.append("## Table 6. Paired tests on fold-wise weighted F1 (McNemar on all predictions)\n")
-        out.append(paired_tests_caveats(report) + "\n")
-        out.append(
-            markdown_table(
-                ["A", "B", "paired t p", "corrected t", "corrected t p", "Wilcoxon p", "McNemar p"],
-                [
-                    [
-                        t["a"],
-                        t["b"],
-                        fmt(t["paired_t_p"]),
-                        fmt(t["corrected_t"]),
-                        fmt(t["corrected_t_p"]),
-                        fmt(t["wilcoxon_p"]),
-                        fmt(t["mcnemar_p"]),
-                    ]
-                    for t in report["tests"]
-                ],
-            )
-        )
-    out.append(f"## Table 7. Most frequent confusions of {main}\n")
+        "to read.\n",
+        markdown_table(["model", "metric", "mean", "std", "95 % CI (paper)", "95 % CI (corrected)"], rows),
+    ]
+
+
+def _paired_tests_section(report: dict) -> list[str]:
+    """Table 6: every pair's paired tests, after the caveats that say how to read them."""
+    keys = ("paired_t_p", "corrected_t", "corrected_t_p", "wilcoxon_p", "mcnemar_p")
+    rows = [[t["a"], t["b"]] + [fmt(t[k]) for k in keys] for t in report["tests"]]
+    return [
+        "## Table 6. Paired tests on fold-wise weighted F1 (McNemar on all predictions)\n",
+        paired_tests_caveats(report) + "\n",
+        markdown_table(["A", "B", "paired t p", "corrected t", "corrected t p", "Wilcoxon p", "McNemar p"], rows),
+    ]
+
+
+def _confusions_section(models: dict, main: str, classes: Sequence[str]) -> list[str]:
     confusions = metrics.top_confusions(models[main]["aggregate"]["confusion"], classes)
-    out.append(
-        markdown_table(
-            ["true class", "most often predicted as"],
-            [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()],
-        )
-    )
+    rows = [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()]
+    return [
+        f"## Table 7. Most frequent confusions of {main}\n",
+        markdown_table(["true class", "most often predicted as"], rows),
+    ]
+
+
+def report_markdown(
+    report: dict,
+    main: str,
+    grid_markdown: str | None = None,
+    notes: Sequence[str] = (),
+    with_figures: bool = False,
+) -> str:
+    """report.md: the paper's Tables 1 and 3-7 for ``main`` (and the comparison with the others),
+    after the headline, the aggregates and the calibration."""
+    classes, models = report["classes"], report["models"]
+    out = ["# spermfuse evaluation\n", *(f"> {note}\n" for note in notes)]
+    if report.get("headline"):
+        out += ["## Headline\n", headline_sentence(report) + "\n"]
+    out += _aggregate_section(models) + _calibration_section(models)
+    if "groups_per_fold" in report:
+        out += _groups_section(report["groups_per_fold"], classes)
+    if grid_markdown:
+        out += ["## Table 1. Fusion weight grid (per-fold accuracy and weighted F1)\n", grid_markdown]
+    out += _per_class_sections(models, main, classes) + _fold_interval_section(models)
+    if report["tests"]:
+        out += _paired_tests_section(report)
+    out += _confusions_section(models, main, classes)
     if with_figures:
-        out.append("## Figures\n")
-        out += [f"![{caption}]({name})\n" for name, caption in report_figures(main)]
+        out += ["## Figures\n", *(f"![{caption}]({name})\n" for name, caption in report_figures(main))]
     return "\n".join(out)
 
 
