@@ -54,6 +54,50 @@ def _training_record(runs: Path, model: str, fold: int) -> dict:
         return {}
 
 
+def _per_class_rows(confusion: np.ndarray, classes: Sequence[str]) -> list[list[object]]:
+    """Per class: test cells, sensitivity with its 95 % Wilson interval, specificity."""
+    specificity = metrics.specificity_per_class(confusion)
+    rows = []
+    for c, name in enumerate(classes):
+        support = int(confusion[c].sum())
+        recall_low, recall_high = wilson_interval(int(confusion[c, c]), support)
+        recall = confusion[c, c] / support if support else math.nan
+        interval = f"{_percent(recall_low)} – {_percent(recall_high)}"
+        rows.append([name, support, _percent(recall), interval, _percent(specificity[c])])
+    return rows
+
+
+def _split_line(record: dict) -> str:
+    groups = record.get("group_pattern") or record.get("group_column")
+    return (
+        f"- split: {record.get('num_folds', '?')}-fold cross-validation ({record.get('split', '?')}), "
+        f"validation fraction {record.get('val_fraction', '?')}, calibration fraction {record.get('cal_fraction', 0)}"
+        + (f", groups from {groups}" if record.get("group_pattern") else "")
+    )
+
+
+def _decision_lines(decision: dict | None) -> list[str]:
+    """The certified rules model.json carries, in words (or that there are none)."""
+    if not decision:
+        return ["- none: every cell gets its most probable class (no certified referral or prediction sets)"]
+    lines = []
+    if "referral" in decision:
+        certificate = Certificate.from_dict(decision["referral"])
+        lines.append(
+            "- referral: every cell goes to a person (no threshold could be certified on the held-out cells)"
+            if certificate.refers_all
+            else f"- referral: cells with confidence below {certificate.threshold:.4f} go to a person; the accepted "
+            f"cells' accuracy is at least {certificate.target_accuracy} with probability {1 - certificate.delta:.2f} "
+            "(certified on held-out cells; model.json's `decision.referral`)"
+        )
+    if "prediction_sets" in decision:
+        lines.append(
+            "- prediction sets: conformal sets that contain the true class with the promised probability "
+            "(model.json's `decision.prediction_sets`)"
+        )
+    return lines
+
+
 def model_card(
     runs: Path,
     settings: FusionSettings,
@@ -67,27 +111,12 @@ def model_card(
     the cells it never trained on)."""
     labels, logits = pooled(tested)
     classes = tested[0].classes
-    predicted = logits.argmax(axis=1)
-    confusion = metrics.confusion_counts(labels, predicted, len(classes))
+    confusion = metrics.confusion_counts(labels, logits.argmax(axis=1), len(classes))
     right = int(np.trace(confusion))
     low, high = wilson_interval(right, len(labels))
     record = _training_record(runs, settings.models[0], folds[0])
     data_root = str(data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))) if record else "unknown"
-    specificity = metrics.specificity_per_class(confusion)
-    rows = []
-    for c, name in enumerate(classes):
-        support = int(confusion[c].sum())
-        recall_low, recall_high = wilson_interval(int(confusion[c, c]), support)
-        recall = confusion[c, c] / support if support else math.nan
-        rows.append(
-            [
-                name,
-                support,
-                _percent(recall),
-                f"{_percent(recall_low)} – {_percent(recall_high)}",
-                _percent(specificity[c]),
-            ]
-        )
+    averaged = "one fold" if len(folds) == 1 else "their fused logits averaged"
     lines = [
         "# Model card",
         "",
@@ -97,8 +126,7 @@ def model_card(
         "",
         "## Model",
         "",
-        f"- members: {', '.join(settings.models)}; folds {', '.join(map(str, folds))} "
-        f"({'one fold' if len(folds) == 1 else 'their fused logits averaged'})",
+        f"- members: {', '.join(settings.models)}; folds {', '.join(map(str, folds))} ({averaged})",
         f"- fusion: {settings.rule}; weights per fold {settings.prediction_weights(folds)} (divided by temperatures when calibrated)",
         f"- input: letterboxed RGB, {img_size} x {img_size} px (model.json describes the preprocessing)",
         "",
@@ -106,20 +134,17 @@ def model_card(
         "",
         f"- trained on: {data_root}",
         f"- classes ({len(classes)}): {', '.join(classes)}",
-        f"- split: {record.get('num_folds', '?')}-fold cross-validation ({record.get('split', '?')}), "
-        f"validation fraction {record.get('val_fraction', '?')}, calibration fraction {record.get('cal_fraction', 0)}"
-        + (
-            f", groups from {record.get('group_pattern') or record.get('group_column')}"
-            if record.get("group_pattern")
-            else ""
-        ),
+        _split_line(record),
         "",
         "## Performance on held-out cells",
         "",
         f"The fused pair of each fold on that fold's test cells ({len(labels)} cells, never trained on): "
         f"accuracy {_percent(right / len(labels))} (95 % Wilson interval {_percent(low)} – {_percent(high)}).",
         "",
-        markdown_table(["class", "test cells", "sensitivity (recall)", "95 % interval", "specificity"], rows),
+        markdown_table(
+            ["class", "test cells", "sensitivity (recall)", "95 % interval", "specificity"],
+            _per_class_rows(confusion, classes),
+        ),
     ]
     if settings.select == "test":
         lines += [
@@ -127,24 +152,7 @@ def model_card(
             "slightly optimistic; `fuse.py --grid --select val` avoids it.",
             "",
         ]
-    lines += ["## Decision rules", ""]
-    if decision:
-        if "referral" in decision:
-            certificate = Certificate.from_dict(decision["referral"])
-            lines.append(
-                "- referral: every cell goes to a person (no threshold could be certified on the held-out cells)"
-                if certificate.refers_all
-                else f"- referral: cells with confidence below {certificate.threshold:.4f} go to a person; the accepted "
-                f"cells' accuracy is at least {certificate.target_accuracy} with probability {1 - certificate.delta:.2f} "
-                "(certified on held-out cells; model.json's `decision.referral`)"
-            )
-        if "prediction_sets" in decision:
-            lines.append(
-                "- prediction sets: conformal sets that contain the true class with the promised probability "
-                "(model.json's `decision.prediction_sets`)"
-            )
-    else:
-        lines.append("- none: every cell gets its most probable class (no certified referral or prediction sets)")
+    lines += ["## Decision rules", "", *_decision_lines(decision)]
     lines += [
         "",
         "## Limits",
