@@ -80,7 +80,7 @@ def input_folders(runs: Path, models: list[str] | None, fusion: Path, images: Pa
 def check_outputs(request: PredictionRequest) -> None:
     """--output, --explain and --samples: never an input, never a folder for the CSV; all before any work."""
     inputs = input_folders(request.runs, request.models, request.fusion, request.images)
-    refuse_overlap(request.output, "--output", {"--predict": inputs["--predict"]})
+    refuse_overlap(request.output, "--output", inputs)  # e.g. a CSV inside the fusion folder would break its manifest
     if request.output.is_dir():
         raise FusionError(
             f"--output {request.output}: is a folder; give the CSV file to write, e.g. {request.output / 'predictions.csv'}"
