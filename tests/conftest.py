@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -137,3 +138,10 @@ def fake_runs(root, folds=5, n=60, seed=0):
                     k,
                 )
     return root
+
+
+def run_train(*flags: str, cwd: Path = Path(__file__).resolve().parents[1], **kwargs) -> subprocess.CompletedProcess:
+    """``python train.py FLAGS`` as a user runs it (from the repository unless ``cwd``)."""
+    return subprocess.run(
+        [sys.executable, "train.py", *flags], cwd=cwd, capture_output=True, text=True, timeout=300, **kwargs
+    )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fold_trainer_for, tiny_config
+from conftest import fold_trainer_for, run_train, tiny_config
 from spermfuse.config import preset_config
 from spermfuse import files, fold_setup, trainer
 from spermfuse.errors import ConfigError
@@ -125,12 +125,6 @@ def test_method_b_killed_after_the_first_stage_resumes_to_the_same_logits(tiny_s
     assert np.array_equal(load(full / "test_logits.npz")["logits"], load(resumed / "test_logits.npz")["logits"])
 
 
-def run_script(*args, cwd=ROOT, env=None):
-    return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
-    )
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -141,7 +135,7 @@ def run_script(*args, cwd=ROOT, env=None):
     ],
 )
 def test_bad_flags_get_one_clear_line(tmp_path, args, message):
-    result = run_script("--out", str(tmp_path), *args)
+    result = run_train("--out", str(tmp_path), *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -149,7 +143,7 @@ def test_bad_flags_get_one_clear_line(tmp_path, args, message):
 def test_unwritable_output_gets_one_clear_line(tiny_sperm, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the run folder should go")
-    result = run_script(
+    result = run_train(
         "--data",
         str(tiny_sperm),
         "--out",
@@ -169,7 +163,7 @@ def test_unwritable_output_gets_one_clear_line(tiny_sperm, tmp_path):
 
 def test_empty_data_folder_gets_one_clear_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = run_script("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"))
+    result = run_train("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"))
     assert result.returncode == 2 and "no images found" in result.stderr and "Traceback" not in result.stderr
 
 
