@@ -100,8 +100,6 @@ def run_evaluation(args, out: Path) -> None:
     evaluated = evaluation.evaluate_folders(folders, None if args.logits else args.runs / "folds.csv", args.main)
     result, main_name = evaluated.result, evaluated.main
     options = explain_runs.ExplanationSettings(**flags.given_settings(args, explain_runs.ExplanationSettings))
-    if options.masks is not None and not args.explain:
-        raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
     masks = explain_runs.check_masks(args.runs, options.masks) if options.masks else None  # before any writing
     # The report folder is written as a unit: a killed run leaves the previous report whole.
     with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
@@ -143,7 +141,10 @@ def run_evaluation(args, out: Path) -> None:
 
 
 def run(args, out: Path) -> None:
-    check_replaceable(out, "--name", args.overwrite, report.legacy_report_files)  # before any work
+    if args.masks is not None and not args.explain:  # the flags first, before any work
+        raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
+    flags.refuse_unless(args.explain, args, explain_runs.ExplanationSettings, "--explain")
+    check_replaceable(out, "--name", args.overwrite, report.legacy_report_files)
     return run_ablation(args, out) if args.ablation else run_evaluation(args, out)
 
 

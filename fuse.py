@@ -146,6 +146,8 @@ def run(args) -> None:
         raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
     if args.samples and args.predict is None:
         raise fusion.FusionError("--samples reports on predicted samples: give it with --predict FOLDER --fold K")
+    flags.refuse_unless(args.predict is not None, args, PredictionRequest, "--predict FOLDER")
+    flags.refuse_unless(args.samples, args, sample_report.SampleSettings, "--samples")
     args.runs = run_folder.find_run_root(args.runs)  # flags first: their errors do not depend on the runs
     args.out = args.out or args.runs / run_folder.FUSION_FOLDER
     if args.export:

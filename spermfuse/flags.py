@@ -110,14 +110,20 @@ def given_settings(args: argparse.Namespace, settings: type, prefix: str = "") -
     return {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}  # nargs
 
 
+def refuse_unless(asked: bool, args: argparse.Namespace, settings: type, needed: str, prefix: str = "") -> None:
+    """Refuse the ``settings``' flags, in one line, when ``needed`` (the flag they refine) was not
+    given (``asked`` False): a refinement of nothing is a mistake, not a no-op."""
+    given = given_settings(args, settings, prefix)
+    if given and not asked:
+        field = next(f for f in dataclasses.fields(settings) if f.name in given)
+        option = _option(field, prefix)
+        raise ConfigError(f"{option} refines {needed}: give {needed} too, or leave {option} out")
+
+
 def requested(args: argparse.Namespace, settings: type, prefix: str, key: str) -> Any:
     """The ``settings`` from their flags when ``--<prefix><key>`` was given (the request, e.g.
     ``--refer-accuracy``), else None; its other flags alone are refused, not ignored."""
     given = given_settings(args, settings, prefix)
-    if key in given:
-        return settings(**given)
-    if given:
-        by_name = {field.name: field for field in dataclasses.fields(settings)}
-        option, needed = _option(by_name[next(iter(given))], prefix), _option(by_name[key], prefix)
-        raise ConfigError(f"{option} refines {needed}: give {needed} too, or leave {option} out")
-    return None
+    key_option = _option(next(f for f in dataclasses.fields(settings) if f.name == key), prefix)
+    refuse_unless(key in given, args, settings, key_option, prefix)
+    return settings(**given) if given else None

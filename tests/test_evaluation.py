@@ -292,3 +292,20 @@ def test_summaries_copy_their_figures_under_their_own_names(tmp_path):
     first, second = (tmp_path / "docs" / f"{name}_roc_modelx.png" for name in ("first", "second"))
     assert first.is_file() and second.is_file() and first.read_bytes() != second.read_bytes()
     assert not (tmp_path / "docs" / "roc_modelx.png").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--explain-limit", "5"],
+            "error: --explain-limit refines --explain: give --explain too, or leave --explain-limit out",
+        ),
+        (["--masks", "masks"], "error: --masks DIR is for the pointing game of --explain; add --explain"),
+    ],
+)
+def test_an_explanation_flag_without_explain_is_refused_before_any_work(tmp_path, flags, message):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), *flags)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "reports").exists()

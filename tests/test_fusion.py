@@ -301,6 +301,24 @@ def test_a_promise_flag_that_only_refines_another_is_refused_in_one_line(tmp_pat
     assert not (runs / "fusion").exists()
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--grid", "--output", "p.csv"], "--output refines --predict FOLDER"),
+        (["--grid", "--skip-bad"], "--skip-bad refines --predict FOLDER"),
+        (["--predict", "cells", "--estimate-on", "groups"], "--estimate-on refines --samples"),
+        (["--predict", "cells", "--normal-limit", "0.05"], "--normal-limit refines --samples"),
+    ],
+)
+def test_a_flag_of_a_mode_not_asked_for_is_refused_in_one_line(tmp_path, flags, message):
+    runs = fake_runs(tmp_path / "runs")
+    result = run("fuse.py", *flags, "--runs", str(runs))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {message}: give {message.split(' refines ')[1]} too, or leave {message.split()[0]} out"
+    ]
+    assert not (runs / "fusion").exists()
+
+
 def test_sets_by_part_groups_sperm18_classes_by_part_and_refuses_other_classes():
     by_part = fusion.PredictionSets(0.1, by="part").groups(["Normal", "TaperedHead", "CurlyTail"])
     assert by_part == ("sperm", "head", "tail")  # Normal is a group of its own
