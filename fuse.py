@@ -98,22 +98,6 @@ def referral(args) -> fusion.Referral | None:
     return flags.requested(args, fusion.Referral, "refer-", "accuracy")
 
 
-def held_out_logits(args, split: str, promises: list[str]) -> list | None:
-    """Every model's ``split`` logits per fold (``val``, or ``cal`` with train.py --cal-fraction or
-    --cal-holdout); None when some are missing, unless a promise needs the validation logits."""
-    try:
-        per_fold = run_folder.collect_folds(args.runs, args.models, split)
-    except fusion.FusionError as error:
-        if split == "val" and promises:
-            raise fusion.FusionError(f"{promises[0]} needs every model's validation logits: {error}") from None
-        return None
-    if split == "cal":
-        log.info(
-            "calibration cells found (cal_logits.npz): temperatures, referral and prediction sets are fitted on them"
-        )
-    return per_fold
-
-
 def run_fusion(args) -> None:
     """--grid or --alpha: choose, calibrate and certify the fusion; write the fusion folder as a unit."""
     args.models = run_folder.fusion_members(args.runs, args.models)
@@ -124,13 +108,13 @@ def run_fusion(args) -> None:
     promises = fusion.promise_flags(choice.calibrate, refer, sets)
     chosen = fusion.select(
         run_folder.collect_folds(args.runs, args.models, "test"),
-        held_out_logits(args, "val", promises),
+        fusion.held_out_folds(args.runs, args.models, "val", promises),
         args.models,
         choice,
         alpha=args.alpha,
         refer=refer,
         sets=sets,
-        per_fold_cal=held_out_logits(args, "cal", promises),
+        per_fold_cal=fusion.held_out_folds(args.runs, args.models, "cal", promises),
     )
     grid_table = report.markdown_table(*chosen.grid) if chosen.grid is not None else None
     run_folder.write_fusion_folder(args.out, args.overwrite, chosen, grid_table)

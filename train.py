@@ -118,11 +118,8 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
         return
     first = build_config(args, 1)
     if args.config is not None:
-        overridden = [
-            f"--{name.replace('_', '-')}"
-            for name in recorded_settings(args.config)
-            if name in flags.given_settings(args, TrainConfig)
-        ]
+        given = flags.given_settings(args, TrainConfig)
+        overridden = [f"--{name.replace('_', '-')}" for name in recorded_settings(args.config) if name in given]
         logging.info(
             "replaying %s%s", args.config, f"; the command line overrides {', '.join(overridden)}" if overridden else ""
         )

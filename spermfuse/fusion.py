@@ -526,6 +526,23 @@ def promise_flags(calibrate: bool, refer: object, sets: object) -> list[str]:
     return [flag for flag, given in asked if given]
 
 
+def held_out_folds(runs: Path, models: Sequence[str], split: str, promises: Sequence[str]) -> list | None:
+    """Every model's ``split`` logits per fold (``val``, or ``cal`` with train.py --cal-fraction or
+    --cal-holdout); None when some are missing, unless a promise (``promise_flags``) needs the
+    validation logits."""
+    try:
+        per_fold = run_folder.collect_folds(runs, models, split)
+    except FusionError as error:
+        if split == "val" and promises:
+            raise FusionError(f"{promises[0]} needs every model's validation logits: {error}") from None
+        return None
+    if split == "cal":
+        log.info(
+            "calibration cells found (cal_logits.npz): temperatures, referral and prediction sets are fitted on them"
+        )
+    return per_fold
+
+
 def part_groups(classes: Sequence[str]) -> tuple[str, ...]:
     """``--sets-by part``: each sperm18 class's part group (head, neck, tail; Normal alone)."""
     unknown = [c for c in classes if c not in DEFECT_PART]
