@@ -21,9 +21,10 @@ from .engine import TTA_MODES
 from .errors import ConfigError
 from .flags import setting
 from .models import get_spec, list_models
+from .models.efficientnet import PADDINGS
 from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .runtime import DEVICE_HELP
-from .transforms import PAD_COLOR
+from .transforms import PAD_COLOR, PAPER_IMG_SIZE
 
 
 # The sections of train.py --help that the settings' flags are listed under.
@@ -67,7 +68,7 @@ class TrainConfig:
         "data",
     )
     test_fraction: float = 0.15  # holdout only
-    img_size: int = setting(240, "input side in pixels (letterboxed)", "data")
+    img_size: int = setting(PAPER_IMG_SIZE, "input side in pixels (letterboxed)", "data")
     batch_size: int = setting(8, "images per step", "optimisation")
     epochs: int = setting(
         100, "maximum epochs (one stage; with --freeze-epochs, see --finetune-epochs)", "optimisation"
@@ -141,7 +142,7 @@ class TrainConfig:
         "same: TensorFlow's padding, for a TF-trained EfficientNet file given with --weights (default: the "
         "checkpoint's, else symmetric)",
         "model",
-        choices=["symmetric", "same"],
+        choices=PADDINGS,
     )
     dropout: float | None = setting(
         None, "dropout before the classifier (default: the architecture's, A: 0.7 / 0.5)", "model"
@@ -319,7 +320,7 @@ def validate_config(config: TrainConfig) -> None:
             f"--bn-momentum {config.bn_momentum}: PyTorch's convention, in (0, 1] (Keras's 0.99 is 0.01)",
         ),
         (config.loss_normalization in ("weights", "count"), "--loss-normalization must be weights or count"),
-        (config.padding in (None, "symmetric", "same"), "--padding must be symmetric or same"),
+        (config.padding in (None, *PADDINGS), f"--padding must be one of {', '.join(PADDINGS)}"),
         (not (config.pretrained and config.weights), "give either --pretrained or --weights PATH, not both"),
         (config.val_loss in ("weighted", "unweighted"), "--val-loss must be weighted or unweighted"),
         (config.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),

@@ -68,8 +68,8 @@ def _argument_type(hint: Any) -> dict[str, Any]:
     if hint is bool:
         return {"action": "store_true"}
     if typing.get_origin(hint) is tuple:
-        items = typing.get_args(hint)
-        return {"type": items[0], "nargs": len(items)}
+        items = typing.get_args(hint)  # (X, ...): one or more; (X, X, X): exactly three
+        return {"type": items[0], "nargs": "+" if items[-1] is Ellipsis else len(items)}
     return {"type": hint}
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from .cuda_graph import CudaGraph
 from .errors import ConfigError
 from .engine import amp_dtype_for, autocast
+from .transforms import PAPER_IMG_SIZE
 
 
 @dataclass
@@ -91,7 +92,7 @@ class InferenceSettings:
     """How a model is run when timed: batch, input size, precision, memory layout, launches."""
 
     batch_size: int = 1
-    img_size: int = 240
+    img_size: int = PAPER_IMG_SIZE
     amp: str = "off"  # autocast: fp16 on CUDA, bf16 on the CPU
     half: bool = False  # weights and input stored in fp16 (CUDA only): no casts at run time
     channels_last: bool = False
@@ -153,7 +154,7 @@ def training_cost(
     model: nn.Module,
     device: torch.device,
     batch_size: int = 8,
-    img_size: int = 240,
+    img_size: int = PAPER_IMG_SIZE,
     amp: str = "off",
     steps: int = 20,
     warmup: int = 3,

@@ -25,6 +25,7 @@ from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .segmentation import HybridOtsu
 
 PAD_COLOR: tuple[int, int, int] = (204, 191, 183)
+PAPER_IMG_SIZE = 240  # method A's input side (Sec. 2.4): the default wherever a size is needed
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
@@ -277,7 +278,7 @@ class Pipeline:
 
 def build(
     train: bool,
-    img_size: int = 240,
+    img_size: int = PAPER_IMG_SIZE,
     *,
     preset: str = "paper_a",
     pad_color: tuple[int, int, int] = PAD_COLOR,

@@ -6,7 +6,9 @@ fusion (paper-size commands), cpu (the default data set), scale-out (torchrun)."
 from pathlib import Path
 
 import pytest
+import torch
 from spermfuse.benchmarks import Benchmark, run_suite
+from spermfuse.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PAIR = ["efficientnet_tiny", "resnetv2_tiny"]
@@ -28,6 +30,18 @@ def tiny(suite: str, **settings) -> tuple[dict, list[str], Benchmark]:
         **settings,
     )
     return run_suite(bench), reported, bench
+
+
+def test_the_rounds_default_to_the_papers_on_a_gpu_and_to_fewer_on_the_cpu():
+    assert (Benchmark().iters, Benchmark().warmup) == (20, 5)
+    on_gpu = Benchmark(device=torch.device("cuda"))  # a device name: no GPU needed to build the settings
+    assert (on_gpu.iters, on_gpu.warmup) == (200, 100)
+    assert Benchmark(iters=7, device=torch.device("cuda")).iters == 7  # given rounds stay
+
+
+def test_an_unknown_model_is_refused_naming_the_flag():
+    with pytest.raises(ConfigError, match="--models resnet99: unknown; choose from"):
+        Benchmark(models=["efficientnet_tiny", "resnet99"])
 
 
 def test_the_models_suite_counts_and_times_both_members_and_the_pair():

@@ -9,7 +9,11 @@ from typing import Callable
 
 import torch
 
+from ..errors import ConfigError
+from ..flags import setting
+from ..models import list_models
 from ..runtime import device_description
+from ..transforms import PAPER_IMG_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -22,30 +26,54 @@ class Benchmark:
     the suite's main table with its provenance for ``--markdown``."""
 
     suite: str = "models"
-    models: list[str] = field(default_factory=lambda: ["efficientnetv2_s", "resnet50v2"])
-    num_classes: int = 18
-    img_size: int = 240
-    batch_size: int = 1
-    iters: int = 20
-    warmup: int = 5
-    amp: str = "off"
-    channels_last: bool = False
-    half: bool = False
-    cuda_graph: bool = False
-    compile: bool = False
-    throughput: list[int] | None = None
-    train: bool = False
-    train_steps: int = 20
-    data: Path | None = None
-    rounds: int = 5
-    logits_from: Path = Path("runs/demo/fusion")
-    simulated_samples: int = 200
-    boot: int = 300
+    models: tuple[str, ...] = setting(
+        ("efficientnetv2_s", "resnet50v2"), "the models to measure (two for the fused pair)", "timing"
+    )
+    num_classes: int = setting(18, "classes of the models' heads", "timing")
+    img_size: int = setting(PAPER_IMG_SIZE, "input size in px (the paper's)", "timing")
+    batch_size: int = setting(1, "batch of the latency runs (the paper's)", "timing")
+    # The paper's 100 + 200 rounds take minutes per model on a CPU: a shorter default there.
+    iters: int | None = setting(None, "timed rounds (default 200 on a GPU, as the paper; 20 on the CPU)", "timing")
+    warmup: int | None = setting(
+        None, "untimed rounds first (default 100 on a GPU, as the paper; 5 on the CPU)", "timing"
+    )
+    amp: str = setting("off", "autocast (fp16 on CUDA, bf16 on the CPU)", "timing", choices=["on", "off"])
+    channels_last: bool = setting(False, "channels-last memory format", "timing")
+    half: bool = setting(False, "weights and input in fp16 (CUDA): no autocast casts at run time", "timing")
+    cuda_graph: bool = setting(False, "capture each model once as a CUDA graph and time its replays", "timing")
+    compile: bool = setting(False, "torch.compile the models first", "timing")
+    throughput: tuple[int, ...] | None = setting(
+        None, "also images/s at these batch sizes", "timing", nargs="*", metavar="BATCH"
+    )
+    train: bool = setting(False, "training steps (batch 8): fp32 vs AMP", "timing")
+    train_steps: int = setting(20, "--train: timed training steps", "suites")
+    data: Path | None = setting(
+        None, "--suite transforms/loader: image folder (default: the synthetic sperm18 set)", "suites"
+    )
+    rounds: int = setting(
+        5, "the command suites (guarantees, sample-report, scale-out, ...): interleaved rounds", "suites"
+    )
+    logits_from: Path = setting(
+        Path("runs/demo/fusion"),
+        "--suite samples: a fusion (or model) folder whose fold*/test_logits.npz are the held-out cells",
+        "suites",
+    )
+    simulated_samples: int = setting(200, "--suite samples: patients per row", "suites")
+    boot: int = setting(300, "--suite samples: bootstrap replicates per interval", "suites")
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     scripts: Path = Path(".")  # the folder of train.py, fuse.py and evaluate.py: the command suites run them
     write: Callable[[str], None] = log.info
     progress: Callable[[int, int], None] | None = None
     markdown: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.models = tuple(self.models)
+        unknown = [name for name in self.models if name not in list_models()]
+        if unknown:
+            raise ConfigError(f"--models {unknown[0]}: unknown; choose from {', '.join(list_models())}")
+        on_gpu = self.device.type == "cuda"
+        self.iters = self.iters if self.iters is not None else (200 if on_gpu else 20)
+        self.warmup = self.warmup if self.warmup is not None else (100 if on_gpu else 5)
 
     def say(self, text: str) -> None:
         """Report a table or a line."""

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
+from .efficientnet import PADDINGS
 from .registry import REGISTRY
 
 CATALOGUE_VARIABLE = "SPERMFUSE_WEIGHTS_CATALOGUE"
@@ -201,8 +202,8 @@ def _check(entry: WeightsEntry, source: str) -> WeightsEntry:
         raise ConfigError(f"{where}: format {entry.format!r} is not one of {', '.join(FORMATS)}")
     if entry.layout not in LAYOUTS:
         raise ConfigError(f"{where}: layout {entry.layout!r} is not one of {', '.join(LAYOUTS)}")
-    if entry.padding not in ("symmetric", "same"):
-        raise ConfigError(f"{where}: padding {entry.padding!r} is not symmetric or same")
+    if entry.padding not in PADDINGS:
+        raise ConfigError(f"{where}: padding {entry.padding!r} is not one of {', '.join(PADDINGS)}")
     if entry.sha256 is not None and (
         len(entry.sha256) < 8 or any(ch not in "0123456789abcdef" for ch in entry.sha256.lower())
     ):
