@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SpermfuseError
+from .errors import ConfigError, SpermfuseError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def amp_dtype_for(device: torch.device, amp: str) -> torch.dtype | None:
     ``auto`` is on for CUDA and off for the CPU (bf16 on CPU is slower than fp32 on most CPUs).
     """
     if amp not in ("on", "off", "auto"):
-        raise ValueError(f"amp must be on, off or auto, got {amp!r}")
+        raise ConfigError(f"--amp {amp}: choose on, off or auto")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -162,7 +162,7 @@ def tta_logits(model: nn.Module, images: torch.Tensor, tta: str = "none") -> tor
     if tta == "none":
         return model(images)
     if tta != "flip":
-        raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
+        raise ConfigError(f"--tta {tta}: unknown; choose one of {', '.join(TTA_MODES)}")
     return (model(images).float() + model(images.flip(-1)).float() + model(images.flip(-2)).float()) / 3.0
 
 
@@ -262,4 +262,4 @@ def build_optimizer(name: str, parameters, lr: float, weight_decay: float) -> to
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose adamw, adam or sgd")
+    raise ConfigError(f"--optimizer {name}: unknown; choose adamw, adam or sgd")

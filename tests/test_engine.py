@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from spermfuse import engine
+from spermfuse.errors import ConfigError
 from spermfuse.models import create_model
 
 
@@ -83,3 +84,16 @@ def test_keras_loss_normalisation_divides_the_weighted_sum_by_the_batch_size():
     assert engine.CountNormalizedCrossEntropy(weight)(logits, labels).item() == pytest.approx(per_cell.sum().item() / 6)
     pytorch = torch.nn.CrossEntropyLoss(weight=weight)(logits, labels).item()
     assert pytorch == pytest.approx(per_cell.sum().item() / weight[labels].sum().item())
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: engine.amp_dtype_for(torch.device("cpu"), "fp8"), "--amp fp8: choose on, off or auto"),
+        (lambda: engine.build_optimizer("lion", [torch.nn.Parameter(torch.zeros(1))], 1e-3, 0.0), "--optimizer lion"),
+        (lambda: engine.tta_logits(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), "rotate"), "--tta rotate: unknown"),
+    ],
+)
+def test_a_bad_setting_given_to_the_library_is_a_one_line_error_naming_its_flag(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
