@@ -5,7 +5,7 @@ import torch
 from spermfuse.errors import ConfigError
 from spermfuse.models import create_model, get_spec, list_models, load_initial_weights
 from spermfuse.transforms import IMAGENET_MEAN, IMAGENET_STD
-from spermfuse.models.freezing import freeze_backbone, layers, set_frozen_norms_to_eval, unfreeze_last
+from spermfuse.models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from spermfuse.models.weights import WeightsError
 
 timm = pytest.importorskip("timm")
@@ -174,8 +174,14 @@ def test_unfreeze_last_counts_leaf_modules_from_the_output_end():
     model = create_model("efficientnet_tiny", 4)
     freeze_backbone(model, "classifier.1")
     names = unfreeze_last(model, 5)
-    assert names == [name for name, _ in layers(model)[-5:]]
+    modules = dict(model.named_modules())
+    assert len(names) == 5 and all(not list(modules[name].children()) for name in names)  # leaves
     assert names[-1] == "classifier.1" and names[-2] == "classifier.0"  # dropout counts as a layer
+    trainable = {n.rpartition(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable <= set(names)  # nothing else trains
+    order = [name for name, module in model.named_modules() if not list(module.children())]
+    earlier = [modules[n] for n in order[: order.index(names[0])] if list(modules[n].parameters())]
+    assert earlier and not any(p.requires_grad for p in earlier[-1].parameters())  # the last weighted leaf before them
     model.train()
     set_frozen_norms_to_eval(model)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
