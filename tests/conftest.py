@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripts (train.py, evaluate.py) import as modules
 
 
@@ -140,8 +142,17 @@ def fake_runs(root, folds=5, n=60, seed=0):
     return root
 
 
-def run_train(*flags: str, cwd: Path = Path(__file__).resolve().parents[1], **kwargs) -> subprocess.CompletedProcess:
-    """``python train.py FLAGS`` as a user runs it (from the repository unless ``cwd``)."""
+def run_script(script: str, *flags: str, cwd: Path = REPOSITORY, **kwargs) -> subprocess.CompletedProcess:
+    """``python SCRIPT FLAGS`` as a user runs it (from the repository unless ``cwd``)."""
     return subprocess.run(
-        [sys.executable, "train.py", *flags], cwd=cwd, capture_output=True, text=True, timeout=300, **kwargs
+        [sys.executable, script, *flags], cwd=cwd, capture_output=True, text=True, timeout=300, **kwargs
     )
+
+
+def run_train(*flags: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_script("train.py", *flags, **kwargs)
+
+
+def fuse_fake_pair(runs: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``fuse.py FLAGS`` on the two models of :func:`fake_runs`."""
+    return run_script("fuse.py", *flags, "--runs", str(runs), "--models", "modelx", "modely")

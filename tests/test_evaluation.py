@@ -3,22 +3,13 @@ headline, calibration before and after, and Table 2 (the ablation)."""
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, fake_runs, write_logits
+from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
 from spermfuse import calibration, fusion, run_folder
 from spermfuse.config import preset_config
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def headline_models(seed: int = 0) -> dict:
@@ -53,8 +44,8 @@ def test_training_sizes_leave_out_the_test_validation_and_calibration_cells():
 
 def test_evaluate_writes_report_json_markdown_and_figures(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--alpha", "0.5", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
+    assert fuse_fake_pair(runs, "--alpha", "0.5").returncode == 0
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "reports" / "evaluation"
     report = json.loads((out / "report.json").read_text())
@@ -72,7 +63,7 @@ def test_evaluate_writes_report_json_markdown_and_figures(tmp_path):
 
 def test_evaluate_with_a_single_fold_says_so_instead_of_crashing(tmp_path):
     runs = fake_runs(tmp_path / "runs", folds=1)
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
     assert result.returncode == 0, result.stderr
     assert "only one fold" in (tmp_path / "r" / "evaluation" / "report.md").read_text()
 
@@ -88,17 +79,17 @@ def test_evaluate_refuses_models_with_different_classes(tmp_path):
         1,
         classes=["A", "B", "C", "D"],
     )
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
     assert result.returncode == 2 and "classes differ" in result.stderr
 
 
 def test_ablation_lays_out_table_2(tmp_path):
     base = fake_runs(tmp_path / "base", seed=1)
     both = fake_runs(tmp_path / "both", seed=2)
-    assert (
-        run("fuse.py", "--grid", "--runs", str(both), "--models", "modelx", "modely").returncode == 0
-    )  # fused folders beside the models
-    result = run("evaluate.py", "--ablation", f"baseline={base}", f"both={both}", "--reports", str(tmp_path / "r"))
+    assert fuse_fake_pair(both, "--grid").returncode == 0  # fused folders beside the models
+    result = run_script(
+        "evaluate.py", "--ablation", f"baseline={base}", f"both={both}", "--reports", str(tmp_path / "r")
+    )
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "r" / "ablation" / "ablation.md").read_text()
     assert table.count("fusion a=0.5") == 2 and "| baseline | modelx |" in table
@@ -135,14 +126,14 @@ def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_pat
 
 def test_the_honest_fusions_are_evaluated_against_the_members_too(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
+    assert fuse_fake_pair(runs, "--grid").returncode == 0
     settings = json.loads((runs / "fusion" / "fusion.json").read_text())
     members = run_folder.collect_folds(runs, ["modelx", "modely"])
     nested_weights = settings["selection_comparison"]["nested"]["weights_per_fold"]
     for sets, weights, fused in zip(members, nested_weights, run_folder.load_fold_sets(runs / "fusion" / "nested")):
         fused, *aligned = run_folder.align([fused, *sets])
         assert np.allclose(fused.logits, fusion.fuse([s.logits for s in aligned], weights), atol=1e-5)
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--no-figures")
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--no-figures")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "reports" / "evaluation" / "report.json").read_text())
     pairs = {(t["a"], t["b"]) for t in report["tests"]}
@@ -154,8 +145,8 @@ def test_the_honest_fusions_are_evaluated_against_the_members_too(tmp_path):
 
 def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely").returncode == 0
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
+    assert fuse_fake_pair(runs, "--grid").returncode == 0
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "reports" / "evaluation"
     report = json.loads((out / "report.json").read_text())
@@ -174,14 +165,9 @@ def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tm
 
 def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert (
-        run(
-            "fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely"
-        ).returncode
-        == 0
-    )
+    assert fuse_fake_pair(runs, "--grid", "--select", "val", "--calibrate").returncode == 0
     settings = run_folder.read_fusion_settings(runs / "fusion")
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
     assert result.returncode == 0, result.stderr
     reported = json.loads((tmp_path / "r" / "evaluation" / "report.json").read_text())["models"]["fusion"][
         "calibration"
@@ -257,8 +243,8 @@ def test_report_html_is_one_self_contained_page_whose_images_all_decode(tmp_path
     from PIL import Image
 
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--select", "val", "--runs", str(runs)).returncode == 0
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "page")
+    assert run_script("fuse.py", "--grid", "--select", "val", "--runs", str(runs)).returncode == 0
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "page")
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "r" / "page" / "report.html").read_text()
 
@@ -287,7 +273,7 @@ def test_summaries_copy_their_figures_under_their_own_names(tmp_path):
     for name, seed in (("first", 0), ("second", 1)):
         runs = fake_runs(tmp_path / f"runs_{name}", seed=seed)
         folders = ["--runs", str(runs), "--reports", str(tmp_path / "reports")]
-        result = run("evaluate.py", *folders, "--name", name, "--summary", str(tmp_path / "docs" / f"{name}.md"))
+        result = run_script("evaluate.py", *folders, "--name", name, "--summary", str(tmp_path / "docs" / f"{name}.md"))
         assert result.returncode == 0, result.stderr
     first, second = (tmp_path / "docs" / f"{name}_roc_modelx.png" for name in ("first", "second"))
     assert first.is_file() and second.is_file() and first.read_bytes() != second.read_bytes()
@@ -306,6 +292,6 @@ def test_summaries_copy_their_figures_under_their_own_names(tmp_path):
 )
 def test_an_explanation_flag_without_explain_is_refused_before_any_work(tmp_path, flags, message):
     runs = fake_runs(tmp_path / "runs")
-    result = run("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), *flags)
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), *flags)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [message]
     assert not (tmp_path / "reports").exists()

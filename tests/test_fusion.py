@@ -2,22 +2,13 @@
 temperatures, and the promises (certified referral, prediction sets, the calibration holdout)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, fake_runs, write_calibration_logits
+from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_calibration_logits
 
 from spermfuse import calibration, fusion, run_folder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def shuffle_test_labels(runs, seed=1):
@@ -78,7 +69,7 @@ def test_nested_selection_never_looks_at_its_own_fold():
 
 def test_fuse_grid_writes_table_weights_and_fused_logits(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely", "--select", "nested")
+    result = fuse_fake_pair(runs, "--grid", "--select", "nested")
     assert result.returncode == 0, result.stderr
     out = runs / "fusion"
     grid = (out / "grid.csv").read_text().splitlines()
@@ -94,7 +85,7 @@ def test_fuse_grid_writes_table_weights_and_fused_logits(tmp_path):
 def test_fuse_refuses_a_missing_fold(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     (runs / "modely" / "fold4" / "test_logits.npz").unlink()
-    result = run("fuse.py", "--grid", "--runs", str(runs), "--models", "modelx", "modely")
+    result = fuse_fake_pair(runs, "--grid")
     assert result.returncode == 2 and "fold(s) [4] missing" in result.stderr
 
 
@@ -104,42 +95,21 @@ def test_fuse_refuses_a_missing_fold(tmp_path):
 def test_prediction_on_a_missing_device_gets_one_clear_line(tmp_path, device, message):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    result = run("fuse.py", "--predict", str(tmp_path), "--runs", str(tmp_path), "--device", device)
+    result = run_script("fuse.py", "--predict", str(tmp_path), "--runs", str(tmp_path), "--device", device)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {message}") and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_calibrated_fusion_fits_each_temperature_on_validation_logits_only(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert (
-        run(
-            "fuse.py", "--grid", "--select", "val", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely"
-        ).returncode
-        == 0
-    )
+    assert fuse_fake_pair(runs, "--grid", "--select", "val", "--calibrate").returncode == 0
     temperatures = json.loads((runs / "fusion" / "fusion.json").read_text())["temperatures"]["per_fold"]
     val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
     expected = [[calibration.fit_temperature(s.logits, s.labels) for s in sets] for sets in val]
     assert np.allclose(temperatures, expected)
     shuffle_test_labels(runs)  # a fit that read test labels would now change
     out = tmp_path / "again"
-    assert (
-        run(
-            "fuse.py",
-            "--grid",
-            "--select",
-            "val",
-            "--calibrate",
-            "--runs",
-            str(runs),
-            "--models",
-            "modelx",
-            "modely",
-            "--out",
-            str(out),
-        ).returncode
-        == 0
-    )
+    assert fuse_fake_pair(runs, "--grid", "--select", "val", "--calibrate", "--out", str(out)).returncode == 0
     assert json.loads((out / "fusion.json").read_text())["temperatures"]["per_fold"] == temperatures
 
 
@@ -147,19 +117,7 @@ def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_
     from spermfuse.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
-    result = run(
-        "fuse.py",
-        "--grid",
-        "--select",
-        "val",
-        "--refer-accuracy",
-        "0.5",
-        "--runs",
-        str(runs),
-        "--models",
-        "modelx",
-        "modely",
-    )
+    result = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.5")
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
@@ -177,7 +135,7 @@ def test_with_temperatures_the_certificate_is_of_the_probabilities_prediction_co
 
     runs = fake_runs(tmp_path / "runs")
     promises = "--grid --select val --calibrate --refer-accuracy 0.5 --sets-alpha 0.2".split()
-    result = run("fuse.py", *promises, "--runs", str(runs), "--models", "modelx", "modely")
+    result = fuse_fake_pair(runs, *promises)
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert any(abs(t - 1.0) > 1e-3 for t in settings.fused_temperatures())  # the fused temperature matters here
@@ -197,19 +155,7 @@ def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_
 
     runs = fake_runs(tmp_path / "runs")
     write_calibration_logits(runs)  # as train.py --cal-fraction writes them
-    result = run(
-        "fuse.py",
-        "--grid",
-        "--select",
-        "val",
-        "--refer-accuracy",
-        "0.5",
-        "--runs",
-        str(runs),
-        "--models",
-        "modelx",
-        "modely",
-    )
+    result = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.5")
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert settings.referral["calibrated_on"] == "each fold's calibration cells"
@@ -231,7 +177,7 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
     runs = fake_runs(tmp_path / "runs")
     write_calibration_logits(runs, n=120, shared=True, seed=11)  # the same cells in every fold
     promises = "--grid --select val --refer-accuracy 0.6 --sets-alpha 0.2".split()
-    result = run("fuse.py", *promises, "--runs", str(runs), "--models", "modelx", "modely")
+    result = fuse_fake_pair(runs, *promises)
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert settings.certified_for(settings.folds) and not settings.certified_for(settings.folds[:2])
@@ -251,7 +197,10 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
 
 def test_without_a_shared_holdout_the_average_of_the_folds_has_no_certificate(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    assert run("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs)).returncode == 0
+    assert (
+        run_script("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs)).returncode
+        == 0
+    )
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert "average" not in settings.referral and not settings.certified_for(settings.folds)
     with pytest.raises(fusion.FusionError, match="or train with --cal-holdout F"):
@@ -260,19 +209,7 @@ def test_without_a_shared_holdout_the_average_of_the_folds_has_no_certificate(tm
 
 def test_prediction_sets_are_calibrated_per_fold_and_reported_on_its_test_cells(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    result = run(
-        "fuse.py",
-        "--grid",
-        "--select",
-        "val",
-        "--sets-alpha",
-        "0.2",
-        "--runs",
-        str(runs),
-        "--models",
-        "modelx",
-        "modely",
-    )
+    result = fuse_fake_pair(runs, "--grid", "--select", "val", "--sets-alpha", "0.2")
     assert result.returncode == 0, result.stderr
     settings = run_folder.read_fusion_settings(runs / "fusion")
     assert [f["fold"] for f in settings.sets["per_fold"]] == [1, 2, 3, 4, 5]
@@ -289,14 +226,14 @@ def test_prediction_sets_are_calibrated_per_fold_and_reported_on_its_test_cells(
 )
 def test_a_promise_on_a_weight_the_test_labels_chose_is_refused(tmp_path, flag):
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", *flag, "--runs", str(runs), "--models", "modelx", "modely")
+    result = fuse_fake_pair(runs, "--grid", *flag)
     assert result.returncode == 2 and "with --select test: the test labels would choose" in result.stderr
     assert not (runs / "fusion").exists()
 
 
 def test_a_promise_flag_that_only_refines_another_is_refused_in_one_line(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", "--select", "val", "--sets-method", "raps", "--runs", str(runs))
+    result = run_script("fuse.py", "--grid", "--select", "val", "--sets-method", "raps", "--runs", str(runs))
     assert result.returncode == 2 and "--sets-method refines --sets-alpha" in result.stderr
     assert not (runs / "fusion").exists()
 
@@ -312,7 +249,7 @@ def test_a_promise_flag_that_only_refines_another_is_refused_in_one_line(tmp_pat
 )
 def test_a_flag_of_a_mode_not_asked_for_is_refused_in_one_line(tmp_path, flags, message):
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", *flags, "--runs", str(runs))
+    result = run_script("fuse.py", *flags, "--runs", str(runs))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: {message}: give {message.split(' refines ')[1]} too, or leave {message.split()[0]} out"
     ]
@@ -330,9 +267,7 @@ def test_sets_by_part_groups_sperm18_classes_by_part_and_refuses_other_classes()
 def test_missing_validation_logits_are_one_line_and_write_nothing(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     (runs / "modelx" / "fold2" / "val_logits.npz").unlink()
-    result = run(
-        "fuse.py", "--grid", "--select", "nested", "--calibrate", "--runs", str(runs), "--models", "modelx", "modely"
-    )
+    result = fuse_fake_pair(runs, "--grid", "--select", "nested", "--calibrate")
     assert (
         result.returncode == 2
         and "--calibrate needs every model's validation logits" in result.stderr
@@ -343,8 +278,8 @@ def test_missing_validation_logits_are_one_line_and_write_nothing(tmp_path):
 
 def test_the_promises_summary_lists_every_fold_and_the_pooled_figures(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    result = run(
-        "fuse.py",
+    result = fuse_fake_pair(
+        runs,
         "--grid",
         "--select",
         "val",
@@ -352,11 +287,6 @@ def test_the_promises_summary_lists_every_fold_and_the_pooled_figures(tmp_path):
         "0.5",
         "--sets-alpha",
         "0.2",
-        "--runs",
-        str(runs),
-        "--models",
-        "modelx",
-        "modely",
         "--summary",
         str(tmp_path / "promises.md"),
     )
@@ -372,6 +302,6 @@ def test_the_promises_summary_lists_every_fold_and_the_pooled_figures(tmp_path):
 
 def test_fuse_without_models_fuses_every_trained_model_of_the_run_root(tmp_path):
     runs = fake_runs(tmp_path / "runs")
-    result = run("fuse.py", "--grid", "--runs", str(runs))
+    result = run_script("fuse.py", "--grid", "--runs", str(runs))
     assert result.returncode == 0, result.stderr
     assert json.loads((runs / "fusion" / "fusion.json").read_text())["models"] == ["modelx", "modely"]

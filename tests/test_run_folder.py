@@ -2,21 +2,13 @@
 the run root found, and the weights prediction fuses each fold with."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, fake_runs, write_logits
+from conftest import CLASSES, fake_runs, fuse_fake_pair, write_logits
 
 from spermfuse import fusion, run_folder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_align_joins_on_paths_whatever_the_order(tmp_path):
@@ -63,21 +55,8 @@ def test_prediction_fuses_each_fold_with_its_own_weights_and_temperatures():
 def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     assert (
-        run(
-            "fuse.py",
-            "--grid",
-            "--select",
-            "val",
-            "--calibrate",
-            "--refer-accuracy",
-            "0.5",
-            "--sets-alpha",
-            "0.2",
-            "--runs",
-            str(runs),
-            "--models",
-            "modelx",
-            "modely",
+        fuse_fake_pair(
+            runs, "--grid", "--select", "val", "--calibrate", "--refer-accuracy", "0.5", "--sets-alpha", "0.2"
         ).returncode
         == 0
     )
