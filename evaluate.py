@@ -92,15 +92,14 @@ def run_ablation(args, out: Path) -> None:
 def run_evaluation(args, out: Path) -> None:
     """report.json, report.md and the figures of every model under ``out`` (a unit); --summary; --explain."""
     start = time.perf_counter()
-    if not args.logits:
-        args.runs = run_folder.find_run_root(args.runs)
-    folders = named_folders(args.logits) if args.logits else run_folder.discover_models(args.runs)
+    runs = args.runs if args.logits else run_folder.find_run_root(args.runs)
+    folders = named_folders(args.logits) if args.logits else run_folder.discover_models(runs)
     if not folders:
-        raise fusion.FusionError(f"{args.runs}: no logits found; train with train.py (and fuse with fuse.py) first")
-    evaluated = evaluation.evaluate_folders(folders, None if args.logits else args.runs / "folds.csv", args.main)
+        raise fusion.FusionError(f"{runs}: no logits found; train with train.py (and fuse with fuse.py) first")
+    evaluated = evaluation.evaluate_folders(folders, None if args.logits else runs / "folds.csv", args.main)
     result, main_name = evaluated.result, evaluated.main
     options = explain_runs.ExplanationSettings(**flags.given_settings(args, explain_runs.ExplanationSettings))
-    masks = explain_runs.check_masks(args.runs, options.masks) if options.masks else None  # before any writing
+    masks = explain_runs.check_masks(runs, options.masks) if options.masks else None  # before any writing
     # The report folder is written as a unit: a killed run leaves the previous report whole.
     with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
         atomic_write_json(folder / "report.json", result)
@@ -108,12 +107,12 @@ def run_evaluation(args, out: Path) -> None:
         atomic_write_text(folder / "report.md", markdown)
         pointing = None
         if args.explain:
-            pointing = explain_runs.write_explanations(args.runs, folder, result["classes"], options, masks)
+            pointing = explain_runs.write_explanations(runs, folder, result["classes"], options, masks)
             print(pointing)
         if not args.no_figures:
             figures.write_all(evaluated.models, result, folder)
         provenance = [
-            f"runs: {args.runs if not args.logits else ', '.join(args.logits)}",
+            f"runs: {runs if not args.logits else ', '.join(args.logits)}",
             f"command: python evaluate.py {' '.join(sys.argv[1:])}",
             f"machine: {environment_line(torch.device('cpu'))}",
             f"written: {time.strftime('%Y-%m-%d %H:%M %Z')}",

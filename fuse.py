@@ -90,39 +90,41 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def referral(args) -> fusion.Referral | None:
     """--refer-accuracy and the flags that refine it; its old name --target-accuracy still works (with a warning)."""
+    given = flags.given_settings(args, fusion.Referral, "refer-")
     if args.target_accuracy is not None:
         log.warning(
             "--target-accuracy is now --refer-accuracy: the threshold is certified, no longer the laxest observed one"
         )
-        args.refer_accuracy = args.target_accuracy if args.refer_accuracy is None else args.refer_accuracy
-    return flags.requested(args, fusion.Referral, "refer-", "accuracy")
+        given = {"accuracy": args.target_accuracy, **given}
+    flags.refuse_unless("accuracy" in given, args, fusion.Referral, "--refer-accuracy", "refer-")
+    return fusion.Referral(**given) if given else None
 
 
-def run_fusion(args) -> None:
-    """--grid or --alpha: choose, calibrate and certify the fusion; write the fusion folder as a unit."""
-    args.models = run_folder.fusion_members(args.runs, args.models)
-    refuse_overlap(args.out, "--out", {f"--models {name}": args.runs / name for name in args.models})
-    check_replaceable(args.out, "--out", args.overwrite, run_folder.legacy_fusion_files)  # before any work
+def run_fusion(args, runs: Path, out: Path) -> None:
+    """--grid or --alpha: choose, calibrate and certify the fusion; write the fusion folder ``out`` as a unit."""
+    models = run_folder.fusion_members(runs, args.models)
+    refuse_overlap(out, "--out", {f"--models {name}": runs / name for name in models})
+    check_replaceable(out, "--out", args.overwrite, run_folder.legacy_fusion_files)  # before any work
     refer, sets = referral(args), flags.requested(args, fusion.PredictionSets, "sets-", "alpha")
     choice = fusion.Choice(**flags.given_settings(args, fusion.Choice))
     promises = fusion.promise_flags(choice.calibrate, refer, sets)
     chosen = fusion.select(
-        run_folder.collect_folds(args.runs, args.models, "test"),
-        fusion.held_out_folds(args.runs, args.models, "val", promises),
-        args.models,
+        run_folder.collect_folds(runs, models, "test"),
+        fusion.held_out_folds(runs, models, "val", promises),
+        models,
         choice,
         alpha=args.alpha,
         refer=refer,
         sets=sets,
-        per_fold_cal=fusion.held_out_folds(args.runs, args.models, "cal", promises),
+        per_fold_cal=fusion.held_out_folds(runs, models, "cal", promises),
     )
     grid_table = report.markdown_table(*chosen.grid) if chosen.grid is not None else None
-    run_folder.write_fusion_folder(args.out, args.overwrite, chosen, grid_table)
+    run_folder.write_fusion_folder(out, args.overwrite, chosen, grid_table)
     if args.summary is not None:
         environment = environment_line(torch.device("cpu"))
-        summary = report.promises_markdown(chosen.settings, str(args.out / run_folder.FUSION_JSON), environment)
+        summary = report.promises_markdown(chosen.settings, str(out / run_folder.FUSION_JSON), environment)
         atomic_write_text(args.summary, summary)
-    log.info("wrote %s (weights %s)", args.out, chosen.settings.weights or "per fold")
+    log.info("wrote %s (weights %s)", out, chosen.settings.weights or "per fold")
 
 
 def run(args) -> None:
@@ -132,19 +134,19 @@ def run(args) -> None:
         raise fusion.FusionError("--samples reports on predicted samples: give it with --predict FOLDER --fold K")
     flags.refuse_unless(args.predict is not None, args, PredictionRequest, "--predict FOLDER")
     flags.refuse_unless(args.samples, args, sample_report.SampleSettings, "--samples")
-    args.runs = run_folder.find_run_root(args.runs)  # flags first: their errors do not depend on the runs
-    args.out = args.out or args.runs / run_folder.FUSION_FOLDER
+    runs = run_folder.find_run_root(args.runs)  # flags first: their errors do not depend on the runs
+    out = args.out or runs / run_folder.FUSION_FOLDER
     if args.export:
-        refuse_overlap(args.export, "--export", input_folders(args.runs, args.models, args.out))
+        refuse_overlap(args.export, "--export", input_folders(runs, args.models, out))
         check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
-        settings = run_folder.read_fusion_settings(args.out)
+        settings = run_folder.read_fusion_settings(out)
         command = "python fuse.py " + " ".join(sys.argv[1:])
-        write_export(args.runs, settings, settings.chosen_folds(args.fold), args.export, args.overwrite, command)
+        write_export(runs, settings, settings.chosen_folds(args.fold), args.export, args.overwrite, command)
     elif args.predict:
         request = PredictionRequest(
             args.predict,
-            args.runs,
-            args.out,
+            runs,
+            out,
             args.models,
             args.fold,
             args.overwrite,
@@ -152,7 +154,7 @@ def run(args) -> None:
         )
         predict(request, sample_report.SampleSettings(**flags.given_settings(args, sample_report.SampleSettings)))
     else:
-        run_fusion(args)
+        run_fusion(args, runs, out)
 
 
 def main(argv=None) -> int:

@@ -264,6 +264,18 @@ def test_sets_by_part_groups_sperm18_classes_by_part_and_refuses_other_classes()
         fusion.PredictionSets(0.1, by="part").groups(["a", "b"])
 
 
+def test_the_old_name_target_accuracy_certifies_as_refer_accuracy_does_and_says_so(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    new = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.5", "--refer-delta", "0.2")
+    assert new.returncode == 0, new.stderr
+    expected = run_folder.read_fusion_settings(runs / "fusion").referral
+    old = fuse_fake_pair(
+        runs, "--grid", "--select", "val", "--target-accuracy", "0.5", "--refer-delta", "0.2", "--overwrite"
+    )
+    assert old.returncode == 0 and "--target-accuracy is now --refer-accuracy" in old.stderr
+    assert run_folder.read_fusion_settings(runs / "fusion").referral == expected
+
+
 def test_missing_validation_logits_are_one_line_and_write_nothing(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     (runs / "modelx" / "fold2" / "val_logits.npz").unlink()
