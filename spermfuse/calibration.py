@@ -26,9 +26,17 @@ class CalibrationError(SpermfuseError):
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax(z) = z - logsumexp(z), with logsumexp = max + log1p(the other classes' exp(z - max)).
+
+    log1p keeps the top class's log-probability away from exactly 0 until the margin is ~745
+    (where exp underflows); the plain log(sum) rounds it to 0 from a margin of ~37 on, which
+    flattened the NLL of well-separated cells and let a temperature fit stop anywhere."""
     shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    top = shifted.argmax(axis=1)
+    shifted = shifted - shifted[np.arange(len(shifted)), top][:, None]
+    others = np.exp(shifted)
+    others[np.arange(len(shifted)), top] = 0.0
+    return shifted - np.log1p(others.sum(axis=1, keepdims=True))
 
 
 def probabilities_of(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -50,6 +58,28 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 
 
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # the search range of fit_temperature
+NO_CALIBRATION_FIX = "give it more calibration cells (a larger --cal-fraction or --val-fraction) or leave calibration out"
+
+
+def _refuse_separable(logits: np.ndarray, labels: np.ndarray) -> None:
+    """Every cell right: the NLL falls towards 0 as T -> 0, so no finite temperature maximises
+    the likelihood, and any fitted one makes every probability 1.0 (review science-v0.3, M2)."""
+    if (logits.argmax(axis=1) == labels).all():
+        raise CalibrationError(
+            f"all {len(labels)} calibration cells are classified right, so no finite temperature fits them "
+            f"(every probability would become 1.0): {NO_CALIBRATION_FIX}"
+        )
+
+
+def _refuse_at_bound(temperature: float) -> float:
+    low, high = TEMPERATURE_BOUNDS
+    if not low * 1.01 < temperature < high / 1.01:
+        raise CalibrationError(
+            f"the temperature ran to the bound of its search ({temperature:.3g} in [{low:g}, {high:g}]): the "
+            f"calibration cells cannot calibrate it (nearly all right, or all wrong with growing confidence); "
+            f"{NO_CALIBRATION_FIX}"
+        )
+    return temperature
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -57,16 +87,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     Fit it on validation logits, never on the test fold it will be judged on. The NLL is
     convex in 1/T, so a bounded scalar search over log T (T in [0.01, 100]) finds the optimum.
+    Refused (:class:`CalibrationError`) when the optimum does not exist (every cell right) or
+    lies at a bound of the search.
     """
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     _check(logits, labels)
+    _refuse_separable(logits, labels)
     result = minimize_scalar(
         lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)),
         bounds=(math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])),
         method="bounded",
         options={"xatol": 1e-6},
     )
-    return float(math.exp(result.x))
+    return _refuse_at_bound(float(math.exp(result.x)))
 
 
 @dataclass
@@ -86,7 +119,8 @@ def fit_bias_corrected_temperature(
     logits: np.ndarray, labels: np.ndarray, ridge: float = 1e-3
 ) -> BiasCorrectedTemperature:
     """T and b minimising the NLL of softmax(z / T + b) on held-out logits (convex in 1/T and b),
-    with a small ridge on b so that a class without cells keeps a finite bias."""
+    with a small ridge on b so that a class without cells keeps a finite bias. Refused as
+    :func:`fit_temperature` is: every cell right, or T at a bound of its search."""
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     _check(logits, labels)
     onehot = np.eye(logits.shape[1])[labels]
@@ -101,7 +135,8 @@ def fit_bias_corrected_temperature(
     start = np.concatenate([[1.0 / fit_temperature(logits, labels)], np.zeros(logits.shape[1])])
     bounds = [(1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0])] + [(None, None)] * logits.shape[1]
     result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
-    return BiasCorrectedTemperature(float(1.0 / result.x[0]), result.x[1:] - result.x[1:].mean())
+    temperature = _refuse_at_bound(float(1.0 / result.x[0]))
+    return BiasCorrectedTemperature(temperature, result.x[1:] - result.x[1:].mean())
 
 
 def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:

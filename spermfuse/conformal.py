@@ -5,13 +5,19 @@ Split conformal prediction (Vovk et al. 2005; Angelopoulos & Bates 2021, "A gent
 introduction"): a score s(x, y) says how unusual class y is for image x; on n calibration cells
 with their true labels, q is the ceil((n + 1)(1 - alpha))-th smallest score; the set of a new
 cell is every class whose score is at most q. If the calibration cells and the new cell are
-exchangeable, the true class is in the set with probability at least 1 - alpha, and (for scores
-without ties, which the randomised scores guarantee) at most 1 - alpha + 1 / (n + 1).
+exchangeable, the true class is in the set with probability at least 1 - alpha.
 
 Scores: ``lac`` 1 - p_y (smallest sets on average); ``aps`` the probability mass of the classes
-ranked above y plus u * p_y, u uniform (Romano et al. 2020; adapts the set to the cell's
-difficulty); ``raps`` aps plus lam * max(0, rank(y) - k_reg) (Angelopoulos et al. 2021; shorter
-tails). ``by``: Mondrian calibration per group of classes (each group gets its own q from the
+ranked above y plus p_y itself (Romano et al. 2020; adapts the set to the cell's difficulty);
+``raps`` aps plus lam * max(0, rank(y) - k_reg) (Angelopoulos et al. 2021; shorter tails).
+
+APS and RAPS are used without their randomisation (u = 1 in "above + u * p_y"), at calibration
+and at prediction alike. A randomised score needs a fresh uniform per cell; drawn from one seeded
+generator per call, it tied a cell's set to its position in the call, and a one-image call always
+got the same draw, which under-covered for some seeds (review science-v0.3, M1). Without it a
+cell's set depends on its probabilities alone, and the coverage is still at least 1 - alpha, only
+less tight (no upper bound of 1 - alpha + 1 / (n + 1)): slightly larger sets for a promise that
+holds one cell at a time. ``by``: Mondrian calibration per group of classes (each group gets its own q from the
 calibration cells of its classes), so the coverage holds within every group, not only on
 average: per class would need at least ceil(1/alpha) - 1 calibration cells of every class.
 """
@@ -40,7 +46,6 @@ class SetCalibrator:
     n_calibration: dict[str, int] = field(default_factory=dict)
     lam: float = 0.01
     k_reg: int = 2
-    seed: int = 0
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -66,14 +71,12 @@ def _ranked(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return order, ranks, above
 
 
-def class_scores(
-    probabilities: np.ndarray, method: str, uniform: np.ndarray, lam: float = 0.01, k_reg: int = 2
-) -> np.ndarray:
-    """The score of every class of every cell [N, C] (module docstring); ``uniform`` [N] in [0, 1)."""
+def class_scores(probabilities: np.ndarray, method: str, lam: float = 0.01, k_reg: int = 2) -> np.ndarray:
+    """The score of every class of every cell [N, C] (module docstring)."""
     if method == "lac":
         return 1.0 - probabilities
     _, ranks, above = _ranked(probabilities)
-    scores = above + uniform[:, None] * probabilities
+    scores = above + probabilities
     if method == "raps":
         scores = scores + lam * np.maximum(0, ranks + 1 - k_reg)
     return scores
@@ -101,7 +104,6 @@ def calibrate_sets(
     alpha: float = 0.1,
     method: str = "aps",
     by: Mapping[int, str] | Sequence[str] | None = None,
-    seed: int = 0,
     lam: float = 0.01,
     k_reg: int = 2,
 ) -> SetCalibrator:
@@ -111,26 +113,22 @@ def calibrate_sets(
     probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
     _check(probabilities, alpha, method)
     groups = [""] * probabilities.shape[1] if by is None else [str(by[c]) for c in range(probabilities.shape[1])]
-    uniform = np.random.default_rng(seed).random(len(labels))
-    true_scores = class_scores(probabilities, method, uniform, lam, k_reg)[np.arange(len(labels)), labels]
+    true_scores = class_scores(probabilities, method, lam, k_reg)[np.arange(len(labels)), labels]
     cell_groups = np.array([groups[y] for y in labels])
     quantiles, counts = {}, {}
     for group in dict.fromkeys(groups):
         mask = cell_groups == group
         quantiles[group], counts[group] = conformal_quantile(true_scores[mask], alpha), int(mask.sum())
-    return SetCalibrator(method, alpha, quantiles, [] if by is None else groups, counts, lam, k_reg, seed)
+    return SetCalibrator(method, alpha, quantiles, [] if by is None else groups, counts, lam, k_reg)
 
 
-def predict_sets(probabilities: np.ndarray, calibrator: SetCalibrator, seed: int | None = None) -> np.ndarray:
+def predict_sets(probabilities: np.ndarray, calibrator: SetCalibrator) -> np.ndarray:
     """bool [N, C]: class c is in cell n's set when its score is at most its group's q.
 
-    The randomised scores draw fresh uniforms (``seed``; default one past the calibration's)."""
+    Each cell's set depends on its own probabilities only, not on the other cells of the call."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     _check(probabilities, calibrator.alpha, calibrator.method)
-    rng = np.random.default_rng(calibrator.seed + 1 if seed is None else seed)
-    scores = class_scores(
-        probabilities, calibrator.method, rng.random(len(probabilities)), calibrator.lam, calibrator.k_reg
-    )
+    scores = class_scores(probabilities, calibrator.method, calibrator.lam, calibrator.k_reg)
     groups = calibrator.group_of_class or [""] * probabilities.shape[1]
     limits = np.array([calibrator.quantiles[g] for g in groups])
     return scores <= limits[None, :]

@@ -3,6 +3,7 @@ fold, the paired tests between models, calibration before and after, and Table 2
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +14,8 @@ from . import calibration, fusion, metrics, run_folder, splits
 from .errors import FusionError
 from .report import fmt, p_value
 from .run_folder import LogitsSet, align, pooled
+
+log = logging.getLogger(__name__)
 
 
 def training_sizes(folds: Sequence[LogitsSet], held_out: Sequence[Sequence[LogitsSet] | None] = ()) -> list[int]:
@@ -125,7 +128,10 @@ def calibration_of(
     block |= {"after": None, "aurc_after": None, "temperature_per_fold": None, "intervals": None}
     temperatures = list(shipped) if shipped is not None else None
     if temperatures is None and val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
-        temperatures = [calibration.fit_temperature(v.logits, v.labels) for v in val_folds]
+        try:
+            temperatures = [calibration.fit_temperature(v.logits, v.labels) for v in val_folds]
+        except calibration.CalibrationError as error:  # the report says "not calibrated" rather than stopping
+            log.warning("calibration block: no temperature fitted on the validation logits: %s", error)
     if temperatures is not None:
         scaled = np.concatenate([f.logits / t for f, t in zip(folds, temperatures)])
         block |= {

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from . import run_folder
-from .calibration import TEMPERATURE_BOUNDS, fit_temperature, probabilities_of
+from .calibration import CalibrationError, fit_temperature, probabilities_of
 from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
 from .flags import setting
@@ -156,8 +156,9 @@ def fit_temperatures(
 ) -> list[list[float]]:
     """Per fold, each model's temperature, fitted on that fold's *validation* logits only.
 
-    A fold whose validation set is too small or holds one class cannot calibrate (the fit
-    runs to a bound of its search): refused, naming the fold."""
+    A fold whose validation set is too small or holds one class, whose cells are all classified
+    right (no finite temperature fits them) or whose fit runs to a bound of its search cannot
+    calibrate: refused in one line naming the fold, the model and the reason."""
     temperatures = []
     for sets in per_fold_val:
         labels = sets[0].labels
@@ -166,13 +167,12 @@ def fit_temperatures(
                 f"--calibrate: fold {sets[0].fold} validates on {len(labels)} images of {len(np.unique(labels))} class(es); "
                 f"a temperature needs at least {MIN_CALIBRATION_IMAGES} images of two or more classes (a larger --val-fraction, or leave --calibrate out)"
             )
-        fold = [fit_temperature(s.logits, s.labels) for s in sets]
-        for name, t in zip(names or [s.source for s in sets], fold):
-            if not TEMPERATURE_BOUNDS[0] * 1.01 < t < TEMPERATURE_BOUNDS[1] / 1.01:
-                raise FusionError(
-                    f"--calibrate: fold {sets[0].fold}, {name}: the temperature ran to the bound of its search ({t:.3g}); "
-                    "its validation logits cannot calibrate it (all right or all wrong with growing confidence); leave --calibrate out"
-                )
+        fold = []
+        for name, logits_set in zip(names or [s.source for s in sets], sets):
+            try:
+                fold.append(fit_temperature(logits_set.logits, logits_set.labels))
+            except CalibrationError as error:
+                raise FusionError(f"--calibrate: fold {logits_set.fold}, {name}: {error}") from None
         temperatures.append(fold)
     return temperatures
 
@@ -397,7 +397,7 @@ def calibrate_average_sets(
     average: LogitsSet, folds: Sequence[int], alpha: float, method: str = "aps", by: Sequence[str] | None = None
 ) -> dict:
     """The conformal set calibrator of the average of ``folds``' pairs, on the holdout they share."""
-    calibrator = calibrate_sets(probabilities_of(average.logits), average.labels, alpha, method, by, seed=len(folds))
+    calibrator = calibrate_sets(probabilities_of(average.logits), average.labels, alpha, method, by)
     return {"folds": list(folds), "calibrator": calibrator.to_dict()}
 
 
@@ -487,7 +487,7 @@ def calibrate_prediction_sets(
             per_fold,
         )
     ):
-        calibrator = calibrate_sets(pv, yv, alpha, method, by, seed=k)
+        calibrator = calibrate_sets(pv, yv, alpha, method, by)
         predicted = predict_sets(pt, calibrator)
         metrics = set_metrics(predicted, yt, classes)
         if by is not None:

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import __version__, fusion, page
-from .calibration import fit_bias_corrected_temperature
+from .calibration import CalibrationError, fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
 from .data import DataError, load_rgb
 from .errors import FusionError
@@ -254,7 +254,10 @@ def estimate_samples(
     """Each sample's :class:`FractionEstimate`, counts and warnings, in place."""
     estimated, indicator = estimated_space(held_out, settings)
     if settings.method in NEEDS_PROBABILITIES:  # per-class calibration on the held-out cells (BCTS)
-        recalibrated = fit_bias_corrected_temperature(held_out.logits, held_out.labels)
+        try:
+            recalibrated = fit_bias_corrected_temperature(held_out.logits, held_out.labels)
+        except CalibrationError as error:
+            raise FusionError(f"--samples --method {settings.method}: the held-out cells' calibration: {error}") from None
         probabilities = recalibrated.probabilities(np.log(np.clip(probabilities, 1e-300, None)))
     for sample in samples:
         cells = probabilities[sample.cells] @ indicator

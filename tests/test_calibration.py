@@ -94,3 +94,57 @@ def test_bias_corrected_temperature_recovers_the_temperature_and_class_biases_la
     assert fitted.temperature == pytest.approx(2.0, rel=0.1)
     assert np.allclose(fitted.bias, bias, atol=0.15)
     assert fitted.probabilities(logits).sum(axis=1) == pytest.approx(np.ones(4000))
+
+
+def separable_logits(cells=24, classes=4, margin=20.0, seed=0):
+    """Held-out logits that classify every cell right with a wide margin (a small, easy real set)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, cells)
+    logits = rng.normal(0, 1.0, (cells, classes))
+    logits[np.arange(cells), labels] += margin
+    return logits, labels
+
+
+def test_the_nll_of_a_right_cell_stays_above_zero_past_a_margin_of_37():
+    # log(1 + e^-40) rounds to 0 in float64; log1p keeps it (about 4.2e-18), so the NLL keeps falling with T.
+    logits = np.array([[40.0, 0.0]])
+    nll = calibration.negative_log_likelihood(logits, np.array([0]))
+    assert nll == pytest.approx(np.exp(-40.0), rel=1e-9)
+    assert calibration.negative_log_likelihood(logits, np.array([0]), 0.5) < nll
+
+
+def test_log_softmax_is_right_with_tied_top_classes():
+    assert np.allclose(np.exp(calibration.log_softmax(np.array([[3.0, 3.0, -np.inf]]))), [[0.5, 0.5, 0.0]])
+
+
+@pytest.mark.parametrize("margin", [8.0, 20.0, 200.0])
+def test_fit_temperature_refuses_cells_that_are_all_right(margin):
+    logits, labels = separable_logits(margin=margin)
+    with pytest.raises(CalibrationError, match="all 24 calibration cells are classified right"):
+        calibration.fit_temperature(logits, labels)
+
+
+@pytest.mark.parametrize("margin", [8.0, 20.0, 200.0])
+def test_bias_corrected_temperature_refuses_cells_that_are_all_right(margin):
+    logits, labels = separable_logits(margin=margin)
+    with pytest.raises(CalibrationError, match="classified right"):
+        calibration.fit_bias_corrected_temperature(logits, labels)
+
+
+def test_a_temperature_at_the_bound_of_its_search_is_refused():
+    # 399 cells right by a margin of 0.05 and one wrong by 1e-5: the likelihood keeps rising as T falls below 0.01.
+    logits = np.array([[0.05, 0.0]] * 399 + [[1e-5, 0.0]])
+    labels = np.array([0] * 399 + [1])
+    with pytest.raises(CalibrationError, match="bound of its search"):
+        calibration.fit_temperature(logits, labels)
+    # Every cell wrong with the same confidence: the likelihood keeps rising as T grows past 100.
+    with pytest.raises(CalibrationError, match="bound of its search"):
+        calibration.fit_temperature(np.array([[0.0, 1.0]] * 30), np.zeros(30, dtype=int))
+
+
+def test_one_wrong_cell_among_right_ones_still_fits_a_finite_temperature():
+    logits, labels = separable_logits(cells=30, margin=3.0)
+    labels[0] = (labels[0] + 1) % 4
+    t = calibration.fit_temperature(logits, labels)
+    assert calibration.TEMPERATURE_BOUNDS[0] * 1.01 < t < calibration.TEMPERATURE_BOUNDS[1] / 1.01
+    assert calibration.probabilities_of(logits, t).max() < 1.0

@@ -232,7 +232,7 @@ def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_app
     assert "- referral: " in card and "prediction sets:" in card
     assert "fuse.py --export" in card  # the command that wrote it
     (tmp_path / "client.py").write_text(readme_client())
-    images = sorted(new_images.iterdir())  # the order --predict reads them in: the sets' random tie-breaks follow it
+    images = sorted(new_images.iterdir())[::-1]  # not --predict's order: a cell's set depends on that cell alone
     client = subprocess.run(
         [sys.executable, "-I", str(tmp_path / "client.py"), str(tmp_path / "deploy"), *map(str, images)],
         cwd=tmp_path,

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_calibration_logits
+from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_calibration_logits, write_logits
 
 from spermfuse import calibration, fusion, run_folder
 
@@ -113,6 +113,18 @@ def test_calibrated_fusion_fits_each_temperature_on_validation_logits_only(tmp_p
     assert json.loads((out / "fusion.json").read_text())["temperatures"]["per_fold"] == temperatures
 
 
+def test_calibrate_refuses_validation_cells_that_are_all_right_in_one_line(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    (easy,) = [s for s in run_folder.collect_folds(runs, ["modely"], "val")[2]]  # fold 3
+    separable = np.eye(3)[easy.labels] * 30.0  # every cell right by a margin of 30: no finite temperature
+    write_logits(runs / "modely" / "fold3" / "val_logits.npz", separable, easy.labels, list(easy.paths), "modely", 3)
+    result = fuse_fake_pair(runs, "--grid", "--select", "val", "--calibrate")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: --calibrate: fold 3, modely: all 60 calibration cells are classified right")
+    assert not (runs / "fusion").exists()
+
+
 def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_path):
     from spermfuse.selective import certify_threshold
 
@@ -190,7 +202,7 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
     truth = cal[0][0].labels[np.argsort(cal[0][0].paths)]
     expected = certify_threshold(average.max(axis=1), average.argmax(axis=1) == truth, 0.6).to_dict()
     assert settings.decision(settings.folds)["referral"] == expected
-    calibrator = calibrate_sets(average, truth, 0.2, "aps", None, seed=5).to_dict()
+    calibrator = calibrate_sets(average, truth, 0.2, "aps", None).to_dict()
     assert settings.decision(settings.folds)["prediction_sets"] == calibrator
     assert settings.prediction_threshold(settings.folds) == expected["threshold"]
 

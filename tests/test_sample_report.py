@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from spermfuse.data import DataError
+from spermfuse.errors import FusionError
 from spermfuse.quantify import QuantifyError, merge_classes
 from spermfuse.sample_report import (
     HeldOutConfusion,
@@ -127,6 +128,21 @@ def test_em_recalibrates_on_the_held_out_logits_before_adjusting():
     estimate_samples(samples, probabilities, HeldOutConfusion(confusion, CLASSES, "test", logits, labels), settings)
     value, low, high = samples[0].estimate.of("Normal")
     assert low <= 0.10 <= high and samples[0].estimate.method == "em"
+
+
+@pytest.mark.parametrize("method", ["em", "pcc"])
+def test_held_out_cells_that_are_all_right_cannot_recalibrate_and_stop_the_samples_in_one_line(method):
+    labels = np.repeat(np.arange(3), 8)
+    logits = 25.0 * np.eye(3)[labels]  # a small, easy held-out set: every cell right by a margin of 25
+    confusion = np.diag(np.bincount(labels)).astype(float)
+    samples = [Sample("a", "sample_a", list(range(10)))]
+    with pytest.raises(FusionError, match=f"--samples --method {method}: the held-out cells' calibration: all 24"):
+        estimate_samples(
+            samples,
+            probabilities_for([0] * 10),
+            HeldOutConfusion(confusion, CLASSES, "test", logits, labels),
+            SampleSettings(method=method),
+        )
 
 
 def test_the_average_of_the_folds_gets_a_confusion_from_a_shared_calibration_holdout(tmp_path):

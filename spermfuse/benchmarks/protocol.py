@@ -256,7 +256,7 @@ def promises_suite(bench: Benchmark) -> dict:
         certificate = certify_threshold(pc.max(axis=1), pc.argmax(axis=1) == yc, 0.9, 0.1)
         outcome = accepted_accuracy(pt.max(axis=1), pt.argmax(axis=1) == yt, certificate.threshold)
         sets = set_metrics(
-            predict_sets(pt, calibrate_sets(pc, yc, 0.1, "aps", seed=fold)), yt, [str(c) for c in range(18)]
+            predict_sets(pt, calibrate_sets(pc, yc, 0.1, "aps")), yt, [str(c) for c in range(18)]
         )
         rows.append(
             [
