@@ -15,6 +15,7 @@
     python benchmark.py --suite explain                  # Grad-CAM of the fused pair vs its forward; occlusion images/s
     python benchmark.py --suite guarantees --markdown docs/guarantees_benchmark.md   # manifests and locks vs the commands they guard
     python benchmark.py --suite promises --markdown docs/promises_benchmark.md       # certified referral and conformal sets at the paper's scale
+    python benchmark.py --suite referral --markdown docs/referral_benchmark.md       # each referral certificate: failure rate and cells accepted, simulated
     python benchmark.py --suite samples --markdown docs/samples_benchmark.md   # per-sample fractions on simulated patients (needs bash demo.sh)
     python benchmark.py --suite sample-report --models efficientnet_tiny resnetv2_tiny --img-size 64   # one 200-cell sample's report, end to end
     python benchmark.py --suite scale-out --rounds 3   # the tiny protocol: folds one after the other vs --fold-parallel (torchrun)

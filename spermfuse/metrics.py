@@ -199,18 +199,18 @@ def corrected_resampled_t_test(
     The folds' training sets overlap, so their scores are correlated and the plain paired
     t-test's variance s^2 / k is too small. The correction inflates it by the ratio of test to
     training size:  t = mean(d) / sqrt((1/k + n_test/n_train) s^2),  with k - 1 degrees of
-    freedom, d the fold-wise differences and s^2 their unbiased variance. None when undefined.
+    freedom, d the fold-wise differences and s^2 their unbiased variance. None when undefined
+    (fewer than two folds, or every fold the same non-zero difference).
     """
     differences = np.asarray(fold_scores_a, dtype=np.float64) - np.asarray(fold_scores_b, dtype=np.float64)
     k = len(differences)
     if k < 2 or train_size <= 0:
         return {"corrected_t": None, "corrected_t_p": None}
     variance = differences.var(ddof=1)
-    if variance == 0:
-        return {
-            "corrected_t": 0.0 if differences.mean() == 0 else math.copysign(math.inf, differences.mean()),
-            "corrected_t_p": 1.0 if differences.mean() == 0 else 0.0,
-        }
+    if np.allclose(differences, differences[0], rtol=0.0, atol=1e-12):  # every fold the same difference: no spread
+        if abs(differences[0]) <= 1e-12:
+            return {"corrected_t": 0.0, "corrected_t_p": 1.0}
+        return {"corrected_t": None, "corrected_t_p": None}  # t = d / 0: undefined, not p = 0 (science-v0.3, m7)
     t = float(differences.mean() / math.sqrt((1.0 / k + test_size / train_size) * variance))
     return {"corrected_t": t, "corrected_t_p": float(2 * stats.t.sf(abs(t), k - 1))}
 

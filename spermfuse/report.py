@@ -462,7 +462,7 @@ def promises_markdown(settings: run_folder.FusionSettings, source: str, environm
         )
         out.append(
             f"Referral certified on {r['calibrated_on']} ({r['method']}): accepted accuracy >= {r['target_accuracy']} with probability >= "
-            f"{1 - r['delta']:.2f}; folds whose test accuracy fell below it: {fmt(r['folds_below_target'], 2)}.\n"
+            f"{1 - r['delta']:.2f}; folds whose test accuracy is below it beyond doubt (one-sided 95 % Clopper-Pearson upper bound under the target): {fmt(r['folds_below_target'], 2)}.\n"
         )
         out.append(
             markdown_table(

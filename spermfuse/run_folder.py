@@ -392,7 +392,7 @@ def write_fused_logits(
 
 # --------------------------------------------------------------------------- fusion.json
 
-FUSION_SETTINGS_VERSION = 2  # 2: referral as per-fold certificates, prediction sets
+FUSION_SETTINGS_VERSION = 3  # 2: referral as per-fold certificates, prediction sets; 3: sets without randomisation
 
 
 @dataclass

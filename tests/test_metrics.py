@@ -106,3 +106,12 @@ def test_corrected_resampled_t_is_the_paired_t_shrunk_by_the_overlap_of_training
     assert metrics.corrected_resampled_t_test(a, b, test_size=1e-9, train_size=1)["corrected_t"] == pytest.approx(
         paired.statistic
     )
+
+
+def test_the_corrected_t_test_is_undefined_when_every_fold_differs_by_the_same_amount():
+    a, b = [0.80, 0.82, 0.79, 0.81, 0.85], [0.78, 0.80, 0.77, 0.79, 0.83]  # every difference 0.02
+    assert metrics.corrected_resampled_t_test(a, b, test_size=200, train_size=800) == {
+        "corrected_t": None,
+        "corrected_t_p": None,
+    }
+    assert metrics.corrected_resampled_t_test(a, a, test_size=200, train_size=800)["corrected_t_p"] == 1.0

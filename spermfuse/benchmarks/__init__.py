@@ -5,7 +5,8 @@ data, the device, where to report) and returns its figures as a dict.
   EMA, padding, the cost of an explanation, CPU speed-ups;
 - ``pipeline.py``: augmentation, the loader, the folds;
 - ``protocol.py``: fusion and evaluation at the paper's size, the file guarantees, the promises,
-  the per-sample fractions, one sample report, training folds in parallel.
+  the per-sample fractions, one sample report, training folds in parallel;
+- ``referral.py``: the certified referral's failure rate and accepted share, simulated.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .protocol import (
     samples_suite,
     scale_out_suite,
 )
+from .referral import referral_suite
 from .speed import (
     cpu_suite,
     ema_suite,
@@ -46,6 +48,7 @@ SUITES: dict[str, Callable[[Benchmark], dict]] = {
     "cpu": cpu_suite,
     "guarantees": guarantees_suite,
     "promises": promises_suite,
+    "referral": referral_suite,
     "samples": samples_suite,
     "sample-report": sample_report_suite,
     "scale-out": scale_out_suite,

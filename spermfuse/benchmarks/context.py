@@ -60,6 +60,7 @@ class Benchmark:
     )
     simulated_samples: int = setting(200, "--suite samples: patients per row", "suites")
     boot: int = setting(300, "--suite samples: bootstrap replicates per interval", "suites")
+    referral_repeats: int = setting(2000, "--suite referral: calibration draws per method and setting", "suites")
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     scripts: Path = Path(".")  # the folder of train.py, fuse.py and evaluate.py: the command suites run them
     write: Callable[[str], None] = log.info
