@@ -215,6 +215,21 @@ def corrected_resampled_t_test(
     return {"corrected_t": t, "corrected_t_p": float(2 * stats.t.sf(abs(t), k - 1))}
 
 
+def group_bootstrap_interval(
+    correct: np.ndarray, groups: Sequence[str], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of the accuracy when whole groups (patients) are resampled with
+    replacement: cells of one patient are not independent trials, and resampling them one by
+    one (or Wilson's interval) is too narrow when a patient gives many cells."""
+    names, group_of_cell = np.unique(np.asarray(groups), return_inverse=True)
+    right = np.bincount(group_of_cell, weights=np.asarray(correct, dtype=np.float64), minlength=len(names))
+    cells = np.bincount(group_of_cell, minlength=len(names)).astype(np.float64)
+    drawn = np.random.default_rng(seed).integers(0, len(names), (resamples, len(names)))
+    accuracy = right[drawn].sum(axis=1) / cells[drawn].sum(axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(accuracy, tail)), float(np.percentile(accuracy, 100 - tail))
+
+
 def wilcoxon_floor(pairs: int) -> float:
     """The smallest p-value the exact two-sided Wilcoxon signed-rank test can give with ``pairs``
     pairs: every difference of one sign, 2 / 2^n (0.0625 for five folds)."""

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import __version__, metrics
+from . import __version__, metrics, splits
 from .report import markdown_table
 from .run_folder import FusionSettings, LogitsSet, data_root_of_run, fold_folder, pooled
 from .runtime import git_commit
@@ -98,6 +98,35 @@ def _decision_lines(decision: dict | None) -> list[str]:
     return lines
 
 
+def _accuracy_line(runs: Path, tested: Sequence[LogitsSet], folds: Sequence[int]) -> str:
+    """The pooled test accuracy and what its interval describes (review science-v0.3, m4): a
+    patient bootstrap when folds.csv names each cell's group, else Wilson's interval, which
+    treats every cell as an independent trial."""
+    labels, logits = pooled(tested)
+    correct = logits.argmax(axis=1) == labels
+    accuracy = _percent(correct.mean())
+    whose = (
+        "The fused pair of the fold on its test cells"
+        if len(folds) == 1
+        else f"Each fold's fused pair on that fold's test cells, pooled over folds {', '.join(map(str, folds))} "
+        "(these figures describe the per-fold pairs; their exported average has no test cells of its own: each "
+        "fold's test cells trained the other folds)"
+    )
+    group_of = splits.group_of_path(runs / "folds.csv")
+    paths = [p for t in tested for p in t.paths]
+    if group_of is not None and all(p in group_of for p in paths):
+        groups = [group_of[p] for p in paths]
+        low, high = metrics.group_bootstrap_interval(correct, groups)
+        interval = f"95 % bootstrap interval over {len(set(groups))} patients/groups, {_percent(low)} – {_percent(high)}"
+    else:
+        low, high = wilson_interval(int(correct.sum()), len(correct))
+        interval = (
+            f"95 % Wilson interval {_percent(low)} – {_percent(high)}, which treats the cells as independent: with "
+            "several cells per patient the true interval is wider (train with groups for a patient bootstrap)"
+        )
+    return f"{whose} ({len(labels)} cells, never trained on): accuracy {accuracy} ({interval})."
+
+
 def model_card(
     runs: Path,
     settings: FusionSettings,
@@ -112,8 +141,6 @@ def model_card(
     labels, logits = pooled(tested)
     classes = tested[0].classes
     confusion = metrics.confusion_counts(labels, logits.argmax(axis=1), len(classes))
-    right = int(np.trace(confusion))
-    low, high = wilson_interval(right, len(labels))
     record = _training_record(runs, settings.models[0], folds[0])
     data_root = str(data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))) if record else "unknown"
     averaged = "one fold" if len(folds) == 1 else "their fused logits averaged"
@@ -138,8 +165,7 @@ def model_card(
         "",
         "## Performance on held-out cells",
         "",
-        f"The fused pair of each fold on that fold's test cells ({len(labels)} cells, never trained on): "
-        f"accuracy {_percent(right / len(labels))} (95 % Wilson interval {_percent(low)} – {_percent(high)}).",
+        _accuracy_line(runs, tested, folds),
         "",
         markdown_table(
             ["class", "test cells", "sensitivity (recall)", "95 % interval", "specificity"],

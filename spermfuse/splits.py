@@ -165,6 +165,17 @@ def groups_per_fold(folds_csv: Path) -> dict[int, dict[str, int]] | None:
     }
 
 
+def group_of_path(folds_csv: Path) -> dict[str, str] | None:
+    """From a folds.csv with groups: each image path's group (patient, slide or sample); None
+    when the file is missing or has no groups."""
+    if not folds_csv.exists():
+        return None
+    rows = _folds_rows(folds_csv)
+    if not rows or "group" not in rows[0]:
+        return None
+    return {row["path"]: row["group"] for row in rows}
+
+
 def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: int = 42) -> np.ndarray:
     """The fold of every sample: from the layout, else from ``folds_csv``, else made and saved there.
 
