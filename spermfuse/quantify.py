@@ -104,10 +104,12 @@ def check_distinguishable(matrix: np.ndarray, classes: Sequence[str]) -> None:
 
 
 def check_confusion(confusion: np.ndarray, classes: Sequence[str], method: str) -> None:
-    """Every check of the confusion that ``method`` needs, before any work: ``cc`` and ``pcc`` do
-    not use it; ``em`` needs each class's held-out cells (their prior); ``acc`` also needs the
+    """Every check of the confusion that ``method`` needs, before any work: ``cc`` does not use
+    it; ``em`` needs each class's held-out cells (their prior), and so does ``pcc``: its
+    probabilities are recalibrated per class on those cells, and a class without any gets a bias
+    that drives its probabilities towards 0 (review science-v0.3, m6); ``acc`` also needs the
     classes told apart."""
-    if method in ("acc", "em"):
+    if method in ("acc", "pcc", "em"):
         matrix = row_normalised(confusion, classes)
         if method == "acc":
             check_distinguishable(matrix, classes)

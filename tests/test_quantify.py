@@ -160,3 +160,12 @@ def test_the_simulation_scores_each_method_against_the_patients_true_fractions()
     assert abs(rows["acc"]["bias"]) < abs(rows["cc"]["bias"])
     assert set(rows["acc"]["group_coverage"]) == {"normal", "defect"}
     assert {"rmse", "width", "wrong_side", "refused"} <= set(rows["acc"])
+
+
+@pytest.mark.parametrize("method", ["pcc", "em"])
+def test_the_probability_methods_refuse_a_class_without_held_out_cells(method):
+    confusion = CONFUSION_SHARES * 50
+    confusion[1] = 0  # no held-out cell of true class 1: its recalibrated probabilities would be pushed to 0
+    probabilities = np.full((30, len(CLASSES)), 1 / len(CLASSES))
+    with pytest.raises(QuantifyError, match=f"no held-out cells of true class {CLASSES[1]}"):
+        class_fractions(probabilities, confusion, CLASSES, method=method, n_boot=20)
