@@ -58,7 +58,9 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 
 
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # the search range of fit_temperature
-NO_CALIBRATION_FIX = "give it more calibration cells (a larger --cal-fraction or --val-fraction) or leave calibration out"
+NO_CALIBRATION_FIX = (
+    "give it more calibration cells (a larger --cal-fraction or --val-fraction) or leave calibration out"
+)
 
 
 def _refuse_separable(logits: np.ndarray, labels: np.ndarray) -> None:

@@ -117,7 +117,9 @@ def _accuracy_line(runs: Path, tested: Sequence[LogitsSet], folds: Sequence[int]
     if group_of is not None and all(p in group_of for p in paths):
         groups = [group_of[p] for p in paths]
         low, high = metrics.group_bootstrap_interval(correct, groups)
-        interval = f"95 % bootstrap interval over {len(set(groups))} patients/groups, {_percent(low)} – {_percent(high)}"
+        interval = (
+            f"95 % bootstrap interval over {len(set(groups))} patients/groups, {_percent(low)} – {_percent(high)}"
+        )
     else:
         low, high = wilson_interval(int(correct.sum()), len(correct))
         interval = (

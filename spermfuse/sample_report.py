@@ -257,7 +257,9 @@ def estimate_samples(
         try:
             recalibrated = fit_bias_corrected_temperature(held_out.logits, held_out.labels)
         except CalibrationError as error:
-            raise FusionError(f"--samples --method {settings.method}: the held-out cells' calibration: {error}") from None
+            raise FusionError(
+                f"--samples --method {settings.method}: the held-out cells' calibration: {error}"
+            ) from None
         probabilities = recalibrated.probabilities(np.log(np.clip(probabilities, 1e-300, None)))
     for sample in samples:
         cells = probabilities[sample.cells] @ indicator

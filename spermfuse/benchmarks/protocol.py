@@ -255,8 +255,9 @@ def promises_suite(bench: Benchmark) -> dict:
         (pc, yc), (pt, yt) = cells(1500), cells(3691)
         certificate = certify_threshold(pc.max(axis=1), pc.argmax(axis=1) == yc, 0.9, 0.1)
         outcome = accepted_accuracy(pt.max(axis=1), pt.argmax(axis=1) == yt, certificate.threshold)
-        sets = set_metrics(
-            predict_sets(pt, calibrate_sets(pc, yc, 0.1, "aps")), yt, [str(c) for c in range(18)]
+        sets, lac = (
+            set_metrics(predict_sets(pt, calibrate_sets(pc, yc, 0.1, method)), yt, [str(c) for c in range(18)])
+            for method in ("aps", "lac")
         )
         rows.append(
             [
@@ -267,11 +268,13 @@ def promises_suite(bench: Benchmark) -> dict:
                 f"[{outcome['interval'][0]:.4f}, {outcome['interval'][1]:.4f}]",
                 f"{sets['coverage']:.4f}",
                 f"{sets['mean_size']:.2f}",
+                f"{lac['coverage']:.4f}",
+                f"{lac['mean_size']:.2f}",
             ]
         )
         accepted_all.append(pt.max(axis=1) >= certificate.threshold)
         correct_all.append(pt.argmax(axis=1) == yt)
-        covered.append((sets["coverage"], sets["mean_size"]))
+        covered.append((sets["coverage"], sets["mean_size"], lac["coverage"], lac["mean_size"]))
     pooled = accepted_accuracy(np.concatenate(accepted_all).astype(float), np.concatenate(correct_all), 0.5)
     rows.append(
         [
@@ -280,8 +283,10 @@ def promises_suite(bench: Benchmark) -> dict:
             f"{1 - pooled['referred_share']:.3f}",
             f"{pooled['accepted_accuracy']:.4f}",
             f"[{pooled['interval'][0]:.4f}, {pooled['interval'][1]:.4f}]",
-            f"{np.mean([c for c, _ in covered]):.4f}",
-            f"{np.mean([m for _, m in covered]):.2f}",
+            *(
+                f"{value:.4f}" if column % 2 == 0 else f"{value:.2f}"
+                for column, value in enumerate(np.mean(covered, axis=0))
+            ),
         ]
     )
     probabilities, labels = cells(18456)
@@ -305,6 +310,8 @@ def promises_suite(bench: Benchmark) -> dict:
             "95 % interval",
             "set coverage (alpha 0.1, aps)",
             "mean set size",
+            "set coverage (lac)",
+            "mean set size (lac)",
         ],
         rows,
     )

@@ -47,7 +47,9 @@ class BetaMixture:
         share = self.accepted_share(threshold)
         if share == 0.0:
             return 1.0
-        right = sum(w * a / (a + b) * stats.beta.sf(threshold, a + 1, b) for w, (a, b) in zip(self.weights, self.shapes))
+        right = sum(
+            w * a / (a + b) * stats.beta.sf(threshold, a + 1, b) for w, (a, b) in zip(self.weights, self.shapes)
+        )
         return float(right / share)
 
     def oracle_share(self, target_accuracy: float) -> float:
@@ -104,7 +106,9 @@ def referral_suite(bench: Benchmark) -> dict:
             rows.append(row)
             if bench.progress:
                 bench.progress(len(rows), 9)
-    headers = ["target", "calibration cells", "oracle share"] + [f"{m}: failure / accepted (certified)" for m in METHODS]
+    headers = ["target", "calibration cells", "oracle share"] + [
+        f"{m}: failure / accepted (certified)" for m in METHODS
+    ]
     note = (
         f"\nEach cell of the table: over {bench.referral_repeats} calibration draws (delta {delta}), the share whose "
         "threshold keeps less than the target on the population (promised <= delta), the mean share of future cells "
