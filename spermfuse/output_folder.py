@@ -70,12 +70,14 @@ def read_manifest(folder: Path) -> dict[str, str] | None:
 def verify_folder(folder: Path) -> None:
     """Refuse a folder whose files differ from its manifest (edited, mixed or half-copied).
 
-    A folder without a manifest (older versions) is read with a warning."""
+    A folder without one is refused too: deleting the manifest must not switch the check off."""
     recover(folder)
     files = read_manifest(folder)
     if files is None:
-        log.warning("%s: no %s (written by an older spermfuse); its files are not checked", folder, MANIFEST_NAME)
-        return
+        raise CheckpointError(
+            f"{folder}: has no {MANIFEST_NAME}, so its files cannot be checked (deleted, or written by a spermfuse "
+            "older than v0.2); write the folder again with the command that made it"
+        )
     present = set(_files(folder))
     extra, missing = present - set(files), set(files) - present
     changed = [name for name in sorted(present & set(files)) if file_sha256(folder / name) != files[name]]

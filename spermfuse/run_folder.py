@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -297,7 +298,7 @@ def load_fold_sets(folder: Path, split: str = "test") -> list[LogitsSet]:
     )
     if not paths:
         raise FusionError(f"{folder}: no fold*/{split}_logits.npz or {SINGLE_SPLIT_FOLDER}/{split}_logits.npz files")
-    if (folder / MANIFEST_NAME).is_file():  # a fusion folder: its files must be the ones fuse.py wrote together
+    if (folder / MANIFEST_NAME).is_file() or (folder / FUSION_JSON).is_file():  # a fusion folder: fuse.py's files together
         verify_folder(folder)
     sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
     for s in sets[1:]:
@@ -392,6 +393,10 @@ def write_fused_logits(
 
 # --------------------------------------------------------------------------- fusion.json
 
+
+def _all_numbers(values: object) -> bool:
+    return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
 FUSION_SETTINGS_VERSION = 3  # 2: referral as per-fold certificates, prediction sets; 3: sets without randomisation
 
 
@@ -452,7 +457,36 @@ class FusionSettings:
             raise FusionError(
                 f"{source}: weights_per_fold does not match its folds and models; run python fuse.py --grid again"
             )
+        settings._check_values(source)
         return settings
+
+    def _check_values(self, source: str) -> None:
+        """What a rewritten manifest cannot vouch for: each fold's weights a mix (finite, >= 0,
+        summing to 1), temperatures finite and > 0, and the members in the order of the logits
+        files they were fused from (``inputs``), so a swapped ``models`` cannot swap the weights."""
+        mixes = [*self.weights_per_fold, *([self.weights] if self.weights is not None else [])]
+        for weights in mixes:
+            values = np.asarray(weights, dtype=np.float64) if _all_numbers(weights) else np.array([np.nan])
+            if not (np.isfinite(values).all() and (values >= 0).all() and abs(values.sum() - 1.0) <= 1e-6):
+                raise FusionError(
+                    f"{source}: weights {weights} are not a mix (finite, >= 0, summing to 1); run python fuse.py --grid again"
+                )
+        for key in ("per_fold", "fused_per_fold"):
+            given = (self.temperatures or {}).get(key)
+            flat = [t for row in given for t in (row if isinstance(row, list) else [row])] if given else []
+            if flat and not (_all_numbers(flat) and all(math.isfinite(t) and t > 0 for t in flat)):
+                raise FusionError(f"{source}: temperatures.{key} must be finite and > 0; run python fuse.py --grid again")
+        if self.inputs:
+            expected = [(model, f"fold{k}") for k in self.folds for model in self.models]
+            parts = [Path(p).parts for p in self.inputs]
+            if len(parts) != len(expected) or any(
+                model not in found or (fold not in found and SINGLE_SPLIT_FOLDER not in found)
+                for found, (model, fold) in zip(parts, expected)
+            ):
+                raise FusionError(
+                    f"{source}: models {self.models} and folds {self.folds} are not the ones its inputs were fused from; "
+                    "run python fuse.py --grid again"
+                )
 
     def chosen_folds(self, text: str) -> list[int]:
         """The folds of ``fuse.py --fold TEXT`` (a fold number, or 'all'), refused unless fused here."""

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, fake_runs, fuse_fake_pair, write_logits
+from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
 from spermfuse import fusion, run_folder
+from spermfuse.files import CheckpointError
 
 
 def test_align_joins_on_paths_whatever_the_order(tmp_path):
@@ -95,3 +96,63 @@ def test_without_runs_the_most_recent_run_root_under_runs_is_used_and_named(tmp_
         assert find_run_root(None) == Path("runs") / "tiny"
     assert "the most recent of runs/demo, runs/tiny" in caplog.text
     assert find_run_root(older) == older  # given: used as it is
+
+
+def fused_fake_pair(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert fuse_fake_pair(runs, "--grid", "--select", "val").returncode == 0
+    return runs, json.loads((runs / "fusion" / "fusion.json").read_text())
+
+
+def rewrite_fusion_json(runs, settings: dict) -> None:
+    """Edit fusion.json on purpose, as GUARANTEES.md says: the manifest rewritten with it."""
+    from spermfuse.output_folder import write_manifest
+
+    (runs / "fusion" / "fusion.json").write_text(json.dumps(settings))
+    write_manifest(runs / "fusion")
+
+
+def test_deleting_the_manifest_after_editing_fusion_json_is_refused(tmp_path):
+    runs, settings = fused_fake_pair(tmp_path)
+    settings["weights_per_fold"][0] = [5.0, -4.0]
+    (runs / "fusion" / "fusion.json").write_text(json.dumps(settings))
+    (runs / "fusion" / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="has no manifest.json, so its files cannot be checked"):
+        run_folder.read_fusion_settings(runs / "fusion")
+    with pytest.raises(CheckpointError, match="has no manifest.json"):  # its logits are not read unchecked either
+        run_folder.load_fold_sets(runs / "fusion")
+    from PIL import Image
+
+    (tmp_path / "new").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "new" / "cell.png")
+    result = run_script("fuse.py", "--predict", str(tmp_path / "new"), "--fold", "1", "--runs", str(runs))
+    assert result.returncode == 2 and "has no manifest.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "weights,why", [([5.0, -4.0], "not a mix"), ([float("nan"), 0.6], "not a mix"), ([0.4, 0.5], "not a mix")]
+)
+def test_weights_that_are_not_a_mix_are_refused_even_with_a_rewritten_manifest(tmp_path, weights, why):
+    runs, settings = fused_fake_pair(tmp_path)
+    settings["weights_per_fold"][0] = weights
+    rewrite_fusion_json(runs, settings)
+    with pytest.raises(run_folder.FusionError, match=why):
+        run_folder.read_fusion_settings(runs / "fusion")
+
+
+def test_swapped_models_are_refused_by_the_inputs_they_were_fused_from(tmp_path):
+    runs, settings = fused_fake_pair(tmp_path)
+    settings["models"] = settings["models"][::-1]
+    rewrite_fusion_json(runs, settings)
+    with pytest.raises(run_folder.FusionError, match="are not the ones its inputs were fused from"):
+        run_folder.read_fusion_settings(runs / "fusion")
+
+
+def test_a_temperature_that_is_not_positive_is_refused(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert fuse_fake_pair(runs, "--grid", "--select", "val", "--calibrate").returncode == 0
+    settings = json.loads((runs / "fusion" / "fusion.json").read_text())
+    settings["temperatures"]["per_fold"][0][0] = -1.0
+    rewrite_fusion_json(runs, settings)
+    with pytest.raises(run_folder.FusionError, match="temperatures.per_fold must be finite and > 0"):
+        run_folder.read_fusion_settings(runs / "fusion")
