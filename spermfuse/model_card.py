@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__, metrics, splits
+from .page import markdown_text
 from .report import markdown_table
 from .run_folder import FusionSettings, LogitsSet, data_root_of_run, fold_folder, pooled
 from .runtime import git_commit
@@ -72,7 +73,7 @@ def _split_line(record: dict) -> str:
     return (
         f"- split: {record.get('num_folds', '?')}-fold cross-validation ({record.get('split', '?')}), "
         f"validation fraction {record.get('val_fraction', '?')}, calibration fraction {record.get('cal_fraction', 0)}"
-        + (f", groups from {groups}" if record.get("group_pattern") else "")
+        + (f", groups from {markdown_text(groups)}" if record.get("group_pattern") else "")
     )
 
 
@@ -155,14 +156,14 @@ def model_card(
         "",
         "## Model",
         "",
-        f"- members: {', '.join(settings.models)}; folds {', '.join(map(str, folds))} ({averaged})",
+        f"- members: {markdown_text(', '.join(settings.models))}; folds {', '.join(map(str, folds))} ({averaged})",
         f"- fusion: {settings.rule}; weights per fold {settings.prediction_weights(folds)} (divided by temperatures when calibrated)",
         f"- input: letterboxed RGB, {img_size} x {img_size} px (model.json describes the preprocessing)",
         "",
         "## Data",
         "",
-        f"- trained on: {data_root}",
-        f"- classes ({len(classes)}): {', '.join(classes)}",
+        f"- trained on: {markdown_text(data_root)}",
+        f"- classes ({len(classes)}): {markdown_text(', '.join(classes))}",
         _split_line(record),
         "",
         "## Performance on held-out cells",
@@ -195,7 +196,7 @@ def model_card(
         "",
         "## Provenance",
         "",
-        f"- written by: {command}",
+        f"- written by: {markdown_text(command)}",
         f"- spermfuse {__version__}" + (f", commit {commit}" if commit else ""),
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         "",

@@ -19,23 +19,42 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def markdown_text(value: object) -> str:
+    """Text for any Markdown file spermfuse writes: ``&``, ``<`` and ``>`` as entities, so that a
+    class, folder or file name holding a tag is shown, never run, by a viewer that renders inline
+    HTML (most IDE previews and static-site generators do)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def markdown_cell(value: object) -> str:
+    """A value as one table cell: escaped as :func:`markdown_text`, and a ``|`` or a line break in a
+    class name must not split the row."""
+    text = markdown_text(value).replace("|", "\\|")
+    return text.replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table, every cell escaped (:func:`markdown_cell`)."""
+    lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(blocks: Sequence[tuple]) -> str:
-    """The blocks as Markdown."""
+    """The blocks as Markdown (every text escaped: :func:`markdown_text`)."""
     lines = []
     for block in blocks:
         kind = block[0]
         if kind in ("h1", "h2"):
-            lines += ["#" * int(kind[1]) + " " + block[1], ""]
+            lines += ["#" * int(kind[1]) + " " + markdown_text(block[1]), ""]
         elif kind == "p":
-            lines += [f"**{block[1]}**" if block[2] else block[1], ""]
+            lines += [f"**{markdown_text(block[1])}**" if block[2] else markdown_text(block[1]), ""]
         elif kind == "img":
-            lines += [f"![{block[1]}]({block[2]})", ""]
+            lines += [f"![{markdown_text(block[1])}]({block[2]})", ""]
         elif kind == "ul":
-            lines += [f"- {item}" for item in block[1]] + [""]
+            lines += [f"- {markdown_text(item)}" for item in block[1]] + [""]
         else:
-            header, rows = block[1], block[2]
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+            lines.append(markdown_table(block[1], block[2]))
     return "\n".join(lines)
 
 

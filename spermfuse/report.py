@@ -10,20 +10,10 @@ import numpy as np
 
 from . import metrics, run_folder
 from .files import atomic_write_bytes, atomic_write_text
+from .page import markdown_table, markdown_text
 
 if TYPE_CHECKING:  # for the hints only: report.py stays below the models
     from .sanity_check import RandomisationCurve, Similarity
-
-
-def markdown_cell(value: object) -> str:
-    """A value as one table cell: a ``|`` or a line break in a class name must not split the row."""
-    return str(value).replace("|", "\\|").replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 _REPORT_FILE = re.compile(
@@ -122,7 +112,7 @@ def _per_class_sections(models: dict, main: str, classes: Sequence[str]) -> list
     ]
     f1_rows = [[c] + [fmt(m["aggregate"]["per_class"][c]["f1"]) for m in models.values()] for c in classes]
     return [
-        f"## Table 3. Per-class results of {main}\n",
+        f"## Table 3. Per-class results of {markdown_text(main)}\n",
         markdown_table(["class", "precision", "recall", "F1", "specificity", "support"], main_rows),
         "## Table 4. Per-class F1 of every model\n",
         markdown_table(["class", *models], f1_rows),
@@ -160,7 +150,7 @@ def _confusions_section(models: dict, main: str, classes: Sequence[str]) -> list
     confusions = metrics.top_confusions(models[main]["aggregate"]["confusion"], classes)
     rows = [[c, ", ".join(f"{p} ({n})" for p, n in v) or "-"] for c, v in confusions.items()]
     return [
-        f"## Table 7. Most frequent confusions of {main}\n",
+        f"## Table 7. Most frequent confusions of {markdown_text(main)}\n",
         markdown_table(["true class", "most often predicted as"], rows),
     ]
 
@@ -175,9 +165,9 @@ def report_markdown(
     """report.md: the paper's Tables 1 and 3-7 for ``main`` (and the comparison with the others),
     after the headline, the aggregates and the calibration."""
     classes, models = report["classes"], report["models"]
-    out = ["# spermfuse evaluation\n", *(f"> {note}\n" for note in notes)]
+    out = ["# spermfuse evaluation\n", *(f"> {markdown_text(note)}\n" for note in notes)]
     if report.get("headline"):
-        out += ["## Headline\n", headline_sentence(report) + "\n"]
+        out += ["## Headline\n", markdown_text(headline_sentence(report)) + "\n"]
     out += _aggregate_section(models) + _calibration_section(models)
     if "groups_per_fold" in report:
         out += _groups_section(report["groups_per_fold"], classes)
@@ -188,7 +178,7 @@ def report_markdown(
         out += _paired_tests_section(report)
     out += _confusions_section(models, main, classes)
     if with_figures:
-        out += ["## Figures\n", *(f"![{caption}]({name})\n" for name, caption in report_figures(main))]
+        out += ["## Figures\n", *(f"![{markdown_text(caption)}]({name})\n" for name, caption in report_figures(main))]
     return "\n".join(out)
 
 
@@ -261,14 +251,14 @@ def summary_markdown(
     models = report["models"]
     rows = presented_rows(report)
     keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_macro", "specificity_macro"]
-    out = [f"<!-- written by evaluate.py --summary from {source}; {environment} -->\n"]
+    out = [f"<!-- written by evaluate.py --summary from {markdown_text(source)}; {environment} -->\n"]
     out.append(
         markdown_table(
             ["model"] + keys, [[label] + [fmt(models[name]["aggregate"][k]) for k in keys] for label, name in rows]
         )
     )
     if report.get("headline"):
-        out.append(headline_sentence(report) + "\n")
+        out.append(markdown_text(headline_sentence(report)) + "\n")
     if fusion_settings and fusion_settings.selection_comparison:
         weights = fusion_settings.weights
         chosen = f"a* = {weights[0]:.1f} (the paper's rule)" if weights else f"per fold ({fusion_settings.rule})"
@@ -286,7 +276,7 @@ def summary_details_markdown(report: dict, source: str, environment: str) -> str
     FILE`` writes it to ``FILE``'s ``_details`` sibling, for a page beside the README)."""
     models = report["models"]
     members = [name for _, name in presented_rows(report)]
-    out = [f"<!-- written by evaluate.py --summary from {source}; {environment} -->\n"]
+    out = [f"<!-- written by evaluate.py --summary from {markdown_text(source)}; {environment} -->\n"]
     out.append("Per-class F1:\n")
     out.append(
         markdown_table(
@@ -435,7 +425,7 @@ def randomisation_markdown(curve: RandomisationCurve) -> str:
 
 def promises_markdown(settings: run_folder.FusionSettings, source: str, environment: str) -> str:
     """The certified referral and the prediction sets of a fusion, per fold and pooled, as Markdown."""
-    out = [f"<!-- written by fuse.py --summary from {source}; {environment} -->\n"]
+    out = [f"<!-- written by fuse.py --summary from {markdown_text(source)}; {environment} -->\n"]
     if settings.referral:
         r = settings.referral
         rows = [

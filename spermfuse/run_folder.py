@@ -298,7 +298,8 @@ def load_fold_sets(folder: Path, split: str = "test") -> list[LogitsSet]:
     )
     if not paths:
         raise FusionError(f"{folder}: no fold*/{split}_logits.npz or {SINGLE_SPLIT_FOLDER}/{split}_logits.npz files")
-    if (folder / MANIFEST_NAME).is_file() or (folder / FUSION_JSON).is_file():  # a fusion folder: fuse.py's files together
+    fusion_folder = (folder / MANIFEST_NAME).is_file() or (folder / FUSION_JSON).is_file()
+    if fusion_folder:  # its files must be the ones fuse.py wrote together
         verify_folder(folder)
     sets = sorted((load_logits(p) for p in paths), key=lambda s: s.fold)
     for s in sets[1:]:
@@ -397,6 +398,7 @@ def write_fused_logits(
 def _all_numbers(values: object) -> bool:
     return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
+
 FUSION_SETTINGS_VERSION = 3  # 2: referral as per-fold certificates, prediction sets; 3: sets without randomisation
 
 
@@ -475,7 +477,9 @@ class FusionSettings:
             given = (self.temperatures or {}).get(key)
             flat = [t for row in given for t in (row if isinstance(row, list) else [row])] if given else []
             if flat and not (_all_numbers(flat) and all(math.isfinite(t) and t > 0 for t in flat)):
-                raise FusionError(f"{source}: temperatures.{key} must be finite and > 0; run python fuse.py --grid again")
+                raise FusionError(
+                    f"{source}: temperatures.{key} must be finite and > 0; run python fuse.py --grid again"
+                )
         if self.inputs:
             expected = [(model, f"fold{k}") for k in self.folds for model in self.models]
             parts = [Path(p).parts for p in self.inputs]

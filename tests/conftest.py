@@ -120,8 +120,8 @@ def write_calibration_logits(root, folds=5, n=80, shared=False, seed=7, noise=1.
             )
 
 
-def fake_runs(root, folds=5, n=60, seed=0):
-    """Two models whose errors differ: fusing them beats both."""
+def fake_runs(root, folds=5, n=60, seed=0, classes=CLASSES):
+    """Two models whose errors differ: fusing them beats both (three ``classes``)."""
     rng = np.random.default_rng(seed)
     for k in range(1, folds + 1):
         labels = rng.integers(0, 3, n)
@@ -138,6 +138,7 @@ def fake_runs(root, folds=5, n=60, seed=0):
                     [paths[i] for i in order],
                     arch,
                     k,
+                    classes,
                 )
     return root
 

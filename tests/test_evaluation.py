@@ -295,3 +295,30 @@ def test_an_explanation_flag_without_explain_is_refused_before_any_work(tmp_path
     result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), *flags)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [message]
     assert not (tmp_path / "reports").exists()
+
+
+HOSTILE_CLASSES = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "a & b | c"]
+
+
+def test_every_markdown_file_escapes_tags_in_class_and_model_names(tmp_path):
+    runs = fake_runs(tmp_path / "runs", classes=HOSTILE_CLASSES)
+    assert fuse_fake_pair(runs, "--grid", "--select", "val").returncode == 0
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "x")
+    assert result.returncode == 0, result.stderr
+    written = [tmp_path / "r" / "x" / "report.md", runs / "fusion" / "grid.md"]
+    for path in written:
+        text = path.read_text()
+        assert "<img" not in text and "<script" not in text, path.name
+    report = (tmp_path / "r" / "x" / "report.md").read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in report and "a &amp; b \\| c" in report
+
+
+def test_markdown_text_and_cells_escape_tags_ampersands_and_row_breaks():
+    from spermfuse.page import markdown, markdown_cell, markdown_text
+
+    assert markdown_text("<b>&") == "&lt;b&gt;&amp;"
+    assert markdown_cell("a|b\nc") == "a\\|b<br>c"
+    page = markdown(
+        [("h1", "Sample <script>"), ("p", "<i>", "strong"), ("ul", ["<u>"]), ("table", ["<th>"], [["<td>"]])]
+    )
+    assert "<script" not in page and "<i>" not in page and "<u>" not in page and "<t" not in page

@@ -69,3 +69,15 @@ def test_the_card_names_the_per_fold_pairs_and_uses_a_patient_bootstrap_when_fol
     with_groups = _accuracy_line(tmp_path, tested, [1, 2])
     assert "95 % bootstrap interval over 8 patients/groups" in with_groups and "Wilson" not in with_groups
     assert _accuracy_line(tmp_path, tested[:1], [1]).startswith("The fused pair of the fold on its test cells")
+
+
+def test_the_card_escapes_tags_in_class_and_model_names(tmp_path):
+    from spermfuse.model_card import model_card
+    from spermfuse.run_folder import FusionSettings
+
+    tested = [fused_test_fold(1, 30, 40)]
+    tested[0].classes = ["<img src=x onerror=alert(1)>", "<script>x</script>"]
+    settings = FusionSettings(["<b>m1</b>", "m2"], [1], [[0.5, 0.5]], "val", "val", "0:1:0.1")
+    card = model_card(tmp_path, settings, [1], tested, 64, None, "fuse.py --export <here>")
+    assert "<img" not in card and "<script" not in card and "<b>" not in card and "<here>" not in card
+    assert "&lt;img src=x onerror=alert(1)&gt;" in card
