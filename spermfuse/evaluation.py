@@ -241,6 +241,8 @@ def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None, ma
         if fused is not None and (fused / run_folder.FUSION_JSON).is_file()
         else None
     )
+    if settings is not None:  # the members' logits it was fused from must still be the ones on disk
+        settings.check_inputs(fused.parent)
     shipped = {"fusion": settings.fused_temperatures()} if settings and settings.fused_temperatures() else None
     result = build_report(
         models, held_out["val"], shipped, held_out["cal"], settings.select if settings is not None else None

@@ -185,6 +185,7 @@ def write_export(
     """``fuse.py --export DIR``: the fused model of ``folds`` (model.pt2, model.json) with its model
     card, written as a unit. The certified rules travel with it when they hold for ``folds``: one
     fold's pair, or the folds' average certified on a shared calibration holdout."""
+    settings.check_inputs(runs, folds)
     decision = settings.decision(folds) if settings.certified_for(folds) else {}
     if not settings.certified_for(folds):
         log.warning(

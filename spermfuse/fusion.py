@@ -30,6 +30,7 @@ from . import run_folder
 from .calibration import CalibrationError, fit_temperature, probabilities_of
 from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
+from .files import file_sha256
 from .flags import setting
 from .metrics import fold_metrics, weighted_f1
 from .run_folder import FusionSettings, LogitsSet, Selection
@@ -678,6 +679,7 @@ def select(
         select=rule,
         alphas=choice.alphas,
         inputs=[s.source for sets in per_fold for s in sets],
+        input_digests=[file_sha256(Path(s.source)) for sets in per_fold for s in sets],
         weights=list(chosen[0]) if alpha is not None or rule == "test" else None,
         selection_comparison=comparison,
     )

@@ -125,6 +125,7 @@ def predict(request: PredictionRequest, sample_options: sample_report.SampleSett
     samples = sample_report.split_samples(root, images) if request.samples else None
     settings = run_folder.read_fusion_settings(request.fusion)
     folds = settings.chosen_folds(request.fold)
+    settings.check_inputs(request.runs, folds)
     held_out = (  # checked before any model loads
         sample_report.sample_request(request.runs, settings, folds, sample_options, request.sample_groups)
         if request.samples

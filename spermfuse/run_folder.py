@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .files import CheckpointError, atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text, safe_np_load
+from .files import (
+    CheckpointError,
+    atomic_savez,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    safe_np_load,
+)
 from .conformal import SetCalibrator
 from .output_folder import MANIFEST_NAME, verify_folder, write_folder
 from .selective import Certificate
@@ -423,6 +431,7 @@ class FusionSettings:
     select: str
     alphas: str
     inputs: list[str] = field(default_factory=list)
+    input_digests: list[str] = field(default_factory=list)  # SHA-256 of each of ``inputs``, in its order
     weights: list[float] | None = None
     selection_comparison: dict | None = None
     temperatures: dict | None = None
@@ -446,7 +455,7 @@ class FusionSettings:
         names = {f.name for f in fields(cls)}
         unknown, missing = (
             set(data) - names,
-            {"models", "folds", "weights_per_fold", "rule", "select", "alphas"} - set(data),
+            {"models", "folds", "weights_per_fold", "rule", "select", "alphas", "inputs", "input_digests"} - set(data),
         )
         if unknown or missing:
             raise FusionError(
@@ -460,7 +469,30 @@ class FusionSettings:
                 f"{source}: weights_per_fold does not match its folds and models; run python fuse.py --grid again"
             )
         settings._check_values(source)
+        if len(settings.input_digests) != len(settings.inputs):
+            raise FusionError(f"{source}: input_digests does not match its inputs; run python fuse.py --grid again")
         return settings
+
+    def check_inputs(self, runs: Path, folds: Sequence[int] | None = None) -> None:
+        """Refuse a fusion whose members' test logits of ``folds`` (default: all) are gone or changed
+        since fuse.py read them: a fold retrained, or its ``--overwrite`` run killed before it
+        wrote them, whose half-trained best.pt prediction would otherwise load."""
+        for i, (source, digest) in enumerate(zip(self.inputs, self.input_digests)):
+            fold, model = self.folds[i // len(self.models)], self.models[i % len(self.models)]
+            if folds is not None and fold not in folds:
+                continue
+            parts = Path(source).parts
+            path = Path(runs, *parts[len(parts) - 1 - parts[::-1].index(model) :]) if model in parts else Path(source)
+            if not path.is_file():
+                raise FusionError(
+                    f"{path}: missing, but the fusion was made from it (fold {fold} of {model} retrained and not "
+                    "finished?); finish that run (train.py --resume) and run python fuse.py --grid again"
+                )
+            if file_sha256(path) != digest:
+                raise FusionError(
+                    f"{path}: changed since the fusion was made from it (fold {fold} of {model} retrained); "
+                    "run python fuse.py --grid again"
+                )
 
     def _check_values(self, source: str) -> None:
         """What a rewritten manifest cannot vouch for: each fold's weights a mix (finite, >= 0,

@@ -156,3 +156,28 @@ def test_a_temperature_that_is_not_positive_is_refused(tmp_path):
     rewrite_fusion_json(runs, settings)
     with pytest.raises(run_folder.FusionError, match="temperatures.per_fold must be finite and > 0"):
         run_folder.read_fusion_settings(runs / "fusion")
+
+
+def test_a_fold_retrained_or_left_unfinished_after_fusing_is_refused_by_evaluate_and_predict(tmp_path):
+    """An --overwrite run of fold 1 killed before it wrote its logits (the old run moved aside), or
+    finished since: the fusion's weights and promises are about the old models (review B2)."""
+    from PIL import Image
+
+    runs, _ = fused_fake_pair(tmp_path)
+    (tmp_path / "new").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "new" / "cell.png")
+    logits = runs / "modelx" / "fold1" / "test_logits.npz"
+    original = logits.read_bytes()
+    logits.unlink()  # unfinished
+    predict = ("fuse.py", "--predict", str(tmp_path / "new"), "--fold", "1", "--runs", str(runs))
+    evaluate = ("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"))
+    for command in (predict, evaluate):
+        expected = "modelx/fold1/test_logits.npz: missing, but the fusion was made from it"
+        result = run_script(*command)
+        assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    logits.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # retrained: other bytes
+    with pytest.raises(fusion.FusionError, match="changed since the fusion was made from it"):
+        run_folder.read_fusion_settings(runs / "fusion").check_inputs(runs)
+    logits.write_bytes(original)
+    run_folder.read_fusion_settings(runs / "fusion").check_inputs(runs)  # as fused: accepted
+    assert not (tmp_path / "r").exists()
