@@ -114,6 +114,15 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
     ]  # fold 2's certified threshold
 
 
+def reversed_classes(model_json: Path) -> None:
+    spec = json.loads(model_json.read_text())
+    model_json.write_text(json.dumps(spec | {"classes": spec["classes"][::-1]}))
+
+
+def truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100_000])
+
+
 def readme_client() -> str:
     readme = (ROOT / "docs" / "PREDICTION.md").read_text()  # the deployment section holds the client
     return "# client.py:" + readme.split("# client.py:", 1)[1].split("```", 1)[0]
@@ -158,6 +167,20 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
         timeout=300,
     )
     assert isolated.returncode == 0, isolated.stderr
+    for name, damage in (("model.json", reversed_classes), ("model.pt2", truncated)):  # review B3, C2
+        damaged = shutil.copytree(tmp_path / "deploy", tmp_path / f"damaged-{name}")
+        damage(damaged / name)
+        refused = subprocess.run(
+            [sys.executable, "-I", str(client), str(damaged), str(images[0])],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert (
+            refused.stderr.strip()
+            == f"error: {damaged}: {name} not as exported (edited, truncated or missing); export it again"
+        )
     settings = run_folder.read_fusion_settings(runs / "fusion")
     members = [[load_classifier(runs / n / f"fold{k}" / "best.pt") for n in settings.models] for k in settings.folds]
     expected = fused_probabilities(images, members, settings.prediction_weights(settings.folds))
