@@ -406,6 +406,14 @@ def calibrate_average_sets(
     return {"folds": list(folds), "calibrator": calibrator.to_dict()}
 
 
+def majority_of(per_fold: Sequence[Sequence[LogitsSet]]) -> dict:
+    """The most frequent true class of the folds' test cells and its share: what always answering
+    it would get right, the yardstick every promise is read against."""
+    labels = np.concatenate([sets[0].labels for sets in per_fold])
+    counts = np.bincount(labels, minlength=len(per_fold[0][0].classes))
+    return {"class": per_fold[0][0].classes[int(counts.argmax())], "rate": float(counts.max() / counts.sum())}
+
+
 FOLD_FAILURE_LEVEL = 0.95  # a fold has failed its promise when it is below the target at this confidence
 
 
@@ -485,6 +493,7 @@ def certify_referral(
         "per_fold": folds,
         "pooled": summary,
         "folds_below_target": below,
+        "majority": majority_of(per_fold),
     }
 
 
@@ -538,6 +547,7 @@ def calibrate_prediction_sets(
         "calibrated_on": f"each fold's {calibrated_on} cells",
         "per_fold": folds,
         "pooled": pooled,
+        "majority": majority_of(per_fold),
     }
 
 

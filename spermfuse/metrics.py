@@ -99,6 +99,8 @@ def summarize(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) ->
     present = support > 0
     result = {
         "accuracy": float((predicted == labels).mean()),
+        "balanced_accuracy": float(recall[present].mean()),
+        "majority": against_majority(labels, predicted, classes),
         "precision_macro": float(precision[present].mean()),
         "recall_macro": float(recall[present].mean()),
         "f1_macro": float(f1[present].mean()),
@@ -125,6 +127,29 @@ def summarize(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) ->
         "confusion": confusion.astype(int).tolist(),
     }
     return result
+
+
+def against_majority(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str], level: float = 0.05) -> dict:
+    """The classifier that always answers the most frequent true class, on the same cells: its
+    class, its accuracy (``rate``), the model's margin over it, and a one-sided exact McNemar test
+    of "the model is right more often" (``p``: the cells only the model gets right against those
+    only the constant gets right); ``beats`` when p < ``level``. On a data set where one class
+    holds most cells, an accuracy that looks good can be no better than that constant answer."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    counts = np.bincount(labels, minlength=len(classes))
+    majority = int(counts.argmax())
+    right, constant_right = predicted == labels, labels == majority
+    only_model, only_constant = int((right & ~constant_right).sum()), int((~right & constant_right).sum())
+    discordant = only_model + only_constant
+    p = float(stats.binomtest(only_model, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
+    rate = float(counts[majority] / counts.sum())
+    return {
+        "class": classes[majority],
+        "rate": rate,
+        "margin": float(right.mean() - rate),
+        "p": p,
+        "beats": bool(p < level),
+    }
 
 
 def fold_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__, metrics, splits
 from .page import markdown_text
-from .report import markdown_table
+from .report import majority_verdict, markdown_table
 from .run_folder import FusionSettings, LogitsSet, data_root_of_run, fold_folder, pooled
 from .runtime import git_commit
 from .selective import Certificate
@@ -130,6 +130,17 @@ def _accuracy_line(runs: Path, tested: Sequence[LogitsSet], folds: Sequence[int]
     return f"{whose} ({len(labels)} cells, never trained on): accuracy {accuracy} ({interval})."
 
 
+def _majority_line(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> str:
+    """The pair against always answering the most frequent class of the same cells, with its balanced accuracy."""
+    aggregate = {
+        "accuracy": float((predicted == labels).mean()),
+        "majority": metrics.against_majority(labels, predicted, classes),
+    }
+    recall = metrics.per_class_scores(metrics.confusion_counts(labels, predicted, len(classes)))[1]
+    present = np.bincount(labels, minlength=len(classes)) > 0
+    return f"Against the majority class: {majority_verdict('the fused pair', aggregate)}. Balanced accuracy (mean recall over classes): {recall[present].mean():.4f}."
+
+
 def model_card(
     runs: Path,
     settings: FusionSettings,
@@ -169,6 +180,8 @@ def model_card(
         "## Performance on held-out cells",
         "",
         _accuracy_line(runs, tested, folds),
+        "",
+        markdown_text(_majority_line(labels, logits.argmax(axis=1), classes)),
         "",
         markdown_table(
             ["class", "test cells", "sensitivity (recall)", "95 % interval", "specificity"],

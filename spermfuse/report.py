@@ -73,6 +73,54 @@ def _aggregate_section(models: dict) -> list[str]:
     return ["## Aggregated over all folds\n", markdown_table(["model", *AGGREGATE_KEYS], rows)]
 
 
+def majority_verdict(name: str, aggregate: dict) -> str:
+    """One model against always answering the majority class, in words (``metrics.against_majority``)."""
+    m = aggregate["majority"]
+    constant = f"always answering {m['class']} is right on {m['rate']:.4f} of the same cells"
+    test = f"one-sided exact McNemar p {p_value(m['p'])}"
+    if m["beats"]:
+        return f"{name}: accuracy {aggregate['accuracy']:.4f}; {constant}: it beats that by {m['margin']:+.4f} ({test})"
+    return (
+        f"{name}: accuracy {aggregate['accuracy']:.4f}; {constant}: it does NOT beat the majority class "
+        f"(margin {m['margin']:+.4f}, {test}), so its accuracy is no evidence that it learned anything"
+    )
+
+
+def majority_warning(models: dict) -> str | None:
+    """The models that do not beat the majority class, as one warning (None when all do)."""
+    losing = [name for name, m in models.items() if not m["aggregate"]["majority"]["beats"]]
+    if not losing:
+        return None
+    rate = next(iter(models.values()))["aggregate"]["majority"]
+    return (
+        f"Warning: {', '.join(losing)} do(es) not beat always answering {rate['class']} (right on {rate['rate']:.4f} of the "
+        "test cells) with one-sided p < 0.05; read their accuracy against that rate, and the balanced accuracy."
+    )
+
+
+def _majority_section(models: dict) -> list[str]:
+    rows = [
+        [
+            name,
+            fmt(a["accuracy"]),
+            fmt(a["balanced_accuracy"]),
+            f"{fmt(a['majority']['rate'])} ({a['majority']['class']})",
+            f"{a['majority']['margin']:+.4f}",
+            p_value(a["majority"]["p"]),
+            "yes" if a["majority"]["beats"] else "NO",
+        ]
+        for name, a in ((name, m["aggregate"]) for name, m in models.items())
+    ]
+    header = ["model", "accuracy", "balanced accuracy", "always-majority rate", "margin", "McNemar p", "beats it?"]
+    return [
+        "## Against always answering the majority class\n",
+        "The constant classifier that answers the most frequent test class, on the same cells; a model beats it when "
+        "a one-sided exact McNemar test (the cells only one of the two gets right) gives p < 0.05. Balanced accuracy "
+        "is the mean recall over classes (0.5 for the constant answer with two classes).\n",
+        markdown_table(header, rows),
+    ]
+
+
 def _calibration_section(models: dict) -> list[str]:
     rows = []
     for name, m in models.items():
@@ -168,7 +216,10 @@ def report_markdown(
     out = ["# spermfuse evaluation\n", *(f"> {markdown_text(note)}\n" for note in notes)]
     if report.get("headline"):
         out += ["## Headline\n", markdown_text(headline_sentence(report)) + "\n"]
-    out += _aggregate_section(models) + _calibration_section(models)
+    warning = majority_warning(models)
+    if warning:
+        out += [f"> {markdown_text(warning)}\n"]
+    out += _aggregate_section(models) + _majority_section(models) + _calibration_section(models)
     if "groups_per_fold" in report:
         out += _groups_section(report["groups_per_fold"], classes)
     if grid_markdown:
@@ -250,7 +301,7 @@ def summary_markdown(
     (written by the code, so the README's figures cannot go stale unnoticed)."""
     models = report["models"]
     rows = presented_rows(report)
-    keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_macro", "specificity_macro"]
+    keys = ["accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "auroc_macro", "specificity_macro"]
     out = [f"<!-- written by evaluate.py --summary from {markdown_text(source)}; {environment} -->\n"]
     out.append(
         markdown_table(
@@ -259,6 +310,8 @@ def summary_markdown(
     )
     if report.get("headline"):
         out.append(markdown_text(headline_sentence(report)) + "\n")
+    verdicts = [majority_verdict(label, models[name]["aggregate"]) for label, name in rows]
+    out.append("Against the majority class: " + markdown_text("; ".join(verdicts)) + ".\n")
     if fusion_settings and fusion_settings.selection_comparison:
         weights = fusion_settings.weights
         chosen = f"a* = {weights[0]:.1f} (the paper's rule)" if weights else f"per fold ({fusion_settings.rule})"
@@ -423,6 +476,15 @@ def randomisation_markdown(curve: RandomisationCurve) -> str:
     return text
 
 
+def _majority_yardstick(promise: dict, meaning: str) -> str:
+    """A promise beside always answering the majority class of the same test cells."""
+    majority = promise["majority"]
+    return (
+        f" For comparison, always answering {markdown_text(majority['class'])} is right on {fmt(majority['rate'])} of "
+        f"the test cells: {meaning}."
+    )
+
+
 def promises_markdown(settings: run_folder.FusionSettings, source: str, environment: str) -> str:
     """The certified referral and the prediction sets of a fusion, per fold and pooled, as Markdown."""
     out = [f"<!-- written by fuse.py --summary from {markdown_text(source)}; {environment} -->\n"]
@@ -452,7 +514,8 @@ def promises_markdown(settings: run_folder.FusionSettings, source: str, environm
         )
         out.append(
             f"Referral certified on {r['calibrated_on']} ({r['method']}): accepted accuracy >= {r['target_accuracy']} with probability >= "
-            f"{1 - r['delta']:.2f}; folds whose test accuracy is below it beyond doubt (one-sided 95 % Clopper-Pearson upper bound under the target): {fmt(r['folds_below_target'], 2)}.\n"
+            f"{1 - r['delta']:.2f}; folds whose test accuracy is below it beyond doubt (one-sided 95 % Clopper-Pearson upper bound under the target): {fmt(r['folds_below_target'], 2)}."
+            f"{_majority_yardstick(r, 'a target below that rate promises less than that constant answer')}\n"
         )
         out.append(
             markdown_table(
@@ -477,7 +540,8 @@ def promises_markdown(settings: run_folder.FusionSettings, source: str, environm
         ]
         out.append(
             f"Prediction sets ({c['method']}, calibrated on {c['calibrated_on']}): the true class inside with probability >= {1 - c['alpha']:.2f}"
-            f"{' within each part group' if groups else ''}; pooled test coverage {fmt(c['pooled']['coverage'])}, mean size {fmt(c['pooled']['mean_size'], 2)}.\n"
+            f"{' within each part group' if groups else ''}; pooled test coverage {fmt(c['pooled']['coverage'])}, mean size {fmt(c['pooled']['mean_size'], 2)}."
+            f"{_majority_yardstick(c, 'the set holding that class alone covers as much')}\n"
         )
         out.append(
             markdown_table(["fold", "test coverage", "mean set size"] + [f"coverage, {g}" for g in groups], rows)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .page import html_page, png_data_uri
-from .report import fmt, headline_sentence, interval, report_figures
+from .report import fmt, headline_sentence, interval, majority_verdict, majority_warning, report_figures
 
 REPORT_HTML = "report.html"
 
@@ -43,16 +43,28 @@ def _per_class(report: dict, main: str) -> tuple:
 
 
 def _models(report: dict) -> tuple:
-    keys = ["accuracy", "f1_weighted", "f1_macro", "auroc_macro", "ece"]
-    rows = [[name] + [fmt(m["aggregate"][k]) for k in keys] for name, m in report["models"].items()]
-    return ("table", ["model", "accuracy", "weighted F1", "macro F1", "macro AUROC", "ECE"], rows)
+    keys = ["accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "auroc_macro", "ece"]
+    rows = [
+        [name] + [fmt(m["aggregate"][k]) for k in keys] + [fmt(m["aggregate"]["majority"]["rate"])]
+        for name, m in report["models"].items()
+    ]
+    header = ["model", "accuracy", "balanced accuracy", "weighted F1", "macro F1", "macro AUROC", "ECE"]
+    return ("table", header + ["always-majority rate"], rows)
+
+
+def _against_majority(report: dict) -> list[tuple]:
+    """The warning (when a model does not beat the majority class) and every model's verdict."""
+    warning = majority_warning(report["models"])
+    verdicts = [majority_verdict(name, m["aggregate"]) for name, m in report["models"].items()]
+    return ([("p", warning, "strong")] if warning else []) + [("ul", verdicts)]
 
 
 def report_page(report: dict, main: str, folder: Path, provenance: Sequence[str], title: str) -> str:
     """The HTML of ``folder``'s report (its figures and gallery, when written, are embedded)."""
     figures = report_figures(main)
     blocks: list[tuple] = [("h1", title), *_headline(report, main)]
-    blocks += [("h2", "Models"), _models(report), ("h2", f"Per class: {main}"), _per_class(report, main)]
+    blocks += [("h2", "Models"), _models(report), *_against_majority(report)]
+    blocks += [("h2", f"Per class: {main}"), _per_class(report, main)]
     shown = [(name, alt) for name, alt in figures if (folder / name).is_file()]
     if shown:
         blocks.append(("h2", "Figures"))

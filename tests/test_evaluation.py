@@ -322,3 +322,39 @@ def test_markdown_text_and_cells_escape_tags_ampersands_and_row_breaks():
         [("h1", "Sample <script>"), ("p", "<i>", "strong"), ("ul", ["<u>"]), ("table", ["<th>"], [["<td>"]])]
     )
     assert "<script" not in page and "<i>" not in page and "<u>" not in page and "<t" not in page
+
+
+def imbalanced_weak_runs(root, folds=5, n=80, seed=0):
+    """Two weak models on a set where 75 % of the cells are in one class: they score about the
+    majority rate, as the review's real binary set (members 0.70 / 0.72 against 0.729)."""
+    rng = np.random.default_rng(seed)
+    for k in range(1, folds + 1):
+        labels = np.where(rng.random(n) < 0.75, 0, rng.integers(1, 3, n))
+        paths = [f"img_{k}_{i}.png" for i in range(n)]
+        for arch in ("modelx", "modely"):
+            for split in ("test", "val"):
+                logits = rng.normal(0, 1.0, (n, 3)) + np.array([1.0, 0.0, 0.0])  # mostly says class 0, knows nothing
+                write_logits(root / arch / f"fold{k}" / f"{split}_logits.npz", logits, labels, paths, arch, k)
+    return root
+
+
+def test_report_md_says_in_words_when_a_model_does_not_beat_the_majority_class(tmp_path):
+    runs = imbalanced_weak_runs(tmp_path / "runs")
+    assert fuse_fake_pair(runs, "--grid", "--select", "val").returncode == 0
+    result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "x")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r" / "x" / "report.json").read_text())
+    text = (tmp_path / "r" / "x" / "report.md").read_text()
+    majority = report["models"]["modelx"]["aggregate"]["majority"]
+    assert not majority["beats"] and majority["class"] == CLASSES[0]
+    assert "> Warning: " in text and f"(right on {majority['rate']:.4f} of the test cells)" in text
+    assert "## Against always answering the majority class" in text and "| NO |" in text
+    assert "modelx: accuracy" in (tmp_path / "r" / "x" / "report.html").read_text()
+
+
+def test_report_md_gives_the_margin_over_the_majority_class_when_a_model_beats_it(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    assert fuse_fake_pair(runs, "--grid").returncode == 0
+    assert run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "x").returncode == 0
+    text = (tmp_path / "r" / "x" / "report.md").read_text()
+    assert "> Warning: " not in text and "| yes |" in text and "| NO |" not in text

@@ -349,3 +349,14 @@ def test_folds_exactly_at_the_target_are_counted_as_failed_at_most_one_time_in_t
     point_estimates_below = np.mean([f["test"]["accepted_accuracy"] < 0.8 for f in folds])
     assert point_estimates_below > 0.4  # the old count called nearly half of these folds failures
     assert fusion.folds_below_target(folds, 0.8) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / len(folds))
+
+
+def test_the_promises_summary_reads_them_against_the_majority_class(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    summary = tmp_path / "promises.md"
+    flags = ("--grid", "--select", "val", "--refer-accuracy", "0.5", "--sets-alpha", "0.2", "--summary", str(summary))
+    assert fuse_fake_pair(runs, *flags).returncode == 0
+    labels = np.concatenate([s[0].labels for s in run_folder.collect_folds(runs, ["modelx"], "test")])
+    rate = np.bincount(labels).max() / len(labels)
+    text = summary.read_text()
+    assert text.count(f"always answering {CLASSES[np.bincount(labels).argmax()]} is right on {rate:.4f}") == 2

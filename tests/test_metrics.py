@@ -115,3 +115,27 @@ def test_the_corrected_t_test_is_undefined_when_every_fold_differs_by_the_same_a
         "corrected_t_p": None,
     }
     assert metrics.corrected_resampled_t_test(a, a, test_size=200, train_size=800)["corrected_t_p"] == 1.0
+
+
+def test_the_majority_class_answer_does_not_beat_itself_and_a_perfect_model_beats_it():
+    labels = np.array([0] * 73 + [1] * 27)
+    constant = metrics.against_majority(labels, np.zeros(100, dtype=int), ["normal", "abnormal"])
+    assert constant == {"class": "normal", "rate": 0.73, "margin": 0.0, "p": 1.0, "beats": False}
+    perfect = metrics.against_majority(labels, labels, ["normal", "abnormal"])
+    assert perfect["beats"] and perfect["margin"] == pytest.approx(0.27) and perfect["p"] < 1e-6
+
+
+def test_a_model_only_as_good_as_the_majority_class_is_said_to_beat_it_at_most_one_time_in_twenty():
+    rng = np.random.default_rng(0)
+    said, repeats = [], 2000
+    for _ in range(repeats):
+        labels = (rng.random(300) > 0.73).astype(int)  # 73 % in class 0, as the review's real binary set
+        right = rng.random(300) < 0.73  # right as often as the constant answer, on other cells
+        predicted = np.where(right, labels, 1 - labels)
+        said.append(metrics.against_majority(labels, predicted, ["a", "b"])["beats"])
+    assert np.mean(said) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / repeats)
+
+
+def test_balanced_accuracy_is_the_mean_recall_over_the_classes_present():
+    labels, logits = np.array([0, 0, 0, 1]), np.eye(3)[[0, 0, 1, 1]]
+    assert metrics.summarize(labels, logits, ["a", "b", "c"])["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
