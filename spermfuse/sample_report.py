@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__, fusion, page
 from .calibration import CalibrationError, fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
-from .data import DataError, load_rgb
+from .data import IMAGE_EXTENSIONS, DataError, is_image_file, load_rgb
 from .errors import FusionError
 from .figures import contact_sheet, plot_fractions
 from .files import atomic_write_text, file_sha256
@@ -229,7 +229,10 @@ def check_sample_settings(settings: SampleSettings, held_out: HeldOutConfusion) 
 
 
 def split_samples(root: Path, images: Sequence[Path]) -> list[Sample]:
-    """Each first-level subfolder of ``root`` is a sample; an image directly in ``root`` is refused."""
+    """Each first-level subfolder of ``root`` is a sample; an image directly in ``root`` is refused,
+    and so is a sample folder that would vanish from the report without a word: one with no usable
+    image, or a link to a folder (its images are not listed). Files that are not images of a
+    supported type are named in their sample's warnings (the cell count is the result)."""
     by_name: dict[str, list[int]] = {}
     for index, path in enumerate(images):
         parts = path.relative_to(root).parts
@@ -239,13 +242,43 @@ def split_samples(root: Path, images: Sequence[Path]) -> list[Sample]:
                 f"({root}/<sample>/...)"
             )
         by_name.setdefault(parts[0], []).append(index)
+    _refuse_vanishing_folders(root, by_name)
     samples = [
         Sample(name, "sample_" + re.sub(r"[^A-Za-z0-9._-]", "_", name), cells) for name, cells in by_name.items()
     ]
-    pages = [s.page for s in samples]
-    if len(set(pages)) != len(pages):
-        raise DataError(f"--samples: two sample folders of {root} differ only in characters a file name cannot hold")
+    by_page: dict[str, list[str]] = {}
+    for sample in samples:
+        by_page.setdefault(sample.page, []).append(sample.name)
+    clashing = next((names for names in by_page.values() if len(names) > 1), None)
+    if clashing:
+        raise DataError(
+            f"--samples: sample folders {' and '.join(repr(n) for n in clashing)} of {root} differ only in characters "
+            "a file name cannot hold (their pages would be one file); rename one"
+        )
+    for sample in samples:
+        unread = sorted(p for p in (root / sample.name).rglob("*") if p.is_file() and not is_image_file(p))
+        if unread:
+            shown = ", ".join(p.relative_to(root).as_posix() for p in unread[:3])
+            sample.warnings.append(
+                f"{len(unread)} file(s) not read, not a supported image type ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
+                f"{shown}{' ...' if len(unread) > 3 else ''}"
+            )
+            log.warning("sample %s: %s", sample.name, sample.warnings[-1])
     return samples
+
+
+def _refuse_vanishing_folders(root: Path, by_name: dict[str, list[int]]) -> None:
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.is_symlink():
+            raise DataError(
+                f"--samples: {folder} is a link to a folder, whose images are not read; copy them into {root} "
+                "(or link each image file)"
+            )
+        if folder.name not in by_name:
+            raise DataError(
+                f"--samples: {folder} holds no usable image, so that sample would have no row; remove the folder "
+                "or put its images in"
+            )
 
 
 def estimate_samples(

@@ -355,6 +355,8 @@ def test_report_md_says_in_words_when_a_model_does_not_beat_the_majority_class(t
 def test_report_md_gives_the_margin_over_the_majority_class_when_a_model_beats_it(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     assert fuse_fake_pair(runs, "--grid").returncode == 0
-    assert run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "x").returncode == 0
+    assert (
+        run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "x").returncode == 0
+    )
     text = (tmp_path / "r" / "x" / "report.md").read_text()
     assert "> Warning: " not in text and "| yes |" in text and "| NO |" not in text

@@ -42,8 +42,47 @@ def test_each_first_level_folder_is_a_sample_and_names_become_safe_file_names(tm
         ("p 1", "sample_p_1", [0, 1]),
         ("q<2>", "sample_q_2_", [2]),
     ]
-    with pytest.raises(DataError, match="differ only in characters"):
+    with pytest.raises(DataError, match="sample folders 'a b' and 'a_b' of .* differ only in characters"):
         split_samples(tmp_path, [tmp_path / "a b" / "x.png", tmp_path / "a_b" / "y.png"])
+
+
+def sample_folders(root: Path, names: dict[str, list[str]]) -> list[Path]:
+    """Sample folders holding the named files (small PNGs, or a few bytes of anything else); the images."""
+    from PIL import Image
+
+    images = []
+    for folder, files in names.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name.endswith(".png"):
+                Image.new("RGB", (8, 8)).save(root / folder / name)
+                images.append(root / folder / name)
+            else:
+                (root / folder / name).write_bytes(b"GIF89a")
+    return images
+
+
+def test_an_empty_sample_folder_is_refused_not_dropped(tmp_path):
+    images = sample_folders(tmp_path, {"p1": ["a.png"], "empty": []})
+    with pytest.raises(DataError, match="empty holds no usable image, so that sample would have no row"):
+        split_samples(tmp_path, images)
+
+
+def test_a_sample_folder_that_links_elsewhere_is_refused_not_dropped(tmp_path):
+    images = sample_folders(tmp_path / "samples", {"p1": ["a.png"]})
+    sample_folders(tmp_path / "outside", {"cells": ["b.png"]})
+    (tmp_path / "samples" / "linked").symlink_to(tmp_path / "outside" / "cells")
+    with pytest.raises(DataError, match="linked is a link to a folder, whose images are not read"):
+        split_samples(tmp_path / "samples", images)
+
+
+def test_files_of_an_unsupported_type_are_named_in_their_samples_warnings(tmp_path):
+    images = sample_folders(tmp_path, {"p1": ["a.png", "anim.gif", "notes.txt"], "p2": ["b.png"]})
+    first, second = split_samples(tmp_path, images)
+    assert first.warnings == [
+        "2 file(s) not read, not a supported image type (.bmp, .jpeg, .jpg, .png, .tif, .tiff): p1/anim.gif, p1/notes.txt"
+    ]
+    assert second.warnings == []
 
 
 def test_merging_classes_sums_their_rows_and_columns():
