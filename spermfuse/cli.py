@@ -43,8 +43,9 @@ class ArgumentParser(argparse.ArgumentParser):
         flags = [flag for action in self._actions for flag in action.option_strings]
         hints = []
         for word in message.replace(",", " ").split():
+            word = word.split("=")[0].rstrip(":")  # "argument --cal-fraction: invalid float value" names a real flag
             if word.startswith("--") and word not in flags:
-                close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                close = difflib.get_close_matches(word, flags, n=1)
                 if close:
                     hints.append(f"{word}: did you mean {close[0]}?")
         line = f"{self.prog}: error: {message}" + (f" ({'; '.join(hints)})" if hints else "")

@@ -11,6 +11,7 @@ import os
 import pickle
 import struct
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -137,6 +138,10 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                 f"{path}: refused: it holds objects other than tensors, which loading would have to run as code"
             ) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not zipfile.is_zipfile(path):
+            first_line = "not a zip archive, as torch.save writes"
+        elif "weights_only" in first_line:  # never pass on torch's advice to load with weights_only=False
+            first_line = type(error).__name__
         raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({first_line})") from None
 
 

@@ -414,6 +414,25 @@ def majority_of(per_fold: Sequence[Sequence[LogitsSet]]) -> dict:
     return {"class": per_fold[0][0].classes[int(counts.argmax())], "rate": float(counts.max() / counts.sum())}
 
 
+def _referral_outcome(certificate, outcome: dict, calibrated_on: str) -> str:
+    """One fold's certificate and its test outcome in words (no NaN where nothing was accepted)."""
+    if certificate.refers_all:
+        return (
+            f"no threshold reaches {certificate.target_accuracy} on its {certificate.n_calibration} {calibrated_on} "
+            "cells: every cell is referred"
+        )
+    tested = (
+        f"{outcome['accepted']} accepted, accuracy {outcome['accepted_accuracy']:.4f} "
+        f"[{outcome['interval'][0]:.4f}, {outcome['interval'][1]:.4f}]"
+        if outcome["accepted"]
+        else "no test cell reaches it"
+    )
+    return (
+        f"certified threshold {certificate.threshold:.4f} ({certificate.n_accepted} of {certificate.n_calibration} "
+        f"{calibrated_on} cells accepted); test: {tested}"
+    )
+
+
 FOLD_FAILURE_LEVEL = 0.95  # a fold has failed its promise when it is below the target at this confidence
 
 
@@ -457,33 +476,27 @@ def certify_referral(
         outcome = accepted_accuracy(pt.max(axis=1), correct, certificate.threshold) | {"per_class_accuracy": per_class}
         folds.append({"fold": sets[0].fold, "certificate": certificate.to_dict(), "test": outcome})
         pooled.append((pt.max(axis=1) >= certificate.threshold, correct))
-        log.info(
-            "fold %d: certified threshold %s (%d of %d validation cells accepted); test: %d accepted, accuracy %.4f [%.4f, %.4f]",
-            sets[0].fold,
-            "none (refer all)" if certificate.refers_all else f"{certificate.threshold:.4f}",
-            certificate.n_accepted,
-            certificate.n_calibration,
-            outcome["accepted"],
-            outcome["accepted_accuracy"],
-            *outcome["interval"],
-        )
+        log.info("fold %d: %s", sets[0].fold, _referral_outcome(certificate, outcome, calibrated_on))
     accepted = np.concatenate([a for a, _ in pooled])
     correct = np.concatenate([c for _, c in pooled])
     summary = accepted_accuracy(
         accepted.astype(float), correct, 0.5
-    )  # the accepted cells of every fold, by their own threshold
+    )  # every fold's accepted cells, by its own threshold
     below = folds_below_target(folds, target_accuracy)
-    log.info(
-        "pooled: %d of %d accepted, accuracy %.4f [%.4f, %.4f] (promised >= %.3f with probability >= %.2f per fold); "
-        "folds below it beyond doubt: %.0f %%",
-        summary["accepted"],
-        len(accepted),
-        summary["accepted_accuracy"],
-        *summary["interval"],
-        target_accuracy,
-        1 - delta,
-        100 * below,
-    )
+    if not summary["accepted"]:
+        log.info("pooled: no threshold reaches %.3f in any fold: every cell is referred", target_accuracy)
+    else:
+        log.info(
+            "pooled: %d of %d accepted, accuracy %.4f [%.4f, %.4f] (promised >= %.3f with probability >= %.2f per "
+            "fold); folds below it beyond doubt: %.0f %%",
+            summary["accepted"],
+            len(accepted),
+            summary["accepted_accuracy"],
+            *summary["interval"],
+            target_accuracy,
+            1 - delta,
+            100 * below,
+        )
     return {
         "target_accuracy": target_accuracy,
         "delta": delta,

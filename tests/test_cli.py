@@ -25,6 +25,14 @@ def test_a_mistyped_or_abbreviated_flag_is_refused_with_a_suggestion(script, fla
     assert hint in result.stderr and len(result.stderr.strip().splitlines()) == 2  # the error and the --help pointer
 
 
+def test_a_bad_value_of_a_real_flag_suggests_no_other_flag():
+    result = subprocess.run(
+        [sys.executable, "train.py", "--cal-fraction", "abc"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "invalid float value: 'abc'" in result.stderr
+    assert "did you mean" not in result.stderr
+
+
 def test_the_demo_script_prints_its_usage():
     result = subprocess.run(["bash", "demo.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--preset" in result.stdout and "--data" in result.stdout

@@ -27,3 +27,12 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_file_of_zeros_is_no_checkpoint_and_the_message_gives_no_advice_to_run_its_code(tmp_path):
+    from spermfuse.files import CheckpointError, safe_torch_load
+
+    (tmp_path / "zeros.pt").write_bytes(bytes(300_000))
+    with pytest.raises(CheckpointError) as refused:
+        safe_torch_load(tmp_path / "zeros.pt")
+    assert "not a zip archive, as torch.save writes" in str(refused.value) and "weights_only" not in str(refused.value)

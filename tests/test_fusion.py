@@ -360,3 +360,12 @@ def test_the_promises_summary_reads_them_against_the_majority_class(tmp_path):
     rate = np.bincount(labels).max() / len(labels)
     text = summary.read_text()
     assert text.count(f"always answering {CLASSES[np.bincount(labels).argmax()]} is right on {rate:.4f}") == 2
+
+
+def test_an_unreachable_target_says_every_cell_is_referred_without_nan(tmp_path):
+    runs = fake_runs(tmp_path / "runs")
+    result = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.99")
+    assert result.returncode == 0, result.stderr
+    assert "no threshold reaches 0.99 on its 60 validation cells: every cell is referred" in result.stderr
+    assert "pooled: no threshold reaches 0.990 in any fold: every cell is referred" in result.stderr
+    assert "nan" not in result.stderr
