@@ -40,6 +40,7 @@ WHO_MINIMUM_CELLS = 200  # WHO laboratory manual, 6th edition: at least 200 sper
 WHO_NORMAL_LIMIT = 0.04  # its lower reference limit of normal forms (also Kruger's strict-criteria 4 %)
 INDISTINGUISHABLE = 0.1  # two confusion rows closer than this (L1) are one class to the classifier
 SINGULAR = 1e-6  # smallest singular value of M below which the system has no unique solution
+SEPARATE_ADVICE = "estimate on groups that join them (--estimate-on groups), or label more held-out cells"
 _SUM_WEIGHT = 1e3  # weight of the Σp = 1 row in the least-squares solve (its error ~ 1e-6 of the residual)
 
 
@@ -86,10 +87,11 @@ def row_normalised(confusion: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     return confusion / rows[:, None]
 
 
-def check_distinguishable(matrix: np.ndarray, classes: Sequence[str]) -> None:
+def check_distinguishable(matrix: np.ndarray, classes: Sequence[str], advice: str = SEPARATE_ADVICE) -> None:
     """Refuse a confusion under which two classes' fractions cannot be separated: two true classes
     predicted (almost) alike, or a numerically singular M. Near-singular but distinguishable
-    confusions are kept: the constrained solve stays bounded and the interval widens honestly."""
+    confusions are kept: the constrained solve stays bounded and the interval widens honestly.
+    ``advice``: what the refusal tells the user to do."""
     distance = np.abs(matrix[:, None, :] - matrix[None, :, :]).sum(axis=2)
     distance[np.diag_indices_from(distance)] = np.inf
     i, j = np.unravel_index(np.argmin(distance), distance.shape)
@@ -99,11 +101,11 @@ def check_distinguishable(matrix: np.ndarray, classes: Sequence[str]) -> None:
     raise QuantifyError(
         f"the classifier cannot tell {classes[i]} from {classes[j]} apart (their confusion rows differ by "
         f"{distance[i, j]:.3f} in total; smallest singular value {smallest:.2g}): their fractions are not identifiable; "
-        "estimate on groups that join them (--estimate-on groups), or label more held-out cells"
+        f"{advice}"
     )
 
 
-def check_confusion(confusion: np.ndarray, classes: Sequence[str], method: str) -> None:
+def check_confusion(confusion: np.ndarray, classes: Sequence[str], method: str, advice: str = SEPARATE_ADVICE) -> None:
     """Every check of the confusion that ``method`` needs, before any work: ``cc`` does not use
     it; ``em`` needs each class's held-out cells (their prior), and so does ``pcc``: its
     probabilities are recalibrated per class on those cells, and a class without any gets a bias
@@ -112,7 +114,7 @@ def check_confusion(confusion: np.ndarray, classes: Sequence[str], method: str) 
     if method in ("acc", "pcc", "em"):
         matrix = row_normalised(confusion, classes)
         if method == "acc":
-            check_distinguishable(matrix, classes)
+            check_distinguishable(matrix, classes, advice)
 
 
 def merge_classes(confusion: np.ndarray, groups: Sequence[int], num_groups: int) -> np.ndarray:

@@ -31,6 +31,7 @@ from .metrics import confusion_counts
 from .quantify import (
     METHODS,
     NEEDS_PROBABILITIES,
+    SEPARATE_ADVICE,
     WHO_MINIMUM_CELLS,
     WHO_NORMAL_LIMIT,
     FractionEstimate,
@@ -218,6 +219,8 @@ def check_sample_settings(settings: SampleSettings, held_out: HeldOutConfusion) 
         )
     if not 0.0 < settings.normal_limit < 1.0:
         raise DataError(f"--normal-limit {settings.normal_limit}: give a fraction, e.g. 0.04 for WHO's 4 %")
+    if not 0.0 < settings.level < 1.0:
+        raise DataError(f"--sample-level {settings.level}: give the intervals' level in (0, 1), e.g. 0.95")
     if settings.groups is not None:
         missing = [c for c in held_out.classes if c not in settings.groups]
         if missing:
@@ -225,7 +228,12 @@ def check_sample_settings(settings: SampleSettings, held_out: HeldOutConfusion) 
     elif settings.merge:
         raise DataError("--estimate-on groups: needs the groups; give --sample-groups FILE.json (class -> group)")
     estimated, _ = estimated_space(held_out, settings)
-    check_confusion(estimated.confusion, estimated.classes, settings.method)
+    advice = (  # on groups already: estimating on groups is the flag given, not a way out
+        "give a --sample-groups that joins them into one group, or --sample-method em"
+        if settings.merge
+        else SEPARATE_ADVICE
+    )
+    check_confusion(estimated.confusion, estimated.classes, settings.method, advice)
 
 
 def split_samples(root: Path, images: Sequence[Path]) -> list[Sample]:

@@ -201,3 +201,19 @@ def test_the_average_of_the_folds_gets_a_confusion_from_a_shared_calibration_hol
     assert np.array_equal(held.confusion, expected) and held.split == "cal" and held.confusion.sum() == 90
     write_calibration_logits(tmp_path / "per_fold", folds=3, n=90, seed=3, noise=1.5)
     assert average_held_out_confusion(tmp_path / "per_fold", ["modelx", "modely"], [1, 2, 3], weights) is None
+
+
+def test_a_bad_sample_level_is_refused_with_the_other_flags_naming_it():
+    confusion = np.eye(3) * 50  # a confusion acc accepts, so the level is the only fault
+    with pytest.raises(DataError, match=r"--sample-level 1.5: give the intervals' level in \(0, 1\)"):
+        check_sample_settings(SampleSettings(level=1.5), held_out(confusion))
+
+
+def test_classes_too_alike_on_groups_already_get_advice_other_than_the_flag_given():
+    confusion = np.array([[10, 10, 0], [10, 10, 0], [0, 0, 20]], dtype=float)  # Normal and Pin predicted alike
+    settings = SampleSettings(estimate_on="groups")
+    settings.groups = {"Normal": "normal", "Pin": "head", "Curly": "tail"}
+    with pytest.raises(
+        QuantifyError, match="give a --sample-groups that joins them into one group, or --sample-method em"
+    ):
+        check_sample_settings(settings, held_out(confusion))
