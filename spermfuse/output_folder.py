@@ -10,6 +10,7 @@ next writer or reader puts it back. A refused command has written nothing.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -147,6 +148,21 @@ def check_replaceable(
         )
 
 
+def check_writable(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output whose nearest existing folder cannot take a new file
+    (read-only file system, no permission): the error would otherwise come after the work."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{flag} {path}: {folder} is not writable ({error.strerror}); choose a writable place"
+        ) from None
+
+
 @contextmanager
 def write_folder(
     final: Path, flag: str, overwrite: bool = False, legacy_owned: Callable[[Path], set[str]] | None = None
@@ -155,12 +171,19 @@ def write_folder(
     success it gets a manifest and replaces ``out`` as a unit; on any error nothing changes."""
     final = Path(final)
     check_replaceable(final, flag, overwrite, legacy_owned)
+    check_writable(final, flag)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial", dir=final.parent))
     try:
         yield staging
         write_manifest(staging)
         _swap(staging, final)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ConfigError(
+            f"{flag} {final}: the disk is full ({error.strerror}); nothing was written: free space or choose another place"
+        ) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -18,7 +18,7 @@ from .errors import FusionError
 from .files import atomic_write_csv
 from .flags import setting
 from .fused_model import load_fold_members
-from .output_folder import check_replaceable, refuse_overlap, write_folder
+from .output_folder import check_replaceable, check_writable, refuse_overlap, write_folder
 from .runtime import DEVICE_HELP, resolve_device
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def check_outputs(request: PredictionRequest) -> None:
         raise FusionError(
             f"--output {request.output}: is a folder; give the CSV file to write, e.g. {request.output / 'predictions.csv'}"
         )
+    check_writable(request.output, "--output")
     if request.explain is not None:
         refuse_overlap(request.explain, "--explain", inputs)
         check_replaceable(request.explain, "--explain", request.overwrite, inference.explanation_files)

@@ -53,6 +53,36 @@ def test_a_failed_write_leaves_the_old_folder_whole_and_no_partial_folder(tmp_pa
     verify_folder(out)
 
 
+def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_the_old_folder_whole(tmp_path):  # review C1
+    import errno
+
+    out = tmp_path / "out"
+    with write_folder(out, "--export") as folder:
+        (folder / "a.txt").write_text("old")
+    with pytest.raises(ConfigError, match=f"--export {out}: the disk is full .*nothing was written"):
+        with write_folder(out, "--export", overwrite=True) as folder:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert (out / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_output_on_a_read_only_place_is_refused_before_any_work(tmp_path, monkeypatch):  # review D4
+    import errno
+
+    from spermfuse.output_folder import check_writable
+
+    check_writable(tmp_path / "new" / "p.csv", "--output")  # a writable place: accepted, nothing left
+    assert list(tmp_path.iterdir()) == []
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(
+        ConfigError, match=f"--output {tmp_path}/p.csv: {tmp_path} is not writable \\(Read-only file system\\)"
+    ):
+        check_writable(tmp_path / "p.csv", "--output")
+
+
 def test_a_reader_refuses_a_folder_whose_files_differ_from_its_manifest(tmp_path):
     with write_folder(tmp_path / "out", "--out") as folder:
         (folder / "a.txt").write_text("mine")
