@@ -7,6 +7,7 @@ pretrained weights); :class:`~spermfuse.trainer.FoldTrainer` only reads what the
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,6 +65,24 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
     )
 
 
+def check_shared_holdout(config: TrainConfig) -> None:
+    """Every run under one ``--out`` calibrates on the same cells: a ``--cal-holdout`` other than
+    the one its other runs recorded is refused (it would silently give the folds' average, and
+    config.json, another holdout than the one the other members calibrated on)."""
+    for recorded in sorted(Path(config.out).glob("*/*/config.json")):
+        if recorded.parent == config.run_dir():
+            continue
+        try:
+            other = json.loads(recorded.read_text()).get("cal_holdout", 0.0)
+        except (OSError, ValueError):
+            continue  # an unreadable config.json is that run's problem, reported where it is read
+        if other != config.cal_holdout:
+            raise ConfigError(
+                f"--cal-holdout {config.cal_holdout}: {recorded} used --cal-holdout {other}; every run under one --out "
+                f"shares its calibration holdout: give --cal-holdout {other}, or another --out"
+            )
+
+
 def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> splits.Split:
     """The holdout split, or fold ``config.fold`` of folds.csv (written by rank 0 on first use)."""
     if config.split == "holdout":
@@ -71,6 +90,7 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
             samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups, config.cal_fraction
         )
     folds_csv = Path(config.out) / "folds.csv"
+    check_shared_holdout(config)
     if context.is_main:
         folds = splits.load_or_create_folds(samples, folds_csv, config.num_folds, config.seed)
     distributed.barrier(context)

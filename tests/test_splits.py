@@ -85,3 +85,26 @@ def test_the_calibration_holdout_and_a_per_fold_calibration_share_are_one_or_the
         validate_config(TrainConfig(cal_fraction=0.1, cal_holdout=0.1))
     with pytest.raises(ConfigError, match="--cal-holdout is for k-fold runs"):
         validate_config(TrainConfig(split="holdout", cal_holdout=0.1))
+
+
+def test_a_second_run_under_the_same_out_with_another_calibration_holdout_is_refused(tmp_path):
+    import json
+
+    import pytest
+
+    from spermfuse.config import TrainConfig
+    from spermfuse.errors import ConfigError
+    from spermfuse.fold_setup import check_shared_holdout
+
+    first = tmp_path / "efficientnet_tiny" / "fold1"
+    first.mkdir(parents=True)
+    (first / "config.json").write_text(json.dumps({"arch": "efficientnet_tiny", "cal_holdout": 0.25}))
+    second = TrainConfig(arch="resnetv2_tiny", out=str(tmp_path), fold=1, cal_holdout=0.3, cal_fraction=0.0)
+    with pytest.raises(
+        ConfigError, match=r"--cal-holdout 0.3: .*efficientnet_tiny/fold1/config.json used --cal-holdout 0.25"
+    ):
+        check_shared_holdout(second)
+    check_shared_holdout(TrainConfig(arch="resnetv2_tiny", out=str(tmp_path), fold=1, cal_holdout=0.25))
+    check_shared_holdout(
+        TrainConfig(arch="efficientnet_tiny", out=str(tmp_path), fold=1, cal_holdout=0.3)
+    )  # its own run
