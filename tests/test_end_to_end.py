@@ -588,3 +588,46 @@ def test_predict_takes_one_image_or_a_glob_pattern(tiny_sperm, demo_output, tmp_
         text=True,
     )
     assert missing.returncode == 2 and "matches no image" in missing.stderr
+
+
+class Payload:
+    """What a hostile checkpoint carries: unpickling it would create ``marker`` (code run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_payloads_in_best_pt_and_last_pt_never_run(demo_output, tiny_sperm, tmp_path):
+    """Review reliability-v0.3, "not run": a payload placed in a run's best.pt (read by --predict
+    and --export) and last.pt (read by train.py --resume) is refused and its code never runs."""
+    import torch
+
+    from spermfuse.config import TrainConfig
+    from spermfuse.files import CheckpointError
+    from spermfuse.train_state import resumable_checkpoint
+
+    runs = shutil.copytree(demo_output / "runs", tmp_path / "runs")
+    marker = tmp_path / "payload-ran"
+    run = runs / "efficientnet_tiny" / "fold1"
+    torch.save({"model": {}, "payload": Payload(marker)}, run / "best.pt")
+    torch.save({"arch": "efficientnet_tiny", "payload": Payload(marker)}, run / "last.pt")
+    images = tmp_path / "new"
+    images.mkdir()
+    shutil.copy(tiny_sperm / "Normal" / "Normal_00000.png", images / "cell.png")
+    models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--fold", "1"]
+    commands = (
+        ["fuse.py", "--predict", str(images), "--output", str(tmp_path / "p.csv"), *models],
+        ["fuse.py", "--export", str(tmp_path / "deploy"), *models],
+    )
+    for command in commands:
+        result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "best.pt" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    config = TrainConfig(arch="efficientnet_tiny", out=str(runs), fold=1, resume=True)
+    with pytest.raises(CheckpointError, match="last.pt: refused: it holds objects other than tensors"):
+        resumable_checkpoint(run, config, [], "")
+    assert not marker.exists() and not (tmp_path / "p.csv").exists() and not (tmp_path / "deploy").exists()
+    torch.load(run / "best.pt", weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.exists()
