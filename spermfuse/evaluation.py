@@ -3,7 +3,6 @@ fold, the paired tests between models, calibration before and after, and Table 2
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -14,8 +13,6 @@ from . import calibration, fusion, metrics, run_folder, splits
 from .errors import FusionError
 from .report import fmt, p_value
 from .run_folder import LogitsSet, align, pooled
-
-log = logging.getLogger(__name__)
 
 
 def training_sizes(folds: Sequence[LogitsSet], held_out: Sequence[Sequence[LogitsSet] | None] = ()) -> list[int]:
@@ -130,8 +127,8 @@ def calibration_of(
     if temperatures is None and val_folds is not None and [v.fold for v in val_folds] == [f.fold for f in folds]:
         try:
             temperatures = [calibration.fit_temperature(v.logits, v.labels) for v in val_folds]
-        except calibration.CalibrationError as error:  # the report says "not calibrated" rather than stopping
-            log.warning("calibration block: no temperature fitted on the validation logits: %s", error)
+        except calibration.CalibrationError as error:  # the report shows no "after" rather than stopping
+            block["not_fitted"] = str(error)
     if temperatures is not None:
         scaled = np.concatenate([f.logits / t for f, t in zip(folds, temperatures)])
         block |= {

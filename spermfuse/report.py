@@ -131,7 +131,10 @@ def _calibration_section(models: dict) -> list[str]:
             [name]
             + [f"{fmt(c['before'][k])} / {fmt(after.get(k))}" for k in ("nll", "brier", "ece")]
             + [f"{fmt(c['aurc_before'])} / {fmt(c['aurc_after'])}"]
-            + [", ".join(f"{k} [{v[0]:+.4f}, {v[1]:+.4f}]" for k, v in change.items()) or "n/a"]
+            + [
+                ", ".join(f"{k} [{v[0]:+.4f}, {v[1]:+.4f}]" for k, v in change.items())
+                or (f"no temperature: {c['not_fitted']}" if c.get("not_fitted") else "n/a")
+            ]
         )
     header = ["model", "NLL before / after", "Brier before / after", "ECE before / after", "AURC before / after"]
     return [

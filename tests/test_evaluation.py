@@ -360,3 +360,14 @@ def test_report_md_gives_the_margin_over_the_majority_class_when_a_model_beats_i
     )
     text = (tmp_path / "r" / "x" / "report.md").read_text()
     assert "> Warning: " not in text and "| yes |" in text and "| NO |" not in text
+
+
+def test_validation_logits_that_cannot_fit_a_temperature_leave_the_report_uncalibrated_and_say_why():
+    from spermfuse.evaluation import calibration_of
+    from spermfuse.run_folder import LogitsSet
+
+    labels = np.array([0, 1, 2] * 10)
+    test = LogitsSet(np.eye(3)[labels] * 2.0, labels, np.array([f"t{i}" for i in range(30)]), CLASSES, "m", 1)
+    val = LogitsSet(np.eye(3)[labels] * 30.0, labels, np.array([f"v{i}" for i in range(30)]), CLASSES, "m", 1)
+    block = calibration_of([test], [val])
+    assert block["after"] is None and "all 30 calibration cells are classified right" in block["not_fitted"]
