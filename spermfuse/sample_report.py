@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_CSV = "samples.csv"
 REPORTS_FOLDER = "sample_reports"
+PREDICTIONS_DIGEST = "predictions.sha256"  # in REPORTS_FOLDER: the predictions CSV and samples.csv it goes with
 LEAST_CERTAIN = 12  # cells on a page's contact sheet
 LIMITS = (
     "Each cell carries one label; WHO counts a cell with several defects in each defect group, so group "

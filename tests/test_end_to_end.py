@@ -509,6 +509,13 @@ def test_samples_write_a_row_and_a_page_per_sample_with_the_adjusted_fractions(t
         assert f"Sample {row['sample']}" in page.read_text() and "calibration cells" in page.read_text()
     reports = tmp_path / "out" / "sample_reports"
     assert (reports / "sample_patient_B_fractions.png").is_file() and (reports / "manifest.json").is_file()
+    # The pages record the predictions and samples.csv they go with (review B8): sha256sum -c checks them,
+    # and fails on a predictions file of another run (what a kill between the writes would leave).
+    check = ["sha256sum", "-c", "predictions.sha256"]
+    assert subprocess.run(check, cwd=reports, capture_output=True, text=True).returncode == 0
+    output.write_text(output.read_text().replace("Normal", "PinHead"))
+    mixed = subprocess.run(check, cwd=reports, capture_output=True, text=True)
+    assert mixed.returncode == 1 and "../predictions.csv: FAILED" in mixed.stdout
 
 
 def test_samples_refuse_a_confusion_that_cannot_separate_the_classes_before_writing_anything(
