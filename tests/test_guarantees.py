@@ -156,6 +156,29 @@ def test_a_fuse_killed_at_a_random_moment_leaves_the_old_folder_or_the_new_one(t
     ]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_evaluate_killed_at_a_random_moment_leaves_the_old_report_or_the_new_one(tmp_path, seed):
+    """Review reliability-v0.3, "not run": kill -9 during evaluate.py --overwrite."""
+    runs = fake_runs(tmp_path / "runs")
+    assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
+    command = [sys.executable, "evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--name", "x"]
+    started = time.perf_counter()
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    duration = time.perf_counter() - started
+    old = (tmp_path / "r" / "x" / "report.md").read_text()
+    process = subprocess.Popen(
+        [*command, "--overwrite"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(np.random.default_rng(seed).uniform(0.3, 1.0) * duration)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    from spermfuse.output_folder import recover
+
+    recover(tmp_path / "r" / "x")  # what the next reader or writer does first
+    verify_folder(tmp_path / "r" / "x")  # whole: old or new, never a mix
+    assert (tmp_path / "r" / "x" / "report.md").read_text() == old  # the same inputs: the same report either way
+
+
 # --------------------------------------------------------------------------- 2. inputs are never outputs
 
 
@@ -273,6 +296,31 @@ def test_training_refuses_a_run_folder_in_use(image_folder, tmp_path):  # [A3]
 
 
 # --------------------------------------------------------------------------- 4. a run records what it was trained on
+
+
+def test_two_launches_of_every_fold_on_one_runs_folder_leave_one_whole_run(tiny_sperm, tmp_path):
+    """Review reliability-v0.3, "not run": two `train.py --fold all` (two Slurm submissions, say) on
+    one runs folder at once: a fold in use, or already there, is refused in the other launch, and
+    the runs folder ends with every fold trained once, as one launch alone trains it."""
+    command = [sys.executable, "train.py", "--preset", "tiny", "--data", str(tiny_sperm), "--arch", "resnetv2_tiny"]
+    alone = subprocess.run([*command, "--fold", "all", "--out", str(tmp_path / "alone")], cwd=ROOT, capture_output=True)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    both = [
+        subprocess.Popen(
+            [*command, "--fold", "all", "--out", str(tmp_path / "both")], cwd=ROOT, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in both]
+    assert sorted(code for code, _ in results) == [0, 2], [e[-1500:] for _, e in results]
+    refused = next(err for code, err in results if code == 2)
+    assert "in use for training by pid" in refused or "a run is already there" in refused
+    for fold in (1, 2):
+        ours = np.load(tmp_path / "both" / "resnetv2_tiny" / f"fold{fold}" / "test_logits.npz")["logits"]
+        assert np.array_equal(
+            ours, np.load(tmp_path / "alone" / "resnetv2_tiny" / f"fold{fold}" / "test_logits.npz")["logits"]
+        )
+        assert not (tmp_path / "both" / "resnetv2_tiny" / f"fold{fold}" / ".spermfuse.lock").exists()
 
 
 def test_an_overwrite_that_does_not_finish_leaves_no_old_logits_for_fusion(image_folder, tmp_path):  # [A4]

@@ -96,3 +96,35 @@ def test_resume_auto_starts_a_run_that_has_no_last_checkpoint(tiny_sperm, tmp_pa
     result = run_train(*"--preset tiny --arch efficientnet_tiny --fold 1 --resume auto".split(), *folders)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "efficientnet_tiny" / "fold1" / "test_logits.npz").is_file()
+
+
+def signal_after_epochs(command: list[str], history: Path, epochs: int) -> subprocess.CompletedProcess:
+    """Run ``command`` and send SIGTERM once ``history`` holds ``epochs`` epoch rows."""
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while process.poll() is None and time.time() < deadline:
+        if history.exists() and len(history.read_text().splitlines()) - 1 >= epochs:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=180)[1]
+    return subprocess.CompletedProcess(command, process.returncode, "", stderr)
+
+
+def test_sigterm_at_several_epochs_and_a_resume_after_each_give_the_uninterrupted_logits(tiny_sperm, tmp_path):
+    """Review reliability-v0.3, "not run": SIGTERM at several points (after epochs 2 and 5), a
+    resume after each, then the run to its end: the same test logits as without any stop."""
+    common = ["--preset", "tiny", "--data", str(tiny_sperm), "--arch", "resnetv2_tiny", "--fold", "1"]
+    common += ["--epochs", "8", "--early-stopping", "20"]
+    full = run_train(*common, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    cut = tmp_path / "cut" / "resnetv2_tiny" / "fold1"
+    train = [sys.executable, "train.py", *common, "--out", str(tmp_path / "cut"), "--resume", "auto"]
+    for epochs in (2, 5):
+        stopped = signal_after_epochs(train, cut / "history.csv", epochs)
+        assert stopped.returncode == cli.PREEMPTED_STATUS, stopped.stderr[-2000:]
+        assert not (cut / "test_logits.npz").exists()
+    finished = run_train(*common, "--out", str(tmp_path / "cut"), "--resume", "auto")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    expected = np.load(tmp_path / "full" / "resnetv2_tiny" / "fold1" / "test_logits.npz")["logits"]
+    assert np.array_equal(np.load(cut / "test_logits.npz")["logits"], expected)
