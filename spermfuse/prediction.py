@@ -15,8 +15,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import inference, run_folder, sample_report
 from .errors import FusionError
+from .conformal import SetCalibrator
 from .files import atomic_write_text, csv_text
 from .flags import setting
 from .fused_model import load_fold_members
@@ -96,38 +99,48 @@ def check_outputs(request: PredictionRequest) -> None:
         check_replaceable(request.reports_folder, "--samples", request.overwrite, sample_report.report_files)
 
 
-def write_samples(
-    request: PredictionRequest,
-    held_out,
-    samples,
-    images,
-    probabilities,
-    classes,
-    provenance,
-    threshold,
-    set_calibrator,
-    predictions: str,
-) -> None:
+@dataclass(frozen=True)
+class Predicted:
+    """What one --predict computed: the images, their fused probabilities and classes, the
+    certified rules applied, and the predictions CSV's text."""
+
+    images: list[Path]
+    probabilities: np.ndarray
+    classes: list[str]
+    threshold: float | None
+    set_calibrator: SetCalibrator | None
+    csv: str
+
+
+def write_samples(request: PredictionRequest, held_out, samples, predicted: Predicted, provenance) -> None:
     """--samples: every sample's estimates first, then the per-sample pages (a unit folder) with
-    ``predictions.sha256``, the digests of the predictions CSV (``predictions``, its text) and of
-    samples.csv it goes with, then samples.csv and the predictions beside it. A kill between those
-    writes leaves files whose digests differ from the record (``sha256sum -c`` in the folder
-    says which), never a silent mix of two runs."""
+    ``predictions.sha256``, the digests of the predictions CSV and of samples.csv it goes with,
+    then samples.csv and the predictions beside it. A kill between those writes leaves files
+    whose digests differ from the record (``sha256sum -c`` in the folder says which), never a
+    silent mix of two runs."""
     chosen, confusion = held_out
-    sample_report.estimate_samples(samples, probabilities, confusion, chosen)
+    sample_report.estimate_samples(samples, predicted.probabilities, confusion, chosen)
     table = csv_text(*sample_report.samples_table(samples, chosen))
     samples_csv = request.output.parent / sample_report.SAMPLES_CSV
     record = "".join(
         f"{hashlib.sha256(text.encode()).hexdigest()}  {os.path.relpath(path, request.reports_folder)}\n"
-        for text, path in ((predictions, request.output), (table, samples_csv))
+        for text, path in ((predicted.csv, request.output), (table, samples_csv))
     )
     with write_folder(request.reports_folder, "--samples", request.overwrite, sample_report.report_files) as folder:
         sample_report.write_sample_pages(
-            folder, samples, images, probabilities, classes, chosen, provenance, threshold, set_calibrator
+            folder,
+            samples,
+            predicted.images,
+            predicted.probabilities,
+            predicted.classes,
+            chosen,
+            provenance,
+            predicted.threshold,
+            predicted.set_calibrator,
         )
         atomic_write_text(folder / sample_report.PREDICTIONS_DIGEST, record)
     atomic_write_text(samples_csv, table)
-    atomic_write_text(request.output, predictions)
+    atomic_write_text(request.output, predicted.csv)
     log.info(
         "wrote %s and %s: %d samples (%s, %s)",
         samples_csv,
@@ -158,27 +171,15 @@ def predict(request: PredictionRequest, sample_options: sample_report.SampleSett
     weights = settings.prediction_weights(folds)
     probabilities = inference.fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
-    predictions = csv_text(
-        *inference.prediction_table(root, images, bad, probabilities, classes, threshold, set_calibrator)
-    )
+    table = inference.prediction_table(root, images, bad, probabilities, classes, threshold, set_calibrator)
+    predicted = Predicted(images, probabilities, classes, threshold, set_calibrator, csv_text(*table))
     if held_out is not None:  # the samples and the predictions they come from, as one record
         provenance = sample_report.Provenance(
             settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(bad)
         )
-        write_samples(
-            request,
-            held_out,
-            samples,
-            images,
-            probabilities,
-            classes,
-            provenance,
-            threshold,
-            set_calibrator,
-            predictions,
-        )
+        write_samples(request, held_out, samples, predicted, provenance)
     else:
-        atomic_write_text(request.output, predictions)
+        atomic_write_text(request.output, predicted.csv)
     if request.explain is not None:
         with write_folder(request.explain, "--explain", request.overwrite, inference.explanation_files) as folder:
             inference.write_explanations(root, folder, images, members, settings.models, weights, device)
