@@ -41,7 +41,7 @@ def plan_table(configs: Sequence[TrainConfig]) -> str:
         if state == "finished":
             expected = "-"
         elif per_epoch is not None:
-            expected = f"<= {left * per_epoch / 60:.1f} min"
+            expected = f"at most {left * per_epoch / 60:.1f} min"
         else:
             expected = "unknown (no epoch timed yet)"
         device = device_type_of(config) if config.device == "auto" else config.device
