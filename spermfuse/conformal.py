@@ -102,7 +102,7 @@ def calibrate_sets(
     probabilities: np.ndarray,
     labels: np.ndarray,
     alpha: float = 0.1,
-    method: str = "aps",
+    method: str = "lac",
     by: Mapping[int, str] | Sequence[str] | None = None,
     lam: float = 0.01,
     k_reg: int = 2,

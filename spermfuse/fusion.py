@@ -303,7 +303,13 @@ class PredictionSets:
         "promises",
         metavar="ALPHA",
     )
-    method: str = setting("aps", "--sets-alpha: the conformal score", "promises", choices=["aps", "raps", "lac"])
+    method: str = setting(
+        "lac",
+        "--sets-alpha: the conformal score (lac: the smallest sets; aps/raps adapt a set to the cell's difficulty, "
+        "at a larger size: docs/EVALUATION.md)",
+        "promises",
+        choices=["lac", "aps", "raps"],
+    )
     by: str = setting(
         "none",
         "--sets-alpha: part = coverage per defect part group (head, neck, tail; Normal alone; sperm18's classes)",
@@ -399,7 +405,7 @@ def certify_average(
 
 
 def calibrate_average_sets(
-    average: LogitsSet, folds: Sequence[int], alpha: float, method: str = "aps", by: Sequence[str] | None = None
+    average: LogitsSet, folds: Sequence[int], alpha: float, method: str = "lac", by: Sequence[str] | None = None
 ) -> dict:
     """The conformal set calibrator of the average of ``folds``' pairs, on the holdout they share."""
     calibrator = calibrate_sets(probabilities_of(average.logits), average.labels, alpha, method, by)
@@ -515,7 +521,7 @@ def calibrate_prediction_sets(
     per_fold_cal,
     chosen,
     alpha: float,
-    method: str = "aps",
+    method: str = "lac",
     by: Sequence[str] | None = None,
     calibrated_on: str = "validation",
 ) -> dict:

@@ -203,7 +203,7 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
     truth = cal[0][0].labels[np.argsort(cal[0][0].paths)]
     expected = certify_threshold(average.max(axis=1), average.argmax(axis=1) == truth, 0.6).to_dict()
     assert settings.decision(settings.folds)["referral"] == expected
-    calibrator = calibrate_sets(average, truth, 0.2, "aps", None).to_dict()
+    calibrator = calibrate_sets(average, truth, 0.2, "lac", None).to_dict()
     assert settings.decision(settings.folds)["prediction_sets"] == calibrator
     assert settings.prediction_threshold(settings.folds) == expected["threshold"]
 
