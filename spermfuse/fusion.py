@@ -32,7 +32,7 @@ from .conformal import calibrate_sets, predict_sets, set_metrics
 from .errors import FusionError
 from .files import file_sha256
 from .flags import setting
-from .metrics import fold_metrics, weighted_f1
+from .metrics import fold_metrics, majority_class, weighted_f1
 from .run_folder import FusionSettings, LogitsSet, Selection
 from .selective import accepted_accuracy, certify_threshold, clopper_pearson_upper
 from .synthetic import DEFECT_PART
@@ -415,9 +415,9 @@ def calibrate_average_sets(
 def majority_of(per_fold: Sequence[Sequence[LogitsSet]]) -> dict:
     """The most frequent true class of the folds' test cells and its share: what always answering
     it would get right, the yardstick every promise is read against."""
-    labels = np.concatenate([sets[0].labels for sets in per_fold])
-    counts = np.bincount(labels, minlength=len(per_fold[0][0].classes))
-    return {"class": per_fold[0][0].classes[int(counts.argmax())], "rate": float(counts.max() / counts.sum())}
+    classes = per_fold[0][0].classes
+    majority, rate = majority_class(np.concatenate([sets[0].labels for sets in per_fold]), len(classes))
+    return {"class": classes[majority], "rate": rate}
 
 
 def _referral_outcome(certificate, outcome: dict, calibrated_on: str) -> str:

@@ -129,6 +129,12 @@ def summarize(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) ->
     return result
 
 
+def majority_class(labels: np.ndarray, num_classes: int) -> tuple[int, float]:
+    """The most frequent true class and its share of ``labels``: what always answering it gets right."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)
+    return int(counts.argmax()), float(counts.max() / counts.sum())
+
+
 def against_majority(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str], level: float = 0.05) -> dict:
     """The classifier that always answers the most frequent true class, on the same cells: its
     class, its accuracy (``rate``), the model's margin over it, and a one-sided exact McNemar test
@@ -136,13 +142,11 @@ def against_majority(labels: np.ndarray, predicted: np.ndarray, classes: Sequenc
     only the constant gets right); ``beats`` when p < ``level``. On a data set where one class
     holds most cells, an accuracy that looks good can be no better than that constant answer."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
-    counts = np.bincount(labels, minlength=len(classes))
-    majority = int(counts.argmax())
+    majority, rate = majority_class(labels, len(classes))
     right, constant_right = predicted == labels, labels == majority
     only_model, only_constant = int((right & ~constant_right).sum()), int((~right & constant_right).sum())
     discordant = only_model + only_constant
     p = float(stats.binomtest(only_model, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
-    rate = float(counts[majority] / counts.sum())
     return {
         "class": classes[majority],
         "rate": rate,

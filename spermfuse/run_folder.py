@@ -407,6 +407,17 @@ def _all_numbers(values: object) -> bool:
     return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+def _under_runs(runs: Path, source: Path, model: str) -> Path:
+    """``source`` (a logits file as fuse.py named it, e.g. ``old/runs/m/fold1/test_logits.npz``)
+    under ``runs``: its path from the model's folder on (``runs/m/fold1/test_logits.npz``), so a
+    runs folder moved or named relative to another directory is still found."""
+    parts = source.parts
+    if model not in parts:
+        return source
+    last = len(parts) - 1 - parts[::-1].index(model)
+    return Path(runs, *parts[last:])
+
+
 FUSION_SETTINGS_VERSION = 3  # 2: referral as per-fold certificates, prediction sets; 3: sets without randomisation
 
 
@@ -481,8 +492,7 @@ class FusionSettings:
             fold, model = self.folds[i // len(self.models)], self.models[i % len(self.models)]
             if folds is not None and fold not in folds:
                 continue
-            parts = Path(source).parts
-            path = Path(runs, *parts[len(parts) - 1 - parts[::-1].index(model) :]) if model in parts else Path(source)
+            path = _under_runs(runs, Path(source), model)
             if not path.is_file():
                 raise FusionError(
                     f"{path}: missing, but the fusion was made from it (fold {fold} of {model} retrained and not "
