@@ -29,7 +29,7 @@ from spermfuse.config import (
 )
 from spermfuse.download import fetch
 from spermfuse.fold_parallel import run_fold_parallel
-from spermfuse.models.catalogue import catalogue_table, find_entry
+from spermfuse.catalogue import catalogue_table, find_entry
 from spermfuse.preemption import StopRequest
 from spermfuse.progress_line import GPU_SIZED, DownloadLine, ProgressLine
 from spermfuse.run_folder import LAST_CHECKPOINT

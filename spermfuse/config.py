@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .flags import setting
 from .models import get_spec, list_models
 from .models.efficientnet import PADDINGS
-from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 from .runtime import DEVICE_HELP
 from .transforms import PAD_COLOR, PAPER_IMG_SIZE
 

@@ -30,16 +30,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import SpermfuseError
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
-
-
-class DataError(SpermfuseError):
-    """Bad input data; the message is one line naming the file and the fix."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from .files import atomic_write_text, file_sha256
 from .errors import SpermfuseError
 
 if TYPE_CHECKING:
-    from .models.catalogue import WeightsEntry
+    from .catalogue import WeightsEntry
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,10 @@ class SpermfuseError(Exception):
     """A problem with what the user gave; the message names the flag or file and the fix."""
 
 
+class DataError(SpermfuseError):
+    """Bad input data; the message is one line naming the file and the fix."""
+
+
 class ConfigError(SpermfuseError):
     """A setting that cannot work; the message names the flag and the fix."""
 

@@ -28,7 +28,8 @@ from .files import atomic_write_json, atomic_write_text
 from .flags import setting
 from .fused_model import Classifier, load_fold_members
 from .pointing_game import PointingCase, darkness_map, hits, score, summarise, tolerance
-from .report import markdown_table, pointing_game_markdown, randomisation_markdown
+from .page import markdown_table
+from .report import pointing_game_markdown, randomisation_markdown
 from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
 from .runtime import DEVICE_HELP, resolve_device
 from .sanity_check import (
@@ -38,7 +39,7 @@ from .sanity_check import (
     randomisation_curve,
     randomly_initialised,
 )
-from .synthetic import DEFECT_PART
+from .taxonomy import DEFECT_PART
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ from torch import nn
 
 from . import data as data_lib
 from . import distributed, engine, splits
-from .cache import ensure_default_data
+from .synthetic.cached_sets import ensure_default_data
 from .config import TrainConfig, validate_config
 from .errors import ConfigError
-from .models import LoadReport, create_model, load_initial_weights, resolve_padding
+from .models import LoadReport, create_model
+from .pretrained import load_initial_weights, resolve_padding
 from .output_folder import refuse_overlap
 from .run_folder import split_digest
 from .runtime import resolve_device, seed_everything

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .files import safe_torch_load
-from .data import DataError
+from .errors import DataError
 from .engine import tta_logits
 from .models import create_model
 from .transforms import Pipeline, PipelineSpec, from_spec

@@ -35,7 +35,7 @@ from .flags import setting
 from .metrics import fold_metrics, majority_class, weighted_f1
 from .run_folder import FusionSettings, LogitsSet, Selection
 from .selective import accepted_accuracy, certify_threshold, clopper_pearson_upper
-from .synthetic import DEFECT_PART
+from .taxonomy import DEFECT_PART
 
 log = logging.getLogger(__name__)
 

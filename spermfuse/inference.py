@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .conformal import SetCalibrator, predict_sets
-from .data import IMAGE_EXTENSIONS, DataError, check_image, load_rgb
+from .data import IMAGE_EXTENSIONS, check_image, load_rgb
+from .errors import DataError
 from .explain import explain_files, peak
 from .figures import explanation_figure
 from .files import atomic_write_csv, read_csv

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__, metrics, splits
-from .page import markdown_text
-from .report import majority_verdict, markdown_table
+from .page import markdown_table, markdown_text
+from .report import majority_verdict
 from .run_folder import FusionSettings, LogitsSet, data_root_of_run, fold_folder, pooled
 from .runtime import git_commit
 from .selective import Certificate

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ConfigError
-from .synthetic import PART_VALUES
+from .taxonomy import PART_VALUES
 
 # The mask values of each part group; "sperm" (Normal: no defect part) is the whole cell.
 PART_GROUPS = {
@@ -38,7 +38,7 @@ DARKEST_BLUR_SIGMA = 2.0  # px of the original image: a stain's dark core, not a
 
 
 def part_mask(mask: np.ndarray, part: str) -> np.ndarray:
-    """Where ``part`` (a key of :data:`PART_GROUPS`) lies in a part mask (``synthetic.PART_VALUES``)."""
+    """Where ``part`` (a key of :data:`PART_GROUPS`) lies in a part mask (``taxonomy.PART_VALUES``)."""
     if part not in PART_GROUPS:
         raise ConfigError(f"part {part!r}: one of {', '.join(PART_GROUPS)}")
     return np.isin(mask, PART_GROUPS[part])

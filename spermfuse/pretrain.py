@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import cli, synthetic
-from .cache import pretraining_data_dir, pretraining_root
+from .taxonomy import SPERM18_CLASSES
+from .cache import pretraining_root
+from .synthetic.cached_sets import pretraining_data_dir
 from .files import CheckpointError, atomic_write_json, file_sha256
 from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
 from .trainer import train_fold
@@ -77,11 +79,7 @@ def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | No
         record = json.loads(record_path.read_text())
     except ValueError:
         return f"{record_path} is not readable JSON"
-    if (
-        record.get("arch") != arch
-        or record.get("classes") != synthetic.SPERM18_CLASSES
-        or record.get("recipe") != asdict(recipe)
-    ):
+    if record.get("arch") != arch or record.get("classes") != SPERM18_CLASSES or record.get("recipe") != asdict(recipe):
         return f"{record_path} records another architecture, class list or recipe"
     if record.get("sha256") != file_sha256(best):
         return f"{best}: its SHA-256 differs from the one recorded when it was made (a corrupt or replaced file)"
@@ -128,7 +126,7 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     best = run / "best.pt"
     atomic_write_json(
         folder / "pretrain.json",
-        {"arch": arch, "classes": synthetic.SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)},
+        {"arch": arch, "classes": SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)},
     )
     return best
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .cuda_graph import CudaGraph
 from .errors import ConfigError
+from .runtime import peak_memory_mb
 from .engine import amp_dtype_for, autocast
 from .transforms import PAPER_IMG_SIZE
 
@@ -181,12 +182,3 @@ def training_cost(
         torch.cuda.reset_peak_memory_stats(device)
     latency = time_call(step, device, warmup, steps)
     return TrainingCost(batch_size * 1000.0 / latency.median_ms, peak_memory_mb(device), latency.median_ms)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or peak resident memory of this process on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,7 +9,7 @@ from typing import Sequence
 from .config import TrainConfig
 from .files import read_csv
 from .fold_setup import device_type_of
-from .report import markdown_table
+from .page import markdown_table
 from .run_folder import LAST_CHECKPOINT
 
 

@@ -102,3 +102,12 @@ def environment(device: torch.device) -> dict:
 def environment_line(device: torch.device) -> str:
     """The commit, the machine and torch in one line, for a results file."""
     return f"commit {git_commit(short=True) or 'unknown'}; {device_description(device)}; torch {torch.__version__}"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or peak resident memory of this process on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

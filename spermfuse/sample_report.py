@@ -22,7 +22,8 @@ import numpy as np
 from . import __version__, fusion, page
 from .calibration import CalibrationError, fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
-from .data import IMAGE_EXTENSIONS, DataError, is_image_file, load_rgb
+from .data import IMAGE_EXTENSIONS, is_image_file, load_rgb
+from .errors import DataError
 from .errors import FusionError
 from .figures import contact_sheet, plot_fractions
 from .files import atomic_write_text, file_sha256
@@ -42,7 +43,7 @@ from .quantify import (
 )
 from .run_folder import FusionSettings
 from .runtime import git_commit
-from .synthetic import MORPHOLOGY_GROUP
+from .taxonomy import MORPHOLOGY_GROUP
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .calibration import fit_bias_corrected_temperature
 from .metrics import confusion_counts
+from .page import markdown_table
 from .quantify import WHO_NORMAL_LIMIT, QuantifyError, class_fractions, flag
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,6 @@ def coverage_table(
     seed: int = 0,
 ) -> tuple[str, list[dict]]:
     """The Markdown coverage table of ``settings`` (one row each) and the rows as dicts."""
-    from .report import markdown_table
 
     results = []
     for setting in settings:

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from .files import atomic_write_csv, read_csv
-from .data import DataError, Samples
+from .data import Samples
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 

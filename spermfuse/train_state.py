@@ -18,7 +18,7 @@ from .distributed import DistributedContext
 from .config import OPERATIONAL_SETTINGS, TrainConfig
 from .errors import ConfigError
 from .files import safe_torch_load
-from .profiling import peak_memory_mb
+from .runtime import peak_memory_mb
 from .run_folder import LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError
-from .models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 from .segmentation import HybridOtsu
 
 PAD_COLOR: tuple[int, int, int] = (204, 191, 183)

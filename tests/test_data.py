@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from spermfuse import data, splits
-from spermfuse.data import DataError, discover
+from spermfuse.errors import DataError
+from spermfuse.data import discover
 from spermfuse.transforms import build
 
 
@@ -209,7 +210,8 @@ def test_a_zero_fraction_gives_an_empty_subset():
 
 
 def test_a_train_and_test_layout_is_named_not_read_as_two_classes(tmp_path):
-    from spermfuse.data import DataError, discover
+    from spermfuse.errors import DataError
+    from spermfuse.data import discover
 
     for split in ("train", "test"):
         (tmp_path / split / "Normal").mkdir(parents=True)
@@ -227,7 +229,8 @@ def test_samples_give_absolute_paths_too(image_folder):
 
 
 def test_a_single_class_data_set_is_refused(tmp_path):
-    from spermfuse.data import DataError, discover
+    from spermfuse.errors import DataError
+    from spermfuse.data import discover
 
     (tmp_path / "Normal").mkdir()
     for i in range(3):

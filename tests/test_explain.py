@@ -205,7 +205,7 @@ def test_explained_files_take_a_target_class_per_file(tmp_path):
 
 
 def test_explaining_members_trained_on_other_classes_is_refused_naming_the_checkpoint(tmp_path):
-    from spermfuse.data import DataError
+    from spermfuse.errors import DataError
     from spermfuse.explain import explain_files
     from spermfuse.fused_model import Classifier
 

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import draw_cell
 from spermfuse import splits
-from spermfuse.data import DataError, discover
+from spermfuse.errors import DataError
+from spermfuse.data import discover
 
 
 def grouped_manifest(root, patients=6, per_patient=4, group_column="group"):

@@ -24,11 +24,13 @@ from conftest import CLASSES, draw_cell, fake_runs, fold_trainer_for, tiny_confi
 from spermfuse import download, fusion, run_folder, splits, trainer
 from spermfuse.files import CheckpointError, csv_text, read_csv, read_safetensors
 from spermfuse.config import TrainConfig, validate_config
-from spermfuse.data import DataError, check_image, discover, load_rgb
+from spermfuse.errors import DataError
+from spermfuse.data import check_image, discover, load_rgb
 from spermfuse.errors import ConfigError, FusionError
 from spermfuse.lock import FolderLock, LockError
 from spermfuse.models import create_model
-from spermfuse.models.catalogue import find_entry, load_catalogue
+from spermfuse.pretrained import create_pretrained_model
+from spermfuse.catalogue import find_entry, load_catalogue
 from spermfuse.output_folder import verify_folder, write_folder
 from spermfuse.run_folder import LogitsSet
 
@@ -684,12 +686,12 @@ def test_a_first_download_that_does_not_load_is_neither_kept_nor_trusted(tmp_pat
     try:
         use_entry(tmp_path, monkeypatch, f"http://127.0.0.1:{server.server_address[1]}/w.pth")
         with pytest.raises(Exception, match="it was deleted \\(nothing recorded\\)"):
-            create_model("resnetv2_tiny", 3, pretrained=True)
+            create_pretrained_model("resnetv2_tiny", 3, True)
         assert not list((tmp_path / "cache" / "weights").iterdir())
         torch.save(
             create_model("resnetv2_tiny", 3).state_dict(), tmp_path / "served" / "w.pth"
         )  # the right file now loads
-        create_model("resnetv2_tiny", 3, pretrained=True)
+        create_pretrained_model("resnetv2_tiny", 3, True)
         cached = tmp_path / "cache" / "weights" / "resnetv2_tiny-lab.pth"
         assert (cached.stat().st_mode & 0o777) == 0o644 and cached.with_name(cached.name + ".sha256").is_file()  # [E2]
     finally:
@@ -707,7 +709,7 @@ def test_a_usable_file_in_a_read_only_cache_is_used_with_a_warning(tmp_path, mon
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(download, "atomic_write_text", read_only)
-    create_model("resnetv2_tiny", 3, pretrained=True)
+    create_pretrained_model("resnetv2_tiny", 3, True)
     assert "could not record it" in caplog.text
 
 
@@ -752,7 +754,7 @@ def test_folds_csv_keeps_formula_like_class_names_through_a_round_trip(tmp_path)
 
 
 def test_a_class_name_with_a_bar_or_a_newline_keeps_a_markdown_row_whole():  # [E1]
-    from spermfuse.report import markdown_table
+    from spermfuse.page import markdown_table
 
     table = markdown_table(["class", "F1"], [["Head|Neck\ndefect", "0.5"]])
     assert table.splitlines()[2] == "| Head\\|Neck<br>defect | 0.5 |"

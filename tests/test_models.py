@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from spermfuse.errors import ConfigError
-from spermfuse.models import create_model, get_spec, list_models, load_initial_weights
+from spermfuse.models import create_model, get_spec, list_models
+from spermfuse.pretrained import load_initial_weights
 from spermfuse.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spermfuse.models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from spermfuse.models.weights import WeightsError

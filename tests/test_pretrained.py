@@ -14,7 +14,8 @@ from spermfuse.files import CheckpointError, read_safetensors
 from spermfuse.download import DownloadError
 from spermfuse.errors import ConfigError
 from spermfuse.models import create_model
-from spermfuse.models.catalogue import find_entry, load_catalogue
+from spermfuse.pretrained import create_pretrained_model
+from spermfuse.catalogue import find_entry, load_catalogue
 from spermfuse.models.weights import WeightsError
 
 
@@ -85,7 +86,7 @@ def test_a_fresh_download_loads_the_served_weights_and_records_their_digest(tmp_
     served, base, _ = mirror
     state, digest = served_weights(served)
     use_catalogue(tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth"))
-    model = create_model("resnetv2_tiny", 3, pretrained=True)
+    model = create_pretrained_model("resnetv2_tiny", 3, True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert cached_files(tmp_path) == ["resnetv2_tiny-lab.pth", "resnetv2_tiny-lab.pth.sha256"]
     assert (tmp_path / "cache" / "weights" / "resnetv2_tiny-lab.pth.sha256").read_text().split()[0] == digest
@@ -95,9 +96,9 @@ def test_the_cached_file_is_used_with_the_server_stopped(tmp_path, monkeypatch, 
     served, base, stop = mirror
     state, _ = served_weights(served)
     use_catalogue(tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth"))
-    create_model("resnetv2_tiny", 3, pretrained="lab")
+    create_pretrained_model("resnetv2_tiny", 3, "lab")
     stop()
-    model = create_model("resnetv2_tiny", 3, pretrained="lab")
+    model = create_pretrained_model("resnetv2_tiny", 3, "lab")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
@@ -107,7 +108,7 @@ def test_offline_without_a_cached_file_names_the_url_and_the_local_alternative(t
     use_catalogue(tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth"))
     stop()
     with pytest.raises(DownloadError, match=f"could not download {base}/lab.pth .*--weights PATH"):
-        create_model("resnetv2_tiny", 3, pretrained=True)
+        create_pretrained_model("resnetv2_tiny", 3, True)
     assert cached_files(tmp_path) == []
 
 
@@ -116,7 +117,7 @@ def test_a_truncated_download_leaves_no_file_behind(tmp_path, monkeypatch, mirro
     served_weights(served)
     use_catalogue(tmp_path, monkeypatch, lab_entry(f"{base}/truncated/lab.pth"))
     with pytest.raises(DownloadError, match="ended after"):
-        create_model("resnetv2_tiny", 3, pretrained=True)
+        create_pretrained_model("resnetv2_tiny", 3, True)
     assert cached_files(tmp_path) == []  # neither the file, its digest record, nor a .part
 
 
@@ -126,7 +127,7 @@ def test_a_wrong_catalogue_digest_is_refused_and_nothing_kept(tmp_path, monkeypa
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
     use_catalogue(tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth", sha256=wrong))
     with pytest.raises(DownloadError, match="differs from the catalogue's"):
-        create_model("resnetv2_tiny", 3, pretrained=True)
+        create_pretrained_model("resnetv2_tiny", 3, True)
     assert cached_files(tmp_path) == []
 
 
@@ -134,7 +135,7 @@ def test_a_matching_digest_prefix_is_accepted_as_torch_hub_file_names_give_it(tm
     served, base, _ = mirror
     _, digest = served_weights(served)
     use_catalogue(tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth", sha256=digest[:8]))
-    create_model("resnetv2_tiny", 3, pretrained=True)
+    create_pretrained_model("resnetv2_tiny", 3, True)
     assert cached_files(tmp_path) == ["resnetv2_tiny-lab.pth"]  # a known digest needs no record
 
 
@@ -145,7 +146,7 @@ def test_a_corrupted_cached_file_is_refused_not_reloaded(tmp_path, monkeypatch, 
     use_catalogue(
         tmp_path, monkeypatch, lab_entry(f"{base}/lab.pth", **({"sha256": digest} if catalogue_digest else {}))
     )
-    create_model("resnetv2_tiny", 3, pretrained=True)
+    create_pretrained_model("resnetv2_tiny", 3, True)
     cached = tmp_path / "cache" / "weights" / "resnetv2_tiny-lab.pth"
     data = bytearray(cached.read_bytes())
     data[-100] ^= 0xFF
@@ -153,7 +154,7 @@ def test_a_corrupted_cached_file_is_refused_not_reloaded(tmp_path, monkeypatch, 
     with pytest.raises(
         DownloadError, match="resnetv2_tiny-lab.pth: SHA-256 .* differs .*delete .*resnetv2_tiny-lab.pth"
     ):
-        create_model("resnetv2_tiny", 3, pretrained=True)
+        create_pretrained_model("resnetv2_tiny", 3, True)
 
 
 def test_an_unwritable_cache_names_the_folder_and_the_variable(tmp_path, monkeypatch, mirror):
@@ -166,7 +167,7 @@ def test_an_unwritable_cache_names_the_folder_and_the_variable(tmp_path, monkeyp
     with pytest.raises(
         DownloadError, match=r"a_file/cache/weights: the weights cache is not writable .*\$SPERMFUSE_CACHE"
     ):
-        create_model("resnetv2_tiny", 3, pretrained=True)
+        create_pretrained_model("resnetv2_tiny", 3, True)
 
 
 def test_a_file_whose_tensors_do_not_fit_names_the_first_mismatching_key(tmp_path):
@@ -276,7 +277,8 @@ def test_pretrained_and_a_local_file_together_are_refused_before_any_download(ca
 
 
 def test_a_spermfuse_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
-    from spermfuse.models import create_model, load_initial_weights
+    from spermfuse.models import create_model
+    from spermfuse.pretrained import load_initial_weights
     from spermfuse.models.weights import WeightsError
 
     path = tmp_path / "best.pt"

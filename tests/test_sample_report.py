@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spermfuse.data import DataError
+from spermfuse.errors import DataError
 from spermfuse.errors import FusionError
 from spermfuse.quantify import QuantifyError, merge_classes
 from spermfuse.sample_report import (

@@ -13,7 +13,7 @@ import torch
 from .. import data, profiling, splits, synthetic
 from ..data import discover, load_rgb
 from ..models import create_model
-from ..report import markdown_table
+from ..page import markdown_table
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
 from .context import Benchmark
 

@@ -30,7 +30,7 @@ from ..metrics import confusion_counts
 from ..models import create_model
 from ..output_folder import discard, move_aside, verify_folder, write_manifest
 from ..quantify import class_fractions
-from ..report import markdown_table
+from ..page import markdown_table
 from ..run_folder import load_fold_sets, pooled
 from ..sample_report import (
     HeldOutConfusion,
@@ -42,7 +42,7 @@ from ..sample_report import (
 )
 from ..sample_simulation import SimulationSetting, coverage_table
 from ..selective import accepted_accuracy, certify_threshold
-from ..synthetic import MORPHOLOGY_GROUP
+from ..taxonomy import MORPHOLOGY_GROUP, SPERM18_CLASSES
 from ..transforms import PipelineSpec, from_spec
 from .context import Benchmark
 
@@ -358,11 +358,11 @@ def sample_report_suite(bench: Benchmark) -> dict:
     Runtime session of the exported graph), the acc estimate with 2,000 replicates and the page
     with its two figures. Medians of --rounds rounds per runtime, interleaved."""
 
-    classes = list(synthetic.SPERM18_CLASSES)
+    classes = list(SPERM18_CLASSES)
     spec = PipelineSpec(bench.img_size)
     pair = [Classifier(create_model(name, len(classes)).eval(), spec, classes, Path(name)) for name in bench.models]
     held_out = HeldOutConfusion(np.eye(len(classes)) * 40 + 2, classes, "a made-up confusion (timing only)")
-    settings = SampleSettings(groups=dict(synthetic.MORPHOLOGY_GROUP))
+    settings = SampleSettings(groups=dict(MORPHOLOGY_GROUP))
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic.generate(Path(tmp) / "cells", "sperm18", seed=0, per_class=12)
         (Path(tmp) / "samples" / "patient").mkdir(parents=True)

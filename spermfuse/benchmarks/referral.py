@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..report import markdown_table
+from ..page import markdown_table
 from ..selective import METHODS, certify_threshold
 from .context import Benchmark
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import data, flops, profiling
-from ..cache import ensure_default_data
+from ..synthetic.cached_sets import ensure_default_data
 from ..distributed import DistributedContext
 from ..ema import WeightEMA
 from ..explain import fused_grad_cam, fused_pair_members, occlusion
@@ -22,7 +22,7 @@ from ..export import export_onnx, export_program, onnx_available
 from ..fused_model import Classifier, FusedModel
 from ..fused_pair import FusedPair
 from ..models import create_model, get_spec
-from ..report import markdown_table
+from ..page import markdown_table
 from ..transforms import PipelineSpec, build
 from .context import Benchmark
 

@@ -19,10 +19,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import efficientnet
-from .catalogue import find_entry
 from .registry import REGISTRY, ModelSpec
 from .resnetv2 import ResNetV2, StdConv2d
-from .weights import LoadReport, WeightsError, load_pretrained, load_weights
+from .weights import LoadReport, WeightsError, load_weights
 
 
 def list_models() -> list[str]:
@@ -36,64 +35,36 @@ def get_spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-def resolve_padding(name: str, pretrained: str | bool | None = None, padding: str | None = None) -> str:
-    """The padding to build ``name`` with: ``padding`` when given, else what the catalogued
-    checkpoint ``pretrained`` was trained with ("same" for TensorFlow's), else symmetric."""
-    if padding is not None:
-        if padding not in efficientnet.PADDINGS:
-            raise ConfigError(f"--padding {padding}: choose one of {', '.join(efficientnet.PADDINGS)}")
-        return padding
-    if pretrained:
-        return find_entry(name, pretrained).padding
-    return "symmetric"
-
-
 def create_model(
     name: str,
     num_classes: int,
     *,
-    pretrained: str | bool | None = None,
     weights: str | Path | None = None,
     dropout: float | None = None,
     drop_path: float = 0.0,
-    padding: str | None = None,
+    padding: str = "symmetric",
 ) -> nn.Module:
-    """Build a registered model; optionally load a catalogued checkpoint or a local file.
+    """Build a registered model, optionally from a local checkpoint.
 
-    ``pretrained``: a tag of ``catalogue.py`` (True or "default": the paper's checkpoint;
-    downloads on first use, so only when asked). ``weights=PATH`` loads a local file (state
-    dict, spermfuse checkpoint, BiT .npz, timm state dict, .safetensors), re-initialising the
-    head when the class count differs. ``drop_path``: stochastic depth of the EfficientNets
-    (none by default; the papers name none). ``padding``: "symmetric" (PyTorch's) or "same"
-    (TensorFlow's, for TF-trained EfficientNet checkpoints); None: what the catalogued
-    checkpoint needs, else symmetric.
+    ``weights=PATH`` loads a local file (state dict, spermfuse checkpoint, BiT .npz, timm state
+    dict, .safetensors), re-initialising the head when the class count differs. ``drop_path``:
+    stochastic depth of the EfficientNets (none by default; the papers name none). ``padding``:
+    "symmetric" (PyTorch's) or "same" (TensorFlow's, for TF-trained EfficientNet checkpoints).
+    Catalogued checkpoints that are downloaded: ``pretrained.create_pretrained_model``.
     """
     spec = get_spec(name)
-    padding = resolve_padding(name, pretrained, padding)
+    if padding not in efficientnet.PADDINGS:
+        raise ConfigError(f"--padding {padding}: choose one of {', '.join(efficientnet.PADDINGS)}")
     model = spec.builder(num_classes, spec.dropout if dropout is None else dropout, drop_path, padding)
-    load_initial_weights(model, name, pretrained=pretrained, weights=weights)
-    return model
-
-
-def load_initial_weights(
-    model: nn.Module, name: str, *, pretrained: str | bool | None = None, weights: str | Path | None = None
-) -> LoadReport | None:
-    """Load the starting weights of a registered model; the report says what the weights expect
-    (their mean/std); None when neither is asked (random initialisation)."""
-    if pretrained and weights is not None:
-        raise ConfigError("give either --pretrained or --weights PATH, not both")
-    if pretrained:
-        return load_pretrained(model, name, get_spec(name), pretrained)
     if weights is not None:
-        return load_weights(model, weights, get_spec(name), name)
-    return None
+        load_weights(model, weights, spec, name)
+    return model
 
 
 __all__ = [
     "LoadReport",
     "create_model",
-    "resolve_padding",
-    "load_initial_weights",
+    "load_weights",
     "list_models",
     "get_spec",
     "REGISTRY",

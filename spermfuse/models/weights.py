@@ -36,9 +36,7 @@ from torch import nn
 
 from ..files import CheckpointError, read_safetensors, safe_np_load, safe_torch_load
 from ..errors import SpermfuseError
-from ..download import fetch, has_digest, record_first_use
-from .catalogue import find_entry
-from .normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -237,32 +235,4 @@ def load_weights(model: nn.Module, path: str | Path, spec: ModelSpec, arch: str 
         report = load_state(model, state, spec.head, str(path), fmt)
     report.mean, report.std = mean, std
     log.info("%s; expects mean %s std %s", report, mean, std)
-    return report
-
-
-def load_pretrained(model: nn.Module, name: str, spec: ModelSpec, tag: str | bool | None = "default") -> LoadReport:
-    """The catalogued checkpoint ``tag`` of ``name`` (``catalogue.py``), downloaded on first use.
-
-    The file must use the layer names its entry states; the input normalisation is the
-    entry's. Only this function reaches the network, and only when ``--pretrained`` asks.
-    """
-    entry = find_entry(name, tag)
-    path = fetch(entry)
-    trusted = has_digest(path, entry)
-    try:
-        state, fmt, _ = convert(model, path, spec)
-        if fmt != entry.layout:
-            raise CheckpointError(
-                f"{path}: holds {fmt} names where the catalogue's {name} {entry.tag} says {entry.layout}"
-            )
-    except (CheckpointError, WeightsError) as error:
-        if not trusted:  # a first file without a digest that is not what its entry declares: never trusted, never kept
-            path.unlink(missing_ok=True)
-            raise WeightsError(f"{error}; it was deleted (nothing recorded): check the entry's url") from None
-        raise WeightsError(f"{error}; delete it to download it again") from None
-    record_first_use(path, entry)
-    with torch.no_grad():
-        report = load_state(model, state, spec.head, f"{name} {entry.tag} ({path})", fmt)
-    report.mean, report.std = tuple(entry.mean), tuple(entry.std)
-    log.info("%s; expects mean %s std %s", report, report.mean, report.std)
     return report

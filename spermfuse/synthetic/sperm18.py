@@ -8,29 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..taxonomy import PART_VALUES
 from .drawing import SUPERSAMPLE, draw_debris, finish, jitter_colour, rotate, stained_background
 
-
-SPERM18_CLASSES = [
-    "AmorfHead",
-    "AsymmetricNeck",
-    "CurlyTail",
-    "DoubleHead",
-    "DoubleTail",
-    "LongTail",
-    "NarrowAcrosome",
-    "Normal",
-    "PinHead",
-    "PyriformHead",
-    "RounHead",
-    "ShortTail",
-    "TaperedHead",
-    "ThickNeck",
-    "ThinNeck",
-    "TwistedNeck",
-    "TwistedTail",
-    "VacuolatedHead",
-]
 
 # Relative class frequencies shaped like Hi-LabSpermMorpho's: VacuolatedHead the most
 # common (1697 of 18,456), DoubleHead (48), LongTail and ThinNeck the rarest. Only those
@@ -171,32 +151,6 @@ def tail_path(
     step = length_px / steps
     offsets = np.cumsum(np.stack([np.cos(angles), np.sin(angles)], 1) * step, axis=0)
     return np.vstack([start, start + offsets])
-
-
-PART_VALUES = {"background": 0, "head": 1, "neck": 2, "tail": 3}
-MASK_FOLDER = ".masks"
-# The part that carries each class's defect: where an explanation should point. A Normal
-# sperm has no defect; the whole cell (any part, not the background) is its answer.
-DEFECT_PART = {
-    **dict.fromkeys(
-        [
-            "AmorfHead",
-            "DoubleHead",
-            "NarrowAcrosome",
-            "PinHead",
-            "PyriformHead",
-            "RounHead",
-            "TaperedHead",
-            "VacuolatedHead",
-        ],
-        "head",
-    ),
-    **dict.fromkeys(["AsymmetricNeck", "ThickNeck", "ThinNeck", "TwistedNeck"], "neck"),
-    **dict.fromkeys(["CurlyTail", "DoubleTail", "LongTail", "ShortTail", "TwistedTail"], "tail"),
-    "Normal": "sperm",
-}
-# The per-sample report's groups (sample_report.py): the defect part, and normal forms on their own.
-MORPHOLOGY_GROUP = {label: "normal" if part == "sperm" else part for label, part in DEFECT_PART.items()}
 
 
 def render_sperm(

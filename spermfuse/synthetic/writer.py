@@ -19,7 +19,8 @@ from ..errors import ConfigError
 from ..files import atomic_write_bytes
 from .blood4 import BLOOD4_CLASSES, render_blood
 from .hushem4 import HUSHEM4_CLASSES, render_head
-from .sperm18 import MASK_FOLDER, SPERM18_CLASSES, SPERM18_FREQUENCY, render_sperm
+from ..taxonomy import MASK_FOLDER, SPERM18_CLASSES
+from .sperm18 import SPERM18_FREQUENCY, render_sperm
 
 log = logging.getLogger(__name__)
 

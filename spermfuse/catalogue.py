@@ -30,10 +30,10 @@ import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from ..errors import ConfigError
+from .errors import ConfigError
 from .normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
-from .efficientnet import PADDINGS
-from .registry import REGISTRY
+from .models.efficientnet import PADDINGS
+from .models.registry import REGISTRY
 
 CATALOGUE_VARIABLE = "SPERMFUSE_WEIGHTS_CATALOGUE"
 FORMATS = ("pytorch", "npz", "safetensors")
