@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from spermfuse import cli, evaluation, explain_runs, figures, flags, fusion, report, run_folder
+from spermfuse import choice
 from spermfuse.files import atomic_write_json, atomic_write_text
 from spermfuse.output_folder import check_replaceable, write_folder
 from spermfuse.report_page import REPORT_HTML, report_page
@@ -80,7 +81,7 @@ def named_folders(pairs: list[str]) -> dict[str, Path]:
 
 def run_ablation(args, out: Path) -> None:
     """Table 2: each run root's backbones and their fusions, in ``out/ablation.md``."""
-    rows = evaluation.ablation_rows(named_folders(args.ablation), fusion.parse_alphas(args.alphas))
+    rows = evaluation.ablation_rows(named_folders(args.ablation), choice.parse_alphas(args.alphas))
     header = ["setting", "model", "accuracy", "weighted F1", "macro F1"]
     header += [f"McNemar p vs {next(iter(named_folders(args.ablation)))}", "folds with p < 0.05"]
     table = report.markdown_table(header, rows)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from spermfuse import cli, flags, fusion, report, run_folder, sample_report
+from spermfuse import choice
+from spermfuse import fusion_folder
 from spermfuse.export import exported_files, write_export
 from spermfuse.files import atomic_write_text
 from spermfuse.output_folder import check_replaceable, refuse_overlap
@@ -74,11 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="replace an existing fusion (--out), --export, --explain or --samples folder that this command wrote "
         "(never one holding other files)",
     )
-    flags.add_setting_flags(p, fusion.Choice)
+    flags.add_setting_flags(p, choice.Choice)
     promises = p.add_argument_group("promises (--grid or --alpha; each certified on held-out cells)")
-    flags.add_setting_flags(p, fusion.Referral, {"promises": promises}, prefix="refer-")
+    flags.add_setting_flags(p, choice.Referral, {"promises": promises}, prefix="refer-")
     promises.add_argument("--target-accuracy", type=float, metavar="TAU", help="the old name of --refer-accuracy")
-    flags.add_setting_flags(p, fusion.PredictionSets, {"promises": promises}, prefix="sets-")
+    flags.add_setting_flags(p, choice.PredictionSets, {"promises": promises}, prefix="sets-")
     sections = {
         "prediction": p.add_argument_group("prediction (--predict)"),
         "samples": p.add_argument_group("--samples"),
@@ -88,38 +90,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def referral(args) -> fusion.Referral | None:
+def referral(args) -> choice.Referral | None:
     """--refer-accuracy and the flags that refine it; its old name --target-accuracy still works (with a warning)."""
-    given = flags.given_settings(args, fusion.Referral, "refer-")
+    given = flags.given_settings(args, choice.Referral, "refer-")
     if args.target_accuracy is not None:
         log.warning(
             "--target-accuracy is now --refer-accuracy: the threshold is certified, no longer the laxest observed one"
         )
         given = {"accuracy": args.target_accuracy, **given}
-    flags.refuse_unless("accuracy" in given, args, fusion.Referral, "--refer-accuracy", "refer-")
-    return fusion.Referral(**given) if given else None
+    flags.refuse_unless("accuracy" in given, args, choice.Referral, "--refer-accuracy", "refer-")
+    return choice.Referral(**given) if given else None
 
 
 def run_fusion(args, runs: Path, out: Path) -> None:
     """--grid or --alpha: choose, calibrate and certify the fusion; write the fusion folder ``out`` as a unit."""
     models = run_folder.fusion_members(runs, args.models)
     refuse_overlap(out, "--out", {f"--models {name}": runs / name for name in models})
-    check_replaceable(out, "--out", args.overwrite, run_folder.legacy_fusion_files)  # before any work
-    refer, sets = referral(args), flags.requested(args, fusion.PredictionSets, "sets-", "alpha")
-    choice = fusion.Choice(**flags.given_settings(args, fusion.Choice))
-    promises = fusion.promise_flags(choice.calibrate, refer, sets)
-    chosen = fusion.select(
+    check_replaceable(out, "--out", args.overwrite, fusion_folder.legacy_fusion_files)  # before any work
+    refer, sets = referral(args), flags.requested(args, choice.PredictionSets, "sets-", "alpha")
+    rule = choice.Choice(**flags.given_settings(args, choice.Choice))
+    promises = choice.promise_flags(rule.calibrate, refer, sets)
+    chosen = choice.select(
         run_folder.collect_folds(runs, models, "test"),
-        fusion.held_out_folds(runs, models, "val", promises),
+        choice.held_out_folds(runs, models, "val", promises),
         models,
-        choice,
+        rule,
         alpha=args.alpha,
         refer=refer,
         sets=sets,
-        per_fold_cal=fusion.held_out_folds(runs, models, "cal", promises),
+        per_fold_cal=choice.held_out_folds(runs, models, "cal", promises),
     )
     grid_table = report.markdown_table(*chosen.grid) if chosen.grid is not None else None
-    run_folder.write_fusion_folder(out, args.overwrite, chosen, grid_table)
+    fusion_folder.write_fusion_folder(out, args.overwrite, chosen, grid_table)
     if args.summary is not None:
         environment = environment_line(torch.device("cpu"))
         summary = report.promises_markdown(chosen.settings, str(out / run_folder.FUSION_JSON), environment)
@@ -139,7 +141,7 @@ def run(args) -> None:
     if args.export:
         refuse_overlap(args.export, "--export", input_folders(runs, args.models, out))
         check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
-        settings = run_folder.read_fusion_settings(out)
+        settings = fusion_folder.read_fusion_settings(out)
         command = "python fuse.py " + " ".join(sys.argv[1:])
         write_export(runs, settings, settings.chosen_folds(args.fold), args.export, args.overwrite, command)
     elif args.predict:

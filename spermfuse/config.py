@@ -23,6 +23,7 @@ from .flags import setting
 from .models import get_spec, list_models
 from .models.efficientnet import PADDINGS
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .run_folder import model_run_dir
 from .runtime import DEVICE_HELP
 from .transforms import PAD_COLOR, PAPER_IMG_SIZE
 
@@ -194,7 +195,7 @@ class TrainConfig:
     synthetic_scale: float | None = setting(None, "size of the embedded default set (default 0.08)", "data")
 
     def run_dir(self) -> Path:
-        return Path(self.out) / self.arch / (f"fold{self.fold}" if self.split == "kfold" else "holdout")
+        return model_run_dir(self.out, self.arch, self.fold if self.split == "kfold" else None)
 
 
 # Settings that change how a run is carried out, not what it trains: free to differ on --resume.

@@ -10,9 +10,10 @@ from typing import Sequence
 import numpy as np
 
 from . import calibration, fusion, metrics, run_folder, splits
+from . import fusion_folder
 from .errors import FusionError
 from .report import fmt, p_value
-from .run_folder import LogitsSet, align, pooled
+from .logits import LogitsSet, align, pooled
 
 
 def training_sizes(folds: Sequence[LogitsSet], held_out: Sequence[Sequence[LogitsSet] | None] = ()) -> list[int]:
@@ -210,7 +211,7 @@ class Evaluation:
     result: dict
     models: dict[str, list[LogitsSet]]
     notes: list[str]
-    settings: run_folder.FusionSettings | None
+    settings: fusion_folder.FusionSettings | None
     main: str
     grid: str | None
 
@@ -234,7 +235,7 @@ def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None, ma
     }
     fused = folders.get("fusion")
     settings = (
-        run_folder.read_fusion_settings(fused)
+        fusion_folder.read_fusion_settings(fused)
         if fused is not None and (fused / run_folder.FUSION_JSON).is_file()
         else None
     )
@@ -249,7 +250,7 @@ def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None, ma
         if groups is not None:
             result["groups_per_fold"] = groups
             notes += few_groups_notes(groups)
-    return Evaluation(result, models, notes, settings, main, run_folder.grid_markdown(list(folders.values())))
+    return Evaluation(result, models, notes, settings, main, fusion_folder.grid_markdown(list(folders.values())))
 
 
 def ablation_models(runs: Path, alphas: Sequence[float]) -> dict[str, list[LogitsSet]]:

@@ -26,11 +26,13 @@ from .explain import ImageExplanation, explain_files, layer_size
 from .figures import explanation_figure, plot_randomisation
 from .files import atomic_write_json, atomic_write_text
 from .flags import setting
-from .fused_model import Classifier, load_fold_members
+from .fused_model import Classifier
+from .run_folder import load_fold_members
 from .pointing_game import PointingCase, darkness_map, hits, score, summarise, tolerance
 from .page import markdown_table
 from .report import pointing_game_markdown, randomisation_markdown
-from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets, read_fusion_settings
+from .run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets
+from .fusion_folder import read_fusion_settings
 from .runtime import DEVICE_HELP, resolve_device
 from .sanity_check import (
     RandomisationCurve,

@@ -25,11 +25,12 @@ import torch
 from . import __version__
 from .errors import SpermfuseError
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .fused_model import Classifier, FusedModel, check_same_classes, load_fold_members
-from .fusion import fused_folds
+from .fused_model import Classifier, FusedModel, check_same_classes
+from .run_folder import load_fold_members
+from .fusion_folder import fused_folds
 from .model_card import MODEL_CARD, model_card
 from .output_folder import write_folder
-from .run_folder import FusionSettings
+from .fusion_folder import FusionSettings
 from .runtime import git_commit
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from . import __version__, calibration, metrics
 from .files import atomic_write_bytes
 from .quantify import FractionEstimate
-from .run_folder import LogitsSet, pooled
+from .logits import LogitsSet, pooled
 from .runtime import git_commit
 
 

@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .models import LoadReport, create_model
 from .pretrained import load_initial_weights, resolve_padding
 from .output_folder import refuse_overlap
-from .run_folder import split_digest
+from .logits import split_digest
 from .runtime import resolve_device, seed_everything
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, from_spec
 

@@ -63,13 +63,6 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
     return Classifier(model, spec, classes, path, checkpoint["tta"], checkpoint["split"])
 
 
-def load_fold_members(
-    runs: str | Path, models: Sequence[str], folds: Sequence[int], device: torch.device | str = "cpu"
-) -> list[list[Classifier]]:
-    """The trained members of each fold, ``runs/<model>/fold<k>/best.pt``: ``[fold][model]``."""
-    return [[load_classifier(Path(runs) / name / f"fold{k}" / "best.pt", device) for name in models] for k in folds]
-
-
 def check_same_classes(members: Sequence[Sequence[Classifier]]) -> list[str]:
     """The classes every member shares; a member trained on other classes, or on other images
     than the other members of its fold, is an error naming it."""

@@ -15,7 +15,9 @@ import numpy as np
 from . import __version__, metrics, splits
 from .page import markdown_table, markdown_text
 from .report import majority_verdict
-from .run_folder import FusionSettings, LogitsSet, data_root_of_run, fold_folder, pooled
+from .run_folder import data_root_of_run, fold_folder
+from .fusion_folder import FusionSettings
+from .logits import LogitsSet, pooled
 from .runtime import git_commit
 from .selective import Certificate
 

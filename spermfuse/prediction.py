@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from . import inference, run_folder, sample_report
+from . import fusion_folder
 from .errors import FusionError
 from .conformal import SetCalibrator
 from .files import atomic_write_text, csv_text
 from .flags import setting
-from .fused_model import load_fold_members
+from .run_folder import load_fold_members
 from .output_folder import check_replaceable, check_writable, refuse_overlap, write_folder
 from .runtime import DEVICE_HELP, resolve_device
 
@@ -158,7 +159,7 @@ def predict(request: PredictionRequest, sample_options: sample_report.SampleSett
     root, listed = inference.prediction_inputs(request.images)
     images, bad = inference.usable_images(root, request.skip_bad, listed)
     samples = sample_report.split_samples(root, images) if request.samples else None
-    settings = run_folder.read_fusion_settings(request.fusion)
+    settings = fusion_folder.read_fusion_settings(request.fusion)
     folds = settings.chosen_folds(request.fold)
     settings.check_inputs(request.runs, folds)
     held_out = (  # checked before any model loads

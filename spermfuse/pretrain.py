@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import cli, synthetic
+from .run_folder import BEST_CHECKPOINT, SINGLE_SPLIT_FOLDER
 from .taxonomy import SPERM18_CLASSES
 from .cache import pretraining_root
 from .synthetic.cached_sets import pretraining_data_dir
@@ -72,7 +73,7 @@ def pretraining_data(recipe: PretrainRecipe) -> Path:
 
 def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | None:
     """Why the recorded checkpoint of ``arch`` cannot be used; None when it can."""
-    record_path, best = folder / "pretrain.json", folder / "holdout" / "best.pt"
+    record_path, best = folder / "pretrain.json", folder / SINGLE_SPLIT_FOLDER / BEST_CHECKPOINT
     if not best.exists():
         return f"{best} is missing"
     try:
@@ -93,8 +94,8 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     if (folder / "pretrain.json").exists():  # made before: use it if it checks out
         problem = _record_problem(folder, arch, recipe)
         if problem is None:
-            log.info("pretrained %s: reusing %s", arch, folder / "holdout" / "best.pt")
-            return folder / "holdout" / "best.pt"
+            log.info("pretrained %s: reusing %s", arch, folder / SINGLE_SPLIT_FOLDER / BEST_CHECKPOINT)
+            return folder / SINGLE_SPLIT_FOLDER / BEST_CHECKPOINT
         log.warning("pretrained %s: %s; pretraining again", arch, problem)
         shutil.rmtree(folder)
     # No record: never pretrained, or a pretraining that was interrupted and now resumes.
@@ -123,7 +124,7 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
         log.warning("pretrained %s: %s; starting again", arch, error)
         shutil.rmtree(folder)
         run = train_fold(config)
-    best = run / "best.pt"
+    best = run / BEST_CHECKPOINT
     atomic_write_json(
         folder / "pretrain.json",
         {"arch": arch, "classes": SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)},

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from . import metrics, run_folder
+from . import metrics
+from . import fusion_folder
 from .files import atomic_write_bytes, atomic_write_text
 from .page import markdown_table, markdown_text
 
@@ -298,7 +299,7 @@ def summary_figures(report: dict, main: str) -> list[str]:
 
 
 def summary_markdown(
-    report: dict, fusion_settings: run_folder.FusionSettings | None, source: str, environment: str
+    report: dict, fusion_settings: fusion_folder.FusionSettings | None, source: str, environment: str
 ) -> str:
     """The headline figures of one evaluation as Markdown, for a results file a README can embed
     (written by the code, so the README's figures cannot go stale unnoticed)."""
@@ -374,7 +375,7 @@ def write_summary(
     summary: Path,
     report_folder: Path,
     result: dict,
-    settings: run_folder.FusionSettings | None,
+    settings: fusion_folder.FusionSettings | None,
     environment: str,
     pointing: str | None = None,
     figures: Sequence[str] = (),
@@ -488,7 +489,7 @@ def _majority_yardstick(promise: dict, meaning: str) -> str:
     )
 
 
-def promises_markdown(settings: run_folder.FusionSettings, source: str, environment: str) -> str:
+def promises_markdown(settings: fusion_folder.FusionSettings, source: str, environment: str) -> str:
     """The certified referral and the prediction sets of a fusion, per fold and pooled, as Markdown."""
     out = [f"<!-- written by fuse.py --summary from {markdown_text(source)}; {environment} -->\n"]
     if settings.referral:

@@ -10,14 +10,14 @@ from .config import TrainConfig
 from .files import read_csv
 from .fold_setup import device_type_of
 from .page import markdown_table
-from .run_folder import LAST_CHECKPOINT
+from .run_folder import HISTORY_CSV, LAST_CHECKPOINT, logits_path
 
 
 def run_state(config: TrainConfig) -> tuple[str, int]:
     """("finished" | "resumable after epoch N" | "new", epochs done) of the run folder of ``config``."""
-    history = config.run_dir() / "history.csv"
+    history = config.run_dir() / HISTORY_CSV
     done = len(read_csv(history)) if history.is_file() else 0
-    if (config.run_dir() / "test_logits.npz").is_file():
+    if logits_path(config.run_dir()).is_file():
         return "finished", done
     if (config.run_dir() / LAST_CHECKPOINT).is_file():
         return f"resumable after epoch {done}", done

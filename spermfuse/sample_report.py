@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import __version__, fusion, page
+from . import fusion_folder
+from . import promises
 from .calibration import CalibrationError, fit_bias_corrected_temperature
 from .conformal import SetCalibrator, predict_sets
 from .data import IMAGE_EXTENSIONS, is_image_file, load_rgb
@@ -41,7 +43,7 @@ from .quantify import (
     flag,
     merge_classes,
 )
-from .run_folder import FusionSettings
+from .fusion_folder import FusionSettings
 from .runtime import git_commit
 from .taxonomy import MORPHOLOGY_GROUP
 
@@ -132,7 +134,7 @@ def held_out_confusion(runs: Path, models: Sequence[str], fold: int, weights: Se
     calibration cells, or on its test cells when the runs have no calibration split."""
     for split, words in (("cal", "calibration cells"), ("test", "test cells")):
         try:
-            (fused,) = fusion.fused_folds(runs, models, [fold], [weights], split)
+            (fused,) = fusion_folder.fused_folds(runs, models, [fold], [weights], split)
         except fusion.FusionError:
             continue
         confusion = confusion_counts(fused.labels, fused.logits.argmax(axis=1), len(fused.classes))
@@ -147,7 +149,7 @@ def average_held_out_confusion(
     """The average of ``folds``' fused pairs (as ``--predict --fold all`` computes) on the
     calibration holdout they share (``train.py --cal-holdout``); None without one."""
     try:
-        average = fusion.shared_average(fusion.fused_folds(runs, models, folds, weights, "cal"))
+        average = promises.shared_average(fusion_folder.fused_folds(runs, models, folds, weights, "cal"))
     except fusion.FusionError:
         return None
     if average is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -32,11 +33,28 @@ from .models import get_spec
 from .models.freezing import set_frozen_norms_to_eval, set_trainable
 from .output_folder import discard, move_aside
 from .preemption import Preempted, StopRequest
-from .run_folder import LAST_CHECKPOINT, checkpoint_metadata, save_logits, write_config, write_history
+from .run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, write_config, write_history
+from .transforms import PipelineSpec
+from .logits import save_logits
 from .runtime import environment
 from .train_state import Stage, StageTools, TrainState
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_metadata(config: TrainConfig, classes: list[str], spec: PipelineSpec, split: str) -> dict:
+    """What best.pt records beside the weights, so that prediction rebuilds the network and its
+    exact test-time preprocessing (``pipeline``: the spec's dict), and knows the test-time
+    augmentation and the split it was evaluated with."""
+    return {
+        "arch": config.arch,
+        "classes": list(classes),
+        "dropout": config.dropout,
+        "padding": config.padding,
+        "pipeline": spec.to_dict(),
+        "tta": config.tta,
+        "split": split,
+    }
 
 
 class FoldTrainer:
@@ -94,12 +112,12 @@ class FoldTrainer:
             meta = checkpoint_metadata(self.config, self.samples.classes, self.pipeline_spec, self.split_digest)
             weights = self.ema.shadow if self.ema else self.model.state_dict()  # with --ema, the average is the model
             atomic_torch_save(
-                self.run_dir / "best.pt", {"model": weights, "epoch": epoch, "val_metric": metric, **meta}
+                self.run_dir / BEST_CHECKPOINT, {"model": weights, "epoch": epoch, "val_metric": metric, **meta}
             )
 
     def _load_best(self) -> dict:
         distributed.barrier(self.context)
-        best = safe_torch_load(self.run_dir / "best.pt")
+        best = safe_torch_load(self.run_dir / BEST_CHECKPOINT)
         self.model.load_state_dict(best["model"])
         return best
 
@@ -180,7 +198,12 @@ class FoldTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             normalization = {"mean": list(self.pipeline_spec.mean), "std": list(self.pipeline_spec.std)}
             write_config(
-                self.run_dir, c, self.samples.root, normalization, environment(self.device), self.samples.classes
+                self.run_dir,
+                asdict(c),
+                self.samples.root,
+                normalization,
+                environment(self.device),
+                self.samples.classes,
             )
         stages = train_state.stages_of(c)
         if resumed is not None:
@@ -269,7 +292,7 @@ class FoldTrainer:
         best = self._load_best()
         # A finished run re-evaluated with another --tta records it.
         if self.context.is_main and best.get("tta") != self.config.tta:
-            atomic_torch_save(self.run_dir / "best.pt", {**best, "tta": self.config.tta})
+            atomic_torch_save(self.run_dir / BEST_CHECKPOINT, {**best, "tta": self.config.tta})
         fold = self.config.fold if self.config.split == "kfold" else 1
         for name in [split for split in ("cal", "val", "test") if split in self.loaders]:
             # With --tta (the epochs' validation runs without it).

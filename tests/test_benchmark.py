@@ -201,7 +201,7 @@ def test_explain_suite_times_grad_cam_beside_the_forward(tmp_path):
 def test_samples_suite_scores_every_method_on_simulated_patients_from_held_out_logits(tmp_path):
     import numpy as np
 
-    from spermfuse.run_folder import save_logits
+    from spermfuse.logits import save_logits
     from spermfuse.synthetic import SPERM18_CLASSES
 
     rng = np.random.default_rng(0)

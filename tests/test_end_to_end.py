@@ -129,7 +129,7 @@ def readme_client() -> str:
 
 
 def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, demo_output, tmp_path):
-    from spermfuse import run_folder
+    from spermfuse import fusion_folder
     from spermfuse.data import load_rgb
     from spermfuse.fused_model import load_classifier
     from spermfuse.inference import fused_probabilities
@@ -181,7 +181,7 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
             refused.stderr.strip()
             == f"error: {damaged}: {name} not as exported (edited, truncated or missing); export it again"
         )
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     members = [[load_classifier(runs / n / f"fold{k}" / "best.pt") for n in settings.models] for k in settings.folds]
     expected = fused_probabilities(images, members, settings.prediction_weights(settings.folds))
     assert np.abs(np.load(tmp_path / "p.npy") - expected).max() <= 1e-5
@@ -474,7 +474,7 @@ def test_samples_write_a_row_and_a_page_per_sample_with_the_adjusted_fractions(t
     """The tiny demo's 18 calibration cells of fold 1 cannot separate 18 classes (see the next
     test); here they are replaced by a classifier that is always right on them, so the adjusted
     count runs end to end (its interval is then the cells' bootstrap)."""
-    from spermfuse.run_folder import load_logits, save_logits
+    from spermfuse.logits import load_logits, save_logits
 
     runs = tmp_path / "runs"
     shutil.copytree(demo_output / "runs", runs)

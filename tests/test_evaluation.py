@@ -9,12 +9,14 @@ import pytest
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
 from spermfuse import calibration, fusion, run_folder
+from spermfuse import fusion_folder
+from spermfuse.logits import align
 from spermfuse.config import preset_config
 
 
 def headline_models(seed: int = 0) -> dict:
     """Five folds of 40 cells: m1 right on ~60 %, m2 always right, fusion_val = m1, fusion = m2."""
-    from spermfuse.run_folder import LogitsSet
+    from spermfuse.logits import LogitsSet
 
     rng = np.random.default_rng(seed)
     models = {"m1": [], "m2": [], "fusion": [], "fusion_val": []}
@@ -30,7 +32,7 @@ def headline_models(seed: int = 0) -> dict:
 
 def test_training_sizes_leave_out_the_test_validation_and_calibration_cells():
     from spermfuse.evaluation import training_sizes
-    from spermfuse.run_folder import LogitsSet
+    from spermfuse.logits import LogitsSet
 
     def cells(fold: int, n: int) -> LogitsSet:
         return LogitsSet(
@@ -131,7 +133,7 @@ def test_the_honest_fusions_are_evaluated_against_the_members_too(tmp_path):
     members = run_folder.collect_folds(runs, ["modelx", "modely"])
     nested_weights = settings["selection_comparison"]["nested"]["weights_per_fold"]
     for sets, weights, fused in zip(members, nested_weights, run_folder.load_fold_sets(runs / "fusion" / "nested")):
-        fused, *aligned = run_folder.align([fused, *sets])
+        fused, *aligned = align([fused, *sets])
         assert np.allclose(fused.logits, fusion.fuse([s.logits for s in aligned], weights), atol=1e-5)
     result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "reports"), "--no-figures")
     assert result.returncode == 0, result.stderr
@@ -166,7 +168,7 @@ def test_evaluate_reports_calibration_before_and_after_and_draws_both_figures(tm
 def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     assert fuse_fake_pair(runs, "--grid", "--select", "val", "--calibrate").returncode == 0
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     result = run_script("evaluate.py", "--runs", str(runs), "--reports", str(tmp_path / "r"), "--no-figures")
     assert result.returncode == 0, result.stderr
     reported = json.loads((tmp_path / "r" / "evaluation" / "report.json").read_text())["models"]["fusion"][
@@ -182,7 +184,7 @@ def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
         evaluated = calibration.probabilities_of(
             fusion.fuse(members, settings.weights_per_fold[k]) / settings.fused_temperatures()[k]
         )
-        reordered = run_folder.align([sets[0], fused])[1]  # the fused file, in the members' order
+        reordered = align([sets[0], fused])[1]  # the fused file, in the members' order
         assert np.allclose(shipped, evaluated, atol=1e-6)
         assert np.allclose(
             calibration.probabilities_of(reordered.logits / settings.fused_temperatures()[k]), evaluated, atol=1e-6
@@ -364,7 +366,7 @@ def test_report_md_gives_the_margin_over_the_majority_class_when_a_model_beats_i
 
 def test_validation_logits_that_cannot_fit_a_temperature_leave_the_report_uncalibrated_and_say_why():
     from spermfuse.evaluation import calibration_of
-    from spermfuse.run_folder import LogitsSet
+    from spermfuse.logits import LogitsSet
 
     labels = np.array([0, 1, 2] * 10)
     test = LogitsSet(np.eye(3)[labels] * 2.0, labels, np.array([f"t{i}" for i in range(30)]), CLASSES, "m", 1)

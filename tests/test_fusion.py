@@ -10,6 +10,10 @@ import torch
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_calibration_logits, write_logits
 
 from spermfuse import calibration, fusion, run_folder
+from spermfuse import choice
+from spermfuse import promises
+from spermfuse import fusion_folder
+from spermfuse.logits import LogitsSet, load_logits
 
 
 def shuffle_test_labels(runs, seed=1):
@@ -36,8 +40,8 @@ def test_fuse_is_the_weighted_sum_of_logits():
 
 def test_grid_search_picks_the_better_model_and_breaks_ties_toward_half(tmp_path):
     labels = np.array([0, 1, 2, 0])
-    good = run_folder.LogitsSet(np.eye(3)[labels] * 5, labels, np.array(list("abcd")), CLASSES, "good", 1)
-    bad = run_folder.LogitsSet(np.eye(3)[[1, 2, 0, 1]] * 5.0, labels, np.array(list("abcd")), CLASSES, "bad", 1)
+    good = LogitsSet(np.eye(3)[labels] * 5, labels, np.array(list("abcd")), CLASSES, "good", 1)
+    bad = LogitsSet(np.eye(3)[[1, 2, 0, 1]] * 5.0, labels, np.array(list("abcd")), CLASSES, "bad", 1)
     result = fusion.grid_search([[good, bad]], [i / 10 for i in range(11)])
     assert result.best[0] > 0.5
     same = fusion.grid_search([[good, good]], [i / 10 for i in range(11)])
@@ -78,7 +82,7 @@ def test_fuse_grid_writes_table_weights_and_fused_logits(tmp_path):
     settings = json.loads((out / "fusion.json").read_text())
     assert {"test", "nested", "val"} <= set(settings["selection_comparison"])
     assert len(settings["weights_per_fold"]) == 5
-    fused = run_folder.load_logits(out / "fold3" / "test_logits.npz")
+    fused = load_logits(out / "fold3" / "test_logits.npz")
     assert fused.arch == "fusion" and fused.fold == 3
     assert "nested" in result.stderr and "optimistic" in result.stderr
 
@@ -132,7 +136,7 @@ def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_
     runs = fake_runs(tmp_path / "runs")
     result = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.5")
     assert result.returncode == 0, result.stderr
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     val = run_folder.collect_folds(runs, ["modelx", "modely"], "val")
     for sets, weights, fold in zip(val, settings.weights_per_fold, settings.referral["per_fold"]):
         fused = calibration.probabilities_of(fusion.fuse([s.logits for s in sets], weights))
@@ -150,7 +154,7 @@ def test_with_temperatures_the_certificate_is_of_the_probabilities_prediction_co
     promises = "--grid --select val --calibrate --refer-accuracy 0.5 --sets-alpha 0.2".split()
     result = fuse_fake_pair(runs, *promises)
     assert result.returncode == 0, result.stderr
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     assert any(abs(t - 1.0) > 1e-3 for t in settings.fused_temperatures())  # the fused temperature matters here
     for sets, fold in zip(run_folder.collect_folds(runs, ["modelx", "modely"], "val"), settings.folds):
         shipped = calibration.probabilities_of(
@@ -170,7 +174,7 @@ def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_
     write_calibration_logits(runs)  # as train.py --cal-fraction writes them
     result = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.5")
     assert result.returncode == 0, result.stderr
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     assert settings.referral["calibrated_on"] == "each fold's calibration cells"
     cal = run_folder.collect_folds(runs, ["modelx", "modely"], "cal")
     for sets, weights, fold in zip(cal, settings.weights_per_fold, settings.referral["per_fold"]):
@@ -192,7 +196,7 @@ def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(t
     promises = "--grid --select val --refer-accuracy 0.6 --sets-alpha 0.2".split()
     result = fuse_fake_pair(runs, *promises)
     assert result.returncode == 0, result.stderr
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     assert settings.certified_for(settings.folds) and not settings.certified_for(settings.folds[:2])
     cal = run_folder.collect_folds(runs, ["modelx", "modely"], "cal")
     by_path = []  # each fold's fused pair on the holdout, as --predict mixes it, in one cell order
@@ -214,7 +218,7 @@ def test_without_a_shared_holdout_the_average_of_the_folds_has_no_certificate(tm
         run_script("fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.5", "--runs", str(runs)).returncode
         == 0
     )
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     assert "average" not in settings.referral and not settings.certified_for(settings.folds)
     with pytest.raises(fusion.FusionError, match="or train with --cal-holdout F"):
         settings.prediction_threshold(settings.folds)
@@ -224,7 +228,7 @@ def test_prediction_sets_are_calibrated_per_fold_and_reported_on_its_test_cells(
     runs = fake_runs(tmp_path / "runs")
     result = fuse_fake_pair(runs, "--grid", "--select", "val", "--sets-alpha", "0.2")
     assert result.returncode == 0, result.stderr
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     assert [f["fold"] for f in settings.sets["per_fold"]] == [1, 2, 3, 4, 5]
     assert (
         all(0.5 < f["test"]["coverage"] <= 1.0 for f in settings.sets["per_fold"])
@@ -270,23 +274,23 @@ def test_a_flag_of_a_mode_not_asked_for_is_refused_in_one_line(tmp_path, flags, 
 
 
 def test_sets_by_part_groups_sperm18_classes_by_part_and_refuses_other_classes():
-    by_part = fusion.PredictionSets(0.1, by="part").groups(["Normal", "TaperedHead", "CurlyTail"])
+    by_part = choice.PredictionSets(0.1, by="part").groups(["Normal", "TaperedHead", "CurlyTail"])
     assert by_part == ("sperm", "head", "tail")  # Normal is a group of its own
-    assert fusion.PredictionSets(0.1).groups(["a", "b"]) is None
+    assert choice.PredictionSets(0.1).groups(["a", "b"]) is None
     with pytest.raises(fusion.FusionError, match="--sets-by part: knows sperm18's classes only"):
-        fusion.PredictionSets(0.1, by="part").groups(["a", "b"])
+        choice.PredictionSets(0.1, by="part").groups(["a", "b"])
 
 
 def test_the_old_name_target_accuracy_certifies_as_refer_accuracy_does_and_says_so(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     new = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.5", "--refer-delta", "0.2")
     assert new.returncode == 0, new.stderr
-    expected = run_folder.read_fusion_settings(runs / "fusion").referral
+    expected = fusion_folder.read_fusion_settings(runs / "fusion").referral
     old = fuse_fake_pair(
         runs, "--grid", "--select", "val", "--target-accuracy", "0.5", "--refer-delta", "0.2", "--overwrite"
     )
     assert old.returncode == 0 and "--target-accuracy is now --refer-accuracy" in old.stderr
-    assert run_folder.read_fusion_settings(runs / "fusion").referral == expected
+    assert fusion_folder.read_fusion_settings(runs / "fusion").referral == expected
 
 
 def test_missing_validation_logits_are_one_line_and_write_nothing(tmp_path):
@@ -317,7 +321,7 @@ def test_the_promises_summary_lists_every_fold_and_the_pooled_figures(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "promises.md").read_text()
-    settings = run_folder.read_fusion_settings(runs / "fusion")
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
     assert "Referral certified on each fold's validation cells (ltt)" in text and "| pooled |" in text
     assert f"pooled test coverage {settings.sets['pooled']['coverage']:.4f}" in text
     assert (
@@ -339,7 +343,7 @@ def fold_outcome(right: int, accepted: int) -> dict:
 def test_a_fold_fails_its_referral_promise_only_when_its_upper_bound_is_below_the_target():
     # 81 of 118 (0.686) is consistent with 0.7; 50 of 100 is not; a fold that accepted nothing is not counted.
     folds = [fold_outcome(81, 118), fold_outcome(50, 100), fold_outcome(0, 0)]
-    assert fusion.folds_below_target(folds, 0.7) == 0.5
+    assert promises.folds_below_target(folds, 0.7) == 0.5
 
 
 def test_folds_exactly_at_the_target_are_counted_as_failed_at_most_one_time_in_twenty():
@@ -348,7 +352,7 @@ def test_folds_exactly_at_the_target_are_counted_as_failed_at_most_one_time_in_t
     folds = [fold_outcome(int(rng.binomial(n, 0.8)), int(n)) for n in accepted]
     point_estimates_below = np.mean([f["test"]["accepted_accuracy"] < 0.8 for f in folds])
     assert point_estimates_below > 0.4  # the old count called nearly half of these folds failures
-    assert fusion.folds_below_target(folds, 0.8) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / len(folds))
+    assert promises.folds_below_target(folds, 0.8) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / len(folds))
 
 
 def test_the_promises_summary_reads_them_against_the_majority_class(tmp_path):

@@ -21,7 +21,10 @@ from PIL import Image
 import fuse
 import train
 from conftest import CLASSES, draw_cell, fake_runs, fold_trainer_for, tiny_config, write_logits
-from spermfuse import download, fusion, run_folder, splits, trainer
+from spermfuse import download, run_folder, splits, trainer
+from spermfuse import choice
+from spermfuse import fusion_folder
+from spermfuse.logits import align, load_logits
 from spermfuse.files import CheckpointError, csv_text, read_csv, read_safetensors
 from spermfuse.config import TrainConfig, validate_config
 from spermfuse.errors import DataError
@@ -32,7 +35,7 @@ from spermfuse.models import create_model
 from spermfuse.pretrained import create_pretrained_model
 from spermfuse.catalogue import find_entry, load_catalogue
 from spermfuse.output_folder import verify_folder, write_folder
-from spermfuse.run_folder import LogitsSet
+from spermfuse.logits import LogitsSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +148,7 @@ def test_a_fuse_killed_at_a_random_moment_leaves_the_old_folder_or_the_new_one(t
     time.sleep(np.random.default_rng(seed).uniform(0.5, 1.0) * duration)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    settings = run_folder.read_fusion_settings(
+    settings = fusion_folder.read_fusion_settings(
         runs / "fusion"
     )  # checks the manifest (and puts back a folder left aside)
     assert settings.weights in ([0.0, 1.0], [float(w) for w in settings.weights_per_fold[0]])
@@ -357,8 +360,8 @@ def test_fusion_refuses_members_that_learned_from_other_images():
         )
 
     with pytest.raises(FusionError, match="learned from other images"):
-        run_folder.align([logits_set("digest-one", "x"), logits_set("digest-two", "y")])
-    assert len(run_folder.align([logits_set("same", "x"), logits_set("same", "y")])) == 2
+        align([logits_set("digest-one", "x"), logits_set("digest-two", "y")])
+    assert len(align([logits_set("same", "x"), logits_set("same", "y")])) == 2
 
 
 def test_export_refuses_members_of_other_class_lists_in_any_fold(tmp_path):  # [A2]
@@ -442,7 +445,7 @@ def test_train_py_refuses_a_negative_gradient_clip_in_one_line(capsys):
 )
 def test_a_grid_that_cannot_be_searched_is_refused(alphas, message):  # [C17, C18, D6]
     with pytest.raises(FusionError, match=message):
-        fusion.parse_alphas(alphas)
+        choice.parse_alphas(alphas)
 
 
 @pytest.mark.parametrize(
@@ -561,7 +564,7 @@ def test_a_logits_file_with_impossible_labels_or_fold_is_refused(tmp_path, label
         fold=np.array(fold),
     )
     with pytest.raises(FusionError, match=message):
-        run_folder.load_logits(path)
+        load_logits(path)
 
 
 def safetensors_bytes(header, payload=b"\0" * 8):
@@ -595,7 +598,7 @@ def test_a_malformed_safetensors_header_is_a_checkpoint_error(tmp_path, header, 
 def test_calibration_refuses_a_fold_that_validates_on_one_class(tmp_path, capsys):  # [B14]
     runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     for arch in ("modelx", "modely"):
-        val = run_folder.load_logits(runs / arch / "fold2" / "val_logits.npz")
+        val = load_logits(runs / arch / "fold2" / "val_logits.npz")
         write_logits(
             runs / arch / "fold2" / "val_logits.npz", val.logits, np.zeros_like(val.labels), val.paths, arch, 2
         )

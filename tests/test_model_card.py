@@ -47,7 +47,7 @@ def test_the_patient_bootstrap_covers_the_accuracy_over_patients_where_wilson_do
 
 
 def fused_test_fold(fold: int, right: int, cells: int):
-    from spermfuse.run_folder import LogitsSet
+    from spermfuse.logits import LogitsSet
 
     labels = np.zeros(cells, dtype=int)
     logits = np.tile([[1.0, 0.0]], (cells, 1))
@@ -73,7 +73,7 @@ def test_the_card_names_the_per_fold_pairs_and_uses_a_patient_bootstrap_when_fol
 
 def test_the_card_escapes_tags_in_class_and_model_names(tmp_path):
     from spermfuse.model_card import model_card
-    from spermfuse.run_folder import FusionSettings
+    from spermfuse.fusion_folder import FusionSettings
 
     tested = [fused_test_fold(1, 30, 40)]
     tested[0].classes = ["<img src=x onerror=alert(1)>", "<script>x</script>"]

@@ -9,13 +9,15 @@ import pytest
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
 from spermfuse import fusion, run_folder
+from spermfuse import fusion_folder
+from spermfuse.logits import align, load_logits
 from spermfuse.files import CheckpointError
 
 
 def test_align_joins_on_paths_whatever_the_order(tmp_path):
     write_logits(tmp_path / "a.npz", [[1, 0, 0], [0, 1, 0]], [0, 1], ["x", "y"], "a", 1)
     write_logits(tmp_path / "b.npz", [[0, 2, 0], [2, 0, 0]], [1, 0], ["y", "x"], "b", 1)
-    a, b = run_folder.align([run_folder.load_logits(tmp_path / "a.npz"), run_folder.load_logits(tmp_path / "b.npz")])
+    a, b = align([load_logits(tmp_path / "a.npz"), load_logits(tmp_path / "b.npz")])
     assert list(b.paths) == ["x", "y"] and b.logits[0, 0] == 2
 
 
@@ -34,17 +36,17 @@ def test_align_refuses_sets_that_do_not_match(tmp_path, other, message):
     )
     write_logits(tmp_path / "b.npz", **settings)
     with pytest.raises(fusion.FusionError, match=message):
-        run_folder.align([run_folder.load_logits(tmp_path / "a.npz"), run_folder.load_logits(tmp_path / "b.npz")])
+        align([load_logits(tmp_path / "a.npz"), load_logits(tmp_path / "b.npz")])
 
 
 def test_nan_logits_are_refused(tmp_path):
     write_logits(tmp_path / "a.npz", [[np.nan, 0, 0]], [0], ["x"], "a", 1)
     with pytest.raises(fusion.FusionError, match="NaN"):
-        run_folder.load_logits(tmp_path / "a.npz")
+        load_logits(tmp_path / "a.npz")
 
 
 def test_prediction_fuses_each_fold_with_its_own_weights_and_temperatures():
-    settings = run_folder.FusionSettings(
+    settings = fusion_folder.FusionSettings(
         ["x", "y"], [1, 2], [[0.2, 0.8], [0.6, 0.4]], rule="val", select="val", alphas="0:1:0.1"
     )
     assert settings.prediction_weights([2]) == [[0.6, 0.4]]  # fold 2's own, not the mean of the folds
@@ -62,17 +64,17 @@ def test_fusion_json_round_trips_through_fusion_settings(tmp_path):
         == 0
     )
     written = json.loads((runs / "fusion" / "fusion.json").read_text())
-    settings = run_folder.read_fusion_settings(runs / "fusion")
-    assert settings.to_json() == written and settings.version == run_folder.FUSION_SETTINGS_VERSION
+    settings = fusion_folder.read_fusion_settings(runs / "fusion")
+    assert settings.to_json() == written and settings.version == fusion_folder.FUSION_SETTINGS_VERSION
     assert settings.temperatures and settings.referral and settings.sets and settings.selection_comparison
     with pytest.raises(run_folder.FusionError, match="unknown keys extra"):
-        run_folder.FusionSettings.from_json(written | {"extra": 1})
+        fusion_folder.FusionSettings.from_json(written | {"extra": 1})
     with pytest.raises(run_folder.FusionError, match="version 0"):
-        run_folder.FusionSettings.from_json(written | {"version": 0})
+        fusion_folder.FusionSettings.from_json(written | {"version": 0})
 
 
 def test_the_folds_of_a_fold_flag_are_those_fused_or_refused():
-    settings = run_folder.FusionSettings(["a", "b"], [1, 2, 3], [[0.5, 0.5]] * 3, "grid", "val", "0:1:0.1")
+    settings = fusion_folder.FusionSettings(["a", "b"], [1, 2, 3], [[0.5, 0.5]] * 3, "grid", "val", "0:1:0.1")
     assert settings.chosen_folds("all") == [1, 2, 3] and settings.chosen_folds("2") == [2]
     for text in ("4", "two", "-1"):
         with pytest.raises(run_folder.FusionError, match=f"--fold {text}: fusion.json has folds"):
@@ -118,7 +120,7 @@ def test_deleting_the_manifest_after_editing_fusion_json_is_refused(tmp_path):
     (runs / "fusion" / "fusion.json").write_text(json.dumps(settings))
     (runs / "fusion" / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="has no manifest.json, so its files cannot be checked"):
-        run_folder.read_fusion_settings(runs / "fusion")
+        fusion_folder.read_fusion_settings(runs / "fusion")
     with pytest.raises(CheckpointError, match="has no manifest.json"):  # its logits are not read unchecked either
         run_folder.load_fold_sets(runs / "fusion")
     from PIL import Image
@@ -137,7 +139,7 @@ def test_weights_that_are_not_a_mix_are_refused_even_with_a_rewritten_manifest(t
     settings["weights_per_fold"][0] = weights
     rewrite_fusion_json(runs, settings)
     with pytest.raises(run_folder.FusionError, match=why):
-        run_folder.read_fusion_settings(runs / "fusion")
+        fusion_folder.read_fusion_settings(runs / "fusion")
 
 
 def test_swapped_models_are_refused_by_the_inputs_they_were_fused_from(tmp_path):
@@ -145,7 +147,7 @@ def test_swapped_models_are_refused_by_the_inputs_they_were_fused_from(tmp_path)
     settings["models"] = settings["models"][::-1]
     rewrite_fusion_json(runs, settings)
     with pytest.raises(run_folder.FusionError, match="are not the ones its inputs were fused from"):
-        run_folder.read_fusion_settings(runs / "fusion")
+        fusion_folder.read_fusion_settings(runs / "fusion")
 
 
 def test_a_temperature_that_is_not_positive_is_refused(tmp_path):
@@ -155,7 +157,7 @@ def test_a_temperature_that_is_not_positive_is_refused(tmp_path):
     settings["temperatures"]["per_fold"][0][0] = -1.0
     rewrite_fusion_json(runs, settings)
     with pytest.raises(run_folder.FusionError, match="temperatures.per_fold must be finite and > 0"):
-        run_folder.read_fusion_settings(runs / "fusion")
+        fusion_folder.read_fusion_settings(runs / "fusion")
 
 
 def test_a_fold_retrained_or_left_unfinished_after_fusing_is_refused_by_evaluate_and_predict(tmp_path):
@@ -177,7 +179,7 @@ def test_a_fold_retrained_or_left_unfinished_after_fusing_is_refused_by_evaluate
         assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     logits.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # retrained: other bytes
     with pytest.raises(fusion.FusionError, match="changed since the fusion was made from it"):
-        run_folder.read_fusion_settings(runs / "fusion").check_inputs(runs)
+        fusion_folder.read_fusion_settings(runs / "fusion").check_inputs(runs)
     logits.write_bytes(original)
-    run_folder.read_fusion_settings(runs / "fusion").check_inputs(runs)  # as fused: accepted
+    fusion_folder.read_fusion_settings(runs / "fusion").check_inputs(runs)  # as fused: accepted
     assert not (tmp_path / "r").exists()

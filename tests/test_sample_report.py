@@ -187,14 +187,14 @@ def test_held_out_cells_that_are_all_right_cannot_recalibrate_and_stop_the_sampl
 def test_the_average_of_the_folds_gets_a_confusion_from_a_shared_calibration_holdout(tmp_path):
     from conftest import write_calibration_logits
 
-    from spermfuse import fusion
+    from spermfuse import fusion_folder
     from spermfuse.metrics import confusion_counts
     from spermfuse.sample_report import average_held_out_confusion
 
     write_calibration_logits(tmp_path, folds=3, n=90, shared=True, seed=3, noise=1.5)
     weights = [[0.5, 0.5], [0.3, 0.7], [0.6, 0.4]]
     held = average_held_out_confusion(tmp_path, ["modelx", "modely"], [1, 2, 3], weights)
-    fused = fusion.fused_folds(tmp_path, ["modelx", "modely"], [1, 2, 3], weights, "cal")
+    fused = fusion_folder.fused_folds(tmp_path, ["modelx", "modely"], [1, 2, 3], weights, "cal")
     ordered = [f.logits[np.argsort(f.paths)] for f in fused]
     labels = fused[0].labels[np.argsort(fused[0].paths)]
     expected = confusion_counts(labels, np.mean(ordered, axis=0).argmax(axis=1), 3)

@@ -31,7 +31,8 @@ from ..models import create_model
 from ..output_folder import discard, move_aside, verify_folder, write_manifest
 from ..quantify import class_fractions
 from ..page import markdown_table
-from ..run_folder import load_fold_sets, pooled
+from ..run_folder import load_fold_sets
+from ..logits import pooled
 from ..sample_report import (
     HeldOutConfusion,
     Provenance,
