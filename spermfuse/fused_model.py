@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .files import safe_torch_load
+from .checkpoints import safe_torch_load
 from .errors import DataError
 from .engine import tta_logits
 from .models import create_model

@@ -17,7 +17,7 @@ from . import engine
 from .distributed import DistributedContext
 from .config import OPERATIONAL_SETTINGS, TrainConfig
 from .errors import ConfigError
-from .files import safe_torch_load
+from .checkpoints import safe_torch_load
 from .runtime import peak_memory_mb
 from .run_folder import LAST_CHECKPOINT
 

@@ -26,14 +26,14 @@ from torch import nn
 from . import distributed, engine, train_state
 from .config import TrainConfig
 from .ema import WeightEMA
-from .files import atomic_torch_save, safe_torch_load
+from .checkpoints import atomic_torch_save, safe_torch_load
 from .fold_setup import FoldParts, FoldSetup, build_fold, setup_fold
 from .lock import LOCK_NAME, FolderLock
 from .models import get_spec
 from .models.freezing import set_frozen_norms_to_eval, set_trainable
 from .output_folder import discard, move_aside
 from .preemption import Preempted, StopRequest
-from .run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, write_config, write_history
+from .run_folder import BEST_CHECKPOINT, HISTORY_CSV, LAST_CHECKPOINT, write_config, write_history
 from .transforms import PipelineSpec
 from .logits import save_logits
 from .runtime import environment
@@ -280,7 +280,7 @@ class FoldTrainer:
             self._save_best(epoch, metric)
         self.state.history.append(row)
         if self.context.is_main:
-            write_history(self.run_dir / "history.csv", self.state.history)
+            write_history(self.run_dir / HISTORY_CSV, self.state.history)
         self._save_last(tools)
         if self.stop is not None and self.stop.requested:  # asked for after the epoch's last step
             raise Preempted(self.stop.signal_number)

@@ -5,19 +5,20 @@ import os
 import pytest
 
 from spermfuse import files
+from spermfuse import checkpoints
 
 
 def test_a_crash_during_a_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    files.atomic_torch_save(path, {"epoch": 1})
+    checkpoints.atomic_torch_save(path, {"epoch": 1})
 
     def power_cut(src, dst):
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", power_cut)
     with pytest.raises(OSError):
-        files.atomic_torch_save(path, {"epoch": 2})
-    assert files.safe_torch_load(path) == {"epoch": 1}
+        checkpoints.atomic_torch_save(path, {"epoch": 2})
+    assert checkpoints.safe_torch_load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 
@@ -30,7 +31,8 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
 
 
 def test_a_file_of_zeros_is_no_checkpoint_and_the_message_gives_no_advice_to_run_its_code(tmp_path):
-    from spermfuse.files import CheckpointError, safe_torch_load
+    from spermfuse.files import CheckpointError
+    from spermfuse.checkpoints import safe_torch_load
 
     (tmp_path / "zeros.pt").write_bytes(bytes(300_000))
     with pytest.raises(CheckpointError) as refused:

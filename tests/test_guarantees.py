@@ -25,7 +25,8 @@ from spermfuse import download, run_folder, splits, trainer
 from spermfuse import choice
 from spermfuse import fusion_folder
 from spermfuse.logits import align, load_logits
-from spermfuse.files import CheckpointError, csv_text, read_csv, read_safetensors
+from spermfuse.files import CheckpointError, csv_text, read_csv
+from spermfuse.checkpoints import read_safetensors
 from spermfuse.config import TrainConfig, validate_config
 from spermfuse.errors import DataError
 from spermfuse.data import check_image, discover, load_rgb

@@ -5,7 +5,7 @@ from PIL import Image
 
 from spermfuse.config import preset_config
 from spermfuse import trainer
-from spermfuse.files import safe_torch_load
+from spermfuse.checkpoints import safe_torch_load
 from spermfuse.errors import ConfigError
 from spermfuse.fused_model import Classifier, load_classifier
 from spermfuse.inference import fused_probabilities

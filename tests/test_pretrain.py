@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spermfuse import pretrain
-from spermfuse.files import safe_torch_load
+from spermfuse.checkpoints import safe_torch_load
 from spermfuse.synthetic import SPERM18_CLASSES
 
 TINY = pretrain.PretrainRecipe(per_class=3, img_size=32, epochs=1)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import train
-from spermfuse.files import CheckpointError, read_safetensors
+from spermfuse.files import CheckpointError
+from spermfuse.checkpoints import read_safetensors
 from spermfuse.download import DownloadError
 from spermfuse.errors import ConfigError
 from spermfuse.models import create_model

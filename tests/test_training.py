@@ -13,7 +13,8 @@ import torch
 
 from conftest import fold_trainer_for, run_train, tiny_config
 from spermfuse.config import preset_config
-from spermfuse import files, fold_setup, trainer
+from spermfuse import fold_setup, trainer
+from spermfuse import checkpoints
 from spermfuse.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_a_fold_writes_every_output_in_the_logits_schema(tiny_sperm, tmp_path):
     )
     header = (run / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,stage,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_second")
-    best = files.safe_torch_load(run / "best.pt")
+    best = checkpoints.safe_torch_load(run / "best.pt")
     assert best["arch"] == "resnetv2_tiny" and best["pipeline"]["img_size"] == 32 and len(best["classes"]) == 18
 
 
@@ -81,9 +82,9 @@ def test_existing_run_needs_resume_or_overwrite(tiny_sperm, tmp_path):
 
 def test_resume_from_another_arch_is_refused(tiny_sperm, tmp_path):
     run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
-    state = files.safe_torch_load(run / "last.pt")
+    state = checkpoints.safe_torch_load(run / "last.pt")
     state["arch"] = "efficientnet_tiny"
-    files.atomic_torch_save(run / "last.pt", state)
+    checkpoints.atomic_torch_save(run / "last.pt", state)
     with pytest.raises(ConfigError, match="not resumable"):
         trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1, resume=True))
 
@@ -257,7 +258,7 @@ def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tin
     first = trainer.train_fold(
         tiny_config(tiny_sperm, tmp_path / "a", epochs=1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     )
-    assert files.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
+    assert checkpoints.safe_torch_load(first / "best.pt")["pipeline"]["mean"] == [0.5, 0.5, 0.5]
     fine_tuned = fold_trainer_for(tiny_config(tiny_sperm, tmp_path / "b", epochs=1, weights=str(first / "best.pt")))
     assert fine_tuned.loaders["train"].dataset.transform.normalize.mean == (
         0.5,
@@ -266,7 +267,7 @@ def test_training_uses_and_records_the_normalisation_of_its_starting_weights(tin
     )  # from the checkpoint, no flag
     run = fine_tuned.run()
     assert json.loads((run / "config.json").read_text())["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
-    assert files.safe_torch_load(run / "best.pt")["pipeline"]["std"] == [0.5, 0.5, 0.5]
+    assert checkpoints.safe_torch_load(run / "best.pt")["pipeline"]["std"] == [0.5, 0.5, 0.5]
 
 
 def test_resume_with_changed_settings_is_refused_naming_the_flags(tiny_sperm, tmp_path):
@@ -332,14 +333,14 @@ def test_best_pt_of_a_two_stage_run_is_the_best_epoch_of_the_whole_run(tiny_sper
 
     monkeypatch.setattr(trainer.FoldTrainer, "_run_epoch", scripted_epoch)
     run = trainer.train_fold(method_b_tiny(tiny_sperm, tmp_path))
-    best = files.safe_torch_load(run / "best.pt")
+    best = checkpoints.safe_torch_load(run / "best.pt")
     assert (best["epoch"], best["val_metric"]) == (2, 0.5)
 
 
 def test_with_ema_the_averaged_weights_are_validated_selected_and_saved(tiny_sperm, tmp_path):
     fold = fold_trainer_for(tiny_config(tiny_sperm, tmp_path, epochs=2, ema=0.5, monitor="val_acc"))
     run = fold.run()
-    best, last = files.safe_torch_load(run / "best.pt"), files.safe_torch_load(run / "last.pt")
+    best, last = checkpoints.safe_torch_load(run / "best.pt"), checkpoints.safe_torch_load(run / "last.pt")
     assert any(
         not torch.equal(last["model"][k], last["ema"]["shadow"][k]) for k in last["model"]
     )  # raw weights differ from the average

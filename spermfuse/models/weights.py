@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import CheckpointError, read_safetensors, safe_np_load, safe_torch_load
+from ..files import CheckpointError, safe_np_load
+from ..checkpoints import read_safetensors, safe_torch_load
 from ..errors import SpermfuseError
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 from .registry import ModelSpec
