@@ -36,8 +36,8 @@ import torch
 from spermfuse import cli, flags
 from spermfuse.benchmarks import SUITES, Benchmark, run_suite
 from spermfuse.benchmarks.speed import settings_for
-from spermfuse.files import atomic_write_json, atomic_write_text
-from spermfuse.progress_line import round_counter
+from spermfuse.core.files import atomic_write_json, atomic_write_text
+from spermfuse.training.progress_line import round_counter
 from spermfuse.runtime import DEVICE_HELP, device_description, resolve_device
 
 

@@ -3,7 +3,7 @@
 # every fold, fuse them with the grid search, evaluate, and write the report and figures.
 #
 #   bash demo.sh                   CPU demo: the small backbones, pretrained once on a separate procedural set
-#                                  (spermfuse/pretrain.py, cached), fine-tuned on every fold at 64 px
+#                                  (spermfuse/training/pretrain.py, cached), fine-tuned on every fold at 64 px
 #   bash demo.sh --no-pretrain     the same from scratch (preset demo_scratch)
 #   bash demo.sh --preset paper    the paper: efficientnetv2_s + resnet50v2, 240 px, batch 8 (a GPU job)
 #   bash demo.sh --preset tiny     a smoke test in seconds (what the test suite runs)
@@ -38,12 +38,12 @@ case "$preset" in
   demo)
     archs=(efficientnet_tiny resnetv2_tiny)
     if [ "$pretrain" = 1 ]; then
-      train=(--preset demo)  # its settings: PRESETS in spermfuse/config.py
-      echo "demo preset: small backbones (${archs[*]}) pretrained once on a separate procedural set (spermfuse/pretrain.py),"
+      train=(--preset demo)  # its settings: PRESETS in spermfuse/training/config.py
+      echo "demo preset: small backbones (${archs[*]}) pretrained once on a separate procedural set (spermfuse/training/pretrain.py),"
       echo "then fine-tuned on every fold at CPU scale, as the paper fine-tunes ImageNet checkpoints (from scratch: --no-pretrain);"
     else
       train=(--preset demo_scratch)
-      echo "demo preset: small backbones (${archs[*]}) from scratch at CPU scale (PRESETS['demo_scratch'] in spermfuse/config.py);"
+      echo "demo preset: small backbones (${archs[*]}) from scratch at CPU scale (PRESETS['demo_scratch'] in spermfuse/training/config.py);"
     fi
     echo "the paper's settings are: bash demo.sh --preset paper" ;;
   paper)
@@ -72,7 +72,7 @@ for i in 0 1; do
     init=(--weights "${weights[$i]}")
   elif [ "$preset" = demo ] && [ "$pretrain" = 1 ]; then
     start=$SECONDS
-    checkpoint=$("$PYTHON" -m spermfuse.pretrain --arch "${archs[$i]}")  # cached after the first run
+    checkpoint=$("$PYTHON" -m spermfuse.training.pretrain --arch "${archs[$i]}")  # cached after the first run
     echo "[demo] pretraining ${archs[$i]} (or finding it cached): $((SECONDS - start)) s"
     init=(--weights "$checkpoint")
   fi

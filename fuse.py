@@ -24,13 +24,17 @@ from pathlib import Path
 
 import torch
 
-from spermfuse import cli, flags, fusion, report, run_folder, sample_report
-from spermfuse import choice
-from spermfuse import fusion_folder
-from spermfuse.export import exported_files, write_export
-from spermfuse.files import atomic_write_text
-from spermfuse.output_folder import check_replaceable, refuse_overlap
-from spermfuse.prediction import PredictionRequest, input_folders, predict
+from spermfuse import cli, flags
+from spermfuse.core import fusion
+from spermfuse.reporting import report
+from spermfuse.store import run_folder
+from spermfuse.deploy import sample_report
+from spermfuse.selection import choice
+from spermfuse.store import fusion_folder
+from spermfuse.deploy.export import exported_files, write_export
+from spermfuse.core.files import atomic_write_text
+from spermfuse.store.output_folder import check_replaceable, refuse_overlap
+from spermfuse.deploy.prediction import PredictionRequest, input_folders, predict
 from spermfuse.runtime import environment_line
 
 log = logging.getLogger("fuse")

@@ -17,8 +17,9 @@ import logging
 import sys
 from pathlib import Path
 
-from spermfuse import cli, distributed, flags, fold_setup, trainer
-from spermfuse.config import (
+from spermfuse import cli, distributed, flags
+from spermfuse.training import fold_setup, trainer
+from spermfuse.training.config import (
     PRESETS,
     SECTIONS,
     TrainConfig,
@@ -27,19 +28,19 @@ from spermfuse.config import (
     recorded_settings,
     validate_config,
 )
-from spermfuse.download import fetch
-from spermfuse.fold_parallel import run_fold_parallel
-from spermfuse.catalogue import catalogue_table, find_entry
+from spermfuse.store.download import fetch
+from spermfuse.training.fold_parallel import run_fold_parallel
+from spermfuse.store.catalogue import catalogue_table, find_entry
 from spermfuse.preemption import StopRequest
-from spermfuse.progress_line import GPU_SIZED, DownloadLine, ProgressLine
-from spermfuse.run_folder import LAST_CHECKPOINT
-from spermfuse.run_plan import plan_table
-from spermfuse.slurm import SlurmSettings, write_batch_script
+from spermfuse.training.progress_line import GPU_SIZED, DownloadLine, ProgressLine
+from spermfuse.store.run_folder import LAST_CHECKPOINT
+from spermfuse.training.run_plan import plan_table
+from spermfuse.training.slurm import SlurmSettings, write_batch_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The settings' flags come from their fields (``TrainConfig``, ``SlurmSettings``): all default
-    to None, so only the flags given override the preset (``spermfuse/config.py``)."""
+    to None, so only the flags given override the preset (``spermfuse/training/config.py``)."""
     p = cli.argument_parser(__doc__)
     sections = {name: p.add_argument_group(title) for name, title in SECTIONS.items()}
     run = sections["run"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.3.0.dev0"
-_LAZY = {"create_model": "spermfuse.models", "list_models": "spermfuse.models"}
+_LAZY = {"create_model": "spermfuse.core.models", "list_models": "spermfuse.core.models"}
 __all__ = ["create_model", "list_models", "__version__"]
 
 

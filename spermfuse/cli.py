@@ -1,6 +1,6 @@
 """The one guard around every command line program: logging, and errors as one line.
 
-A :class:`~spermfuse.errors.SpermfuseError` (or a file-system error naming a path) is the
+A :class:`~spermfuse.core.errors.SpermfuseError` (or a file-system error naming a path) is the
 user's to fix: it prints as ``error: ...`` and exits with status 2. Ctrl-C exits with 130
 and says how to continue; a program given a ``preemption.StopRequest`` (training) stops on
 SIGTERM or SIGUSR1, what schedulers send before a kill, and exits with 75 (EX_TEMPFAIL: try
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Callable
 
-from .errors import SpermfuseError, user_message
+from .core.errors import SpermfuseError, user_message
 from .preemption import Preempted, StopRequest
 
 LOG_FORMAT = "%(message)s"

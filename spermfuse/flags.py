@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 _HELP, _SECTION, _OPTION, _FLAG = "help", "section", "option", "flag"
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 
 # Every program's --device: one default, one meaning.

@@ -64,7 +64,7 @@ def tiny_sperm(tmp_path_factory) -> Path:
 
 def tiny_config(data: Path, out: Path, **overrides):
     """A TrainConfig that trains in seconds: tiny model, 32 px, two epochs, no workers."""
-    from spermfuse.trainer import TrainConfig
+    from spermfuse.training.trainer import TrainConfig
 
     settings = dict(
         arch="resnetv2_tiny", data=str(data), out=str(out), img_size=32, epochs=2, workers=0, lr=1e-3, val_fraction=0.2
@@ -75,7 +75,7 @@ def tiny_config(data: Path, out: Path, **overrides):
 
 def fold_trainer_for(config, **options):
     """A FoldTrainer of ``config`` with its setup made, as train.py does."""
-    from spermfuse import fold_setup, trainer
+    from spermfuse.training import fold_setup, trainer
 
     setup = fold_setup.setup_fold(config)
     return trainer.FoldTrainer(setup, fold_setup.build_fold(config, setup), **options)

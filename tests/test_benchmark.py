@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from spermfuse import profiling
-from spermfuse.flops import count_flops, count_flops_by_op
-from spermfuse.models import create_model
-from spermfuse.models.resnetv2 import StdConv2d
+from spermfuse.benchmarks import profiling
+from spermfuse.benchmarks.flops import count_flops, count_flops_by_op
+from spermfuse.core.models import create_model
+from spermfuse.core.models.resnetv2 import StdConv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ def test_explain_suite_times_grad_cam_beside_the_forward(tmp_path):
 def test_samples_suite_scores_every_method_on_simulated_patients_from_held_out_logits(tmp_path):
     import numpy as np
 
-    from spermfuse.logits import save_logits
+    from spermfuse.core.logits import save_logits
     from spermfuse.synthetic import SPERM18_CLASSES
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from spermfuse.benchmarks import Benchmark, run_suite
-from spermfuse.errors import ConfigError
+from spermfuse.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PAIR = ["efficientnet_tiny", "resnetv2_tiny"]

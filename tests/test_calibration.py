@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from spermfuse import calibration
-from spermfuse.calibration import CalibrationError
+from spermfuse.core import calibration
+from spermfuse.core.calibration import CalibrationError
 
 
 def logits_with_temperature(temperature, n=20000, classes=6, seed=0):
@@ -82,7 +82,7 @@ def test_paired_bootstrap_intervals_contain_the_change_and_tighten_with_more_cel
 
 
 def test_bias_corrected_temperature_recovers_the_temperature_and_class_biases_labels_were_drawn_with():
-    from spermfuse.calibration import fit_bias_corrected_temperature, log_softmax
+    from spermfuse.core.calibration import fit_bias_corrected_temperature, log_softmax
 
     rng = np.random.default_rng(0)
     true_labels = rng.integers(0, 4, 4000)

@@ -1,11 +1,11 @@
 """The settings of a training run (config.py): presets under the flags given."""
 
-from spermfuse.config import TrainConfig, preset_config
+from spermfuse.training.config import TrainConfig, preset_config
 
 
 def test_a_preset_value_survives_when_its_flag_is_absent():
     import train
-    from spermfuse.config import PRESETS
+    from spermfuse.training.config import PRESETS
 
     config = train.build_config(train.parse_args(["--preset", "demo"]), fold=1)
     assert (config.batch_size, config.img_size, config.lr) == tuple(

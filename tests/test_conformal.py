@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from spermfuse.conformal import (
+from spermfuse.core.conformal import (
     SetCalibrator,
     calibrate_sets,
     class_scores,

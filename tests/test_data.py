@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from spermfuse import data, splits
-from spermfuse.errors import DataError
-from spermfuse.data import discover
-from spermfuse.transforms import build
+from spermfuse.data import folders as data, splits
+from spermfuse.core.errors import DataError
+from spermfuse.data.folders import discover
+from spermfuse.core.transforms import build
 
 
 def test_image_folder_classes_are_sorted_and_labels_match(image_folder):
@@ -210,8 +210,8 @@ def test_a_zero_fraction_gives_an_empty_subset():
 
 
 def test_a_train_and_test_layout_is_named_not_read_as_two_classes(tmp_path):
-    from spermfuse.errors import DataError
-    from spermfuse.data import discover
+    from spermfuse.core.errors import DataError
+    from spermfuse.data.folders import discover
 
     for split in ("train", "test"):
         (tmp_path / split / "Normal").mkdir(parents=True)
@@ -221,7 +221,7 @@ def test_a_train_and_test_layout_is_named_not_read_as_two_classes(tmp_path):
 
 
 def test_samples_give_absolute_paths_too(image_folder):
-    from spermfuse.data import discover
+    from spermfuse.data.folders import discover
 
     samples = discover(image_folder)
     assert all(p.is_file() and p.is_absolute() == image_folder.is_absolute() for p in samples.absolute_paths)
@@ -229,8 +229,8 @@ def test_samples_give_absolute_paths_too(image_folder):
 
 
 def test_a_single_class_data_set_is_refused(tmp_path):
-    from spermfuse.errors import DataError
-    from spermfuse.data import discover
+    from spermfuse.core.errors import DataError
+    from spermfuse.data.folders import discover
 
     (tmp_path / "Normal").mkdir()
     for i in range(3):

@@ -2,7 +2,7 @@
 
 import torch
 
-from spermfuse.ema import WeightEMA
+from spermfuse.core.ema import WeightEMA
 
 
 def test_weight_ema_moves_the_average_by_one_minus_decay_and_copies_integer_buffers():

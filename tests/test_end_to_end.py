@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spermfuse.files import read_csv
-from spermfuse.output_folder import write_manifest
+from spermfuse.core.files import read_csv
+from spermfuse.store.output_folder import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,10 +129,10 @@ def readme_client() -> str:
 
 
 def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, demo_output, tmp_path):
-    from spermfuse import fusion_folder
-    from spermfuse.data import load_rgb
-    from spermfuse.fused_model import load_classifier
-    from spermfuse.inference import fused_probabilities
+    from spermfuse.store import fusion_folder
+    from spermfuse.data.folders import load_rgb
+    from spermfuse.core.fused_model import load_classifier
+    from spermfuse.deploy.inference import fused_probabilities
 
     runs = demo_output / "runs"
     export = [
@@ -474,7 +474,7 @@ def test_samples_write_a_row_and_a_page_per_sample_with_the_adjusted_fractions(t
     """The tiny demo's 18 calibration cells of fold 1 cannot separate 18 classes (see the next
     test); here they are replaced by a classifier that is always right on them, so the adjusted
     count runs end to end (its interval is then the cells' bootstrap)."""
-    from spermfuse.logits import load_logits, save_logits
+    from spermfuse.core.logits import load_logits, save_logits
 
     runs = tmp_path / "runs"
     shutil.copytree(demo_output / "runs", runs)
@@ -612,9 +612,9 @@ def test_pickle_payloads_in_best_pt_and_last_pt_never_run(demo_output, tiny_sper
     and --export) and last.pt (read by train.py --resume) is refused and its code never runs."""
     import torch
 
-    from spermfuse.config import TrainConfig
-    from spermfuse.files import CheckpointError
-    from spermfuse.train_state import resumable_checkpoint
+    from spermfuse.training.config import TrainConfig
+    from spermfuse.core.files import CheckpointError
+    from spermfuse.training.train_state import resumable_checkpoint
 
     runs = shutil.copytree(demo_output / "runs", tmp_path / "runs")
     marker = tmp_path / "payload-ran"

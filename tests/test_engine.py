@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from spermfuse import engine
-from spermfuse.errors import ConfigError
-from spermfuse.models import create_model
+from spermfuse.core import engine
+from spermfuse.core.errors import ConfigError
+from spermfuse.core.models import create_model
 
 
 class ExplodingLoss(torch.nn.Module):

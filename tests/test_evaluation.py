@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
-from spermfuse import calibration, fusion, run_folder
-from spermfuse import fusion_folder
-from spermfuse.logits import align
-from spermfuse.config import preset_config
+from spermfuse.core import calibration, fusion
+from spermfuse.store import run_folder
+from spermfuse.store import fusion_folder
+from spermfuse.core.logits import align
+from spermfuse.training.config import preset_config
 
 
 def headline_models(seed: int = 0) -> dict:
     """Five folds of 40 cells: m1 right on ~60 %, m2 always right, fusion_val = m1, fusion = m2."""
-    from spermfuse.logits import LogitsSet
+    from spermfuse.core.logits import LogitsSet
 
     rng = np.random.default_rng(seed)
     models = {"m1": [], "m2": [], "fusion": [], "fusion_val": []}
@@ -31,8 +32,8 @@ def headline_models(seed: int = 0) -> dict:
 
 
 def test_training_sizes_leave_out_the_test_validation_and_calibration_cells():
-    from spermfuse.evaluation import training_sizes
-    from spermfuse.logits import LogitsSet
+    from spermfuse.reporting.evaluation import training_sizes
+    from spermfuse.core.logits import LogitsSet
 
     def cells(fold: int, n: int) -> LogitsSet:
         return LogitsSet(
@@ -102,7 +103,7 @@ def test_ablation_lays_out_table_2(tmp_path):
 
 def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_path):
     import evaluate
-    from spermfuse import trainer
+    from spermfuse.training import trainer
 
     config = preset_config(
         "paper_b",
@@ -192,7 +193,7 @@ def test_the_calibration_evaluate_reports_is_the_one_predict_applies(tmp_path):
 
 
 def test_the_headline_fusion_is_the_leak_free_one_with_both_tests_against_each_member():
-    from spermfuse.evaluation import build_report
+    from spermfuse.reporting.evaluation import build_report
 
     report = build_report(headline_models(), select="test")
     line = report["headline"]
@@ -203,8 +204,8 @@ def test_the_headline_fusion_is_the_leak_free_one_with_both_tests_against_each_m
 
 
 def test_without_a_leak_free_fusion_there_is_no_headline_and_the_summary_labels_the_paper_rule():
-    from spermfuse.evaluation import build_report
-    from spermfuse.report import presented_rows, summary_markdown
+    from spermfuse.reporting.evaluation import build_report
+    from spermfuse.reporting.report import presented_rows, summary_markdown
 
     models = headline_models()
     del models["fusion_val"]
@@ -220,7 +221,7 @@ def test_without_a_leak_free_fusion_there_is_no_headline_and_the_summary_labels_
 def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_path):
     from conftest import write_logits
 
-    from spermfuse.evaluation import ablation_rows
+    from spermfuse.reporting.evaluation import ablation_rows
 
     rng = np.random.default_rng(3)
     for fold in (1, 2):
@@ -365,8 +366,8 @@ def test_report_md_gives_the_margin_over_the_majority_class_when_a_model_beats_i
 
 
 def test_validation_logits_that_cannot_fit_a_temperature_leave_the_report_uncalibrated_and_say_why():
-    from spermfuse.evaluation import calibration_of
-    from spermfuse.logits import LogitsSet
+    from spermfuse.reporting.evaluation import calibration_of
+    from spermfuse.core.logits import LogitsSet
 
     labels = np.array([0, 1, 2] * 10)
     test = LogitsSet(np.eye(3)[labels] * 2.0, labels, np.array([f"t{i}" for i in range(30)]), CLASSES, "m", 1)

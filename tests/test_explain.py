@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from spermfuse.errors import ConfigError
-from spermfuse.explain import (
+from spermfuse.core.errors import ConfigError
+from spermfuse.explain.gradcam import (
     Member,
     fused_grad_cam,
     fused_pair_members,
@@ -17,10 +17,10 @@ from spermfuse.explain import (
     scale_to_unit,
     to_original_geometry,
 )
-from spermfuse.fused_pair import FusedPair
-from spermfuse.models import create_model, list_models
-from spermfuse.sanity_check import rank_correlation
-from spermfuse.transforms import PipelineSpec, build
+from spermfuse.benchmarks.fused_pair import FusedPair
+from spermfuse.core.models import create_model, list_models
+from spermfuse.explain.sanity_check import rank_correlation
+from spermfuse.core.transforms import PipelineSpec, build
 
 
 class TwoChannels(nn.Module):
@@ -180,15 +180,15 @@ def test_maps_depend_on_the_model_reinitialising_the_last_stage_changes_them():
 
 
 def test_the_layer_size_is_the_map_grad_cam_reads():
-    from spermfuse.explain import layer_size
+    from spermfuse.explain.gradcam import layer_size
 
     assert layer_size(create_model("efficientnet_tiny", 3), 64) == (4, 4)
     assert layer_size(create_model("resnetv2_tiny", 3), 64) == (2, 2)
 
 
 def test_explained_files_take_a_target_class_per_file(tmp_path):
-    from spermfuse.explain import explain_files
-    from spermfuse.fused_model import Classifier
+    from spermfuse.explain.gradcam import explain_files
+    from spermfuse.core.fused_model import Classifier
 
     for name in ("a", "b"):
         Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(
@@ -205,9 +205,9 @@ def test_explained_files_take_a_target_class_per_file(tmp_path):
 
 
 def test_explaining_members_trained_on_other_classes_is_refused_naming_the_checkpoint(tmp_path):
-    from spermfuse.errors import DataError
-    from spermfuse.explain import explain_files
-    from spermfuse.fused_model import Classifier
+    from spermfuse.core.errors import DataError
+    from spermfuse.explain.gradcam import explain_files
+    from spermfuse.core.fused_model import Classifier
 
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "cell.png")
     spec = PipelineSpec(32)
@@ -222,8 +222,8 @@ def test_explaining_members_trained_on_other_classes_is_refused_naming_the_check
 
 
 def test_grad_cam_takes_a_class_name_with_the_class_list():
-    from spermfuse.explain import grad_cam
-    from spermfuse.models import create_model
+    from spermfuse.explain.gradcam import grad_cam
+    from spermfuse.core.models import create_model
 
     model = create_model("efficientnet_tiny", 3).eval()
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -239,7 +239,7 @@ def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples(arch)
     every registered architecture."""
     import torch.nn.functional as F
 
-    from spermfuse.explain import default_layer, grad_cam, scale_to_unit
+    from spermfuse.explain.gradcam import default_layer, grad_cam, scale_to_unit
 
     torch.manual_seed(0)
     model = create_model(arch, 3).eval()
@@ -261,8 +261,8 @@ def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples(arch)
 def test_the_default_layer_map_sums_to_the_explained_logit_minus_its_bias(arch):
     """features -> pool -> linear for both backbones: the unrectified Grad-CAM map's spatial sum is
     z_c - b_c, so a fused map adds maps of one scale (not so before the ResNetV2's last GroupNorm)."""
-    from spermfuse.explain import default_layer
-    from spermfuse.models import create_model
+    from spermfuse.explain.gradcam import default_layer
+    from spermfuse.core.models import create_model
 
     torch.manual_seed(0)
     model = create_model(arch, 4).eval()
@@ -279,7 +279,7 @@ def test_the_default_layer_map_sums_to_the_explained_logit_minus_its_bias(arch):
 
 
 def test_the_part_switch_explains_the_likeliest_class_of_another_part():
-    from spermfuse.explain_runs import TestImage, counterfactual_class
+    from spermfuse.reporting.explain_runs import TestImage, counterfactual_class
     from spermfuse.synthetic import SPERM18_CLASSES
 
     probabilities = np.full(18, 0.01)
@@ -295,7 +295,7 @@ def test_the_part_switch_explains_the_likeliest_class_of_another_part():
 def test_the_overlay_blends_the_colormap_over_the_image():
     from matplotlib import colormaps
 
-    from spermfuse.figures import overlay
+    from spermfuse.reporting.figures import overlay
 
     image = np.full((4, 6, 3), 200, dtype=np.uint8)
     heat = np.zeros((4, 6))
@@ -311,7 +311,7 @@ def test_the_overlay_blends_the_colormap_over_the_image():
 
 
 def test_a_cell_is_scored_by_its_true_parts_map_and_the_switched_map_by_the_other_part(tmp_path):
-    from spermfuse.explain_runs import TestImage, pointing_case
+    from spermfuse.reporting.explain_runs import TestImage, pointing_case
     from spermfuse.synthetic import PART_VALUES, SPERM18_CLASSES
 
     mask = np.zeros((40, 40), dtype=np.uint8)
@@ -341,7 +341,7 @@ def test_grad_cam_equals_pytorch_grad_cam_on_the_same_layer_and_targets(arch):
     reference = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from spermfuse.explain import default_layer, grad_cam
+    from spermfuse.explain.gradcam import default_layer, grad_cam
 
     torch.manual_seed(0)
     model = create_model(arch, 4)

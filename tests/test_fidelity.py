@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spermfuse.config import preset_config
+from spermfuse.training.config import preset_config
 
 TABLE = (Path(__file__).resolve().parents[1] / "docs" / "FIDELITY.md").read_text()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spermfuse.fold_parallel import fold_share
+from spermfuse.training.fold_parallel import fold_share
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # what torchrun gives each process

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from spermfuse import profiling
-from spermfuse.cuda_graph import CudaGraph
-from spermfuse.errors import ConfigError
-from spermfuse.flops import count_flops
-from spermfuse.fused_pair import FusedPair
-from spermfuse.models import create_model
+from spermfuse.benchmarks import profiling
+from spermfuse.benchmarks.cuda_graph import CudaGraph
+from spermfuse.core.errors import ConfigError
+from spermfuse.benchmarks.flops import count_flops
+from spermfuse.benchmarks.fused_pair import FusedPair
+from spermfuse.core.models import create_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_calibration_logits, write_logits
 
-from spermfuse import calibration, fusion, run_folder
-from spermfuse import choice
-from spermfuse import promises
-from spermfuse import fusion_folder
-from spermfuse.logits import LogitsSet, load_logits
+from spermfuse.core import calibration, fusion
+from spermfuse.store import run_folder
+from spermfuse.selection import choice
+from spermfuse.selection import promises
+from spermfuse.store import fusion_folder
+from spermfuse.core.logits import LogitsSet, load_logits
 
 
 def shuffle_test_labels(runs, seed=1):
@@ -131,7 +132,7 @@ def test_calibrate_refuses_validation_cells_that_are_all_right_in_one_line(tmp_p
 
 
 def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_path):
-    from spermfuse.selective import certify_threshold
+    from spermfuse.core.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
     result = fuse_fake_pair(runs, "--grid", "--select", "val", "--refer-accuracy", "0.5")
@@ -148,7 +149,7 @@ def test_the_referral_threshold_is_certified_on_each_folds_validation_cells(tmp_
 def test_with_temperatures_the_certificate_is_of_the_probabilities_prediction_computes(tmp_path):
     """--calibrate divides the fused logits by their own temperature at prediction: the threshold
     must be certified on those probabilities, not on the members' scaled logits before it."""
-    from spermfuse.selective import certify_threshold
+    from spermfuse.core.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
     promises = "--grid --select val --calibrate --refer-accuracy 0.5 --sets-alpha 0.2".split()
@@ -168,7 +169,7 @@ def test_with_temperatures_the_certificate_is_of_the_probabilities_prediction_co
 
 
 def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_path):
-    from spermfuse.selective import certify_threshold
+    from spermfuse.core.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
     write_calibration_logits(runs)  # as train.py --cal-fraction writes them
@@ -188,8 +189,8 @@ def test_calibration_cells_when_present_are_what_the_promises_are_fitted_on(tmp_
 def test_a_calibration_holdout_shared_by_the_folds_certifies_their_average_too(tmp_path):
     """train.py --cal-holdout: every fold calibrates on the same cells, which none trained on; the
     average of the folds (--fold all) then gets its own certificate and set calibrator."""
-    from spermfuse.conformal import calibrate_sets
-    from spermfuse.selective import certify_threshold
+    from spermfuse.core.conformal import calibrate_sets
+    from spermfuse.core.selective import certify_threshold
 
     runs = fake_runs(tmp_path / "runs")
     write_calibration_logits(runs, n=120, shared=True, seed=11)  # the same cells in every fold

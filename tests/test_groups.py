@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import draw_cell
-from spermfuse import splits
-from spermfuse.errors import DataError
-from spermfuse.data import discover
+from spermfuse.data import splits
+from spermfuse.core.errors import DataError
+from spermfuse.data.folders import discover
 
 
 def grouped_manifest(root, patients=6, per_patient=4, group_column="group"):
@@ -125,7 +125,8 @@ def test_training_with_patients_splits_by_patient_and_the_report_counts_them(tmp
 
     import evaluate
     from conftest import tiny_config
-    from spermfuse import synthetic, trainer
+    from spermfuse import synthetic
+    from spermfuse.training import trainer
 
     data = synthetic.generate(tmp_path / "data", "sperm18", per_class=6, patients=4)
     for fold in (1, 2):

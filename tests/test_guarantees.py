@@ -21,22 +21,24 @@ from PIL import Image
 import fuse
 import train
 from conftest import CLASSES, draw_cell, fake_runs, fold_trainer_for, tiny_config, write_logits
-from spermfuse import download, run_folder, splits, trainer
-from spermfuse import choice
-from spermfuse import fusion_folder
-from spermfuse.logits import align, load_logits
-from spermfuse.files import CheckpointError, csv_text, read_csv
-from spermfuse.checkpoints import read_safetensors
-from spermfuse.config import TrainConfig, validate_config
-from spermfuse.errors import DataError
-from spermfuse.data import check_image, discover, load_rgb
-from spermfuse.errors import ConfigError, FusionError
-from spermfuse.lock import FolderLock, LockError
-from spermfuse.models import create_model
-from spermfuse.pretrained import create_pretrained_model
-from spermfuse.catalogue import find_entry, load_catalogue
-from spermfuse.output_folder import verify_folder, write_folder
-from spermfuse.logits import LogitsSet
+from spermfuse.store import download, run_folder
+from spermfuse.data import splits
+from spermfuse.training import trainer
+from spermfuse.selection import choice
+from spermfuse.store import fusion_folder
+from spermfuse.core.logits import align, load_logits
+from spermfuse.core.files import CheckpointError, csv_text, read_csv
+from spermfuse.core.checkpoints import read_safetensors
+from spermfuse.training.config import TrainConfig, validate_config
+from spermfuse.core.errors import DataError
+from spermfuse.data.folders import check_image, discover, load_rgb
+from spermfuse.core.errors import ConfigError, FusionError
+from spermfuse.store.lock import FolderLock, LockError
+from spermfuse.core.models import create_model
+from spermfuse.store.pretrained import create_pretrained_model
+from spermfuse.store.catalogue import find_entry, load_catalogue
+from spermfuse.store.output_folder import verify_folder, write_folder
+from spermfuse.core.logits import LogitsSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +76,7 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_the_old_folder_who
 def test_an_output_on_a_read_only_place_is_refused_before_any_work(tmp_path, monkeypatch):  # review D4
     import errno
 
-    from spermfuse.output_folder import check_writable
+    from spermfuse.store.output_folder import check_writable
 
     check_writable(tmp_path / "new" / "p.csv", "--output")  # a writable place: accepted, nothing left
     assert list(tmp_path.iterdir()) == []
@@ -178,7 +180,7 @@ def test_an_evaluate_killed_at_a_random_moment_leaves_the_old_report_or_the_new_
     time.sleep(np.random.default_rng(seed).uniform(0.3, 1.0) * duration)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    from spermfuse.output_folder import recover
+    from spermfuse.store.output_folder import recover
 
     recover(tmp_path / "r" / "x")  # what the next reader or writer does first
     verify_folder(tmp_path / "r" / "x")  # whole: old or new, never a mix
@@ -366,9 +368,9 @@ def test_fusion_refuses_members_that_learned_from_other_images():
 
 
 def test_export_refuses_members_of_other_class_lists_in_any_fold(tmp_path):  # [A2]
-    from spermfuse.export import check_exportable
-    from spermfuse.fused_model import Classifier
-    from spermfuse.transforms import PipelineSpec
+    from spermfuse.deploy.export import check_exportable
+    from spermfuse.core.fused_model import Classifier
+    from spermfuse.core.transforms import PipelineSpec
 
     def member(classes, name):
         return Classifier(create_model("resnetv2_tiny", 3).eval(), PipelineSpec(32), classes, tmp_path / name)

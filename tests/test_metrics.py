@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import CLASSES
 
-from spermfuse import metrics
+from spermfuse.core import metrics
 
 
 def test_the_one_f1_matches_scikit_learn_with_absent_and_never_predicted_classes():

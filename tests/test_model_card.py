@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spermfuse.model_card import wilson_interval
+from spermfuse.deploy.model_card import wilson_interval
 
 
 def test_the_wilson_interval_covers_the_true_accuracy_95_percent_of_the_time():
@@ -31,7 +31,7 @@ def patients(rng, count=40, cells_per_patient=25, accuracy=0.8, spread=0.15):
 
 
 def test_the_patient_bootstrap_covers_the_accuracy_over_patients_where_wilson_does_not():
-    from spermfuse.metrics import group_bootstrap_interval
+    from spermfuse.core.metrics import group_bootstrap_interval
 
     rng = np.random.default_rng(1)
     truth = np.clip(rng.normal(0.8, 0.15, 2_000_000), 0.0, 1.0).mean()  # the accuracy over all patients
@@ -47,7 +47,7 @@ def test_the_patient_bootstrap_covers_the_accuracy_over_patients_where_wilson_do
 
 
 def fused_test_fold(fold: int, right: int, cells: int):
-    from spermfuse.logits import LogitsSet
+    from spermfuse.core.logits import LogitsSet
 
     labels = np.zeros(cells, dtype=int)
     logits = np.tile([[1.0, 0.0]], (cells, 1))
@@ -57,8 +57,8 @@ def fused_test_fold(fold: int, right: int, cells: int):
 
 
 def test_the_card_names_the_per_fold_pairs_and_uses_a_patient_bootstrap_when_folds_csv_has_groups(tmp_path):
-    from spermfuse.files import atomic_write_csv
-    from spermfuse.model_card import _accuracy_line
+    from spermfuse.core.files import atomic_write_csv
+    from spermfuse.deploy.model_card import _accuracy_line
 
     tested = [fused_test_fold(1, 30, 40), fused_test_fold(2, 20, 40)]
     without_groups = _accuracy_line(tmp_path, tested, [1, 2])
@@ -72,8 +72,8 @@ def test_the_card_names_the_per_fold_pairs_and_uses_a_patient_bootstrap_when_fol
 
 
 def test_the_card_escapes_tags_in_class_and_model_names(tmp_path):
-    from spermfuse.model_card import model_card
-    from spermfuse.fusion_folder import FusionSettings
+    from spermfuse.deploy.model_card import model_card
+    from spermfuse.store.fusion_folder import FusionSettings
 
     tested = [fused_test_fold(1, 30, 40)]
     tested[0].classes = ["<img src=x onerror=alert(1)>", "<script>x</script>"]

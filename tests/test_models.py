@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from spermfuse.errors import ConfigError
-from spermfuse.models import create_model, get_spec, list_models
-from spermfuse.pretrained import load_initial_weights
-from spermfuse.transforms import IMAGENET_MEAN, IMAGENET_STD
-from spermfuse.models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
-from spermfuse.models.weights import WeightsError
+from spermfuse.core.errors import ConfigError
+from spermfuse.core.models import create_model, get_spec, list_models
+from spermfuse.store.pretrained import load_initial_weights
+from spermfuse.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from spermfuse.core.models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
+from spermfuse.core.models.weights import WeightsError
 
 timm = pytest.importorskip("timm")
 
@@ -210,7 +210,7 @@ def test_efficientnets_have_no_stochastic_depth_unless_asked():
 
 
 def test_same_padding_puts_the_odd_pixel_after_as_tensorflow_does():
-    from spermfuse.models.efficientnet import same_padding
+    from spermfuse.core.models.efficientnet import same_padding
 
     assert same_padding(240, 3, 2, 1) == (0, 1)  # ceil(240/2)=120 outputs need 241 pixels
     assert same_padding(225, 3, 2, 1) == (1, 1)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spermfuse.pointing_game import (
+from spermfuse.explain.pointing_game import (
     bootstrap_interval,
     darkest_point,
     darkness_map,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import fake_runs
 
-from spermfuse.errors import ConfigError, FusionError
-from spermfuse.prediction import PredictionRequest, check_outputs, input_folders
+from spermfuse.core.errors import ConfigError, FusionError
+from spermfuse.deploy.prediction import PredictionRequest, check_outputs, input_folders
 
 
 def request(tmp_path, **given) -> PredictionRequest:

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from spermfuse import pretrain
-from spermfuse.checkpoints import safe_torch_load
+from spermfuse.training import pretrain
+from spermfuse.core.checkpoints import safe_torch_load
 from spermfuse.synthetic import SPERM18_CLASSES
 
 TINY = pretrain.PretrainRecipe(per_class=3, img_size=32, epochs=1)
@@ -64,7 +64,7 @@ def test_a_record_of_another_architecture_is_not_trusted(cache, caplog):
 
 
 def test_an_interrupted_pretraining_resumes_from_its_last_checkpoint(cache, monkeypatch):
-    from spermfuse import trainer
+    from spermfuse.training import trainer
 
     recipe = pretrain.PretrainRecipe(per_class=3, img_size=32, epochs=2)
     calls = []

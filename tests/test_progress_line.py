@@ -2,8 +2,8 @@
 
 import logging
 
-from spermfuse.config import preset_config
-from spermfuse.progress_line import ProgressLine, clock
+from spermfuse.training.config import preset_config
+from spermfuse.training.progress_line import ProgressLine, clock
 
 
 def test_the_clock_shows_minutes_or_hours():

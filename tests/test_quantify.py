@@ -6,14 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spermfuse.quantify import (
-    QuantifyError,
-    adjusted_count,
-    class_fractions,
-    em_prior,
-    flag,
-)
-from spermfuse.sample_simulation import SimulationSetting, simulate
+from spermfuse.core.quantify import QuantifyError, adjusted_count, class_fractions, em_prior, flag
+from spermfuse.reporting.sample_simulation import SimulationSetting, simulate
 
 # A 4-class classifier with 70 % top-1 whose errors are not symmetric (rows = true class).
 CONFUSION_SHARES = np.array(

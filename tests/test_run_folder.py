@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
-from spermfuse import fusion, run_folder
-from spermfuse import fusion_folder
-from spermfuse.logits import align, load_logits
-from spermfuse.files import CheckpointError
+from spermfuse.core import fusion
+from spermfuse.store import run_folder
+from spermfuse.store import fusion_folder
+from spermfuse.core.logits import align, load_logits
+from spermfuse.core.files import CheckpointError
 
 
 def test_align_joins_on_paths_whatever_the_order(tmp_path):
@@ -85,7 +86,7 @@ def test_without_runs_the_most_recent_run_root_under_runs_is_used_and_named(tmp_
     import logging
     import os
 
-    from spermfuse.run_folder import find_run_root
+    from spermfuse.store.run_folder import find_run_root
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(fusion.FusionError, match="no trained models in runs/ or its subfolders"):
@@ -108,7 +109,7 @@ def fused_fake_pair(tmp_path):
 
 def rewrite_fusion_json(runs, settings: dict) -> None:
     """Edit fusion.json on purpose, as GUARANTEES.md says: the manifest rewritten with it."""
-    from spermfuse.output_folder import write_manifest
+    from spermfuse.store.output_folder import write_manifest
 
     (runs / "fusion" / "fusion.json").write_text(json.dumps(settings))
     write_manifest(runs / "fusion")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from spermfuse.explain import grad_cam
-from spermfuse.models import create_model
-from spermfuse.sanity_check import (
+from spermfuse.explain.gradcam import grad_cam
+from spermfuse.core.models import create_model
+from spermfuse.explain.sanity_check import (
     cascade_blocks,
     cascaded,
     randomisation_curve,

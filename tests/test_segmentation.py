@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spermfuse.segmentation import HybridOtsu, binary_closing, elliptical_kernel, hybrid_otsu, otsu_threshold
+from spermfuse.core.segmentation import HybridOtsu, binary_closing, elliptical_kernel, hybrid_otsu, otsu_threshold
 
 
 def test_otsu_separates_a_bimodal_histogram():
@@ -88,7 +88,7 @@ def test_hybrid_otsu_bright_foreground_is_the_papers_literal_rule():
 
 def test_method_b_segments_after_the_resize_and_pads_with_its_own_background():
     from conftest import draw_cell
-    from spermfuse.transforms import build, pad_to_square, resize_longer_side
+    from spermfuse.core.transforms import build, pad_to_square, resize_longer_side
 
     image = draw_cell((400, 200), radius=60, seed=3)
     segmented = np.asarray(build(False, 64, preprocess=[HybridOtsu()]).geometry(image, np.random.default_rng(0)))

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from spermfuse.benchmarks.referral import CALIBRATED_MIXTURE, simulate_referral
-from spermfuse.selective import Certificate, accepted_accuracy, certify_threshold, clopper_pearson_upper
+from spermfuse.core.selective import Certificate, accepted_accuracy, certify_threshold, clopper_pearson_upper
 
 # A calibrated model: a cell's confidence c ~ Beta(5, 2) and it is right with probability c.
 A, B = 5.0, 2.0

@@ -5,7 +5,7 @@ import subprocess
 
 from conftest import run_train
 
-from spermfuse.slurm import PER_TASK_FLAGS, SlurmSettings, batch_script, command_without
+from spermfuse.training.slurm import PER_TASK_FLAGS, SlurmSettings, batch_script, command_without
 
 
 def test_the_repeated_command_drops_the_flags_each_task_sets():

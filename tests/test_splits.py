@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from spermfuse.splits import fold_split, holdout_split, make_folds
+from spermfuse.data.splits import fold_split, holdout_split, make_folds
 
 
 def labelled(n=120, classes=4, seed=0):
@@ -46,7 +46,7 @@ def test_a_calibration_split_of_few_groups_is_named_in_a_warning(caplog):
     labels, classes = labelled(240)
     groups = np.array([f"p{i % 24}" for i in range(240)])  # 24 patients: the cal part holds a handful
     folds = make_folds(labels, classes, k=4, groups=groups)
-    with caplog.at_level("WARNING", logger="spermfuse.splits"):
+    with caplog.at_level("WARNING", logger="spermfuse.data.splits"):
         split = fold_split(folds, labels, 1, 0.2, groups=groups, cal_fraction=0.15)
     count = len(set(groups[split.cal]))
     assert f"fold 1: the calibration cells come from {count} groups (fewer than 30)" in caplog.text
@@ -56,7 +56,7 @@ def test_a_calibration_split_of_thirty_groups_or_more_gives_no_warning(caplog):
     labels, classes = labelled(2000, seed=1)
     groups = np.array([f"p{i % 400}" for i in range(2000)])  # 400 patients: about 40 in the cal part
     folds = make_folds(labels, classes, k=4, groups=groups)
-    with caplog.at_level("WARNING", logger="spermfuse.splits"):
+    with caplog.at_level("WARNING", logger="spermfuse.data.splits"):
         split = fold_split(folds, labels, 1, 0.2, groups=groups, cal_fraction=0.15)
     assert len(set(groups[split.cal])) >= 30 and "calibration cells come from" not in caplog.text
 
@@ -78,8 +78,8 @@ def test_a_calibration_holdout_is_the_same_cells_in_every_fold_and_in_no_folds_o
 def test_the_calibration_holdout_and_a_per_fold_calibration_share_are_one_or_the_other():
     import pytest
 
-    from spermfuse.config import TrainConfig, validate_config
-    from spermfuse.errors import ConfigError
+    from spermfuse.training.config import TrainConfig, validate_config
+    from spermfuse.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--cal-holdout and --cal-fraction: give one"):
         validate_config(TrainConfig(cal_fraction=0.1, cal_holdout=0.1))
@@ -92,9 +92,9 @@ def test_a_second_run_under_the_same_out_with_another_calibration_holdout_is_ref
 
     import pytest
 
-    from spermfuse.config import TrainConfig
-    from spermfuse.errors import ConfigError
-    from spermfuse.fold_setup import check_shared_holdout
+    from spermfuse.training.config import TrainConfig
+    from spermfuse.core.errors import ConfigError
+    from spermfuse.training.fold_setup import check_shared_holdout
 
     first = tmp_path / "efficientnet_tiny" / "fold1"
     first.mkdir(parents=True)

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from spermfuse import synthetic
-from spermfuse.errors import ConfigError
-from spermfuse.data import discover
+from spermfuse.core.errors import ConfigError
+from spermfuse.data.folders import discover
 
 
 def digest(folder):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import fold_trainer_for, run_train, tiny_config
-from spermfuse.config import preset_config
-from spermfuse import fold_setup, trainer
-from spermfuse import checkpoints
-from spermfuse.errors import ConfigError
+from spermfuse.training.config import preset_config
+from spermfuse.training import fold_setup, trainer
+from spermfuse.core import checkpoints
+from spermfuse.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from spermfuse import transforms
-from spermfuse.transforms import PAD_COLOR, RandomAffine, RandomFlip, build, estimate_pad_color, letterbox
+from spermfuse.core import transforms
+from spermfuse.core.transforms import PAD_COLOR, RandomAffine, RandomFlip, build, estimate_pad_color, letterbox
 
 
 def gradient_image(width: int, height: int) -> Image.Image:
@@ -100,14 +100,14 @@ def test_estimate_pad_colour_is_the_mean_border_colour():
 
 
 def test_unknown_preset_is_refused_naming_the_flag():
-    from spermfuse.errors import ConfigError
+    from spermfuse.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--augment imagenet: unknown"):
         build(train=True, preset="imagenet")
 
 
 def test_a_pipeline_spec_round_trips_and_rebuilds_the_same_pipeline():
-    from spermfuse.transforms import PipelineSpec, from_spec
+    from spermfuse.core.transforms import PipelineSpec, from_spec
 
     spec = PipelineSpec(48, pad_color=(0, 0, 0), preprocess="otsu", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     again = PipelineSpec.from_dict(spec.to_dict())
@@ -120,7 +120,7 @@ def test_a_pipeline_spec_round_trips_and_rebuilds_the_same_pipeline():
     "size", [(200, 100), (90, 180), (150, 120), (300, 200), (250, 470), (480, 300), (700, 500), (96, 96)]
 )
 def test_train_path_with_identity_augmentation_gives_exactly_the_eval_image(size):
-    from spermfuse.transforms import Pipeline
+    from spermfuse.core.transforms import Pipeline
 
     # Fine detail (noise) is where an antialiased and a plain bilinear resample differ.
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
@@ -131,7 +131,7 @@ def test_train_path_with_identity_augmentation_gives_exactly_the_eval_image(size
 
 
 def test_composed_flip_matches_flipping_the_letterboxed_image():
-    from spermfuse.transforms import Pipeline
+    from spermfuse.core.transforms import Pipeline
 
     image = gradient_image(120, 80)
     flipped = Pipeline(96, geometric=[RandomFlip(1.0, 0.0)]).geometry(image, np.random.default_rng(0))
@@ -140,7 +140,7 @@ def test_composed_flip_matches_flipping_the_letterboxed_image():
 
 
 def test_keras_zoom_scales_x_and_y_apart_and_the_isotropic_zoom_does_not():
-    from spermfuse.transforms import RandomAffine
+    from spermfuse.core.transforms import RandomAffine
 
     def column_norms(affine):
         matrix = affine.matrix(100, 80, np.random.default_rng(5))

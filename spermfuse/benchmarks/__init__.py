@@ -24,15 +24,7 @@ from .protocol import (
     scale_out_suite,
 )
 from .referral import referral_suite
-from .speed import (
-    cpu_suite,
-    ema_suite,
-    explain_suite,
-    export_suite,
-    models_suite,
-    padding_suite,
-    timm_suite,
-)
+from .speed import cpu_suite, ema_suite, explain_suite, export_suite, models_suite, padding_suite, timm_suite
 
 SUITES: dict[str, Callable[[Benchmark], dict]] = {
     "models": models_suite,

@@ -9,11 +9,11 @@ from typing import Callable
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..flags import setting
-from ..models import list_models
+from ..core.models import list_models
 from ..runtime import device_description
-from ..transforms import PAPER_IMG_SIZE
+from ..core.transforms import PAPER_IMG_SIZE
 
 log = logging.getLogger(__name__)
 

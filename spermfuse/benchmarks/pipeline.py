@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import data, profiling, splits, synthetic
-from ..data import discover, load_rgb
-from ..models import create_model
+from ..data import folders as data, splits
+from . import profiling
+from .. import synthetic
+from ..data.folders import discover, load_rgb
+from ..core.models import create_model
 from ..page import markdown_table
-from ..transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
+from ..core.transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
 from .context import Benchmark
 
 

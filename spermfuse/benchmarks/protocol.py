@@ -18,22 +18,23 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import synthetic, trainer
-from ..config import preset_config
-from ..conformal import calibrate_sets, predict_sets, set_metrics
-from ..data import load_rgb
-from ..export import export_onnx, onnx_available
-from ..fused_model import Classifier, FusedModel
-from ..inference import fused_probabilities, list_images
-from ..lock import LOCK_NAME, FolderLock
-from ..metrics import confusion_counts
-from ..models import create_model
-from ..output_folder import discard, move_aside, verify_folder, write_manifest
-from ..quantify import class_fractions
+from .. import synthetic
+from ..training import trainer
+from ..training.config import preset_config
+from ..core.conformal import calibrate_sets, predict_sets, set_metrics
+from ..data.folders import load_rgb
+from ..deploy.export import export_onnx, onnx_available
+from ..core.fused_model import Classifier, FusedModel
+from ..deploy.inference import fused_probabilities, list_images
+from ..store.lock import LOCK_NAME, FolderLock
+from ..core.metrics import confusion_counts
+from ..core.models import create_model
+from ..store.output_folder import discard, move_aside, verify_folder, write_manifest
+from ..core.quantify import class_fractions
 from ..page import markdown_table
-from ..run_folder import load_fold_sets
-from ..logits import pooled
-from ..sample_report import (
+from ..store.run_folder import load_fold_sets
+from ..core.logits import pooled
+from ..deploy.sample_report import (
     HeldOutConfusion,
     Provenance,
     SampleSettings,
@@ -41,10 +42,10 @@ from ..sample_report import (
     split_samples,
     write_sample_pages,
 )
-from ..sample_simulation import SimulationSetting, coverage_table
-from ..selective import accepted_accuracy, certify_threshold
-from ..taxonomy import MORPHOLOGY_GROUP, SPERM18_CLASSES
-from ..transforms import PipelineSpec, from_spec
+from ..reporting.sample_simulation import SimulationSetting, coverage_table
+from ..core.selective import accepted_accuracy, certify_threshold
+from ..data.taxonomy import MORPHOLOGY_GROUP, SPERM18_CLASSES
+from ..core.transforms import PipelineSpec, from_spec
 from .context import Benchmark
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from ..page import markdown_table
-from ..selective import METHODS, certify_threshold
+from ..core.selective import METHODS, certify_threshold
 from .context import Benchmark
 
 

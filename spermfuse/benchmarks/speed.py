@@ -13,17 +13,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import data, flops, profiling
+from ..data import folders as data
+from . import flops, profiling
 from ..synthetic.cached_sets import ensure_default_data
 from ..distributed import DistributedContext
-from ..ema import WeightEMA
-from ..explain import fused_grad_cam, fused_pair_members, occlusion
-from ..export import export_onnx, export_program, onnx_available
-from ..fused_model import Classifier, FusedModel
-from ..fused_pair import FusedPair
-from ..models import create_model, get_spec
+from ..core.ema import WeightEMA
+from ..explain.gradcam import fused_grad_cam, fused_pair_members, occlusion
+from ..deploy.export import export_onnx, export_program, onnx_available
+from ..core.fused_model import Classifier, FusedModel
+from .fused_pair import FusedPair
+from ..core.models import create_model, get_spec
 from ..page import markdown_table
-from ..transforms import PipelineSpec, build
+from ..core.transforms import PipelineSpec, build
 from .context import Benchmark
 
 log = logging.getLogger(__name__)

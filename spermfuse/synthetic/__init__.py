@@ -29,7 +29,7 @@ helpers, the ``writer`` (files, cache, preview) and the command line (``__main__
 
 from .blood4 import BLOOD4_CLASSES
 from .hushem4 import HUSHEM4_CLASSES
-from ..taxonomy import DEFECT_PART, MASK_FOLDER, MORPHOLOGY_GROUP, PART_VALUES, SPERM18_CLASSES
+from ..data.taxonomy import DEFECT_PART, MASK_FOLDER, MORPHOLOGY_GROUP, PART_VALUES, SPERM18_CLASSES
 from .writer import (
     GENERATOR_VERSION,
     KINDS,

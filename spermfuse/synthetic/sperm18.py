@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..taxonomy import PART_VALUES
+from ..data.taxonomy import PART_VALUES
 from .drawing import SUPERSAMPLE, draw_debris, finish, jitter_colour, rotate, stained_background
 
 

@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import ConfigError
-from ..files import atomic_write_bytes
+from ..core.errors import ConfigError
+from ..core.files import atomic_write_bytes
 from .blood4 import BLOOD4_CLASSES, render_blood
 from .hushem4 import HUSHEM4_CLASSES, render_head
-from ..taxonomy import MASK_FOLDER, SPERM18_CLASSES
+from ..data.taxonomy import MASK_FOLDER, SPERM18_CLASSES
 from .sperm18 import SPERM18_FREQUENCY, render_sperm
 
 log = logging.getLogger(__name__)
