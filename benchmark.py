@@ -37,8 +37,8 @@ from spermfuse import cli, flags
 from spermfuse.benchmarks import SUITES, Benchmark, run_suite
 from spermfuse.benchmarks.speed import settings_for
 from spermfuse.core.files import atomic_write_json, atomic_write_text
-from spermfuse.training.progress_line import round_counter
 from spermfuse.runtime import DEVICE_HELP, device_description, resolve_device
+from spermfuse.training.progress_line import round_counter
 
 
 def parse_args(argv=None) -> argparse.Namespace:

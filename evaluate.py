@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from spermfuse import cli, flags
-from spermfuse.reporting import evaluation, explain_runs, figures, report
 from spermfuse.core import fusion
-from spermfuse.store import run_folder
-from spermfuse.selection import choice
 from spermfuse.core.files import atomic_write_json, atomic_write_text
-from spermfuse.store.output_folder import check_replaceable, write_folder
+from spermfuse.reporting import evaluation, explain_runs, figures, report
 from spermfuse.reporting.report_page import REPORT_HTML, report_page
 from spermfuse.runtime import environment_line
+from spermfuse.selection import choice
+from spermfuse.store import run_folder
+from spermfuse.store.output_folder import check_replaceable, write_folder
 
 log = logging.getLogger("evaluate")
 

@@ -26,16 +26,16 @@ import torch
 
 from spermfuse import cli, flags
 from spermfuse.core import fusion
-from spermfuse.reporting import report
-from spermfuse.store import run_folder
-from spermfuse.deploy import sample_report
-from spermfuse.selection import choice
-from spermfuse.store import fusion_folder
-from spermfuse.deploy.export import exported_files, write_export
 from spermfuse.core.files import atomic_write_text
-from spermfuse.store.output_folder import check_replaceable, refuse_overlap
+from spermfuse.deploy import sample_report
+from spermfuse.deploy.export import exported_files, write_export
 from spermfuse.deploy.prediction import PredictionRequest, input_folders, predict
+from spermfuse.reporting import report
+from spermfuse.reporting.promises_markdown import promises_markdown
 from spermfuse.runtime import environment_line
+from spermfuse.selection import choice
+from spermfuse.store import fusion_folder, run_folder
+from spermfuse.store.output_folder import check_replaceable, refuse_overlap
 
 log = logging.getLogger("fuse")
 
@@ -128,7 +128,7 @@ def run_fusion(args, runs: Path, out: Path) -> None:
     fusion_folder.write_fusion_folder(out, args.overwrite, chosen, grid_table)
     if args.summary is not None:
         environment = environment_line(torch.device("cpu"))
-        summary = report.promises_markdown(chosen.settings, str(out / run_folder.FUSION_JSON), environment)
+        summary = promises_markdown(chosen.settings, str(out / run_folder.FUSION_JSON), environment)
         atomic_write_text(args.summary, summary)
     log.info("wrote %s (weights %s)", out, chosen.settings.weights or "per fold")
 

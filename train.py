@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 
 from spermfuse import cli, distributed, flags
+from spermfuse.preemption import StopRequest
+from spermfuse.store.catalogue import catalogue_table, find_entry
+from spermfuse.store.download import fetch
+from spermfuse.store.run_folder import LAST_CHECKPOINT
 from spermfuse.training import fold_setup, trainer
 from spermfuse.training.config import (
     PRESETS,
@@ -28,12 +32,8 @@ from spermfuse.training.config import (
     recorded_settings,
     validate_config,
 )
-from spermfuse.store.download import fetch
 from spermfuse.training.fold_parallel import run_fold_parallel
-from spermfuse.store.catalogue import catalogue_table, find_entry
-from spermfuse.preemption import StopRequest
 from spermfuse.training.progress_line import GPU_SIZED, DownloadLine, ProgressLine
-from spermfuse.store.run_folder import LAST_CHECKPOINT
 from spermfuse.training.run_plan import plan_table
 from spermfuse.training.slurm import SlurmSettings, write_batch_script
 

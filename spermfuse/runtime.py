@@ -18,7 +18,6 @@ import torch
 from . import distributed
 from .core.errors import ConfigError
 
-
 # Every program's --device: one default, one meaning.
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:K"
 

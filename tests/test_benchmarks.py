@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from spermfuse.benchmarks import Benchmark, run_suite
 from spermfuse.core.errors import ConfigError
 

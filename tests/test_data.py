@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from spermfuse.data import folders as data, splits
 from spermfuse.core.errors import DataError
-from spermfuse.data.folders import discover
 from spermfuse.core.transforms import build
+from spermfuse.data import images, loaders, splits
+from spermfuse.data.folders import discover
 
 
 def test_image_folder_classes_are_sorted_and_labels_match(image_folder):
@@ -151,7 +151,7 @@ def test_holdout_split_is_70_15_15_and_stratified():
 
 
 def test_class_weights_are_n_over_c_times_count():
-    weights = data.class_weights(np.array([0, 0, 0, 1]), 2)
+    weights = loaders.class_weights(np.array([0, 0, 0, 1]), 2)
     assert torch.allclose(weights, torch.tensor([4 / (2 * 3), 4 / (2 * 1)]))
 
 
@@ -162,7 +162,7 @@ def test_load_rgb_converts_every_mode_to_8bit_rgb(tmp_path, mode):
         Image.fromarray(np.full((6, 8), 65535, dtype=np.uint16)).save(path)
     else:
         Image.new("RGB", (8, 6), (255, 255, 255)).convert(mode).save(path)
-    image = data.load_rgb(path)
+    image = images.load_rgb(path)
     assert image.mode == "RGB" and image.size == (8, 6)
     assert np.asarray(image).min() >= 250  # white stays white, 16-bit is rescaled not clipped
 
@@ -173,12 +173,12 @@ def test_load_rgb_applies_exif_orientation(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     path = tmp_path / "rotated.jpg"
     image.save(path, exif=exif)
-    assert data.load_rgb(path).size == (4, 8)
+    assert images.load_rgb(path).size == (4, 8)
 
 
 def test_dataset_items_are_deterministic_per_epoch_and_index(image_folder):
     samples = discover(image_folder)
-    dataset = data.ImageDataset(samples, np.arange(len(samples)), build(True, 32), seed=1)
+    dataset = loaders.ImageDataset(samples, np.arange(len(samples)), build(True, 32), seed=1)
     x1, y1, i1 = dataset[(3, 0)]
     x2, _, _ = dataset[(3, 0)]
     x3, _, _ = dataset[(3, 1)]
@@ -189,10 +189,10 @@ def test_dataset_items_are_deterministic_per_epoch_and_index(image_folder):
 
 def test_loader_order_and_augmentation_do_not_depend_on_workers(image_folder):
     samples = discover(image_folder)
-    dataset = data.ImageDataset(samples, np.arange(len(samples)), build(True, 32), seed=5)
+    dataset = loaders.ImageDataset(samples, np.arange(len(samples)), build(True, 32), seed=5)
 
     def one_epoch(workers, epoch):
-        loader = data.make_loader(dataset, 4, train=True, seed=5, num_workers=workers)
+        loader = loaders.make_loader(dataset, 4, train=True, seed=5, num_workers=workers)
         loader.sampler.set_epoch(epoch)
         return [(x, idx) for x, _, idx in loader]
 

@@ -1,7 +1,9 @@
-"""The package's shape (docs/DESIGN.md): no import cycle, function-level imports included."""
+"""The package's shape (docs/DESIGN.md): no import cycle, imports only down the layers DESIGN.md
+prescribes, a core that stands alone; function-level imports included."""
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spermfuse"
@@ -92,27 +94,102 @@ def test_type_hints_close_no_cycle_either():
     assert find_cycle(import_graph(type_checking=True)) is None
 
 
-def import_layers(graph: dict[str, set[str]]) -> dict[int, set[str]]:
-    """Modules by layer: one above the highest module each imports (the package itself left out)."""
-    layer: dict[str, int] = {}
-
-    def of(module: str) -> int:
-        if module not in layer:
-            layer[module] = 1 + max((of(d) for d in graph[module] if d != "spermfuse"), default=0)
-        return layer[module]
-
-    by_layer: dict[int, set[str]] = {}
-    for module in graph:
-        if module != "spermfuse":
-            by_layer.setdefault(of(module), set()).add(module.removeprefix("spermfuse."))
-    return by_layer
+def package_of(module: str) -> str:
+    """The sub-package a module belongs to (``core``, ``store``, ...), or ``support`` for the
+    modules directly under spermfuse/ and the package itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else "support"
 
 
-def test_the_design_page_lists_the_import_layers_as_they_are():
+def design_rules() -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """docs/DESIGN.md's layer table (``| layer | packages |``) and its named sibling imports
+    (``- allowed: a -> b``)."""
     text = (PACKAGE.parent / "docs" / "DESIGN.md").read_text()
-    rows = re.findall(r"^\| (\d+) \| ([a-z0-9_., ]+) \|$", text, re.M)
-    documented = {int(number): {name.strip() for name in names.split(",")} for number, names in rows}
-    assert documented == import_layers(import_graph()), "docs/DESIGN.md's import layers are stale: update the table"
+    layers = {
+        name.strip(): int(number)
+        for number, names in re.findall(r"^\| (\d+) \| ([a-z_, ]+) \|", text, re.M)
+        for name in names.split(",")
+    }
+    allowed = set(re.findall(r"^- allowed: ([a-z_]+) -> ([a-z_]+)", text, re.M))
+    return layers, allowed
+
+
+def layer_violations(graph: dict[str, set[str]], layers: dict[str, int], allowed: set[tuple[str, str]]) -> list[str]:
+    """Every import that goes to its own layer's sibling or up, unless DESIGN.md names it."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        for other in sorted(imported):
+            mine, theirs = package_of(module), package_of(other)
+            if mine != theirs and layers[theirs] >= layers[mine] and (mine, theirs) not in allowed:
+                found.append(f"{module} -> {other}")
+    return found
+
+
+def test_the_layer_rule_catches_an_import_upward_or_between_siblings():
+    layers, allowed = {"core": 0, "support": 1, "store": 2, "data": 2}, {("store", "data")}
+    graph = {"spermfuse.core.a": {"spermfuse.store.b"}, "spermfuse.data.c": {"spermfuse.store.b"}}
+    graph |= {"spermfuse.store.b": {"spermfuse.data.c", "spermfuse.core.a"}}
+    assert layer_violations(graph, layers, allowed) == [
+        "spermfuse.core.a -> spermfuse.store.b",
+        "spermfuse.data.c -> spermfuse.store.b",
+    ]
+
+
+def test_every_sub_package_has_a_layer_in_the_design_page():
+    layers, _ = design_rules()
+    packages = {package_of(module) for module in import_graph()}
+    assert packages <= set(layers), f"not in docs/DESIGN.md's layer table: {sorted(packages - set(layers))}"
+
+
+def test_imports_go_down_the_layers_of_the_design_page():
+    """Type hints included: an import for hints is still a dependency of the idea."""
+    layers, allowed = design_rules()
+    assert layer_violations(import_graph(type_checking=True), layers, allowed) == []
+
+
+def imported_packages(source: str) -> set[str]:
+    """The top-level names of every absolute import in ``source``, function-level ones included."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+CORE_MAY_IMPORT = {"torch", "torchvision", "numpy", "scipy", "sklearn", "PIL"}
+
+
+def test_core_imports_only_itself_the_standard_library_and_six_packages():
+    core = PACKAGE / "core"
+    outside = {
+        f"{path.relative_to(PACKAGE.parent)}: {name}"
+        for path in core.rglob("*.py")
+        for name in imported_packages(path.read_text())
+        if name not in CORE_MAY_IMPORT and name not in sys.stdlib_module_names
+    }
+    assert not outside, sorted(outside)
+    graph = import_graph(type_checking=True)
+    escapes = [
+        f"{m} -> {d}" for m, ds in graph.items() if package_of(m) == "core" for d in ds if package_of(d) != "core"
+    ]
+    assert escapes == []
+
+
+def test_a_dozen_modules_at_most_directly_under_the_package():
+    assert len(list(PACKAGE.glob("*.py"))) <= 12
+
+
+def test_a_module_over_450_lines_says_why_at_its_top():
+    """A long module is a list (a report's sections, a benchmark's suites); its docstring says so."""
+    long = [
+        path.relative_to(PACKAGE.parent).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if len(path.read_text().splitlines()) > 450
+        and "Long because" not in (ast.get_docstring(ast.parse(path.read_text())) or "")
+    ]
+    assert long == []
 
 
 def test_the_code_is_formatted_at_the_configured_line_length():

@@ -129,10 +129,10 @@ def readme_client() -> str:
 
 
 def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, demo_output, tmp_path):
-    from spermfuse.store import fusion_folder
-    from spermfuse.data.folders import load_rgb
     from spermfuse.core.fused_model import load_classifier
+    from spermfuse.data.images import load_rgb
     from spermfuse.deploy.inference import fused_probabilities
+    from spermfuse.store import fusion_folder
 
     runs = demo_output / "runs"
     export = [
@@ -612,8 +612,8 @@ def test_pickle_payloads_in_best_pt_and_last_pt_never_run(demo_output, tiny_sper
     and --export) and last.pt (read by train.py --resume) is refused and its code never runs."""
     import torch
 
-    from spermfuse.training.config import TrainConfig
     from spermfuse.core.files import CheckpointError
+    from spermfuse.training.config import TrainConfig
     from spermfuse.training.train_state import resumable_checkpoint
 
     runs = shutil.copytree(demo_output / "runs", tmp_path / "runs")

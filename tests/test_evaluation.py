@@ -9,9 +9,8 @@ import pytest
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
 from spermfuse.core import calibration, fusion
-from spermfuse.store import run_folder
-from spermfuse.store import fusion_folder
 from spermfuse.core.logits import align
+from spermfuse.store import fusion_folder, run_folder
 from spermfuse.training.config import preset_config
 
 
@@ -32,8 +31,8 @@ def headline_models(seed: int = 0) -> dict:
 
 
 def test_training_sizes_leave_out_the_test_validation_and_calibration_cells():
-    from spermfuse.reporting.evaluation import training_sizes
     from spermfuse.core.logits import LogitsSet
+    from spermfuse.reporting.evaluation import training_sizes
 
     def cells(fold: int, n: int) -> LogitsSet:
         return LogitsSet(
@@ -366,8 +365,8 @@ def test_report_md_gives_the_margin_over_the_majority_class_when_a_model_beats_i
 
 
 def test_validation_logits_that_cannot_fit_a_temperature_leave_the_report_uncalibrated_and_say_why():
-    from spermfuse.reporting.evaluation import calibration_of
     from spermfuse.core.logits import LogitsSet
+    from spermfuse.reporting.evaluation import calibration_of
 
     labels = np.array([0, 1, 2] * 10)
     test = LogitsSet(np.eye(3)[labels] * 2.0, labels, np.array([f"t{i}" for i in range(30)]), CLASSES, "m", 1)

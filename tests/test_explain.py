@@ -6,7 +6,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from spermfuse.benchmarks.fused_pair import FusedPair
 from spermfuse.core.errors import ConfigError
+from spermfuse.core.models import create_model, list_models
+from spermfuse.core.transforms import PipelineSpec, build
 from spermfuse.explain.gradcam import (
     Member,
     fused_grad_cam,
@@ -17,10 +20,7 @@ from spermfuse.explain.gradcam import (
     scale_to_unit,
     to_original_geometry,
 )
-from spermfuse.benchmarks.fused_pair import FusedPair
-from spermfuse.core.models import create_model, list_models
 from spermfuse.explain.sanity_check import rank_correlation
-from spermfuse.core.transforms import PipelineSpec, build
 
 
 class TwoChannels(nn.Module):
@@ -187,8 +187,8 @@ def test_the_layer_size_is_the_map_grad_cam_reads():
 
 
 def test_explained_files_take_a_target_class_per_file(tmp_path):
-    from spermfuse.explain.gradcam import explain_files
     from spermfuse.core.fused_model import Classifier
+    from spermfuse.explain.gradcam import explain_files
 
     for name in ("a", "b"):
         Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(
@@ -206,8 +206,8 @@ def test_explained_files_take_a_target_class_per_file(tmp_path):
 
 def test_explaining_members_trained_on_other_classes_is_refused_naming_the_checkpoint(tmp_path):
     from spermfuse.core.errors import DataError
-    from spermfuse.explain.gradcam import explain_files
     from spermfuse.core.fused_model import Classifier
+    from spermfuse.explain.gradcam import explain_files
 
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "cell.png")
     spec = PipelineSpec(32)
@@ -222,8 +222,8 @@ def test_explaining_members_trained_on_other_classes_is_refused_naming_the_check
 
 
 def test_grad_cam_takes_a_class_name_with_the_class_list():
-    from spermfuse.explain.gradcam import grad_cam
     from spermfuse.core.models import create_model
+    from spermfuse.explain.gradcam import grad_cam
 
     model = create_model("efficientnet_tiny", 3).eval()
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -261,8 +261,8 @@ def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples(arch)
 def test_the_default_layer_map_sums_to_the_explained_logit_minus_its_bias(arch):
     """features -> pool -> linear for both backbones: the unrectified Grad-CAM map's spatial sum is
     z_c - b_c, so a fused map adds maps of one scale (not so before the ResNetV2's last GroupNorm)."""
-    from spermfuse.explain.gradcam import default_layer
     from spermfuse.core.models import create_model
+    from spermfuse.explain.gradcam import default_layer
 
     torch.manual_seed(0)
     model = create_model(arch, 4).eval()

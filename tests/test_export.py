@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from spermfuse.deploy.export import export_onnx, export_program, onnx_available
 from spermfuse.core.fused_model import Classifier, FusedModel
-from spermfuse.deploy.inference import fused_probabilities
 from spermfuse.core.models import create_model
 from spermfuse.core.transforms import PipelineSpec
+from spermfuse.deploy.export import export_onnx, export_program, onnx_available
+from spermfuse.deploy.inference import fused_probabilities
 
 
 def test_the_papers_pair_at_240_pixels_exports_to_the_same_probabilities(tmp_path):
@@ -48,9 +48,10 @@ def test_the_papers_pair_at_240_pixels_exports_to_the_same_probabilities(tmp_pat
 
 def test_a_method_b_model_exports_with_otsu_before_the_graph_as_model_json_says(tmp_path):
     from conftest import draw_cell
-    from spermfuse.deploy.export import describe
+
     from spermfuse.core.segmentation import HybridOtsu, hybrid_otsu
     from spermfuse.core.transforms import pad_to_square, resize_longer_side
+    from spermfuse.deploy.export import describe
 
     torch.manual_seed(0)
     model = Classifier(

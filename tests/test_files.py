@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from spermfuse.core import files
-from spermfuse.core import checkpoints
+from spermfuse.core import checkpoints, files
 
 
 def test_a_crash_during_a_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
@@ -31,8 +30,8 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
 
 
 def test_a_file_of_zeros_is_no_checkpoint_and_the_message_gives_no_advice_to_run_its_code(tmp_path):
-    from spermfuse.core.files import CheckpointError
     from spermfuse.core.checkpoints import safe_torch_load
+    from spermfuse.core.files import CheckpointError
 
     (tmp_path / "zeros.pt").write_bytes(bytes(300_000))
     with pytest.raises(CheckpointError) as refused:

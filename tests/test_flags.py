@@ -9,8 +9,8 @@ import pytest
 
 import train
 from spermfuse import flags
-from spermfuse.training.config import TrainConfig
 from spermfuse.core.errors import ConfigError
+from spermfuse.training.config import TrainConfig
 
 
 @dataclasses.dataclass

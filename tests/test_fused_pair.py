@@ -7,9 +7,9 @@ from torch import nn
 
 from spermfuse.benchmarks import profiling
 from spermfuse.benchmarks.cuda_graph import CudaGraph
-from spermfuse.core.errors import ConfigError
 from spermfuse.benchmarks.flops import count_flops
 from spermfuse.benchmarks.fused_pair import FusedPair
+from spermfuse.core.errors import ConfigError
 from spermfuse.core.models import create_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -10,11 +10,9 @@ import torch
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_calibration_logits, write_logits
 
 from spermfuse.core import calibration, fusion
-from spermfuse.store import run_folder
-from spermfuse.selection import choice
-from spermfuse.selection import promises
-from spermfuse.store import fusion_folder
 from spermfuse.core.logits import LogitsSet, load_logits
+from spermfuse.selection import choice, promises
+from spermfuse.store import fusion_folder, run_folder
 
 
 def shuffle_test_labels(runs, seed=1):

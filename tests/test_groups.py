@@ -4,10 +4,10 @@ import csv
 
 import numpy as np
 import pytest
-
 from conftest import draw_cell
-from spermfuse.data import splits
+
 from spermfuse.core.errors import DataError
+from spermfuse.data import splits
 from spermfuse.data.folders import discover
 
 
@@ -123,8 +123,9 @@ def test_a_pattern_that_finds_no_group_names_the_file(tmp_path):
 def test_training_with_patients_splits_by_patient_and_the_report_counts_them(tmp_path):
     import json
 
-    import evaluate
     from conftest import tiny_config
+
+    import evaluate
     from spermfuse import synthetic
     from spermfuse.training import trainer
 

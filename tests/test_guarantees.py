@@ -16,29 +16,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, draw_cell, fake_runs, fold_trainer_for, tiny_config, write_logits
 from PIL import Image
 
 import fuse
 import train
-from conftest import CLASSES, draw_cell, fake_runs, fold_trainer_for, tiny_config, write_logits
-from spermfuse.store import download, run_folder
-from spermfuse.data import splits
-from spermfuse.training import trainer
-from spermfuse.selection import choice
-from spermfuse.store import fusion_folder
-from spermfuse.core.logits import align, load_logits
-from spermfuse.core.files import CheckpointError, csv_text, read_csv
 from spermfuse.core.checkpoints import read_safetensors
-from spermfuse.training.config import TrainConfig, validate_config
-from spermfuse.core.errors import DataError
-from spermfuse.data.folders import check_image, discover, load_rgb
-from spermfuse.core.errors import ConfigError, FusionError
-from spermfuse.store.lock import FolderLock, LockError
+from spermfuse.core.errors import ConfigError, DataError, FusionError
+from spermfuse.core.files import CheckpointError, csv_text, read_csv
+from spermfuse.core.logits import LogitsSet, align, load_logits
 from spermfuse.core.models import create_model
-from spermfuse.store.pretrained import create_pretrained_model
+from spermfuse.data import splits
+from spermfuse.data.folders import discover
+from spermfuse.data.images import check_image, load_rgb
+from spermfuse.selection import choice
+from spermfuse.store import download, fusion_folder, run_folder
 from spermfuse.store.catalogue import find_entry, load_catalogue
+from spermfuse.store.lock import FolderLock, LockError
 from spermfuse.store.output_folder import verify_folder, write_folder
-from spermfuse.core.logits import LogitsSet
+from spermfuse.store.pretrained import create_pretrained_model
+from spermfuse.training import trainer
+from spermfuse.training.config import TrainConfig, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -368,9 +366,9 @@ def test_fusion_refuses_members_that_learned_from_other_images():
 
 
 def test_export_refuses_members_of_other_class_lists_in_any_fold(tmp_path):  # [A2]
-    from spermfuse.deploy.export import check_exportable
     from spermfuse.core.fused_model import Classifier
     from spermfuse.core.transforms import PipelineSpec
+    from spermfuse.deploy.export import check_exportable
 
     def member(classes, name):
         return Classifier(create_model("resnetv2_tiny", 3).eval(), PipelineSpec(32), classes, tmp_path / name)

@@ -3,15 +3,15 @@ import pytest
 import torch
 from PIL import Image
 
-from spermfuse.training.config import preset_config
-from spermfuse.training import trainer
 from spermfuse.core.checkpoints import safe_torch_load
 from spermfuse.core.errors import ConfigError
 from spermfuse.core.fused_model import Classifier, load_classifier
-from spermfuse.deploy.inference import fused_probabilities
 from spermfuse.core.metrics import softmax
 from spermfuse.core.models import create_model
 from spermfuse.core.transforms import Pipeline, PipelineSpec, from_spec
+from spermfuse.deploy.inference import fused_probabilities
+from spermfuse.training import trainer
+from spermfuse.training.config import preset_config
 
 
 def test_fused_prediction_preprocesses_each_image_once_per_pipeline(tmp_path, monkeypatch):
@@ -87,6 +87,7 @@ def test_prediction_repeats_the_test_time_augmentation_of_evaluation(tiny_sperm,
 
 def test_a_finished_run_resumed_with_flip_tta_rewrites_its_logits_with_it(tiny_sperm, tmp_path):
     from conftest import tiny_config
+
     from spermfuse.core.engine import tta_logits
 
     run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, epochs=1))
@@ -114,6 +115,7 @@ def test_members_of_different_input_sizes_cannot_be_exported_as_one_graph(tmp_pa
 
 def test_a_same_padding_run_records_it_and_prediction_rebuilds_the_same_network(tiny_sperm, tmp_path):
     from conftest import tiny_config
+
     from spermfuse.core.models.efficientnet import Conv2dSame
 
     run = trainer.train_fold(tiny_config(tiny_sperm, tmp_path, arch="efficientnet_tiny", epochs=1, padding="same"))

@@ -4,10 +4,10 @@ import torch
 
 from spermfuse.core.errors import ConfigError
 from spermfuse.core.models import create_model, get_spec, list_models
-from spermfuse.store.pretrained import load_initial_weights
-from spermfuse.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spermfuse.core.models.freezing import freeze_backbone, set_frozen_norms_to_eval, unfreeze_last
 from spermfuse.core.models.weights import WeightsError
+from spermfuse.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from spermfuse.store.pretrained import load_initial_weights
 
 timm = pytest.importorskip("timm")
 

@@ -43,6 +43,7 @@ def test_a_signal_exits_with_the_preempted_status_and_slurm_is_asked_to_requeue(
 
 def test_a_stop_inside_an_epoch_ends_it_after_the_step_and_the_resume_continues_from_the_next(tiny_sperm, tmp_path):
     from conftest import fold_trainer_for, tiny_config
+
     from spermfuse.core.checkpoints import safe_torch_load
 
     settings = dict(epochs=3, batch_size=8, arch="efficientnet_tiny")

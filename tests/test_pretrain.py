@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from spermfuse.training import pretrain
 from spermfuse.core.checkpoints import safe_torch_load
 from spermfuse.synthetic import SPERM18_CLASSES
+from spermfuse.training import pretrain
 
 TINY = pretrain.PretrainRecipe(per_class=3, img_size=32, epochs=1)
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import train
-from spermfuse.core.files import CheckpointError
 from spermfuse.core.checkpoints import read_safetensors
-from spermfuse.store.download import DownloadError
 from spermfuse.core.errors import ConfigError
+from spermfuse.core.files import CheckpointError
 from spermfuse.core.models import create_model
-from spermfuse.store.pretrained import create_pretrained_model
-from spermfuse.store.catalogue import find_entry, load_catalogue
 from spermfuse.core.models.weights import WeightsError
+from spermfuse.store.catalogue import find_entry, load_catalogue
+from spermfuse.store.download import DownloadError
+from spermfuse.store.pretrained import create_pretrained_model
 
 
 class Mirror(http.server.SimpleHTTPRequestHandler):
@@ -279,8 +279,8 @@ def test_pretrained_and_a_local_file_together_are_refused_before_any_download(ca
 
 def test_a_spermfuse_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     from spermfuse.core.models import create_model
-    from spermfuse.store.pretrained import load_initial_weights
     from spermfuse.core.models.weights import WeightsError
+    from spermfuse.store.pretrained import load_initial_weights
 
     path = tmp_path / "best.pt"
     state = create_model("efficientnet_tiny", 3).state_dict()

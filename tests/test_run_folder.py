@@ -9,10 +9,9 @@ import pytest
 from conftest import CLASSES, fake_runs, fuse_fake_pair, run_script, write_logits
 
 from spermfuse.core import fusion
-from spermfuse.store import run_folder
-from spermfuse.store import fusion_folder
-from spermfuse.core.logits import align, load_logits
 from spermfuse.core.files import CheckpointError
+from spermfuse.core.logits import align, load_logits
+from spermfuse.store import fusion_folder, run_folder
 
 
 def test_align_joins_on_paths_whatever_the_order(tmp_path):

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spermfuse.core.errors import DataError
-from spermfuse.core.errors import FusionError
+from spermfuse.core.errors import DataError, FusionError
 from spermfuse.core.quantify import QuantifyError, merge_classes
 from spermfuse.deploy.sample_report import (
     HeldOutConfusion,
@@ -187,9 +186,9 @@ def test_held_out_cells_that_are_all_right_cannot_recalibrate_and_stop_the_sampl
 def test_the_average_of_the_folds_gets_a_confusion_from_a_shared_calibration_holdout(tmp_path):
     from conftest import write_calibration_logits
 
-    from spermfuse.store import fusion_folder
     from spermfuse.core.metrics import confusion_counts
     from spermfuse.deploy.sample_report import average_held_out_confusion
+    from spermfuse.store import fusion_folder
 
     write_calibration_logits(tmp_path, folds=3, n=90, shared=True, seed=3, noise=1.5)
     weights = [[0.5, 0.5], [0.3, 0.7], [0.6, 0.4]]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from spermfuse.explain.gradcam import grad_cam
 from spermfuse.core.models import create_model
+from spermfuse.explain.gradcam import grad_cam
 from spermfuse.explain.sanity_check import (
     cascade_blocks,
     cascaded,

@@ -88,6 +88,7 @@ def test_hybrid_otsu_bright_foreground_is_the_papers_literal_rule():
 
 def test_method_b_segments_after_the_resize_and_pads_with_its_own_background():
     from conftest import draw_cell
+
     from spermfuse.core.transforms import build, pad_to_square, resize_longer_side
 
     image = draw_cell((400, 200), radius=60, seed=3)

@@ -78,8 +78,8 @@ def test_a_calibration_holdout_is_the_same_cells_in_every_fold_and_in_no_folds_o
 def test_the_calibration_holdout_and_a_per_fold_calibration_share_are_one_or_the_other():
     import pytest
 
-    from spermfuse.training.config import TrainConfig, validate_config
     from spermfuse.core.errors import ConfigError
+    from spermfuse.training.config import TrainConfig, validate_config
 
     with pytest.raises(ConfigError, match="--cal-holdout and --cal-fraction: give one"):
         validate_config(TrainConfig(cal_fraction=0.1, cal_holdout=0.1))
@@ -92,8 +92,8 @@ def test_a_second_run_under_the_same_out_with_another_calibration_holdout_is_ref
 
     import pytest
 
-    from spermfuse.training.config import TrainConfig
     from spermfuse.core.errors import ConfigError
+    from spermfuse.training.config import TrainConfig
     from spermfuse.training.fold_setup import check_shared_holdout
 
     first = tmp_path / "efficientnet_tiny" / "fold1"

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import fold_trainer_for, run_train, tiny_config
-from spermfuse.training.config import preset_config
-from spermfuse.training import fold_setup, trainer
+
 from spermfuse.core import checkpoints
 from spermfuse.core.errors import ConfigError
+from spermfuse.training import fold_setup, trainer
+from spermfuse.training.config import preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

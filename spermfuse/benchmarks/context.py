@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 
 from ..core.errors import ConfigError
-from ..flags import setting
 from ..core.models import list_models
-from ..runtime import device_description
 from ..core.transforms import PAPER_IMG_SIZE
+from ..flags import setting
+from ..runtime import device_description
 
 log = logging.getLogger(__name__)
 

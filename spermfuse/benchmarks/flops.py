@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .fused_pair import FusedPair
 from ..core.models.resnetv2 import StdConv2d
+from .fused_pair import FusedPair
 
 aten = torch.ops.aten
 

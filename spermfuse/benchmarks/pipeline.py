@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import folders as data, splits
-from . import profiling
 from .. import synthetic
-from ..data.folders import discover, load_rgb
 from ..core.models import create_model
-from ..page import markdown_table
 from ..core.transforms import IMAGENET_MEAN, IMAGENET_STD, PAD_COLOR, build
+from ..data import loaders, splits
+from ..data.folders import discover
+from ..data.images import load_rgb
+from ..page import markdown_table
+from . import profiling
 from .context import Benchmark
 
 
@@ -91,11 +92,11 @@ def loader_suite(bench: Benchmark) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = bench.data or synthetic.generate(Path(tmp) / "s", "sperm18", per_class=12)
-        samples = data.discover(root)
-        dataset = data.ImageDataset(samples, np.arange(len(samples)), build(True, bench.img_size))
+        samples = discover(root)
+        dataset = loaders.ImageDataset(samples, np.arange(len(samples)), build(True, bench.img_size))
         results = {}
         for workers in (0, 2):
-            loader = data.make_loader(dataset, 8, train=True, num_workers=workers)
+            loader = loaders.make_loader(dataset, 8, train=True, num_workers=workers)
             start, seen = time.perf_counter(), 0
             for images, _, _ in loader:
                 seen += len(images)

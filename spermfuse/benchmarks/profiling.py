@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cuda_graph import CudaGraph
-from ..core.errors import ConfigError
-from ..runtime import peak_memory_mb
 from ..core.engine import amp_dtype_for, autocast
+from ..core.errors import ConfigError
 from ..core.transforms import PAPER_IMG_SIZE
+from ..runtime import peak_memory_mb
+from .cuda_graph import CudaGraph
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Protocol suites: fusion and evaluation at the paper's size, what the file guarantees cost, the
 promises (certified referral, prediction sets) at scale, per-sample fractions on simulated
-patients, one sample report end to end, and training folds in parallel."""
+patients, one sample report end to end, and training folds in parallel.
+
+Long because it is a list: one function per suite, each read on its own."""
 
 from __future__ import annotations
 
@@ -19,21 +21,18 @@ import numpy as np
 import torch
 
 from .. import synthetic
-from ..training import trainer
-from ..training.config import preset_config
 from ..core.conformal import calibrate_sets, predict_sets, set_metrics
-from ..data.folders import load_rgb
-from ..deploy.export import export_onnx, onnx_available
 from ..core.fused_model import Classifier, FusedModel
-from ..deploy.inference import fused_probabilities, list_images
-from ..store.lock import LOCK_NAME, FolderLock
+from ..core.logits import pooled
 from ..core.metrics import confusion_counts
 from ..core.models import create_model
-from ..store.output_folder import discard, move_aside, verify_folder, write_manifest
 from ..core.quantify import class_fractions
-from ..page import markdown_table
-from ..store.run_folder import load_fold_sets
-from ..core.logits import pooled
+from ..core.selective import accepted_accuracy, certify_threshold
+from ..core.transforms import PipelineSpec, from_spec
+from ..data.images import load_rgb
+from ..data.taxonomy import MORPHOLOGY_GROUP, SPERM18_CLASSES
+from ..deploy.export import export_onnx, onnx_available
+from ..deploy.inference import fused_probabilities, list_images
 from ..deploy.sample_report import (
     HeldOutConfusion,
     Provenance,
@@ -42,10 +41,13 @@ from ..deploy.sample_report import (
     split_samples,
     write_sample_pages,
 )
+from ..page import markdown_table
 from ..reporting.sample_simulation import SimulationSetting, coverage_table
-from ..core.selective import accepted_accuracy, certify_threshold
-from ..data.taxonomy import MORPHOLOGY_GROUP, SPERM18_CLASSES
-from ..core.transforms import PipelineSpec, from_spec
+from ..store.lock import LOCK_NAME, FolderLock
+from ..store.output_folder import discard, move_aside, verify_folder, write_manifest
+from ..store.run_folder import load_fold_sets
+from ..training import trainer
+from ..training.config import preset_config
 from .context import Benchmark
 
 

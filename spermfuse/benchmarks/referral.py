@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..page import markdown_table
 from ..core.selective import METHODS, certify_threshold
+from ..page import markdown_table
 from .context import Benchmark
 
 

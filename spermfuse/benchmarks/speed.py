@@ -13,19 +13,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data import folders as data
-from . import flops, profiling
-from ..synthetic.cached_sets import ensure_default_data
-from ..distributed import DistributedContext
 from ..core.ema import WeightEMA
-from ..explain.gradcam import fused_grad_cam, fused_pair_members, occlusion
-from ..deploy.export import export_onnx, export_program, onnx_available
 from ..core.fused_model import Classifier, FusedModel
-from .fused_pair import FusedPair
 from ..core.models import create_model, get_spec
-from ..page import markdown_table
 from ..core.transforms import PipelineSpec, build
+from ..data.folders import discover
+from ..data.loaders import ImageDataset, make_loader
+from ..deploy.export import export_onnx, export_program, onnx_available
+from ..distributed import DistributedContext
+from ..explain.gradcam import fused_grad_cam, fused_pair_members, occlusion
+from ..page import markdown_table
+from ..synthetic.cached_sets import ensure_default_data
+from . import flops, profiling
 from .context import Benchmark
+from .fused_pair import FusedPair
 
 log = logging.getLogger(__name__)
 
@@ -424,12 +425,12 @@ def cpu_suite(bench: Benchmark) -> dict:
                     f"{timed['fp32'].median_ms / latency.median_ms:.2f}x",
                 ]
             )
-    samples = data.discover(ensure_default_data(None, DistributedContext()), check_images=False)
-    dataset = data.ImageDataset(samples, np.arange(len(samples)), build(True, bench.img_size))
+    samples = discover(ensure_default_data(None, DistributedContext()), check_images=False)
+    dataset = ImageDataset(samples, np.arange(len(samples)), build(True, bench.img_size))
     loaders = {}
     for workers in (0, 1, 2):
         start, seen = time.perf_counter(), 0
-        for images, _, _ in data.make_loader(dataset, bench.batch_size, train=True, num_workers=workers):
+        for images, _, _ in make_loader(dataset, bench.batch_size, train=True, num_workers=workers):
             seen += len(images)
         loaders[workers] = seen / (time.perf_counter() - start)
         out[f"loader, {workers} workers"] = loaders[workers]

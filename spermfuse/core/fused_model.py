@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from .checkpoints import safe_torch_load
-from .errors import DataError
 from .engine import tta_logits
+from .errors import DataError
 from .models import create_model
 from .transforms import Pipeline, PipelineSpec, from_spec
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from .calibration import CalibrationError, fit_temperature
 from .errors import FusionError
-from .metrics import fold_metrics, weighted_f1
 from .logits import LogitsSet
+from .metrics import fold_metrics, weighted_f1
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.errors import DataError
+from .images import IMAGE_EXTENSIONS, check_image, is_image_file
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
 
 
@@ -64,28 +62,6 @@ class Samples:
     def counts(self) -> dict[str, int]:
         """Images per class."""
         return {name: int(n) for name, n in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))}
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def check_image(path: Path) -> str | None:
-    """Decode the whole file; return why it is unusable, or None when it is fine."""
-    try:
-        if path.stat().st_size == 0:
-            return "zero-byte file"
-        with Image.open(path) as image:
-            image.load()
-    except FileNotFoundError:
-        return "file not found"
-    except UnidentifiedImageError:
-        return "not an image (the extension says image, the content does not)"
-    except Image.DecompressionBombError as error:
-        return f"too large to decode safely ({error})"
-    except (OSError, SyntaxError, ValueError) as error:
-        return f"unreadable or truncated image ({error})"
-    return None
 
 
 def _list_class_folders(folder: Path) -> dict[str, list[Path]]:
@@ -318,146 +294,6 @@ def discover(
     return Samples(root, paths, labels, classes, fold_array, group_array, skipped, copies)
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """w_c = N / (C * n_c) from the training labels; a class absent from training gets 0."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
-    if (counts == 0).any():
-        log.warning("classes %s have no training images; their loss weight is 0", np.flatnonzero(counts == 0).tolist())
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 # --------------------------------------------------------------------------- dataset
 
 
-# The value that is full white in each high-bit-depth mode: 16-bit integers, 32-bit
-# integers (how Pillow opens most 16-bit PNGs and TIFFs: their range is still 16 bits), and
-# floats, which microscopy software writes in [0, 1].
-MODE_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 1.0}
-
-
-def load_rgb(path: Path, background: tuple[int, int, int] = (204, 191, 183)) -> Image.Image:
-    """Open an image as 8-bit RGB: EXIF orientation applied; grey, palette, 16-bit and alpha handled.
-
-    Transparent pixels are composited onto ``background`` rather than turning black.
-    """
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"{path}: cannot read image ({error}); remove or replace it") from None
-    if image.mode in MODE_FULL_SCALE:
-        # Scaled by what the mode can hold, never by this image's own maximum: a dim frame
-        # stays dim, and every image of a data set is scaled alike.
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(
-            np.clip(array / MODE_FULL_SCALE[image.mode] * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L"
-        )
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (*background, 255))
-        image = Image.alpha_composite(canvas, image)
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A seed for one sample in one epoch: augmentations independent of workers and resume point."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Images of ``samples`` at ``indices``; items are (tensor, label, sample index).
-
-    Keys may be plain indices or (index, epoch) pairs from :class:`EpochSampler`; the
-    augmentation of a sample is seeded by (seed, epoch, index).
-    """
-
-    def __init__(self, samples: Samples, indices: Sequence[int], transform: Callable, seed: int = 42) -> None:
-        self.samples = samples
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.transform = transform
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        position, epoch = key if isinstance(key, tuple) else (key, 0)
-        index = int(self.indices[position])
-        image = load_rgb(self.samples.root / self.samples.paths[index])
-        rng = np.random.default_rng(sample_seed(self.seed, epoch, index))
-        return self.transform(image, rng), int(self.samples.labels[index]), index
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Wraps a sampler and tags each index with the epoch, for per-epoch augmentation seeds.
-
-    The tag travels with the index, so it reaches persistent workers too.
-    """
-
-    def __init__(self, sampler: torch.utils.data.Sampler, seed: int = 42) -> None:
-        self.sampler = sampler
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-        generator = getattr(self.sampler, "generator", None)
-        if generator is not None:
-            # Shuffle order a function of the epoch alone, so a resumed run draws the same order.
-            generator.manual_seed(self.seed + epoch)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.sampler:
-            yield int(index), self.epoch
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch gives each worker its own base seed (from the loader's generator); pass it on to
-    # numpy and random so any library code using them differs between workers too.
-    import random
-
-    worker_seed = torch.initial_seed() % 2**32
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)
-
-
-def make_loader(
-    dataset: ImageDataset,
-    batch_size: int,
-    *,
-    train: bool,
-    seed: int = 42,
-    num_workers: int = 2,
-    device: torch.device | str = "cpu",
-    sampler: torch.utils.data.Sampler | None = None,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader: seeded shuffling for training, seeded workers, pinned memory on CUDA.
-
-    Call ``loader.sampler.set_epoch(epoch)`` each epoch (an :class:`EpochSampler`).
-    """
-    if sampler is None:
-        if train:
-            sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-        else:
-            sampler = torch.utils.data.SequentialSampler(dataset)
-    epoch_sampler = EpochSampler(sampler, seed)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=epoch_sampler,
-        num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
-        drop_last=False,
-    )

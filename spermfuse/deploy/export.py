@@ -26,13 +26,11 @@ from .. import __version__
 from ..core.errors import SpermfuseError
 from ..core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..core.fused_model import Classifier, FusedModel, check_same_classes
-from ..store.run_folder import load_fold_members
-from ..store.fusion_folder import fused_folds
-from .model_card import MODEL_CARD, model_card
-from ..store.output_folder import write_folder
-from ..store.fusion_folder import FusionSettings
 from ..runtime import git_commit
-
+from ..store.fusion_folder import FusionSettings, fused_folds
+from ..store.output_folder import write_folder
+from ..store.run_folder import load_fold_members
+from .model_card import MODEL_CARD, model_card
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from ..core.conformal import SetCalibrator, predict_sets
-from ..data.folders import IMAGE_EXTENSIONS, check_image, load_rgb
 from ..core.errors import DataError
-from ..explain.gradcam import explain_files, peak
-from ..reporting.figures import explanation_figure
 from ..core.files import atomic_write_csv, read_csv
 from ..core.fused_model import Classifier, FusedModel
 from ..core.transforms import from_spec
+from ..data.images import IMAGE_EXTENSIONS, check_image, load_rgb
+from ..explain.gradcam import explain_files, peak
+from ..reporting.figures import explanation_figure
 
 log = logging.getLogger(__name__)
 

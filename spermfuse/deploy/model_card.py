@@ -14,14 +14,14 @@ import numpy as np
 
 from .. import __version__
 from ..core import metrics
+from ..core.logits import LogitsSet, pooled
+from ..core.selective import Certificate
 from ..data import splits
 from ..page import markdown_table, markdown_text
 from ..reporting.report import majority_verdict
-from ..store.run_folder import data_root_of_run, fold_folder
-from ..store.fusion_folder import FusionSettings
-from ..core.logits import LogitsSet, pooled
 from ..runtime import git_commit
-from ..core.selective import Certificate
+from ..store.fusion_folder import FusionSettings
+from ..store.run_folder import data_root_of_run, fold_folder
 
 MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (

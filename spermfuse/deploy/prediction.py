@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import inference, sample_report
-from ..store import run_folder
-from ..store import fusion_folder
-from ..core.errors import FusionError
 from ..core.conformal import SetCalibrator
+from ..core.errors import FusionError
 from ..core.files import atomic_write_text, csv_text
 from ..flags import setting
-from ..store.run_folder import load_fold_members
-from ..store.output_folder import check_replaceable, check_writable, refuse_overlap, write_folder
 from ..runtime import DEVICE_HELP, resolve_device
+from ..store import fusion_folder, run_folder
+from ..store.output_folder import check_replaceable, check_writable, refuse_overlap, write_folder
+from ..store.run_folder import load_fold_members
+from . import inference, sample_report
 
 log = logging.getLogger(__name__)
 

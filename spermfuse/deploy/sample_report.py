@@ -5,6 +5,9 @@ fractions are corrected for the deployed pair's own errors (``quantify.py``) wit
 on held-out cells of fold K: the calibration cells (``train.py --cal-fraction``) when the runs
 have them, else fold K's test cells. This module owns ``samples.csv`` and the per-sample pages
 (``sample_reports/sample_<id>.{md,html}`` and their figures).
+
+Long because it is one path read top to bottom: the held-out confusion, the samples, their
+corrected fractions, the table and the pages; its parts are used nowhere else.
 """
 
 from __future__ import annotations
@@ -21,16 +24,10 @@ import numpy as np
 
 from .. import __version__, page
 from ..core import fusion
-from ..store import fusion_folder
-from ..selection import promises
 from ..core.calibration import CalibrationError, fit_bias_corrected_temperature
 from ..core.conformal import SetCalibrator, predict_sets
-from ..data.folders import IMAGE_EXTENSIONS, is_image_file, load_rgb
-from ..core.errors import DataError
-from ..core.errors import FusionError
-from ..reporting.figures import contact_sheet, plot_fractions
+from ..core.errors import DataError, FusionError
 from ..core.files import atomic_write_text, file_sha256
-from ..flags import setting
 from ..core.metrics import confusion_counts
 from ..core.quantify import (
     METHODS,
@@ -44,9 +41,14 @@ from ..core.quantify import (
     flag,
     merge_classes,
 )
-from ..store.fusion_folder import FusionSettings
-from ..runtime import git_commit
+from ..data.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
 from ..data.taxonomy import MORPHOLOGY_GROUP
+from ..flags import setting
+from ..reporting.figures import contact_sheet, plot_fractions
+from ..runtime import git_commit
+from ..selection import promises
+from ..store import fusion_folder
+from ..store.fusion_folder import FusionSettings
 
 log = logging.getLogger(__name__)
 

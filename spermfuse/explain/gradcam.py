@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.efficientnet import EfficientNet
 
-from ..data.folders import load_rgb
 from ..core.errors import ConfigError
 from ..core.fused_model import Classifier, FusedModel
 from ..core.models.resnetv2 import ResNetV2
 from ..core.transforms import from_spec, letterbox_box
+from ..data.images import load_rgb
 
 
 def default_layer(model: nn.Module) -> nn.Module:

@@ -10,12 +10,11 @@ from typing import Sequence
 import numpy as np
 
 from ..core import calibration, fusion, metrics
-from ..store import run_folder
-from ..data import splits
-from ..store import fusion_folder
 from ..core.errors import FusionError
-from .report import fmt, p_value
 from ..core.logits import LogitsSet, align, pooled
+from ..data import splits
+from ..store import fusion_folder, run_folder
+from .report import fmt, p_value
 
 
 def training_sizes(folds: Sequence[LogitsSet], held_out: Sequence[Sequence[LogitsSet] | None] = ()) -> list[int]:

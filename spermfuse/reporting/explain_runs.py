@@ -20,20 +20,13 @@ import torch
 from PIL import Image
 
 from ..core.calibration import probabilities_of
-from ..data.folders import load_rgb
 from ..core.errors import ConfigError
-from ..explain.gradcam import ImageExplanation, explain_files, layer_size
-from .figures import explanation_figure, plot_randomisation
 from ..core.files import atomic_write_json, atomic_write_text
-from ..flags import setting
 from ..core.fused_model import Classifier
-from ..store.run_folder import load_fold_members
+from ..data.images import load_rgb
+from ..data.taxonomy import DEFECT_PART
+from ..explain.gradcam import ImageExplanation, explain_files, layer_size
 from ..explain.pointing_game import PointingCase, darkness_map, hits, score, summarise, tolerance
-from ..page import markdown_table
-from .report import pointing_game_markdown, randomisation_markdown
-from ..store.run_folder import FUSION_FOLDER, data_root_of_run, load_fold_sets
-from ..store.fusion_folder import read_fusion_settings
-from ..runtime import DEVICE_HELP, resolve_device
 from ..explain.sanity_check import (
     RandomisationCurve,
     cascade_blocks,
@@ -41,7 +34,13 @@ from ..explain.sanity_check import (
     randomisation_curve,
     randomly_initialised,
 )
-from ..data.taxonomy import DEFECT_PART
+from ..flags import setting
+from ..page import markdown_table
+from ..runtime import DEVICE_HELP, resolve_device
+from ..store.fusion_folder import read_fusion_settings
+from ..store.run_folder import FUSION_FOLDER, data_root_of_run, load_fold_members, load_fold_sets
+from .explanation_tables import pointing_game_markdown, randomisation_markdown
+from .figures import explanation_figure, plot_randomisation
 
 log = logging.getLogger(__name__)
 

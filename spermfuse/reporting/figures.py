@@ -11,8 +11,8 @@ import numpy as np
 from .. import __version__
 from ..core import calibration, metrics
 from ..core.files import atomic_write_bytes
-from ..core.quantify import FractionEstimate
 from ..core.logits import LogitsSet, pooled
+from ..core.quantify import FractionEstimate
 from ..runtime import git_commit
 
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..core.calibration import fit_bias_corrected_temperature
 from ..core.metrics import confusion_counts
-from ..page import markdown_table
 from ..core.quantify import WHO_NORMAL_LIMIT, QuantifyError, class_fractions, flag
+from ..page import markdown_table
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..store import run_folder
 from ..core.errors import FusionError
 from ..core.files import file_sha256
-from ..flags import setting
 from ..core.fusion import (
     GridResult,
     deployed_weights,
@@ -27,10 +25,12 @@ from ..core.fusion import (
     validation_selection,
     with_temperatures,
 )
-from ..store.fusion_folder import FusionSettings, Selection
 from ..core.logits import LogitsSet
-from .promises import certify_promises
 from ..data.taxonomy import DEFECT_PART
+from ..flags import setting
+from ..store import run_folder
+from ..store.fusion_folder import FusionSettings, Selection
+from .promises import certify_promises
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import numpy as np
 from ..core.calibration import probabilities_of
 from ..core.conformal import calibrate_sets, predict_sets, set_metrics
 from ..core.fusion import fuse
-from ..store.fusion_folder import FusionSettings
 from ..core.logits import LogitsSet
 from ..core.metrics import majority_class
 from ..core.selective import accepted_accuracy, certify_threshold, clopper_pearson_upper
+from ..store.fusion_folder import FusionSettings
 
 log = logging.getLogger(__name__)
 

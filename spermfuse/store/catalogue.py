@@ -31,9 +31,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 from ..core.models.efficientnet import PADDINGS
 from ..core.models.registry import REGISTRY
+from ..core.normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 
 CATALOGUE_VARIABLE = "SPERMFUSE_WEIGHTS_CATALOGUE"
 FORMATS = ("pytorch", "npz", "safetensors")

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..cache import weights_cache
-from ..core.files import atomic_write_text, file_sha256
 from ..core.errors import SpermfuseError
+from ..core.files import atomic_write_text, file_sha256
 
 if TYPE_CHECKING:
     from .catalogue import WeightsEntry

@@ -15,15 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from . import run_folder
 from ..core.conformal import SetCalibrator
 from ..core.errors import FusionError
 from ..core.files import atomic_write_csv, atomic_write_json, atomic_write_text, file_sha256
 from ..core.fusion import deployed_weights, fuse
 from ..core.logits import LogitsSet, save_logits
+from ..core.selective import Certificate
+from . import run_folder
 from .output_folder import verify_folder, write_folder
 from .run_folder import FUSION_JSON, GRID_CSV, GRID_MD, SINGLE_SPLIT_FOLDER, fold_folder, logits_path
-from ..core.selective import Certificate
 
 
 def write_fused_logits(

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from ..core.files import CheckpointError, atomic_write_json, file_sha256
 from ..core.errors import ConfigError
+from ..core.files import CheckpointError, atomic_write_json, file_sha256
 from .lock import process_alive
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .catalogue import find_entry
-from .download import fetch, has_digest, record_first_use
 from ..core.errors import ConfigError
 from ..core.files import CheckpointError
 from ..core.models import LoadReport, WeightsError, create_model, get_spec, load_weights
 from ..core.models.efficientnet import PADDINGS
 from ..core.models.weights import convert, load_state
+from .catalogue import find_entry
+from .download import fetch, has_digest, record_first_use
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ helpers, the ``writer`` (files, cache, preview) and the command line (``__main__
 ``python -m spermfuse.synthetic --kind sperm18 --out DIR [--per-class N] [--patients N] [--masks]``.
 """
 
+from ..data.taxonomy import DEFECT_PART, MASK_FOLDER, MORPHOLOGY_GROUP, PART_VALUES, SPERM18_CLASSES
 from .blood4 import BLOOD4_CLASSES
 from .hushem4 import HUSHEM4_CLASSES
-from ..data.taxonomy import DEFECT_PART, MASK_FOLDER, MORPHOLOGY_GROUP, PART_VALUES, SPERM18_CLASSES
 from .writer import (
     GENERATOR_VERSION,
     KINDS,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .drawing import SUPERSAMPLE, finish, jitter_colour, stained_background
-
 
 BLOOD4_CLASSES = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
 

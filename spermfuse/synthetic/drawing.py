@@ -7,7 +7,6 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-
 SUPERSAMPLE = 2
 
 

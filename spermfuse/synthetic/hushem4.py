@@ -10,7 +10,6 @@ from PIL import Image, ImageDraw
 from .drawing import SUPERSAMPLE, finish, jitter_colour, rotate, stained_background
 from .sperm18 import head_outline, sperm_params
 
-
 HUSHEM4_CLASSES = ["Amorphous", "Normal", "Pyriform", "Tapered"]
 
 

@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw
 from ..data.taxonomy import PART_VALUES
 from .drawing import SUPERSAMPLE, draw_debris, finish, jitter_colour, rotate, stained_background
 
-
 # Relative class frequencies shaped like Hi-LabSpermMorpho's: VacuolatedHead the most
 # common (1697 of 18,456), DoubleHead (48), LongTail and ThinNeck the rarest. Only those
 # counts are published in the text; the rest keep that ordering, not exact values.

@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..core.errors import ConfigError
 from ..core.files import atomic_write_bytes
+from ..data.taxonomy import MASK_FOLDER, SPERM18_CLASSES
 from .blood4 import BLOOD4_CLASSES, render_blood
 from .hushem4 import HUSHEM4_CLASSES, render_head
-from ..data.taxonomy import MASK_FOLDER, SPERM18_CLASSES
 from .sperm18 import SPERM18_FREQUENCY, render_sperm
 
 log = logging.getLogger(__name__)

@@ -19,14 +19,13 @@ from pathlib import Path
 
 from ..core.engine import TTA_MODES
 from ..core.errors import ConfigError
-from ..flags import setting
 from ..core.models import get_spec, list_models
 from ..core.models.efficientnet import PADDINGS
 from ..core.normalization import IMAGENET_MEAN, IMAGENET_STD
-from ..store.run_folder import model_run_dir
-from ..runtime import DEVICE_HELP
 from ..core.transforms import PAD_COLOR, PAPER_IMG_SIZE
-
+from ..flags import setting
+from ..runtime import DEVICE_HELP
+from ..store.run_folder import model_run_dir
 
 # The sections of train.py --help that the settings' flags are listed under.
 SECTIONS = {

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 
 from .. import distributed
-from ..distributed import DistributedContext
 from ..core.errors import SpermfuseError
+from ..distributed import DistributedContext
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import folders as data_lib
 from .. import distributed
 from ..core import engine
-from ..data import splits
+from ..core.errors import ConfigError
+from ..core.logits import split_digest
+from ..core.models import LoadReport, create_model
+from ..core.transforms import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, from_spec
+from ..data import folders, splits
+from ..runtime import resolve_device, seed_everything
+from ..store.output_folder import refuse_overlap
+from ..store.pretrained import load_initial_weights, resolve_padding
 from ..synthetic.cached_sets import ensure_default_data
 from .config import TrainConfig, validate_config
-from ..core.errors import ConfigError
-from ..core.models import LoadReport, create_model
-from ..store.pretrained import load_initial_weights, resolve_padding
-from ..store.output_folder import refuse_overlap
-from ..core.logits import split_digest
-from ..runtime import resolve_device, seed_everything
-from ..core.transforms import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, from_spec
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class FoldSetup:
 
     context: distributed.DistributedContext
     device: torch.device
-    samples: data_lib.Samples
+    samples: folders.Samples
     split: splits.Split
 
 
@@ -48,7 +47,7 @@ def device_type_of(config: TrainConfig) -> str:
     return "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
-def load_samples(config: TrainConfig, context: distributed.DistributedContext) -> data_lib.Samples:
+def load_samples(config: TrainConfig, context: distributed.DistributedContext) -> folders.Samples:
     """The images of ``--data`` (the default procedural set when none, generated on first use)."""
     if config.data is None:
         root = ensure_default_data(config.synthetic_scale, context)
@@ -59,7 +58,7 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         # What training writes (the architecture's folder and folds.csv) never touches the data.
         refuse_overlap(Path(config.out) / config.arch, f"--out {config.out}: its run folder", {"--data": root})
         refuse_overlap(Path(config.out) / "folds.csv", f"--out {config.out}: its", {"--data": root})
-    return data_lib.discover(
+    return folders.discover(
         root,
         on_error="skip" if config.skip_bad else "raise",
         group_column=config.group_column,
@@ -86,7 +85,7 @@ def check_shared_holdout(config: TrainConfig) -> None:
             )
 
 
-def make_split(config: TrainConfig, samples: data_lib.Samples, context: distributed.DistributedContext) -> splits.Split:
+def make_split(config: TrainConfig, samples: folders.Samples, context: distributed.DistributedContext) -> splits.Split:
     """The holdout split, or fold ``config.fold`` of folds.csv (written by rank 0 on first use)."""
     if config.split == "holdout":
         return splits.holdout_split(
@@ -119,7 +118,7 @@ def make_split(config: TrainConfig, samples: data_lib.Samples, context: distribu
 
 def setup_fold(
     config: TrainConfig,
-    samples: data_lib.Samples | None = None,
+    samples: folders.Samples | None = None,
     context: distributed.DistributedContext | None = None,
 ) -> FoldSetup:
     """Join the process group (under torchrun; ``context`` given: that one instead, e.g. one
@@ -204,13 +203,13 @@ def build_loaders(
             if train
             else from_spec(pipeline)
         )
-        dataset = data_lib.ImageDataset(setup.samples, indices, transform, config.seed)
+        dataset = loaders.ImageDataset(setup.samples, indices, transform, config.seed)
         sampler = None
         if setup.context.enabled:
             sampler = torch.utils.data.distributed.DistributedSampler(
                 dataset, setup.context.world_size, setup.context.rank, shuffle=train, seed=config.seed
             )
-        loaders[name] = data_lib.make_loader(
+        loaders[name] = loaders.make_loader(
             dataset,
             config.batch_size,
             train=train,
@@ -235,7 +234,7 @@ def build_fold(config: TrainConfig, setup: FoldSetup) -> FoldParts:
     loaders = build_loaders(config, setup, pipeline)
     weight = None
     if config.class_weights == "balanced":
-        weight = data_lib.class_weights(setup.samples.labels[setup.split.train], len(setup.samples.classes))
+        weight = loaders.class_weights(setup.samples.labels[setup.split.train], len(setup.samples.classes))
         weight = weight.to(setup.device)
     criterion = (
         engine.CountNormalizedCrossEntropy(weight)

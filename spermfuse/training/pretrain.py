@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import cli, synthetic
-from ..store.run_folder import BEST_CHECKPOINT, SINGLE_SPLIT_FOLDER
-from ..data.taxonomy import SPERM18_CLASSES
 from ..cache import pretraining_root
-from ..synthetic.cached_sets import pretraining_data_dir
 from ..core.files import CheckpointError, atomic_write_json, file_sha256
+from ..data.taxonomy import SPERM18_CLASSES
+from ..store.run_folder import BEST_CHECKPOINT, SINGLE_SPLIT_FOLDER
+from ..synthetic.cached_sets import pretraining_data_dir
 from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
 from .trainer import train_fold
 

@@ -6,11 +6,11 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from .config import TrainConfig
 from ..core.files import read_csv
-from .fold_setup import device_type_of
 from ..page import markdown_table
 from ..store.run_folder import HISTORY_CSV, LAST_CHECKPOINT, logits_path
+from .config import TrainConfig
+from .fold_setup import device_type_of
 
 
 def run_state(config: TrainConfig) -> tuple[str, int]:

@@ -19,8 +19,8 @@ from typing import Sequence
 
 from ..core.errors import ConfigError
 from ..core.files import atomic_write_text
-from ..flags import setting
 from ..core.models import list_models
+from ..flags import setting
 
 # train.py flags the script sets per task, dropped from the command it repeats.
 PER_TASK_FLAGS = {"--fold", "--arch", "--resume", "--slurm-script", "--fold-parallel"}

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from ..core import engine
-from ..distributed import DistributedContext
-from .config import OPERATIONAL_SETTINGS, TrainConfig
-from ..core.errors import ConfigError
 from ..core.checkpoints import safe_torch_load
+from ..core.errors import ConfigError
+from ..distributed import DistributedContext
 from ..runtime import peak_memory_mb
 from ..store.run_folder import LAST_CHECKPOINT
+from .config import OPERATIONAL_SETTINGS, TrainConfig
 
 log = logging.getLogger(__name__)
 

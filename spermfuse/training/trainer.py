@@ -25,20 +25,20 @@ from torch import nn
 
 from .. import distributed
 from ..core import engine
-from . import train_state
-from .config import TrainConfig
-from ..core.ema import WeightEMA
 from ..core.checkpoints import atomic_torch_save, safe_torch_load
-from .fold_setup import FoldParts, FoldSetup, build_fold, setup_fold
-from ..store.lock import LOCK_NAME, FolderLock
+from ..core.ema import WeightEMA
+from ..core.logits import save_logits
 from ..core.models import get_spec
 from ..core.models.freezing import set_frozen_norms_to_eval, set_trainable
-from ..store.output_folder import discard, move_aside
-from ..preemption import Preempted, StopRequest
-from ..store.run_folder import BEST_CHECKPOINT, HISTORY_CSV, LAST_CHECKPOINT, write_config, write_history
 from ..core.transforms import PipelineSpec
-from ..core.logits import save_logits
+from ..preemption import Preempted, StopRequest
 from ..runtime import environment
+from ..store.lock import LOCK_NAME, FolderLock
+from ..store.output_folder import discard, move_aside
+from ..store.run_folder import BEST_CHECKPOINT, HISTORY_CSV, LAST_CHECKPOINT, write_config, write_history
+from . import train_state
+from .config import TrainConfig
+from .fold_setup import FoldParts, FoldSetup, build_fold, setup_fold
 from .train_state import Stage, StageTools, TrainState
 
 log = logging.getLogger(__name__)

@@ -30,13 +30,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
-from ..files import CheckpointError, safe_np_load
 from ..checkpoints import read_safetensors, safe_torch_load
 from ..errors import SpermfuseError
+from ..files import CheckpointError, safe_np_load
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 from .registry import ModelSpec
 
