@@ -19,6 +19,8 @@
     python benchmark.py --suite samples --markdown docs/samples_benchmark.md   # per-sample fractions on simulated patients (needs bash demo.sh)
     python benchmark.py --suite sample-report --models efficientnet_tiny resnetv2_tiny --img-size 64   # one 200-cell sample's report, end to end
     python benchmark.py --suite scale-out --rounds 3   # the tiny protocol: folds one after the other vs --fold-parallel (torchrun)
+    python benchmark.py --suite baseline --data HuSHeM/   # an SVM on grey pixels, the same folds as the networks
+    python benchmark.py --suite duplicates --data SMIDS/ --epoch-from runs/smids/efficientnet_tiny/fold1   # the duplicate check vs an epoch
     python benchmark.py --suite cpu --models efficientnet_tiny resnetv2_tiny --img-size 64 --batch-size 32   # CPU speed-ups
 
 Latency: median (p10/p90, mean) over --iters timed runs after --warmup untimed ones,

@@ -8,7 +8,8 @@
 #   bash demo.sh --preset paper    the paper: efficientnetv2_s + resnet50v2, 240 px, batch 8 (a GPU job)
 #   bash demo.sh --preset tiny     a smoke test in seconds (what the test suite runs)
 #
-# Other flags: --data DIR (your own data instead of the synthetic set), --out DIR (runs/<preset>),
+# Other flags: --data DIR (your own data instead of the synthetic set), --duplicates error|drop-conflicts|keep
+# (what to do with an image found under two classes; train.py --help), --out DIR (runs/<preset>),
 # --reports DIR (reports), --pretrained (both backbones from their papers' checkpoints, downloaded
 # once: python train.py --list-weights), --weights1 PATH / --weights2 PATH (local checkpoints
 # for the first and second backbone). Every step is a plain command you can run yourself.
@@ -17,19 +18,20 @@ PYTHON="${PYTHON:-python}"
 absolute() {  # paths given on the command line are relative to where the user stands, not to the repository
   case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac
 }
-preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1
+preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1 duplicates=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
     --data) data=(--data "$(absolute "$2")"); shift 2 ;;
+    --duplicates) duplicates=(--duplicates "$2"); shift 2 ;;
     --out) out="$(absolute "$2")"; shift 2 ;;
     --reports) reports="$(absolute "$2")"; shift 2 ;;
     --pretrained) pretrained=(--pretrained); shift ;;
     --no-pretrain) pretrain=0; shift ;;
     --weights1) weights[0]="$(absolute "$2")"; shift 2 ;;
     --weights2) weights[1]="$(absolute "$2")"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --duplicates, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2)" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")"
@@ -76,7 +78,7 @@ for i in 0 1; do
     echo "[demo] pretraining ${archs[$i]} (or finding it cached): $((SECONDS - start)) s"
     init=(--weights "$checkpoint")
   fi
-  timed "training ${archs[$i]}, every fold" "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${train[@]}" "${init[@]}"
+  timed "training ${archs[$i]}, every fold" "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${duplicates[@]}" "${train[@]}" "${init[@]}"
 done
 timed "fusion" "$PYTHON" fuse.py --grid --runs "$out" --models "${archs[@]}" --overwrite
 summary=()

@@ -49,6 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablation", nargs="+", metavar="NAME=DIR", help="Table 2 from several run roots")
     p.add_argument("--alphas", default="0:1:0.1", help="grid for the tuned fusion in --ablation")
     p.add_argument(
+        "--ablation-against",
+        choices=["first", "previous"],
+        default="first",
+        help="--ablation: McNemar's test of each setting against the first one, or against the one before it",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing report folder (<reports>/<name>) that evaluate.py wrote (never one holding other files)",
@@ -84,9 +90,14 @@ def named_folders(pairs: list[str]) -> dict[str, Path]:
 
 def run_ablation(args, out: Path) -> None:
     """Table 2: each run root's backbones and their fusions, in ``out/ablation.md``."""
-    rows = evaluation.ablation_rows(named_folders(args.ablation), choice.parse_alphas(args.alphas))
+    rows = evaluation.ablation_rows(
+        named_folders(args.ablation), choice.parse_alphas(args.alphas), args.ablation_against
+    )
     header = ["setting", "model", "accuracy", "weighted F1", "macro F1"]
-    header += [f"McNemar p vs {next(iter(named_folders(args.ablation)))}", "folds with p < 0.05"]
+    against = (
+        next(iter(named_folders(args.ablation))) if args.ablation_against == "first" else "the row's previous setting"
+    )
+    header += [f"McNemar p vs {against}", "folds with p < 0.05"]
     table = report.markdown_table(header, rows)
     with write_folder(out, "--name", args.overwrite, report.legacy_report_files) as folder:
         atomic_write_text(folder / "ablation.md", "# Table 2. Ablation\n\n" + table)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from spermfuse import cli, distributed, flags
+from spermfuse.core.models import list_models
 from spermfuse.preemption import StopRequest
 from spermfuse.store.catalogue import catalogue_table, find_entry
 from spermfuse.store.download import fetch
@@ -78,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     sections["model"].add_argument(
         "--list-weights", action="store_true", help="print the catalogue of pretrained checkpoints and exit"
     )
+    sections["model"].add_argument(
+        "--list-models", action="store_true", help="print every --arch name (the registry's and tv:NAME) and exit"
+    )
     flags.add_setting_flags(p, TrainConfig, sections, PRESETS)
     slurm = p.add_argument_group("Slurm (--slurm-script): the resources of each array task")
     slurm.add_argument(
@@ -116,6 +120,9 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
     """Every fold asked for, one after the other (the images checked once)."""
     if args.list_weights:
         print(catalogue_table())
+        return
+    if args.list_models:
+        print("\n".join(list_models()))
         return
     first = build_config(args, 1)
     if args.config is not None:

@@ -41,7 +41,7 @@ def test_the_rounds_default_to_the_papers_on_a_gpu_and_to_fewer_on_the_cpu():
 
 
 def test_an_unknown_model_is_refused_naming_the_flag():
-    with pytest.raises(ConfigError, match="--models resnet99: unknown; choose from"):
+    with pytest.raises(ConfigError, match="--models resnet99: unknown; see train.py --list-models"):
         Benchmark(models=["efficientnet_tiny", "resnet99"])
 
 

@@ -95,9 +95,9 @@ def test_ablation_lays_out_table_2(tmp_path):
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "r" / "ablation" / "ablation.md").read_text()
     assert table.count("fusion a=0.5") == 2 and "| baseline | modelx |" in table
-    assert (
-        table.count("| both |") == 4
-    )  # the two backbones and the two fusions it computes, no fused folder as a "model"
+    # the two backbones and the three fusions it computes (a = 0.5, a* on the test folds, weights
+    # chosen on each fold's validation logits), no fused folder as a "model"
+    assert table.count("| both |") == 5 and table.count("| fusion val |") == 2
 
 
 def test_method_b_holdout_run_is_evaluated_as_a_single_split(tiny_sperm, tmp_path):
@@ -235,6 +235,25 @@ def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_pat
     assert by_setting["plain"][5:] == ["-", "-"]
     assert by_setting["same"][5:] == ["1.0000", "none"]  # identical predictions: no evidence
     assert by_setting["better"][5:] == ["< 0.0001", "1 (+), 2 (+)"]
+
+
+def test_an_ablation_that_adds_one_choice_a_row_tests_each_against_the_previous(tmp_path):
+    from conftest import write_logits
+
+    from spermfuse.reporting.evaluation import ablation_rows
+
+    rng = np.random.default_rng(3)
+    for fold in (1, 2):
+        labels = rng.integers(0, 3, 60)
+        paths = [f"{fold}_{i}.png" for i in range(60)]
+        right = np.eye(3)[labels] * 3
+        half = np.where(rng.random(60)[:, None] < 0.5, right, np.eye(3)[(labels + 1) % 3] * 3)
+        for root, logits in (("plain", half), ("better", right), ("same", right)):
+            write_logits(tmp_path / root / "m" / f"fold{fold}" / "test_logits.npz", logits, labels, paths, "m", fold)
+    settings = {name: tmp_path / name for name in ("plain", "better", "same")}
+    by_setting = {row[0]: row for row in ablation_rows(settings, [0.5], against="previous")}
+    assert by_setting["better"][5:] == ["< 0.0001", "1 (+), 2 (+)"]  # against plain
+    assert by_setting["same"][5:] == ["1.0000", "none"]  # against better, not plain
 
 
 def test_report_html_is_one_self_contained_page_whose_images_all_decode(tmp_path):

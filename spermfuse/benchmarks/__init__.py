@@ -6,7 +6,8 @@ data, the device, where to report) and returns its figures as a dict.
 - ``pipeline.py``: augmentation, the loader, the folds;
 - ``protocol.py``: fusion and evaluation at the paper's size, the file guarantees, the promises,
   the per-sample fractions, one sample report, training folds in parallel;
-- ``referral.py``: the certified referral's failure rate and accepted share, simulated.
+- ``referral.py``: the certified referral's failure rate and accepted share, simulated;
+- ``real_data.py``: a classical baseline on real folds, the duplicate check's cost.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .protocol import (
     samples_suite,
     scale_out_suite,
 )
+from .real_data import baseline_suite, duplicates_suite
 from .referral import referral_suite
 from .speed import cpu_suite, ema_suite, explain_suite, export_suite, models_suite, padding_suite, timm_suite
 
@@ -44,6 +46,8 @@ SUITES: dict[str, Callable[[Benchmark], dict]] = {
     "samples": samples_suite,
     "sample-report": sample_report_suite,
     "scale-out": scale_out_suite,
+    "baseline": baseline_suite,
+    "duplicates": duplicates_suite,
 }
 
 

@@ -61,6 +61,15 @@ class Benchmark:
     simulated_samples: int = setting(200, "--suite samples: patients per row", "suites")
     boot: int = setting(300, "--suite samples: bootstrap replicates per interval", "suites")
     referral_repeats: int = setting(2000, "--suite referral: calibration draws per method and setting", "suites")
+    duplicates: str = setting(
+        "error", "--suite baseline: --duplicates as train.py", "suites", choices=["error", "drop-conflicts", "keep"]
+    )
+    folds_csv: Path | None = setting(
+        None, "--suite baseline: the networks' folds.csv (default: train.py's split)", "suites"
+    )
+    epoch_from: Path | None = setting(
+        None, "--suite duplicates: a run folder whose history.csv times an epoch", "suites"
+    )
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     scripts: Path = Path(".")  # the folder of train.py, fuse.py and evaluate.py: the command suites run them
     write: Callable[[str], None] = log.info
@@ -71,7 +80,7 @@ class Benchmark:
         self.models = tuple(self.models)
         unknown = [name for name in self.models if name not in list_models()]
         if unknown:
-            raise ConfigError(f"--models {unknown[0]}: unknown; choose from {', '.join(list_models())}")
+            raise ConfigError(f"--models {unknown[0]}: unknown; see train.py --list-models")
         on_gpu = self.device.type == "cuda"
         self.iters = self.iters if self.iters is not None else (200 if on_gpu else 20)
         self.warmup = self.warmup if self.warmup is not None else (100 if on_gpu else 5)

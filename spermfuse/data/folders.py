@@ -18,7 +18,6 @@ Classes are always sorted by name; the class list travels with every output.
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import re
@@ -29,7 +28,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 from ..core.errors import DataError
-from .images import IMAGE_EXTENSIONS, check_image, is_image_file
+from .duplicates import POLICIES, Fingerprint, duplicate_groups, fingerprint, resolve
+from .images import IMAGE_EXTENSIONS, is_image_file, read_image
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ class Samples:
     folds: np.ndarray | None = None  # 1-based test fold of each sample, when the layout has one
     groups: np.ndarray | None = None  # patient / slide / sample id of each sample (str), when known
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) with on_error="skip"
-    copies: dict[int, int] = field(
-        default_factory=dict
-    )  # index of a byte-identical copy -> index of its first occurrence
+    copies: dict[int, int] = field(default_factory=dict)  # a duplicate's index -> its group's first image
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -166,31 +164,50 @@ def _discover_manifest(
     return root, paths, names, (folds if "fold" in columns else None), groups
 
 
-def find_copies(root: Path, paths: Sequence[str], names: Sequence[str]) -> dict[int, int]:
-    """Byte-identical images: ``{index of a copy: index of the first}``. A copy under another
-    class is refused (one image cannot be two classes); copies within a class are logged, and
-    the split keeps them in one fold (``splits.load_or_create_folds``)."""
-    first: dict[bytes, int] = {}
-    copies = {}
-    for i, rel in enumerate(paths):
-        digest = hashlib.sha256((root / rel).read_bytes()).digest()
-        j = first.setdefault(digest, i)
-        if j == i:
-            continue
-        if names[j] != names[i]:
-            raise DataError(
-                f"{root / rel}: the same file as {root / paths[j]}, but labelled {names[i]!r} and {names[j]!r}; remove the wrong copy"
-            )
-        copies[i] = j
-    if copies:
-        shown = ", ".join(f"{paths[i]} = {paths[j]}" for i, j in list(copies.items())[:3])
-        log.warning(
-            "%d images are byte-identical copies of others of their class (%s%s); each copy is kept in its original's fold",
-            len(copies),
-            shown,
-            " ..." if len(copies) > 3 else "",
+def settle_duplicates(
+    root: Path, paths: list[str], names: list[str], fingerprints: list[Fingerprint], policy: str = "error"
+) -> tuple[list[int], dict[int, int]]:
+    """``--duplicates``: the indices of the images to keep and ``{copy: first image}`` among them
+    (docs: ``duplicates.py``). A group across classes stops here, naming two of its files, unless
+    ``policy`` drops (``drop-conflicts``) or keeps (``keep``) such groups."""
+    if policy not in POLICIES:
+        raise DataError(f"--duplicates {policy}: choose one of {', '.join(POLICIES)}")
+    report, conflict = resolve(duplicate_groups(fingerprints), names, len(paths), policy)
+    if conflict is not None:
+        pairs = [(i, j) for i in conflict.members for j in conflict.members if i < j and names[i] != names[j]]
+        identical = [(i, j) for i, j in pairs if fingerprints[i].pixels == fingerprints[j].pixels]
+        first, other = (identical or pairs)[0]
+        kind = "pixel-identical" if identical else "near-identical"
+        raise DataError(
+            f"{root / paths[other]}: the same image as {root / paths[first]} ({kind}), but labelled {names[other]!r} "
+            f"and {names[first]!r} ({len(report.conflicts)} such groups); remove the wrong copy, or give --duplicates "
+            "drop-conflicts (drops every image of such a group) or --duplicates keep"
         )
-    return copies
+    if report.groups:
+        done = {"drop-conflicts": "dropped", "keep": "kept"}[policy] if report.conflicts else ""
+        log.warning(
+            "%s%s; each group is kept on one side of every split",
+            report.summary(),
+            f" ({done}: {sum(len(g.members) for g in report.conflicts)} files)" if done else "",
+        )
+    return report.keep, report.copies
+
+
+def warn_straddling_copies(folds: Sequence[int], paths: Sequence[str], copies: dict[int, int]) -> None:
+    """The data's own folds (fold<k>/ folders, a manifest's fold column) are kept as given; a
+    duplicate in another fold than its first image makes those folds' test scores optimistic."""
+    apart = [(i, j) for i, j in copies.items() if folds[i] != folds[j]]
+    if apart:
+        i, j = apart[0]
+        log.warning(
+            "the data's own folds put %d duplicate(s) in another fold than their first image (%s in fold %d, %s in "
+            "fold %d): those folds' test scores are optimistic; move them into one fold",
+            len(apart),
+            paths[i],
+            folds[i],
+            paths[j],
+            folds[j],
+        )
 
 
 def groups_from_pattern(paths: Sequence[str], pattern: str) -> list[str]:
@@ -233,13 +250,16 @@ def discover(
     group_column: str = "group",
     group_pattern: str | None = None,
     allow_outside_root: bool = False,
+    duplicates: str = "error",
 ) -> Samples:
     """Find the samples of a data set in any of the three layouts (see module docstring).
 
     With ``check_images`` every image is decoded once so that a bad file fails here,
     naming the file, instead of in the middle of training. ``on_error="skip"`` drops
     unreadable files and lists them in ``Samples.skipped``. Groups: a manifest's
-    ``group_column``, or ``group_pattern`` on the file names.
+    ``group_column``, or ``group_pattern`` on the file names. The decoded images are also
+    compared (``duplicates.py``): copies are tied to one side of every split, and a copy under
+    another class is handled by ``duplicates`` (:func:`settle_duplicates`).
     """
     root = Path(root)
     folds: list[int] | None = None
@@ -265,11 +285,12 @@ def discover(
     skipped = []
     copies: dict[int, int] = {}
     if check_images:
-        keep = []
+        keep, fingerprints = [], []
         for i, rel in enumerate(paths):
-            reason = check_image(root / rel)
-            if reason is None:
+            image, reason = read_image(root / rel)
+            if image is not None:
                 keep.append(i)
+                fingerprints.append(fingerprint(image))
             elif on_error == "skip":
                 skipped.append((rel, reason))
             else:
@@ -280,7 +301,12 @@ def discover(
         names = [names[i] for i in keep]
         folds = [folds[i] for i in keep] if folds is not None else None
         groups = [groups[i] for i in keep] if groups is not None else None
-        copies = find_copies(root, paths, names)
+        keep, copies = settle_duplicates(root, paths, names, fingerprints, duplicates)
+        paths, names = [paths[i] for i in keep], [names[i] for i in keep]
+        folds = [folds[i] for i in keep] if folds is not None else None
+        groups = [groups[i] for i in keep] if groups is not None else None
+        if folds is not None:
+            warn_straddling_copies(folds, paths, copies)
 
     classes = sorted(set(names))
     if len(classes) < 2:

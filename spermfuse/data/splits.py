@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.errors import DataError
 from ..core.files import atomic_write_csv, read_csv
 from .folders import Samples
-from ..core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,14 @@ def load_or_create_folds(samples: Samples, folds_csv: Path, k: int = 5, seed: in
         folds = samples.folds
     elif folds_csv.exists():
         folds = read_folds(folds_csv, samples, k)
+        apart = [(i, j) for i, j in samples.copies.items() if folds[i] != folds[j]]
+        if apart:
+            i, j = apart[0]
+            raise DataError(
+                f"{folds_csv}: puts {samples.paths[i]} (fold {folds[i]}) and its duplicate {samples.paths[j]} (fold "
+                f"{folds[j]}) in different folds ({len(apart)} such images; made before duplicates were found): "
+                "delete folds.csv to re-split (every run under that --out then trains anew)"
+            )
     else:
         folds = make_folds(samples.labels, samples.classes, k, seed, samples.groups)
         for copy, original in samples.copies.items():  # an image and its copy are never on both sides
@@ -253,23 +261,45 @@ def group_subset(
     return np.setdiff1d(indices, subset), subset
 
 
+def keep_copies_together(
+    rest: np.ndarray, subset: np.ndarray, copies: dict[int, int] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each duplicate (``Samples.copies``) moved to the side of its group's first image, so one
+    picture is never on both sides of a split."""
+    if not copies:
+        return rest, subset
+    chosen, present = set(subset.tolist()), set(rest.tolist()) | set(subset.tolist())
+    for copy, first in copies.items():
+        if copy in present and first in present:
+            (chosen.add if first in chosen else chosen.discard)(copy)
+    subset = np.array(sorted(chosen), dtype=np.int64)
+    return np.setdiff1d(np.array(sorted(present), dtype=np.int64), subset), subset
+
+
 def _subset(
-    indices: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int
+    indices: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    fraction: float,
+    seed: int,
+    copies: dict[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     if groups is None:
-        return stratified_subset(indices, labels, fraction, seed)
-    return group_subset(indices, labels, groups, fraction, seed)
+        return keep_copies_together(*stratified_subset(indices, labels, fraction, seed), copies)
+    return keep_copies_together(*group_subset(indices, labels, groups, fraction, seed), copies)
 
 
 HOLDOUT_SEED_OFFSET = 2000  # the calibration holdout's own draw, the same for every fold
 
 
-def calibration_holdout(labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
+def calibration_holdout(
+    labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int, copies: dict[int, int] | None = None
+) -> np.ndarray:
     """The indices of ``--cal-holdout``: a stratified (group-disjoint with ``groups``) share of all
     images, drawn with the run's seed alone, so every fold reserves the same cells."""
     if fraction <= 0:
         return np.array([], dtype=np.int64)
-    return _subset(np.arange(len(labels)), labels, groups, fraction, seed + HOLDOUT_SEED_OFFSET)[1]
+    return _subset(np.arange(len(labels)), labels, groups, fraction, seed + HOLDOUT_SEED_OFFSET, copies)[1]
 
 
 def fold_split(
@@ -281,6 +311,7 @@ def fold_split(
     groups: np.ndarray | None = None,
     cal_fraction: float = 0.0,
     cal_holdout: float = 0.0,
+    copies: dict[int, int] | None = None,
 ) -> Split:
     """Fold ``fold`` is the test set; a stratified ``cal_fraction`` of the rest is held out for
     calibration, then a stratified ``val_fraction`` of what remains is the validation set.
@@ -290,17 +321,18 @@ def fold_split(
     folds' models never saw it and their average can be calibrated on it.
 
     The test fold is never used for early stopping or model selection. With ``groups`` the
-    validation and calibration sets take whole groups, and the split is checked for leakage.
+    validation and calibration sets take whole groups, and the split is checked for leakage;
+    ``copies`` (duplicates) stay on one side of each.
     """
     if fold not in set(folds.tolist()):
         raise DataError(f"fold {fold} does not exist; folds are {sorted(set(folds.tolist()))}")
-    reserved = calibration_holdout(labels, groups, cal_holdout, seed)
+    reserved = calibration_holdout(labels, groups, cal_holdout, seed, copies)
     test = np.setdiff1d(np.flatnonzero(folds == fold), reserved)
     rest = np.setdiff1d(np.flatnonzero(folds != fold), reserved)
-    rest, cal = _subset(rest, labels, groups, cal_fraction, seed + CAL_SEED_OFFSET + fold)
+    rest, cal = _subset(rest, labels, groups, cal_fraction, seed + CAL_SEED_OFFSET + fold, copies)
     if len(reserved):
         cal = reserved
-    train, val = _subset(rest, labels, groups, val_fraction, seed + fold)
+    train, val = _subset(rest, labels, groups, val_fraction, seed + fold, copies)
     split = Split(train, val, test, cal)
     if groups is not None:
         check_group_leakage(split, groups)
@@ -315,13 +347,14 @@ def holdout_split(
     seed: int = 42,
     groups: np.ndarray | None = None,
     cal_fraction: float = 0.0,
+    copies: dict[int, int] | None = None,
 ) -> Split:
     """Stratified train/val/test split (method B uses 70/15/15), with ``cal_fraction`` of the whole
     held out for calibration first; group-disjoint with ``groups``."""
     everything = np.arange(len(labels))
-    everything, cal = _subset(everything, labels, groups, cal_fraction, seed + CAL_SEED_OFFSET)
-    rest, test = _subset(everything, labels, groups, test_fraction / (1.0 - cal_fraction), seed)
-    train, val = _subset(rest, labels, groups, val_fraction / (1.0 - test_fraction - cal_fraction), seed + 1)
+    everything, cal = _subset(everything, labels, groups, cal_fraction, seed + CAL_SEED_OFFSET, copies)
+    rest, test = _subset(everything, labels, groups, test_fraction / (1.0 - cal_fraction), seed, copies)
+    train, val = _subset(rest, labels, groups, val_fraction / (1.0 - test_fraction - cal_fraction), seed + 1, copies)
     split = Split(train, val, test, cal)
     if groups is not None:
         check_group_leakage(split, groups)

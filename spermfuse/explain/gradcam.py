@@ -53,7 +53,39 @@ def default_layer(model: nn.Module) -> nn.Module:
         return model.features[-1]
     if isinstance(model, ResNetV2):
         return model.act
-    raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; pass layer= (a module or its name)")
+    return last_spatial_map(model)
+
+
+def last_spatial_map(model: nn.Module, size: int = 224) -> nn.Module:
+    """Any other network (``tv:<name>``): the module that last gives a spatial feature map
+    [N, C, H, W] (H, W > 1) before the head runs (the last linear layer, or the last
+    convolution where there is none, as in SqueezeNet), in a forward pass of one ``size`` x ``size`` image: the map
+    that is pooled into the head. Networks whose last map is followed by tokens (vision
+    transformers) have none to explain: refused."""
+    outputs: list[tuple[nn.Module, tuple[int, ...]]] = []
+
+    def record(module: nn.Module, _, out) -> None:
+        outputs.append((module, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
+
+    hooks = [module.register_forward_hook(record) for module in model.modules() if module is not model]
+    parameter, training = next(model.parameters()), model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    linear = [i for i, (module, _) in enumerate(outputs) if isinstance(module, nn.Linear)]
+    convolutions = [i for i, (module, _) in enumerate(outputs) if isinstance(module, nn.Conv2d)]
+    head = linear[-1] if linear else convolutions[-1] if convolutions else len(outputs)
+    spatial = [i for i, (_, shape) in enumerate(outputs[:head]) if len(shape) == 4 and shape[2] > 1 and shape[3] > 1]
+    tokens_after = spatial and any(len(shape) == 3 for _, shape in outputs[spatial[-1] + 1 : head])
+    if not spatial or tokens_after:
+        raise ConfigError(
+            f"no default Grad-CAM layer for {type(model).__name__} (no spatial map before its head); pass layer= (a module or its name)"
+        )
+    return outputs[spatial[-1]][0]
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:

@@ -256,7 +256,8 @@ def evaluate_folders(folders: dict[str, Path], folds_csv: Path | None = None, ma
 
 def ablation_models(runs: Path, alphas: Sequence[float]) -> dict[str, list[LogitsSet]]:
     """Table 2's models of one run root, per fold: each backbone, and for two or more their
-    fusion at a = 0.5 and at the a* tuned on these test folds (the paper's rule)."""
+    fusion at a = 0.5, at the a* tuned on these test folds (the paper's rule) and, when the runs
+    kept their validation logits, with each fold's weights chosen on them (``fusion val``)."""
     models = {name: path for name, path in run_folder.discover_models(runs).items() if not name.startswith("fusion")}
     if not models:
         raise fusion.FusionError(
@@ -266,22 +267,31 @@ def ablation_models(runs: Path, alphas: Sequence[float]) -> dict[str, list[Logit
     if len(models) >= 2:
         per_fold = run_folder.collect_folds(runs, list(models)[:2])
         tuned = fusion.grid_search(per_fold, alphas).best
-        for label, weights in (("fusion a=0.5", (0.5, 0.5)), (f"fusion a*={tuned[0]:.1f}", tuned)):
+        chosen = {"fusion a=0.5": [(0.5, 0.5)] * len(per_fold), f"fusion a*={tuned[0]:.1f}": [tuned] * len(per_fold)}
+        try:
+            chosen["fusion val"] = fusion.validation_selection(
+                run_folder.collect_folds(runs, list(models)[:2], "val"), alphas
+            )
+        except FusionError:  # runs without validation logits
+            pass
+        for label, weights in chosen.items():
             table[label] = [
-                replace(sets[0], logits=fusion.fuse([s.logits for s in sets], weights)) for sets in per_fold
+                replace(sets[0], logits=fusion.fuse([s.logits for s in sets], w)) for sets, w in zip(per_fold, weights)
             ]
     return table
 
 
-def ablation_rows(settings: dict[str, Path], alphas: Sequence[float]) -> list[list[str]]:
+def ablation_rows(settings: dict[str, Path], alphas: Sequence[float], against: str = "first") -> list[list[str]]:
     """Table 2 over named run roots: every model's accuracy and F1 scores, and for each setting
-    after the first, McNemar's exact test against the first setting's same model on the same
-    cells (pooled over the folds, then the folds where it is below 0.05): a one-seed difference
-    with p >= 0.05 is no evidence."""
+    after the first, McNemar's exact test against the same model of the first setting (``against``
+    "first") or of the setting before it ("previous": each row of an ablation that adds one
+    choice at a time) on the same cells (pooled over the folds, then the folds where it is below
+    0.05): a one-seed difference with p >= 0.05 is no evidence."""
     tables = {setting: ablation_models(root, alphas) for setting, root in settings.items()}
-    reference_name = next(iter(tables))
+    names = list(tables)
     rows = []
-    for setting, models in tables.items():
+    for position, (setting, models) in enumerate(tables.items()):
+        reference_name = names[0] if against == "first" else names[max(position - 1, 0)]
         for name, folds in models.items():
             agg = metrics.summarize(*pooled(folds), folds[0].classes)
             row = [setting, name, fmt(agg["accuracy"]), fmt(agg["f1_weighted"]), fmt(agg["f1_macro"])]

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ..core.engine import TTA_MODES
 from ..core.errors import ConfigError
-from ..core.models import get_spec, list_models
+from ..core.models import REGISTRY, get_spec
 from ..core.models.efficientnet import PADDINGS
+from ..core.models.torchvision_classifiers import required_input_size
 from ..core.normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..core.transforms import PAD_COLOR, PAPER_IMG_SIZE
 from ..flags import setting
@@ -43,7 +44,11 @@ class TrainConfig:
     """Every knob of a training run; defaults are method A's (the paper's, or assumed where its
     text lost them). Each flag's help is here, beside its default (``flags.setting``)."""
 
-    arch: str = setting("resnet50v2", f"backbone, one of {', '.join(list_models())}", "run")
+    arch: str = setting(
+        "resnet50v2",
+        f"backbone: {', '.join(REGISTRY)}, or tv:NAME, any torchvision classifier (train.py --list-models)",
+        "run",
+    )
     data: str | None = setting(
         None,
         "ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV (default: the embedded synthetic "
@@ -182,6 +187,13 @@ class TrainConfig:
     )
     skip_bad: bool = setting(False, "skip unreadable images instead of stopping", "data")
     allow_outside_root: bool = setting(False, "a manifest may list images outside its own folder", "data")
+    duplicates: str = setting(
+        "error",
+        "an image found again under another class (pixel- or near-identical): error stops naming both files, "
+        "drop-conflicts drops every image of such a group, keep keeps them (copies always stay on one side of a split)",
+        "data",
+        choices=["error", "drop-conflicts", "keep"],
+    )
     group_column: str = setting(
         "group", "manifest column with the patient / slide / sample id, used when present", "data"
     )
@@ -304,6 +316,10 @@ def validate_config(config: TrainConfig) -> None:
         (config.batch_size >= 1, "--batch-size must be >= 1"),
         (config.epochs >= 1, "--epochs must be >= 1"),
         (config.img_size >= 16, "--img-size must be >= 16"),
+        (
+            required_input_size(config.arch) in (None, config.img_size),
+            f"--img-size {config.img_size}: {config.arch} takes {required_input_size(config.arch)} px inputs only",
+        ),
         # Early stopping and model selection need validation images: 0 is refused, not ignored.
         (
             0.0 < config.val_fraction < 1.0,

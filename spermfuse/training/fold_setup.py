@@ -22,6 +22,7 @@ from ..core.logits import split_digest
 from ..core.models import LoadReport, create_model
 from ..core.transforms import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, from_spec
 from ..data import folders, splits
+from ..data.loaders import ImageDataset, class_weights, make_loader
 from ..runtime import resolve_device, seed_everything
 from ..store.output_folder import refuse_overlap
 from ..store.pretrained import load_initial_weights, resolve_padding
@@ -64,6 +65,7 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         group_column=config.group_column,
         group_pattern=config.group_pattern,
         allow_outside_root=config.allow_outside_root,
+        duplicates=config.duplicates,
     )
 
 
@@ -89,7 +91,13 @@ def make_split(config: TrainConfig, samples: folders.Samples, context: distribut
     """The holdout split, or fold ``config.fold`` of folds.csv (written by rank 0 on first use)."""
     if config.split == "holdout":
         return splits.holdout_split(
-            samples.labels, config.val_fraction, config.test_fraction, config.seed, samples.groups, config.cal_fraction
+            samples.labels,
+            config.val_fraction,
+            config.test_fraction,
+            config.seed,
+            samples.groups,
+            config.cal_fraction,
+            samples.copies,
         )
     folds_csv = Path(config.out) / "folds.csv"
     check_shared_holdout(config)
@@ -113,6 +121,7 @@ def make_split(config: TrainConfig, samples: folders.Samples, context: distribut
         samples.groups,
         config.cal_fraction,
         config.cal_holdout,
+        samples.copies,
     )
 
 
@@ -203,13 +212,13 @@ def build_loaders(
             if train
             else from_spec(pipeline)
         )
-        dataset = loaders.ImageDataset(setup.samples, indices, transform, config.seed)
+        dataset = ImageDataset(setup.samples, indices, transform, config.seed)
         sampler = None
         if setup.context.enabled:
             sampler = torch.utils.data.distributed.DistributedSampler(
                 dataset, setup.context.world_size, setup.context.rank, shuffle=train, seed=config.seed
             )
-        loaders[name] = loaders.make_loader(
+        loaders[name] = make_loader(
             dataset,
             config.batch_size,
             train=train,
@@ -234,7 +243,7 @@ def build_fold(config: TrainConfig, setup: FoldSetup) -> FoldParts:
     loaders = build_loaders(config, setup, pipeline)
     weight = None
     if config.class_weights == "balanced":
-        weight = loaders.class_weights(setup.samples.labels[setup.split.train], len(setup.samples.classes))
+        weight = class_weights(setup.samples.labels[setup.split.train], len(setup.samples.classes))
         weight = weight.to(setup.device)
     criterion = (
         engine.CountNormalizedCrossEntropy(weight)

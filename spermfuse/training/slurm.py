@@ -143,7 +143,7 @@ def write_batch_script(
     Python; the run root is made now, as Slurm writes the tasks' logs there and makes no folders."""
     unknown = [arch for arch in archs if arch not in list_models()]
     if unknown:
-        raise ConfigError(f"--slurm-archs {unknown[0]}: unknown; choose from {', '.join(list_models())}")
+        raise ConfigError(f"--slurm-archs {unknown[0]}: unknown; see train.py --list-models")
     script = batch_script(train_argv, archs, folds, str(runs), os.getcwd(), sys.executable, str(scripts), settings)
     Path(runs).mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, script)

@@ -9,10 +9,12 @@
 | resnetv2_tiny      | ResNetV2 blocks 1,1,1,1 at width x0.25, 0.51 M (tests, CPU demo) | 0.5 |
 | efficientnet_b0    | torchvision EfficientNet-B0                       | 0.2             |
 | efficientnet_tiny  | narrow four-stage EfficientNetV2-style net, 0.43 M (tests, CPU demo) | 0.2 |
+| tv:<name>          | any torchvision classifier (tv:mobilenet_v3_large, tv:resnet18, ...), its head replaced | torchvision's |
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from torch import nn
@@ -21,17 +23,24 @@ from ..errors import ConfigError
 from . import efficientnet
 from .registry import REGISTRY, ModelSpec
 from .resnetv2 import ResNetV2, StdConv2d
+from .torchvision_classifiers import head_name, is_torchvision_name, torchvision_builder, torchvision_names
 from .weights import LoadReport, WeightsError, load_weights
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    return list(REGISTRY)
+    """Names accepted by :func:`create_model`: the registry's, then every torchvision classifier as ``tv:<name>``."""
+    return [*REGISTRY, *torchvision_names()]
 
 
 def get_spec(name: str) -> ModelSpec:
+    """How to build ``name``: a registered architecture, or ``tv:<name>`` (torchvision_classifiers.py)."""
+    if is_torchvision_name(name):
+        return ModelSpec(torchvision_builder(name), math.nan, "torchvision", head_name(name))
     if name not in REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+        raise ConfigError(
+            f"unknown model {name!r}; choose one of {', '.join(REGISTRY)} or tv:<a torchvision classifier> "
+            "(train.py --list-models)"
+        )
     return REGISTRY[name]
 
 

@@ -40,6 +40,7 @@ from ..errors import SpermfuseError
 from ..files import CheckpointError, safe_np_load
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
 from .registry import ModelSpec
+from .torchvision_classifiers import without_absent_auxiliary
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ def convert(
                 f"{source}: a spermfuse checkpoint of {loaded['arch']}, not {arch}; give --arch {loaded['arch']}"
             )
         return state, "spermfuse checkpoint", (tuple(loaded["pipeline"]["mean"]), tuple(loaded["pipeline"]["std"]))
+    if spec.family == "torchvision":
+        return without_absent_auxiliary(state, model), "torchvision state dict", IMAGENET
     return state, "state dict", IMAGENET
 
 

@@ -1,0 +1,127 @@
+"""Real-data suites (docs/REAL_DATA.md): a classical baseline on the same folds as the networks,
+and what the duplicate check costs beside a training epoch.
+
+- ``baseline``: a support-vector machine (RBF) on each image's letterboxed grey pixels at 32 px,
+  standardised, trained on every fold's other folds and tested on the fold; the folds are the
+  data's own (HuSHeM's fold<k>/ folders), else a ``folds.csv`` (``--folds-csv``, the networks'
+  split), else made as train.py makes them (stratified 5-fold, seed 42, duplicates tied).
+- ``duplicates``: ``discover`` with and without the image checks and fingerprints, median over
+  ``--rounds``, against the mean epoch of a run's ``history.csv`` (``--epoch-from``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..core.errors import ConfigError
+from ..core.files import read_csv
+from ..core.metrics import mean_std_ci
+from ..data import splits
+from ..data.folders import Samples, discover
+from ..data.images import check_image, load_rgb
+from ..page import markdown_table
+from .context import Benchmark
+
+BASELINE_SIDE = 32
+
+
+def grey_pixels(path: Path, side: int = BASELINE_SIDE) -> np.ndarray:
+    """The image letterboxed onto its own border's grey, reduced to ``side`` x ``side``, as a vector."""
+    grey = load_rgb(path).convert("L")
+    values = np.asarray(grey)
+    border = np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
+    square = max(grey.size)
+    canvas = Image.new("L", (square, square), int(np.median(border)))
+    canvas.paste(grey, ((square - grey.width) // 2, (square - grey.height) // 2))
+    return np.asarray(canvas.resize((side, side), Image.Resampling.BOX), dtype=np.float32).ravel() / 255.0
+
+
+def folds_of(samples: Samples, folds_csv: Path | None) -> np.ndarray:
+    """The data's own folds, else ``folds_csv``'s, else train.py's default split of ``samples``."""
+    if samples.folds is not None:
+        return samples.folds
+    if folds_csv is not None:
+        return splits.read_folds(folds_csv, samples)
+    folds = splits.make_folds(samples.labels, samples.classes, 5, 42, samples.groups)
+    for copy, first in samples.copies.items():
+        folds[copy] = folds[first]
+    return folds
+
+
+def svm_fold_accuracies(features: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> list[float]:
+    """Accuracy of an RBF support-vector machine on standardised features, fold by fold."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    accuracies = []
+    for fold in sorted(set(folds.tolist())):
+        test = folds == fold
+        model = make_pipeline(StandardScaler(), SVC(C=10.0, kernel="rbf", gamma="scale"))
+        model.fit(features[~test], labels[~test])
+        accuracies.append(float((model.predict(features[test]) == labels[test]).mean()))
+    return accuracies
+
+
+def baseline_suite(bench: Benchmark) -> dict:
+    """The classical baseline beside the networks (module docstring)."""
+    if bench.data is None:
+        raise ConfigError("--suite baseline needs --data DIR (the data the networks were trained on)")
+    samples = discover(bench.data, duplicates=bench.duplicates)
+    folds = folds_of(samples, bench.folds_csv)
+    start = time.perf_counter()
+    features = np.stack([grey_pixels(path) for path in samples.absolute_paths])
+    accuracies = svm_fold_accuracies(features, samples.labels, folds)
+    seconds = time.perf_counter() - start
+    test_share = float(np.mean([np.mean(folds == k) for k in set(folds.tolist())]))
+    summary = mean_std_ci(accuracies, test_train_ratio=test_share / (1 - test_share))
+    low, high = summary["ci95_corrected"]
+    rows = [[f"fold {k}", f"{a:.4f}"] for k, a in zip(sorted(set(folds.tolist())), accuracies)]
+    rows.append(["mean (corrected 95 % interval)", f"{summary['mean']:.4f} [{low:.4f}, {high:.4f}]"])
+    source = "the data's own folds" if samples.folds is not None else (bench.folds_csv or "train.py's 5-fold split")
+    bench.table(
+        markdown_table(["SVM (RBF) on 32 px grey pixels", "accuracy"], rows)
+        + f"\n\n{len(samples)} images, {len(samples.classes)} classes, folds: {source}; {seconds:.1f} s in all.",
+        f"--data {bench.data} --duplicates {bench.duplicates}"
+        + (f" --folds-csv {bench.folds_csv}" if bench.folds_csv else ""),
+    )
+    return {"accuracy_per_fold": accuracies, **summary, "seconds": seconds}
+
+
+def _median_seconds(run, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def duplicates_suite(bench: Benchmark) -> dict:
+    """The cost of the duplicate check on ``--data`` beside a training epoch (module docstring)."""
+    if bench.data is None or bench.epoch_from is None:
+        raise ConfigError("--suite duplicates needs --data DIR and --epoch-from RUN (a run folder with history.csv)")
+    history = read_csv(Path(bench.epoch_from) / "history.csv")
+    epoch = statistics.mean(float(row["seconds"]) for row in history)
+    paths = discover(bench.data, check_images=False).absolute_paths
+    listing = _median_seconds(lambda: discover(bench.data, check_images=False), bench.rounds)
+    decoding = _median_seconds(lambda: [check_image(path) for path in paths], bench.rounds)
+    checked = _median_seconds(lambda: discover(bench.data, duplicates="keep"), bench.rounds)
+    detection = checked - listing - decoding
+    count = len(paths)
+    rows = [
+        ["listing the files", f"{listing:.2f}", ""],
+        ["decoding every image once (the check that was there before)", f"{decoding:.2f}", ""],
+        ["fingerprints and duplicate groups", f"{detection:.2f}", f"{100 * detection / epoch:.1f} % of an epoch"],
+        [f"one training epoch (mean of {bench.epoch_from}/history.csv)", f"{epoch:.2f}", ""],
+    ]
+    bench.table(
+        markdown_table(["step", "seconds (median)", ""], rows) + f"\n\n{count} images, {bench.rounds} rounds.",
+        f"--data {bench.data} --epoch-from {bench.epoch_from} --rounds {bench.rounds}",
+    )
+    return {"listing": listing, "decoding": decoding, "detection": detection, "epoch": epoch, "images": count}

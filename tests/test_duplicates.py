@@ -1,0 +1,138 @@
+"""Duplicate images at entry (spermfuse/data/duplicates.py): found, tied to one side of every split,
+and a copy under another class refused, dropped or kept as asked."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spermfuse.core.errors import DataError
+from spermfuse.data import splits
+from spermfuse.data.duplicates import NEAR_DUPLICATE_CORRELATION, duplicate_groups, fingerprint
+from spermfuse.data.folders import discover
+from spermfuse.synthetic import render
+
+
+def cell(index: int, label: str = "TaperedHead") -> Image.Image:
+    """A real-looking sperm cell of the synthetic renderer at 96 px: each index another cell."""
+    return render("sperm18", label, 7, index)[0].resize((96, 96), Image.Resampling.BICUBIC)
+
+
+def reencoded(image: Image.Image, scale: float, quality: int = 90) -> Image.Image:
+    """A resized copy saved as JPEG and read back: what a second export of one picture looks like."""
+    size = (round(image.width * scale), round(image.height * scale))
+    buffer = io.BytesIO()
+    image.resize(size, Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def correlation(a: Image.Image, b: Image.Image) -> float:
+    return float(fingerprint(a).thumbnail @ fingerprint(b).thumbnail)
+
+
+@pytest.mark.parametrize("scale", [0.8, 1.25])
+def test_a_resized_and_reencoded_copy_is_a_near_duplicate(scale):
+    for index in range(10):
+        assert correlation(cell(index), reencoded(cell(index), scale)) > NEAR_DUPLICATE_CORRELATION
+
+
+def test_different_cells_of_one_class_are_not_duplicates():
+    cells = [cell(index) for index in range(40)]
+    assert duplicate_groups([fingerprint(image) for image in cells]) == []
+
+
+def test_the_same_pixels_in_bmp_and_png_are_pixel_identical(tmp_path):
+    image = cell(0)
+    image.save(tmp_path / "a.bmp")
+    image.save(tmp_path / "b.png")
+    prints = [fingerprint(Image.open(tmp_path / name).convert("RGB")) for name in ("a.bmp", "b.png")]
+    (group,) = duplicate_groups(prints)
+    assert group.members == [0, 1] and not group.near
+
+
+def write_set(root, copies_across_classes: bool = False):
+    """Two classes of 12 distinct cells each; cell 0 of class A again as a resized JPEG in A, and
+    (optionally) as a BMP in class B."""
+    for label, offset in (("A", 0), ("B", 100)):
+        (root / label).mkdir(parents=True)
+        for index in range(12):
+            cell(offset + index, "TaperedHead" if label == "A" else "PyriformHead").save(root / label / f"{index}.png")
+    reencoded(cell(0), 1.25).save(root / "A" / "0 (copy).jpg")
+    if copies_across_classes:
+        cell(0).save(root / "B" / "Normal_0.bmp")
+    return root
+
+
+def test_a_copy_under_another_class_stops_in_one_line_naming_both_files(tmp_path):
+    root = write_set(tmp_path / "data", copies_across_classes=True)
+    with pytest.raises(DataError, match=r"B/Normal_0.bmp: the same image as .*A/0.png \(pixel-identical\)") as error:
+        discover(root)
+    assert "--duplicates drop-conflicts" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_drop_conflicts_drops_the_whole_group_and_keep_keeps_it(tmp_path, caplog):
+    root = write_set(tmp_path / "data", copies_across_classes=True)
+    with caplog.at_level(logging.WARNING):
+        dropped = discover(root, duplicates="drop-conflicts")
+    assert len(dropped) == 23 and not any(p.startswith("A/0") or "Normal_0" in p for p in dropped.paths)
+    assert "1 groups of duplicate images (3 files" in caplog.text and "dropped: 3 files" in caplog.text
+    kept = discover(root, duplicates="keep")
+    assert len(kept) == 26 and len(kept.copies) == 2
+
+
+def test_a_same_class_copy_is_tied_to_its_first_image(tmp_path):
+    samples = discover(write_set(tmp_path / "data"))
+    ((copy, first),) = samples.copies.items()
+    assert {samples.paths[first], samples.paths[copy]} == {"A/0.png", "A/0 (copy).jpg"}
+
+
+def copy_sets(count: int, per_class: int = 30):
+    """A labels array with ``count`` copies tied to other images, for the split tests."""
+    rng = np.random.default_rng(count)
+    labels = np.repeat([0, 1], per_class)
+    firsts = rng.choice(len(labels), count, replace=False)
+    copies = {}
+    for first in firsts:
+        copy = int(
+            rng.choice(
+                [i for i in range(len(labels)) if i not in firsts and i not in copies and labels[i] == labels[first]]
+            )
+        )
+        copies[copy] = int(first)
+    return labels, copies
+
+
+def test_no_copy_straddles_folds_validation_or_calibration():
+    apart_without = 0  # the same splits without ``copies`` do separate some: the check can fail
+    for draw in range(20):
+        labels, copies = copy_sets(6 + draw % 5)
+        folds = splits.make_folds(labels, ["a", "b"], 3, draw)
+        for copy, first in copies.items():
+            folds[copy] = folds[first]
+        for fold in (1, 2, 3):
+            split = splits.fold_split(folds, labels, fold, 0.2, draw, cal_fraction=0.15, copies=copies)
+            side = {i: name for name, part in split.parts().items() for i in part.tolist()}
+            assert all(side[copy] == side[first] for copy, first in copies.items())
+            plain = splits.fold_split(folds, labels, fold, 0.2, draw, cal_fraction=0.15)
+            side = {i: name for name, part in plain.parts().items() for i in part.tolist()}
+            apart_without += sum(side[copy] != side[first] for copy, first in copies.items())
+    assert apart_without > 0
+
+
+def test_a_folds_csv_that_splits_duplicates_is_refused(tmp_path):
+    samples = discover(write_set(tmp_path / "data"))
+    folds_csv = tmp_path / "folds.csv"
+    folds = splits.load_or_create_folds(samples, folds_csv, k=2, seed=0)
+    ((copy, first),) = samples.copies.items()
+    assert folds[copy] == folds[first]
+    lines = folds_csv.read_text().splitlines()
+    moved = [
+        f"{line.rpartition(',')[0]},{3 - folds[copy]}" if line.startswith(samples.paths[copy] + ",") else line
+        for line in lines
+    ]
+    assert moved != lines
+    folds_csv.write_text("\n".join(moved) + "\n")
+    with pytest.raises(DataError, match="different folds .* delete folds.csv"):
+        splits.load_or_create_folds(samples, folds_csv, k=2, seed=0)
