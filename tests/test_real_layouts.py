@@ -4,9 +4,9 @@ with spaces in their names, mixed .bmp/.png, and the same cell saved under two c
 
 import csv
 
+from conftest import run_train
 from PIL import Image
 
-from conftest import run_train
 from spermfuse.core.transforms import build
 from spermfuse.data.folders import discover
 from spermfuse.data.images import load_rgb
