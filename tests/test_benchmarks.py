@@ -98,3 +98,25 @@ def test_the_timm_suite_needs_timm():
     pytest.importorskip("timm")
     results, _, _ = tiny("timm", num_classes=4)
     assert results["timm_over_ours_train"] > 0
+
+
+def test_the_baseline_suite_scores_an_svm_on_every_fold_of_the_data(tmp_path):
+    from spermfuse import synthetic
+
+    data = synthetic.generate(tmp_path / "heads", "hushem4", seed=0, per_class=10)
+    figures, reported, bench = tiny("baseline", data=data)
+    assert len(figures["accuracy_per_fold"]) == 5 and all(0 <= a <= 1 for a in figures["accuracy_per_fold"])
+    assert figures["mean"] == pytest.approx(sum(figures["accuracy_per_fold"]) / 5)
+    assert "SVM (RBF) on 32 px grey pixels" in bench.markdown and "train.py's 5-fold split" in bench.markdown
+
+
+def test_the_duplicates_suite_sets_the_check_beside_an_epoch_and_says_what_it_found(tmp_path):
+    from spermfuse import synthetic
+    from spermfuse.core.files import atomic_write_csv
+
+    data = synthetic.generate(tmp_path / "heads", "hushem4", seed=0, per_class=6)
+    (data / "Normal" / "again.png").write_bytes(next((data / "Normal").glob("*.png")).read_bytes())
+    atomic_write_csv(tmp_path / "run" / "history.csv", ["epoch", "seconds"], [[1, 10.0], [2, 12.0]])
+    figures, reported, bench = tiny("duplicates", data=data, epoch_from=tmp_path / "run")
+    assert figures["epoch"] == 11.0 and figures["images"] == 25
+    assert "1 groups of duplicate images (2 files; 1 pixel-identical" in bench.markdown

@@ -22,8 +22,9 @@ from ..core.errors import ConfigError
 from ..core.files import read_csv
 from ..core.metrics import mean_std_ci
 from ..data import splits
+from ..data.duplicates import duplicate_groups, fingerprint, resolve
 from ..data.folders import Samples, discover
-from ..data.images import check_image, load_rgb
+from ..data.images import check_image, load_rgb, read_image
 from ..page import markdown_table
 from .context import Benchmark
 
@@ -114,6 +115,10 @@ def duplicates_suite(bench: Benchmark) -> dict:
     checked = _median_seconds(lambda: discover(bench.data, duplicates="keep"), bench.rounds)
     detection = checked - listing - decoding
     count = len(paths)
+    listed = discover(bench.data, check_images=False)
+    fingerprints = [fingerprint(read_image(path)[0]) for path in paths]
+    names = [listed.classes[label] for label in listed.labels]
+    found, _ = resolve(duplicate_groups(fingerprints), names, count, "keep")
     rows = [
         ["listing the files", f"{listing:.2f}", ""],
         ["decoding every image once (the check that was there before)", f"{decoding:.2f}", ""],
@@ -121,7 +126,8 @@ def duplicates_suite(bench: Benchmark) -> dict:
         [f"one training epoch (mean of {bench.epoch_from}/history.csv)", f"{epoch:.2f}", ""],
     ]
     bench.table(
-        markdown_table(["step", "seconds (median)", ""], rows) + f"\n\n{count} images, {bench.rounds} rounds.",
+        markdown_table(["step", "seconds (median)", ""], rows)
+        + f"\n\n{count} images, {bench.rounds} rounds. Found: {found.summary()}.",
         f"--data {bench.data} --epoch-from {bench.epoch_from} --rounds {bench.rounds}",
     )
     return {"listing": listing, "decoding": decoding, "detection": detection, "epoch": epoch, "images": count}

@@ -16,10 +16,10 @@ def default_data_dir(scale: float | None = None) -> Path:
     return cache_root() / f"sperm18-v{GENERATOR_VERSION}-seed42{suffix}"
 
 
-def pretraining_data_dir(seed: int, per_class: int) -> Path:
+def pretraining_data_dir(seed: int, per_class: int, kind: str = "sperm18") -> Path:
     """Where a demo pretraining set is cached: named by what is in it, so recipes that differ
     only in training share it."""
-    return cache_root() / f"sperm18-v{GENERATOR_VERSION}-seed{seed}-{per_class}-per-class"
+    return cache_root() / f"{kind}-v{GENERATOR_VERSION}-seed{seed}-{per_class}-per-class"
 
 
 def ensure_default_data(

@@ -10,7 +10,9 @@ The pretraining set is sperm18 rendered with another seed (``PretrainRecipe.seed
 drawn from its own generator seeded by (seed, class, index), so another seed gives other
 cells, and the folds use only the default set (seed 42). It is the same task from the same
 generator, so it is a far closer start than ImageNet is for real micrographs: the demo's
-gain from it overstates what ImageNet pretraining gives on real data.
+gain from it overstates what ImageNet pretraining gives on real data. ``--kind hushem4``
+pretrains on the procedural sperm heads instead (HuSHeM's four classes; docs/REAL_DATA.md
+measures what each gives on real heads).
 
 The checkpoint is cached under ``$SPERMFUSE_CACHE/demo-pretrain-<recipe>/<arch>/`` with a
 record (``pretrain.json``: architecture, classes, recipe, SHA-256 of ``best.pt``) checked on
@@ -31,7 +33,6 @@ from pathlib import Path
 from .. import cli, synthetic
 from ..cache import pretraining_root
 from ..core.files import CheckpointError, atomic_write_json, file_sha256
-from ..data.taxonomy import SPERM18_CLASSES
 from ..store.run_folder import BEST_CHECKPOINT, SINGLE_SPLIT_FOLDER
 from ..synthetic.cached_sets import pretraining_data_dir
 from .config import OPERATIONAL_SETTINGS, PRESETS, preset_config
@@ -51,13 +52,25 @@ class PretrainRecipe:
     epochs: int = 16
     lr: float = 2e-3
     batch_size: int = 32
+    kind: str = "sperm18"  # the procedural set: sperm18 (whole cells, 18 classes) or hushem4 (heads, 4 classes)
+
+    def record(self) -> dict:
+        """The recipe as recorded and fingerprinted; the default kind is left out, so the recipes
+        made before it existed keep their checkpoints."""
+        fields = asdict(self)
+        if fields["kind"] == "sperm18":
+            del fields["kind"]
+        return fields
+
+    def classes(self) -> list[str]:
+        return list(synthetic.KINDS[self.kind][0])
 
     def fingerprint(self) -> str:
         # What changes the weights; the preset's calibration share is not used here (cal_fraction=0 below).
         preset = {
             k: v for k, v in PRESETS[BASE_PRESET].items() if k not in OPERATIONAL_SETTINGS and k != "cal_fraction"
         }
-        text = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION, "preset": preset}, sort_keys=True)
+        text = json.dumps({**self.record(), "generator": synthetic.GENERATOR_VERSION, "preset": preset}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -67,8 +80,8 @@ def pretrain_root(recipe: PretrainRecipe) -> Path:
 
 def pretraining_data(recipe: PretrainRecipe) -> Path:
     """The pretraining set, generated once (atomically: an interrupted generation leaves nothing)."""
-    folder = pretraining_data_dir(recipe.seed, recipe.per_class)
-    return synthetic.generate_once(folder, "sperm18", seed=recipe.seed, per_class=recipe.per_class)
+    folder = pretraining_data_dir(recipe.seed, recipe.per_class, recipe.kind)
+    return synthetic.generate_once(folder, recipe.kind, seed=recipe.seed, per_class=recipe.per_class)
 
 
 def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | None:
@@ -80,7 +93,11 @@ def _record_problem(folder: Path, arch: str, recipe: PretrainRecipe) -> str | No
         record = json.loads(record_path.read_text())
     except ValueError:
         return f"{record_path} is not readable JSON"
-    if record.get("arch") != arch or record.get("classes") != SPERM18_CLASSES or record.get("recipe") != asdict(recipe):
+    if (
+        record.get("arch") != arch
+        or record.get("classes") != recipe.classes()
+        or record.get("recipe") != recipe.record()
+    ):
         return f"{record_path} records another architecture, class list or recipe"
     if record.get("sha256") != file_sha256(best):
         return f"{best}: its SHA-256 differs from the one recorded when it was made (a corrupt or replaced file)"
@@ -127,7 +144,7 @@ def pretrained_checkpoint(arch: str, recipe: PretrainRecipe = PretrainRecipe(), 
     best = run / BEST_CHECKPOINT
     atomic_write_json(
         folder / "pretrain.json",
-        {"arch": arch, "classes": SPERM18_CLASSES, "recipe": asdict(recipe), "sha256": file_sha256(best)},
+        {"arch": arch, "classes": recipe.classes(), "recipe": recipe.record(), "sha256": file_sha256(best)},
     )
     return best
 
@@ -137,8 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.argument_parser(__doc__.split("\n\n")[0], prog="python -m spermfuse.training.pretrain")
     parser.add_argument("--arch", required=True, help="a registered model, e.g. efficientnet_tiny")
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: fastest on 2 cores)")
+    parser.add_argument(
+        "--kind", default="sperm18", choices=["sperm18", "hushem4"], help="the procedural set (default sperm18)"
+    )
+    parser.add_argument("--img-size", type=int, default=PretrainRecipe.img_size, help="input side in px (default 64)")
+    parser.add_argument("--epochs", type=int, default=PretrainRecipe.epochs, help="epochs (default 16)")
     args = parser.parse_args(argv)
-    return cli.run(lambda: print(pretrained_checkpoint(args.arch, workers=args.workers)), timed=True)
+    recipe = PretrainRecipe(kind=args.kind, img_size=args.img_size, epochs=args.epochs)
+    return cli.run(lambda: print(pretrained_checkpoint(args.arch, recipe, workers=args.workers)), timed=True)
 
 
 if __name__ == "__main__":
