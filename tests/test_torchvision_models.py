@@ -17,7 +17,7 @@ from conftest import run_train
 
 from spermfuse.core.errors import ConfigError
 from spermfuse.core.models import WeightsError, create_model, get_spec, list_models
-from spermfuse.core.models.torchvision_classifiers import torchvision_names
+from spermfuse.core.models.registry import torchvision_names
 from spermfuse.explain.gradcam import default_layer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from ..core.engine import TTA_MODES
 from ..core.errors import ConfigError
 from ..core.models import REGISTRY, get_spec
 from ..core.models.efficientnet import PADDINGS
-from ..core.models.torchvision_classifiers import required_input_size
+from ..core.models.registry import required_input_size
 from ..core.normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..core.transforms import PAD_COLOR, PAPER_IMG_SIZE
 from ..flags import setting

@@ -21,9 +21,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import efficientnet
-from .registry import REGISTRY, ModelSpec
+from .registry import REGISTRY, ModelSpec, head_name, is_torchvision_name, torchvision_builder, torchvision_names
 from .resnetv2 import ResNetV2, StdConv2d
-from .torchvision_classifiers import head_name, is_torchvision_name, torchvision_builder, torchvision_names
 from .weights import LoadReport, WeightsError, load_weights
 
 
@@ -33,7 +32,7 @@ def list_models() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """How to build ``name``: a registered architecture, or ``tv:<name>`` (torchvision_classifiers.py)."""
+    """How to build ``name``: a registered architecture, or ``tv:<name>`` (registry.py)."""
     if is_torchvision_name(name):
         return ModelSpec(torchvision_builder(name), math.nan, "torchvision", head_name(name))
     if name not in REGISTRY:

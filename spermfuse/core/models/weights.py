@@ -39,8 +39,7 @@ from ..checkpoints import read_safetensors, safe_torch_load
 from ..errors import SpermfuseError
 from ..files import CheckpointError, safe_np_load
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD, UNIT_RANGE_MEAN, UNIT_RANGE_STD
-from .registry import ModelSpec
-from .torchvision_classifiers import without_absent_auxiliary
+from .registry import ModelSpec, without_absent_auxiliary
 
 log = logging.getLogger(__name__)
 
