@@ -8,7 +8,7 @@ from torch import nn
 
 from spermfuse.benchmarks.fused_pair import FusedPair
 from spermfuse.core.errors import ConfigError
-from spermfuse.core.models import create_model, list_models
+from spermfuse.core.models import REGISTRY, create_model
 from spermfuse.core.transforms import PipelineSpec, build
 from spermfuse.explain.gradcam import (
     Member,
@@ -233,7 +233,7 @@ def test_grad_cam_takes_a_class_name_with_the_class_list():
         grad_cam(model, images, "B")
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", list(REGISTRY))
 def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples(arch):
     """Selvaraju et al.'s definition, computed here by hand with hooks on the same layer, for
     every registered architecture."""
@@ -257,7 +257,7 @@ def test_grad_cam_applies_the_relu_at_the_layers_resolution_then_upsamples(arch)
     assert torch.allclose(grad_cam(model, images.detach()), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", list(REGISTRY))
 def test_the_default_layer_map_sums_to_the_explained_logit_minus_its_bias(arch):
     """features -> pool -> linear for both backbones: the unrectified Grad-CAM map's spatial sum is
     z_c - b_c, so a fused map adds maps of one scale (not so before the ResNetV2's last GroupNorm)."""
@@ -334,7 +334,7 @@ def test_a_cell_is_scored_by_its_true_parts_map_and_the_switched_map_by_the_othe
     assert not missed.hit and missed.untrained and not missed.part_switch
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", list(REGISTRY))
 def test_grad_cam_equals_pytorch_grad_cam_on_the_same_layer_and_targets(arch):
     """The reference implementation (requirements-dev: grad-cam) scales before it resizes, this one
     after; the maps agree to the issue's tolerance (correlation > 0.995, max difference < 0.05)."""

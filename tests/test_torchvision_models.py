@@ -160,3 +160,14 @@ def test_a_pair_of_torchvision_members_trains_fuses_evaluates_exports_and_explai
     result = script("fuse.py", "--predict", str(samples), "--output", str(output), *models, "--fold", "1", "--samples")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "samples.csv").is_file()
+
+
+def test_pretrained_resolves_torchvisions_published_checkpoint_with_the_digest_its_name_carries():
+    from spermfuse.store.catalogue import find_entry
+
+    entry = find_entry("tv:resnet50", "imagenet1k_v1")
+    assert entry.url == "https://download.pytorch.org/models/resnet50-0676ba61.pth" and entry.sha256 == "0676ba61"
+    default = find_entry("tv:mobilenet_v2")
+    assert default.default and default.layout == "state dict" and ":" not in default.file_name
+    with pytest.raises(ConfigError, match="--pretrained nope: not a checkpoint of tv:resnet50"):
+        find_entry("tv:resnet50", "nope")

@@ -62,7 +62,7 @@ class WeightsEntry:
     @property
     def file_name(self) -> str:
         """The cached file's name: unique per (arch, tag), whatever the URL's last part."""
-        return f"{self.arch}-{self.tag}{SUFFIXES[self.format]}"
+        return f"{self.arch.replace(':', '_')}-{self.tag}{SUFFIXES[self.format]}"
 
 
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
@@ -261,10 +261,43 @@ def load_catalogue(environ: dict[str, str] | None = None) -> Catalogue:
     return catalogue
 
 
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.pth$")
+
+
+def torchvision_entries(arch: str) -> dict[str, WeightsEntry]:
+    """``tv:<name>``'s published checkpoints, as torchvision lists them (``get_model_weights``):
+    the tag is the weights' enum name in lower case (``imagenet1k_v1``), the default torchvision's
+    own; the digest is the leading hex digits its file name carries (the full SHA-256 is not
+    published: the first download's is recorded and checked after)."""
+    import torchvision
+
+    base = arch.removeprefix("tv:")
+    weights = torchvision.models.get_model_weights(base)
+    default = torchvision.models.get_model_weights(base).DEFAULT
+    entries = {}
+    for member in weights:
+        digest = _HASH_IN_NAME.search(member.url)
+        entries[member.name.lower()] = WeightsEntry(
+            arch,
+            member.name.lower(),
+            member.url,
+            "pytorch",
+            "state dict",
+            "see torchvision's documentation of the model (code: BSD-3-Clause)",
+            f"torchvision's {member.name} weights",
+            sha256=digest.group(1) if digest else None,
+            default=member is default,
+        )
+    return entries
+
+
 def find_entry(arch: str, tag: str | bool | None = "default", catalogue: Catalogue | None = None) -> WeightsEntry:
-    """The entry ``--pretrained [TAG]`` names for ``arch``; ``"default"`` (or True) is its paper's."""
+    """The entry ``--pretrained [TAG]`` names for ``arch``; ``"default"`` (or True) is its paper's
+    (for ``tv:<name>``, torchvision's default weights)."""
     catalogue = load_catalogue() if catalogue is None else catalogue
     entries = catalogue.get(arch, {})
+    if not entries and arch.startswith("tv:"):
+        entries = torchvision_entries(arch)
     if not entries:
         raise ConfigError(
             f"--pretrained: no catalogued weights for {arch}; pass a local file with --weights PATH "
@@ -292,4 +325,7 @@ def catalogue_table(catalogue: Catalogue | None = None) -> str:
                 f"      {entry.format}, {entry.layout} names, padding {entry.padding}, mean/std {mean}, {digest}, licence {entry.licence}"
             )
             lines.append(f"      {entry.url}")
+    lines.append(
+        "tv:<name>: torchvision's published weights of that classifier, tag imagenet1k_v1 etc. (default: its own)"
+    )
     return "\n".join(lines)

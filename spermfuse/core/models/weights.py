@@ -199,7 +199,7 @@ def convert(
             )
         return state, "spermfuse checkpoint", (tuple(loaded["pipeline"]["mean"]), tuple(loaded["pipeline"]["std"]))
     if spec.family == "torchvision":
-        return without_absent_auxiliary(state, model), "torchvision state dict", IMAGENET
+        return without_absent_auxiliary(state, model), "state dict", IMAGENET
     return state, "state dict", IMAGENET
 
 
