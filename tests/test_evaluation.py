@@ -217,10 +217,10 @@ def test_without_a_leak_free_fusion_there_is_no_headline_and_the_summary_labels_
     assert "against m2" in text and "a difference on both tests" in text
 
 
-def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_path):
+def ablation_settings(root, order: tuple[str, ...]) -> dict:
+    """Run roots of one model "m" over two folds: ``plain`` right on about half the cells, ``same``
+    identical to it, ``better`` right on all, in ``order``."""
     from conftest import write_logits
-
-    from spermfuse.reporting.evaluation import ablation_rows
 
     rng = np.random.default_rng(3)
     for fold in (1, 2):
@@ -228,9 +228,15 @@ def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_pat
         paths = [f"{fold}_{i}.png" for i in range(60)]
         right = np.eye(3)[labels] * 3
         half = np.where(rng.random(60)[:, None] < 0.5, right, np.eye(3)[(labels + 1) % 3] * 3)
-        for root, logits in (("plain", half), ("same", half), ("better", right)):
-            write_logits(tmp_path / root / "m" / f"fold{fold}" / "test_logits.npz", logits, labels, paths, "m", fold)
-    rows = ablation_rows({name: tmp_path / name for name in ("plain", "same", "better")}, [0.5])
+        for name, logits in (("plain", half), ("same", half), ("better", right)):
+            write_logits(root / name / "m" / f"fold{fold}" / "test_logits.npz", logits, labels, paths, "m", fold)
+    return {name: root / name for name in order}
+
+
+def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_path):
+    from spermfuse.reporting.evaluation import ablation_rows
+
+    rows = ablation_rows(ablation_settings(tmp_path, ("plain", "same", "better")), [0.5])
     by_setting = {row[0]: row for row in rows}
     assert by_setting["plain"][5:] == ["-", "-"]
     assert by_setting["same"][5:] == ["1.0000", "none"]  # identical predictions: no evidence
@@ -238,22 +244,12 @@ def test_ablation_tests_each_setting_against_the_first_on_the_same_cells(tmp_pat
 
 
 def test_an_ablation_that_adds_one_choice_a_row_tests_each_against_the_previous(tmp_path):
-    from conftest import write_logits
-
     from spermfuse.reporting.evaluation import ablation_rows
 
-    rng = np.random.default_rng(3)
-    for fold in (1, 2):
-        labels = rng.integers(0, 3, 60)
-        paths = [f"{fold}_{i}.png" for i in range(60)]
-        right = np.eye(3)[labels] * 3
-        half = np.where(rng.random(60)[:, None] < 0.5, right, np.eye(3)[(labels + 1) % 3] * 3)
-        for root, logits in (("plain", half), ("better", right), ("same", right)):
-            write_logits(tmp_path / root / "m" / f"fold{fold}" / "test_logits.npz", logits, labels, paths, "m", fold)
-    settings = {name: tmp_path / name for name in ("plain", "better", "same")}
+    settings = ablation_settings(tmp_path, ("better", "plain", "same"))
     by_setting = {row[0]: row for row in ablation_rows(settings, [0.5], against="previous")}
-    assert by_setting["better"][5:] == ["< 0.0001", "1 (+), 2 (+)"]  # against plain
-    assert by_setting["same"][5:] == ["1.0000", "none"]  # against better, not plain
+    assert by_setting["plain"][5:] == ["< 0.0001", "1 (-), 2 (-)"]  # against better
+    assert by_setting["same"][5:] == ["1.0000", "none"]  # against plain, not better
 
 
 def test_report_html_is_one_self_contained_page_whose_images_all_decode(tmp_path):

@@ -64,30 +64,8 @@ def smids_like(root, conflict: bool):
     return root
 
 
-def test_smids_like_data_stops_in_one_line_naming_the_cross_class_pair(tmp_path):
-    data = smids_like(tmp_path / "SMIDS", conflict=True)
-    result = run_train(
-        "--data",
-        str(data),
-        "--preset",
-        "tiny",
-        "--arch",
-        "efficientnet_tiny",
-        "--fold",
-        "1",
-        "--out",
-        str(tmp_path / "runs"),
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if "the same image as" in line]
-    assert "Normal_2896.png" in line and "Sperm_2.bmp" in line and "--duplicates drop-conflicts" in line
-    assert not (tmp_path / "runs").exists()
-
-
-def test_with_drop_conflicts_it_trains_and_no_duplicate_group_straddles_a_fold(tmp_path):
-    data = smids_like(tmp_path / "SMIDS", conflict=True)
-    runs = tmp_path / "runs"
-    result = run_train(
+def train_fold_one(data, runs, *flags: str):
+    return run_train(
         "--data",
         str(data),
         "--preset",
@@ -98,9 +76,23 @@ def test_with_drop_conflicts_it_trains_and_no_duplicate_group_straddles_a_fold(t
         "1",
         "--out",
         str(runs),
-        "--duplicates",
-        "drop-conflicts",
+        *flags,
     )
+
+
+def test_smids_like_data_stops_in_one_line_naming_the_cross_class_pair(tmp_path):
+    data = smids_like(tmp_path / "SMIDS", conflict=True)
+    result = train_fold_one(data, tmp_path / "runs")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "the same image as" in line]
+    assert "Normal_2896.png" in line and "Sperm_2.bmp" in line and "--duplicates drop-conflicts" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_with_drop_conflicts_it_trains_and_no_duplicate_group_straddles_a_fold(tmp_path):
+    data = smids_like(tmp_path / "SMIDS", conflict=True)
+    runs = tmp_path / "runs"
+    result = train_fold_one(data, runs, "--duplicates", "drop-conflicts")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(runs / "folds.csv", newline="") as handle:
         fold_of = {row["path"]: row["fold"] for row in csv.DictReader(handle)}
