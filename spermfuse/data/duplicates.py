@@ -137,10 +137,5 @@ def resolve(
     dropped = {i for g in conflicts for i in g.members} if policy == "drop-conflicts" else set()
     keep = [i for i in range(count) if i not in dropped]
     position = {old: new for new, old in enumerate(keep)}
-    copies = {
-        position[i]: position[g.members[0]]
-        for g in groups
-        if g.members[0] not in dropped
-        for i in g.members[1:]
-    }
+    copies = {position[i]: position[g.members[0]] for g in groups if g.members[0] not in dropped for i in g.members[1:]}
     return DuplicateReport(keep, copies, list(groups), conflicts), None
