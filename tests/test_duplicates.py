@@ -10,7 +10,13 @@ from PIL import Image
 
 from spermfuse.core.errors import DataError
 from spermfuse.data import splits
-from spermfuse.data.duplicates import NEAR_DUPLICATE_CORRELATION, duplicate_groups, fingerprint
+from spermfuse.data.duplicates import (
+    NEAR_DUPLICATE_CORRELATION,
+    duplicate_groups,
+    fingerprint,
+    pixel_digest,
+    unit_thumbnails,
+)
 from spermfuse.data.folders import discover
 from spermfuse.synthetic import render
 
@@ -29,7 +35,12 @@ def reencoded(image: Image.Image, scale: float, quality: int = 90) -> Image.Imag
 
 
 def correlation(a: Image.Image, b: Image.Image) -> float:
-    return float(fingerprint(a).thumbnail @ fingerprint(b).thumbnail)
+    first, second = unit_thumbnails([fingerprint(a), fingerprint(b)])
+    return float(first @ second)
+
+
+def groups_of(images: list[Image.Image]):
+    return duplicate_groups([fingerprint(image) for image in images], lambda i: pixel_digest(images[i]))
 
 
 @pytest.mark.parametrize("scale", [0.8, 1.25])
@@ -39,16 +50,38 @@ def test_a_resized_and_reencoded_copy_is_a_near_duplicate(scale):
 
 
 def test_different_cells_of_one_class_are_not_duplicates():
-    cells = [cell(index) for index in range(40)]
-    assert duplicate_groups([fingerprint(image) for image in cells]) == []
+    assert groups_of([cell(index) for index in range(40)]) == []
 
 
 def test_the_same_pixels_in_bmp_and_png_are_pixel_identical(tmp_path):
     image = cell(0)
     image.save(tmp_path / "a.bmp")
     image.save(tmp_path / "b.png")
-    prints = [fingerprint(Image.open(tmp_path / name).convert("RGB")) for name in ("a.bmp", "b.png")]
-    (group,) = duplicate_groups(prints)
+    (group,) = groups_of([Image.open(tmp_path / name).convert("RGB") for name in ("a.bmp", "b.png")])
+    assert group.members == [0, 1] and not group.near
+
+
+def test_pixels_are_compared_only_for_images_whose_thumbnails_are_equal():
+    images = [cell(index) for index in range(20)] + [cell(3)]
+    asked = []
+    groups = duplicate_groups(
+        [fingerprint(image) for image in images], lambda i: asked.append(i) or pixel_digest(images[i])
+    )
+    assert sorted(asked) == [3, 20]
+    assert [(g.members, g.near) for g in groups] == [([3, 20], False)]
+
+
+def test_a_slightly_edited_copy_is_near_identical_not_pixel_identical():
+    image = cell(0)
+    edited = image.copy()
+    edited.putpixel((50, 50), tuple(value ^ 1 for value in image.getpixel((50, 50))))
+    (group,) = groups_of([image, edited])
+    assert group.near and group.identical == [[0], [1]]
+
+
+def test_flat_images_are_duplicates_only_when_their_pixels_are_equal():
+    grey = [Image.new("RGB", (64, 64), (level, level, level)) for level in (120, 120, 121)]
+    (group,) = groups_of(grey)
     assert group.members == [0, 1] and not group.near
 
 

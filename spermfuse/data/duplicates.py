@@ -4,25 +4,28 @@ and tested on, and never carry two labels.
 Two kinds are found, from what each image decodes to (not its bytes, so a .bmp and a .png of the
 same pixels are one image):
 
-- **pixel-identical**: the same mode, size and pixels (SHA-256 of the decoded pixels);
+- **pixel-identical**: the same mode, size and pixels;
 - **near-identical**: a re-crop, a resize or a re-encoding of the same picture. Each image is
-  letterboxed onto its border's median grey, reduced to ``THUMBNAIL_SIDE`` x ``THUMBNAIL_SIDE``,
-  centred and scaled to unit length; two images whose thumbnails correlate above
+  reduced to a ``THUMBNAIL_SIDE`` x ``THUMBNAIL_SIDE`` grey thumbnail (squashed, whatever its
+  aspect), centred and scaled to unit length; two images whose thumbnails correlate above
   ``NEAR_DUPLICATE_CORRELATION`` are one picture.
 
-The threshold, measured (docs/REAL_DATA.md): copies resized by 0.8 or 1.25 and re-encoded as
-JPEG (quality 90) keep a correlation above 0.99 (tests/test_duplicates.py); the nearest distinct
-cell of the synthetic sperm18 set is at most 0.92; in SMIDS, pairs above 0.98 are re-crops of
-one cell a pixel or two apart. Heavier edits (a crop of part of the cell, a rotation) are not
-caught. Images linked by either kind form one group (transitively); a group holding two classes is
-a label conflict.
+The check is always on, so it is built to cost little beside decoding (docs/REAL_DATA.md measures
+it on SMIDS): only the thumbnail is computed for every image; the pixels are compared (SHA-256)
+only for the few images whose mode, size and thumbnail are all equal to another's.
+
+The threshold, measured: copies resized by 0.8 or 1.25 and re-encoded as JPEG (quality 90) keep a
+correlation above 0.99 (tests/test_duplicates.py); distinct cells of one class of the synthetic
+sperm18 set stay below it (same file); in SMIDS, pairs above 0.98 are re-crops of one cell a few
+pixels apart (looked at, pair by pair; some such re-crops fall just below and are missed). Heavier edits (a crop of part of the cell, a rotation) are not caught. Images linked
+by either kind form one group (transitively); a group holding two classes is a label conflict.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,45 +38,40 @@ _BLOCK = 2048  # thumbnails compared per block: the correlation matrix is never 
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What an image is compared by: its decoded pixels' digest and its normalised thumbnail."""
+    """What an image is compared by: its mode and size, and its grey thumbnail (uint8)."""
 
-    pixels: bytes
+    shape: tuple[str, int, int]
     thumbnail: np.ndarray
+
+    def key(self) -> bytes:
+        """Equal for images that may be pixel-identical (and for those only)."""
+        return f"{self.shape}".encode() + self.thumbnail.tobytes()
 
 
 def fingerprint(image: Image.Image) -> Fingerprint:
     """The fingerprint of a decoded image (module docstring)."""
-    pixels = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).digest()
-    grey = image.convert("L")
-    scale = THUMBNAIL_SIDE / max(grey.size)
-    grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BOX)
-    values = np.asarray(grey)
-    border = np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
-    canvas = Image.new("L", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), int(np.median(border)))
-    canvas.paste(grey, ((THUMBNAIL_SIDE - grey.width) // 2, (THUMBNAIL_SIDE - grey.height) // 2))
-    small = np.asarray(canvas, dtype=np.float32).ravel()
-    small = small - small.mean()
-    norm = float(np.linalg.norm(small))
-    return Fingerprint(pixels, small / norm if norm > 0 else small)  # a flat image correlates with nothing
+    side = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+    # Reducing the colour image before dropping colour is cheaper than the other order.
+    grey = image.resize(side, Image.Resampling.BOX, reducing_gap=2.0).convert("L")
+    return Fingerprint((image.mode, *image.size), np.asarray(grey).ravel())
 
 
-@dataclass
-class DuplicateGroup:
-    """Images that are one picture: their indices, and whether any two differ in pixels."""
-
-    members: list[int]
-    near: bool = False
+def pixel_digest(image: Image.Image) -> bytes:
+    """SHA-256 of a decoded image's mode, size and pixels: equal only for pixel-identical images."""
+    return hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).digest()
 
 
-def _root(parent: list[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
+def unit_thumbnails(fingerprints: Sequence[Fingerprint]) -> np.ndarray:
+    """The thumbnails as centred unit-length rows, so that a dot product is a correlation (a flat
+    image, with nothing to correlate, is a zero row)."""
+    rows = np.stack([f.thumbnail for f in fingerprints]).astype(np.float32)
+    rows -= rows.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
 
 
 def near_pairs(thumbnails: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELATION) -> list[tuple[int, int]]:
-    """Every pair (i < j) whose thumbnails correlate above ``threshold``, block by block."""
+    """Every pair (i < j) of unit thumbnails that correlate above ``threshold``, block by block."""
     pairs = []
     for start in range(0, len(thumbnails), _BLOCK):
         block = thumbnails[start : start + _BLOCK] @ thumbnails[start:].T
@@ -82,27 +80,67 @@ def near_pairs(thumbnails: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELA
     return pairs
 
 
+@dataclass
+class DuplicateGroup:
+    """Images that are one picture: their indices, split into sets of pixel-identical images."""
+
+    members: list[int]
+    identical: list[list[int]]
+
+    @property
+    def near(self) -> bool:
+        """Whether any two members differ in pixels."""
+        return len(self.identical) > 1
+
+
+class _Groups:
+    """Union-find over image indices."""
+
+    def __init__(self, count: int):
+        self.parent = list(range(count))
+
+    def root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i: int, j: int) -> None:
+        self.parent[self.root(j)] = self.root(i)
+
+
 def duplicate_groups(
-    fingerprints: Sequence[Fingerprint], threshold: float = NEAR_DUPLICATE_CORRELATION
+    fingerprints: Sequence[Fingerprint],
+    digest: Callable[[int], bytes],
+    threshold: float = NEAR_DUPLICATE_CORRELATION,
 ) -> list[DuplicateGroup]:
     """The groups of two or more images that are one picture (module docstring), in order of
-    their first member."""
-    parent = list(range(len(fingerprints)))
-    first: dict[bytes, int] = {}
+    their first member. ``digest(i)`` gives image i's :func:`pixel_digest`; it is asked only for
+    images whose fingerprint equals another's."""
+    groups = _Groups(len(fingerprints))
+    by_key: dict[bytes, list[int]] = {}
     for i, print_ in enumerate(fingerprints):
-        j = first.setdefault(print_.pixels, i)
-        parent[_root(parent, i)] = _root(parent, j)
+        by_key.setdefault(print_.key(), []).append(i)
+    # An image's identity: its fingerprint, and its pixels' digest where the fingerprint is shared.
+    identity: dict[int, bytes] = {i: key for key, same in by_key.items() for i in same}
+    for same in (same for same in by_key.values() if len(same) > 1):
+        first: dict[bytes, int] = {}
+        for i in same:
+            identity[i] += digest(i)
+            groups.join(first.setdefault(identity[i], i), i)
     if fingerprints:
-        thumbnails = np.stack([f.thumbnail for f in fingerprints])
-        for i, j in near_pairs(thumbnails, threshold):
-            parent[_root(parent, j)] = _root(parent, i)
+        for i, j in near_pairs(unit_thumbnails(fingerprints), threshold):
+            groups.join(i, j)
     members: dict[int, list[int]] = {}
     for i in range(len(fingerprints)):
-        members.setdefault(_root(parent, i), []).append(i)
-    groups = [sorted(m) for m in members.values() if len(m) > 1]
-    return sorted(
-        (DuplicateGroup(m, len({fingerprints[i].pixels for i in m}) > 1) for m in groups), key=lambda g: g.members[0]
-    )
+        members.setdefault(groups.root(i), []).append(i)
+    found = []
+    for group in (sorted(m) for m in members.values() if len(m) > 1):
+        identical: dict[bytes, list[int]] = {}
+        for i in group:
+            identical.setdefault(identity[i], []).append(i)
+        found.append(DuplicateGroup(group, list(identical.values())))
+    return sorted(found, key=lambda g: g.members[0])
 
 
 @dataclass

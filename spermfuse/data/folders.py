@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from ..core.errors import DataError
-from .duplicates import POLICIES, Fingerprint, duplicate_groups, fingerprint, resolve
+from .duplicates import POLICIES, Fingerprint, duplicate_groups, fingerprint, pixel_digest, resolve
 from .images import IMAGE_EXTENSIONS, is_image_file, read_image
 
 log = logging.getLogger(__name__)
@@ -172,10 +172,11 @@ def settle_duplicates(
     ``policy`` drops (``drop-conflicts``) or keeps (``keep``) such groups."""
     if policy not in POLICIES:
         raise DataError(f"--duplicates {policy}: choose one of {', '.join(POLICIES)}")
-    report, conflict = resolve(duplicate_groups(fingerprints), names, len(paths), policy)
+    groups = duplicate_groups(fingerprints, lambda i: pixel_digest(read_image(root / paths[i])[0]))
+    report, conflict = resolve(groups, names, len(paths), policy)
     if conflict is not None:
         pairs = [(i, j) for i in conflict.members for j in conflict.members if i < j and names[i] != names[j]]
-        identical = [(i, j) for i, j in pairs if fingerprints[i].pixels == fingerprints[j].pixels]
+        identical = [(i, j) for i, j in pairs if any(i in same and j in same for same in conflict.identical)]
         first, other = (identical or pairs)[0]
         kind = "pixel-identical" if identical else "near-identical"
         raise DataError(
