@@ -14,6 +14,7 @@ from spermfuse.data.duplicates import (
     NEAR_DUPLICATE_CORRELATION,
     duplicate_groups,
     fingerprint,
+    near_pairs,
     pixel_digest,
     unit_thumbnails,
 )
@@ -83,6 +84,29 @@ def test_flat_images_are_duplicates_only_when_their_pixels_are_equal():
     grey = [Image.new("RGB", (64, 64), (level, level, level)) for level in (120, 120, 121)]
     (group,) = groups_of(grey)
     assert group.members == [0, 1] and not group.near
+
+
+def test_the_quick_pair_search_finds_every_pair_the_full_search_finds():
+    generator = np.random.default_rng(0)
+    smooth = generator.normal(size=(60, 8, 8)).repeat(4, axis=1).repeat(4, axis=2).reshape(60, -1)
+    # Copies with noise of every strength: correlations spread across the threshold.
+    noisy = smooth[:30] + generator.normal(size=(30, 1024)) * np.linspace(0.01, 0.5, 30)[:, None]
+    # Pairs that share their fine detail but not their 2 x 2 block means: only the full search's
+    # second term (the remainders) keeps them.
+    detail = generator.normal(size=(20, 16, 2, 16, 2))
+    detail = (detail - detail.mean(axis=(2, 4), keepdims=True)).reshape(20, -1)
+    shared = (
+        np.concatenate([detail, detail])
+        + generator.normal(size=(40, 8, 8)).repeat(4, 1).repeat(4, 2).reshape(40, -1)
+        * np.linspace(0.05, 0.3, 40)[:, None]
+    )
+    rows = np.concatenate([smooth, noisy, shared, generator.normal(size=(20, 1024))]).astype(np.float32)
+    rows -= rows.mean(axis=1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    full = rows @ rows.T
+    expected = [(i, j) for i, j in zip(*np.nonzero(full > NEAR_DUPLICATE_CORRELATION)) if j > i]
+    assert len(expected) >= 5 and ((full > 0.9) & (full <= NEAR_DUPLICATE_CORRELATION)).any()
+    assert sorted(near_pairs(rows)) == sorted((int(i), int(j)) for i, j in expected)
 
 
 def write_set(root, copies_across_classes: bool = False):
