@@ -7,18 +7,22 @@
 #   bash demo.sh --no-pretrain     the same from scratch (preset demo_scratch)
 #   bash demo.sh --preset paper    the paper: efficientnetv2_s + resnet50v2, 240 px, batch 8 (a GPU job)
 #   bash demo.sh --preset tiny     a smoke test in seconds (what the test suite runs)
+#   bash demo.sh --preset cpu --pretrained
+#                                  two ImageNet-initialised torchvision members sized for a CPU (PRESETS['cpu']):
+#                                  head first, then every layer; --arch1/--arch2 choose others (train.py --list-models)
 #
 # Other flags: --data DIR (your own data instead of the synthetic set), --duplicates error|drop-conflicts|keep
 # (what to do with an image found under two classes; train.py --help), --out DIR (runs/<preset>),
 # --reports DIR (reports), --pretrained (both backbones from their papers' checkpoints, downloaded
 # once: python train.py --list-weights), --weights1 PATH / --weights2 PATH (local checkpoints
-# for the first and second backbone). Every step is a plain command you can run yourself.
+# for the first and second backbone), --arch1 NAME / --arch2 NAME (the members, any train.py --arch).
+# Every step is a plain command you can run yourself.
 set -euo pipefail
 PYTHON="${PYTHON:-python}"
 absolute() {  # paths given on the command line are relative to where the user stands, not to the repository
   case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac
 }
-preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1 duplicates=()
+preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1 duplicates=() chosen=("" "")
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
@@ -30,8 +34,10 @@ while [ $# -gt 0 ]; do
     --no-pretrain) pretrain=0; shift ;;
     --weights1) weights[0]="$(absolute "$2")"; shift 2 ;;
     --weights2) weights[1]="$(absolute "$2")"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny, --data, --duplicates, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2)" >&2; exit 2 ;;
+    --arch1) chosen[0]="$2"; shift 2 ;;
+    --arch2) chosen[1]="$2"; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny|cpu, --data, --duplicates, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2, --arch1, --arch2)" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")"
@@ -54,8 +60,20 @@ case "$preset" in
   tiny)
     archs=(efficientnet_tiny resnetv2_tiny)
     train=(--preset tiny) ;;
-  *) echo "demo.sh: --preset must be demo, paper or tiny" >&2; exit 2 ;;
+  cpu)
+    archs=(tv:mobilenet_v3_large tv:efficientnet_b0)
+    train=(--preset cpu) ;;
+  *) echo "demo.sh: --preset must be demo, paper, tiny or cpu" >&2; exit 2 ;;
 esac
+for i in 0 1; do archs[$i]="${chosen[$i]:-${archs[$i]}}"; done
+if [ "$preset" = cpu ] && [ ${#pretrained[@]} -eq 0 ]; then
+  for i in 0 1; do
+    if [ -z "${weights[$i]}" ]; then
+      echo "demo.sh: --preset cpu fine-tunes ImageNet weights and none were given for ${archs[$i]}: add --pretrained (torchvision's checkpoints, downloaded once and verified: python train.py --list-weights), or give --weights$((i + 1)) FILE (a state dict of that architecture)" >&2
+      exit 2
+    fi
+  done
+fi
 
 # A demo starts clean: its own earlier output (marked) is replaced, anything else is left alone.
 if [ -e "$out" ]; then

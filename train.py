@@ -154,6 +154,12 @@ def train(args: argparse.Namespace, argv: list[str], stop: StopRequest | None = 
             "--preset demo fine-tunes pretrained small backbones: give --weights (bash demo.sh makes them once), "
             "or train from scratch with --preset demo_scratch"
         )
+    if args.preset == "cpu" and not (first.weights or first.pretrained):
+        logging.warning(
+            "--preset cpu fine-tunes ImageNet weights; none given, so %s starts from random weights: add --pretrained "
+            "(downloaded once: --list-weights) or --weights FILE",
+            first.arch,
+        )
     samples = None  # discovered (and every image checked) once for all folds
     for fold in folds:
         samples = train_fold(args, fold, samples, stop=stop)

@@ -14,6 +14,7 @@ from conftest import fold_trainer_for, run_train, tiny_config
 
 from spermfuse.core import checkpoints
 from spermfuse.core.errors import ConfigError
+from spermfuse.core.files import read_csv
 from spermfuse.training import fold_setup, trainer
 from spermfuse.training.config import preset_config
 
@@ -108,6 +109,23 @@ def test_method_b_two_stages_freeze_then_unfreeze(tiny_sperm, tmp_path):
     stages = [line.split(",")[1] for line in (run / "history.csv").read_text().splitlines()[1:]]
     assert stages == ["frozen", "finetune"]
     assert load(run / "test_logits.npz")["logits"].shape[1] == 18
+
+
+def test_the_fine_tuning_stage_runs_at_its_own_learning_rate(tiny_sperm, tmp_path):
+    config = preset_config(
+        "paper_b",
+        arch="efficientnet_tiny",
+        data=str(tiny_sperm),
+        out=str(tmp_path),
+        img_size=32,
+        workers=0,
+        freeze_epochs=1,
+        finetune_epochs=1,
+        lr=1e-3,
+        finetune_lr=2e-5,
+    )
+    history = read_csv(trainer.train_fold(config) / "history.csv")
+    assert [(row["stage"], float(row["lr"])) for row in history] == [("frozen", 1e-3), ("finetune", 2e-5)]
 
 
 def test_method_b_killed_after_the_first_stage_resumes_to_the_same_logits(tiny_sperm, tmp_path):

@@ -123,6 +123,9 @@ class TrainConfig:
     freeze_epochs: int = setting(0, "head-only epochs before fine-tuning (method B's first stage)", "optimisation")
     unfreeze_last: int = setting(60, "layers trained in the fine-tuning stage", "optimisation")
     finetune_epochs: int = setting(30, "epochs of the fine-tuning stage", "optimisation")
+    finetune_lr: float | None = setting(
+        None, "learning rate of the fine-tuning stage (default: --lr, as method B keeps one rate)", "optimisation"
+    )
     amp: str = setting(
         "auto", "auto = fp16 on CUDA, off on CPU; on = bf16 on CPU", "optimisation", choices=["auto", "on", "off"]
     )
@@ -256,6 +259,22 @@ PRESETS: dict[str, dict] = {
     # neither the gradient nor the choice of the epoch saw.
     "demo": dict(**_CPU_DEMO, epochs=10, lr=1e-3, early_stopping=10),
     "demo_scratch": dict(**_CPU_DEMO, epochs=18, lr=2e-3, early_stopping=18),
+    # ImageNet-initialised torchvision members on a CPU (demo.sh --preset cpu; measured on HuSHeM
+    # in docs/REAL_DATA.md): the new head alone at a high rate, then every layer at a low one.
+    # No channels-last: it slowed MobileNetV2's training step on this 2-core CPU.
+    "cpu": dict(
+        img_size=128,
+        batch_size=16,
+        workers=0,
+        cal_fraction=0.1,
+        rotation=180.0,
+        lr=1e-3,
+        freeze_epochs=3,
+        finetune_lr=1e-4,
+        finetune_epochs=12,
+        unfreeze_last=10_000,
+        early_stopping=6,
+    ),
     # A smoke test in seconds (the test suite's demo run).
     "tiny": dict(img_size=32, epochs=1, lr=3e-3, num_folds=2, val_fraction=0.2, cal_fraction=0.1, workers=0),
 }
@@ -346,6 +365,10 @@ def validate_config(config: TrainConfig) -> None:
             f"--num-folds {config.num_folds}: cross-validation needs at least 2 folds",
         ),
         (_finite(config.lr) and config.lr > 0, f"--lr {config.lr}: give a positive learning rate, e.g. 1e-4"),
+        (
+            config.finetune_lr is None or (_finite(config.finetune_lr) and config.finetune_lr > 0),
+            f"--finetune-lr {config.finetune_lr}: give a positive learning rate, e.g. 1e-4",
+        ),
         (
             _finite(config.weight_decay) and config.weight_decay >= 0,
             f"--weight-decay {config.weight_decay}: give a value >= 0",

@@ -29,16 +29,17 @@ class Stage:
     name: str
     epochs: int
     trainable: str | int  # "all", "head", or the number of last layers
+    lr: float
 
 
 def stages_of(config: TrainConfig) -> list[Stage]:
     """One stage (method A), or a head-only stage and a fine-tuning stage (method B, Sec. 2.3)."""
     if config.freeze_epochs > 0:
         return [
-            Stage("frozen", config.freeze_epochs, "head"),
-            Stage("finetune", config.finetune_epochs, config.unfreeze_last),
+            Stage("frozen", config.freeze_epochs, "head", config.lr),
+            Stage("finetune", config.finetune_epochs, config.unfreeze_last, config.finetune_lr or config.lr),
         ]
-    return [Stage("train", config.epochs, "all")]
+    return [Stage("train", config.epochs, "all", config.lr)]
 
 
 @dataclass
@@ -107,12 +108,14 @@ def stage_tools(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     resumed: dict | None = None,
+    lr: float | None = None,
 ) -> StageTools:
     """The tools of a stage: the optimiser over ``model``'s parameters, a GradScaler (active with
     float16 autocast only), the plateau schedule (``--scheduler plateau``) and early stopping on
-    ``config.monitor``; fresh, or restored from the ``resumed`` last.pt with the random state."""
+    ``config.monitor``; fresh, or restored from the ``resumed`` last.pt with the random state.
+    ``lr`` is the stage's learning rate (default ``config.lr``)."""
     mode = "max" if config.monitor == "val_acc" else "min"
-    optimizer = engine.build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+    optimizer = engine.build_optimizer(config.optimizer, model.parameters(), lr or config.lr, config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     scheduler = None
     if config.scheduler == "plateau":

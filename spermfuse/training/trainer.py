@@ -247,7 +247,7 @@ class FoldTrainer:
         if self.ema and resumed is not None and resumed.get("ema") is not None:
             self.ema.load_state_dict(resumed["ema"])
         model = distributed.wrap(self.model, self.context, self.device)
-        tools = train_state.stage_tools(self.config, self.model, self.device, self.amp_dtype, resumed)
+        tools = train_state.stage_tools(self.config, self.model, self.device, self.amp_dtype, resumed, stage.lr)
         if tools.stopper.should_stop:
             return tools
         for epoch in range(self.state.next_epoch, stage.epochs):
