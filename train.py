@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from spermfuse import cli, distributed, flags
+from spermfuse.core.errors import ConfigError
 from spermfuse.core.models import list_models
 from spermfuse.preemption import StopRequest
 from spermfuse.store.catalogue import catalogue_table, find_entry
@@ -112,6 +113,10 @@ def write_slurm_script(args: argparse.Namespace, argv: list[str], config: TrainC
     """--slurm-script FILE: the sbatch script of the runs these flags describe (slurm.py)."""
     settings = SlurmSettings(**flags.given_settings(args, SlurmSettings, prefix="slurm-"))
     archs = args.slurm_archs or [config.arch]
+    if config.name is not None and len(archs) > 1:
+        raise ConfigError(
+            f"--name {config.name}: one folder cannot hold {len(archs)} architectures; drop --name or give one --slurm-archs"
+        )
     write_batch_script(args.slurm_script, argv, archs, folds, config.out, Path(__file__).resolve().parent, settings)
     logging.info("wrote %s; submit it with: sbatch %s", args.slurm_script, args.slurm_script)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fold_trainer_for, run_train, tiny_config
+from conftest import fold_trainer_for, run_script, run_train, tiny_config
 
 from spermfuse.core import checkpoints
 from spermfuse.core.errors import ConfigError
@@ -414,3 +414,22 @@ def test_a_calibration_holdout_is_written_by_every_fold_and_tested_by_none(tiny_
     cal = [set(np.load(run / "cal_logits.npz", allow_pickle=False)["paths"].tolist()) for run in runs]
     tested = set().union(*(np.load(run / "test_logits.npz", allow_pickle=False)["paths"].tolist() for run in runs))
     assert cal[0] == cal[1] and len(cal[0]) >= 18 and not cal[0] & tested
+
+
+def test_two_runs_of_one_architecture_under_their_own_names_fuse_as_two_members(tiny_sperm, tmp_path):
+    common = ["--preset", "tiny", "--data", str(tiny_sperm), "--arch", "efficientnet_tiny", "--out", str(tmp_path)]
+    for name, size in (("first", "32"), ("second", "40")):  # one seed: the same folds, validation and calibration cells
+        result = run_train(*common, "--fold", "all", "--name", name, "--img-size", size)
+        assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "efficientnet_tiny").exists()
+    first, second = (load(tmp_path / name / "fold1" / "test_logits.npz")["logits"] for name in ("first", "second"))
+    assert not np.array_equal(first, second)
+    fused = run_script("fuse.py", "--grid", "--runs", str(tmp_path), "--models", "first", "second")
+    assert fused.returncode == 0, fused.stderr
+    assert json.loads((tmp_path / "fusion" / "fusion.json").read_text())["models"] == ["first", "second"]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", " "])
+def test_a_name_that_is_not_a_plain_folder_name_is_refused(name, tiny_sperm, tmp_path):
+    result = run_train("--preset", "tiny", "--data", str(tiny_sperm), "--out", str(tmp_path), "--name", name)
+    assert result.returncode == 2 and "--name" in result.stderr and not list(tmp_path.iterdir())

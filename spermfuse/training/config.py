@@ -49,6 +49,12 @@ class TrainConfig:
         f"backbone: {', '.join(REGISTRY)}, or tv:NAME, any torchvision classifier (train.py --list-models)",
         "run",
     )
+    name: str | None = setting(
+        None,
+        "the member's name: its folder under --out and its name in fuse.py --models (default: --arch); two runs of "
+        "one architecture (other seeds, sizes or weights) fuse as two members",
+        "run",
+    )
     data: str | None = setting(
         None,
         "ImageFolder, fold<k>/{train,test}/ folders, or a path,label[,fold] CSV (default: the embedded synthetic "
@@ -208,8 +214,13 @@ class TrainConfig:
     pad_color: tuple[int, int, int] = PAD_COLOR
     synthetic_scale: float | None = setting(None, "size of the embedded default set (default 0.08)", "data")
 
+    @property
+    def member(self) -> str:
+        """The member's name: --name, else the architecture."""
+        return self.name or self.arch
+
     def run_dir(self) -> Path:
-        return model_run_dir(self.out, self.arch, self.fold if self.split == "kfold" else None)
+        return model_run_dir(self.out, self.member, self.fold if self.split == "kfold" else None)
 
 
 # Settings that change how a run is carried out, not what it trains: free to differ on --resume.
@@ -331,6 +342,10 @@ def _finite(value: float) -> bool:
 def validate_config(config: TrainConfig) -> None:
     """Refuse settings that cannot work, naming the flag."""
     get_spec(config.arch)  # raises with the list of valid names
+    if config.name is not None and (
+        not config.name.strip() or Path(config.name).name != config.name or config.name in (".", "..")
+    ):
+        raise ConfigError(f"--name {config.name!r}: give a plain folder name (no '/'), e.g. mobilenet_v2_seed1")
     checks = [
         (config.batch_size >= 1, "--batch-size must be >= 1"),
         (config.epochs >= 1, "--epochs must be >= 1"),

@@ -57,7 +57,7 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         if not root.exists():
             raise ConfigError(f"--data {root}: not found; pass an ImageFolder, fold<k>/ folders or a .csv manifest")
         # What training writes (the architecture's folder and folds.csv) never touches the data.
-        refuse_overlap(Path(config.out) / config.arch, f"--out {config.out}: its run folder", {"--data": root})
+        refuse_overlap(Path(config.out) / config.member, f"--out {config.out}: its run folder", {"--data": root})
         refuse_overlap(Path(config.out) / "folds.csv", f"--out {config.out}: its", {"--data": root})
     return folders.discover(
         root,

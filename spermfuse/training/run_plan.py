@@ -76,7 +76,7 @@ def plan_table(configs: Sequence[TrainConfig]) -> str:
     (an upper bound, as early stopping may end it sooner)."""
     epochs = [
         float(row["seconds"])
-        for history in sorted((Path(configs[0].out) / configs[0].arch).glob("*/history.csv"))
+        for history in sorted((Path(configs[0].out) / configs[0].member).glob("*/history.csv"))
         for row in read_csv(history)
     ]
     per_epoch = statistics.median(epochs) if epochs else None
@@ -94,6 +94,6 @@ def plan_table(configs: Sequence[TrainConfig]) -> str:
         else:
             expected = "unknown (no epoch timed yet)"
         device = device_type_of(config) if config.device == "auto" else config.device
-        rows.append([config.arch, config.fold, device, config.img_size, max_epochs(config), state, expected])
+        rows.append([config.member, config.fold, device, config.img_size, max_epochs(config), state, expected])
     header = ["arch", "fold", "device", "img_size", "max epochs", "state", "expected time"]
     return markdown_table(header, rows)
