@@ -71,13 +71,15 @@ def unit_thumbnails(fingerprints: Sequence[Fingerprint]) -> np.ndarray:
     return rows / np.where(norms > 0, norms, 1.0)
 
 
-def _coarse_parts(thumbnails: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each unit thumbnail split into its 2 x 2 block means (scaled so that their dot products are
-    those of the block-constant images) and the length of what is left."""
+def _bounding_rows(thumbnails: np.ndarray) -> np.ndarray:
+    """Each unit thumbnail as its 2 x 2 block means, scaled so that their dot products are those of
+    the block-constant images, and one more column: the length of what the means leave out. The
+    dot product of two such rows bounds the thumbnails' correlation from above (:func:`near_pairs`)."""
     half = THUMBNAIL_SIDE // 2
-    blocks = thumbnails.reshape(len(thumbnails), half, 2, half, 2).mean(axis=(2, 4))
-    constant = np.repeat(np.repeat(blocks, 2, axis=1), 2, axis=2).reshape(len(thumbnails), -1)
-    return 2 * blocks.reshape(len(thumbnails), -1), np.linalg.norm(thumbnails - constant, axis=1)
+    means = thumbnails.reshape(len(thumbnails), half, 2, half, 2).mean(axis=(2, 4)).reshape(len(thumbnails), -1)
+    # The block-constant part and the rest are orthogonal: |rest|^2 = |thumbnail|^2 - 4 |means|^2.
+    rest = np.einsum("ij,ij->i", thumbnails, thumbnails) - 4 * np.einsum("ij,ij->i", means, means)
+    return np.concatenate([2 * means, np.sqrt(np.clip(rest, 0, None))[:, None]], axis=1)
 
 
 def near_pairs(thumbnails: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELATION) -> list[tuple[int, int]]:
@@ -87,11 +89,10 @@ def near_pairs(thumbnails: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELA
     images plus that of the remainders, which are orthogonal to them, and the second term is at
     most the product of the remainders' lengths (Cauchy-Schwarz). Pairs whose bound passes are then
     checked in full, so none is missed (tests/test_duplicates.py compares with the full search)."""
-    coarse, remainder = _coarse_parts(thumbnails)
+    bounding = _bounding_rows(thumbnails)
     pairs = []
     for start in range(0, len(thumbnails), _BLOCK):
-        stop = start + _BLOCK
-        bound = coarse[start:stop] @ coarse[start:].T + np.outer(remainder[start:stop], remainder[start:])
+        bound = bounding[start : start + _BLOCK] @ bounding[start:].T
         rows, columns = np.nonzero(bound > threshold - 1e-4)  # a margin for float32 rounding
         rows, columns = rows + start, columns + start
         later = columns > rows
