@@ -11,6 +11,7 @@
     python fuse.py --predict new_images/ --explain why/   # + a Grad-CAM figure per image and why/explanations.csv
     python fuse.py --predict samples/ --fold 1 --samples  # per sample: % normal forms and defect groups with intervals
     python fuse.py --export deploy/              # model.pt2 + model.json: the same, without spermfuse
+    python fuse.py --export deploy/ --fold 1 --precision int8   # + model_int8.onnx, its rules re-certified
 
 a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
 """
@@ -28,7 +29,7 @@ from spermfuse import cli, flags
 from spermfuse.core import fusion
 from spermfuse.core.files import atomic_write_text
 from spermfuse.deploy import sample_report
-from spermfuse.deploy.export import exported_files, write_export
+from spermfuse.deploy.export import Precision, exported_files, write_export
 from spermfuse.deploy.prediction import PredictionRequest, input_folders, predict
 from spermfuse.reporting import report
 from spermfuse.reporting.promises_markdown import promises_markdown
@@ -91,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     }
     flags.add_setting_flags(p, PredictionRequest, sections)
     flags.add_setting_flags(p, sample_report.SampleSettings, sections)
+    flags.add_setting_flags(p, Precision, {"export": p.add_argument_group("--export")})
     return p.parse_args(argv)
 
 
@@ -140,6 +142,7 @@ def run(args) -> None:
         raise fusion.FusionError("--samples reports on predicted samples: give it with --predict FOLDER --fold K")
     flags.refuse_unless(args.predict is not None, args, PredictionRequest, "--predict FOLDER")
     flags.refuse_unless(args.samples, args, sample_report.SampleSettings, "--samples")
+    flags.refuse_unless(args.export is not None, args, Precision, "--export DIR")
     runs = run_folder.find_run_root(args.runs)  # flags first: their errors do not depend on the runs
     out = args.out or runs / run_folder.FUSION_FOLDER
     if args.export:
@@ -147,7 +150,8 @@ def run(args) -> None:
         check_replaceable(args.export, "--export", args.overwrite, exported_files)  # before the members load
         settings = fusion_folder.read_fusion_settings(out)
         command = "python fuse.py " + " ".join(sys.argv[1:])
-        write_export(runs, settings, settings.chosen_folds(args.fold), args.export, args.overwrite, command)
+        precision = Precision(**flags.given_settings(args, Precision))
+        write_export(runs, settings, settings.chosen_folds(args.fold), args.export, args.overwrite, command, precision)
     elif args.predict:
         request = PredictionRequest(
             args.predict,

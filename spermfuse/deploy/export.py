@@ -13,10 +13,12 @@ spermfuse can repeat it.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,11 +28,13 @@ from .. import __version__
 from ..core.errors import SpermfuseError
 from ..core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..core.fused_model import Classifier, FusedModel, check_same_classes
+from ..flags import setting
 from ..runtime import git_commit
 from ..store.fusion_folder import FusionSettings, fused_folds
 from ..store.output_folder import write_folder
 from ..store.run_folder import load_fold_members
-from .model_card import MODEL_CARD, model_card
+from .model_card import MODEL_CARD, int8_card_section, model_card
+from .quantize import INT8_FILE, int8_model
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +179,38 @@ def export_fused(
 
 def exported_files(folder: Path) -> set[str]:
     """The files an export folder written before manifests held (what --overwrite may replace)."""
-    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD}
+    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD, INT8_FILE}
+
+
+@dataclass
+class Precision:
+    """``fuse.py --export --precision``: the deployed model's arithmetic, and the guard of a reduced one."""
+
+    precision: str = setting(
+        "fp32", "--export: also write an int8 model (quantize.py)", "export", choices=["fp32", "int8"]
+    )
+    min_agreement: float = setting(
+        0.99, "--precision int8: the least top-1 agreement with fp32 on the test cells", "export"
+    )
+    force_precision: bool = setting(False, "--precision int8: write it even below --min-agreement", "export")
 
 
 def write_export(
-    runs: Path, settings: FusionSettings, folds: Sequence[int], out: Path, overwrite: bool, command: str
+    runs: Path,
+    settings: FusionSettings,
+    folds: Sequence[int],
+    out: Path,
+    overwrite: bool,
+    command: str,
+    precision: Precision | None = None,
 ) -> None:
     """``fuse.py --export DIR``: the fused model of ``folds`` (model.pt2, model.json) with its model
     card, written as a unit. The certified rules travel with it when they hold for ``folds``: one
-    fold's pair, or the folds' average certified on a shared calibration holdout."""
+    fold's pair, or the folds' average certified on a shared calibration holdout. With
+    ``--precision int8`` also model_int8.onnx, its comparison with fp32 and its own rules."""
+    precision = precision or Precision()
+    if precision.precision == "int8" and not onnx_available():
+        raise ExportError("--precision int8 quantizes the ONNX model: install the export extra (pip install .[export])")
     settings.check_inputs(runs, folds)
     decision = settings.decision(folds) if settings.certified_for(folds) else {}
     if not settings.certified_for(folds):
@@ -198,6 +225,21 @@ def write_export(
     card = model_card(runs, settings, folds, tested, size, decision or None, command)
     with write_folder(out, "--export", overwrite, exported_files) as folder:
         export_fused(members, settings.models, folds, weights, folder, decision or None)
+        if precision.precision == "int8":
+            block = int8_model(
+                folder,
+                runs,
+                settings,
+                folds,
+                members[0][0].pipeline,
+                decision,
+                precision.min_agreement,
+                precision.force_precision,
+            )
+            description = json.loads((folder / "model.json").read_text())
+            description["files"].append(block["file"])
+            atomic_write_json(folder / "model.json", description | {"int8": block})
+            card += int8_card_section(block)
         atomic_write_text(folder / MODEL_CARD, card)
     log.info(
         "wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities), model.json and %s; models %s, folds %s",

@@ -219,3 +219,28 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def int8_card_section(block: dict) -> str:
+    """MODEL_CARD.md's section on the int8 model (model.json's ``int8``): how it was made, how
+    it compares with fp32 on test cells, and its own certified rules."""
+    test, calibration = block["test"], block["calibration"]
+    low, high = test["accuracy_change_95"]
+    where = "held out from the pair" if test["held_out"] else "not held out (each trained some fold's members)"
+    lines = [
+        "",
+        f"## The int8 model ({block['file']})",
+        "",
+        f"- made by: {block['quantization']} ({calibration['cells']} {calibration['split']} cells of fold(s) "
+        f"{', '.join(map(str, calibration['folds']))})",
+        f"- top-1 agreement with fp32: {_percent(test['top1_agreement_with_fp32'])} of {test['cells']} test cells ({where})",
+        f"- accuracy {_percent(test['accuracy'])} (fp32 {_percent(test['accuracy_fp32'])}); change "
+        f"{100 * (test['accuracy'] - test['accuracy_fp32']):+.1f} points, 95 % interval [{100 * low:+.1f}, {100 * high:+.1f}], "
+        f"McNemar p {test['mcnemar_p']:.3f}",
+        "- its decision rules, re-certified on its own probabilities of the same calibration cells "
+        "(model.json's `int8.decision`; the fp32 rules above do not apply to it):",
+        "",
+        *_decision_lines(block.get("decision")),
+        "",
+    ]
+    return "\n".join(lines)

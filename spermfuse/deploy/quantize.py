@@ -1,0 +1,271 @@
+"""int8 deployment (``fuse.py --export DIR --precision int8``): the exported ONNX model quantized
+after training, then treated as the different model it is.
+
+- **Quantization**: ONNX Runtime's static post-training quantization (``quantize_static``): QDQ
+  format, the convolutions only, int8 weights per output channel, uint8 activations whose
+  ranges are calibrated (min-max) on the run's own calibration cells (``cal_logits.npz``), else
+  its validation cells; never test cells. Weights use 7 bits (``reduce_range``): CPUs without
+  AVX-512 VNNI multiply uint8 by int8 with 16-bit intermediate sums, which 8-bit weights
+  saturate. Measured on the demo's fold-1 pair (243 test cells; onnxruntime 1.32 on a 2-core AVX2 CPU): top-1
+  agreement with fp32 0.42 with 8-bit weights, 0.93 with 7, 0.97 with the fully connected
+  heads left in fp32 as well; percentile, entropy or symmetric ranges did no better.
+- **Re-certification**: the referral threshold and the prediction sets that travel in model.json
+  are fitted again, with the same settings, on the same calibration cells passed through the
+  quantized model (:func:`recertify`); the fp32 model's rules do not carry over.
+- **Accuracy guard**: top-1 agreement with the fp32 model and the accuracy of both on the folds'
+  test cells (:func:`compare_on_test_cells`); ``fuse.py`` refuses an agreement below
+  ``--min-agreement`` unless ``--force-precision``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..core import metrics
+from ..core.conformal import SetCalibrator, calibrate_sets
+from ..core.errors import FusionError, SpermfuseError
+from ..core.logits import LogitsSet
+from ..core.selective import Certificate, certify_threshold
+from ..core.transforms import Pipeline
+from ..data.images import load_rgb
+from ..store.fusion_folder import FusionSettings, fused_folds
+from ..store.run_folder import data_root_of_run, fold_folder
+
+log = logging.getLogger(__name__)
+
+INT8_FILE = "model_int8.onnx"
+QUANTIZATION = (
+    "ONNX Runtime quantize_static: QDQ, convolutions only, int8 weights per channel (7-bit range), "
+    "uint8 activations calibrated (min-max) on the calibration cells"
+)
+
+
+class PrecisionError(SpermfuseError):
+    """A reduced-precision model that does not agree enough with its fp32 model."""
+
+
+def letterboxed_batch(pipeline: Pipeline, paths: Sequence[Path]) -> np.ndarray:
+    """The exported graph's input for image files: letterboxed uint8 RGB, N x 3 x S x S."""
+    rng = np.random.default_rng(0)  # the evaluation geometry draws nothing; the argument is required
+    return np.stack([np.asarray(pipeline.geometry(load_rgb(p), rng)).transpose(2, 0, 1) for p in paths])
+
+
+def onnx_probabilities(session, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities of an ONNX Runtime session of an exported model, batch by batch."""
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    ).astype(np.float64)
+
+
+def cpu_session(path: Path):
+    """An ONNX Runtime session on the CPU, with its default graph optimisations."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, batch_size: int = 16) -> None:
+    """Write ``int8_path``: ``fp32_path`` statically quantized (module docstring), its activation
+    ranges measured on ``calibration`` (letterboxed uint8 cells)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Cells(CalibrationDataReader):
+        def __init__(self, name: str):
+            self.batches = iter(
+                [{name: calibration[i : i + batch_size]} for i in range(0, len(calibration), batch_size)]
+            )
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    name = cpu_session(fp32_path).get_inputs()[0].name
+    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=int8_path.parent) as private:
+        # Shapes inferred and the graph simplified first, as ONNX Runtime's quantizer asks.
+        prepared = Path(private) / "prepared.onnx"
+        with quiet_root_logger():  # the quantizer logs advice on the root logger
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(int8_path),
+                Cells(name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv"],
+            )
+
+
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """Raise the root logger to ERROR for the block: third-party warnings logged there are not ours to show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def recertify(decision: dict, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """``decision`` (model.json's certified rules) fitted again on ``probabilities`` of the same
+    calibration cells, with each rule's own settings (target, delta, method; alpha, groups)."""
+    rules = {}
+    if "referral" in decision:
+        old = Certificate.from_dict(decision["referral"])
+        if old.n_calibration != len(labels):
+            raise PrecisionError(
+                f"the referral was certified on {old.n_calibration} cells, not the {len(labels)} found; fuse again"
+            )
+        correct = probabilities.argmax(axis=1) == labels
+        rules["referral"] = certify_threshold(
+            probabilities.max(axis=1), correct, old.target_accuracy, old.delta, old.method
+        ).to_dict()
+    if "prediction_sets" in decision:
+        old = SetCalibrator.from_dict(decision["prediction_sets"])
+        groups = old.group_of_class or None
+        rules["prediction_sets"] = calibrate_sets(
+            probabilities, labels, old.alpha, old.method, groups, old.lam, old.k_reg
+        ).to_dict()
+    return rules
+
+
+@dataclass
+class Comparison:
+    """The reduced-precision model beside fp32 on the same cells."""
+
+    cells: int
+    agreement: float
+    accuracy_fp32: float
+    accuracy_reduced: float
+    difference_interval: tuple[float, float]
+    mcnemar_p: float
+    held_out: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "cells": self.cells,
+            "top1_agreement_with_fp32": self.agreement,
+            "accuracy_fp32": self.accuracy_fp32,
+            "accuracy": self.accuracy_reduced,
+            "accuracy_change_95": list(self.difference_interval),
+            "mcnemar_p": self.mcnemar_p,
+            "held_out": self.held_out,
+        }
+
+
+def paired_difference_interval(correct_a: np.ndarray, correct_b: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """A 95 % interval of accuracy(b) - accuracy(a) on the same cells (Wald, paired: only the
+    cells where the two disagree add variance)."""
+    n = len(correct_a)
+    gained, lost = int(np.sum(correct_b & ~correct_a)), int(np.sum(correct_a & ~correct_b))
+    difference = (gained - lost) / n
+    spread = z * math.sqrt(max((gained + lost) / n - difference**2, 0.0) / n)
+    return difference - spread, difference + spread
+
+
+def compare_on_test_cells(fp32: np.ndarray, reduced: np.ndarray, labels: np.ndarray, held_out: bool) -> Comparison:
+    """Top-1 agreement, both accuracies and the change's interval and McNemar p on test cells."""
+    predicted_fp32, predicted_reduced = fp32.argmax(axis=1), reduced.argmax(axis=1)
+    return Comparison(
+        len(labels),
+        float(np.mean(predicted_fp32 == predicted_reduced)),
+        float(np.mean(predicted_fp32 == labels)),
+        float(np.mean(predicted_reduced == labels)),
+        paired_difference_interval(predicted_fp32 == labels, predicted_reduced == labels),
+        metrics.mcnemar_p(labels, predicted_fp32, predicted_reduced),
+        held_out,
+    )
+
+
+def check_agreement(comparison: Comparison, min_agreement: float, force: bool = False) -> None:
+    """Refuse a reduced model that agrees with fp32 on fewer test cells than ``min_agreement``
+    (unless ``force``: then a warning)."""
+    if comparison.agreement >= min_agreement:
+        return
+    message = (
+        f"--precision int8: top-1 agreement with fp32 is {comparison.agreement:.4f} on {comparison.cells} test cells, "
+        f"below --min-agreement {min_agreement}"
+    )
+    if not force:
+        raise PrecisionError(f"{message}; nothing was written (keep fp32, or --force-precision to write it anyway)")
+    log.warning("%s; written anyway (--force-precision)", message)
+
+
+def unique_cells(sets: Sequence[LogitsSet], root: Path) -> tuple[list[Path], np.ndarray]:
+    """The image files and labels of ``sets`` (one per fold), each cell once (a calibration
+    holdout that every fold shares is one set of cells)."""
+    seen: dict[str, int] = {}
+    for logits in sets:
+        for path, label in zip(logits.paths.tolist(), logits.labels.tolist()):
+            seen.setdefault(str(path), int(label))
+    return [root / p for p in seen], np.array(list(seen.values()), dtype=np.int64)
+
+
+def calibration_sets(runs: Path, settings: FusionSettings, folds: Sequence[int]) -> tuple[str, list[LogitsSet]]:
+    """The cells the promises were fitted on, fused as deployed: ``cal`` where train.py held
+    some out, else ``val`` (as fuse.py chose them)."""
+    weights = settings.prediction_weights(folds)
+    try:
+        return "cal", fused_folds(runs, settings.models, folds, weights, "cal")
+    except FusionError:
+        return "val", fused_folds(runs, settings.models, folds, weights, "val")
+
+
+def int8_model(
+    folder: Path,
+    runs: Path,
+    settings: FusionSettings,
+    folds: Sequence[int],
+    pipeline: Pipeline,
+    decision: dict,
+    min_agreement: float = 0.99,
+    force: bool = False,
+) -> dict:
+    """Write ``folder/model_int8.onnx`` from ``folder/model.onnx`` and return model.json's
+    ``int8`` block: how it was made, its comparison with fp32 on the folds' test cells, and
+    ``decision`` re-certified on its own probabilities (module docstring)."""
+    root = data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
+    split, calibration = calibration_sets(runs, settings, folds)
+    calibration_paths, calibration_labels = unique_cells(calibration, root)
+    calibration_images = letterboxed_batch(pipeline, calibration_paths)
+    log.info("quantizing to int8, activations calibrated on %d %s cells", len(calibration_paths), split)
+    quantize_int8(folder / "model.onnx", folder / INT8_FILE, calibration_images)
+    fp32, int8 = cpu_session(folder / "model.onnx"), cpu_session(folder / INT8_FILE)
+    test_paths, test_labels = unique_cells(
+        fused_folds(runs, settings.models, folds, settings.prediction_weights(folds)), root
+    )
+    test_images = letterboxed_batch(pipeline, test_paths)
+    # One fold's test cells are held out from its pair; the folds' average has trained on each.
+    comparison = compare_on_test_cells(
+        onnx_probabilities(fp32, test_images), onnx_probabilities(int8, test_images), test_labels, len(folds) == 1
+    )
+    log.info(
+        "int8: top-1 agreement with fp32 %.4f on %d test cells; accuracy %.4f (fp32 %.4f)",
+        comparison.agreement,
+        comparison.cells,
+        comparison.accuracy_reduced,
+        comparison.accuracy_fp32,
+    )
+    check_agreement(comparison, min_agreement, force)
+    block = {
+        "file": INT8_FILE,
+        "quantization": QUANTIZATION,
+        "calibration": {"split": split, "cells": len(calibration_paths), "folds": list(folds)},
+        "test": comparison.to_dict(),
+    }
+    if decision:
+        block["decision"] = recertify(decision, onnx_probabilities(int8, calibration_images), calibration_labels)
+    return block
