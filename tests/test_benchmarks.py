@@ -10,6 +10,7 @@ import torch
 
 from spermfuse.benchmarks import Benchmark, run_suite
 from spermfuse.core.errors import ConfigError
+from spermfuse.deploy.export import onnx_available
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PAIR = ["efficientnet_tiny", "resnetv2_tiny"]
@@ -62,6 +63,8 @@ def test_the_ema_suite_times_a_step_with_and_without_the_update():
 def test_the_export_suite_times_every_runtime_beside_eager_and_keeps_its_table_for_markdown():
     results, _, bench = tiny("export")
     assert {"eager, batch 1", "torch.export (.pt2), batch 1", "eager, batch 32"} <= set(results)
+    if onnx_available():
+        assert {"ONNX Runtime, batch 1", "ONNX Runtime int8, batch 32"} <= set(results)
     assert bench.markdown.startswith("<!-- written by benchmark.py --suite export --models efficientnet_tiny")
 
 

@@ -38,6 +38,23 @@ def test_the_demo_script_prints_its_usage():
     assert result.returncode == 0 and "--preset" in result.stdout and "--data" in result.stdout
 
 
+def test_the_cpu_demo_without_imagenet_weights_says_what_to_give_and_trains_nothing(tmp_path):
+    command = [
+        "bash",
+        "demo.sh",
+        "--preset",
+        "cpu",
+        "--out",
+        str(tmp_path / "runs"),
+        "--weights1",
+        str(tmp_path / "a.pth"),
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and not (tmp_path / "runs").exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert "none were given for tv:efficientnet_b0" in line and "--pretrained" in line and "--weights2 FILE" in line
+
+
 def test_config_replays_a_run_and_the_command_line_overrides_it_and_says_so(tiny_sperm, tmp_path):
     import json
 

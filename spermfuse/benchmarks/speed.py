@@ -20,6 +20,7 @@ from ..core.transforms import PipelineSpec, build
 from ..data.folders import discover
 from ..data.loaders import ImageDataset, make_loader
 from ..deploy.export import export_onnx, export_program, onnx_available
+from ..deploy.quantize import cpu_session, quantize_int8
 from ..distributed import DistributedContext
 from ..explain.gradcam import fused_grad_cam, fused_pair_members, occlusion
 from ..page import markdown_table
@@ -229,8 +230,9 @@ def timm_suite(bench: Benchmark) -> dict:
 
 def export_suite(bench: Benchmark) -> dict:
     """The fused pair (--models, random weights, one fold, a = 0.5) as fuse.py --export writes it:
-    eager PyTorch, the torch.export program and ONNX Runtime, batch-1 latency and batch-32
-    throughput, timed side by side in interleaved rounds (--warmup, --iters) on the CPU."""
+    eager PyTorch, the torch.export program, ONNX Runtime and its int8 model (``--precision
+    int8``), batch-1 latency and batch-32 throughput, timed side by side in interleaved rounds
+    (--warmup, --iters) on the CPU."""
 
     pair = [
         Classifier(
@@ -257,6 +259,11 @@ def export_suite(bench: Benchmark) -> dict:
             export_onnx(eager, bench.img_size, Path(tmp) / "model.onnx")
             session = onnxruntime.InferenceSession(str(Path(tmp) / "model.onnx"))
             runners["ONNX Runtime"] = lambda x: session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+            # Random weights and random cells: the speed of fuse.py --precision int8's model, not its accuracy.
+            cells = torch.randint(0, 256, (32, 3, bench.img_size, bench.img_size), dtype=torch.uint8).numpy()
+            quantize_int8(Path(tmp) / "model.onnx", Path(tmp) / "model_int8.onnx", cells)
+            int8 = cpu_session(Path(tmp) / "model_int8.onnx")
+            runners["ONNX Runtime int8"] = lambda x: int8.run(None, {int8.get_inputs()[0].name: x.numpy()})[0]
         out, rows = {}, []
         for batch in (1, 32):
             x = torch.randint(0, 256, (batch, 3, bench.img_size, bench.img_size), dtype=torch.uint8)
