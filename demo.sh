@@ -15,14 +15,15 @@
 # (what to do with an image found under two classes; train.py --help), --out DIR (runs/<preset>),
 # --reports DIR (reports), --pretrained (both backbones from their papers' checkpoints, downloaded
 # once: python train.py --list-weights), --weights1 PATH / --weights2 PATH (local checkpoints
-# for the first and second backbone), --arch1 NAME / --arch2 NAME (the members, any train.py --arch).
+# for the first and second backbone), --arch1 NAME / --arch2 NAME (the members, any train.py --arch),
+# --dry-run (each member's runs and their expected time; nothing trained).
 # Every step is a plain command you can run yourself.
 set -euo pipefail
 PYTHON="${PYTHON:-python}"
 absolute() {  # paths given on the command line are relative to where the user stands, not to the repository
   case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac
 }
-preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1 duplicates=() chosen=("" "")
+preset=demo data=() out="" reports=reports weights=("" "") pretrained=() pretrain=1 duplicates=() chosen=("" "") dry_run=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
@@ -36,12 +37,12 @@ while [ $# -gt 0 ]; do
     --weights2) weights[1]="$(absolute "$2")"; shift 2 ;;
     --arch1) chosen[0]="$2"; shift 2 ;;
     --arch2) chosen[1]="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny|cpu, --data, --duplicates, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2, --arch1, --arch2)" >&2; exit 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown flag $1 (use --preset demo|paper|tiny|cpu, --data, --duplicates, --out, --reports, --pretrained, --no-pretrain, --weights1, --weights2, --arch1, --arch2, --dry-run)" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")"
-out="${out:-runs/$preset}"
 case "$preset" in
   demo)
     archs=(efficientnet_tiny resnetv2_tiny)
@@ -66,6 +67,13 @@ case "$preset" in
   *) echo "demo.sh: --preset must be demo, paper, tiny or cpu" >&2; exit 2 ;;
 esac
 for i in 0 1; do archs[$i]="${chosen[$i]:-${archs[$i]}}"; done
+out="${out:-runs/$preset}"
+if [ "$dry_run" = 1 ]; then  # each member's runs and their expected time (train.py --dry-run); nothing is trained or written
+  for i in 0 1; do
+    "$PYTHON" train.py --fold all --arch "${archs[$i]}" --out "$out" "${data[@]}" "${duplicates[@]}" "${train[@]}" --dry-run
+  done
+  exit 0
+fi
 if [ "$preset" = cpu ] && [ ${#pretrained[@]} -eq 0 ]; then
   for i in 0 1; do
     if [ -z "${weights[$i]}" ]; then

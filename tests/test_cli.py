@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,28 @@ def test_the_cpu_demo_without_imagenet_weights_says_what_to_give_and_trains_noth
     assert result.returncode == 2 and not (tmp_path / "runs").exists()
     (line,) = result.stderr.strip().splitlines()
     assert "none were given for tv:efficientnet_b0" in line and "--pretrained" in line and "--weights2 FILE" in line
+
+
+def test_the_cpu_demo_dry_run_lists_both_members_runs_with_a_time_and_writes_nothing(tiny_sperm, tmp_path):
+    command = [
+        "bash",
+        "demo.sh",
+        "--preset",
+        "cpu",
+        "--data",
+        str(tiny_sperm),
+        "--out",
+        str(tmp_path / "runs"),
+        "--dry-run",
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable}
+    )
+    assert result.returncode == 0, result.stderr
+    for member in ("tv:mobilenet_v3_large", "tv:efficientnet_b0"):
+        rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {member} |")]
+        assert len(rows) == 5 and all(" | 128 | 20 | new | at most " in row for row in rows)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_replays_a_run_and_the_command_line_overrides_it_and_says_so(tiny_sperm, tmp_path):

@@ -112,18 +112,7 @@ def test_method_b_two_stages_freeze_then_unfreeze(tiny_sperm, tmp_path):
 
 
 def test_the_fine_tuning_stage_runs_at_its_own_learning_rate(tiny_sperm, tmp_path):
-    config = preset_config(
-        "paper_b",
-        arch="efficientnet_tiny",
-        data=str(tiny_sperm),
-        out=str(tmp_path),
-        img_size=32,
-        workers=0,
-        freeze_epochs=1,
-        finetune_epochs=1,
-        lr=1e-3,
-        finetune_lr=2e-5,
-    )
+    config = method_b_tiny(tiny_sperm, tmp_path, freeze_epochs=1, finetune_epochs=1, lr=1e-3, finetune_lr=2e-5)
     history = read_csv(trainer.train_fold(config) / "history.csv")
     assert [(row["stage"], float(row["lr"])) for row in history] == [("frozen", 1e-3), ("finetune", 2e-5)]
 
@@ -305,12 +294,14 @@ def method_b_tiny(data, out, **extra):
         out=str(out),
         img_size=32,
         workers=0,
-        freeze_epochs=2,
-        finetune_epochs=2,
-        unfreeze_last=10,
-        val_fraction=0.2,
-        test_fraction=0.2,
-        **extra,
+        **{
+            "freeze_epochs": 2,
+            "finetune_epochs": 2,
+            "unfreeze_last": 10,
+            "val_fraction": 0.2,
+            "test_fraction": 0.2,
+            **extra,
+        },
     )
 
 

@@ -209,6 +209,8 @@ def write_export(
     fold's pair, or the folds' average certified on a shared calibration holdout. With
     ``--precision int8`` also model_int8.onnx, its comparison with fp32 and its own rules."""
     precision = precision or Precision()
+    if not 0.0 < precision.min_agreement <= 1.0:
+        raise ExportError(f"--min-agreement {precision.min_agreement}: give a share in (0, 1], e.g. 0.99")
     if precision.precision == "int8" and not onnx_available():
         raise ExportError("--precision int8 quantizes the ONNX model: install the export extra (pip install .[export])")
     settings.check_inputs(runs, folds)
