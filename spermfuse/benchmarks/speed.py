@@ -1,6 +1,8 @@
 """Speed suites: parameters, FLOPs and latency of the backbones and the fused pair (the paper's
 Table 8), training steps (AMP, EMA, padding, CPU speed-ups), timm's ResNetV2, export runtimes and
-the cost of an explanation."""
+the cost of an explanation.
+
+Long because it is a list: one function per suite, each read on its own."""
 
 from __future__ import annotations
 

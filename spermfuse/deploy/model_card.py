@@ -81,8 +81,8 @@ def _split_line(record: dict) -> str:
     )
 
 
-def _decision_lines(decision: dict | None) -> list[str]:
-    """The certified rules model.json carries, in words (or that there are none)."""
+def _decision_lines(decision: dict | None, field: str = "decision") -> list[str]:
+    """The certified rules model.json carries under ``field``, in words (or that there are none)."""
     if not decision:
         return ["- none: every cell gets its most probable class (no certified referral or prediction sets)"]
     lines = []
@@ -93,12 +93,12 @@ def _decision_lines(decision: dict | None) -> list[str]:
             if certificate.refers_all
             else f"- referral: cells with confidence below {certificate.threshold:.4f} go to a person; the accepted "
             f"cells' accuracy is at least {certificate.target_accuracy} with probability {1 - certificate.delta:.2f} "
-            "(certified on held-out cells; model.json's `decision.referral`)"
+            f"(certified on held-out cells; model.json's `{field}.referral`)"
         )
     if "prediction_sets" in decision:
         lines.append(
             "- prediction sets: conformal sets that contain the true class with the promised probability "
-            "(model.json's `decision.prediction_sets`)"
+            f"(model.json's `{field}.prediction_sets`)"
         )
     return lines
 
@@ -240,7 +240,7 @@ def int8_card_section(block: dict) -> str:
         "- its decision rules, re-certified on its own probabilities of the same calibration cells "
         "(model.json's `int8.decision`; the fp32 rules above do not apply to it):",
         "",
-        *_decision_lines(block.get("decision")),
+        *_decision_lines(block.get("decision"), "int8.decision"),
         "",
     ]
     return "\n".join(lines)

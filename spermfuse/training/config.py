@@ -8,6 +8,8 @@ preset.
 The paper's text lost the values of the learning rate, the weight decay and the rotation
 range; 1e-4, 1e-4 and +-15 degrees are assumed values (common for AdamW fine-tuning and
 for microscopy rotation), not the paper's.
+
+Long because it is a list: every setting with its help, and every preset with why it differs.
 """
 
 from __future__ import annotations
