@@ -51,7 +51,7 @@ class Fingerprint:
 def fingerprint(image: Image.Image) -> Fingerprint:
     """The fingerprint of a decoded image (module docstring)."""
     side = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
-    # Reducing the colour image before dropping colour is cheaper than the other order.
+    # The order (reduce, then grey) is part of the thumbnail's definition: the groups depend on it.
     grey = image.resize(side, Image.Resampling.BOX, reducing_gap=2.0).convert("L")
     return Fingerprint((image.mode, *image.size), grey.tobytes())
 

@@ -92,11 +92,13 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def onnx_available() -> bool:
-    """The optional extra (``pip install .[export]``: onnx, onnxscript, onnxruntime) is installed."""
+def onnx_available(runtime: bool = False) -> bool:
+    """The optional extra (``pip install .[export]``: onnx, onnxscript, onnxruntime) is installed:
+    what writing model.onnx needs, and with ``runtime`` what running it needs too."""
     import importlib.util
 
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
+    names = ("onnx", "onnxscript", "onnxruntime") if runtime else ("onnx", "onnxscript")
+    return all(importlib.util.find_spec(name) is not None for name in names)
 
 
 def export_onnx(module: FusedModel, img_size: int, path: Path, max_batch: int = 1024) -> None:
@@ -211,7 +213,7 @@ def write_export(
     precision = precision or Precision()
     if not 0.0 < precision.min_agreement <= 1.0:
         raise ExportError(f"--min-agreement {precision.min_agreement}: give a share in (0, 1], e.g. 0.99")
-    if precision.precision == "int8" and not onnx_available():
+    if precision.precision == "int8" and not onnx_available(runtime=True):
         raise ExportError("--precision int8 quantizes the ONNX model: install the export extra (pip install .[export])")
     settings.check_inputs(runs, folds)
     decision = settings.decision(folds) if settings.certified_for(folds) else {}

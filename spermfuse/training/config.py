@@ -54,7 +54,7 @@ class TrainConfig:
     name: str | None = setting(
         None,
         "the member's name: its folder under --out and its name in fuse.py --models (default: --arch); two runs of "
-        "one architecture (other seeds, sizes or weights) fuse as two members",
+        "one architecture (other sizes or weights, one --seed: it also draws the validation cells) fuse as two members",
         "run",
     )
     data: str | None = setting(
