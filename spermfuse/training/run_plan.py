@@ -71,18 +71,20 @@ def seconds_per_training_image(config: TrainConfig, classes: int = 2) -> float:
 
 def plan_table(configs: Sequence[TrainConfig]) -> str:
     """A Markdown row per run: architecture, fold, device, size, epochs, its state, and the
-    expected time: the median of every timed epoch of this architecture under its --out, or
-    before any, a timed training step times the fold's training images; times the epochs left
-    (an upper bound, as early stopping may end it sooner)."""
+    expected time: the median of every timed epoch of this architecture under its --out (an upper
+    bound, as early stopping may end it sooner), or before any, a timed training step times the
+    fold's training images, times the epochs left (an estimate: without validation and loading)."""
     epochs = [
         float(row["seconds"])
         for history in sorted((Path(configs[0].out) / configs[0].member).glob("*/history.csv"))
         for row in read_csv(history)
     ]
     per_epoch = statistics.median(epochs) if epochs else None
-    source = "timed epochs"
+    bound, source = "at most", "timed epochs"
     if per_epoch is None and (images := training_images(configs[0])) is not None:
-        per_epoch, source = images * seconds_per_training_image(configs[0]), "a timed training step"
+        # Not a bound: validation, loading and evaluation come on top of the training steps.
+        per_epoch = images * seconds_per_training_image(configs[0])
+        bound, source = "about", "a timed training step, without validation and loading"
     rows = []
     for config in configs:
         state, done = run_state(config)
@@ -90,7 +92,7 @@ def plan_table(configs: Sequence[TrainConfig]) -> str:
         if state == "finished":
             expected = "-"
         elif per_epoch is not None:
-            expected = f"at most {left * per_epoch / 60:.1f} min ({source})"
+            expected = f"{bound} {left * per_epoch / 60:.1f} min ({source})"
         else:
             expected = "unknown (no epoch timed yet)"
         device = device_type_of(config) if config.device == "auto" else config.device
