@@ -319,6 +319,3 @@ def discover(
     fold_array = np.array(folds, dtype=np.int64) if folds is not None else None
     group_array = np.array(groups, dtype=str) if groups is not None else None
     return Samples(root, paths, labels, classes, fold_array, group_array, skipped, copies)
-
-
-# --------------------------------------------------------------------------- dataset
