@@ -11,7 +11,9 @@ from PIL import Image
 from spermfuse.core.errors import DataError
 from spermfuse.data import splits
 from spermfuse.data.duplicates import (
+    BOUND_BLOCK,
     NEAR_DUPLICATE_CORRELATION,
+    THUMBNAIL_SIDE,
     duplicate_groups,
     fingerprint,
     near_pairs,
@@ -91,9 +93,10 @@ def test_the_quick_pair_search_finds_every_pair_the_full_search_finds():
     smooth = generator.normal(size=(60, 8, 8)).repeat(4, axis=1).repeat(4, axis=2).reshape(60, -1)
     # Copies with noise of every strength: correlations spread across the threshold.
     noisy = smooth[:30] + generator.normal(size=(30, 1024)) * np.linspace(0.01, 0.5, 30)[:, None]
-    # Pairs that share their fine detail but not their 2 x 2 block means: only the full search's
+    # Pairs that share their fine detail but not their block means: only the full search's
     # second term (the remainders) keeps them.
-    detail = generator.normal(size=(20, 16, 2, 16, 2))
+    side = THUMBNAIL_SIDE // BOUND_BLOCK
+    detail = generator.normal(size=(20, side, BOUND_BLOCK, side, BOUND_BLOCK))
     detail = (detail - detail.mean(axis=(2, 4), keepdims=True)).reshape(20, -1)
     shared = (
         np.concatenate([detail, detail])
