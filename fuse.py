@@ -12,6 +12,7 @@
     python fuse.py --predict samples/ --fold 1 --samples  # per sample: % normal forms and defect groups with intervals
     python fuse.py --export deploy/              # model.pt2 + model.json: the same, without spermfuse
     python fuse.py --export deploy/ --fold 1 --precision int8   # + model_int8.onnx, its rules re-certified
+    python fuse.py --predict samples/ --deployed deploy/ --precision int8 --samples   # the export alone, at int8
 
 a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
 """
@@ -135,6 +136,26 @@ def run_fusion(args, runs: Path, out: Path) -> None:
     log.info("wrote %s (weights %s)", out, chosen.settings.weights or "per fold")
 
 
+def check_deployed_flags(args) -> None:
+    """--deployed DIR is the model: the runs' flags, --explain (Grad-CAM needs the members) and
+    the export's guard do not apply to it, and are refused rather than ignored."""
+    given = {
+        "--runs": args.runs is not None,
+        "--models": args.models is not None,
+        "--out": args.out is not None,
+        "--fold": args.fold != "all",
+        "--explain": args.explain is not None,
+        "--device": args.device is not None,
+        "--min-agreement": args.min_agreement is not None,
+        "--force-precision": args.force_precision is not None,
+    }
+    for flag in (flag for flag, present in given.items() if present):
+        raise fusion.FusionError(
+            f"{flag} does not apply to --deployed {args.deployed} (the export folder is the model: its members, folds "
+            "and rules, run by ONNX Runtime on the CPU); leave it out, or predict with the runs instead of --deployed"
+        )
+
+
 def run(args) -> None:
     if args.explain is not None and args.predict is None:
         raise fusion.FusionError("--explain DIR explains predictions: give it with --predict FOLDER")
@@ -142,7 +163,13 @@ def run(args) -> None:
         raise fusion.FusionError("--samples reports on predicted samples: give it with --predict FOLDER --fold K")
     flags.refuse_unless(args.predict is not None, args, PredictionRequest, "--predict FOLDER")
     flags.refuse_unless(args.samples, args, sample_report.SampleSettings, "--samples")
-    flags.refuse_unless(args.export is not None, args, Precision, "--export DIR")
+    if args.predict is not None and args.deployed is not None:
+        check_deployed_flags(args)
+        given = flags.given_settings(args, PredictionRequest)
+        request = PredictionRequest(args.predict, None, None, precision=args.precision or "fp32", **given)
+        predict(request, sample_report.SampleSettings(**flags.given_settings(args, sample_report.SampleSettings)))
+        return
+    flags.refuse_unless(args.export is not None, args, Precision, "--export DIR (or --predict FOLDER --deployed DIR)")
     runs = run_folder.find_run_root(args.runs)  # flags first: their errors do not depend on the runs
     out = args.out or runs / run_folder.FUSION_FOLDER
     if args.export:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -60,6 +61,19 @@ def tiny_sperm(tmp_path_factory) -> Path:
     from spermfuse import synthetic
 
     return synthetic.generate(tmp_path_factory.mktemp("data") / "sperm18", "sperm18", seed=42, per_class=6)
+
+
+@pytest.fixture(scope="session")
+def demo_output(tiny_sperm, tmp_path_factory) -> Path:
+    """demo.sh --preset tiny run once for the session: <folder>/runs and <folder>/reports (tests copy
+    what they change)."""
+    folder = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PYTHON": sys.executable}
+    command = ["bash", "demo.sh", "--preset", "tiny", "--data", str(tiny_sperm)]
+    command += ["--out", str(folder / "runs"), "--reports", str(folder / "reports")]
+    result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
 
 
 def tiny_config(data: Path, out: Path, **overrides):

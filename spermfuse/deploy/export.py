@@ -25,14 +25,16 @@ from typing import Iterator, Sequence
 import torch
 
 from .. import __version__
-from ..core.errors import SpermfuseError
+from ..core.errors import FusionError, SpermfuseError
 from ..core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..core.fused_model import Classifier, FusedModel, check_same_classes
 from ..flags import setting
 from ..runtime import git_commit
 from ..store.fusion_folder import FusionSettings, fused_folds
 from ..store.output_folder import write_folder
-from ..store.run_folder import load_fold_members
+from ..store.run_folder import data_root_of_run, fold_folder, load_fold_members
+from . import sample_report
+from .deployed import HELD_OUT_FILE, write_held_out
 from .model_card import MODEL_CARD, int8_card_section, model_card
 from .quantize import INT8_FILE, int8_model
 
@@ -137,6 +139,9 @@ def describe(
             "fill": list(pipeline.fill),
             "otsu": preprocess[0] if preprocess else None,
         },
+        # The letterbox as data (the first member's record; the graph normalises each member's
+        # copy itself): what fuse.py --predict --deployed rebuilds.
+        "pipeline": first[0].spec.to_dict(),
         "inside_graph": {
             "scale": "x / 255",
             "mean": [list(c.pipeline.normalize.mean) for c in first],
@@ -181,7 +186,7 @@ def export_fused(
 
 def exported_files(folder: Path) -> set[str]:
     """The files an export folder written before manifests held (what --overwrite may replace)."""
-    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD, INT8_FILE}
+    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD, INT8_FILE, HELD_OUT_FILE}
 
 
 @dataclass
@@ -189,12 +194,26 @@ class Precision:
     """``fuse.py --export --precision``: the deployed model's arithmetic, and the guard of a reduced one."""
 
     precision: str = setting(
-        "fp32", "--export: also write an int8 model (quantize.py)", "export", choices=["fp32", "int8"]
+        "fp32",
+        "--export: also write an int8 model (quantize.py); --predict --deployed DIR: run DIR's int8 model",
+        "export",
+        choices=["fp32", "int8"],
     )
     min_agreement: float = setting(
         0.99, "--precision int8: the least top-1 agreement with fp32 on the test cells", "export"
     )
     force_precision: bool = setting(False, "--precision int8: write it even below --min-agreement", "export")
+
+
+def exported_held_out(
+    runs: Path, settings: FusionSettings, folds: Sequence[int]
+) -> sample_report.HeldOutConfusion | None:
+    """The cells ``--predict --deployed --samples`` corrects with (deployed.py); None when the
+    exported model has none (the average of folds without a shared calibration holdout)."""
+    try:
+        return sample_report.deployed_held_out(runs, settings, folds)
+    except FusionError:
+        return None
 
 
 def write_export(
@@ -227,23 +246,24 @@ def write_export(
     tested = fused_folds(runs, settings.models, folds, weights)  # for the model card
     size = members[0][0].pipeline.img_size
     card = model_card(runs, settings, folds, tested, size, decision or None, command)
+    held_out = exported_held_out(runs, settings, folds)
+    pipeline = members[0][0].pipeline
     with write_folder(out, "--export", overwrite, exported_files) as folder:
         export_fused(members, settings.models, folds, weights, folder, decision or None)
+        description = json.loads((folder / "model.json").read_text())
         if precision.precision == "int8":
             block = int8_model(
-                folder,
-                runs,
-                settings,
-                folds,
-                members[0][0].pipeline,
-                decision,
-                precision.min_agreement,
-                precision.force_precision,
+                folder, runs, settings, folds, pipeline, decision, precision.min_agreement, precision.force_precision
             )
-            description = json.loads((folder / "model.json").read_text())
             description["files"].append(block["file"])
-            atomic_write_json(folder / "model.json", description | {"int8": block})
+            description["int8"] = block
             card += int8_card_section(block)
+        if held_out is not None and "model.onnx" in description["files"]:  # what --predict --deployed runs
+            cells_root = data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
+            tuned_on_test = settings.select == "test"
+            description["held_out"] = write_held_out(folder, held_out, tuned_on_test, cells_root, pipeline)
+            description["files"].append(HELD_OUT_FILE)
+        atomic_write_json(folder / "model.json", description)
         atomic_write_text(folder / MODEL_CARD, card)
     log.info(
         "wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities), model.json and %s; models %s, folds %s",

@@ -25,7 +25,7 @@ from ..runtime import DEVICE_HELP, resolve_device
 from ..store import fusion_folder, run_folder
 from ..store.output_folder import check_replaceable, check_writable, refuse_overlap, write_folder
 from ..store.run_folder import load_fold_members
-from . import inference, sample_report
+from . import deployed, inference, sample_report
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,20 @@ class PredictionRequest:
     """What ``fuse.py --predict IMAGES`` classifies with which runs, and where the results go."""
 
     images: Path  # a folder, one image, or a glob pattern such as 'cells/*.png'
-    runs: Path
-    fusion: Path  # the fusion folder (fusion.json)
+    runs: Path | None  # None with ``deployed``: the export folder is the model
+    fusion: Path | None  # the fusion folder (fusion.json)
     models: list[str] | None = None  # the model folders under ``runs``; None: every trained one
     fold: str = "all"
     overwrite: bool = False
     output: Path = setting(Path("predictions.csv"), "--predict: the CSV to write", "prediction")
+    deployed: Path | None = setting(
+        None,
+        "--predict: run the model that fuse.py --export wrote to DIR (ONNX Runtime on the CPU, the rules in its "
+        "model.json) instead of the runs' members; with --precision int8 its int8 model and that model's own rules",
+        "prediction",
+        metavar="DIR",
+    )
+    precision: str = "fp32"  # with ``deployed``: which of the folder's models (fuse.py's --precision)
     device: str = setting("auto", f"--predict: {DEVICE_HELP}", "prediction")
     skip_bad: bool = setting(
         False, "--predict: skip unreadable images and list them in the CSV instead of stopping", "prediction"
@@ -76,16 +84,24 @@ def input_folders(runs: Path, models: list[str] | None, fusion: Path, images: Pa
     """The inputs of --predict and --export, by flag: no output may be, lie in or contain one."""
     names = models or run_folder.trained_models(runs)
     inputs = {f"--models {name}": runs / name for name in names} | {"--out": fusion}
-    if images is None:
-        return inputs
-    # a folder or a file is the input itself; a glob pattern stands for the folder of its matches
-    given = inference.prediction_inputs(images)[0] if inference.is_pattern(images) else images
-    return inputs | {"--predict": given}
+    return inputs if images is None else inputs | {"--predict": images_input(images)}
+
+
+def images_input(images: Path) -> Path:
+    """What --predict reads: a folder or a file itself; a glob pattern stands for the folder of its matches."""
+    return inference.prediction_inputs(images)[0] if inference.is_pattern(images) else images
+
+
+def request_inputs(request: PredictionRequest) -> dict[str, Path]:
+    """The request's inputs by flag: the runs' models and fusion, or the export folder; and the images."""
+    if request.deployed is None:
+        return input_folders(request.runs, request.models, request.fusion, request.images)
+    return {"--deployed": request.deployed, "--predict": images_input(request.images)}
 
 
 def check_outputs(request: PredictionRequest) -> None:
     """--output, --explain and --samples: never an input, never a folder for the CSV; all before any work."""
-    inputs = input_folders(request.runs, request.models, request.fusion, request.images)
+    inputs = request_inputs(request)
     refuse_overlap(request.output, "--output", inputs)  # e.g. a CSV inside the fusion folder would break its manifest
     if request.output.is_dir():
         raise FusionError(
@@ -111,6 +127,7 @@ class Predicted:
     threshold: float | None
     set_calibrator: SetCalibrator | None
     csv: str
+    model: str  # what predicted them, for the log
 
 
 def write_samples(request: PredictionRequest, held_out, samples, predicted: Predicted, provenance) -> None:
@@ -152,13 +169,10 @@ def write_samples(request: PredictionRequest, held_out, samples, predicted: Pred
     )
 
 
-def predict(request: PredictionRequest, sample_options: sample_report.SampleSettings) -> None:
-    """Classify the images with the fused models of ``request.fold`` and write every output asked for."""
+def predict_with_runs(request: PredictionRequest, sample_options, root: Path, images: list[Path], bad: list) -> tuple:
+    """The runs' fused members on ``images``: (what was predicted, --samples' held-out confusion or
+    None, the samples' provenance or None, what --explain needs: members, names, weights, device)."""
     device = resolve_device(request.device)
-    check_outputs(request)
-    root, listed = inference.prediction_inputs(request.images)
-    images, bad = inference.usable_images(root, request.skip_bad, listed)
-    samples = sample_report.split_samples(root, images) if request.samples else None
     settings = fusion_folder.read_fusion_settings(request.fusion)
     folds = settings.chosen_folds(request.fold)
     settings.check_inputs(request.runs, folds)
@@ -173,29 +187,58 @@ def predict(request: PredictionRequest, sample_options: sample_report.SampleSett
     probabilities = inference.fused_probabilities(images, members, weights, device)
     classes = members[0][0].classes
     table = inference.prediction_table(root, images, bad, probabilities, classes, threshold, set_calibrator)
-    predicted = Predicted(images, probabilities, classes, threshold, set_calibrator, csv_text(*table))
+    shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
+    model = f"models {settings.models}, effective weights (w / T) {shown}"
+    predicted = Predicted(images, probabilities, classes, threshold, set_calibrator, csv_text(*table), model)
+    provenance = held_out and sample_report.Provenance(
+        settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(bad)
+    )
+    return predicted, held_out, provenance, (members, settings.models, weights, device)
+
+
+def predict_deployed(request: PredictionRequest, sample_options, root: Path, images: list[Path], bad: list) -> tuple:
+    """The export folder's model on ``images`` (deployed.py): (what was predicted, --samples'
+    held-out confusion or None, the samples' provenance or None)."""
+    model = deployed.read_deployed(request.deployed, request.precision)
+    held_out = deployed.sample_request(model, sample_options, request.sample_groups) if request.samples else None
+    probabilities = deployed.deployed_probabilities(model, images)
+    threshold, set_calibrator = model.threshold, model.set_calibrator
+    table = inference.prediction_table(root, images, bad, probabilities, model.classes, threshold, set_calibrator)
+    shown = f"{model.file} ({model.precision}, ONNX Runtime; models {model.models}, folds {model.folds})"
+    predicted = Predicted(images, probabilities, model.classes, threshold, set_calibrator, csv_text(*table), shown)
+    provenance = held_out and sample_report.Provenance(
+        model.models, model.folds[0], model.folder / "model.json", held_out[1].source, len(bad), shown
+    )
+    return predicted, held_out, provenance
+
+
+def predict(request: PredictionRequest, sample_options: sample_report.SampleSettings) -> None:
+    """Classify the images with the fused models of ``request.fold``, or the exported model of
+    ``request.deployed``, and write every output asked for."""
+    check_outputs(request)
+    root, listed = inference.prediction_inputs(request.images)
+    images, bad = inference.usable_images(root, request.skip_bad, listed)
+    samples = sample_report.split_samples(root, images) if request.samples else None
+    if request.deployed is not None:
+        predicted, held_out, provenance = predict_deployed(request, sample_options, root, images, bad)
+    else:
+        predicted, held_out, provenance, explained = predict_with_runs(request, sample_options, root, images, bad)
     if held_out is not None:  # the samples and the predictions they come from, as one record
-        provenance = sample_report.Provenance(
-            settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(bad)
-        )
         write_samples(request, held_out, samples, predicted, provenance)
     else:
         atomic_write_text(request.output, predicted.csv)
-    if request.explain is not None:
+    if request.explain is not None:  # fuse.py refuses --explain with --deployed: Grad-CAM needs the members
         with write_folder(request.explain, "--explain", request.overwrite, inference.explanation_files) as folder:
-            inference.write_explanations(root, folder, images, members, settings.models, weights, device)
+            inference.write_explanations(root, folder, images, *explained)
         log.info(
-            "wrote %s: a Grad-CAM figure per image (members %s and their fusion) and explanations.csv",
+            "wrote %s: a Grad-CAM figure per image (each member's and their fusion's) and explanations.csv",
             request.explain,
-            settings.models,
         )
-    shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
     log.info(
-        "wrote %s: %d images%s, models %s, effective weights (w / T) %s%s",
+        "wrote %s: %d images%s, %s%s",
         request.output,
         len(images),
         f" ({len(bad)} unusable, listed as skipped)" if bad else "",
-        settings.models,
-        shown,
-        f", refer below confidence {threshold:.4f}" if threshold is not None else "",
+        predicted.model,
+        f", refer below confidence {predicted.threshold:.4f}" if predicted.threshold is not None else "",
     )

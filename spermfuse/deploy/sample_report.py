@@ -118,6 +118,7 @@ class HeldOutConfusion:
     logits: np.ndarray | None = None
     labels: np.ndarray | None = None
     split: str = ""  # which held-out cells: "cal" or "test"
+    paths: np.ndarray | None = None  # the cells' files, relative to the runs' data root
 
 
 @dataclass
@@ -142,7 +143,7 @@ def held_out_confusion(runs: Path, models: Sequence[str], fold: int, weights: Se
             continue
         confusion = confusion_counts(fused.labels, fused.logits.argmax(axis=1), len(fused.classes))
         source = f"fold {fold}'s {len(fused.labels)} held-out {words} ({split}_logits.npz of {', '.join(models)})"
-        return HeldOutConfusion(confusion, fused.classes, source, fused.logits, fused.labels, split)
+        return HeldOutConfusion(confusion, fused.classes, source, fused.logits, fused.labels, split, fused.paths)
     raise fusion.FusionError(f"--samples: fold {fold} of {', '.join(models)} has no cal_logits.npz or test_logits.npz")
 
 
@@ -160,7 +161,31 @@ def average_held_out_confusion(
     logits, labels = average.logits, average.labels
     confusion = confusion_counts(labels, logits.argmax(axis=1), len(average.classes))
     source = f"the {len(labels)} cells of the calibration holdout shared by folds {list(folds)} (cal_logits.npz of {', '.join(models)})"
-    return HeldOutConfusion(confusion, average.classes, source, logits, labels, "cal")
+    return HeldOutConfusion(confusion, average.classes, source, logits, labels, "cal", average.paths)
+
+
+def deployed_held_out(runs: Path, fusion_settings: FusionSettings, folds: Sequence[int]) -> HeldOutConfusion:
+    """The held-out confusion of the deployed pair of ``folds``: one fold's (:func:`held_out_confusion`)
+    or the folds' average on a shared calibration holdout; refused when there is none."""
+    weights = fusion_settings.prediction_weights(folds)
+    if len(folds) == 1:
+        return held_out_confusion(runs, fusion_settings.models, folds[0], weights[0])
+    if (held_out := average_held_out_confusion(runs, fusion_settings.models, folds, weights)) is None:
+        raise FusionError(
+            "--samples: the correction needs the confusion of the deployed model on cells it never trained on; the "
+            f"average of the folds has none (each trained on the others' cells): give --fold K, one of "
+            f"{fusion_settings.folds}, or train with --cal-holdout F"
+        )
+    return held_out
+
+
+def warn_if_tuned_on_test(held_out: HeldOutConfusion, tuned_on_test: bool) -> None:
+    """Say so when the confusion's test cells also chose the fusion weight (``--select test``)."""
+    if tuned_on_test and held_out.split == "test":
+        log.warning(
+            "--samples: the confusion comes from test cells that also chose the fusion weight (--select test); "
+            "fuse with --select val, or train with --cal-fraction, for a confusion nothing was tuned on"
+        )
 
 
 def sample_request(
@@ -171,22 +196,17 @@ def sample_request(
     groups_file: Path | None = None,
 ) -> tuple[SampleSettings, HeldOutConfusion]:
     """``--samples``' settings and the held-out confusion of the deployed pair (fold ``folds[0]``),
-    checked before any model loads; the groups from ``groups_file`` (JSON class -> group) or,
-    for sperm18's classes, the morphology groups."""
-    weights = fusion_settings.prediction_weights(folds)
-    if len(folds) == 1:
-        held_out = held_out_confusion(runs, fusion_settings.models, folds[0], weights[0])
-    elif (held_out := average_held_out_confusion(runs, fusion_settings.models, folds, weights)) is None:
-        raise FusionError(
-            "--samples: the correction needs the confusion of the deployed model on cells it never trained on; the "
-            f"average of the folds has none (each trained on the others' cells): give --fold K, one of "
-            f"{fusion_settings.folds}, or train with --cal-holdout F"
-        )
-    if fusion_settings.select == "test" and held_out.split == "test":
-        log.warning(
-            "--samples: the confusion comes from test cells that also chose the fusion weight (--select test); "
-            "fuse with --select val, or train with --cal-fraction, for a confusion nothing was tuned on"
-        )
+    checked before any model loads (:func:`sample_settings`)."""
+    held_out = deployed_held_out(runs, fusion_settings, folds)
+    warn_if_tuned_on_test(held_out, fusion_settings.select == "test")
+    return sample_settings(held_out, options, groups_file)
+
+
+def sample_settings(
+    held_out: HeldOutConfusion, options: SampleSettings, groups_file: Path | None = None
+) -> tuple[SampleSettings, HeldOutConfusion]:
+    """``options`` with the groups from ``groups_file`` (JSON class -> group) or, for sperm18's
+    classes, the morphology groups; checked against the held-out confusion's classes."""
     groups = (
         read_group_map(groups_file) if groups_file is not None else default_groups(held_out.classes, MORPHOLOGY_GROUP)
     )
@@ -363,11 +383,13 @@ class Provenance:
     fusion_json: Path
     held_out: str
     skipped: int = 0
+    deployed: str | None = None  # the exported model file that predicted, with --deployed
 
     def lines(self) -> list[str]:
         commit = git_commit(short=True)
         return [
-            f"models: {', '.join(self.models)}, fold {self.fold}'s pair",
+            f"models: {', '.join(self.models)}, fold {self.fold}'s pair"
+            + (f", deployed as {self.deployed}" if self.deployed else ""),
             f"fusion settings: {self.fusion_json} (SHA-256 {file_sha256(self.fusion_json)[:16]}...)",
             f"confusion: {self.held_out}",
             f"spermfuse {__version__}" + (f", commit {commit}" if commit else ""),

@@ -1,0 +1,216 @@
+"""The export folder as the model (spermfuse/deploy/deployed.py, quantize.py): ``fuse.py --export
+--precision int8`` and ``fuse.py --predict --deployed DIR [--precision int8] [--samples]``."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spermfuse.core.files import read_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+NEW_CELLS = ("Normal/Normal_00000.png", "PinHead/PinHead_00003.png", "ThinNeck/ThinNeck_00001.png")
+
+onnxruntime = pytest.importorskip("onnxruntime")  # the optional export extra (requirements-dev installs it)
+
+
+def fuse(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "fuse.py", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(demo_output, tmp_path_factory) -> dict:
+    """The tiny demo's pair fused with a certified referral and sets, and fold 2 exported with
+    its int8 model; the paths by name."""
+    folder = tmp_path_factory.mktemp("exported")
+    runs = demo_output / "runs"
+    models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--out", str(folder / "fusion")]
+    assert fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *models).returncode == 0
+    export = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "int8", *models]
+    # The tiny demo's members are barely trained: their int8 twin agrees on too few cells for the default floor.
+    refused = fuse(*export)
+    assert refused.returncode == 2 and "--min-agreement" in refused.stderr and not (folder / "deploy").exists()
+    forced = fuse(*export, "--force-precision")
+    assert forced.returncode == 0, forced.stderr
+    return {"runs": runs, "models": models, "deploy": folder / "deploy"}
+
+
+@pytest.fixture
+def new_cells(tiny_sperm, tmp_path) -> Path:
+    """Three cells to classify, in a folder of their own."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for index, name in enumerate(NEW_CELLS):
+        shutil.copy(tiny_sperm / name, folder / f"cell{index}.png")
+    return folder
+
+
+def calibration_cells(runs: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fold 2's calibration cells letterboxed as the exported graph takes them, and their labels."""
+    from spermfuse.core.fused_model import load_classifier
+    from spermfuse.core.logits import load_logits
+    from spermfuse.data.images import load_rgb
+
+    cells = load_logits(runs / "efficientnet_tiny" / "fold2" / "cal_logits.npz")
+    pipeline = load_classifier(runs / "efficientnet_tiny" / "fold2" / "best.pt").pipeline
+    root = Path(json.loads((runs / "efficientnet_tiny" / "fold2" / "config.json").read_text())["data_root"])
+    rng = np.random.default_rng(0)
+    batch = np.stack([np.asarray(pipeline.geometry(load_rgb(root / p), rng)).transpose(2, 0, 1) for p in cells.paths])
+    return batch, cells.labels
+
+
+def int8_probabilities(deploy: Path, batch: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(deploy / "model_int8.onnx"))
+    return session.run(None, {session.get_inputs()[0].name: batch})[0].astype(np.float64)
+
+
+def probabilities_of(rows: list[dict]) -> np.ndarray:
+    return np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows])
+
+
+def test_an_int8_export_carries_rules_certified_on_its_own_probabilities(exported):
+    from spermfuse.core.conformal import calibrate_sets
+    from spermfuse.core.selective import certify_threshold
+
+    deploy = exported["deploy"]
+    description = json.loads((deploy / "model.json").read_text())
+    assert "model_int8.onnx" in description["files"] and description["int8"]["calibration"]["split"] == "cal"
+    batch, labels = calibration_cells(exported["runs"])
+    probabilities = int8_probabilities(deploy, batch)
+    fp32 = description["decision"]
+    referral = fp32["referral"]
+    expected = certify_threshold(
+        probabilities.max(1),
+        probabilities.argmax(1) == labels,
+        referral["target_accuracy"],
+        referral["delta"],
+        referral["method"],
+    )
+    assert description["int8"]["decision"]["referral"] == expected.to_dict()
+    sets = fp32["prediction_sets"]
+    expected_sets = calibrate_sets(probabilities, labels, sets["alpha"], sets["method"])
+    assert description["int8"]["decision"]["prediction_sets"] == expected_sets.to_dict()
+    assert description["int8"]["decision"] != fp32  # a different model, different rules
+    assert "## The int8 model (model_int8.onnx)" in (deploy / "MODEL_CARD.md").read_text()
+
+
+def test_the_deployed_fp32_model_predicts_what_the_runs_predict(exported, new_cells, tmp_path):
+    with_runs = fuse(
+        "--predict", str(new_cells), "--fold", "2", "--output", str(tmp_path / "runs.csv"), *exported["models"]
+    )
+    assert with_runs.returncode == 0, with_runs.stderr
+    alone = fuse(
+        "--predict", str(new_cells), "--deployed", str(exported["deploy"]), "--output", str(tmp_path / "d.csv")
+    )
+    assert alone.returncode == 0, alone.stderr
+    expected, found = read_csv(tmp_path / "runs.csv"), read_csv(tmp_path / "d.csv")
+    assert [r["path"] for r in found] == [r["path"] for r in expected]
+    assert [(r["predicted"], r["refer"], r["set"]) for r in found] == [
+        (r["predicted"], r["refer"], r["set"]) for r in expected
+    ]
+    assert np.abs(probabilities_of(found) - probabilities_of(expected)).max() <= 1e-5
+
+
+def test_a_clean_process_runs_the_int8_model_as_predict_deployed_does(exported, new_cells, tmp_path):
+    from test_end_to_end import readme_client
+
+    deploy, images = exported["deploy"], sorted(new_cells.iterdir())
+    predicted = fuse(
+        "--predict",
+        str(new_cells),
+        "--deployed",
+        str(deploy),
+        "--precision",
+        "int8",
+        "--output",
+        str(tmp_path / "p.csv"),
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert "model_int8.onnx" in predicted.stderr  # the log says which model predicted
+    client = tmp_path / "client.py"
+    client.write_text(
+        "import importlib.util\nassert importlib.util.find_spec('spermfuse') is None\n"
+        + readme_client()
+        + "\nassert not {'torch', 'spermfuse'} & set(sys.modules)  # onnxruntime, numpy and Pillow only\n"
+        + f"np.save({str(tmp_path / 'p.npy')!r}, probabilities)\n"
+    )
+    isolated = subprocess.run(
+        [sys.executable, "-I", str(client), str(deploy), "--int8", *map(str, images)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert isolated.returncode == 0, isolated.stderr
+    rows = read_csv(tmp_path / "p.csv")
+    assert [r["path"] for r in rows] == [p.name for p in images]
+    assert np.abs(np.load(tmp_path / "p.npy") - probabilities_of(rows)).max() <= 1e-5
+    printed = [line.split() for line in isolated.stdout.splitlines()]
+    refer = {"1": "refer", "0": "accept"}
+    assert [(line[1], line[3], line[4]) for line in printed] == [
+        (r["predicted"], refer[r["refer"]], r["set"]) for r in rows
+    ]
+
+
+def test_samples_at_int8_are_corrected_by_the_int8_models_own_held_out_confusion(exported, tiny_sperm, tmp_path):
+    from spermfuse.core.files import safe_np_load
+    from spermfuse.deploy import deployed, sample_report
+
+    deploy = exported["deploy"]
+    held_out = safe_np_load(deploy / deployed.HELD_OUT_FILE)
+    batch, labels = calibration_cells(exported["runs"])  # fold 2 has calibration cells: those are held out
+    assert np.array_equal(held_out["labels"], labels)
+    assert np.abs(held_out["logits_int8"] - np.log(int8_probabilities(deploy, batch))).max() <= 1e-5
+    model = deployed.read_deployed(deploy, "int8")
+    options = sample_report.SampleSettings(method="cc")
+    _, confusion = deployed.sample_request(model, options)
+    expected = np.zeros_like(confusion.confusion)
+    np.add.at(expected, (labels, held_out["logits_int8"].argmax(axis=1)), 1)
+    assert np.array_equal(confusion.confusion, expected) and "int8" in confusion.source
+
+    samples = tmp_path / "samples"
+    for sample, name in (("patientA", "Normal"), ("patientB", "PinHead")):
+        shutil.copytree(tiny_sperm / name, samples / sample)
+    output = tmp_path / "out" / "predictions.csv"
+    command = ["--predict", str(samples), "--deployed", str(deploy), "--precision", "int8", "--samples"]
+    result = fuse(*command, "--sample-method", "cc", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert [r["sample"] for r in read_csv(output.parent / "samples.csv")] == ["patientA", "patientB"]
+    page = (output.parent / "sample_reports" / "sample_patientA.md").read_text()
+    assert "model_int8.onnx" in page and "through the int8 model" in page
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fold", "2"], "--fold does not apply to --deployed"),
+        (["--explain", "why"], "--explain does not apply to --deployed"),
+        (["--min-agreement", "0.5"], "--min-agreement does not apply to --deployed"),
+    ],
+)
+def test_deployed_refuses_the_runs_flags_in_one_line(exported, new_cells, tmp_path, extra, message):
+    result = fuse("--predict", str(new_cells), "--deployed", str(exported["deploy"]), *extra)
+    assert result.returncode != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_precision_without_an_export_or_a_deployed_model_is_refused(exported, new_cells):
+    result = fuse("--predict", str(new_cells), "--precision", "int8", *exported["models"])
+    assert result.returncode != 0 and "--precision refines --export DIR" in result.stderr
+
+
+def test_a_deployed_folder_without_the_asked_model_or_with_a_changed_file_is_refused(exported, new_cells, tmp_path):
+    fp32_only = tmp_path / "fp32"
+    assert fuse("--export", str(fp32_only), "--fold", "2", *exported["models"]).returncode == 0
+    missing = fuse("--predict", str(new_cells), "--deployed", str(fp32_only), "--precision", "int8")
+    assert missing.returncode != 0 and "holds no model_int8.onnx" in missing.stderr
+    changed = shutil.copytree(exported["deploy"], tmp_path / "changed")
+    (changed / "model_int8.onnx").write_bytes((changed / "model_int8.onnx").read_bytes()[:-10])
+    refused = fuse("--predict", str(new_cells), "--deployed", str(changed), "--precision", "int8")
+    assert refused.returncode != 0 and "changed: model_int8.onnx" in refused.stderr
