@@ -129,6 +129,22 @@ class Predicted:
     csv: str
     model: str  # what predicted them, for the log
 
+    @classmethod
+    def table(
+        cls,
+        root: Path,
+        images: list[Path],
+        bad: list[tuple[Path, str]],
+        probabilities: np.ndarray,
+        classes: list[str],
+        rules: tuple[float | None, SetCalibrator | None],
+        model: str,
+    ) -> "Predicted":
+        """The prediction of ``images`` (and the ``bad`` ones skipped) with its CSV, the certified
+        ``rules`` (referral threshold, set calibrator) applied."""
+        table = inference.prediction_table(root, images, bad, probabilities, classes, *rules)
+        return cls(images, probabilities, classes, *rules, csv_text(*table), model)
+
 
 def write_samples(request: PredictionRequest, held_out, samples, predicted: Predicted, provenance) -> None:
     """--samples: every sample's estimates first, then the per-sample pages (a unit folder) with
@@ -169,7 +185,13 @@ def write_samples(request: PredictionRequest, held_out, samples, predicted: Pred
     )
 
 
-def predict_with_runs(request: PredictionRequest, sample_options, root: Path, images: list[Path], bad: list) -> tuple:
+def predict_with_runs(
+    request: PredictionRequest,
+    sample_options: sample_report.SampleSettings,
+    root: Path,
+    images: list[Path],
+    bad: list[tuple[Path, str]],
+) -> tuple:
     """The runs' fused members on ``images``: (what was predicted, --samples' held-out confusion or
     None, the samples' provenance or None, what --explain needs: members, names, weights, device)."""
     device = resolve_device(request.device)
@@ -185,29 +207,41 @@ def predict_with_runs(request: PredictionRequest, sample_options, root: Path, im
     members = load_fold_members(request.runs, settings.models, folds, device)
     weights = settings.prediction_weights(folds)
     probabilities = inference.fused_probabilities(images, members, weights, device)
-    classes = members[0][0].classes
-    table = inference.prediction_table(root, images, bad, probabilities, classes, threshold, set_calibrator)
     shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
     model = f"models {settings.models}, effective weights (w / T) {shown}"
-    predicted = Predicted(images, probabilities, classes, threshold, set_calibrator, csv_text(*table), model)
-    provenance = held_out and sample_report.Provenance(
-        settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(bad)
+    rules = (threshold, set_calibrator)
+    predicted = Predicted.table(root, images, bad, probabilities, members[0][0].classes, rules, model)
+    provenance = (
+        sample_report.Provenance(
+            settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(bad)
+        )
+        if held_out is not None
+        else None
     )
     return predicted, held_out, provenance, (members, settings.models, weights, device)
 
 
-def predict_deployed(request: PredictionRequest, sample_options, root: Path, images: list[Path], bad: list) -> tuple:
+def predict_deployed(
+    request: PredictionRequest,
+    sample_options: sample_report.SampleSettings,
+    root: Path,
+    images: list[Path],
+    bad: list[tuple[Path, str]],
+) -> tuple:
     """The export folder's model on ``images`` (deployed.py): (what was predicted, --samples'
     held-out confusion or None, the samples' provenance or None)."""
     model = deployed.read_deployed(request.deployed, request.precision)
     held_out = deployed.sample_request(model, sample_options, request.sample_groups) if request.samples else None
     probabilities = deployed.deployed_probabilities(model, images)
-    threshold, set_calibrator = model.threshold, model.set_calibrator
-    table = inference.prediction_table(root, images, bad, probabilities, model.classes, threshold, set_calibrator)
     shown = f"{model.file} ({model.precision}, ONNX Runtime; models {model.models}, folds {model.folds})"
-    predicted = Predicted(images, probabilities, model.classes, threshold, set_calibrator, csv_text(*table), shown)
-    provenance = held_out and sample_report.Provenance(
-        model.models, model.folds[0], model.folder / "model.json", held_out[1].source, len(bad), shown
+    rules = (model.threshold, model.set_calibrator)
+    predicted = Predicted.table(root, images, bad, probabilities, model.classes, rules, shown)
+    provenance = (
+        sample_report.Provenance(
+            model.models, model.folds[0], model.folder / "model.json", held_out[1].source, len(bad), shown
+        )
+        if held_out is not None
+        else None
     )
     return predicted, held_out, provenance
 
