@@ -230,10 +230,21 @@ def timm_suite(bench: Benchmark) -> dict:
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
+def autocast_bf16(model: torch.nn.Module):
+    """``model`` under CPU autocast to bf16: what a bf16 deployment would run (native on CPUs with
+    AVX-512 BF16 or AMX, emulated and slower elsewhere)."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    return run
+
+
 def export_suite(bench: Benchmark) -> dict:
     """The fused pair (--models, random weights, one fold, a = 0.5) as fuse.py --export writes it:
-    eager PyTorch, the torch.export program, ONNX Runtime and its int8 model (``--precision
-    int8``), batch-1 latency and batch-32 throughput, timed side by side in interleaved rounds
+    eager PyTorch (fp32, and bf16 under autocast), the torch.export program, ONNX Runtime and its
+    int8 model (``--precision int8``), batch-1 latency and batch-32 throughput, timed side by side in interleaved rounds
     (--warmup, --iters) on the CPU."""
 
     pair = [
@@ -254,6 +265,7 @@ def export_suite(bench: Benchmark) -> dict:
             "eager": eager,
             "eager FusedPair, concurrent (float input)": lambda x: concurrent(x.float()),
             "torch.export (.pt2)": program,
+            "eager bf16 (autocast)": autocast_bf16(eager),
         }
         if onnx_available():
             import onnxruntime

@@ -117,6 +117,16 @@ def check_outputs(request: PredictionRequest) -> None:
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """The images --predict classifies: their root (the CSV names them relative to it), the usable
+    ones, and the unusable ones with why (listed with --skip-bad)."""
+
+    root: Path
+    images: list[Path]
+    bad: list[tuple[Path, str]]
+
+
+@dataclass(frozen=True)
 class Predicted:
     """What one --predict computed: the images, their fused probabilities and classes, the
     certified rules applied, and the predictions CSV's text."""
@@ -132,18 +142,16 @@ class Predicted:
     @classmethod
     def table(
         cls,
-        root: Path,
-        images: list[Path],
-        bad: list[tuple[Path, str]],
+        inputs: Inputs,
         probabilities: np.ndarray,
         classes: list[str],
         rules: tuple[float | None, SetCalibrator | None],
         model: str,
     ) -> "Predicted":
-        """The prediction of ``images`` (and the ``bad`` ones skipped) with its CSV, the certified
-        ``rules`` (referral threshold, set calibrator) applied."""
-        table = inference.prediction_table(root, images, bad, probabilities, classes, *rules)
-        return cls(images, probabilities, classes, *rules, csv_text(*table), model)
+        """The prediction of ``inputs`` with its CSV, the certified ``rules`` (referral threshold,
+        set calibrator) applied."""
+        table = inference.prediction_table(inputs.root, inputs.images, inputs.bad, probabilities, classes, *rules)
+        return cls(inputs.images, probabilities, classes, *rules, csv_text(*table), model)
 
 
 def write_samples(request: PredictionRequest, held_out, samples, predicted: Predicted, provenance) -> None:
@@ -186,11 +194,7 @@ def write_samples(request: PredictionRequest, held_out, samples, predicted: Pred
 
 
 def predict_with_runs(
-    request: PredictionRequest,
-    sample_options: sample_report.SampleSettings,
-    root: Path,
-    images: list[Path],
-    bad: list[tuple[Path, str]],
+    request: PredictionRequest, sample_options: sample_report.SampleSettings, inputs: Inputs
 ) -> tuple:
     """The runs' fused members on ``images``: (what was predicted, --samples' held-out confusion or
     None, the samples' provenance or None, what --explain needs: members, names, weights, device)."""
@@ -206,14 +210,14 @@ def predict_with_runs(
     threshold, set_calibrator = settings.prediction_threshold(folds), settings.prediction_sets(folds)  # --fold K
     members = load_fold_members(request.runs, settings.models, folds, device)
     weights = settings.prediction_weights(folds)
-    probabilities = inference.fused_probabilities(images, members, weights, device)
+    probabilities = inference.fused_probabilities(inputs.images, members, weights, device)
     shown = "; ".join(f"fold {k}: " + ", ".join(f"{w:.3f}" for w in ws) for k, ws in zip(folds, weights))
     model = f"models {settings.models}, effective weights (w / T) {shown}"
     rules = (threshold, set_calibrator)
-    predicted = Predicted.table(root, images, bad, probabilities, members[0][0].classes, rules, model)
+    predicted = Predicted.table(inputs, probabilities, members[0][0].classes, rules, model)
     provenance = (
         sample_report.Provenance(
-            settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(bad)
+            settings.models, folds[0], request.fusion / run_folder.FUSION_JSON, held_out[1].source, len(inputs.bad)
         )
         if held_out is not None
         else None
@@ -221,24 +225,18 @@ def predict_with_runs(
     return predicted, held_out, provenance, (members, settings.models, weights, device)
 
 
-def predict_deployed(
-    request: PredictionRequest,
-    sample_options: sample_report.SampleSettings,
-    root: Path,
-    images: list[Path],
-    bad: list[tuple[Path, str]],
-) -> tuple:
+def predict_deployed(request: PredictionRequest, sample_options: sample_report.SampleSettings, inputs: Inputs) -> tuple:
     """The export folder's model on ``images`` (deployed.py): (what was predicted, --samples'
     held-out confusion or None, the samples' provenance or None)."""
     model = deployed.read_deployed(request.deployed, request.precision)
     held_out = deployed.sample_request(model, sample_options, request.sample_groups) if request.samples else None
-    probabilities = deployed.deployed_probabilities(model, images)
+    probabilities = deployed.deployed_probabilities(model, inputs.images)
     shown = f"{model.file} ({model.precision}, ONNX Runtime; models {model.models}, folds {model.folds})"
     rules = (model.threshold, model.set_calibrator)
-    predicted = Predicted.table(root, images, bad, probabilities, model.classes, rules, shown)
+    predicted = Predicted.table(inputs, probabilities, model.classes, rules, shown)
     provenance = (
         sample_report.Provenance(
-            model.models, model.folds[0], model.folder / "model.json", held_out[1].source, len(bad), shown
+            model.models, model.folds[0], model.folder / "model.json", held_out[1].source, len(inputs.bad), shown
         )
         if held_out is not None
         else None
@@ -253,10 +251,11 @@ def predict(request: PredictionRequest, sample_options: sample_report.SampleSett
     root, listed = inference.prediction_inputs(request.images)
     images, bad = inference.usable_images(root, request.skip_bad, listed)
     samples = sample_report.split_samples(root, images) if request.samples else None
+    inputs = Inputs(root, images, bad)
     if request.deployed is not None:
-        predicted, held_out, provenance = predict_deployed(request, sample_options, root, images, bad)
+        predicted, held_out, provenance = predict_deployed(request, sample_options, inputs)
     else:
-        predicted, held_out, provenance, explained = predict_with_runs(request, sample_options, root, images, bad)
+        predicted, held_out, provenance, explained = predict_with_runs(request, sample_options, inputs)
     if held_out is not None:  # the samples and the predictions they come from, as one record
         write_samples(request, held_out, samples, predicted, provenance)
     else:
