@@ -13,7 +13,7 @@ from ..core.errors import ConfigError
 from ..core.models import list_models
 from ..core.transforms import PAPER_IMG_SIZE
 from ..flags import setting
-from ..runtime import device_description
+from ..runtime import environment_line
 
 log = logging.getLogger(__name__)
 
@@ -99,5 +99,5 @@ class Benchmark:
             f"--warmup {self.warmup} --iters {self.iters}"
         )
         self.markdown = (
-            f"<!-- written by {command}; {device_description(self.device)}; torch {torch.__version__} -->\n\n" + text
+            f"<!-- written by {command}; {environment_line(self.device)} -->\n\n" + text
         )
