@@ -98,6 +98,4 @@ class Benchmark:
             or f"--models {' '.join(self.models)} --img-size {self.img_size} --batch-size {self.batch_size} "
             f"--warmup {self.warmup} --iters {self.iters}"
         )
-        self.markdown = (
-            f"<!-- written by {command}; {environment_line(self.device)} -->\n\n" + text
-        )
+        self.markdown = f"<!-- written by {command}; {environment_line(self.device)} -->\n\n" + text
