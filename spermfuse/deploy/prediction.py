@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..core.conformal import SetCalibrator
 from ..core.errors import FusionError
@@ -194,11 +195,10 @@ def write_samples(request: PredictionRequest, held_out, samples, predicted: Pred
 
 
 def predict_with_runs(
-    request: PredictionRequest, sample_options: sample_report.SampleSettings, inputs: Inputs
+    request: PredictionRequest, sample_options: sample_report.SampleSettings, inputs: Inputs, device: torch.device
 ) -> tuple:
     """The runs' fused members on ``images``: (what was predicted, --samples' held-out confusion or
     None, the samples' provenance or None, what --explain needs: members, names, weights, device)."""
-    device = resolve_device(request.device)
     settings = fusion_folder.read_fusion_settings(request.fusion)
     folds = settings.chosen_folds(request.fold)
     settings.check_inputs(request.runs, folds)
@@ -247,6 +247,7 @@ def predict_deployed(request: PredictionRequest, sample_options: sample_report.S
 def predict(request: PredictionRequest, sample_options: sample_report.SampleSettings) -> None:
     """Classify the images with the fused models of ``request.fold``, or the exported model of
     ``request.deployed``, and write every output asked for."""
+    device = resolve_device(request.device) if request.deployed is None else None  # a bad --device first
     check_outputs(request)
     root, listed = inference.prediction_inputs(request.images)
     images, bad = inference.usable_images(root, request.skip_bad, listed)
@@ -255,7 +256,7 @@ def predict(request: PredictionRequest, sample_options: sample_report.SampleSett
     if request.deployed is not None:
         predicted, held_out, provenance = predict_deployed(request, sample_options, inputs)
     else:
-        predicted, held_out, provenance, explained = predict_with_runs(request, sample_options, inputs)
+        predicted, held_out, provenance, explained = predict_with_runs(request, sample_options, inputs, device)
     if held_out is not None:  # the samples and the predictions they come from, as one record
         write_samples(request, held_out, samples, predicted, provenance)
     else:
