@@ -149,10 +149,11 @@ def check_deployed_flags(args) -> None:
         "--min-agreement": args.min_agreement is not None,
         "--force-precision": args.force_precision is not None,
     }
-    for flag in (flag for flag, present in given.items() if present):
+    refused = [flag for flag, present in given.items() if present]
+    if refused:
         raise fusion.FusionError(
-            f"{flag} does not apply to --deployed {args.deployed} (the export folder is the model: its members, folds "
-            "and rules, run by ONNX Runtime on the CPU); leave it out, or predict with the runs instead of --deployed"
+            f"{refused[0]} does not apply to --deployed {args.deployed} (the export folder is the model: its members, "
+            "folds and rules, run by ONNX Runtime on the CPU); leave it out, or predict with the runs instead of --deployed"
         )
 
 

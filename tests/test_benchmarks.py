@@ -122,4 +122,7 @@ def test_the_duplicates_suite_sets_the_check_beside_an_epoch_and_says_what_it_fo
     atomic_write_csv(tmp_path / "run" / "history.csv", ["epoch", "seconds"], [[1, 10.0], [2, 12.0]])
     figures, reported, bench = tiny("duplicates", data=data, epoch_from=tmp_path / "run")
     assert figures["epoch"] == 11.0 and figures["images"] == 25
+    assert (
+        0 < figures["thumbnails"] <= figures["detection"] * 2 and figures["pair_search"] > 0
+    )  # parts of it, timed apart
     assert "1 groups of duplicate images (2 files; 1 pixel-identical" in bench.markdown

@@ -6,7 +6,8 @@ and what the duplicate check costs beside a training epoch.
   data's own (HuSHeM's fold<k>/ folders), else a ``folds.csv`` (``--folds-csv``, the networks'
   split), else made as train.py makes them (stratified 5-fold, seed 42, duplicates tied).
 - ``duplicates``: listing the files, decoding every image (the check that was there before) and
-  the duplicate detection on the decoded images (fingerprints, then groups), each the median over
+  the duplicate detection on the decoded images (fingerprints, then groups; the thumbnails and
+  the pair search also on their own), each the median over
   ``--rounds``, against the mean epoch of a run's ``history.csv`` (``--epoch-from``).
 """
 
@@ -23,7 +24,7 @@ from ..core.errors import ConfigError
 from ..core.files import read_csv
 from ..core.metrics import mean_std_ci
 from ..data import splits
-from ..data.duplicates import duplicate_groups, fingerprint, pixel_digest, resolve
+from ..data.duplicates import duplicate_groups, fingerprint, near_pairs, pixel_digest, resolve, unit_thumbnails
 from ..data.folders import Samples, discover
 from ..data.images import check_image, load_rgb, read_image
 from ..page import markdown_table
@@ -123,12 +124,17 @@ def duplicates_suite(bench: Benchmark) -> dict:
         return duplicate_groups(fingerprints, lambda i: pixel_digest(read_image(paths[i])[0]))
 
     detection = _median_seconds(detect, bench.rounds)
+    thumbnails = _median_seconds(lambda: [fingerprint(image) for image in images], bench.rounds)
+    unit = unit_thumbnails([fingerprint(image) for image in images])
+    search = _median_seconds(lambda: near_pairs(unit), bench.rounds)
     count = len(paths)
     found, _ = resolve(detect(), [listed.classes[label] for label in listed.labels], count, "keep")
     rows = [
         ["listing the files", f"{listing:.2f}", ""],
         ["decoding every image once (the check that was there before)", f"{decoding:.2f}", ""],
         ["fingerprints and duplicate groups", f"{detection:.2f}", f"{100 * detection / epoch:.1f} % of an epoch"],
+        ["- of which the grey thumbnails", f"{thumbnails:.2f}", ""],
+        ["- of which the near-duplicate pair search", f"{search:.2f}", ""],
         [f"one training epoch (mean of {bench.epoch_from}/history.csv)", f"{epoch:.2f}", ""],
     ]
     bench.table(
@@ -136,4 +142,12 @@ def duplicates_suite(bench: Benchmark) -> dict:
         + f"\n\n{count} images, {bench.rounds} rounds. Found: {found.summary()}.",
         f"--data {bench.data} --epoch-from {bench.epoch_from} --rounds {bench.rounds}",
     )
-    return {"listing": listing, "decoding": decoding, "detection": detection, "epoch": epoch, "images": count}
+    return {
+        "listing": listing,
+        "decoding": decoding,
+        "detection": detection,
+        "thumbnails": thumbnails,
+        "pair_search": search,
+        "epoch": epoch,
+        "images": count,
+    }
