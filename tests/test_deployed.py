@@ -117,6 +117,20 @@ def test_the_deployed_fp32_model_predicts_what_the_runs_predict(exported, new_ce
     assert np.abs(probabilities_of(found) - probabilities_of(expected)).max() <= 1e-5
 
 
+def test_the_int8_model_quantizes_every_convolution_but_the_stems_and_squeeze_excitation(exported):
+    onnx = pytest.importorskip("onnx")
+    from spermfuse.deploy.quantize import convolutions_kept_fp32
+
+    kept = set(convolutions_kept_fp32(onnx.load(exported["deploy"] / "model.onnx")))
+    model = onnx.load(exported["deploy"] / "model_int8.onnx")
+    producer = {output: node.op_type for node in model.graph.node for output in node.output}
+    quantized = {node.name for node in model.graph.node if node.op_type == "Conv" and node.input[1] in producer}
+    convolutions = {node.name for node in model.graph.node if node.op_type == "Conv"}
+    # Both members' stems, and the squeeze-and-excitation pairs of efficientnet_tiny's blocks.
+    assert len(kept) >= 4 and kept < convolutions
+    assert quantized == convolutions - kept
+
+
 def test_a_clean_process_runs_the_int8_model_as_predict_deployed_does(exported, new_cells, tmp_path):
     from test_end_to_end import readme_client
 

@@ -30,3 +30,56 @@ def test_the_accuracy_change_interval_covers_the_true_change_about_95_times_in_1
         low, high = paired_difference_interval(fp32, int8)
         misses += not low <= true_change <= high
     assert 0.03 <= misses / draws <= 0.075  # nominal 0.05; the standard error of 2,000 draws is 0.005
+
+
+def convolution(name: str, source: str, channels_in: int, channels_out: int):
+    """A 1x1 convolution node and its weight, named after ``name``."""
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((channels_out, channels_in, 1, 1), np.float32), f"{name}_w")
+    return helper.make_node("Conv", [source, f"{name}_w"], [name], name=name), weight
+
+
+def test_stems_and_squeeze_excitation_convolutions_stay_fp32():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from spermfuse.deploy.quantize import convolutions_kept_fp32
+
+    # Two branches from one image, as the fused pair: a stem each; one branch has a
+    # squeeze-and-excitation block (average -> conv -> relu -> conv -> sigmoid -> scale).
+    nodes, weights = [], []
+    for name, source, channels in [
+        ("stem_a", "scaled", (3, 8)),
+        ("body_a", "stem_a", (8, 8)),
+        ("stem_b", "scaled", (3, 8)),
+    ]:
+        node, weight = convolution(name, source, *channels)
+        nodes.append(node)
+        weights.append(weight)
+    squeeze, squeeze_weight = convolution("squeeze", "pooled", 8, 2)
+    excite, excite_weight = convolution("excite", "squeezed", 2, 8)
+    after, after_weight = convolution("after", "scaled_a", 8, 8)
+    nodes = [
+        helper.make_node("Div", ["image", "two"], ["scaled"]),
+        *nodes,
+        helper.make_node("ReduceMean", ["body_a"], ["pooled"], axes=[2, 3], keepdims=1),
+        squeeze,
+        helper.make_node("Relu", ["squeeze"], ["squeezed"]),
+        excite,
+        helper.make_node("Sigmoid", ["excite"], ["gate"]),
+        helper.make_node("Mul", ["body_a", "gate"], ["scaled_a"]),
+        after,
+        helper.make_node("Add", ["after", "stem_b"], ["out"]),
+    ]
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        nodes,
+        "pair",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [two, *weights, squeeze_weight, excite_weight, after_weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    assert sorted(convolutions_kept_fp32(model)) == ["excite", "squeeze", "stem_a", "stem_b"]

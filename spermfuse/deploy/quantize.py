@@ -4,7 +4,11 @@ after training, then treated as the different model it is.
 - **Quantization**: ONNX Runtime's static post-training quantization (``quantize_static``): QDQ
   format, the convolutions only, int8 weights per output channel, uint8 activations whose
   ranges are calibrated (min-max) on the run's own calibration cells (``cal_logits.npz``), else
-  its validation cells; never test cells. Weights use 7 bits (``reduce_range``): CPUs without
+  its validation cells; never test cells. Two kinds of convolution stay fp32
+  (:func:`convolutions_kept_fp32`): each backbone's stem, whose input is the raw image, and the
+  squeeze-and-excitation convolutions, which act on one pooled vector per image: they cost a
+  few percent of the work, and quantized they moved the demo pair's probabilities by up to
+  0.55 (one convolution at a time, measured on its fold-1 test cells; docs/BENCHMARKS.md). Weights use 7 bits (``reduce_range``): CPUs without
   AVX-512 VNNI multiply uint8 by int8 with 16-bit intermediate sums, which 8-bit weights
   saturate. In an exploration on the demo's fold-1 pair (onnxruntime 1.32, a 2-core AVX2 CPU),
   8-bit weights, or quantizing the fully connected heads too, agreed with fp32 on fewer test
@@ -43,8 +47,8 @@ log = logging.getLogger(__name__)
 
 INT8_FILE = "model_int8.onnx"
 QUANTIZATION = (
-    "ONNX Runtime quantize_static: QDQ, convolutions only, int8 weights per channel (7-bit range), "
-    "uint8 activations calibrated (min-max) on the calibration cells"
+    "ONNX Runtime quantize_static: QDQ, convolutions only (stems and squeeze-and-excitation kept fp32), "
+    "int8 weights per channel (7-bit range), uint8 activations calibrated (min-max) on the calibration cells"
 )
 
 
@@ -73,9 +77,40 @@ def cpu_session(path: Path):
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def convolutions_kept_fp32(model) -> list[str]:
+    """The names of the convolutions :func:`quantize_int8` leaves in fp32 (module docstring) in an
+    ONNX model: the stems (no convolution upstream of their input) and the squeeze-and-excitation
+    pair (the convolution fed by a global average, and the one it feeds)."""
+    producer = {output: node for node in model.graph.node for output in node.output}
+
+    def convolution_upstream(tensor: str):
+        """The first convolution met walking up from ``tensor`` along every input, or None."""
+        stack, seen = [tensor], set()
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or id(node) in seen:
+                continue
+            if node.op_type == "Conv":
+                return node
+            seen.add(id(node))
+            stack += list(node.input)
+        return None
+
+    pooled = ("ReduceMean", "GlobalAveragePool")
+    convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
+    squeeze = {node.name for node in convolutions if getattr(producer.get(node.input[0]), "op_type", None) in pooled}
+    kept = []
+    for node in convolutions:
+        upstream = convolution_upstream(node.input[0])
+        if upstream is None or node.name in squeeze or upstream.name in squeeze:
+            kept.append(node.name)
+    return kept
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, batch_size: int = 16) -> None:
     """Write ``int8_path``: ``fp32_path`` statically quantized (module docstring), its activation
     ranges measured on ``calibration`` (letterboxed uint8 cells)."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -94,6 +129,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, bat
         prepared = Path(private) / "prepared.onnx"
         with quiet_root_logger():  # the quantizer logs advice on the root logger
             quant_pre_process(str(fp32_path), str(prepared))
+            kept = convolutions_kept_fp32(onnx.load(str(prepared)))
             quantize_static(
                 str(prepared),
                 str(int8_path),
@@ -104,6 +140,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, bat
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["Conv"],
+                nodes_to_exclude=kept,
             )
 
 
