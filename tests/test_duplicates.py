@@ -14,6 +14,7 @@ from spermfuse.data.duplicates import (
     BOUND_BLOCK,
     NEAR_DUPLICATE_CORRELATION,
     THUMBNAIL_SIDE,
+    Fingerprinter,
     duplicate_groups,
     fingerprint,
     near_pairs,
@@ -72,6 +73,16 @@ def test_pixels_are_compared_only_for_images_whose_thumbnails_are_equal():
     )
     assert sorted(asked) == [3, 20]
     assert [(g.members, g.near) for g in groups] == [([3, 20], False)]
+
+
+def test_only_the_first_image_of_a_repeated_fingerprint_is_decoded_again():
+    images = [cell(index) for index in range(20)] + [cell(3), cell(3)]
+    fingerprints, reread = Fingerprinter(), []
+    for image in images:
+        fingerprints.add(image)
+    groups = fingerprints.groups(lambda i: reread.append(i) or images[i])
+    assert reread == [3]  # 20 and 21 were digested as they were added
+    assert [(g.members, g.near) for g in groups] == [([3, 20, 21], False)]
 
 
 def test_a_slightly_edited_copy_is_near_identical_not_pixel_identical():

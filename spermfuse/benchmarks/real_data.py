@@ -24,7 +24,7 @@ from ..core.errors import ConfigError
 from ..core.files import read_csv
 from ..core.metrics import mean_std_ci
 from ..data import splits
-from ..data.duplicates import duplicate_groups, fingerprint, near_pairs, pixel_digest, resolve, unit_thumbnails
+from ..data.duplicates import Fingerprinter, fingerprint, near_pairs, resolve, unit_thumbnails
 from ..data.folders import Samples, discover
 from ..data.images import check_image, load_rgb, read_image
 from ..page import markdown_table
@@ -120,8 +120,10 @@ def duplicates_suite(bench: Benchmark) -> dict:
     images = [read_image(path)[0] for path in paths]
 
     def detect() -> list:
-        fingerprints = [fingerprint(image) for image in images]
-        return duplicate_groups(fingerprints, lambda i: pixel_digest(read_image(paths[i])[0]))
+        fingerprints = Fingerprinter()
+        for image in images:
+            fingerprints.add(image)
+        return fingerprints.groups(lambda i: read_image(paths[i])[0])
 
     detection = _median_seconds(detect, bench.rounds)
     thumbnails = _median_seconds(lambda: [fingerprint(image) for image in images], bench.rounds)

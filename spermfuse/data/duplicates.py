@@ -12,7 +12,8 @@ same pixels are one image):
 
 The check is always on, so it is built to cost little beside decoding (docs/REAL_DATA.md measures
 it on SMIDS): only the thumbnail is computed for every image; the pixels are compared (SHA-256)
-only for the few images whose mode, size and thumbnail are all equal to another's.
+only for the few images whose mode, size and thumbnail are all equal to another's, and of those
+only the first of each such fingerprint is decoded again (:class:`Fingerprinter`).
 
 The threshold, measured: copies resized by 0.8 or 1.25 and re-encoded as JPEG (quality 90) keep a
 correlation above 0.99 (tests/test_duplicates.py); distinct cells of one class of the synthetic
@@ -109,6 +110,35 @@ def near_pairs(thumbnails: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELA
         exact = np.einsum("ij,ij->i", thumbnails[rows], thumbnails[columns])
         pairs += [(i, j) for i, j, value in zip(rows.tolist(), columns.tolist(), exact.tolist()) if value > threshold]
     return pairs
+
+
+@dataclass
+class Fingerprinter:
+    """Fingerprints taken image by image while a data set is decoded. An image whose fingerprint
+    repeats an earlier one's has its pixel digest taken at once, while it is in memory, so that
+    :meth:`groups` decodes again only the first image of each repeated fingerprint."""
+
+    fingerprints: list[Fingerprint] = field(default_factory=list)
+    digests: dict[int, bytes] = field(default_factory=dict)
+    seen: set[bytes] = field(default_factory=set)
+
+    def add(self, image: Image.Image) -> None:
+        """Fingerprint the next image (index: the number added before it)."""
+        print_ = fingerprint(image)
+        if print_.key() in self.seen:
+            self.digests[len(self.fingerprints)] = pixel_digest(image)
+        self.seen.add(print_.key())
+        self.fingerprints.append(print_)
+
+    def groups(self, reread: Callable[[int], Image.Image]) -> list[DuplicateGroup]:
+        """:func:`duplicate_groups` of the images added; ``reread(i)`` decodes image i again."""
+
+        def digest(i: int) -> bytes:
+            if i not in self.digests:
+                self.digests[i] = pixel_digest(reread(i))
+            return self.digests[i]
+
+        return duplicate_groups(self.fingerprints, digest)
 
 
 @dataclass

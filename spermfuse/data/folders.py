@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from ..core.errors import DataError
-from .duplicates import POLICIES, Fingerprint, duplicate_groups, fingerprint, pixel_digest, resolve
+from .duplicates import POLICIES, Fingerprinter, resolve
 from .images import IMAGE_EXTENSIONS, is_image_file, read_image
 
 log = logging.getLogger(__name__)
@@ -165,14 +165,14 @@ def _discover_manifest(
 
 
 def settle_duplicates(
-    root: Path, paths: list[str], names: list[str], fingerprints: list[Fingerprint], policy: str = "error"
+    root: Path, paths: list[str], names: list[str], fingerprints: Fingerprinter, policy: str = "error"
 ) -> tuple[list[int], dict[int, int]]:
     """``--duplicates``: the indices of the images to keep and ``{copy: first image}`` among them
     (docs: ``duplicates.py``). A group across classes stops here, naming two of its files, unless
     ``policy`` drops (``drop-conflicts``) or keeps (``keep``) such groups."""
     if policy not in POLICIES:
         raise DataError(f"--duplicates {policy}: choose one of {', '.join(POLICIES)}")
-    groups = duplicate_groups(fingerprints, lambda i: pixel_digest(read_image(root / paths[i])[0]))
+    groups = fingerprints.groups(lambda i: read_image(root / paths[i])[0])
     report, conflict = resolve(groups, names, len(paths), policy)
     if conflict is not None:
         pairs = [(i, j) for i in conflict.members for j in conflict.members if i < j and names[i] != names[j]]
@@ -286,12 +286,12 @@ def discover(
     skipped = []
     copies: dict[int, int] = {}
     if check_images:
-        keep, fingerprints = [], []
+        keep, fingerprints = [], Fingerprinter()
         for i, rel in enumerate(paths):
             image, reason = read_image(root / rel)
             if image is not None:
                 keep.append(i)
-                fingerprints.append(fingerprint(image))
+                fingerprints.add(image)
             elif on_error == "skip":
                 skipped.append((rel, reason))
             else:
