@@ -7,10 +7,10 @@ after training, then treated as the different model it is.
   its validation cells; never test cells. Two kinds of convolution stay fp32
   (:func:`convolutions_kept_fp32`): each backbone's stem, whose input is the raw image, and the
   squeeze-and-excitation convolutions, which act on one pooled vector per image: they cost a
-  few percent of the work, and quantized they moved the demo pair's probabilities by up to
-  0.55 (one convolution at a time, measured on its fold-1 test cells; docs/BENCHMARKS.md). Weights use 7 bits (``reduce_range``): CPUs without
-  AVX-512 VNNI multiply uint8 by int8 with 16-bit intermediate sums, which 8-bit weights
-  saturate. In an exploration on the demo's fold-1 pair (onnxruntime 1.32, a 2-core AVX2 CPU),
+  few percent of the work, and quantized one at a time they moved the demo pair's probabilities
+  most (its agreement with fp32 with and without them: docs/PREDICTION.md). Weights use 7 bits
+  (``reduce_range``): CPUs without AVX-512 VNNI multiply uint8 by int8 with 16-bit
+  intermediate sums, which 8-bit weights saturate. In an exploration on the demo's fold-1 pair (onnxruntime 1.32, a 2-core AVX2 CPU),
   8-bit weights, or quantizing the fully connected heads too, agreed with fp32 on fewer test
   cells; percentile, entropy or symmetric activation ranges did no better.
 - **Re-certification**: the referral threshold and the prediction sets that travel in model.json
