@@ -10,9 +10,10 @@ after training, then treated as the different model it is.
   few percent of the work, and quantized one at a time they moved the demo pair's probabilities
   most (its agreement with fp32 with and without them: docs/PREDICTION.md). Weights use 7 bits
   (``reduce_range``): CPUs without AVX-512 VNNI multiply uint8 by int8 with 16-bit
-  intermediate sums, which 8-bit weights saturate. In an exploration on the demo's fold-1 pair (onnxruntime 1.32, a 2-core AVX2 CPU),
-  8-bit weights, or quantizing the fully connected heads too, agreed with fp32 on fewer test
-  cells; percentile, entropy or symmetric activation ranges did no better.
+  intermediate sums, which 8-bit weights saturate. In an exploration on the demo's fold-1 pair
+  (onnxruntime 1.32, a 2-core AVX2 CPU), 8-bit weights, or quantizing the fully connected heads
+  too, agreed with fp32 on fewer test cells; percentile, entropy or symmetric activation ranges,
+  or calibrating on the validation cells as well, did no better (the last measured on a VNNI CPU).
 - **Re-certification**: the referral threshold and the prediction sets that travel in model.json
   are fitted again, with the same settings, on the same calibration cells passed through the
   quantized model (:func:`recertify`); the fp32 model's rules do not carry over.
