@@ -126,3 +126,5 @@ def test_the_duplicates_suite_sets_the_check_beside_an_epoch_and_says_what_it_fo
         0 < figures["thumbnails"] <= figures["detection"] * 2 and figures["pair_search"] > 0
     )  # parts of it, timed apart
     assert "1 groups of duplicate images (2 files; 1 pixel-identical" in bench.markdown
+    share = f"{100 * figures['detection'] / 11.0:.1f} % of an epoch, {figures['detection'] / figures['decoding']:.2f} of decoding"
+    assert share in bench.markdown
