@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from spermfuse.core.errors import DataError
-from spermfuse.data import splits
+from spermfuse.data import duplicates, splits
 from spermfuse.data.duplicates import (
     BOUND_BLOCK,
     NEAR_DUPLICATE_CORRELATION,
@@ -99,7 +99,10 @@ def test_flat_images_are_duplicates_only_when_their_pixels_are_equal():
     assert group.members == [0, 1] and not group.near
 
 
-def test_the_quick_pair_search_finds_every_pair_the_full_search_finds():
+@pytest.mark.parametrize("block_entries", [None, 1000])  # one block; blocks of 6 rows
+def test_the_quick_pair_search_finds_every_pair_the_full_search_finds(block_entries, monkeypatch):
+    if block_entries is not None:
+        monkeypatch.setattr(duplicates, "_BLOCK_ENTRIES", block_entries)
     generator = np.random.default_rng(0)
     smooth = generator.normal(size=(60, 8, 8)).repeat(4, axis=1).repeat(4, axis=2).reshape(60, -1)
     # Copies with noise of every strength: correlations spread across the threshold.
