@@ -128,9 +128,10 @@ class Fingerprinter:
     def add(self, image: Image.Image) -> None:
         """Fingerprint the next image (index: the number added before it)."""
         print_ = fingerprint(image)
-        if print_.key() in self.seen:
+        key = print_.key()
+        if key in self.seen:
             self.digests[len(self.fingerprints)] = pixel_digest(image)
-        self.seen.add(print_.key())
+        self.seen.add(key)
         self.fingerprints.append(print_)
 
     def groups(self, reread: Callable[[int], Image.Image]) -> list[DuplicateGroup]:
