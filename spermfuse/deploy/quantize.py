@@ -82,7 +82,8 @@ def convolutions_kept_fp32(model) -> list[str]:
     """The names of the convolutions :func:`quantize_int8` leaves in fp32 (module docstring) in an
     ONNX model: the stems (no convolution upstream of their input) and the squeeze-and-excitation
     pair (the convolution fed by a global average, and the one it feeds)."""
-    producer = {output: node for node in model.graph.node for output in node.output}
+    nodes = list(model.graph.node)  # one set of node objects: they are compared by identity (names may be empty)
+    producer = {output: node for node in nodes for output in node.output}
 
     def convolution_upstream(tensor: str):
         """The first convolution met walking up from ``tensor`` along every input, or None."""
@@ -98,12 +99,12 @@ def convolutions_kept_fp32(model) -> list[str]:
         return None
 
     pooled = ("ReduceMean", "GlobalAveragePool")
-    convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
-    squeeze = {node.name for node in convolutions if getattr(producer.get(node.input[0]), "op_type", None) in pooled}
+    convolutions = [node for node in nodes if node.op_type == "Conv"]
+    squeeze = {id(node) for node in convolutions if getattr(producer.get(node.input[0]), "op_type", None) in pooled}
     kept = []
     for node in convolutions:
         upstream = convolution_upstream(node.input[0])
-        if upstream is None or node.name in squeeze or upstream.name in squeeze:
+        if upstream is None or id(node) in squeeze or id(upstream) in squeeze:
             kept.append(node.name)
     return kept
 
