@@ -117,18 +117,34 @@ def test_the_deployed_fp32_model_predicts_what_the_runs_predict(exported, new_ce
     assert np.abs(probabilities_of(found) - probabilities_of(expected)).max() <= 1e-5
 
 
-def test_the_int8_model_quantizes_every_convolution_but_the_stems_and_squeeze_excitation(exported):
+def test_the_int8_model_quantizes_every_convolution_but_those_model_json_keeps_in_fp32(exported):
     onnx = pytest.importorskip("onnx")
     from spermfuse.deploy.quantize import convolutions_kept_fp32
 
-    kept = set(convolutions_kept_fp32(onnx.load(exported["deploy"] / "model.onnx")))
+    by_rule = set(convolutions_kept_fp32(onnx.load(exported["deploy"] / "model.onnx")))
+    chosen = json.loads((exported["deploy"] / "model.json").read_text())["int8"]["fp32_convolutions"]
+    kept = set(chosen["kept_fp32"])
     model = onnx.load(exported["deploy"] / "model_int8.onnx")
     producer = {output: node.op_type for node in model.graph.node for output in node.output}
     quantized = {node.name for node in model.graph.node if node.op_type == "Conv" and node.input[1] in producer}
     convolutions = {node.name for node in model.graph.node if node.op_type == "Conv"}
-    # Both members' stems, and the squeeze-and-excitation pairs of efficientnet_tiny's blocks.
-    assert len(kept) >= 4 and kept < convolutions
+    # Both members' stems and the squeeze-and-excitation pairs of efficientnet_tiny's blocks, then
+    # the most sensitive ones the search added.
+    assert len(by_rule) >= 4 and by_rule <= kept < convolutions and chosen["kept_by_rule"] == len(by_rule)
+    assert len(kept) - len(by_rule) == chosen["search"][-1][0] and chosen["convolutions"] == len(convolutions)
     assert quantized == convolutions - kept
+
+
+def test_the_agreement_the_search_stopped_at_is_that_of_the_written_int8_model(exported):
+    from spermfuse.deploy.quantize import cpu_session, onnx_probabilities, orientations, top1_agreement
+
+    deploy = exported["deploy"]
+    search = json.loads((deploy / "model.json").read_text())["int8"]["fp32_convolutions"]["search"]
+    oriented = orientations(calibration_cells(exported["runs"])[0])
+    reference = onnx_probabilities(cpu_session(deploy / "model.onnx"), oriented)
+    # Kept convolutions beyond the rule double from one step to the next, starting from none.
+    assert [step[0] for step in search] == [0] + [2**i for i in range(len(search) - 1)]
+    assert top1_agreement(cpu_session(deploy / "model_int8.onnx"), oriented, reference) == search[-1][1]
 
 
 def test_a_clean_process_runs_the_int8_model_as_predict_deployed_does(exported, new_cells, tmp_path):

@@ -32,6 +32,23 @@ def test_the_accuracy_change_interval_covers_the_true_change_about_95_times_in_1
     assert 0.03 <= misses / draws <= 0.075  # nominal 0.05; the standard error of 2,000 draws is 0.005
 
 
+def test_orientations_are_each_images_four_quarter_turns_and_their_mirrors():
+    from spermfuse.deploy.quantize import orientations
+
+    images = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)  # no symmetry: 8 distinct views
+    oriented = orientations(images)
+    assert oriented.shape == (16, 3, 4, 4) and oriented.flags["C_CONTIGUOUS"]
+    views = oriented.reshape(8, 2, 3, 4, 4)
+    assert np.array_equal(views[0], images)  # the cells as they are come first
+    for image in range(2):
+        distinct = {view[image].tobytes() for view in views}
+        assert len(distinct) == 8
+        # Each view holds the same pixels per channel, only moved.
+        assert all(np.array_equal(np.sort(view[image], axis=None), np.sort(images[image], axis=None)) for view in views)
+    assert np.array_equal(views[1][0, 0], np.rot90(images[0, 0]))
+    assert np.array_equal(views[4][0, 0], images[0, 0, :, ::-1])
+
+
 def convolution(name: str, source: str, channels_in: int, channels_out: int):
     """A 1x1 convolution node and its weight, named after ``name``."""
     from onnx import helper, numpy_helper

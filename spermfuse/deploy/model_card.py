@@ -221,6 +221,23 @@ def model_card(
     return "\n".join(lines)
 
 
+def _fp32_convolutions_line(chosen: dict | None) -> list[str]:
+    """The card's line on the convolutions an int8 model leaves in fp32 (model.json's
+    ``int8.fp32_convolutions``); none for an export written before they were recorded."""
+    if not chosen:
+        return []
+    extra = len(chosen["kept_fp32"]) - chosen["kept_by_rule"]
+    line = f"- convolutions kept in fp32: {len(chosen['kept_fp32'])} of {chosen['convolutions']} ({chosen['kept_by_rule']} stems and squeeze-and-excitation"
+    if chosen["search"]:
+        reached = chosen["search"][-1][1]
+        more = f"the {extra} most sensitive" if extra else "no more"
+        line += (
+            f", and {more}: top-1 agreement with fp32 {_percent(reached)} on the calibration cells in "
+            f"their 8 orientations, for {_percent(chosen['target_agreement'])} asked (half the disagreement the test guard allows)"
+        )
+    return [line + ")"]
+
+
 def int8_card_section(block: dict) -> str:
     """MODEL_CARD.md's section on the int8 model (model.json's ``int8``): how it was made, how
     it compares with fp32 on test cells, and its own certified rules."""
@@ -233,6 +250,7 @@ def int8_card_section(block: dict) -> str:
         "",
         f"- made by: {block['quantization']} ({calibration['cells']} {calibration['split']} cells of fold(s) "
         f"{', '.join(map(str, calibration['folds']))})",
+        *_fp32_convolutions_line(block.get("fp32_convolutions")),
         f"- top-1 agreement with fp32: {_percent(test['top1_agreement_with_fp32'])} of {test['cells']} test cells ({where})",
         f"- accuracy {_percent(test['accuracy'])} (fp32 {_percent(test['accuracy_fp32'])}); change "
         f"{100 * (test['accuracy'] - test['accuracy_fp32']):+.1f} points, 95 % interval [{100 * low:+.1f}, {100 * high:+.1f}], "

@@ -8,7 +8,17 @@ after training, then treated as the different model it is.
   (:func:`convolutions_kept_fp32`): each backbone's stem, whose input is the raw image, and the
   squeeze-and-excitation convolutions, which act on one pooled vector per image: they cost a
   few percent of the work, and quantized one at a time they moved the demo pair's probabilities
-  most (its agreement with fp32 with and without them: docs/PREDICTION.md). Weights use 7 bits
+  most (its agreement with fp32 with and without them: docs/PREDICTION.md). Where the model so
+  quantized agrees with fp32 on fewer than ``--min-agreement`` of the calibration cells, each seen
+  in its 8 orientations (cells lie every way under a microscope: 8 times the inputs, from cells
+  that are not test cells), more convolutions stay fp32: each is first quantized alone and ranked
+  by how far that moves the fused probabilities of the first ``SENSITIVITY_CELLS`` calibration
+  cells (mean KL divergence), then the 1, 2, 4, ... most sensitive are kept fp32 until the
+  agreement is reached (:func:`quantize_int8`; each step is in model.json). The search asks the
+  calibration cells for half the disagreement the guard allows on test cells
+  (``SEARCH_DISAGREEMENT_SHARE``): the pair was chosen on held-out training cells, which lie further
+  from a tie than test cells and flip less (the demo's fold-1 pair: 10.7 % of its test cells within
+  0.01 of a tie, 6.6 % of its calibration cells' orientations; docs/PREDICTION.md). Weights use 7 bits
   (``reduce_range``): CPUs without AVX-512 VNNI multiply uint8 by int8 with 16-bit
   intermediate sums, which 8-bit weights saturate. In an exploration on the demo's fold-1 pair
   (onnxruntime 1.32, a 2-core AVX2 CPU), 8-bit weights, or quantizing the fully connected heads
@@ -47,9 +57,15 @@ from ..store.run_folder import data_root_of_run, fold_folder
 log = logging.getLogger(__name__)
 
 INT8_FILE = "model_int8.onnx"
+# The cells the sensitivity of each convolution is measured on: the first of the calibration cells.
+SENSITIVITY_CELLS = 32
+# The share of --min-agreement's allowed disagreement that the search allows on the calibration
+# cells: the pair's epochs, temperature and weight were chosen on held-out training cells, which
+# sit further from a tie than test cells and flip less (module docstring).
+SEARCH_DISAGREEMENT_SHARE = 0.5
 QUANTIZATION = (
-    "ONNX Runtime quantize_static: QDQ, convolutions only (stems and squeeze-and-excitation kept fp32), "
-    "int8 weights per channel (7-bit range), uint8 activations calibrated (min-max) on the calibration cells"
+    "ONNX Runtime quantize_static: QDQ, convolutions only (stems, squeeze-and-excitation and the most sensitive "
+    "kept fp32), int8 weights per channel (7-bit range), uint8 activations calibrated (min-max) on the calibration cells"
 )
 
 
@@ -109,15 +125,15 @@ def convolutions_kept_fp32(model) -> list[str]:
     return kept
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, batch_size: int = 16) -> None:
-    """Write ``int8_path``: ``fp32_path`` statically quantized (module docstring), its activation
-    ranges measured on ``calibration`` (letterboxed uint8 cells)."""
-    import onnx
+def _quantize_static(
+    prepared: Path, out: Path, calibration: np.ndarray, exclude: Sequence[str], only: Sequence[str] | None = None
+) -> None:
+    """ONNX Runtime's static quantization of the convolutions of ``prepared`` (module docstring)
+    but ``exclude`` (or of ``only``), activation ranges measured on ``calibration``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Cells(CalibrationDataReader):
-        def __init__(self, name: str):
+        def __init__(self, name: str, batch_size: int = 16):
             self.batches = iter(
                 [{name: calibration[i : i + batch_size]} for i in range(0, len(calibration), batch_size)]
             )
@@ -125,25 +141,115 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, bat
         def get_next(self):
             return next(self.batches, None)
 
-    name = cpu_session(fp32_path).get_inputs()[0].name
+    name = cpu_session(prepared).get_inputs()[0].name
+    with quiet_root_logger():  # the quantizer logs advice on the root logger
+        quantize_static(
+            str(prepared),
+            str(out),
+            Cells(name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            nodes_to_exclude=list(exclude),
+            **({"nodes_to_quantize": list(only)} if only is not None else {}),
+        )
+
+
+def orientations(images: np.ndarray) -> np.ndarray:
+    """Each N x 3 x S x S image in its 8 orientations (4 quarter turns, each also mirrored): more
+    inputs to measure agreement on from the same cells, which lie every way under a microscope."""
+    turns = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
+    return np.ascontiguousarray(np.concatenate(turns + [turn[..., ::-1] for turn in turns]))
+
+
+def top1_agreement(session, images: np.ndarray, reference: np.ndarray) -> float:
+    """The share of ``images`` whose top class under ``session`` is that of ``reference`` probabilities."""
+    return float(np.mean(onnx_probabilities(session, images).argmax(axis=1) == reference.argmax(axis=1)))
+
+
+def rank_by_sensitivity(prepared: Path, candidates: Sequence[str], cells: np.ndarray, scratch: Path) -> list[str]:
+    """``candidates`` (convolution names), the one whose quantization alone moves the fused
+    probabilities of ``cells`` most (mean KL divergence from fp32) first."""
+    reference = onnx_probabilities(cpu_session(prepared), cells)
+    divergence = {}
+    for done, name in enumerate(candidates, 1):
+        _quantize_static(prepared, scratch / "alone.onnx", cells, (), only=[name])
+        quantized = onnx_probabilities(cpu_session(scratch / "alone.onnx"), cells)
+        divergence[name] = float(
+            np.mean(np.sum(reference * (np.log(reference + 1e-12) - np.log(quantized + 1e-12)), axis=1))
+        )
+        if done % 10 == 0 or done == len(candidates):
+            log.info("int8: %d of %d convolutions quantized alone", done, len(candidates))
+    return sorted(candidates, key=lambda name: -divergence[name])  # stable: ties keep the graph's order
+
+
+@dataclass
+class MixedPrecision:
+    """Which convolutions an int8 model leaves in fp32, and how they were chosen (module docstring)."""
+
+    convolutions: int
+    kept_fp32: list[str]
+    by_rule: int
+    search: list[tuple[int, float]]  # (convolutions kept beyond the rule, top-1 agreement on the oriented cells)
+    target: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "convolutions": self.convolutions,
+            "kept_fp32": self.kept_fp32,
+            "kept_by_rule": self.by_rule,
+            "search": [list(step) for step in self.search],
+            "target_agreement": self.target,
+        }
+
+
+def quantize_int8(
+    fp32_path: Path, int8_path: Path, calibration: np.ndarray, min_agreement: float | None = None
+) -> MixedPrecision:
+    """Write ``int8_path``: ``fp32_path`` statically quantized (module docstring), its activation
+    ranges measured on ``calibration`` (letterboxed uint8 cells). With ``min_agreement``, more
+    convolutions stay fp32, the most sensitive first, until the int8 model agrees with fp32 on
+    ``SEARCH_DISAGREEMENT_SHARE`` of its disagreement on the calibration cells' 8 orientations
+    (:func:`orientations`); the last model tried is written when none does."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=int8_path.parent) as private:
         # Shapes inferred and the graph simplified first, as ONNX Runtime's quantizer asks.
-        prepared = Path(private) / "prepared.onnx"
-        with quiet_root_logger():  # the quantizer logs advice on the root logger
+        prepared, scratch = Path(private) / "prepared.onnx", Path(private)
+        with quiet_root_logger():
             quant_pre_process(str(fp32_path), str(prepared))
-            kept = convolutions_kept_fp32(onnx.load(str(prepared)))
-            quantize_static(
-                str(prepared),
-                str(int8_path),
-                Cells(name),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["Conv"],
-                nodes_to_exclude=kept,
+        model = onnx.load(str(prepared))
+        kept = convolutions_kept_fp32(model)
+        convolutions = [node.name for node in model.graph.node if node.op_type == "Conv"]
+        _quantize_static(prepared, int8_path, calibration, kept)
+        if min_agreement is None:
+            return MixedPrecision(len(convolutions), kept, len(kept), [], None)
+        target = 1.0 - SEARCH_DISAGREEMENT_SHARE * (1.0 - min_agreement)
+        chosen = MixedPrecision(len(convolutions), kept, len(kept), [], target)
+        oriented = orientations(calibration)
+        reference = onnx_probabilities(cpu_session(prepared), oriented)
+        chosen.search.append((0, top1_agreement(cpu_session(int8_path), oriented, reference)))
+        if chosen.search[-1][1] >= target:
+            return chosen
+        candidates = [name for name in convolutions if name not in kept]
+        ranking = rank_by_sensitivity(prepared, candidates, calibration[:SENSITIVITY_CELLS], scratch)
+        extra = 1
+        while extra < len(ranking):  # doubling: a few quantizations, never every count
+            _quantize_static(prepared, int8_path, calibration, kept + ranking[:extra])
+            chosen.search.append((extra, top1_agreement(cpu_session(int8_path), oriented, reference)))
+            chosen.kept_fp32 = kept + ranking[:extra]
+            log.info(
+                "int8: %d more convolution(s) in fp32: agreement %.4f on the oriented calibration cells",
+                *chosen.search[-1],
             )
+            if chosen.search[-1][1] >= target:
+                break
+            extra *= 2
+        return chosen
 
 
 @contextmanager
@@ -281,7 +387,7 @@ def int8_model(
     calibration_paths, calibration_labels = unique_cells(calibration, root)
     calibration_images = letterboxed_batch(pipeline, calibration_paths)
     log.info("quantizing to int8, activations calibrated on %d %s cells", len(calibration_paths), split)
-    quantize_int8(folder / "model.onnx", folder / INT8_FILE, calibration_images)
+    mixed = quantize_int8(folder / "model.onnx", folder / INT8_FILE, calibration_images, min_agreement)
     fp32, int8 = cpu_session(folder / "model.onnx"), cpu_session(folder / INT8_FILE)
     test_paths, test_labels = unique_cells(
         fused_folds(runs, settings.models, folds, settings.prediction_weights(folds)), root
@@ -303,6 +409,7 @@ def int8_model(
         "file": INT8_FILE,
         "quantization": QUANTIZATION,
         "calibration": {"split": split, "cells": len(calibration_paths), "folds": list(folds)},
+        "fp32_convolutions": mixed.to_dict(),
         "test": comparison.to_dict(),
     }
     if decision:
