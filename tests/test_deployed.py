@@ -139,12 +139,16 @@ def test_the_agreement_the_search_stopped_at_is_that_of_the_written_int8_model(e
     from spermfuse.deploy.quantize import cpu_session, onnx_probabilities, orientations, top1_agreement
 
     deploy = exported["deploy"]
-    search = json.loads((deploy / "model.json").read_text())["int8"]["fp32_convolutions"]["search"]
+    chosen = json.loads((deploy / "model.json").read_text())["int8"]["fp32_convolutions"]
+    search, target = chosen["search"], chosen["target_agreement"]
     oriented = orientations(calibration_cells(exported["runs"])[0])
     reference = onnx_probabilities(cpu_session(deploy / "model.onnx"), oriented)
     # Kept convolutions beyond the rule double from one step to the next, starting from none.
     assert [step[0] for step in search] == [0] + [2**i for i in range(len(search) - 1)]
     assert top1_agreement(cpu_session(deploy / "model_int8.onnx"), oriented, reference) == search[-1][1]
+    # The tiny pair is barely trained, so the search runs; it stops at the first step that reaches the target.
+    assert len(search) > 1 and all(agreement < target for _, agreement in search[:-1])
+    assert search[-1][1] >= target or 2 * search[-1][0] >= chosen["convolutions"] - chosen["kept_by_rule"]
 
 
 def test_a_clean_process_runs_the_int8_model_as_predict_deployed_does(exported, new_cells, tmp_path):

@@ -177,10 +177,7 @@ def rank_by_sensitivity(prepared: Path, candidates: Sequence[str], cells: np.nda
     divergence = {}
     for done, name in enumerate(candidates, 1):
         _quantize_static(prepared, scratch / "alone.onnx", cells, (), only=[name])
-        quantized = onnx_probabilities(cpu_session(scratch / "alone.onnx"), cells)
-        divergence[name] = float(
-            np.mean(np.sum(reference * (np.log(reference + 1e-12) - np.log(quantized + 1e-12)), axis=1))
-        )
+        divergence[name] = mean_kl_divergence(reference, onnx_probabilities(cpu_session(scratch / "alone.onnx"), cells))
         if done % 10 == 0 or done == len(candidates):
             log.info("int8: %d of %d convolutions quantized alone", done, len(candidates))
     return sorted(candidates, key=lambda name: -divergence[name])  # stable: ties keep the graph's order
@@ -210,46 +207,58 @@ def quantize_int8(
     fp32_path: Path, int8_path: Path, calibration: np.ndarray, min_agreement: float | None = None
 ) -> MixedPrecision:
     """Write ``int8_path``: ``fp32_path`` statically quantized (module docstring), its activation
-    ranges measured on ``calibration`` (letterboxed uint8 cells). With ``min_agreement``, more
-    convolutions stay fp32, the most sensitive first, until the int8 model agrees with fp32 on
-    ``SEARCH_DISAGREEMENT_SHARE`` of its disagreement on the calibration cells' 8 orientations
-    (:func:`orientations`); the last model tried is written when none does."""
+    ranges measured on ``calibration`` (letterboxed uint8 cells). With ``min_agreement``, the most
+    sensitive convolutions stay fp32 too (:func:`keep_sensitive_convolutions`)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=int8_path.parent) as private:
         # Shapes inferred and the graph simplified first, as ONNX Runtime's quantizer asks.
-        prepared, scratch = Path(private) / "prepared.onnx", Path(private)
+        prepared = Path(private) / "prepared.onnx"
         with quiet_root_logger():
             quant_pre_process(str(fp32_path), str(prepared))
         model = onnx.load(str(prepared))
         kept = convolutions_kept_fp32(model)
         convolutions = [node.name for node in model.graph.node if node.op_type == "Conv"]
         _quantize_static(prepared, int8_path, calibration, kept)
-        if min_agreement is None:
-            return MixedPrecision(len(convolutions), kept, len(kept), [], None)
-        target = 1.0 - SEARCH_DISAGREEMENT_SHARE * (1.0 - min_agreement)
-        chosen = MixedPrecision(len(convolutions), kept, len(kept), [], target)
-        oriented = orientations(calibration)
-        reference = onnx_probabilities(cpu_session(prepared), oriented)
-        chosen.search.append((0, top1_agreement(cpu_session(int8_path), oriented, reference)))
-        if chosen.search[-1][1] >= target:
-            return chosen
-        candidates = [name for name in convolutions if name not in kept]
-        ranking = rank_by_sensitivity(prepared, candidates, calibration[:SENSITIVITY_CELLS], scratch)
-        extra = 1
-        while extra < len(ranking):  # doubling: a few quantizations, never every count
-            _quantize_static(prepared, int8_path, calibration, kept + ranking[:extra])
-            chosen.search.append((extra, top1_agreement(cpu_session(int8_path), oriented, reference)))
-            chosen.kept_fp32 = kept + ranking[:extra]
-            log.info(
-                "int8: %d more convolution(s) in fp32: agreement %.4f on the oriented calibration cells",
-                *chosen.search[-1],
-            )
-            if chosen.search[-1][1] >= target:
-                break
-            extra *= 2
+        chosen = MixedPrecision(len(convolutions), kept, len(kept), [], None)
+        if min_agreement is not None:
+            chosen.target = 1.0 - SEARCH_DISAGREEMENT_SHARE * (1.0 - min_agreement)
+            candidates = [name for name in convolutions if name not in kept]
+            keep_sensitive_convolutions(prepared, int8_path, calibration, candidates, chosen)
         return chosen
+
+
+def keep_sensitive_convolutions(
+    prepared: Path, int8_path: Path, calibration: np.ndarray, candidates: Sequence[str], chosen: MixedPrecision
+) -> None:
+    """Rewrite ``int8_path`` with the 1, 2, 4, ... convolutions of ``candidates`` that are most
+    sensitive (:func:`rank_by_sensitivity`) kept fp32 too, until it agrees with fp32 on
+    ``chosen.target`` of the calibration cells' 8 orientations (the last one tried stays when
+    none does); each step is recorded in ``chosen``."""
+    oriented = orientations(calibration)
+    reference = onnx_probabilities(cpu_session(prepared), oriented)
+    chosen.search.append((0, top1_agreement(cpu_session(int8_path), oriented, reference)))
+    if chosen.search[-1][1] >= chosen.target:
+        return
+    by_rule = list(chosen.kept_fp32)
+    ranking = rank_by_sensitivity(prepared, candidates, calibration[:SENSITIVITY_CELLS], prepared.parent)
+    extra = 1
+    while extra < len(ranking):  # doubling: a few quantizations, never one per count
+        chosen.kept_fp32 = by_rule + ranking[:extra]
+        _quantize_static(prepared, int8_path, calibration, chosen.kept_fp32)
+        chosen.search.append((extra, top1_agreement(cpu_session(int8_path), oriented, reference)))
+        log.info(
+            "int8: %d more convolution(s) in fp32: agreement %.4f on the oriented calibration cells", *chosen.search[-1]
+        )
+        if chosen.search[-1][1] >= chosen.target:
+            return
+        extra *= 2
+
+
+def mean_kl_divergence(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean over rows of KL(reference || other), two arrays of class probabilities."""
+    return float(np.mean(np.sum(reference * (np.log(reference + 1e-12) - np.log(other + 1e-12)), axis=1)))
 
 
 @contextmanager
