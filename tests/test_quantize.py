@@ -43,7 +43,7 @@ def test_orientations_are_each_images_four_quarter_turns_and_their_mirrors():
     for image in range(2):
         distinct = {view[image].tobytes() for view in views}
         assert len(distinct) == 8
-        # Each view holds the same pixels per channel, only moved.
+        # Each view holds the image's own pixels, only moved.
         assert all(np.array_equal(np.sort(view[image], axis=None), np.sort(images[image], axis=None)) for view in views)
     assert np.array_equal(views[1][0, 0], np.rot90(images[0, 0]))
     assert np.array_equal(views[4][0, 0], images[0, 0, :, ::-1])
