@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.efficientnet import EfficientNet
 
 from ..core.errors import ConfigError
 from ..core.fused_model import Classifier, FusedModel
+from ..core.models.efficientnet import is_efficientnet
 from ..core.models.resnetv2 import ResNetV2
 from ..core.transforms import from_spec, letterbox_box
 from ..data.images import load_rgb
@@ -49,7 +49,7 @@ def default_layer(model: nn.Module) -> nn.Module:
     For both, features -> global average pool -> linear, so the spatial sum of the unrectified
     map equals the explained logit minus its bias: the members' maps share one scale.
     """
-    if isinstance(model, EfficientNet):
+    if is_efficientnet(model):
         return model.features[-1]
     if isinstance(model, ResNetV2):
         return model.act

@@ -27,9 +27,9 @@ import torch
 from scipy import ndimage
 from scipy.stats import spearmanr
 from torch import nn
-from torchvision.models.efficientnet import EfficientNet
 
 from ..core.errors import ConfigError
+from ..core.models.efficientnet import is_efficientnet
 from ..core.models.resnetv2 import ResNetV2
 from .pointing_game import bootstrap_interval
 
@@ -40,7 +40,7 @@ def cascade_blocks(model: nn.Module) -> list[list[nn.Module]]:
     """A registered architecture's blocks from the logits downward: the EfficientNet's
     classifier, then its feature stages last to first; the ResNetV2's head, its last stage with
     the final norm, then the other stages and the stem."""
-    if isinstance(model, EfficientNet):
+    if is_efficientnet(model):
         return [[model.classifier]] + [[stage] for stage in reversed(model.features)]
     if isinstance(model, ResNetV2):
         stages = list(model.stages)

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models import efficientnet as tv
+
+if TYPE_CHECKING:
+    from torchvision.models import efficientnet as tv
 
 PADDINGS = ("symmetric", "same")
 TF_BATCHNORM_EPS = 1e-3
@@ -79,6 +82,20 @@ def use_tf_same_padding(model: nn.Module) -> nn.Module:
     return model
 
 
+def torchvision_efficientnet():
+    """torchvision's EfficientNet module, imported when a network is built: importing torchvision
+    takes torch._dynamo with it (1.5 s on 2 cores), which a program that only reads logits, or
+    refuses a flag, should not wait for."""
+    from torchvision.models import efficientnet
+
+    return efficientnet
+
+
+def is_efficientnet(model: nn.Module) -> bool:
+    """Whether ``model`` is one of torchvision's EfficientNets (every builder here makes one)."""
+    return isinstance(model, torchvision_efficientnet().EfficientNet)
+
+
 def _with_padding(model: tv.EfficientNet, padding: str) -> tv.EfficientNet:
     return use_tf_same_padding(model) if padding == "same" else model
 
@@ -87,7 +104,7 @@ def efficientnet_v2_s(
     num_classes: int, dropout: float = 0.7, drop_path: float = 0.0, padding: str = "symmetric"
 ) -> tv.EfficientNet:
     """EfficientNetV2-S (20.20 M parameters with 18 classes)."""
-    model = tv.efficientnet_v2_s(
+    model = torchvision_efficientnet().efficientnet_v2_s(
         weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path
     )
     return _with_padding(model, padding)
@@ -97,7 +114,9 @@ def efficientnet_b4(
     num_classes: int, dropout: float = 0.4, drop_path: float = 0.0, padding: str = "symmetric"
 ) -> tv.EfficientNet:
     """EfficientNet-B4 with method B's head."""
-    model = tv.efficientnet_b4(weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path)
+    model = torchvision_efficientnet().efficientnet_b4(
+        weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path
+    )
     return _with_padding(model, padding)
 
 
@@ -105,7 +124,9 @@ def efficientnet_b0(
     num_classes: int, dropout: float = 0.2, drop_path: float = 0.0, padding: str = "symmetric"
 ) -> tv.EfficientNet:
     """EfficientNet-B0, a small relative for quick experiments."""
-    model = tv.efficientnet_b0(weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path)
+    model = torchvision_efficientnet().efficientnet_b0(
+        weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path
+    )
     return _with_padding(model, padding)
 
 
@@ -117,12 +138,15 @@ def efficientnet_tiny(
     Sized like ``resnetv2_tiny`` so the CPU demo fuses two comparable backbones, as the
     paper fuses two of similar accuracy.
     """
+    torchvision = torchvision_efficientnet()
     config = [
-        tv.FusedMBConvConfig(2, 3, 2, 24, 32, 1),
-        tv.FusedMBConvConfig(4, 3, 2, 32, 48, 1),
-        tv.MBConvConfig(4, 3, 2, 48, 96, 2, width_mult=1.0, depth_mult=1.0),
-        tv.MBConvConfig(6, 3, 1, 96, 128, 1, width_mult=1.0, depth_mult=1.0),
+        torchvision.FusedMBConvConfig(2, 3, 2, 24, 32, 1),
+        torchvision.FusedMBConvConfig(4, 3, 2, 32, 48, 1),
+        torchvision.MBConvConfig(4, 3, 2, 48, 96, 2, width_mult=1.0, depth_mult=1.0),
+        torchvision.MBConvConfig(6, 3, 1, 96, 128, 1, width_mult=1.0, depth_mult=1.0),
     ]
     norm = partial(nn.BatchNorm2d, eps=1e-3)
-    model = tv.EfficientNet(config, dropout, drop_path, num_classes=num_classes, norm_layer=norm, last_channel=512)
+    model = torchvision.EfficientNet(
+        config, dropout, drop_path, num_classes=num_classes, norm_layer=norm, last_channel=512
+    )
     return _with_padding(model, padding)

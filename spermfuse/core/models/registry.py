@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from ..errors import ConfigError
@@ -74,9 +73,16 @@ _WITHOUT_AUXILIARY = {
 }
 
 
+def _torchvision_classifiers() -> list[str]:
+    # Imported here, not at the top: torchvision's import costs 1.5 s (efficientnet.torchvision_efficientnet).
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def torchvision_names() -> list[str]:
     """``tv:<name>`` for every classification model torchvision builds."""
-    return [PREFIX + name for name in torchvision.models.list_models(module=torchvision.models)]
+    return [PREFIX + name for name in _torchvision_classifiers()]
 
 
 def is_torchvision_name(name: str) -> bool:
@@ -118,12 +124,14 @@ def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
 
 def _base_name(name: str) -> str:
     base = name.removeprefix(PREFIX)
-    if base not in torchvision.models.list_models(module=torchvision.models):
+    if base not in _torchvision_classifiers():
         raise ConfigError(f"--arch {name}: torchvision has no classifier {base!r}; see train.py --list-models")
     return base
 
 
 def _imagenet_model(base: str) -> nn.Module:
+    import torchvision.models
+
     return torchvision.models.get_model(base, weights=None, **_WITHOUT_AUXILIARY.get(base, {}))
 
 
