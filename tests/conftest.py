@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -55,25 +58,48 @@ def image_folder(tmp_path: Path) -> Path:
     return root
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``build(folder)`` fills, built once for the whole test session: the README's
+    command runs the tests in pytest-xdist workers, which share it (the first to need it builds
+    it under a lock; the others wait, then read it)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (root / f"{name}.done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_sperm(tmp_path_factory) -> Path:
     """A small synthetic sperm18 set (6 images per class), generated once per test session."""
     from spermfuse import synthetic
 
-    return synthetic.generate(tmp_path_factory.mktemp("data") / "sperm18", "sperm18", seed=42, per_class=6)
+    def generate(folder: Path) -> None:
+        synthetic.generate(folder / "sperm18", "sperm18", seed=42, per_class=6)
+
+    return built_once(tmp_path_factory, "data", generate) / "sperm18"
 
 
 @pytest.fixture(scope="session")
 def demo_output(tiny_sperm, tmp_path_factory) -> Path:
     """demo.sh --preset tiny run once for the session: <folder>/runs and <folder>/reports (tests copy
     what they change)."""
-    folder = tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "PYTHON": sys.executable}
-    command = ["bash", "demo.sh", "--preset", "tiny", "--data", str(tiny_sperm)]
-    command += ["--out", str(folder / "runs"), "--reports", str(folder / "reports")]
-    result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder
+
+    def run_demo(folder: Path) -> None:
+        env = {**os.environ, "PYTHON": sys.executable}
+        command = ["bash", "demo.sh", "--preset", "tiny", "--data", str(tiny_sperm)]
+        command += ["--out", str(folder / "runs"), "--reports", str(folder / "reports")]
+        result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "demo", run_demo)
 
 
 def tiny_config(data: Path, out: Path, **overrides):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import built_once
 
 from spermfuse.core.files import read_csv
 
@@ -28,17 +29,23 @@ def fuse(*arguments: str) -> subprocess.CompletedProcess:
 def exported(demo_output, tmp_path_factory) -> dict:
     """The tiny demo's pair fused with a certified referral and sets, and fold 2 exported with
     its int8 model; the paths by name."""
-    folder = tmp_path_factory.mktemp("exported")
     runs = demo_output / "runs"
-    models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--out", str(folder / "fusion")]
-    assert fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *models).returncode == 0
-    export = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "int8", *models]
-    # The tiny demo's members are barely trained: their int8 twin agrees on too few cells for the default floor.
-    refused = fuse(*export)
-    assert refused.returncode == 2 and "--min-agreement" in refused.stderr and not (folder / "deploy").exists()
-    forced = fuse(*export, "--force-precision")
-    assert forced.returncode == 0, forced.stderr
-    return {"runs": runs, "models": models, "deploy": folder / "deploy"}
+    models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--out"]
+
+    def export(folder: Path) -> None:
+        fusion = [*models, str(folder / "fusion")]
+        assert (
+            fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *fusion).returncode == 0
+        )
+        command = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "int8", *fusion]
+        # The tiny demo's members are barely trained: their int8 twin agrees on too few cells for the default floor.
+        refused = fuse(*command)
+        assert refused.returncode == 2 and "--min-agreement" in refused.stderr and not (folder / "deploy").exists()
+        forced = fuse(*command, "--force-precision")
+        assert forced.returncode == 0, forced.stderr
+
+    folder = built_once(tmp_path_factory, "exported", export)
+    return {"runs": runs, "models": [*models, str(folder / "fusion")], "deploy": folder / "deploy"}
 
 
 @pytest.fixture
