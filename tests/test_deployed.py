@@ -30,10 +30,10 @@ def exported(demo_output, tmp_path_factory) -> dict:
     """The tiny demo's pair fused with a certified referral and sets, and fold 2 exported with
     its int8 model; the paths by name."""
     runs = demo_output / "runs"
-    models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--out"]
+    members = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
 
     def export(folder: Path) -> None:
-        fusion = [*models, str(folder / "fusion")]
+        fusion = [*members, "--out", str(folder / "fusion")]
         assert (
             fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *fusion).returncode == 0
         )
@@ -45,7 +45,7 @@ def exported(demo_output, tmp_path_factory) -> dict:
         assert forced.returncode == 0, forced.stderr
 
     folder = built_once(tmp_path_factory, "exported", export)
-    return {"runs": runs, "models": [*models, str(folder / "fusion")], "deploy": folder / "deploy"}
+    return {"runs": runs, "models": [*members, "--out", str(folder / "fusion")], "deploy": folder / "deploy"}
 
 
 @pytest.fixture
