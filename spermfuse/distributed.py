@@ -35,6 +35,11 @@ def init_from_environment(device_type: str) -> DistributedContext:
     if world_size <= 1:
         return DistributedContext()
     if not dist.is_initialized():
+        # Deterministic mode (runtime.seed_everything) switched on after the group exists holds
+        # references to it (torch 2.14): destroy_process_group then leaves gloo's threads running
+        # into the interpreter's exit, where one aborts the process now and then (SIGABRT after a
+        # finished run). Switched on before, the group is freed and its threads joined at shutdown.
+        torch.use_deterministic_algorithms(True, warn_only=True)
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 

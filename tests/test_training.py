@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -175,12 +174,6 @@ def test_empty_data_folder_gets_one_clear_line(tmp_path):
     assert result.returncode == 2 and "no images found" in result.stderr and "Traceback" not in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_torchrun_two_processes_on_cpu_match_the_sample_set(tiny_sperm, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -188,7 +181,7 @@ def test_torchrun_two_processes_on_cpu_match_the_sample_set(tiny_sperm, tmp_path
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={free_port()}",
+        "--standalone",  # a free rendezvous port: test workers side by side never collide
         "train.py",
         "--data",
         str(tiny_sperm),

@@ -423,7 +423,8 @@ def scale_out_suite(bench: Benchmark) -> dict:
             "sequential, 1 thread": ("1", [sys.executable, "train.py"]),
             "--fold-parallel, 2 processes x 1 thread": (
                 "1",
-                [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "train.py", "--fold-parallel"],
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+                + ["train.py", "--fold-parallel"],
             ),
         }
         seconds = {name: [] for name in variants}
