@@ -11,6 +11,7 @@
     python benchmark.py --suite splits                   # folds with and without patient groups, 18,456 images
     python benchmark.py --suite ema                      # a training step with and without the weight EMA update
     python benchmark.py --suite export                   # the fused pair: eager vs torch.export program vs ONNX Runtime
+    python benchmark.py --suite int8-profile --batch-size 16   # each member's int8 time by kind of node (ONNX Runtime)
     python benchmark.py --suite padding --models efficientnetv2_s   # TensorFlow "same" padding vs symmetric
     python benchmark.py --suite explain                  # Grad-CAM of the fused pair vs its forward; occlusion images/s
     python benchmark.py --suite guarantees --markdown docs/guarantees_benchmark.md   # manifests and locks vs the commands they guard

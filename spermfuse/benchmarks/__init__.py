@@ -2,7 +2,7 @@
 data, the device, where to report) and returns its figures as a dict.
 
 - ``speed.py``: the paper's Table 8 (parameters, FLOPs, latency), training steps, timm, export,
-  EMA, padding, the cost of an explanation, CPU speed-ups;
+  EMA, padding, where int8 time goes, the cost of an explanation, CPU speed-ups;
 - ``pipeline.py``: augmentation, the loader, the folds;
 - ``protocol.py``: fusion and evaluation at the paper's size, the file guarantees, the promises,
   the per-sample fractions, one sample report, training folds in parallel;
@@ -26,7 +26,16 @@ from .protocol import (
 )
 from .real_data import baseline_suite, duplicates_suite
 from .referral import referral_suite
-from .speed import cpu_suite, ema_suite, explain_suite, export_suite, models_suite, padding_suite, timm_suite
+from .speed import (
+    cpu_suite,
+    ema_suite,
+    explain_suite,
+    export_suite,
+    int8_profile_suite,
+    models_suite,
+    padding_suite,
+    timm_suite,
+)
 
 SUITES: dict[str, Callable[[Benchmark], dict]] = {
     "models": models_suite,
@@ -37,6 +46,7 @@ SUITES: dict[str, Callable[[Benchmark], dict]] = {
     "splits": splits_suite,
     "ema": ema_suite,
     "export": export_suite,
+    "int8-profile": int8_profile_suite,
     "padding": padding_suite,
     "explain": explain_suite,
     "cpu": cpu_suite,

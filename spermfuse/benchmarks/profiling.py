@@ -6,8 +6,11 @@ On CUDA every timed iteration is bracketed by CUDA events and synchronised; on t
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -182,3 +185,14 @@ def training_cost(
         torch.cuda.reset_peak_memory_stats(device)
     latency = time_call(step, device, warmup, steps)
     return TrainingCost(batch_size * 1000.0 / latency.median_ms, peak_memory_mb(device), latency.median_ms)
+
+
+def onnx_runtime_op_shares(profile: Path) -> dict[str, float]:
+    """Each kind of node's share of the kernel time in an ONNX Runtime profile (the JSON file
+    ``InferenceSession.end_profiling`` names), largest first."""
+    kernel_time: Counter[str] = Counter()
+    for event in json.loads(profile.read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            kernel_time[event["args"]["op_name"]] += event["dur"]
+    total = sum(kernel_time.values())
+    return {op: time / total for op, time in kernel_time.most_common()} if total else {}

@@ -1,6 +1,6 @@
 """Speed suites: parameters, FLOPs and latency of the backbones and the fused pair (the paper's
-Table 8), training steps (AMP, EMA, padding, CPU speed-ups), timm's ResNetV2, export runtimes and
-the cost of an explanation.
+Table 8), training steps (AMP, EMA, padding, CPU speed-ups), timm's ResNetV2, export runtimes, where
+int8 time goes by kind of node, and the cost of an explanation.
 
 Long because it is a list: one function per suite, each read on its own."""
 
@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from ..core.ema import WeightEMA
+from ..core.errors import ConfigError
 from ..core.fused_model import Classifier, FusedModel
 from ..core.models import create_model, get_spec
 from ..core.transforms import PipelineSpec, build
 from ..data.folders import discover
 from ..data.loaders import ImageDataset, make_loader
 from ..deploy.export import export_onnx, export_program, onnx_available
-from ..deploy.quantize import cpu_session, quantize_int8
+from ..deploy.quantize import QUANTIZED_OPS, cpu_session, quantize_int8
 from ..distributed import DistributedContext
 from ..explain.gradcam import fused_grad_cam, fused_pair_members, occlusion
 from ..page import markdown_table
@@ -296,6 +297,73 @@ def export_suite(bench: Benchmark) -> dict:
                     ]
                 )
     bench.table(markdown_table(["runtime", "batch", "median ms", "images/s", "speed vs eager"], rows))
+    return out
+
+
+# The wider int8 choice the int8-profile suite times beside --precision int8's: EfficientNet's
+# SiLU (Sigmoid, Mul) and the additions quantized too, so activations stay int8 between convolutions.
+INT8_WITH_ACTIVATIONS = (*QUANTIZED_OPS, "Sigmoid", "Mul", "Add")
+SHOWN_OP_TYPES = 5
+
+
+def int8_profile_suite(bench: Benchmark) -> dict:
+    """Where each member's time goes under ONNX Runtime (random weights, --img-size, a batch of
+    --batch-size): fp32, the int8 model of ``--precision int8`` (convolutions only) and one with
+    the activations quantized too (:data:`INT8_WITH_ACTIVATIONS`, not what the export writes),
+    timed side by side in interleaved rounds; each with its kinds of node by share of the kernel time."""
+    if not onnx_available(runtime=True):
+        raise ConfigError("--suite int8-profile needs onnx and onnxruntime (pip install .[export])")
+    import onnxruntime
+
+    out, rows = {}, []
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 256, (16, 3, bench.img_size, bench.img_size), dtype=np.uint8)
+    images = rng.integers(0, 256, (bench.batch_size, 3, bench.img_size, bench.img_size), dtype=np.uint8)
+    for name in bench.models:
+        member = Classifier(
+            create_model(name, bench.num_classes).eval(),
+            PipelineSpec(bench.img_size),
+            ["0"] * bench.num_classes,
+            Path(name),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            models = {"ONNX Runtime fp32": Path(tmp) / "fp32.onnx"}
+            export_onnx(FusedModel([[member]], [[1.0]]).eval(), bench.img_size, models["ONNX Runtime fp32"])
+            for label, op_types in (
+                ("int8 (--precision int8)", QUANTIZED_OPS),
+                ("int8, activations too", INT8_WITH_ACTIVATIONS),
+            ):
+                models[label] = Path(tmp) / f"{len(models)}.onnx"
+                quantize_int8(models["ONNX Runtime fp32"], models[label], cells, op_types=op_types)
+            sessions = {}
+            for label, path in models.items():
+                options = onnxruntime.SessionOptions()
+                options.enable_profiling, options.profile_file_prefix = True, str(path.with_suffix(""))
+                sessions[label] = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            calls = {
+                label: (lambda session=session: session.run(None, {session.get_inputs()[0].name: images}))
+                for label, session in sessions.items()
+            }
+            timed = profiling.time_interleaved(calls, bench.device, bench.warmup, bench.iters)
+            for label, session in sessions.items():
+                shares = profiling.onnx_runtime_op_shares(Path(session.end_profiling()))
+                per_image = timed[label].median_ms / bench.batch_size
+                out[f"{name}, {label}"] = {"ms_per_image": per_image, "op_shares": shares}
+                shown = ", ".join(f"{op} {100 * share:.0f} %" for op, share in list(shares.items())[:SHOWN_OP_TYPES])
+                rows.append(
+                    [
+                        name,
+                        label,
+                        f"{per_image:.2f}",
+                        f"{timed['ONNX Runtime fp32'].median_ms / timed[label].median_ms:.2f}x",
+                        shown,
+                    ]
+                )
+    bench.table(
+        markdown_table(
+            ["model", "runtime", "ms per image (median)", "speed vs fp32", "kernel time by kind of node"], rows
+        )
+    )
     return out
 
 

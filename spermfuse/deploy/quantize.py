@@ -63,6 +63,8 @@ SENSITIVITY_CELLS = 32
 # cells: the pair's epochs, temperature and weight were chosen on held-out training cells, which
 # sit further from a tie than test cells and flip less (module docstring).
 SEARCH_DISAGREEMENT_SHARE = 0.5
+# What --precision int8 quantizes; benchmark.py --suite int8-profile also times wider choices.
+QUANTIZED_OPS = ("Conv",)
 QUANTIZATION = (
     "ONNX Runtime quantize_static: QDQ, convolutions only (stems, squeeze-and-excitation and the most sensitive "
     "kept fp32), int8 weights per channel (7-bit range), uint8 activations calibrated (min-max) on the calibration cells"
@@ -126,10 +128,15 @@ def convolutions_kept_fp32(model) -> list[str]:
 
 
 def _quantize_static(
-    prepared: Path, out: Path, calibration: np.ndarray, exclude: Sequence[str], only: Sequence[str] | None = None
+    prepared: Path,
+    out: Path,
+    calibration: np.ndarray,
+    exclude: Sequence[str],
+    only: Sequence[str] | None = None,
+    op_types: Sequence[str] = QUANTIZED_OPS,
 ) -> None:
-    """ONNX Runtime's static quantization of the convolutions of ``prepared`` (module docstring)
-    but ``exclude`` (or of ``only``), activation ranges measured on ``calibration``."""
+    """ONNX Runtime's static quantization of the ``op_types`` nodes of ``prepared`` (module
+    docstring) but ``exclude`` (or of ``only``), activation ranges measured on ``calibration``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Cells(CalibrationDataReader):
@@ -152,7 +159,7 @@ def _quantize_static(
             reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv"],
+            op_types_to_quantize=list(op_types),
             nodes_to_exclude=list(exclude),
             **({"nodes_to_quantize": list(only)} if only is not None else {}),
         )
@@ -204,11 +211,17 @@ class MixedPrecision:
 
 
 def quantize_int8(
-    fp32_path: Path, int8_path: Path, calibration: np.ndarray, min_agreement: float | None = None
+    fp32_path: Path,
+    int8_path: Path,
+    calibration: np.ndarray,
+    min_agreement: float | None = None,
+    op_types: Sequence[str] = QUANTIZED_OPS,
 ) -> MixedPrecision:
     """Write ``int8_path``: ``fp32_path`` statically quantized (module docstring), its activation
     ranges measured on ``calibration`` (letterboxed uint8 cells). With ``min_agreement``, the most
-    sensitive convolutions stay fp32 too (:func:`keep_sensitive_convolutions`)."""
+    sensitive convolutions stay fp32 too (:func:`keep_sensitive_convolutions`). ``op_types``: the
+    kinds of node quantized (the stems and squeeze-and-excitation convolutions stay fp32 whatever
+    it names)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -220,17 +233,22 @@ def quantize_int8(
         model = onnx.load(str(prepared))
         kept = convolutions_kept_fp32(model)
         convolutions = [node.name for node in model.graph.node if node.op_type == "Conv"]
-        _quantize_static(prepared, int8_path, calibration, kept)
+        _quantize_static(prepared, int8_path, calibration, kept, op_types=op_types)
         chosen = MixedPrecision(len(convolutions), kept, len(kept), [], None)
         if min_agreement is not None:
             chosen.target = 1.0 - SEARCH_DISAGREEMENT_SHARE * (1.0 - min_agreement)
             candidates = [name for name in convolutions if name not in kept]
-            keep_sensitive_convolutions(prepared, int8_path, calibration, candidates, chosen)
+            keep_sensitive_convolutions(prepared, int8_path, calibration, candidates, chosen, op_types)
         return chosen
 
 
 def keep_sensitive_convolutions(
-    prepared: Path, int8_path: Path, calibration: np.ndarray, candidates: Sequence[str], chosen: MixedPrecision
+    prepared: Path,
+    int8_path: Path,
+    calibration: np.ndarray,
+    candidates: Sequence[str],
+    chosen: MixedPrecision,
+    op_types: Sequence[str] = QUANTIZED_OPS,
 ) -> None:
     """Rewrite ``int8_path`` with the 1, 2, 4, ... convolutions of ``candidates`` that are most
     sensitive (:func:`rank_by_sensitivity`) kept fp32 too, until it agrees with fp32 on
@@ -246,7 +264,7 @@ def keep_sensitive_convolutions(
     extra = 1
     while extra < len(ranking):  # doubling: a few quantizations, never one per count
         chosen.kept_fp32 = by_rule + ranking[:extra]
-        _quantize_static(prepared, int8_path, calibration, chosen.kept_fp32)
+        _quantize_static(prepared, int8_path, calibration, chosen.kept_fp32, op_types=op_types)
         chosen.search.append((extra, top1_agreement(cpu_session(int8_path), oriented, reference)))
         log.info(
             "int8: %d more convolution(s) in fp32: agreement %.4f on the oriented calibration cells", *chosen.search[-1]
