@@ -241,3 +241,17 @@ def test_sample_report_suite_times_a_200_cell_report_per_runtime(tmp_path):
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "b.json").read_text())["results"]
     assert results["eager"] > 0 and "One 200-cell sample report" in result.stdout
+
+
+def test_an_onnx_runtime_profile_is_read_as_each_kind_of_nodes_share_of_the_kernel_time(tmp_path):
+    events = [
+        {"cat": "Session", "name": "model_run", "dur": 1000},
+        {"cat": "Node", "name": "conv_1_kernel_time", "dur": 30, "args": {"op_name": "QLinearConv"}},
+        {"cat": "Node", "name": "conv_2_kernel_time", "dur": 45, "args": {"op_name": "QLinearConv"}},
+        {"cat": "Node", "name": "conv_2_fence_before", "dur": 500, "args": {"op_name": "QLinearConv"}},
+        {"cat": "Node", "name": "dq_kernel_time", "dur": 25, "args": {"op_name": "DequantizeLinear"}},
+    ]
+    (tmp_path / "profile.json").write_text(json.dumps(events))
+    shares = profiling.onnx_runtime_op_shares(tmp_path / "profile.json")
+    assert list(shares) == ["QLinearConv", "DequantizeLinear"]
+    assert shares == pytest.approx({"QLinearConv": 0.75, "DequantizeLinear": 0.25})

@@ -3,13 +3,12 @@ reports its table. Through benchmark.py (tests/test_benchmark.py): models, paddi
 samples, sample-report. Not in the suite (a minute or more each here; run by hand):
 fusion (paper-size commands), cpu (the default data set), scale-out (torchrun)."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from spermfuse.benchmarks import Benchmark, profiling, run_suite
+from spermfuse.benchmarks import Benchmark, run_suite
 from spermfuse.core.errors import ConfigError
 from spermfuse.deploy.export import onnx_available
 
@@ -67,20 +66,6 @@ def test_the_export_suite_times_every_runtime_beside_eager_and_keeps_its_table_f
     if onnx_available():
         assert {"ONNX Runtime, batch 1", "ONNX Runtime int8, batch 32"} <= set(results)
     assert bench.markdown.startswith("<!-- written by benchmark.py --suite export --models efficientnet_tiny")
-
-
-def test_an_onnx_runtime_profile_is_read_as_each_kind_of_nodes_share_of_the_kernel_time(tmp_path):
-    events = [
-        {"cat": "Session", "name": "model_run", "dur": 1000},
-        {"cat": "Node", "name": "conv_1_kernel_time", "dur": 30, "args": {"op_name": "QLinearConv"}},
-        {"cat": "Node", "name": "conv_2_kernel_time", "dur": 45, "args": {"op_name": "QLinearConv"}},
-        {"cat": "Node", "name": "conv_2_fence_before", "dur": 500, "args": {"op_name": "QLinearConv"}},
-        {"cat": "Node", "name": "dq_kernel_time", "dur": 25, "args": {"op_name": "DequantizeLinear"}},
-    ]
-    (tmp_path / "profile.json").write_text(json.dumps(events))
-    shares = profiling.onnx_runtime_op_shares(tmp_path / "profile.json")
-    assert list(shares) == ["QLinearConv", "DequantizeLinear"]
-    assert shares == pytest.approx({"QLinearConv": 0.75, "DequantizeLinear": 0.25})
 
 
 @pytest.mark.skipif(not onnx_available(runtime=True), reason="needs onnx and onnxruntime")
