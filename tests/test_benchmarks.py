@@ -125,18 +125,19 @@ def test_the_baseline_suite_scores_an_svm_on_every_fold_of_the_data(tmp_path):
     assert "SVM (RBF) on 32 px grey pixels" in bench.markdown and "train.py's 5-fold split" in bench.markdown
 
 
-def test_the_duplicates_suite_sets_the_check_beside_an_epoch_and_says_what_it_found(tmp_path):
+def test_the_duplicates_suite_sets_the_check_beside_an_epoch_and_says_what_it_found(tmp_path, monkeypatch):
     from spermfuse import synthetic
+    from spermfuse.benchmarks import real_data
     from spermfuse.core.files import atomic_write_csv
 
     data = synthetic.generate(tmp_path / "heads", "hushem4", seed=0, per_class=6)
     (data / "Normal" / "again.png").write_bytes(next((data / "Normal").glob("*.png")).read_bytes())
     atomic_write_csv(tmp_path / "run" / "history.csv", ["epoch", "seconds"], [[1, 10.0], [2, 12.0]])
+    monkeypatch.setattr(real_data, "reading_processes", lambda count: 2)  # as on a large set
     figures, reported, bench = tiny("duplicates", data=data, epoch_from=tmp_path / "run")
-    assert figures["epoch"] == 11.0 and figures["images"] == 25
-    assert (
-        0 < figures["thumbnails"] <= figures["detection"] * 2 and figures["pair_search"] > 0
-    )  # parts of it, timed apart
+    assert figures["epoch"] == 11.0 and figures["images"] == 25 and figures["processes"] == 2
+    assert 0 < figures["thumbnails"] <= figures["detection"] * 2 and figures["pair_search"] > 0  # parts, timed apart
     assert "1 groups of duplicate images (2 files; 1 pixel-identical" in bench.markdown
-    share = f"{100 * figures['detection'] / 11.0:.1f} % of an epoch, {figures['detection'] / figures['decoding']:.2f} of decoding"
-    assert share in bench.markdown
+    for count in (1, 2):
+        cost = figures[f"reading_{count}"] - figures[f"decoding_{count}"]
+        assert f"the check: {cost:.2f} s, {100 * cost / 11.0:.1f} % of an epoch" in bench.markdown

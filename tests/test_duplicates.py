@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from spermfuse.core.errors import DataError
-from spermfuse.data import duplicates, splits
+from spermfuse.data import duplicates, reading, splits
 from spermfuse.data.duplicates import (
     BOUND_BLOCK,
     NEAR_DUPLICATE_CORRELATION,
@@ -210,3 +210,40 @@ def test_a_folds_csv_that_splits_duplicates_is_refused(tmp_path):
     folds_csv.write_text("\n".join(moved) + "\n")
     with pytest.raises(DataError, match="different folds .* delete folds.csv"):
         splits.load_or_create_folds(samples, folds_csv, k=2, seed=0)
+
+
+def test_reading_in_two_processes_finds_what_one_process_finds(tmp_path):
+    root = write_set(tmp_path / "data", copies_across_classes=True)
+    (root / "B" / "Normal_0 (again).png").write_bytes((root / "A" / "3.png").read_bytes())
+    one, two = (discover(root, duplicates="keep", processes=count) for count in (1, 2))
+    assert (one.paths, one.labels.tolist(), one.copies) == (two.paths, two.labels.tolist(), two.copies)
+    assert len(one.copies) == 3
+
+
+@pytest.mark.parametrize("stretches_per_process", [1, 16])  # copies within a stretch; every file its own
+def test_the_groups_are_the_same_however_the_files_are_cut_into_stretches(tmp_path, stretches_per_process, monkeypatch):
+    paths = []
+    for index in [0, 0, 1, 2, 0, 3, 4, 5, 2, 6, 7, 7]:  # copies next to each other and far apart
+        paths.append(tmp_path / f"{len(paths)}.{'bmp' if len(paths) % 2 else 'png'}")
+        cell(index).save(paths[-1])
+    reencoded(cell(5), 0.8).save(tmp_path / "near.jpg")
+    paths.append(tmp_path / "near.jpg")
+    monkeypatch.setattr(reading, "STRETCHES_PER_PROCESS", stretches_per_process)
+
+    def groups(processes: int):
+        found = reading.read_every_image(paths, processes)[1].groups(lambda i: Image.open(paths[i]).convert("RGB"))
+        return [(group.members, group.identical) for group in found]
+
+    expected = [([0, 1, 4], [[0, 1, 4]]), ([3, 8], [[3, 8]]), ([7, 12], [[7], [12]]), ([10, 11], [[10, 11]])]
+    assert groups(1) == expected and groups(2) == expected
+
+
+def test_a_bad_file_is_named_alike_by_one_process_and_by_two(tmp_path):
+    root = write_set(tmp_path / "data")
+    (root / "B" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    messages = []
+    for count in (1, 2):
+        with pytest.raises(DataError) as error:
+            discover(root, processes=count)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1] and "B/broken.png" in messages[0]

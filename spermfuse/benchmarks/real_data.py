@@ -5,10 +5,12 @@ and what the duplicate check costs beside a training epoch.
   standardised, trained on every fold's other folds and tested on the fold; the folds are the
   data's own (HuSHeM's fold<k>/ folders), else a ``folds.csv`` (``--folds-csv``, the networks'
   split), else made as train.py makes them (stratified 5-fold, seed 42, duplicates tied).
-- ``duplicates``: listing the files, decoding every image (the check that was there before) and
-  the duplicate detection on the decoded images (fingerprints, then groups; the thumbnails and
-  the pair search also on their own), each the median over
-  ``--rounds``, against the mean epoch of a run's ``history.csv`` (``--epoch-from``).
+- ``duplicates``: listing the files; decoding every image (the check that was there before), and
+  decoding with the duplicate detection (fingerprints, then groups), in one process and in as many
+  as ``discover`` uses for this set: the difference is what the check costs in wall time; the
+  detection alone on images decoded beforehand (its CPU time; the thumbnails and the pair search
+  also on their own). Every step once a round, medians over ``--rounds``, against the mean epoch
+  of a run's ``history.csv`` (``--epoch-from``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..core.errors import ConfigError
@@ -27,8 +30,10 @@ from ..data import splits
 from ..data.duplicates import Fingerprinter, fingerprint, near_pairs, resolve, unit_thumbnails
 from ..data.folders import Samples, discover
 from ..data.images import check_image, load_rgb, read_image
+from ..data.reading import forked_pool, read_every_image, reading_processes, stretches
 from ..page import markdown_table
 from .context import Benchmark
+from .profiling import time_interleaved
 
 BASELINE_SIDE = 32
 
@@ -96,13 +101,9 @@ def baseline_suite(bench: Benchmark) -> dict:
     return {"accuracy_per_fold": accuracies, **summary, "seconds": seconds}
 
 
-def _median_seconds(run, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def decode_stretch(paths: list[Path]) -> list[str | None]:
+    """Decode each file, as the check did before duplicates were looked for."""
+    return [check_image(path) for path in paths]
 
 
 def duplicates_suite(bench: Benchmark) -> dict:
@@ -113,10 +114,21 @@ def duplicates_suite(bench: Benchmark) -> dict:
     epoch = statistics.mean(float(row["seconds"]) for row in history)
     listed = discover(bench.data, check_images=False)
     paths = listed.absolute_paths
-    listing = _median_seconds(lambda: discover(bench.data, check_images=False), bench.rounds)
-    decoding = _median_seconds(lambda: [check_image(path) for path in paths], bench.rounds)
-    # Timed on images decoded beforehand, so that the decoding's noise is not charged to it; the
-    # pixel digests re-read their files, as discover does.
+    processes = sorted({1, reading_processes(len(paths))})
+
+    def decode_in(count: int) -> None:
+        if count == 1:
+            decode_stretch(paths)
+            return
+        with forked_pool(count) as pool:
+            list(pool.map(decode_stretch, stretches(paths, count)))
+
+    def read_and_group(count: int) -> None:
+        fingerprints = read_every_image(paths, count)[1]
+        fingerprints.groups(lambda i: read_image(paths[i])[0])
+
+    # The detection alone, on images decoded beforehand, so that the decoding's noise is not
+    # charged to it; the pixel digests re-read their files, as discover does.
     images = [read_image(path)[0] for path in paths]
 
     def detect() -> list:
@@ -125,36 +137,44 @@ def duplicates_suite(bench: Benchmark) -> dict:
             fingerprints.add(image)
         return fingerprints.groups(lambda i: read_image(paths[i])[0])
 
-    detection = _median_seconds(detect, bench.rounds)
-    thumbnails = _median_seconds(lambda: [fingerprint(image) for image in images], bench.rounds)
     unit = unit_thumbnails([fingerprint(image) for image in images])
-    search = _median_seconds(lambda: near_pairs(unit), bench.rounds)
-    count = len(paths)
-    found, _ = resolve(detect(), [listed.classes[label] for label in listed.labels], count, "keep")
-    rows = [
-        ["listing the files", f"{listing:.2f}", ""],
-        ["decoding every image once (the check that was there before)", f"{decoding:.2f}", ""],
+    steps = {"listing": lambda: discover(bench.data, check_images=False), "detection": detect}
+    steps |= {"thumbnails": lambda: [fingerprint(image) for image in images], "pair_search": lambda: near_pairs(unit)}
+    for count in processes:
+        steps[f"decoding_{count}"] = lambda count=count: decode_in(count)
+        steps[f"reading_{count}"] = lambda count=count: read_and_group(count)
+    timed = time_interleaved(steps, torch.device("cpu"), warmup=1, iters=bench.rounds)
+    seconds = {name: latency.median_ms / 1000 for name, latency in timed.items()}
+    found, _ = resolve(detect(), [listed.classes[label] for label in listed.labels], len(paths), "keep")
+
+    def share(cost: float) -> str:
+        return f"{cost:.2f} s, {100 * cost / epoch:.1f} % of an epoch"
+
+    rows = [["listing the files", f"{seconds['listing']:.2f}", ""]]
+    for count in processes:
+        decoding, reading = seconds[f"decoding_{count}"], seconds[f"reading_{count}"]
+        name = f"{count} process" + ("es (as discover reads this set here)" if count > 1 else "")
+        rows += [
+            [f"{name}: decoding every image once (the check before duplicates)", f"{decoding:.2f}", ""],
+            [
+                f"{name}: decoding, fingerprints and duplicate groups",
+                f"{reading:.2f}",
+                f"the check: {share(reading - decoding)}",
+            ],
+        ]
+    rows += [
         [
-            "fingerprints and duplicate groups",
-            f"{detection:.2f}",
-            # The ratio to decoding is timed in one run; the epoch minutes earlier, under another load.
-            f"{100 * detection / epoch:.1f} % of an epoch, {detection / decoding:.2f} of decoding",
+            "fingerprints and duplicate groups alone (1 process, images decoded beforehand)",
+            f"{seconds['detection']:.2f}",
+            f"{share(seconds['detection'])}, {seconds['detection'] / seconds['decoding_1']:.2f} of decoding",
         ],
-        ["- of which the grey thumbnails", f"{thumbnails:.2f}", ""],
-        ["- of which the near-duplicate pair search", f"{search:.2f}", ""],
+        ["- of which the grey thumbnails", f"{seconds['thumbnails']:.2f}", ""],
+        ["- of which the near-duplicate pair search", f"{seconds['pair_search']:.2f}", ""],
         [f"one training epoch (mean of {bench.epoch_from}/history.csv)", f"{epoch:.2f}", ""],
     ]
     bench.table(
         markdown_table(["step", "seconds (median)", ""], rows)
-        + f"\n\n{count} images, {bench.rounds} rounds. Found: {found.summary()}.",
+        + f"\n\n{len(paths)} images, {bench.rounds} rounds, every step once a round. Found: {found.summary()}.",
         f"--data {bench.data} --epoch-from {bench.epoch_from} --rounds {bench.rounds}",
     )
-    return {
-        "listing": listing,
-        "decoding": decoding,
-        "detection": detection,
-        "thumbnails": thumbnails,
-        "pair_search": search,
-        "epoch": epoch,
-        "images": count,
-    }
+    return {**seconds, "epoch": epoch, "images": len(paths), "processes": processes[-1]}

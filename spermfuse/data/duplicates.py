@@ -134,6 +134,21 @@ class Fingerprinter:
         self.seen.add(key)
         self.fingerprints.append(print_)
 
+    def extend(self, later: Fingerprinter) -> None:
+        """Append the images ``later`` took (the next stretch of the same files). An image there
+        that repeats a fingerprint of this one has no digest yet: :meth:`groups` decodes it again."""
+        self.digests.update({len(self.fingerprints) + i: digest for i, digest in later.digests.items()})
+        self.fingerprints += later.fingerprints
+        self.seen |= later.seen
+
+    def undigested(self) -> list[int]:
+        """The images whose fingerprint another shares and whose digest :meth:`groups` would
+        decode them again for."""
+        by_key: dict[bytes, list[int]] = {}
+        for i, print_ in enumerate(self.fingerprints):
+            by_key.setdefault(print_.key(), []).append(i)
+        return sorted(i for same in by_key.values() if len(same) > 1 for i in same if i not in self.digests)
+
     def groups(self, reread: Callable[[int], Image.Image]) -> list[DuplicateGroup]:
         """:func:`duplicate_groups` of the images added; ``reread(i)`` decodes image i again."""
 

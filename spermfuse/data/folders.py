@@ -30,6 +30,7 @@ import numpy as np
 from ..core.errors import DataError
 from .duplicates import POLICIES, Fingerprinter, resolve
 from .images import IMAGE_EXTENSIONS, is_image_file, read_image
+from .reading import read_every_image
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ def discover(
     group_pattern: str | None = None,
     allow_outside_root: bool = False,
     duplicates: str = "error",
+    processes: int | None = None,
 ) -> Samples:
     """Find the samples of a data set in any of the three layouts (see module docstring).
 
@@ -260,7 +262,8 @@ def discover(
     unreadable files and lists them in ``Samples.skipped``. Groups: a manifest's
     ``group_column``, or ``group_pattern`` on the file names. The decoded images are also
     compared (``duplicates.py``): copies are tied to one side of every split, and a copy under
-    another class is handled by ``duplicates`` (:func:`settle_duplicates`).
+    another class is handled by ``duplicates`` (:func:`settle_duplicates`). ``processes``: how
+    many processes decode the images (default: ``reading.reading_processes``).
     """
     root = Path(root)
     folds: list[int] | None = None
@@ -286,12 +289,11 @@ def discover(
     skipped = []
     copies: dict[int, int] = {}
     if check_images:
-        keep, fingerprints = [], Fingerprinter()
-        for i, rel in enumerate(paths):
-            image, reason = read_image(root / rel)
-            if image is not None:
+        reasons, fingerprints = read_every_image([root / rel for rel in paths], processes)
+        keep = []
+        for i, (rel, reason) in enumerate(zip(paths, reasons)):
+            if reason is None:
                 keep.append(i)
-                fingerprints.add(image)
             elif on_error == "skip":
                 skipped.append((rel, reason))
             else:

@@ -66,6 +66,8 @@ def load_samples(config: TrainConfig, context: distributed.DistributedContext) -
         group_pattern=config.group_pattern,
         allow_outside_root=config.allow_outside_root,
         duplicates=config.duplicates,
+        # Ranks of a torchrun job read the set side by side already: one process each.
+        processes=1 if context.enabled else None,
     )
 
 
