@@ -247,3 +247,12 @@ def test_a_bad_file_is_named_alike_by_one_process_and_by_two(tmp_path):
             discover(root, processes=count)
         messages.append(str(error.value))
     assert messages[0] == messages[1] and "B/broken.png" in messages[0]
+
+
+def test_a_large_set_is_read_in_one_process_per_cpu_but_in_one_inside_a_pools_worker(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert (reading.reading_processes(reading.PARALLEL_FROM - 1), reading.reading_processes(5000)) == (1, 3)
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # its workers are daemonic
+        assert pool.apply(reading.reading_processes, (5000,)) == 1

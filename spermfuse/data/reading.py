@@ -34,8 +34,9 @@ STRETCHES_PER_PROCESS = 16
 
 def reading_processes(count: int) -> int:
     """How many processes read ``count`` images: one per CPU this process may run on (at most
-    ``MOST_PROCESSES``) for a set of ``PARALLEL_FROM`` images or more on Linux, else one."""
-    if count < PARALLEL_FROM or not sys.platform.startswith("linux"):
+    ``MOST_PROCESSES``) for a set of ``PARALLEL_FROM`` images or more on Linux, else one (and one
+    in a daemonic process, such as a multiprocessing pool's worker: it may not start processes)."""
+    if count < PARALLEL_FROM or not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), MOST_PROCESSES))
 
