@@ -1,8 +1,8 @@
 """Every image of a data set decoded once when it is read: an unusable file is named before
 training starts, and each image is fingerprinted for the duplicate check (``duplicates.py``).
 
-A large set is read in several processes, so that the check costs the wall time of decoding on
-all the machine's cores: each process decodes and fingerprints a stretch of the files, and the
+A large set is read in several processes, so that decoding and the check spread over the
+machine's cores: each process decodes and fingerprints a stretch of the files, and the
 images whose fingerprint repeats one of another stretch are decoded again for their pixel
 digests, also in the processes. The result does not depend on how many processes read the set
 (tests/test_duplicates.py compares one process with two).
