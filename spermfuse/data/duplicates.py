@@ -63,6 +63,14 @@ def fingerprint(image: Image.Image) -> Fingerprint:
     return Fingerprint((image.mode, *image.size), grey.tobytes())
 
 
+def images_by_key(fingerprints: Sequence[Fingerprint]) -> dict[bytes, list[int]]:
+    """The indices of the images under each :meth:`Fingerprint.key`, in order."""
+    by_key: dict[bytes, list[int]] = {}
+    for i, print_ in enumerate(fingerprints):
+        by_key.setdefault(print_.key(), []).append(i)
+    return by_key
+
+
 def pixel_digest(image: Image.Image) -> bytes:
     """SHA-256 of a decoded image's mode, size and pixels: equal only for pixel-identical images."""
     return hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).digest()
@@ -144,10 +152,8 @@ class Fingerprinter:
     def undigested(self) -> list[int]:
         """The images whose fingerprint another shares and whose digest :meth:`groups` would
         decode them again for."""
-        by_key: dict[bytes, list[int]] = {}
-        for i, print_ in enumerate(self.fingerprints):
-            by_key.setdefault(print_.key(), []).append(i)
-        return sorted(i for same in by_key.values() if len(same) > 1 for i in same if i not in self.digests)
+        shared = (same for same in images_by_key(self.fingerprints).values() if len(same) > 1)
+        return sorted(i for same in shared for i in same if i not in self.digests)
 
     def groups(self, reread: Callable[[int], Image.Image]) -> list[DuplicateGroup]:
         """:func:`duplicate_groups` of the images added; ``reread(i)`` decodes image i again."""
@@ -198,9 +204,7 @@ def duplicate_groups(
     their first member. ``digest(i)`` gives image i's :func:`pixel_digest`; it is asked only for
     images whose fingerprint equals another's."""
     groups = _Groups(len(fingerprints))
-    by_key: dict[bytes, list[int]] = {}
-    for i, print_ in enumerate(fingerprints):
-        by_key.setdefault(print_.key(), []).append(i)
+    by_key = images_by_key(fingerprints)
     # An image's identity: its fingerprint, and its pixels' digest where the fingerprint is shared.
     identity: dict[int, bytes] = {i: key for key, same in by_key.items() for i in same}
     for same in (same for same in by_key.values() if len(same) > 1):
