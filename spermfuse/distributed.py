@@ -16,6 +16,8 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistributedContext:
+    """This process's place in a torchrun job (rank 0 of 1 outside one)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -81,6 +83,7 @@ def gather_predictions(
 
 
 def barrier(context: DistributedContext) -> None:
+    """Wait for every process of the job (nothing outside torchrun)."""
     if context.enabled:
         dist.barrier()
 

@@ -26,6 +26,8 @@ from .cuda_graph import CudaGraph
 
 @dataclass
 class Latency:
+    """Summary of a call's timed runs, in milliseconds."""
+
     median_ms: float
     p10_ms: float
     p90_ms: float
@@ -38,6 +40,7 @@ class Latency:
 
 
 def summarize_times(times_ms: Sequence[float]) -> Latency:
+    """Median, 10th and 90th percentiles and mean of ``times_ms``."""
     values = np.asarray(times_ms, dtype=np.float64)
     return Latency(
         float(np.median(values)),
@@ -149,6 +152,8 @@ def inference_latency(
 
 @dataclass
 class TrainingCost:
+    """What a few timed training steps measured."""
+
     images_per_second: float
     peak_memory_mb: float
     median_step_ms: float

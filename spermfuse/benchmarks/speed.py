@@ -154,6 +154,7 @@ def models_suite(bench: Benchmark) -> dict:
 
 
 def training_suite(bench: Benchmark) -> dict:
+    """Training speed and peak memory of each model with and without mixed precision."""
     out, rows = {}, []
     for name in bench.models:
         costs = {}
@@ -231,7 +232,7 @@ def timm_suite(bench: Benchmark) -> dict:
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
-def autocast_bf16(model: torch.nn.Module):
+def autocast_bf16(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` under CPU autocast to bf16: what a bf16 deployment would run (native on CPUs with
     AVX-512 BF16 or AMX, emulated and slower elsewhere)."""
 

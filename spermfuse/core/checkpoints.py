@@ -21,6 +21,7 @@ from .files import CheckpointError, atomic_write_bytes
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` that never leaves a half-written file (:func:`atomic_write_bytes`)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -41,7 +41,7 @@ def amp_dtype_for(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None, cache_enabled: bool = True):
+def autocast(device: torch.device, dtype: torch.dtype | None, cache_enabled: bool = True) -> AbstractContextManager:
     """autocast to ``dtype`` on ``device``, or nothing when ``dtype`` is None.
 
     ``cache_enabled=False`` inside a CUDA graph capture: cached weight casts would be freed after it.

@@ -54,6 +54,7 @@ def simplex_grid(num_models: int, alphas: Sequence[float]) -> list[tuple[float, 
 
 
 def closest_to_uniform(weights: tuple[float, ...]) -> float:
+    """Squared distance of fusion ``weights`` from equal weights: the tie-break of :func:`select_best`."""
     return sum((w - 1 / len(weights)) ** 2 for w in weights)
 
 

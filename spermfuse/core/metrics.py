@@ -21,6 +21,7 @@ from .calibration import probabilities_of as softmax  # the one softmax (float64
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``labels`` as rows of 0s with a 1 in each label's column."""
     out = np.zeros((len(labels), num_classes), dtype=np.int64)
     out[np.arange(len(labels)), labels] = 1
     return out

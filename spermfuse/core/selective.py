@@ -33,6 +33,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 from .errors import ConfigError
@@ -68,7 +69,7 @@ class Certificate:
         return cls(**{**data, "threshold": math.inf if data["threshold"] is None else data["threshold"]})
 
 
-def clopper_pearson_upper(errors, n, level: float):
+def clopper_pearson_upper(errors: ArrayLike, n: ArrayLike, level: float) -> float | np.ndarray:
     """One-sided upper confidence bound, at ``level`` (e.g. 0.95), on a rate seen as ``errors`` of
     ``n``: the ``level`` quantile of Beta(errors + 1, n - errors); 1 when ``n`` is 0 or all are errors.
     Scalars give a float, arrays an array of bounds."""

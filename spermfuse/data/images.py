@@ -15,6 +15,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 
 def is_image_file(path: Path) -> bool:
+    """Whether ``path``'s extension is one of the image formats read here."""
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 

@@ -40,7 +40,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from ..core.transforms import Pipeline
 from ..data.images import load_rgb
 from ..store.fusion_folder import FusionSettings, fused_folds
 from ..store.run_folder import data_root_of_run, fold_folder
+
+if TYPE_CHECKING:  # imported where a session is made: ONNX Runtime is an optional extra
+    import onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def onnx_probabilities(session, images: np.ndarray, batch_size: int = 32) -> np.
     ).astype(np.float64)
 
 
-def cpu_session(path: Path):
+def cpu_session(path: Path) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session on the CPU, with its default graph optimisations."""
     import onnxruntime
 

@@ -70,6 +70,8 @@ class ExplanationSettings:
 
 @dataclass
 class TestImage:
+    """A test image of the runs and what the fused pair predicted for it."""
+
     path: str  # relative to the data root
     label: int
     fold: int

@@ -32,6 +32,7 @@ def legacy_report_files(folder: Path) -> set[str]:
 
 
 def fmt(value: object, digits: int = 4) -> str:
+    """``value`` for a report's table: floats to ``digits`` decimals, None and NaN as n/a."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)

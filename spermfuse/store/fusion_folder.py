@@ -248,6 +248,7 @@ class FusionSettings:
 
 
 def write_fusion_settings(folder: Path, settings: FusionSettings) -> None:
+    """Write ``settings`` as the folder's fusion.json (atomically)."""
     atomic_write_json(Path(folder) / FUSION_JSON, settings.to_json())
 
 

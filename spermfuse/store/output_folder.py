@@ -216,5 +216,6 @@ def move_aside(folder: Path, keep: set[str]) -> Path | None:
 
 
 def discard(aside: Path | None) -> None:
+    """Delete what :func:`move_aside` moved aside (nothing when it moved nothing)."""
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

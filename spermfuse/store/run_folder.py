@@ -47,6 +47,7 @@ HISTORY_COLUMNS = [
 
 
 def write_history(path: Path, history: list[dict]) -> None:
+    """Write the epoch rows as history.csv (atomically), in ``HISTORY_COLUMNS`` order."""
     atomic_write_csv(path, HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history))
 
 

@@ -15,6 +15,7 @@ from .writer import KINDS, class_counts, generate, preview
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m spermfuse.synthetic``: write or preview a procedural data set; the exit status."""
     parser = cli.argument_parser(
         "Procedural microscopy data sets (sperm18, hushem4, blood4) as ImageFolder PNGs.",
         prog="python -m spermfuse.synthetic",
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_from_command_line(args: argparse.Namespace) -> None:
+    """What the parsed flags ask for: a preview image, the data set, or both."""
     if args.preview:
         log.info("preview: %s", preview(args.kind, args.preview, seed=args.seed))
     if args.out:

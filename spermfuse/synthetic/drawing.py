@@ -11,6 +11,7 @@ SUPERSAMPLE = 2
 
 
 def rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    """2-D points (rows of x, y) turned by ``angle`` radians about the origin."""
     c, s = math.cos(angle), math.sin(angle)
     return points @ np.array([[c, s], [-s, c]])
 
@@ -38,10 +39,12 @@ def finish(
 
 
 def jitter_colour(colour, rng: np.random.Generator, amount: float = 12.0) -> tuple[int, int, int]:
+    """An RGB colour moved at random by about ``amount`` per channel (a stain's batch-to-batch spread)."""
     return tuple(int(np.clip(c + rng.normal(0, amount), 0, 255)) for c in colour)
 
 
 def draw_debris(draw: ImageDraw.ImageDraw, width: int, height: int, rng: np.random.Generator, count: int) -> None:
+    """``count`` small blobs scattered at random: the dirt every real slide has beside its cells."""
     for _ in range(count):
         x, y = rng.uniform(0, width), rng.uniform(0, height)
         r = rng.uniform(1.0, 3.5) * SUPERSAMPLE

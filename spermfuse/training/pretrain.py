@@ -75,6 +75,7 @@ class PretrainRecipe:
 
 
 def pretrain_root(recipe: PretrainRecipe) -> Path:
+    """The cache folder of ``recipe``'s pretrained weights (named by its fingerprint)."""
     return pretraining_root(recipe.fingerprint())
 
 

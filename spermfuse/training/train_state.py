@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Stage:
+    """One stage of fine-tuning: how long, which layers learn and at what learning rate."""
+
     name: str
     epochs: int
     trainable: str | int  # "all", "head", or the number of last layers

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -82,7 +83,7 @@ def use_tf_same_padding(model: nn.Module) -> nn.Module:
     return model
 
 
-def torchvision_efficientnet():
+def torchvision_efficientnet() -> ModuleType:
     """torchvision's EfficientNet module, imported when a network is built: importing torchvision
     takes torch._dynamo with it (1.5 s on 2 cores), which a program that only reads logits, or
     refuses a flag, should not wait for."""

@@ -29,6 +29,8 @@ from .resnetv2 import ResNetV2
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """How to build one architecture of the registry, and which checkpoints fit it."""
+
     builder: Callable[[int, float, float, str], nn.Module]  # (num_classes, dropout, drop_path, padding)
     dropout: float
     family: str  # "resnetv2" or "efficientnet": which checkpoint formats apply
@@ -86,6 +88,7 @@ def torchvision_names() -> list[str]:
 
 
 def is_torchvision_name(name: str) -> bool:
+    """Whether ``name`` names a torchvision network (``tv:`` prefix) rather than one of this package's."""
     return name.startswith(PREFIX)
 
 

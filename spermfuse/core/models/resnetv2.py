@@ -62,6 +62,7 @@ class StdConv2d(nn.Conv2d):
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm as BiT uses it: 32 groups (fewer only for narrower layers)."""
     return nn.GroupNorm(min(groups, channels), channels, eps=1e-5)
 
 
