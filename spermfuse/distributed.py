@@ -24,10 +24,12 @@ class DistributedContext:
 
     @property
     def enabled(self) -> bool:
+        """Whether this process is one of several (under torchrun)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this process writes the shared files (rank 0)."""
         return self.rank == 0
 
 

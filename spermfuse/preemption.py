@@ -46,6 +46,7 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
+        """Whether a stop signal arrived while deferring."""
         return self.signal_number is not None
 
     def install(self) -> None:

@@ -112,6 +112,7 @@ class FlopCounter(TorchDispatchMode):
 
     @property
     def total(self) -> int:
+        """FLOPs counted over every operator."""
         return sum(self.by_op.values())
 
 

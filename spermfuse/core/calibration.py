@@ -114,6 +114,7 @@ class BiasCorrectedTemperature:
     bias: np.ndarray
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """softmax(z / T + b) of each row of ``logits``."""
         return np.exp(log_softmax(np.asarray(logits, dtype=np.float64) / self.temperature + self.bias))
 
 

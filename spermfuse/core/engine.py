@@ -73,10 +73,12 @@ class EpochResult:
 
     @property
     def loss(self) -> float:
+        """Mean loss per image over the epoch."""
         return self.loss_sum / max(self.images, 1)
 
     @property
     def accuracy(self) -> float:
+        """Share of the epoch's images classified right."""
         return self.correct / max(self.images, 1)
 
 
@@ -237,6 +239,7 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
+        """Whether ``patience`` epochs in a row brought no improvement."""
         return self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:

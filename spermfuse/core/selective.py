@@ -57,6 +57,7 @@ class Certificate:
 
     @property
     def refers_all(self) -> bool:
+        """Whether no threshold was certified, so that every cell is referred."""
         return math.isinf(self.threshold)
 
     def to_dict(self) -> dict:

@@ -66,6 +66,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Tag the indices of the coming epoch with ``epoch`` (its augmentations' seeds follow it)."""
         self.epoch = epoch
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)

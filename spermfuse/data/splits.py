@@ -38,6 +38,7 @@ class Split:
     cal: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
 
     def parts(self) -> dict[str, np.ndarray]:
+        """The four parts by name."""
         return {"train": self.train, "validation": self.val, "test": self.test, "calibration": self.cal}
 
 

@@ -52,6 +52,7 @@ class DeployedModel:
 
     @property
     def file(self) -> Path:
+        """The ONNX file of the exported precision."""
         return self.folder / ONNX_FILES[self.precision]
 
     @property

@@ -386,6 +386,7 @@ class Provenance:
     deployed: str | None = None  # the exported model file that predicted, with --deployed
 
     def lines(self) -> list[str]:
+        """The report's provenance, one fact a line: models, settings file and its digest, version, time."""
         commit = git_commit(short=True)
         return [
             f"models: {', '.join(self.models)}, fold {self.fold}'s pair"

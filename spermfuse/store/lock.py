@@ -55,6 +55,8 @@ class FolderLock:
         self.held = False
 
     def acquire(self) -> None:
+        """Take the lock, removing a stale one (its holder on this host has died); LockError while
+        another process holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(3):
@@ -89,6 +91,7 @@ class FolderLock:
         )
 
     def release(self) -> None:
+        """Give the lock back (nothing when it is not held)."""
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False

@@ -61,6 +61,7 @@ class PatientLook:
     blur: float  # extra Gaussian blur (pixels)
 
     def apply(self, image: Image.Image) -> Image.Image:
+        """``image`` with this patient's stain, brightness and blur."""
         pixels = np.asarray(image, dtype=np.float32) * np.array(self.stain, dtype=np.float32) + self.brightness
         image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
         return image.filter(ImageFilter.GaussianBlur(self.blur)) if self.blur > 0 else image

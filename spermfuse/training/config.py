@@ -222,6 +222,7 @@ class TrainConfig:
         return self.name or self.arch
 
     def run_dir(self) -> Path:
+        """The run's folder: under ``out``, by member and, in k-fold runs, by fold."""
         return model_run_dir(self.out, self.member, self.fold if self.split == "kfold" else None)
 
 

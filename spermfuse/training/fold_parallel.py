@@ -43,6 +43,7 @@ class FoldPrefix(logging.Filter):
         self.rank, self.fold = rank, None
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Prefix each record with the fold and rank once the fold is known (never twice)."""
         if self.fold is not None and not getattr(record, "fold_prefixed", False):
             record.msg = f"[fold {self.fold} | rank {self.rank}] {record.msg}"
             record.fold_prefixed = True

@@ -63,9 +63,11 @@ class PretrainRecipe:
         return fields
 
     def classes(self) -> list[str]:
+        """The pretraining set's class names."""
         return list(synthetic.KINDS[self.kind][0])
 
     def fingerprint(self) -> str:
+        """A short digest of everything that changes the pretrained weights: names their cache folder."""
         # What changes the weights; the preset's calibration share is not used here (cal_fraction=0 below).
         preset = {
             k: v for k, v in PRESETS[BASE_PRESET].items() if k not in OPERATIONAL_SETTINGS and k != "cal_fraction"

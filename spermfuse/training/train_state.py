@@ -66,6 +66,7 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> "TrainState":
+        """The state saved in ``checkpoint`` (what :meth:`state_dict` wrote)."""
         return cls(
             checkpoint["stage"],
             checkpoint["next_epoch"],

@@ -38,6 +38,7 @@ class StdConv2d(nn.Conv2d):
         self._cached_weight: torch.Tensor | None = None
 
     def standardized_weight(self) -> torch.Tensor:
+        """The kernel standardised per output channel (zero mean, unit variance): BiT's weight standardisation."""
         # One fused batch-norm kernel over the kernel viewed as [1, out, in*kh*kw]: faster in
         # training (forward and backward) than var_mean arithmetic, and BiT's own formulation.
         flat = self.weight.reshape(1, self.out_channels, -1)
@@ -128,6 +129,7 @@ class ResNetV2(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map, after the last pre-activation norm and ReLU (before pooling)."""
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
