@@ -192,6 +192,36 @@ def test_a_module_over_450_lines_says_why_at_its_top():
     assert long == []
 
 
+def undocumented(source: str) -> list[str]:
+    """The public functions and classes at the top of a module without a docstring, and the
+    public functions without a return hint."""
+    found = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+            continue
+        if ast.get_docstring(node) is None:
+            found.append(f"{node.name} (no docstring)")
+        if isinstance(node, ast.FunctionDef) and node.returns is None:
+            found.append(f"{node.name} (no return hint)")
+    return found
+
+
+def test_the_docstring_rule_catches_a_bare_function_and_class():
+    source = "def bare(x):\n    return x\n\n\nclass Bare:\n    pass\n\n\ndef _private():\n    pass\n"
+    source += 'def told() -> None:\n    """Says."""\n'
+    assert undocumented(source) == ["bare (no docstring)", "bare (no return hint)", "Bare (no docstring)"]
+
+
+def test_every_public_function_and_class_has_a_docstring_and_every_function_a_return_hint():
+    """The style's rule for code others copy from: a reader learns what a name does without reading its body."""
+    missing = [
+        f"{path.relative_to(PACKAGE.parent).as_posix()}: {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for name in undocumented(path.read_text())
+    ]
+    assert missing == []
+
+
 def test_the_code_is_formatted_at_the_configured_line_length():
     """pyproject.toml's [tool.ruff] line length, kept by `ruff format` (requirements-dev installs it)."""
     import subprocess
