@@ -101,34 +101,34 @@ def _with_padding(model: tv.EfficientNet, padding: str) -> tv.EfficientNet:
     return use_tf_same_padding(model) if padding == "same" else model
 
 
+def _torchvision_variant(
+    name: str, num_classes: int, dropout: float, drop_path: float, padding: str
+) -> tv.EfficientNet:
+    """torchvision's EfficientNet builder ``name``, untrained, with TensorFlow's "same" padding if asked."""
+    builder = getattr(torchvision_efficientnet(), name)
+    model = builder(weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path)
+    return _with_padding(model, padding)
+
+
 def efficientnet_v2_s(
     num_classes: int, dropout: float = 0.7, drop_path: float = 0.0, padding: str = "symmetric"
 ) -> tv.EfficientNet:
     """EfficientNetV2-S (20.20 M parameters with 18 classes)."""
-    model = torchvision_efficientnet().efficientnet_v2_s(
-        weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path
-    )
-    return _with_padding(model, padding)
+    return _torchvision_variant("efficientnet_v2_s", num_classes, dropout, drop_path, padding)
 
 
 def efficientnet_b4(
     num_classes: int, dropout: float = 0.4, drop_path: float = 0.0, padding: str = "symmetric"
 ) -> tv.EfficientNet:
     """EfficientNet-B4 with method B's head."""
-    model = torchvision_efficientnet().efficientnet_b4(
-        weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path
-    )
-    return _with_padding(model, padding)
+    return _torchvision_variant("efficientnet_b4", num_classes, dropout, drop_path, padding)
 
 
 def efficientnet_b0(
     num_classes: int, dropout: float = 0.2, drop_path: float = 0.0, padding: str = "symmetric"
 ) -> tv.EfficientNet:
     """EfficientNet-B0, a small relative for quick experiments."""
-    model = torchvision_efficientnet().efficientnet_b0(
-        weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=drop_path
-    )
-    return _with_padding(model, padding)
+    return _torchvision_variant("efficientnet_b0", num_classes, dropout, drop_path, padding)
 
 
 def efficientnet_tiny(
