@@ -201,11 +201,12 @@ def training_suite(bench: Benchmark) -> dict:
 
 
 def timm_suite(bench: Benchmark) -> dict:
-    """Our resnet50v2 vs timm's resnetv2_50x1_bit: training step (batch 8) and batch-1 latency."""
+    """Our resnet50v2 vs timm's resnetv2_50x1_bit: training step (batch 8) and batch-1 latency,
+    in --rounds interleaved rounds (medians)."""
     import timm
 
     results, rows = {}, []
-    for _ in range(3):  # interleave the two implementations
+    for _ in range(bench.rounds):  # interleaved, so that both implementations share the machine's noise
         for name in ("spermfuse", "timm"):
             make = (
                 (lambda: create_model("resnet50v2", bench.num_classes))
