@@ -332,7 +332,7 @@ class PipelineSpec:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def preprocess_steps(self) -> list[HybridOtsu]:
-        """The preprocessing applied before resizing: method B's Otsu step, or none."""
+        """The steps run on each resized image before it is padded: method B's Otsu step, or none."""
         return [HybridOtsu(foreground=self.otsu_foreground)] if self.preprocess == "otsu" else []
 
     def to_dict(self) -> dict:
