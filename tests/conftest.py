@@ -14,8 +14,7 @@ from typing import Callable
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-
-REPOSITORY = Path(__file__).resolve().parents[1]
+from script_runner import REPOSITORY, run_script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripts (train.py, evaluate.py) import as modules
 
@@ -181,13 +180,6 @@ def fake_runs(root, folds=5, n=60, seed=0, classes=CLASSES):
                     classes,
                 )
     return root
-
-
-def run_script(script: str, *flags: str, cwd: Path = REPOSITORY, **kwargs) -> subprocess.CompletedProcess:
-    """``python SCRIPT FLAGS`` as a user runs it (from the repository unless ``cwd``)."""
-    return subprocess.run(
-        [sys.executable, script, *flags], cwd=cwd, capture_output=True, text=True, timeout=300, **kwargs
-    )
 
 
 def run_train(*flags: str, **kwargs) -> subprocess.CompletedProcess:

@@ -1,10 +1,10 @@
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script
 from torch import nn
 
 from spermfuse.benchmarks import profiling
@@ -16,9 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "benchmark.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    return run_script("benchmark.py", *args)
 
 
 def test_convolution_counts_one_flop_per_multiply_add():

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,15 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
 )
 def test_a_mistyped_or_abbreviated_flag_is_refused_with_a_suggestion(script, flags, hint):
-    result = subprocess.run([sys.executable, script, *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run_script(script, *flags)
     assert result.returncode == 2
     assert hint in result.stderr and len(result.stderr.strip().splitlines()) == 2  # the error and the --help pointer
 
 
 def test_a_bad_value_of_a_real_flag_suggests_no_other_flag():
-    result = subprocess.run(
-        [sys.executable, "train.py", "--cal-fraction", "abc"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = run_script("train.py", "--cal-fraction", "abc")
     assert result.returncode == 2 and "invalid float value: 'abc'" in result.stderr
     assert "did you mean" not in result.stderr
 
@@ -82,15 +81,9 @@ def test_config_replays_a_run_and_the_command_line_overrides_it_and_says_so(tiny
     import json
 
     first = ["--preset", "tiny", "--data", str(tiny_sperm), "--arch", "efficientnet_tiny", "--fold", "1"]
-    assert (
-        subprocess.run(
-            [sys.executable, "train.py", *first, "--out", str(tmp_path / "a"), "--lr", "0.002"], cwd=ROOT
-        ).returncode
-        == 0
-    )
+    assert run_script("train.py", *first, "--out", str(tmp_path / "a"), "--lr", "0.002").returncode == 0
     recorded = tmp_path / "a" / "efficientnet_tiny" / "fold1" / "config.json"
     replay = [
-        sys.executable,
         "train.py",
         "--config",
         str(recorded),
@@ -101,7 +94,7 @@ def test_config_replays_a_run_and_the_command_line_overrides_it_and_says_so(tiny
         "--fold",
         "1",
     ]
-    result = subprocess.run(replay, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(*replay)
     assert result.returncode == 0, result.stderr
     assert "the command line overrides --out, --epochs" in result.stderr
     before, after = (

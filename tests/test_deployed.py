@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import built_once
+from conftest import built_once, run_script
 
 from spermfuse.core.files import read_csv
 
@@ -20,9 +20,7 @@ onnxruntime = pytest.importorskip("onnxruntime")  # the optional export extra (r
 
 
 def fuse(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "fuse.py", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    return run_script("fuse.py", *arguments)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_script
 from PIL import Image
 
 from spermfuse.core.files import read_csv
@@ -38,7 +39,6 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
     ):
         shutil.copy(tiny_sperm / name, new_images / new_name)
     predict = [
-        sys.executable,
         "fuse.py",
         "--predict",
         str(new_images),
@@ -50,7 +50,7 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
         "--output",
         str(tmp_path / "predictions.csv"),
     ]
-    result = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(*predict)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -76,13 +76,11 @@ def test_demo_pipeline_end_to_end(tiny_sperm, demo_output, tmp_path):
     }  # as --refer-accuracy writes it
     (fused / "fusion.json").write_text(json.dumps(settings))
     write_manifest(fused)  # a hand edit must re-list the folder: readers check it
-    refused = subprocess.run(predict + ["--out", str(fused)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    refused = run_script(*predict, "--out", str(fused))
     assert (
         refused.returncode == 2 and "certified per fold" in refused.stderr
     )  # --fold all: the average has no calibration cells
-    result = subprocess.run(
-        predict + ["--out", str(fused), "--fold", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    result = run_script(*predict, "--out", str(fused), "--fold", "2")
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -113,7 +111,6 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
 
     runs = demo_output / "runs"
     export = [
-        sys.executable,
         "fuse.py",
         "--export",
         str(tmp_path / "deploy"),
@@ -123,7 +120,7 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
         "efficientnet_tiny",
         "resnetv2_tiny",
     ]
-    result = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(*export)
     assert result.returncode == 0, result.stderr
     images = [
         tiny_sperm / "Normal" / "Normal_00000.png",
@@ -169,7 +166,7 @@ def test_exported_model_runs_without_spermfuse_and_matches_predict(tiny_sperm, d
         [np.asarray(pipeline.geometry(load_rgb(p), np.random.default_rng(0))).transpose(2, 0, 1) for p in images]
     )
     assert np.abs(session.run(None, {session.get_inputs()[0].name: batch})[0] - expected).max() <= 1e-5
-    again = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = run_script(*export)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing export is not replaced silently
 
 
@@ -178,23 +175,8 @@ def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_app
 ):
     runs, fused = demo_output / "runs", tmp_path / "fusion"
     models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny", "--out", str(fused)]
-    promised = subprocess.run(
-        [
-            sys.executable,
-            "fuse.py",
-            "--grid",
-            "--select",
-            "val",
-            "--refer-accuracy",
-            "0.2",
-            "--sets-alpha",
-            "0.2",
-            *models,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    promised = run_script(
+        "fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *models
     )
     assert promised.returncode == 0, promised.stderr
     new_images = tmp_path / "new"
@@ -209,7 +191,6 @@ def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_app
     ):
         shutil.copy(tiny_sperm / name, new_images / f"cell{index}.png")
     predict = [
-        sys.executable,
         "fuse.py",
         "--predict",
         str(new_images),
@@ -219,9 +200,9 @@ def test_a_one_fold_export_carries_the_certified_rules_and_the_readme_client_app
         str(tmp_path / "p.csv"),
         *models,
     ]
-    assert subprocess.run(predict, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
-    export = [sys.executable, "fuse.py", "--export", str(tmp_path / "deploy"), "--fold", "2", *models]
-    assert subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    assert run_script(*predict).returncode == 0
+    export = ["fuse.py", "--export", str(tmp_path / "deploy"), "--fold", "2", *models]
+    assert run_script(*export).returncode == 0
     assert set(json.loads((tmp_path / "deploy" / "model.json").read_text())["decision"]) == {
         "referral",
         "prediction_sets",
@@ -262,7 +243,6 @@ def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_pre
     shutil.copy(tiny_sperm / "Normal/Normal_00000.png", new_images / "normal.png")
     shutil.copy(tiny_sperm / "CurlyTail/CurlyTail_00002.png", new_images / "sub" / "curly.png")
     command = [
-        sys.executable,
         "fuse.py",
         "--predict",
         str(new_images),
@@ -276,7 +256,7 @@ def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_pre
         "--explain",
         str(tmp_path / "why"),
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(*command)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "predictions.csv", newline="") as handle:
         predictions = {r["path"]: r for r in csv.DictReader(handle)}
@@ -290,18 +270,12 @@ def test_explain_writes_a_figure_per_image_and_an_index_that_agrees_with_the_pre
         assert 0 <= int(row["peak_row"]) < height and 0 <= int(row["peak_column"]) < width  # in the file's own geometry
         assert Image.open(tmp_path / "why" / row["figure"]).format == "PNG"
 
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = run_script(*command)
     assert again.returncode == 2 and "--explain" in again.stderr and "--overwrite" in again.stderr
 
 
 def test_explain_without_predict_is_one_clear_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "fuse.py", "--grid", "--explain", str(tmp_path / "why")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script("fuse.py", "--grid", "--explain", str(tmp_path / "why"))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --explain DIR explains predictions: give it with --predict FOLDER"
     ]
@@ -316,7 +290,6 @@ def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_par
         tmp_path / "masks", "sperm18", seed=42, per_class=6, masks=True
     )  # the tested images, with masks
     command = [
-        sys.executable,
         "evaluate.py",
         "--runs",
         str(demo_output / "runs"),
@@ -331,7 +304,7 @@ def test_evaluate_explain_writes_a_gallery_and_the_pointing_game_against_the_par
         "--summary",
         str(tmp_path / "summary.md"),
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(*command)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "reports" / "x"
     gallery = (out / "gallery.md").read_text()
@@ -362,7 +335,6 @@ def test_masks_of_other_images_are_refused_naming_the_image(tiny_sperm, demo_out
 
     masks = synthetic.generate(tmp_path / "masks", "sperm18", seed=7, per_class=6, masks=True)
     command = [
-        sys.executable,
         "evaluate.py",
         "--runs",
         str(demo_output / "runs"),
@@ -377,7 +349,7 @@ def test_masks_of_other_images_are_refused_naming_the_image(tiny_sperm, demo_out
         "--explain-limit",
         "1",
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(*command)
     assert (
         result.returncode == 2
         and "differs from the tested" in result.stderr
@@ -397,7 +369,6 @@ def test_predict_lists_every_bad_image_and_skip_bad_goes_on_with_one_figure_per_
     (new_images / "empty.png").write_bytes(b"")
     (new_images / "fake.tif").write_text("not an image")
     command = [
-        sys.executable,
         "fuse.py",
         "--predict",
         str(new_images),
@@ -409,7 +380,7 @@ def test_predict_lists_every_bad_image_and_skip_bad_goes_on_with_one_figure_per_
         "--output",
         str(tmp_path / "predictions.csv"),
     ]
-    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    refused = run_script(*command)
     assert (
         refused.returncode == 2
         and "2 of 4 images unusable" in refused.stderr
@@ -417,13 +388,7 @@ def test_predict_lists_every_bad_image_and_skip_bad_goes_on_with_one_figure_per_
         and "fake.tif" in refused.stderr
     )
     assert not (tmp_path / "predictions.csv").exists()
-    result = subprocess.run(
-        command + ["--skip-bad", "--explain", str(tmp_path / "why")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(*command, "--skip-bad", "--explain", str(tmp_path / "why"))
     assert result.returncode == 0, result.stderr
     rows = {r["path"]: r for r in read_csv(tmp_path / "predictions.csv")}
     assert rows["empty.png"]["skipped"] == "zero-byte file" and rows["empty.png"]["predicted"] == ""
@@ -444,7 +409,7 @@ def sample_folders(tiny_sperm: Path, root: Path) -> Path:
 
 def samples_command(runs: Path, images: Path, output: Path, *extra: str) -> list[str]:
     models = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
-    return [sys.executable, "fuse.py", "--predict", str(images), "--output", str(output), *models, *extra]
+    return ["fuse.py", "--predict", str(images), "--output", str(output), *models, *extra]
 
 
 def test_samples_write_a_row_and_a_page_per_sample_with_the_adjusted_fractions(tiny_sperm, demo_output, tmp_path):
@@ -462,9 +427,7 @@ def test_samples_write_a_row_and_a_page_per_sample_with_the_adjusted_fractions(t
         save_logits(path, right, held_out.labels, held_out.paths, held_out.classes, arch, 1, held_out.split)
     images = sample_folders(tiny_sperm, tmp_path / "samples")
     output = tmp_path / "out" / "predictions.csv"
-    result = subprocess.run(
-        samples_command(runs, images, output, "--fold", "1", "--samples"), cwd=ROOT, capture_output=True, text=True
-    )
+    result = run_script(*samples_command(runs, images, output, "--fold", "1", "--samples"))
     assert result.returncode == 0, result.stderr
     rows = read_csv(tmp_path / "out" / "samples.csv")
     assert [(r["sample"], r["cells"], r["method"]) for r in rows] == [
@@ -500,12 +463,7 @@ def test_samples_refuse_a_confusion_that_cannot_separate_the_classes_before_writ
 ):
     images = sample_folders(tiny_sperm, tmp_path / "samples")
     output = tmp_path / "out" / "predictions.csv"
-    result = subprocess.run(
-        samples_command(demo_output / "runs", images, output, "--fold", "1", "--samples"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_script(*samples_command(demo_output / "runs", images, output, "--fold", "1", "--samples"))
     assert result.returncode != 0
     assert "cannot tell" in result.stderr and "--estimate-on groups" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -522,12 +480,7 @@ def test_samples_refuse_a_confusion_that_cannot_separate_the_classes_before_writ
 )
 def test_samples_refuse_what_they_cannot_estimate_with_one_line(tiny_sperm, demo_output, tmp_path, extra, message):
     images = sample_folders(tiny_sperm, tmp_path / "samples")
-    result = subprocess.run(
-        samples_command(demo_output / "runs", images, tmp_path / "p.csv", *extra),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_script(*samples_command(demo_output / "runs", images, tmp_path / "p.csv", *extra))
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert not (tmp_path / "p.csv").exists()
 
@@ -535,42 +488,22 @@ def test_samples_refuse_what_they_cannot_estimate_with_one_line(tiny_sperm, demo
 def test_samples_need_every_image_in_a_sample_folder(tiny_sperm, demo_output, tmp_path):
     images = sample_folders(tiny_sperm, tmp_path / "samples")
     shutil.copy(tiny_sperm / "Normal" / "Normal_00000.png", images / "loose.png")
-    result = subprocess.run(
-        samples_command(demo_output / "runs", images, tmp_path / "p.csv", "--fold", "1", "--samples"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_script(*samples_command(demo_output / "runs", images, tmp_path / "p.csv", "--fold", "1", "--samples"))
     assert result.returncode != 0 and "loose.png is not in a sample folder" in result.stderr
 
 
 def test_predict_takes_one_image_or_a_glob_pattern(tiny_sperm, demo_output, tmp_path):
     models = ["--runs", str(demo_output / "runs"), "--models", "efficientnet_tiny", "resnetv2_tiny"]
     one = tiny_sperm / "Normal" / "Normal_00000.png"
-    result = subprocess.run(
-        [sys.executable, "fuse.py", "--predict", str(one), "--output", str(tmp_path / "one.csv"), *models],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_script("fuse.py", "--predict", str(one), "--output", str(tmp_path / "one.csv"), *models)
     assert result.returncode == 0, result.stderr
     assert [row["path"] for row in read_csv(tmp_path / "one.csv")] == ["Normal_00000.png"]
     pattern = str(tiny_sperm / "PinHead" / "*.png")
-    result = subprocess.run(
-        [sys.executable, "fuse.py", "--predict", pattern, "--output", str(tmp_path / "glob.csv"), *models],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_script("fuse.py", "--predict", pattern, "--output", str(tmp_path / "glob.csv"), *models)
     assert result.returncode == 0, result.stderr
     names = [row["path"] for row in read_csv(tmp_path / "glob.csv")]
     assert names == sorted(p.name for p in (tiny_sperm / "PinHead").glob("*.png"))
-    missing = subprocess.run(
-        [sys.executable, "fuse.py", "--predict", str(tmp_path / "nothing*.png"), *models],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    missing = run_script("fuse.py", "--predict", str(tmp_path / "nothing*.png"), *models)
     assert missing.returncode == 2 and "matches no image" in missing.stderr
 
 
@@ -607,7 +540,7 @@ def test_pickle_payloads_in_best_pt_and_last_pt_never_run(demo_output, tiny_sper
         ["fuse.py", "--export", str(tmp_path / "deploy"), *models],
     )
     for command in commands:
-        result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = run_script(*command)
         assert result.returncode == 2 and "best.pt" in result.stderr and "Traceback" not in result.stderr, result.stderr
     config = TrainConfig(arch="efficientnet_tiny", out=str(runs), fold=1, resume=True)
     with pytest.raises(CheckpointError, match="last.pt: refused: it holds objects other than tensors"):

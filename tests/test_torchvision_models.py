@@ -6,14 +6,13 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import run_train
+from conftest import run_script, run_train
 
 from spermfuse.core.errors import ConfigError
 from spermfuse.core.models import WeightsError, create_model, get_spec, list_models
@@ -109,7 +108,7 @@ PAIR = ["tv:mobilenet_v3_small", "tv:shufflenet_v2_x0_5"]
 
 
 def script(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_script(*flags, timeout=600)
 
 
 def test_a_pair_of_torchvision_members_trains_fuses_evaluates_exports_and_explains(tiny_sperm, tmp_path):
