@@ -73,7 +73,7 @@ def _run_as_main(script: str, flags: list[str], cwd: str, environment: dict, out
         status = 0
     except SystemExit as stop:
         status = _exit_status(stop.code)
-    except BaseException:  # noqa: BLE001 - what python prints for an uncaught exception, and its status
+    except BaseException:  # what python prints for an uncaught exception, and its status
         traceback.print_exc()
         status = 1
     atexit._run_exitfuncs()
@@ -83,14 +83,13 @@ def _run_as_main(script: str, flags: list[str], cwd: str, environment: dict, out
 
 
 def run_script(
-    script: str, *flags: str, cwd: Path = REPOSITORY, timeout: float = 300, fresh: bool = False, **kwargs
+    script: str, *flags: str, cwd: Path = REPOSITORY, timeout: float = 300, fresh: bool = False
 ) -> subprocess.CompletedProcess:
     """``python SCRIPT FLAGS`` run from ``cwd`` (module docstring); its output is captured as
-    text. ``fresh=True``, or any other keyword (``env``), starts a fresh interpreter instead
-    (``subprocess.run`` with those keywords)."""
+    text. ``fresh=True`` starts a fresh interpreter instead."""
     command = [sys.executable, script, *flags]
-    if fresh or kwargs:
-        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if fresh:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     with tempfile.TemporaryDirectory() as folder:
         output, error = Path(folder) / "stdout", Path(folder) / "stderr"
         output.touch()
