@@ -102,3 +102,20 @@ def test_config_replays_a_run_and_the_command_line_overrides_it_and_says_so(tiny
     )
     changed = {key for key in before if before[key] != after.get(key) and key != "environment"}
     assert changed == {"out", "epochs"} and after["lr"] == 0.002 and after["img_size"] == 32
+
+
+def test_a_prediction_loads_neither_scipys_optimisers_and_statistics_nor_scikit_learn(
+    demo_output, tiny_sperm, tmp_path
+):
+    """They take about a second to load (spermfuse/core/metrics.py) and a prediction needs none of them."""
+    models = ["--runs", str(demo_output / "runs"), "--models", "efficientnet_tiny", "resnetv2_tiny"]
+    flags = ["--predict", str(tiny_sperm / "Normal"), "--output", str(tmp_path / "p.csv"), *models]
+    probe = (
+        "import sys, fuse; status = fuse.main(sys.argv[1:]); "
+        "print(sorted(m for m in ('scipy.optimize', 'scipy.stats', 'sklearn') if m in sys.modules)); sys.exit(status)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *flags], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -16,9 +16,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize, minimize_scalar
 
 from .errors import SpermfuseError
+
+# scipy.optimize is imported in the two fits that use it: a script that fits nothing (fuse.py --predict,
+# --help) starts without loading it.
 
 
 class CalibrationError(SpermfuseError):
@@ -92,6 +94,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     Refused (:class:`CalibrationError`) when the optimum does not exist (every cell right) or
     lies at a bound of the search.
     """
+    from scipy.optimize import minimize_scalar
+
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     _check(logits, labels)
     _refuse_separable(logits, labels)
@@ -124,6 +128,8 @@ def fit_bias_corrected_temperature(
     """T and b minimising the NLL of softmax(z / T + b) on held-out logits (convex in 1/T and b),
     with a small ridge on b so that a class without cells keeps a finite bias. Refused as
     :func:`fit_temperature` is: every cell right, or T at a bound of its search."""
+    from scipy.optimize import minimize
+
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     _check(logits, labels)
     onehot = np.eye(logits.shape[1])[labels]

@@ -13,11 +13,12 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .calibration import expected_calibration_error
 from .calibration import probabilities_of as softmax  # the one softmax (float64, stable), under the name callers use
+
+# SciPy's statistics and scikit-learn are imported in the functions that use them: a script that computes
+# no metric (fuse.py --predict, --help) starts without loading them (about a second at every start).
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -89,6 +90,8 @@ def summarize(labels: np.ndarray, logits: np.ndarray, classes: Sequence[str]) ->
 
     Prediction = argmax of the logits; probabilities = softmax(logits) for AUROC/AUPRC.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     labels = np.asarray(labels)
     num_classes = len(classes)
     probabilities = softmax(np.asarray(logits, dtype=np.float64))
@@ -142,6 +145,8 @@ def against_majority(labels: np.ndarray, predicted: np.ndarray, classes: Sequenc
     of "the model is right more often" (``p``: the cells only the model gets right against those
     only the constant gets right); ``beats`` when p < ``level``. On a data set where one class
     holds most cells, an accuracy that looks good can be no better than that constant answer."""
+    from scipy import stats
+
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     majority, rate = majority_class(labels, len(classes))
     right, constant_right = predicted == labels, labels == majority
@@ -159,6 +164,8 @@ def against_majority(labels: np.ndarray, predicted: np.ndarray, classes: Sequenc
 
 def fold_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     """The fold-wise figures of Table 5: accuracy, weighted/macro F1, micro AUROC/AUPRC."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     probabilities = softmax(np.asarray(logits, dtype=np.float64))
     predicted = probabilities.argmax(axis=1)
     _, _, f1, support = per_class_scores(confusion_counts(labels, predicted, probabilities.shape[1]))
@@ -180,6 +187,8 @@ def mean_std_ci(values: Sequence[float], confidence: float = 0.95, test_train_ra
     given ``test_train_ratio`` = n_test / n_train (None without it). With a single value there
     is no spread: std and both intervals are None.
     """
+    from scipy import stats
+
     values = np.asarray(values, dtype=np.float64)
     k = len(values)
     mean = float(values.mean())
@@ -197,6 +206,8 @@ def mean_std_ci(values: Sequence[float], confidence: float = 0.95, test_train_ra
 
 def mcnemar_p(labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray) -> float:
     """Exact McNemar test on the samples where exactly one of the two models is right."""
+    from scipy import stats
+
     right_a = predicted_a == labels
     right_b = predicted_b == labels
     only_a = int((right_a & ~right_b).sum())
@@ -208,6 +219,8 @@ def mcnemar_p(labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarr
 
 def paired_tests(fold_scores_a: Sequence[float], fold_scores_b: Sequence[float]) -> dict:
     """Paired t-test and Wilcoxon signed-rank on fold-wise scores (Table 6); None when undefined."""
+    from scipy import stats
+
     a, b = np.asarray(fold_scores_a, dtype=np.float64), np.asarray(fold_scores_b, dtype=np.float64)
     if len(a) < 2:
         return {"paired_t_p": None, "wilcoxon_p": None}
@@ -232,6 +245,8 @@ def corrected_resampled_t_test(
     freedom, d the fold-wise differences and s^2 their unbiased variance. None when undefined
     (fewer than two folds, or every fold the same non-zero difference).
     """
+    from scipy import stats
+
     differences = np.asarray(fold_scores_a, dtype=np.float64) - np.asarray(fold_scores_b, dtype=np.float64)
     k = len(differences)
     if k < 2 or train_size <= 0:

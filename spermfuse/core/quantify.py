@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.optimize import nnls
 
 from .errors import SpermfuseError
+
+# scipy.optimize is imported in the one function that uses it (calibration.py says why).
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ def merge_classes(confusion: np.ndarray, groups: Sequence[int], num_groups: int)
 def adjusted_count(predicted_shares: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """ACC: the fractions ``p`` with ``p >= 0, Σp = 1`` minimising ``|Mᵀp - q|²`` (exact when
     ``q = Mᵀp`` for an invertible M)."""
+    from scipy.optimize import nnls
+
     classes = matrix.shape[0]
     system = np.vstack([matrix.T, np.full((1, classes), _SUM_WEIGHT)])
     target = np.concatenate([predicted_shares, [_SUM_WEIGHT]])

@@ -34,9 +34,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from .errors import ConfigError
+
+# scipy.stats is imported in the functions that use it: a script that certifies nothing (fuse.py
+# --predict, --help) starts without loading it.
 
 METHODS = ("ltt", "sgr", "grid")
 GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
@@ -74,6 +76,8 @@ def clopper_pearson_upper(errors: ArrayLike, n: ArrayLike, level: float) -> floa
     """One-sided upper confidence bound, at ``level`` (e.g. 0.95), on a rate seen as ``errors`` of
     ``n``: the ``level`` quantile of Beta(errors + 1, n - errors); 1 when ``n`` is 0 or all are errors.
     Scalars give a float, arrays an array of bounds."""
+    from scipy import stats
+
     if not 0.0 < level < 1.0:
         raise ConfigError(f"confidence level {level}: give a value in (0, 1)")
     errors, n = np.broadcast_arrays(np.asarray(errors), np.asarray(n))
@@ -176,6 +180,8 @@ def certify_threshold(
 def accepted_accuracy(confidence: np.ndarray, correct: np.ndarray, threshold: float, level: float = 0.95) -> dict:
     """How a threshold did on other cells: accepted count, share referred, accuracy of the accepted
     with its two-sided Clopper-Pearson interval at ``level``."""
+    from scipy import stats
+
     confidence, correct = np.asarray(confidence), np.asarray(correct, dtype=bool)
     accepted = confidence >= threshold
     n, right = int(accepted.sum()), int(correct[accepted].sum())
