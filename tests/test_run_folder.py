@@ -100,6 +100,15 @@ def test_without_runs_the_most_recent_run_root_under_runs_is_used_and_named(tmp_
     assert find_run_root(older) == older  # given: used as it is
 
 
+@pytest.mark.parametrize("given", ["missing", "a_file.txt"])
+def test_a_runs_flag_that_is_not_a_folder_is_refused_naming_the_flag(tmp_path, given):
+    from spermfuse.store.run_folder import find_run_root
+
+    (tmp_path / "a_file.txt").write_text("not a run root")
+    with pytest.raises(fusion.FusionError, match=f"--runs .*{given}: no such folder; give the run root"):
+        find_run_root(tmp_path / given)
+
+
 def fused_fake_pair(tmp_path):
     runs = fake_runs(tmp_path / "runs")
     assert fuse_fake_pair(runs, "--grid", "--select", "val").returncode == 0

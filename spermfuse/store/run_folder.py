@@ -196,8 +196,13 @@ def trained_models(runs: Path) -> list[str]:
 def find_run_root(runs: Path | None, default: Path = Path("runs")) -> Path:
     """``--runs`` when given; else ``runs/`` when it holds trained models, else the run root below
     it (``runs/demo``, ``runs/tiny``, ...) whose logits are the most recent. A root without
-    trained models is a FusionError naming where it looked and how to train."""
+    trained models is a FusionError naming where it looked and how to train, and so is a
+    ``--runs`` that is not a folder."""
     if runs is not None:
+        if not Path(runs).is_dir():
+            raise FusionError(
+                f"--runs {runs}: no such folder; give the run root train.py wrote (its --out, runs/ by default)"
+            )
         return Path(runs)
     if trained_models(default):
         return default
