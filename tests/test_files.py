@@ -37,3 +37,25 @@ def test_a_file_of_zeros_is_no_checkpoint_and_the_message_gives_no_advice_to_run
     with pytest.raises(CheckpointError) as refused:
         safe_torch_load(tmp_path / "zeros.pt")
     assert "not a zip archive, as torch.save writes" in str(refused.value) and "weights_only" not in str(refused.value)
+
+
+def test_a_text_file_is_no_checkpoint_rather_than_one_holding_objects_other_than_tensors(tmp_path):
+    from spermfuse.core.checkpoints import safe_torch_load
+    from spermfuse.core.files import CheckpointError
+
+    (tmp_path / "notes.pt").write_text("garbage\n")
+    with pytest.raises(CheckpointError, match="notes.pt: not a loadable PyTorch checkpoint"):
+        safe_torch_load(tmp_path / "notes.pt")
+
+
+def test_a_legacy_pickle_holding_an_object_is_refused_as_such(tmp_path):
+    import argparse
+
+    import torch
+
+    from spermfuse.core.checkpoints import safe_torch_load
+    from spermfuse.core.files import CheckpointError
+
+    torch.save({"settings": argparse.Namespace(lr=0.1)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="old.pt: refused: it holds objects other than tensors"):
+        safe_torch_load(tmp_path / "old.pt")

@@ -36,7 +36,9 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     except MemoryError:
         raise
     except Exception as error:  # unpickling refusal, corruption, truncation
-        if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+        # A refused object names the global (class or function) it would import; bytes that are
+        # no pickle at all fail the same way but on an opcode, and are reported as corrupt below.
+        if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error) and "global" in str(error):
             # torch's own text advises weights_only=False, which would run the file's code
             raise CheckpointError(
                 f"{path}: refused: it holds objects other than tensors, which loading would have to run as code"
