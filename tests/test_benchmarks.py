@@ -125,6 +125,13 @@ def test_the_baseline_suite_scores_an_svm_on_every_fold_of_the_data(tmp_path):
     assert "SVM (RBF) on 32 px grey pixels" in bench.markdown and "train.py's 5-fold split" in bench.markdown
 
 
+def test_the_duplicates_suite_refuses_an_epoch_folder_without_history_naming_the_flag(tmp_path):
+    from spermfuse.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--epoch-from .*: no history.csv there; give a fold folder train.py wrote"):
+        tiny("duplicates", data=tmp_path, epoch_from=tmp_path)
+
+
 def test_the_duplicates_suite_sets_the_check_beside_an_epoch_and_says_what_it_found(tmp_path, monkeypatch):
     from spermfuse import synthetic
     from spermfuse.benchmarks import real_data

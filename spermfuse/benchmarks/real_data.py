@@ -110,8 +110,13 @@ def duplicates_suite(bench: Benchmark) -> dict:
     """The cost of the duplicate check on ``--data`` beside a training epoch (module docstring)."""
     if bench.data is None or bench.epoch_from is None:
         raise ConfigError("--suite duplicates needs --data DIR and --epoch-from RUN (a run folder with history.csv)")
-    history = read_csv(Path(bench.epoch_from) / "history.csv")
-    epoch = statistics.mean(float(row["seconds"]) for row in history)
+    history_file = Path(bench.epoch_from) / "history.csv"
+    if not history_file.is_file():
+        raise ConfigError(
+            f"--epoch-from {bench.epoch_from}: no history.csv there; give a fold folder train.py wrote "
+            "(<runs>/<arch>/fold1)"
+        )
+    epoch = statistics.mean(float(row["seconds"]) for row in read_csv(history_file))
     listed = discover(bench.data, check_images=False)
     paths = listed.absolute_paths
     processes = sorted({1, reading_processes(len(paths))})
