@@ -46,6 +46,20 @@ def test_an_unknown_model_is_refused_naming_the_flag():
         Benchmark(models=["efficientnet_tiny", "resnet99"])
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"img_size": 0}, "--img-size 0: give 16 or more"),
+        ({"batch_size": -1}, "--batch-size -1: give 1 or more"),
+        ({"iters": 0}, "--iters 0: give 1 or more"),
+        ({"throughput": (8, 0)}, "--throughput 0: give 1 or more"),
+    ],
+)
+def test_a_count_below_its_least_is_refused_naming_the_flag(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        Benchmark(**setting)
+
+
 def test_the_models_suite_counts_and_times_both_members_and_the_pair():
     results, reported, _ = tiny("models")
     assert set(results) == {*TINY_PAIR, "fusion", "fusion_concurrent"}
@@ -126,8 +140,6 @@ def test_the_baseline_suite_scores_an_svm_on_every_fold_of_the_data(tmp_path):
 
 
 def test_the_duplicates_suite_refuses_an_epoch_folder_without_history_naming_the_flag(tmp_path):
-    from spermfuse.core.errors import ConfigError
-
     with pytest.raises(ConfigError, match="--epoch-from .*: no history.csv there; give a fold folder train.py wrote"):
         tiny("duplicates", data=tmp_path, epoch_from=tmp_path)
 

@@ -81,6 +81,22 @@ class Benchmark:
         unknown = [name for name in self.models if name not in list_models()]
         if unknown:
             raise ConfigError(f"--models {unknown[0]}: unknown; see train.py --list-models")
+        counts = {
+            "--num-classes": (self.num_classes, 2),
+            "--img-size": (self.img_size, 16),
+            "--batch-size": (self.batch_size, 1),
+            "--iters": (self.iters, 1),
+            "--warmup": (self.warmup, 0),
+            "--train-steps": (self.train_steps, 1),
+            "--rounds": (self.rounds, 1),
+            "--simulated-samples": (self.simulated_samples, 1),
+            "--boot": (self.boot, 1),
+            "--referral-repeats": (self.referral_repeats, 1),
+            "--throughput": (min(self.throughput or (), default=None), 1),
+        }
+        for flag, (value, least) in counts.items():
+            if value is not None and value < least:
+                raise ConfigError(f"{flag} {value}: give {least} or more")
         on_gpu = self.device.type == "cuda"
         self.iters = self.iters if self.iters is not None else (200 if on_gpu else 20)
         self.warmup = self.warmup if self.warmup is not None else (100 if on_gpu else 5)
