@@ -139,6 +139,14 @@ def test_the_baseline_suite_scores_an_svm_on_every_fold_of_the_data(tmp_path):
     assert "SVM (RBF) on 32 px grey pixels" in bench.markdown and "train.py's 5-fold split" in bench.markdown
 
 
+def test_the_baseline_suite_refuses_a_missing_folds_csv_naming_the_flag(tmp_path):
+    from spermfuse import synthetic
+
+    data = synthetic.generate(tmp_path / "heads", "hushem4", seed=0, per_class=2)
+    with pytest.raises(ConfigError, match="--folds-csv .*missing.csv: not found; give the folds.csv train.py wrote"):
+        tiny("baseline", data=data, folds_csv=tmp_path / "missing.csv")
+
+
 def test_the_duplicates_suite_refuses_an_epoch_folder_without_history_naming_the_flag(tmp_path):
     with pytest.raises(ConfigError, match="--epoch-from .*: no history.csv there; give a fold folder train.py wrote"):
         tiny("duplicates", data=tmp_path, epoch_from=tmp_path)

@@ -54,6 +54,8 @@ def folds_of(samples: Samples, folds_csv: Path | None) -> np.ndarray:
     if samples.folds is not None:
         return samples.folds
     if folds_csv is not None:
+        if not Path(folds_csv).is_file():
+            raise ConfigError(f"--folds-csv {folds_csv}: not found; give the folds.csv train.py wrote under its --out")
         return splits.read_folds(folds_csv, samples)
     folds = splits.make_folds(samples.labels, samples.classes, 5, 42, samples.groups)
     for copy, first in samples.copies.items():
