@@ -28,7 +28,7 @@ from spermfuse.reporting.report_page import REPORT_HTML, report_page
 from spermfuse.runtime import environment_line
 from spermfuse.selection import choice
 from spermfuse.store import run_folder
-from spermfuse.store.output_folder import check_replaceable, write_folder
+from spermfuse.store.output_folder import check_not_a_file, check_plain_name, check_replaceable, write_folder
 
 log = logging.getLogger("evaluate")
 
@@ -155,6 +155,9 @@ def run_evaluation(args, out: Path) -> None:
 
 
 def run(args, out: Path) -> None:
+    if args.name is not None:
+        check_plain_name("--name", args.name, "ablation_128px")
+    check_not_a_file(args.reports, "--reports")
     if args.masks is not None and not args.explain:  # the flags first, before any work
         raise fusion.FusionError("--masks DIR is for the pointing game of --explain; add --explain")
     flags.refuse_unless(args.explain, args, explain_runs.ExplanationSettings, "--explain")

@@ -70,6 +70,27 @@ def test_evaluate_with_a_single_fold_says_so_instead_of_crashing(tmp_path):
     assert "only one fold" in (tmp_path / "r" / "evaluation" / "report.md").read_text()
 
 
+@pytest.mark.parametrize("name", ["../elsewhere", "a/b", ""])
+def test_evaluate_refuses_a_report_name_that_leads_out_of_the_reports_folder(tmp_path, capsys, name):
+    import evaluate
+
+    runs = fake_runs(tmp_path / "runs", folds=2)
+    argv = ["--runs", str(runs), "--reports", str(tmp_path / "r" / "reports"), "--name", name, "--no-figures"]
+    assert evaluate.main(argv) == 2
+    assert f"--name {name!r}: give a plain folder name" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written, not even the reports folder
+
+
+def test_evaluate_refuses_a_reports_flag_that_names_a_file(tmp_path, capsys):
+    import evaluate
+
+    runs = fake_runs(tmp_path / "runs", folds=2)
+    (tmp_path / "reports.txt").write_text("a file")
+    argv = ["--runs", str(runs), "--reports", str(tmp_path / "reports.txt"), "--no-figures"]
+    assert evaluate.main(argv) == 2 and (tmp_path / "reports.txt").read_text() == "a file"
+    assert "--reports" in capsys.readouterr().err.splitlines()[-1]
+
+
 def test_evaluate_refuses_models_with_different_classes(tmp_path):
     runs = fake_runs(tmp_path / "runs", folds=1)
     write_logits(

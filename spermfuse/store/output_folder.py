@@ -41,6 +41,13 @@ def refuse_overlap(output: Path, flag: str, inputs: Mapping[str, Path]) -> None:
             )
 
 
+def check_plain_name(flag: str, name: str, example: str) -> None:
+    """Refuse a folder name that is empty or leads elsewhere (``a/b``, ``..``): ``--name`` names
+    a folder inside the one the command writes to."""
+    if not name.strip() or Path(name).name != name or name in (".", ".."):
+        raise ConfigError(f"{flag} {name!r}: give a plain folder name (no '/'), e.g. {example}")
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(
         p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
@@ -123,6 +130,12 @@ def recover(final: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def check_not_a_file(folder: Path, flag: str) -> None:
+    """Refuse an output folder that exists as a file."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {folder}: is a file, not a folder; choose a folder")
+
+
 def check_replaceable(
     final: Path, flag: str, overwrite: bool, legacy_owned: Callable[[Path], set[str]] | None = None
 ) -> None:
@@ -131,8 +144,7 @@ def check_replaceable(
     recover(final)
     if not final.exists():
         return
-    if not final.is_dir():
-        raise ConfigError(f"{flag} {final}: is a file, not a folder; choose a folder")
+    check_not_a_file(final, flag)
     present = set(_files(final))
     if not present and not any(final.iterdir()):
         return

@@ -28,6 +28,7 @@ from ..core.normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..core.transforms import PAD_COLOR, PAPER_IMG_SIZE
 from ..flags import setting
 from ..runtime import DEVICE_HELP
+from ..store.output_folder import check_plain_name
 from ..store.run_folder import model_run_dir
 
 # The sections of train.py --help that the settings' flags are listed under.
@@ -347,10 +348,8 @@ def _finite(value: float) -> bool:
 def validate_config(config: TrainConfig) -> None:
     """Refuse settings that cannot work, naming the flag."""
     get_spec(config.arch)  # raises with the list of valid names
-    if config.name is not None and (
-        not config.name.strip() or Path(config.name).name != config.name or config.name in (".", "..")
-    ):
-        raise ConfigError(f"--name {config.name!r}: give a plain folder name (no '/'), e.g. mobilenet_v2_seed1")
+    if config.name is not None:
+        check_plain_name("--name", config.name, "mobilenet_v2_seed1")
     checks = [
         (config.batch_size >= 1, "--batch-size must be >= 1"),
         (config.epochs >= 1, "--epochs must be >= 1"),
