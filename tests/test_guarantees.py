@@ -189,6 +189,7 @@ def test_an_evaluate_killed_at_a_random_moment_leaves_the_old_report_or_the_new_
 
 
 def test_an_explain_folder_equal_to_the_predict_folder_is_refused_before_any_work(tmp_path, capsys):  # [A1]
+    (tmp_path / "runs").mkdir()  # an empty run root: the folder checks come before the models load
     images = tmp_path / "new"
     images.mkdir()
     draw_cell((40, 40), 8, 0).save(images / "cell.png")
@@ -213,6 +214,7 @@ def test_an_explain_folder_equal_to_the_predict_folder_is_refused_before_any_wor
 def test_overwrite_replaces_only_a_folder_of_the_commands_own_files(tmp_path, capsys):
     why = tmp_path / "why"
     why.mkdir()
+    (tmp_path / "runs").mkdir()
     (why / "thesis.docx").write_text("not an explanation")
     code = fuse.main(
         [
@@ -244,6 +246,7 @@ def test_overwrite_replaces_only_a_folder_of_the_commands_own_files(tmp_path, ca
 def test_an_output_csv_that_is_a_folder_is_refused_before_predicting(tmp_path, capsys):  # [D8]
     (tmp_path / "new").mkdir()
     (tmp_path / "somedir").mkdir()
+    (tmp_path / "runs").mkdir()
     code = fuse.main(
         [
             "--predict",
