@@ -35,11 +35,10 @@ def exported(demo_output, tmp_path_factory) -> dict:
         assert (
             fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *fusion).returncode == 0
         )
-        command = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "int8", *fusion]
-        # The tiny demo's members are barely trained: their int8 twin agrees on too few cells for the default floor.
-        refused = fuse(*command)
-        assert refused.returncode == 2 and "--min-agreement" in refused.stderr and not (folder / "deploy").exists()
-        forced = fuse(*command, "--force-precision")
+        # Forced: whether the barely trained tiny pair's int8 twin reaches the default floor varies
+        # with the packages' versions; the guard itself is tested below, on an agreement set low.
+        command = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "int8", "--force-precision"]
+        forced = fuse(*command, *fusion)
         assert forced.returncode == 0, forced.stderr
 
     folder = built_once(tmp_path_factory, "exported", export)
@@ -77,6 +76,31 @@ def int8_probabilities(deploy: Path, batch: np.ndarray) -> np.ndarray:
 
 def probabilities_of(rows: list[dict]) -> np.ndarray:
     return np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows])
+
+
+def test_an_int8_model_below_the_agreement_floor_is_refused_and_nothing_is_written(
+    exported, tmp_path, monkeypatch, capsys
+):
+    import dataclasses
+
+    import fuse as fuse_script
+    from spermfuse.deploy import quantize
+
+    measured = quantize.compare_on_test_cells
+
+    def below_the_floor(*args):  # the comparison as measured, its agreement set below the default 0.99
+        return dataclasses.replace(measured(*args), agreement=0.9)
+
+    monkeypatch.setattr(quantize, "compare_on_test_cells", below_the_floor)
+    command = ["--export", str(tmp_path / "deploy"), "--fold", "2", "--precision", "int8", *exported["models"]]
+    assert fuse_script.main(command) == 2
+    error = capsys.readouterr().err
+    assert "agreement with fp32 is 0.9000" in error and "--min-agreement 0.99" in error
+    assert not (tmp_path / "deploy").exists() and not list(tmp_path.iterdir())
+    assert fuse_script.main([*command, "--force-precision"]) == 0
+    assert (
+        json.loads((tmp_path / "deploy" / "model.json").read_text())["int8"]["test"]["top1_agreement_with_fp32"] == 0.9
+    )
 
 
 def test_an_int8_export_carries_rules_certified_on_its_own_probabilities(exported):

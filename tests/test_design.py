@@ -231,3 +231,25 @@ def test_the_code_is_formatted_at_the_configured_line_length():
         [sys.executable, "-m", "ruff", "format", "--check", "."], cwd=PACKAGE.parent, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def requirements(path: Path) -> dict[str, str]:
+    """Each package a requirements (or constraints) file lists, normalised as pip compares names,
+    and its version specifier."""
+    found = {}
+    for line in (line.split("#")[0].strip() for line in path.read_text().splitlines()):
+        if line:
+            name, specifier = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*(.*)", line).groups()
+            found[name.lower().replace("_", "-")] = specifier
+    return found
+
+
+def test_ci_installs_every_requirement_at_a_pinned_version():
+    """.ci/run installs with -c constraints.txt: a requirement without an exact version there
+    would follow each new release, and CI with it."""
+    root = PACKAGE.parent
+    required = requirements(root / "requirements.txt") | requirements(root / "requirements-dev.txt")
+    pinned = {name for name, specifier in requirements(root / "constraints.txt").items() if specifier.startswith("==")}
+    unpinned = [name for name, specifier in required.items() if not specifier.startswith("==") and name not in pinned]
+    assert unpinned == []
+    assert "-c constraints.txt" in (root / ".ci" / "run").read_text()
