@@ -14,6 +14,7 @@ from spermfuse.explain.sanity_check import (
     rank_correlation,
     ssim,
 )
+from spermfuse.reporting.explanation_tables import randomisation_markdown
 
 
 def changed_parameters(model, other) -> list[str]:
@@ -94,3 +95,22 @@ def test_the_check_passes_for_grad_cam_of_a_network_whose_weights_are_then_rando
     )
     assert not curve.fails and curve.spearman[-1].high < 0.5
     assert len(curve.steps) == steps and curve.images == 24
+
+
+def test_flat_trained_maps_make_the_check_inconclusive_not_passed():
+    x = images()
+    flat = [np.zeros((64, 64)) for _ in x]  # Grad-CAM of a pair that learned nothing: zero everywhere
+    noise = [np.random.default_rng(i).random((64, 64)) for i in range(len(x))]
+    curve = randomisation_curve(lambda step: noise, ["head", "all"], flat, (noise, noise[::-1]), noise)
+    assert curve.inconclusive and not curve.fails and curve.flat_maps == 24
+    assert "**inconclusive**" in randomisation_markdown(curve) and "passes" not in randomisation_markdown(curve)
+
+
+def test_flat_trained_maps_are_left_out_and_counted():
+    x = images()
+    brightness = [image.mean(0).numpy() for image in x]
+    trained = [np.zeros((64, 64)) if i % 2 else brightness[i] for i in range(len(x))]  # half flat
+    curve = randomisation_curve(lambda step: brightness, ["all"], trained, (brightness, brightness), brightness)
+    # The informative half still correlates perfectly; counted with the flat half it would look like 0.5.
+    assert curve.fails and curve.spearman[-1].mean == pytest.approx(1.0) and curve.flat_maps == 12
+    assert "12 of 24 trained maps are flat" in randomisation_markdown(curve)

@@ -13,7 +13,10 @@ Grad-CAM maps are rectified (ReLU), so the "absolute value" variant of the check
 map here.
 
 The check *fails* when the fully randomised network's maps still correlate with the trained
-ones: the upper end of the Spearman interval at the last step is at least ``threshold``.
+ones: the upper end of the Spearman interval at the last step is at least ``threshold``. A flat
+trained map (zero everywhere: no gradient reached the class, as in an untrained pair) correlates
+with nothing, so it would count as a pass; such maps are left out of the comparisons with the
+trained maps, and when every trained map is flat the check is *inconclusive*, not passed.
 """
 
 from __future__ import annotations
@@ -117,14 +120,20 @@ class RandomisationCurve:
     darkness_spearman: Similarity
     images: int
     threshold: float = FAIL_THRESHOLD
+    flat_maps: int = 0  # trained maps that are constant, left out of the comparisons with them
+
+    @property
+    def inconclusive(self) -> bool:
+        """Every trained map is flat: there is nothing the randomised maps could keep or lose."""
+        return self.flat_maps == self.images
 
     @property
     def fails(self) -> bool:
         """The fully randomised network's maps still correlate with the trained ones."""
-        return self.spearman[-1].high >= self.threshold
+        return not self.inconclusive and self.spearman[-1].high >= self.threshold
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"fails": self.fails}
+        return asdict(self) | {"fails": self.fails, "inconclusive": self.inconclusive}
 
 
 def randomisation_curve(
@@ -136,12 +145,19 @@ def randomisation_curve(
     threshold: float = FAIL_THRESHOLD,
 ) -> RandomisationCurve:
     """Compare ``trained`` maps with ``maps_at(step)`` for every step (the cascade), the two maps
-    of ``null_pair`` with each other, and ``trained`` with ``darkness``; one value per image."""
+    of ``null_pair`` with each other, and ``trained`` with ``darkness``; one value per image, of
+    the images whose trained map is not flat (all of them when every one is: module docstring)."""
+    flat = [bool(np.ptp(a) == 0) for a in trained]
+    informative = [i for i, is_flat in enumerate(flat) if not is_flat] or list(range(len(trained)))
+
+    def against_trained(measure, maps: Sequence[np.ndarray], seed: int) -> Similarity:
+        return _similarity([measure(trained[i], maps[i]) for i in informative], seed)
+
     spearman, structural = [], []
     for step in range(len(steps)):
         randomised = maps_at(step)
-        spearman.append(_similarity([rank_correlation(a, b) for a, b in zip(trained, randomised)], step))
-        structural.append(_similarity([ssim(a, b) for a, b in zip(trained, randomised)], step))
+        spearman.append(against_trained(rank_correlation, randomised, step))
+        structural.append(against_trained(ssim, randomised, step))
     first, second = null_pair
     return RandomisationCurve(
         steps=list(steps),
@@ -149,7 +165,8 @@ def randomisation_curve(
         ssim=structural,
         null_spearman=_similarity([rank_correlation(a, b) for a, b in zip(first, second)], 101),
         null_ssim=_similarity([ssim(a, b) for a, b in zip(first, second)], 102),
-        darkness_spearman=_similarity([rank_correlation(a, b) for a, b in zip(trained, darkness)], 103),
+        darkness_spearman=against_trained(rank_correlation, darkness, 103),
         images=len(trained),
         threshold=threshold,
+        flat_maps=sum(flat),
     )

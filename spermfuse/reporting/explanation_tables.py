@@ -81,11 +81,17 @@ def randomisation_markdown(curve: RandomisationCurve) -> str:
         ["randomised", "Spearman", "SSIM"],
         [[step, shown(r), shown(s)] for step, r, s in zip(curve.steps, curve.spearman, curve.ssim)],
     )
-    verdict = (
-        f"**fails**: at full randomisation the maps still correlate with the trained ones (upper bound >= {curve.threshold})"
-        if curve.fails
-        else f"passes: at full randomisation the upper bound of the Spearman interval is below {curve.threshold}"
-    )
+    if curve.inconclusive:
+        verdict = (
+            f"**inconclusive**: every trained map is flat (zero on all {curve.images} cells), so no randomisation can "
+            "change it; the members may not have learned the classes"
+        )
+    elif curve.fails:
+        verdict = f"**fails**: at full randomisation the maps still correlate with the trained ones (upper bound >= {curve.threshold})"
+    else:
+        verdict = f"passes: at full randomisation the upper bound of the Spearman interval is below {curve.threshold}"
+    if curve.flat_maps and not curve.inconclusive:
+        verdict += f" ({curve.flat_maps} of {curve.images} trained maps are flat and left out of the comparisons)"
     text += (
         f"\nTwo independently randomised pairs agree with each other at Spearman {shown(curve.null_spearman)} "
         f"(SSIM {shown(curve.null_ssim)}): what the architecture and the image alone give. The trained maps agree with "
