@@ -112,10 +112,11 @@ def referral(args) -> choice.Referral | None:
 def run_fusion(args, runs: Path, out: Path) -> None:
     """--grid or --alpha: choose, calibrate and certify the fusion; write the fusion folder ``out`` as a unit."""
     models = run_folder.fusion_members(runs, args.models)
+    rule = choice.Choice(**flags.given_settings(args, choice.Choice))
+    choice.check_weight_flags(args.alpha, rule.alphas, len(models))  # flags first: before the --out checks
     refuse_overlap(out, "--out", {f"--models {name}": runs / name for name in models})
     check_replaceable(out, "--out", args.overwrite, fusion_folder.legacy_fusion_files)  # before any work
     refer, sets = referral(args), flags.requested(args, choice.PredictionSets, "sets-", "alpha")
-    rule = choice.Choice(**flags.given_settings(args, choice.Choice))
     promises = choice.promise_flags(rule.calibrate, refer, sets)
     chosen = choice.select(
         run_folder.collect_folds(runs, models, "test"),

@@ -107,6 +107,22 @@ def test_rerunning_fuse_leaves_none_of_the_earlier_runs_outputs(tmp_path):  # [B
     assert json.loads((runs / "fusion" / "fusion.json").read_text())["weights"] == [0.0, 1.0]
 
 
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        (["--alpha", "1.5"], "--alpha 1.5: needs exactly two --models"),
+        (["--grid", "--alphas", "1:0:0.1"], "--alphas 1:0:0.1"),
+    ],
+)
+def test_a_weight_flag_is_refused_before_the_out_folder_is_looked_at(tmp_path, capsys, weights, message):
+    runs = fake_runs(tmp_path / "runs", folds=3, n=40)
+    assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0
+    capsys.readouterr()
+    # Without --overwrite the existing fusion folder would be refused too: the flag's error comes first.
+    assert fuse.main([*weights, "--runs", str(runs), *MODELS]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_refused_fuse_changes_no_file(tmp_path, capsys):  # [B2]
     runs = fake_runs(tmp_path / "runs", folds=3, n=40)
     assert fuse.main(["--grid", "--runs", str(runs), *MODELS]) == 0

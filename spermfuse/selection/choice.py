@@ -233,11 +233,19 @@ def _check_promises(rule: str, alpha: float | None, per_fold_val, calibrate: boo
         raise FusionError(f"{promises[0]} needs every model's validation logits (val_logits.npz)")
 
 
+def check_weight_flags(alpha: float | None, alphas: str, model_count: int) -> None:
+    """Refuse a fixed ``--alpha`` outside [0, 1] or without exactly two models, or an ``--alphas``
+    grid that :func:`parse_alphas` refuses: checkable before any logits load."""
+    if alpha is None:
+        parse_alphas(alphas)
+    elif model_count != 2 or not 0.0 <= alpha <= 1.0:
+        raise FusionError(f"--alpha {alpha:g}: needs exactly two --models and a value in [0, 1]")
+
+
 def _mix(per_fold, per_fold_val, models: Sequence[str], rule: str, alphas: str, alpha: float | None):
     """(weights per fold, the other rules' weights by folder, Table 1, the rules' test figures, the rule's description)."""
+    check_weight_flags(alpha, alphas, len(models))
     if alpha is not None:
-        if len(models) != 2 or not 0.0 <= alpha <= 1.0:
-            raise FusionError("--alpha needs exactly two --models and a value in [0, 1]")
         return [(alpha, 1.0 - alpha)] * len(per_fold), {}, None, None, "fixed"
     by_rule, comparison, grid = _grid_rules(per_fold, per_fold_val, parse_alphas(alphas), models)
     if by_rule[rule] is None:
