@@ -6,6 +6,7 @@ Long because it is a list: one function per suite, each read on its own."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -233,11 +234,19 @@ def timm_suite(bench: Benchmark) -> dict:
     return results | {"timm_over_ours_train": ratio_train, "timm_over_ours_latency": ratio_latency}
 
 
-def autocast_bf16(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def autocast_bf16(model: torch.nn.Module, channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` under CPU autocast to bf16: what a bf16 deployment would run (native on CPUs with
-    AVX-512 BF16 or AMX, emulated and slower elsewhere)."""
+    AVX-512 BF16 or AMX, emulated and slower elsewhere). ``channels_last``: a copy of the model and
+    the input in channels-last memory format, the layout oneDNN's bf16 (AMX) convolutions take
+    without reordering."""
+    if channels_last:
+        model = copy.deepcopy(model)
+        for convolution in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+            convolution.to(memory_format=torch.channels_last)  # the fused model holds buffers of other ranks
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return model(x)
 
@@ -246,7 +255,7 @@ def autocast_bf16(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tens
 
 def export_suite(bench: Benchmark) -> dict:
     """The fused pair (--models, random weights, one fold, a = 0.5) as fuse.py --export writes it:
-    eager PyTorch (fp32, and bf16 under autocast), the torch.export program, ONNX Runtime and its
+    eager PyTorch (fp32, and bf16 under autocast in both memory formats), the torch.export program, ONNX Runtime and its
     int8 model (``--precision int8``), batch-1 latency and batch-32 throughput, timed side by side in interleaved rounds
     (--warmup, --iters) on the CPU."""
 
@@ -269,6 +278,7 @@ def export_suite(bench: Benchmark) -> dict:
             "eager FusedPair, concurrent (float input)": lambda x: concurrent(x.float()),
             "torch.export (.pt2)": program,
             "eager bf16 (autocast)": autocast_bf16(eager),
+            "eager bf16 (autocast), channels-last": autocast_bf16(eager, channels_last=True),
         }
         if onnx_available():
             import onnxruntime
