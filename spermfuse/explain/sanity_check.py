@@ -85,10 +85,15 @@ def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
     return float(value.mean())
 
 
+def is_flat(saliency: np.ndarray) -> bool:
+    """Whether a map is constant: it ranks no pixel above another."""
+    return bool(saliency.min() == saliency.max())
+
+
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps over all pixels (0 when either is constant)."""
+    """Spearman rank correlation of two maps over all pixels (0 when either is flat)."""
     a, b = np.ravel(a), np.ravel(b)
-    if a.min() == a.max() or b.min() == b.max():
+    if is_flat(a) or is_flat(b):
         return 0.0
     return float(np.nan_to_num(spearmanr(a, b).statistic))
 
@@ -147,7 +152,7 @@ def randomisation_curve(
     """Compare ``trained`` maps with ``maps_at(step)`` for every step (the cascade), the two maps
     of ``null_pair`` with each other, and ``trained`` with ``darkness``; one value per image, of
     the images whose trained map is not flat (all of them when every one is: module docstring)."""
-    flat = [bool(np.ptp(a) == 0) for a in trained]
+    flat = [is_flat(a) for a in trained]
     informative = [i for i, is_flat in enumerate(flat) if not is_flat] or list(range(len(trained)))
 
     def against_trained(measure, maps: Sequence[np.ndarray], seed: int) -> Similarity:
