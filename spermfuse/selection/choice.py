@@ -244,8 +244,8 @@ def check_weight_flags(alpha: float | None, alphas: str, model_count: int) -> No
 
 def _mix(per_fold, per_fold_val, models: Sequence[str], rule: str, alphas: str, alpha: float | None):
     """(weights per fold, the other rules' weights by folder, Table 1, the rules' test figures, the rule's description)."""
-    check_weight_flags(alpha, alphas, len(models))
     if alpha is not None:
+        check_weight_flags(alpha, alphas, len(models))
         return [(alpha, 1.0 - alpha)] * len(per_fold), {}, None, None, "fixed"
     by_rule, comparison, grid = _grid_rules(per_fold, per_fold_val, parse_alphas(alphas), models)
     if by_rule[rule] is None:
