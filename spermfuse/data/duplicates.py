@@ -6,20 +6,25 @@ same pixels are one image):
 
 - **pixel-identical**: the same mode, size and pixels;
 - **near-identical**: a re-crop, a resize or a re-encoding of the same picture. Each image is
-  reduced to a ``THUMBNAIL_SIDE`` x ``THUMBNAIL_SIDE`` grey thumbnail (squashed, whatever its
-  aspect), centred and scaled to unit length; two images whose thumbnails correlate above
+  sampled on a ``SAMPLE_SIDE`` x ``SAMPLE_SIDE`` grid (the nearest pixel; squashed, whatever its
+  aspect), turned grey and averaged down to a ``THUMBNAIL_SIDE`` x ``THUMBNAIL_SIDE`` thumbnail,
+  centred and scaled to unit length; two images whose thumbnails correlate above
   ``NEAR_DUPLICATE_CORRELATION`` are one picture.
 
 The check is always on, so it is built to cost little beside decoding (docs/REAL_DATA.md measures
-it on SMIDS): only the thumbnail is computed for every image; the pixels are compared (SHA-256)
-only for the few images whose mode, size and thumbnail are all equal to another's, and of those
-only the first of each such fingerprint is decoded again (:class:`Fingerprinter`).
+it on SMIDS): only the thumbnail is computed for every image, from 96 x 96 of its pixels; the
+pixels are compared (SHA-256) only for the few images whose mode, size and thumbnail are all equal
+to another's, and of those only the first of each such fingerprint is decoded again
+(:class:`Fingerprinter`).
 
 The threshold, measured: copies resized by 0.8 or 1.25 and re-encoded as JPEG (quality 90) keep a
-correlation above 0.99 (tests/test_duplicates.py); distinct cells of one class of the synthetic
-sperm18 set stay below it (same file); in SMIDS, pairs above 0.98 are re-crops of one cell a few
-pixels apart (looked at, pair by pair; some such re-crops fall just below and are missed). Heavier edits (a crop of part of the cell, a rotation) are not caught. Images linked
-by either kind form one group (transitively); a group holding two classes is a label conflict.
+correlation above it for cells of 96, 120 and 160 px (tests/test_duplicates.py; the lowest of 100
+cells at each size: 0.988), and so did such copies of one SMIDS image in ten (301 of 301, also
+resized by 0.7); distinct cells of one class of the synthetic sperm18 set stay below it (same
+file); in SMIDS, pairs above 0.98 are re-crops of one cell a few pixels apart (looked at, pair by
+pair; some such re-crops fall just below and are missed). Heavier edits (a crop of part of the
+cell, a rotation) are not caught. Images linked by either kind form one group (transitively); a
+group holding two classes is a label conflict.
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ import numpy as np
 from PIL import Image
 
 THUMBNAIL_SIDE = 32
+# The grid each image is sampled on (nearest pixel) before it is averaged down to the thumbnail.
+SAMPLE_SIDE = 3 * THUMBNAIL_SIDE
 NEAR_DUPLICATE_CORRELATION = 0.98
 POLICIES = ("error", "drop-conflicts", "keep")
-# Bounds computed per block of rows, about this many at a time (12 MB of float32): the matrix is
-# never held whole, and on SMIDS blocks of 1,536 rows or more (18 MB) took twice as long.
-_BLOCK_ENTRIES = 3_000_000
+# Bounds computed per block of rows, about this many at a time (1.2 MB of float32, within a core's
+# cache here): the matrix is never held whole, and on SMIDS, read as train.py reads it, blocks of
+# 1,000 rows (12 MB) took 1.6 times as long as blocks of 100 (the grouping: 68 ms against 43).
+_BLOCK_ENTRIES = 300_000
 # The bound's block side: 4 x 4 means (65 numbers an image) leave a few thousand candidate pairs in
 # SMIDS's 3,000 images to check in full, and cost a sixteenth of the full products.
 BOUND_BLOCK = 4
@@ -56,10 +64,11 @@ class Fingerprint:
 
 def fingerprint(image: Image.Image) -> Fingerprint:
     """The fingerprint of a decoded image (module docstring)."""
-    side = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
-    # Grey first: a one-band image costs a third of RGB's work to reduce (measured on SMIDS, docs/REAL_DATA.md).
-    # The order is part of the thumbnail's definition: the groups depend on it (rounding).
-    grey = image.convert("L").resize(side, Image.Resampling.BOX, reducing_gap=2.0)
+    # Sampled before anything else: the grey conversion and the averaging then touch 96 x 96
+    # pixels, not the whole image (a quarter of the cost on SMIDS, docs/REAL_DATA.md). The steps
+    # and their order are part of the thumbnail's definition: the groups depend on them (rounding).
+    sampled = image.resize((SAMPLE_SIDE, SAMPLE_SIDE), Image.Resampling.NEAREST).convert("L")
+    grey = sampled.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
     return Fingerprint((image.mode, *image.size), grey.tobytes())
 
 

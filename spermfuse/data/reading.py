@@ -46,9 +46,9 @@ def forked_pool(processes: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
 
 
-def stretches(items: Sequence, processes: int) -> list[Sequence]:
-    """``items`` cut into consecutive stretches, ``STRETCHES_PER_PROCESS`` per process."""
-    size = max(1, -(-len(items) // (processes * STRETCHES_PER_PROCESS)))
+def stretches(items: Sequence, processes: int, per_process: int = STRETCHES_PER_PROCESS) -> list[Sequence]:
+    """``items`` cut into consecutive stretches, ``per_process`` per process."""
+    size = max(1, -(-len(items) // (processes * per_process)))
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
@@ -82,6 +82,7 @@ def read_every_image(paths: Sequence[Path], processes: int | None = None) -> tup
             fingerprints.extend(stretch_fingerprints)
         usable = [path for path, reason in zip(paths, reasons) if reason is None]
         missing = fingerprints.undigested()
-        digests = pool.map(digest_files, stretches([usable[i] for i in missing], processes))
+        # A few dozen files: one stretch each, as more would cost more in dispatch than they even out.
+        digests = pool.map(digest_files, stretches([usable[i] for i in missing], processes, per_process=1))
         fingerprints.digests.update(zip(missing, (digest for stretch in digests for digest in stretch)))
     return reasons, fingerprints
