@@ -13,6 +13,7 @@
     python fuse.py --export deploy/              # model.pt2 + model.json: the same, without spermfuse
     python fuse.py --export deploy/ --fold 1 --precision int8   # + model_int8.onnx, its rules re-certified
     python fuse.py --predict samples/ --deployed deploy/ --precision int8 --samples   # the export alone, at int8
+    python fuse.py --export deploy/ --fold 1 --precision bf16   # + model_bf16.pt2 (PyTorch; fastest on CPUs with AMX)
 
 a weighs the first model: z = a * z_first + (1 - a) * z_second (defaults: efficientnetv2_s, resnet50v2).
 """
@@ -154,7 +155,7 @@ def check_deployed_flags(args) -> None:
     if refused:
         raise fusion.FusionError(
             f"{refused[0]} does not apply to --deployed {args.deployed} (the export folder is the model: its members, "
-            "folds and rules, run by ONNX Runtime on the CPU); leave it out, or predict with the runs instead of --deployed"
+            "folds and rules, run on the CPU); leave it out, or predict with the runs instead of --deployed"
         )
 
 

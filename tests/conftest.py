@@ -21,6 +21,7 @@ def share_the_cores_between_workers() -> None:
 share_the_cores_between_workers()
 
 import fcntl
+import json
 import shutil
 import socket
 import subprocess
@@ -206,3 +207,36 @@ def run_train(*flags: str, **kwargs) -> subprocess.CompletedProcess:
 def fuse_fake_pair(runs: Path, *flags: str) -> subprocess.CompletedProcess:
     """``fuse.py FLAGS`` on the two models of :func:`fake_runs`."""
     return run_script("fuse.py", *flags, "--runs", str(runs), "--models", "modelx", "modely")
+
+
+# Deployed models (tests/test_deployed.py, tests/test_bf16.py): cells to classify, and the cells
+# an export's rules were certified on.
+NEW_CELLS = ("Normal/Normal_00000.png", "PinHead/PinHead_00003.png", "ThinNeck/ThinNeck_00001.png")
+
+
+@pytest.fixture
+def new_cells(tiny_sperm, tmp_path) -> Path:
+    """Three cells to classify, in a folder of their own."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for index, name in enumerate(NEW_CELLS):
+        shutil.copy(tiny_sperm / name, folder / f"cell{index}.png")
+    return folder
+
+
+def calibration_cells(runs: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fold 2's calibration cells letterboxed as the exported graph takes them, and their labels."""
+    from spermfuse.core.fused_model import load_classifier
+    from spermfuse.core.logits import load_logits
+    from spermfuse.data.images import load_rgb
+
+    cells = load_logits(runs / "efficientnet_tiny" / "fold2" / "cal_logits.npz")
+    pipeline = load_classifier(runs / "efficientnet_tiny" / "fold2" / "best.pt").pipeline
+    root = Path(json.loads((runs / "efficientnet_tiny" / "fold2" / "config.json").read_text())["data_root"])
+    rng = np.random.default_rng(0)
+    batch = np.stack([np.asarray(pipeline.geometry(load_rgb(root / p), rng)).transpose(2, 0, 1) for p in cells.paths])
+    return batch, cells.labels
+
+
+def probabilities_of(rows: list[dict]) -> np.ndarray:
+    return np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows])

@@ -78,6 +78,7 @@ def test_the_export_suite_times_every_runtime_beside_eager_and_keeps_its_table_f
     results, _, bench = tiny("export")
     assert {"eager, batch 1", "torch.export (.pt2), batch 1", "eager, batch 32"} <= set(results)
     assert {"eager bf16 (autocast), batch 32", "eager bf16 (autocast), channels-last, batch 32"} <= set(results)
+    assert "bf16 program (--precision bf16), batch 32" in results
     if onnx_available():
         assert {"ONNX Runtime, batch 1", "ONNX Runtime int8, batch 32"} <= set(results)
     assert bench.markdown.startswith("<!-- written by benchmark.py --suite export --models efficientnet_tiny")

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import built_once, run_script
+from conftest import built_once, calibration_cells, probabilities_of, run_script
 
 from spermfuse.core.files import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-NEW_CELLS = ("Normal/Normal_00000.png", "PinHead/PinHead_00003.png", "ThinNeck/ThinNeck_00001.png")
 
 onnxruntime = pytest.importorskip("onnxruntime")  # the optional export extra (requirements-dev installs it)
 
@@ -45,37 +44,9 @@ def exported(demo_output, tmp_path_factory) -> dict:
     return {"runs": runs, "models": [*members, "--out", str(folder / "fusion")], "deploy": folder / "deploy"}
 
 
-@pytest.fixture
-def new_cells(tiny_sperm, tmp_path) -> Path:
-    """Three cells to classify, in a folder of their own."""
-    folder = tmp_path / "new"
-    folder.mkdir()
-    for index, name in enumerate(NEW_CELLS):
-        shutil.copy(tiny_sperm / name, folder / f"cell{index}.png")
-    return folder
-
-
-def calibration_cells(runs: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Fold 2's calibration cells letterboxed as the exported graph takes them, and their labels."""
-    from spermfuse.core.fused_model import load_classifier
-    from spermfuse.core.logits import load_logits
-    from spermfuse.data.images import load_rgb
-
-    cells = load_logits(runs / "efficientnet_tiny" / "fold2" / "cal_logits.npz")
-    pipeline = load_classifier(runs / "efficientnet_tiny" / "fold2" / "best.pt").pipeline
-    root = Path(json.loads((runs / "efficientnet_tiny" / "fold2" / "config.json").read_text())["data_root"])
-    rng = np.random.default_rng(0)
-    batch = np.stack([np.asarray(pipeline.geometry(load_rgb(root / p), rng)).transpose(2, 0, 1) for p in cells.paths])
-    return batch, cells.labels
-
-
 def int8_probabilities(deploy: Path, batch: np.ndarray) -> np.ndarray:
     session = onnxruntime.InferenceSession(str(deploy / "model_int8.onnx"))
     return session.run(None, {session.get_inputs()[0].name: batch})[0].astype(np.float64)
-
-
-def probabilities_of(rows: list[dict]) -> np.ndarray:
-    return np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows])
 
 
 def test_an_int8_model_below_the_agreement_floor_is_refused_and_nothing_is_written(

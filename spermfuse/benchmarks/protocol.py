@@ -30,7 +30,7 @@ from ..core.quantify import class_fractions
 from ..core.selective import accepted_accuracy, certify_threshold
 from ..core.transforms import PipelineSpec, from_spec
 from ..data.taxonomy import MORPHOLOGY_GROUP, SPERM18_CLASSES
-from ..deploy.deployed import onnx_file_probabilities
+from ..deploy.deployed import file_probabilities
 from ..deploy.export import export_onnx, onnx_available
 from ..deploy.inference import fused_probabilities, list_images
 from ..deploy.quantize import letterboxed_batch, quantize_int8
@@ -392,8 +392,8 @@ def sample_report_suite(bench: Benchmark) -> dict:
             export_onnx(FusedModel([pair], [[0.5, 0.5]]).eval(), bench.img_size, fp32)
             # Random weights, calibrated on 32 of the cells: the speed of --deployed --precision int8, not its accuracy.
             quantize_int8(fp32, int8, letterboxed_batch(pipeline, list_images(root)[:32]))
-            runners["ONNX Runtime"] = lambda images: onnx_file_probabilities(fp32, pipeline, images, 16)
-            runners["ONNX Runtime int8"] = lambda images: onnx_file_probabilities(int8, pipeline, images, 16)
+            runners["ONNX Runtime"] = lambda images: file_probabilities(fp32, pipeline, images, 16)
+            runners["ONNX Runtime int8"] = lambda images: file_probabilities(int8, pipeline, images, 16)
         seconds = {name: [] for name in runners}
         for _ in range(bench.rounds):
             for name, runner in runners.items():

@@ -23,6 +23,7 @@ from ..core.models import create_model, get_spec
 from ..core.transforms import PipelineSpec, build
 from ..data.folders import discover
 from ..data.loaders import ImageDataset, make_loader
+from ..deploy.bf16 import BF16_FILE, load_program, run_program
 from ..deploy.export import export_onnx, export_program, onnx_available
 from ..deploy.quantize import QUANTIZED_OPS, cpu_session, quantize_int8
 from ..distributed import DistributedContext
@@ -255,7 +256,8 @@ def autocast_bf16(model: torch.nn.Module, channels_last: bool = False) -> Callab
 
 def export_suite(bench: Benchmark) -> dict:
     """The fused pair (--models, random weights, one fold, a = 0.5) as fuse.py --export writes it:
-    eager PyTorch (fp32, and bf16 under autocast in both memory formats), the torch.export program, ONNX Runtime and its
+    eager PyTorch (fp32, and bf16 under autocast in both memory formats), the torch.export programs (fp32, and
+    ``--precision bf16``'s traced under autocast), ONNX Runtime and its
     int8 model (``--precision int8``), batch-1 latency and batch-32 throughput, timed side by side in interleaved rounds
     (--warmup, --iters) on the CPU."""
 
@@ -280,6 +282,9 @@ def export_suite(bench: Benchmark) -> dict:
             "eager bf16 (autocast)": autocast_bf16(eager),
             "eager bf16 (autocast), channels-last": autocast_bf16(eager, channels_last=True),
         }
+        (Path(tmp) / BF16_FILE).write_bytes(export_program(eager, bench.img_size, bf16=True))
+        bf16_program = load_program(Path(tmp) / BF16_FILE)
+        runners["bf16 program (--precision bf16)"] = lambda x: run_program(bf16_program, x, bf16=True)
         if onnx_available():
             import onnxruntime
 

@@ -2,14 +2,15 @@
 
 The folder ``fuse.py --export`` wrote is all it reads: its manifest is checked first, model.json
 gives the classes, the letterbox (``pipeline``, the first member's preprocessing record; the
-normalisation happens inside the graph) and the certified rules, and ONNX Runtime runs the
-graph on the CPU: ``model.onnx`` (fp32), or with ``--precision int8`` ``model_int8.onnx`` with
-the rules re-certified on its own probabilities (``quantize.py``), never the fp32 model's. This
-is what a lab's CPU-only PC runs, and what ``--samples`` at int8 speed runs.
+normalisation happens inside the graph) and the certified rules, and the graph runs on the CPU:
+``model.onnx`` (fp32) or with ``--precision int8`` ``model_int8.onnx`` in ONNX Runtime, or with
+``--precision bf16`` ``model_bf16.pt2`` in PyTorch (``bf16.py``), the reduced models with the rules
+re-certified on their own probabilities (``quantize.py``), never the fp32 model's. This is what a
+lab's CPU-only PC runs, and what ``--samples`` at int8 or bf16 speed runs.
 
 ``--samples`` corrects each sample's counts by the model's confusion on cells it never trained
 on: the export writes those cells' fused logits (``held_out.npz``: ``labels``, ``logits_fp32``
-and with int8 ``logits_int8``, the int8 model's log-probabilities on the same cells) and their
+and with int8 or bf16 ``logits_int8`` / ``logits_bf16``, that model's log-probabilities on the same cells) and their
 origin (model.json's ``held_out``), from the cells ``--predict --samples`` with the runs would
 use (``sample_report.deployed_held_out``), so that the folder alone makes the same report.
 """
@@ -31,9 +32,11 @@ from ..core.selective import Certificate
 from ..core.transforms import Pipeline, PipelineSpec, from_spec
 from ..store.output_folder import verify_folder
 from . import sample_report
+from .bf16 import BF16_FILE, load_program, program_probabilities
 from .quantize import INT8_FILE, cpu_session, letterboxed_batch, onnx_probabilities
 
-ONNX_FILES = {"fp32": "model.onnx", "int8": INT8_FILE}
+MODEL_FILES = {"fp32": "model.onnx", "int8": INT8_FILE, "bf16": BF16_FILE}
+RUNTIMES = {"fp32": "ONNX Runtime", "int8": "ONNX Runtime", "bf16": "PyTorch, bf16 autocast"}
 HELD_OUT_FILE = "held_out.npz"
 
 
@@ -52,8 +55,8 @@ class DeployedModel:
 
     @property
     def file(self) -> Path:
-        """The ONNX file of the exported precision."""
-        return self.folder / ONNX_FILES[self.precision]
+        """The model file of the exported precision."""
+        return self.folder / MODEL_FILES[self.precision]
 
     @property
     def threshold(self) -> float | None:
@@ -80,11 +83,12 @@ def read_deployed(folder: Path, precision: str = "fp32") -> DeployedModel:
         raise ConfigError(
             f"--deployed {folder}: its model.json records no letterbox (exported by an earlier spermfuse); export it again"
         )
-    name = ONNX_FILES[precision]
+    name = MODEL_FILES[precision]
     if name not in description["files"]:
-        how = "--precision int8" if precision == "int8" else "the ONNX extra installed (pip install .[export])"
+        how = f"--precision {precision}" if precision != "fp32" else "the ONNX extra installed (pip install .[export])"
         raise FusionError(f"--deployed {folder}: holds no {name}; export it again with {how}")
-    decision = description["int8"].get("decision", {}) if precision == "int8" else description.get("decision", {})
+    rules = description[precision] if precision != "fp32" else description
+    decision = rules.get("decision", {})
     return DeployedModel(
         folder,
         precision,
@@ -97,13 +101,24 @@ def read_deployed(folder: Path, precision: str = "fp32") -> DeployedModel:
     )
 
 
-def onnx_file_probabilities(file: Path, pipeline: Pipeline, images: Sequence[Path], batch_size: int = 32) -> np.ndarray:
-    """An exported ONNX model's class probabilities of image files, letterboxed by ``pipeline``,
-    batch by batch (never every image in memory at once)."""
-    session = cpu_session(file)
+def file_probabilities(file: Path, pipeline: Pipeline, images: Sequence[Path], batch_size: int = 32) -> np.ndarray:
+    """An exported model's class probabilities of image files (an ONNX model in ONNX Runtime, or
+    model_bf16.pt2 in PyTorch), letterboxed by ``pipeline``, batch by batch (never every image in
+    memory at once)."""
+    if file.name == BF16_FILE:
+        program = load_program(file)
+
+        def classify(cells: np.ndarray) -> np.ndarray:
+            return program_probabilities(program, cells, bf16=True, batch_size=batch_size)
+    else:
+        session = cpu_session(file)
+
+        def classify(cells: np.ndarray) -> np.ndarray:
+            return onnx_probabilities(session, cells, batch_size)
+
     return np.concatenate(
         [
-            onnx_probabilities(session, letterboxed_batch(pipeline, images[start : start + batch_size]), batch_size)
+            classify(letterboxed_batch(pipeline, images[start : start + batch_size]))
             for start in range(0, len(images), batch_size)
         ]
     )
@@ -111,7 +126,7 @@ def onnx_file_probabilities(file: Path, pipeline: Pipeline, images: Sequence[Pat
 
 def deployed_probabilities(model: DeployedModel, images: Sequence[Path]) -> np.ndarray:
     """The deployed model's class probabilities of image files, letterboxed as model.json says."""
-    return onnx_file_probabilities(model.file, from_spec(model.spec), images)
+    return file_probabilities(model.file, from_spec(model.spec), images)
 
 
 def write_held_out(
@@ -122,13 +137,15 @@ def write_held_out(
     pipeline: Pipeline,
 ) -> dict:
     """Write ``folder/held_out.npz`` (module docstring) and return model.json's ``held_out``
-    block; the int8 model's log-probabilities too when the folder holds one."""
+    block; the int8 or bf16 model's log-probabilities too when the folder holds one."""
     arrays = {"labels": held_out.labels, "logits_fp32": held_out.logits.astype(np.float32)}
-    if (folder / INT8_FILE).exists():
-        paths = [cells_root / p for p in held_out.paths.tolist()]
-        probabilities = onnx_file_probabilities(folder / INT8_FILE, pipeline, paths)
-        # log p is a logit vector of the same softmax: what the recalibrating estimators take.
-        arrays["logits_int8"] = np.log(np.maximum(probabilities, np.finfo(np.float64).tiny)).astype(np.float32)
+    for precision in ("int8", "bf16"):
+        if (folder / MODEL_FILES[precision]).exists():
+            paths = [cells_root / p for p in held_out.paths.tolist()]
+            probabilities = file_probabilities(folder / MODEL_FILES[precision], pipeline, paths)
+            # log p is a logit vector of the same softmax: what the recalibrating estimators take.
+            logits = np.log(np.maximum(probabilities, np.finfo(np.float64).tiny)).astype(np.float32)
+            arrays[f"logits_{precision}"] = logits
     atomic_savez(folder / HELD_OUT_FILE, **arrays)
     return {
         "file": HELD_OUT_FILE,
@@ -153,7 +170,7 @@ def sample_request(
     arrays = safe_np_load(model.folder / block["file"])
     logits, labels = arrays[f"logits_{model.precision}"], arrays["labels"]
     confusion = confusion_counts(labels, logits.argmax(axis=1), len(model.classes))
-    source = block["source"] + (", through the int8 model" if model.precision == "int8" else "")
+    source = block["source"] + (f", through the {model.precision} model" if model.precision != "fp32" else "")
     held_out = sample_report.HeldOutConfusion(confusion, model.classes, source, logits, labels, block["split"])
     sample_report.warn_if_tuned_on_test(held_out, block["tuned_on_test"])
     return sample_report.sample_settings(held_out, options, groups_file)

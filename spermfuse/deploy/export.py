@@ -34,8 +34,9 @@ from ..store.fusion_folder import FusionSettings, fused_folds
 from ..store.output_folder import write_folder
 from ..store.run_folder import data_root_of_run, fold_folder, load_fold_members
 from . import sample_report
+from .bf16 import BF16_FILE, bf16_model
 from .deployed import HELD_OUT_FILE, write_held_out
-from .model_card import MODEL_CARD, int8_card_section, model_card
+from .model_card import MODEL_CARD, model_card, reduced_precision_card_section
 from .quantize import INT8_FILE, int8_model
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,12 @@ def _traced_input(img_size: int, max_batch: int) -> tuple[tuple[torch.Tensor], t
     return (example,), ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
 
 
-def export_program(module: FusedModel, img_size: int, max_batch: int = 1024) -> bytes:
-    """``torch.export`` of ``module`` with a dynamic batch, saved to bytes."""
+def export_program(module: FusedModel, img_size: int, max_batch: int = 1024, bf16: bool = False) -> bytes:
+    """``torch.export`` of ``module`` with a dynamic batch, saved to bytes; with ``bf16`` traced
+    under the CPU's bf16 autocast (bf16.py: the program then runs only under it)."""
     module.eval()
     example, dynamic = _traced_input(img_size, max_batch)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         program = torch.export.export(module, example, dynamic_shapes=dynamic)
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
@@ -164,14 +166,19 @@ def export_fused(
     weights: Sequence[Sequence[float]],
     out: Path,
     decision: dict | None = None,
+    bf16: bool = False,
 ) -> Path:
-    """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra) and ``out/model.json`` (which
-    lists the model files); returns ``out``. fuse.py builds ``out`` as a unit (output_folder.py)."""
+    """Write ``out/model.pt2``, ``out/model.onnx`` (with the ONNX extra), with ``bf16``
+    ``out/model_bf16.pt2``, and ``out/model.json`` (which lists the model files); returns ``out``.
+    fuse.py builds ``out`` as a unit (output_folder.py)."""
     check_exportable(folds)
     module = FusedModel(folds, weights)
     size = folds[0][0].pipeline.img_size
     atomic_write_bytes(out / "model.pt2", export_program(module, size))
     files = ["model.pt2"]
+    if bf16:
+        atomic_write_bytes(out / BF16_FILE, export_program(module, size, bf16=True))
+        files.append(BF16_FILE)
     if onnx_available():
         export_onnx(module, size, out / "model.onnx")
         files.append("model.onnx")
@@ -186,7 +193,7 @@ def export_fused(
 
 def exported_files(folder: Path) -> set[str]:
     """The files an export folder written before manifests held (what --overwrite may replace)."""
-    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD, INT8_FILE, HELD_OUT_FILE}
+    return {"model.pt2", "model.json", "model.onnx", MODEL_CARD, INT8_FILE, BF16_FILE, HELD_OUT_FILE}
 
 
 @dataclass
@@ -195,14 +202,15 @@ class Precision:
 
     precision: str = setting(
         "fp32",
-        "--export: also write an int8 model (quantize.py); --predict --deployed DIR: run DIR's int8 model",
+        "--export: also write an int8 model (quantize.py; ONNX Runtime) or a bf16 one (bf16.py; PyTorch, fastest on "
+        "CPUs with AMX); --predict --deployed DIR: run DIR's model of that precision",
         "export",
-        choices=["fp32", "int8"],
+        choices=["fp32", "int8", "bf16"],
     )
     min_agreement: float = setting(
-        0.99, "--precision int8: the least top-1 agreement with fp32 on the test cells", "export"
+        0.99, "--precision int8/bf16: the least top-1 agreement with fp32 on the test cells", "export"
     )
-    force_precision: bool = setting(False, "--precision int8: write it even below --min-agreement", "export")
+    force_precision: bool = setting(False, "--precision int8/bf16: write it even below --min-agreement", "export")
 
 
 def exported_held_out(
@@ -228,7 +236,8 @@ def write_export(
     """``fuse.py --export DIR``: the fused model of ``folds`` (model.pt2, model.json) with its model
     card, written as a unit. The certified rules travel with it when they hold for ``folds``: one
     fold's pair, or the folds' average certified on a shared calibration holdout. With
-    ``--precision int8`` also model_int8.onnx, its comparison with fp32 and its own rules."""
+    ``--precision int8`` (or bf16) also model_int8.onnx (model_bf16.pt2), its comparison with fp32 and its own
+    rules."""
     precision = precision or Precision()
     if not 0.0 < precision.min_agreement <= 1.0:
         raise ExportError(f"--min-agreement {precision.min_agreement}: give a share in (0, 1], e.g. 0.99")
@@ -249,16 +258,19 @@ def write_export(
     held_out = exported_held_out(runs, settings, folds)
     pipeline = members[0][0].pipeline
     with write_folder(out, "--export", overwrite, exported_files) as folder:
-        export_fused(members, settings.models, folds, weights, folder, decision or None)
+        export_fused(members, settings.models, folds, weights, folder, decision or None, precision.precision == "bf16")
         description = json.loads((folder / "model.json").read_text())
-        if precision.precision == "int8":
-            block = int8_model(
+        if precision.precision != "fp32":
+            make = int8_model if precision.precision == "int8" else bf16_model
+            block = make(
                 folder, runs, settings, folds, pipeline, decision, precision.min_agreement, precision.force_precision
             )
-            description["files"].append(block["file"])
-            description["int8"] = block
-            card += int8_card_section(block)
-        if held_out is not None and "model.onnx" in description["files"]:  # what --predict --deployed runs
+            if block["file"] not in description["files"]:
+                description["files"].append(block["file"])
+            description[precision.precision] = block
+            card += reduced_precision_card_section(precision.precision, block)
+        runnable = {"model.onnx", BF16_FILE} & set(description["files"])  # what --predict --deployed runs
+        if held_out is not None and runnable:
             cells_root = data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
             tuned_on_test = settings.select == "test"
             description["held_out"] = write_held_out(folder, held_out, tuned_on_test, cells_root, pipeline)

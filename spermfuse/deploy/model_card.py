@@ -241,17 +241,18 @@ def _fp32_convolutions_line(chosen: dict | None) -> list[str]:
     return [line + ")"]
 
 
-def int8_card_section(block: dict) -> str:
-    """MODEL_CARD.md's section on the int8 model (model.json's ``int8``): how it was made, how
-    it compares with fp32 on test cells, and its own certified rules."""
+def reduced_precision_card_section(precision: str, block: dict) -> str:
+    """MODEL_CARD.md's section on the int8 or bf16 model (model.json's ``int8`` / ``bf16``): how it
+    was made, how it compares with fp32 on test cells, and its own certified rules."""
     test, calibration = block["test"], block["calibration"]
     low, high = test["accuracy_change_95"]
     where = "held out from the pair" if test["held_out"] else "not held out (each trained some fold's members)"
+    made = block["quantization"] if "quantization" in block else block["runtime"]
     lines = [
         "",
-        f"## The int8 model ({block['file']})",
+        f"## The {precision} model ({block['file']})",
         "",
-        f"- made by: {block['quantization']} ({calibration['cells']} {calibration['split']} cells of fold(s) "
+        f"- made by: {made} ({calibration['cells']} {calibration['split']} cells of fold(s) "
         f"{', '.join(map(str, calibration['folds']))})",
         *_fp32_convolutions_line(block.get("fp32_convolutions")),
         f"- top-1 agreement with fp32: {_percent(test['top1_agreement_with_fp32'])} of {test['cells']} test cells ({where})",
@@ -259,9 +260,9 @@ def int8_card_section(block: dict) -> str:
         f"{100 * (test['accuracy'] - test['accuracy_fp32']):+.1f} points, 95 % interval [{100 * low:+.1f}, {100 * high:+.1f}], "
         f"McNemar p {test['mcnemar_p']:.3f}",
         "- its decision rules, re-certified on its own probabilities of the same calibration cells "
-        "(model.json's `int8.decision`; the fp32 rules above do not apply to it):",
+        f"(model.json's `{precision}.decision`; the fp32 rules above do not apply to it):",
         "",
-        *_decision_lines(block.get("decision"), "int8.decision"),
+        *_decision_lines(block.get("decision"), f"{precision}.decision"),
         "",
     ]
     return "\n".join(lines)

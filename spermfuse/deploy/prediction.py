@@ -45,7 +45,7 @@ class PredictionRequest:
     deployed: Path | None = setting(
         None,
         "--predict: run the model that fuse.py --export wrote to DIR (ONNX Runtime on the CPU, the rules in its "
-        "model.json) instead of the runs' members; with --precision int8 its int8 model and that model's own rules",
+        "model.json) instead of the runs' members; with --precision int8 or bf16 that model and its own rules",
         "prediction",
         metavar="DIR",
     )
@@ -231,7 +231,7 @@ def predict_deployed(request: PredictionRequest, sample_options: sample_report.S
     model = deployed.read_deployed(request.deployed, request.precision)
     held_out = deployed.sample_request(model, sample_options, request.sample_groups) if request.samples else None
     probabilities = deployed.deployed_probabilities(model, inputs.images)
-    shown = f"{model.file} ({model.precision}, ONNX Runtime; models {model.models}, folds {model.folds})"
+    shown = f"{model.file} ({model.precision}, {deployed.RUNTIMES[model.precision]}; models {model.models}, folds {model.folds})"
     rules = (model.threshold, model.set_calibrator)
     predicted = Predicted.table(inputs, probabilities, model.classes, rules, shown)
     provenance = (

@@ -365,13 +365,13 @@ def compare_on_test_cells(fp32: np.ndarray, reduced: np.ndarray, labels: np.ndar
     )
 
 
-def check_agreement(comparison: Comparison, min_agreement: float, force: bool = False) -> None:
-    """Refuse a reduced model that agrees with fp32 on fewer test cells than ``min_agreement``
-    (unless ``force``: then a warning)."""
+def check_agreement(comparison: Comparison, min_agreement: float, force: bool = False, precision: str = "int8") -> None:
+    """Refuse a reduced model (``precision``) that agrees with fp32 on fewer test cells than
+    ``min_agreement`` (unless ``force``: then a warning)."""
     if comparison.agreement >= min_agreement:
         return
     message = (
-        f"--precision int8: top-1 agreement with fp32 is {comparison.agreement:.4f} on {comparison.cells} test cells, "
+        f"--precision {precision}: top-1 agreement with fp32 is {comparison.agreement:.4f} on {comparison.cells} test cells, "
         f"below --min-agreement {min_agreement}"
     )
     if not force:

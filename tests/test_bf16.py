@@ -1,0 +1,122 @@
+"""The bf16 deployment (spermfuse/deploy/bf16.py): ``fuse.py --export --precision bf16`` writes a
+program traced under bf16 autocast with rules re-certified on its own probabilities, and
+``fuse.py --predict --deployed DIR --precision bf16`` runs it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import built_once, calibration_cells, probabilities_of, run_script
+
+from spermfuse.core.files import read_csv
+
+
+def fuse(*arguments: str):
+    return run_script("fuse.py", *arguments)
+
+
+@pytest.fixture(scope="module")
+def exported(demo_output, tmp_path_factory) -> dict:
+    """The tiny demo's pair fused with a certified referral and sets, fold 2 exported with its bf16 model."""
+    runs = demo_output / "runs"
+    members = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
+
+    def export(folder: Path) -> None:
+        fusion = [*members, "--out", str(folder / "fusion")]
+        assert (
+            fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *fusion).returncode == 0
+        )
+        # Forced: the barely trained tiny pair sits near ties, where bf16 flips some answers; the
+        # guard itself is tested below.
+        command = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "bf16", "--force-precision"]
+        forced = fuse(*command, *fusion)
+        assert forced.returncode == 0, forced.stderr
+
+    folder = built_once(tmp_path_factory, "exported_bf16", export)
+    return {"runs": runs, "models": [*members, "--out", str(folder / "fusion")], "deploy": folder / "deploy"}
+
+
+def bf16_probabilities(deploy: Path, batch: np.ndarray) -> np.ndarray:
+    from spermfuse.deploy.bf16 import load_program, program_probabilities
+
+    return program_probabilities(load_program(deploy / "model_bf16.pt2"), batch, bf16=True)
+
+
+def test_the_bf16_program_runs_in_bf16_and_differs_from_fp32(exported):
+    from spermfuse.deploy.bf16 import load_program, program_probabilities
+
+    batch, _ = calibration_cells(exported["runs"])
+    fp32 = program_probabilities(load_program(exported["deploy"] / "model.pt2"), batch, bf16=False)
+    bf16 = bf16_probabilities(exported["deploy"], batch)
+    assert np.allclose(bf16.sum(axis=1), 1.0, atol=1e-3) and 0 < np.abs(bf16 - fp32).max() < 0.05
+
+
+def test_a_bf16_export_carries_rules_certified_on_its_own_probabilities(exported):
+    from spermfuse.core.conformal import calibrate_sets
+    from spermfuse.core.selective import certify_threshold
+
+    description = json.loads((exported["deploy"] / "model.json").read_text())
+    assert "model_bf16.pt2" in description["files"] and description["bf16"]["calibration"]["split"] == "cal"
+    batch, labels = calibration_cells(exported["runs"])
+    probabilities = bf16_probabilities(exported["deploy"], batch)
+    referral, sets = description["decision"]["referral"], description["decision"]["prediction_sets"]
+    expected = certify_threshold(
+        probabilities.max(1),
+        probabilities.argmax(1) == labels,
+        referral["target_accuracy"],
+        referral["delta"],
+        referral["method"],
+    )
+    assert description["bf16"]["decision"]["referral"] == expected.to_dict()
+    expected_sets = calibrate_sets(probabilities, labels, sets["alpha"], sets["method"])
+    assert description["bf16"]["decision"]["prediction_sets"] == expected_sets.to_dict()
+    assert "## The bf16 model (model_bf16.pt2)" in (exported["deploy"] / "MODEL_CARD.md").read_text()
+
+
+def test_predict_deployed_at_bf16_gives_the_programs_probabilities_and_its_own_rules(exported, new_cells, tmp_path):
+    from spermfuse.core.transforms import PipelineSpec, from_spec
+    from spermfuse.deploy.quantize import letterboxed_batch
+
+    deploy = exported["deploy"]
+    result = fuse(
+        "--predict",
+        str(new_cells),
+        "--deployed",
+        str(deploy),
+        "--precision",
+        "bf16",
+        "--output",
+        str(tmp_path / "p.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(tmp_path / "p.csv")
+    description = json.loads((deploy / "model.json").read_text())
+    pipeline = from_spec(PipelineSpec.from_dict(description["pipeline"], "model.json"))
+    images = [new_cells / row["path"] for row in rows]
+    expected = bf16_probabilities(deploy, letterboxed_batch(pipeline, images))
+    assert np.abs(probabilities_of(rows) - expected).max() <= 1e-5
+    threshold = description["bf16"]["decision"]["referral"]["threshold"]
+    refer = [row["refer"] == "1" for row in rows]
+    assert refer == [threshold is None or float(row["confidence"]) < threshold for row in rows]
+
+
+def test_a_bf16_model_below_the_agreement_floor_is_refused_and_nothing_is_written(
+    exported, tmp_path, monkeypatch, capsys
+):
+    import dataclasses
+
+    import fuse as fuse_script
+    from spermfuse.deploy import bf16
+
+    measured = bf16.compare_on_test_cells
+
+    def below_the_floor(*args):  # the comparison as measured, its agreement set below the default 0.99
+        return dataclasses.replace(measured(*args), agreement=0.9)
+
+    monkeypatch.setattr(bf16, "compare_on_test_cells", below_the_floor)
+    command = ["--export", str(tmp_path / "deploy"), "--fold", "2", "--precision", "bf16", *exported["models"]]
+    assert fuse_script.main(command) == 2
+    error = capsys.readouterr().err
+    assert "--precision bf16: top-1 agreement with fp32 is 0.9000" in error and "--min-agreement 0.99" in error
+    assert not (tmp_path / "deploy").exists() and not list(tmp_path.iterdir())
