@@ -30,8 +30,9 @@ from ..core.quantify import class_fractions
 from ..core.selective import accepted_accuracy, certify_threshold
 from ..core.transforms import PipelineSpec, from_spec
 from ..data.taxonomy import MORPHOLOGY_GROUP, SPERM18_CLASSES
+from ..deploy.bf16 import BF16_FILE
 from ..deploy.deployed import file_probabilities
-from ..deploy.export import export_onnx, onnx_available
+from ..deploy.export import export_onnx, export_program, onnx_available
 from ..deploy.inference import fused_probabilities, list_images
 from ..deploy.quantize import letterboxed_batch, quantize_int8
 from ..deploy.sample_report import (
@@ -359,9 +360,9 @@ def samples_suite(bench: Benchmark) -> dict:
 
 def sample_report_suite(bench: Benchmark) -> dict:
     """The seconds from a folder of 200 cell images to its sample report (--models, random weights,
-    one fold, a = 0.5): read and letterbox the images, the fused probabilities (eager, or ONNX
-    Runtime on the exported graph, fp32 or int8, as ``--predict --deployed`` runs it; the session
-    made in each round), the acc estimate with 2,000 replicates and the page with its two
+    one fold, a = 0.5): read and letterbox the images, the fused probabilities (eager, the bf16
+    program in PyTorch, or ONNX Runtime on the exported graph, fp32 or int8, as ``--predict
+    --deployed`` runs each; the program or session loaded in each round), the acc estimate with 2,000 replicates and the page with its two
     figures. Medians of --rounds rounds per runtime, interleaved."""
 
     classes = list(SPERM18_CLASSES)
@@ -387,6 +388,9 @@ def sample_report_suite(bench: Benchmark) -> dict:
             write_sample_pages(Path(tmp) / "report", samples, images, probabilities, classes, settings, provenance)
 
         runners = {"eager": lambda images: fused_probabilities(images, [pair], [[0.5, 0.5]])}
+        bf16 = Path(tmp) / BF16_FILE
+        bf16.write_bytes(export_program(FusedModel([pair], [[0.5, 0.5]]).eval(), bench.img_size, bf16=True))
+        runners["bf16 program (--precision bf16)"] = lambda images: file_probabilities(bf16, pipeline, images, 16)
         if onnx_available(runtime=True):
             fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model_int8.onnx"
             export_onnx(FusedModel([pair], [[0.5, 0.5]]).eval(), bench.img_size, fp32)
