@@ -209,8 +209,29 @@ def fuse_fake_pair(runs: Path, *flags: str) -> subprocess.CompletedProcess:
     return run_script("fuse.py", *flags, "--runs", str(runs), "--models", "modelx", "modely")
 
 
-# Deployed models (tests/test_deployed.py, tests/test_bf16.py): cells to classify, and the cells
-# an export's rules were certified on.
+# Deployed models (tests/test_deployed.py, tests/test_bf16.py): an export of the tiny demo, cells
+# to classify, and the cells an export's rules were certified on.
+def tiny_demo_export(demo_output: Path, tmp_path_factory, precision: str) -> dict:
+    """The tiny demo's pair fused with a certified referral and sets, and fold 2 exported with its
+    ``precision`` model (forced: whether the barely trained pair's reduced twin reaches the default
+    floor varies with the packages' versions; each guard has its own test); the paths by name."""
+    runs = demo_output / "runs"
+    members = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
+
+    def export(folder: Path) -> None:
+        fusion = [*members, "--out", str(folder / "fusion")]
+        grid = run_script(
+            "fuse.py", "--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *fusion
+        )
+        assert grid.returncode == 0, grid.stderr
+        command = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", precision, "--force-precision"]
+        forced = run_script("fuse.py", *command, *fusion)
+        assert forced.returncode == 0, forced.stderr
+
+    folder = built_once(tmp_path_factory, f"exported_{precision}", export)
+    return {"runs": runs, "models": [*members, "--out", str(folder / "fusion")], "deploy": folder / "deploy"}
+
+
 NEW_CELLS = ("Normal/Normal_00000.png", "PinHead/PinHead_00003.png", "ThinNeck/ThinNeck_00001.png")
 
 
@@ -240,3 +261,20 @@ def calibration_cells(runs: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def probabilities_of(rows: list[dict]) -> np.ndarray:
     return np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows])
+
+
+def recertified_rules(fp32_rules: dict, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """What a reduced model's ``decision`` must be: the fp32 rules' settings certified anew on its
+    own calibration probabilities, by the core functions (not by the export's code)."""
+    from spermfuse.core.conformal import calibrate_sets
+    from spermfuse.core.selective import certify_threshold
+
+    referral, sets = fp32_rules["referral"], fp32_rules["prediction_sets"]
+    correct = probabilities.argmax(1) == labels
+    threshold = certify_threshold(
+        probabilities.max(1), correct, referral["target_accuracy"], referral["delta"], referral["method"]
+    )
+    return {
+        "referral": threshold.to_dict(),
+        "prediction_sets": calibrate_sets(probabilities, labels, sets["alpha"], sets["method"]).to_dict(),
+    }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import built_once, calibration_cells, probabilities_of, run_script
+from conftest import calibration_cells, probabilities_of, recertified_rules, run_script, tiny_demo_export
 
 from spermfuse.core.files import read_csv
 
@@ -18,23 +18,8 @@ def fuse(*arguments: str):
 
 @pytest.fixture(scope="module")
 def exported(demo_output, tmp_path_factory) -> dict:
-    """The tiny demo's pair fused with a certified referral and sets, fold 2 exported with its bf16 model."""
-    runs = demo_output / "runs"
-    members = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
-
-    def export(folder: Path) -> None:
-        fusion = [*members, "--out", str(folder / "fusion")]
-        assert (
-            fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *fusion).returncode == 0
-        )
-        # Forced: the barely trained tiny pair sits near ties, where bf16 flips some answers; the
-        # guard itself is tested below.
-        command = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "bf16", "--force-precision"]
-        forced = fuse(*command, *fusion)
-        assert forced.returncode == 0, forced.stderr
-
-    folder = built_once(tmp_path_factory, "exported_bf16", export)
-    return {"runs": runs, "models": [*members, "--out", str(folder / "fusion")], "deploy": folder / "deploy"}
+    """The tiny demo's pair, fold 2 exported with its bf16 model (conftest.tiny_demo_export)."""
+    return tiny_demo_export(demo_output, tmp_path_factory, "bf16")
 
 
 def bf16_probabilities(deploy: Path, batch: np.ndarray) -> np.ndarray:
@@ -53,24 +38,11 @@ def test_the_bf16_program_runs_in_bf16_and_differs_from_fp32(exported):
 
 
 def test_a_bf16_export_carries_rules_certified_on_its_own_probabilities(exported):
-    from spermfuse.core.conformal import calibrate_sets
-    from spermfuse.core.selective import certify_threshold
-
     description = json.loads((exported["deploy"] / "model.json").read_text())
     assert "model_bf16.pt2" in description["files"] and description["bf16"]["calibration"]["split"] == "cal"
     batch, labels = calibration_cells(exported["runs"])
     probabilities = bf16_probabilities(exported["deploy"], batch)
-    referral, sets = description["decision"]["referral"], description["decision"]["prediction_sets"]
-    expected = certify_threshold(
-        probabilities.max(1),
-        probabilities.argmax(1) == labels,
-        referral["target_accuracy"],
-        referral["delta"],
-        referral["method"],
-    )
-    assert description["bf16"]["decision"]["referral"] == expected.to_dict()
-    expected_sets = calibrate_sets(probabilities, labels, sets["alpha"], sets["method"])
-    assert description["bf16"]["decision"]["prediction_sets"] == expected_sets.to_dict()
+    assert description["bf16"]["decision"] == recertified_rules(description["decision"], probabilities, labels)
     assert "## The bf16 model (model_bf16.pt2)" in (exported["deploy"] / "MODEL_CARD.md").read_text()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import built_once, calibration_cells, probabilities_of, run_script
+from conftest import calibration_cells, probabilities_of, recertified_rules, run_script, tiny_demo_export
 
 from spermfuse.core.files import read_csv
 
@@ -24,24 +24,8 @@ def fuse(*arguments: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def exported(demo_output, tmp_path_factory) -> dict:
-    """The tiny demo's pair fused with a certified referral and sets, and fold 2 exported with
-    its int8 model; the paths by name."""
-    runs = demo_output / "runs"
-    members = ["--runs", str(runs), "--models", "efficientnet_tiny", "resnetv2_tiny"]
-
-    def export(folder: Path) -> None:
-        fusion = [*members, "--out", str(folder / "fusion")]
-        assert (
-            fuse("--grid", "--select", "val", "--refer-accuracy", "0.2", "--sets-alpha", "0.2", *fusion).returncode == 0
-        )
-        # Forced: whether the barely trained tiny pair's int8 twin reaches the default floor varies
-        # with the packages' versions; the guard itself is tested below, on an agreement set low.
-        command = ["--export", str(folder / "deploy"), "--fold", "2", "--precision", "int8", "--force-precision"]
-        forced = fuse(*command, *fusion)
-        assert forced.returncode == 0, forced.stderr
-
-    folder = built_once(tmp_path_factory, "exported", export)
-    return {"runs": runs, "models": [*members, "--out", str(folder / "fusion")], "deploy": folder / "deploy"}
+    """The tiny demo's pair, fold 2 exported with its int8 model (conftest.tiny_demo_export)."""
+    return tiny_demo_export(demo_output, tmp_path_factory, "int8")
 
 
 def int8_probabilities(deploy: Path, batch: np.ndarray) -> np.ndarray:
@@ -82,27 +66,13 @@ def test_an_int8_model_below_the_agreement_floor_is_refused_and_nothing_is_writt
 
 
 def test_an_int8_export_carries_rules_certified_on_its_own_probabilities(exported):
-    from spermfuse.core.conformal import calibrate_sets
-    from spermfuse.core.selective import certify_threshold
-
     deploy = exported["deploy"]
     description = json.loads((deploy / "model.json").read_text())
     assert "model_int8.onnx" in description["files"] and description["int8"]["calibration"]["split"] == "cal"
     batch, labels = calibration_cells(exported["runs"])
     probabilities = int8_probabilities(deploy, batch)
     fp32 = description["decision"]
-    referral = fp32["referral"]
-    expected = certify_threshold(
-        probabilities.max(1),
-        probabilities.argmax(1) == labels,
-        referral["target_accuracy"],
-        referral["delta"],
-        referral["method"],
-    )
-    assert description["int8"]["decision"]["referral"] == expected.to_dict()
-    sets = fp32["prediction_sets"]
-    expected_sets = calibrate_sets(probabilities, labels, sets["alpha"], sets["method"])
-    assert description["int8"]["decision"]["prediction_sets"] == expected_sets.to_dict()
+    assert description["int8"]["decision"] == recertified_rules(fp32, probabilities, labels)
     assert description["int8"]["decision"] != fp32  # a different model, different rules
     assert "## The int8 model (model_int8.onnx)" in (deploy / "MODEL_CARD.md").read_text()
 
