@@ -278,8 +278,9 @@ def write_export(
         atomic_write_json(folder / "model.json", description)
         atomic_write_text(folder / MODEL_CARD, card)
     log.info(
-        "wrote %s: model.pt2 (input uint8 N x 3 x %d x %d, output probabilities), model.json and %s; models %s, folds %s",
+        "wrote %s: %s (input uint8 N x 3 x %d x %d, output probabilities), model.json and %s; models %s, folds %s",
         out,
+        ", ".join(description["files"]),
         size,
         size,
         MODEL_CARD,
