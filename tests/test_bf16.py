@@ -48,7 +48,7 @@ def test_a_bf16_export_carries_rules_certified_on_its_own_probabilities(exported
 
 def test_predict_deployed_at_bf16_gives_the_programs_probabilities_and_its_own_rules(exported, new_cells, tmp_path):
     from spermfuse.core.transforms import PipelineSpec, from_spec
-    from spermfuse.deploy.quantize import letterboxed_batch
+    from spermfuse.deploy.reduced_precision import letterboxed_batch
 
     deploy = exported["deploy"]
     result = fuse(
@@ -79,14 +79,14 @@ def test_a_bf16_model_below_the_agreement_floor_is_refused_and_nothing_is_writte
     import dataclasses
 
     import fuse as fuse_script
-    from spermfuse.deploy import bf16
+    from spermfuse.deploy import reduced_precision
 
-    measured = bf16.compare_on_test_cells
+    measured = reduced_precision.compare_on_test_cells
 
     def below_the_floor(*args):  # the comparison as measured, its agreement set below the default 0.99
         return dataclasses.replace(measured(*args), agreement=0.9)
 
-    monkeypatch.setattr(bf16, "compare_on_test_cells", below_the_floor)
+    monkeypatch.setattr(reduced_precision, "compare_on_test_cells", below_the_floor)
     command = ["--export", str(tmp_path / "deploy"), "--fold", "2", "--precision", "bf16", *exported["models"]]
     assert fuse_script.main(command) == 2
     error = capsys.readouterr().err

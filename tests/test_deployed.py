@@ -40,9 +40,9 @@ def test_an_int8_model_below_the_agreement_floor_is_refused_and_nothing_is_writt
     import shutil
 
     import fuse as fuse_script
-    from spermfuse.deploy import quantize
+    from spermfuse.deploy import quantize, reduced_precision
 
-    measured = quantize.compare_on_test_cells
+    measured = reduced_precision.compare_on_test_cells
 
     def below_the_floor(*args):  # the comparison as measured, its agreement set below the default 0.99
         return dataclasses.replace(measured(*args), agreement=0.9)
@@ -52,7 +52,7 @@ def test_an_int8_model_below_the_agreement_floor_is_refused_and_nothing_is_writt
         shutil.copyfile(fp32_path, int8_path)
         return quantize.MixedPrecision(0, [], 0, [], None)
 
-    monkeypatch.setattr(quantize, "compare_on_test_cells", below_the_floor)
+    monkeypatch.setattr(reduced_precision, "compare_on_test_cells", below_the_floor)
     monkeypatch.setattr(quantize, "quantize_int8", fp32_as_int8)
     command = ["--export", str(tmp_path / "deploy"), "--fold", "2", "--precision", "int8", *exported["models"]]
     assert fuse_script.main(command) == 2

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spermfuse.deploy.quantize import Comparison, PrecisionError, check_agreement, paired_difference_interval
+from spermfuse.deploy.reduced_precision import Comparison, PrecisionError, check_agreement, paired_difference_interval
 
 
 def comparison(agreement: float) -> Comparison:

@@ -34,7 +34,8 @@ from ..deploy.bf16 import BF16_FILE
 from ..deploy.deployed import file_probabilities
 from ..deploy.export import export_onnx, export_program, onnx_available
 from ..deploy.inference import fused_probabilities, list_images
-from ..deploy.quantize import letterboxed_batch, quantize_int8
+from ..deploy.quantize import quantize_int8
+from ..deploy.reduced_precision import letterboxed_batch
 from ..deploy.sample_report import (
     HeldOutConfusion,
     Provenance,
@@ -362,8 +363,8 @@ def sample_report_suite(bench: Benchmark) -> dict:
     """The seconds from a folder of 200 cell images to its sample report (--models, random weights,
     one fold, a = 0.5): read and letterbox the images, the fused probabilities (eager, the bf16
     program in PyTorch, or ONNX Runtime on the exported graph, fp32 or int8, as ``--predict
-    --deployed`` runs each; the program or session loaded in each round), the acc estimate with 2,000 replicates and the page with its two
-    figures. Medians of --rounds rounds per runtime, interleaved."""
+    --deployed`` runs each; the program or session loaded in each round), the acc estimate with
+    2,000 replicates and the page with its two figures. Medians of --rounds rounds per runtime, interleaved."""
 
     classes = list(SPERM18_CLASSES)
     spec = PipelineSpec(bench.img_size)

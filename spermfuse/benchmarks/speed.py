@@ -256,10 +256,10 @@ def autocast_bf16(model: torch.nn.Module, channels_last: bool = False) -> Callab
 
 def export_suite(bench: Benchmark) -> dict:
     """The fused pair (--models, random weights, one fold, a = 0.5) as fuse.py --export writes it:
-    eager PyTorch (fp32, and bf16 under autocast in both memory formats), the torch.export programs (fp32, and
-    ``--precision bf16``'s traced under autocast), ONNX Runtime and its
-    int8 model (``--precision int8``), batch-1 latency and batch-32 throughput, timed side by side in interleaved rounds
-    (--warmup, --iters) on the CPU."""
+    eager PyTorch (fp32, and bf16 under autocast in both memory formats), the torch.export programs
+    (fp32, and ``--precision bf16``'s traced under autocast), ONNX Runtime and its int8 model
+    (``--precision int8``), batch-1 latency and batch-32 throughput, timed side by side in
+    interleaved rounds (--warmup, --iters) on the CPU."""
 
     pair = [
         Classifier(

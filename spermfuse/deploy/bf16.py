@@ -10,12 +10,11 @@ without AMX the int8 model stays ahead of it (docs/BENCHMARKS.md).
 As with int8, the bf16 model is a different model: ``write_export`` compares it with fp32 on the
 folds' test cells (refused below ``--min-agreement`` unless ``--force-precision``) and re-fits
 its referral threshold and prediction sets on its own probabilities of the calibration cells,
-with the helpers of ``quantize.py``.
+with the helpers of ``reduced_precision.py``.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -23,18 +22,9 @@ import numpy as np
 import torch
 
 from ..core.transforms import Pipeline
-from ..store.fusion_folder import FusionSettings, fused_folds
+from ..store.fusion_folder import FusionSettings
 from ..store.run_folder import data_root_of_run, fold_folder
-from .quantize import (
-    calibration_sets,
-    check_agreement,
-    compare_on_test_cells,
-    letterboxed_batch,
-    recertify,
-    unique_cells,
-)
-
-log = logging.getLogger(__name__)
+from .reduced_precision import calibration_sets, judged_on_test_cells, letterboxed_batch, recertify, unique_cells
 
 BF16_FILE = "model_bf16.pt2"
 RUNTIME = (
@@ -80,26 +70,13 @@ def bf16_model(
     """model.json's ``bf16`` block for ``folder/model_bf16.pt2`` (already written): how it runs,
     its comparison with the fp32 program on the folds' test cells, and ``decision`` re-certified
     on its own probabilities of the calibration cells (module docstring)."""
+    fp32, reduced = load_program(folder / "model.pt2"), load_program(folder / BF16_FILE)
+
+    def both(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return program_probabilities(fp32, images, bf16=False), program_probabilities(reduced, images, bf16=True)
+
+    comparison = judged_on_test_cells("bf16", both, runs, settings, folds, pipeline, min_agreement, force)
     root = data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
-    test_paths, test_labels = unique_cells(
-        fused_folds(runs, settings.models, folds, settings.prediction_weights(folds)), root
-    )
-    test_images = letterboxed_batch(pipeline, test_paths)
-    # One fold's test cells are held out from its pair; the folds' average has trained on each.
-    comparison = compare_on_test_cells(
-        program_probabilities(load_program(folder / "model.pt2"), test_images, bf16=False),
-        program_probabilities(load_program(folder / BF16_FILE), test_images, bf16=True),
-        test_labels,
-        len(folds) == 1,
-    )
-    log.info(
-        "bf16: top-1 agreement with fp32 %.4f on %d test cells; accuracy %.4f (fp32 %.4f)",
-        comparison.agreement,
-        comparison.cells,
-        comparison.accuracy_reduced,
-        comparison.accuracy_fp32,
-    )
-    check_agreement(comparison, min_agreement, force, "bf16")
     split, calibration = calibration_sets(runs, settings, folds)
     calibration_paths, calibration_labels = unique_cells(calibration, root)
     block = {
@@ -110,6 +87,6 @@ def bf16_model(
     }
     if decision:
         cells = letterboxed_batch(pipeline, calibration_paths)
-        probabilities = program_probabilities(load_program(folder / BF16_FILE), cells, bf16=True)
+        probabilities = program_probabilities(reduced, cells, bf16=True)
         block["decision"] = recertify(decision, probabilities, calibration_labels)
     return block

@@ -5,7 +5,7 @@ gives the classes, the letterbox (``pipeline``, the first member's preprocessing
 normalisation happens inside the graph) and the certified rules, and the graph runs on the CPU:
 ``model.onnx`` (fp32) or with ``--precision int8`` ``model_int8.onnx`` in ONNX Runtime, or with
 ``--precision bf16`` ``model_bf16.pt2`` in PyTorch (``bf16.py``), the reduced models with the rules
-re-certified on their own probabilities (``quantize.py``), never the fp32 model's. This is what a
+re-certified on their own probabilities (``reduced_precision.py``), never the fp32 model's. This is what a
 lab's CPU-only PC runs, and what ``--samples`` at int8 or bf16 speed runs.
 
 ``--samples`` corrects each sample's counts by the model's confusion on cells it never trained
@@ -33,7 +33,8 @@ from ..core.transforms import Pipeline, PipelineSpec, from_spec
 from ..store.output_folder import verify_folder
 from . import sample_report
 from .bf16 import BF16_FILE, load_program, program_probabilities
-from .quantize import INT8_FILE, cpu_session, letterboxed_batch, onnx_probabilities
+from .quantize import INT8_FILE, cpu_session, onnx_probabilities
+from .reduced_precision import letterboxed_batch
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": INT8_FILE, "bf16": BF16_FILE}
 RUNTIMES = {"fp32": "ONNX Runtime", "int8": "ONNX Runtime", "bf16": "PyTorch, bf16 autocast"}

@@ -265,6 +265,7 @@ def write_export(
             block = make(
                 folder, runs, settings, folds, pipeline, decision, precision.min_agreement, precision.force_precision
             )
+            # export_fused already listed the bf16 program (it traces it beside the fp32 one).
             if block["file"] not in description["files"]:
                 description["files"].append(block["file"])
             description[precision.precision] = block

@@ -26,16 +26,15 @@ after training, then treated as the different model it is.
   or calibrating on the validation cells as well, did no better (the last measured on a VNNI CPU).
 - **Re-certification**: the referral threshold and the prediction sets that travel in model.json
   are fitted again, with the same settings, on the same calibration cells passed through the
-  quantized model (:func:`recertify`); the fp32 model's rules do not carry over.
+  quantized model (``reduced_precision.recertify``); the fp32 model's rules do not carry over.
 - **Accuracy guard**: top-1 agreement with the fp32 model and the accuracy of both on the folds'
-  test cells (:func:`compare_on_test_cells`); ``fuse.py`` refuses an agreement below
+  test cells (``reduced_precision.judged_on_test_cells``); ``fuse.py`` refuses an agreement below
   ``--min-agreement`` unless ``--force-precision``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,15 +43,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from ..core import metrics
-from ..core.conformal import SetCalibrator, calibrate_sets
-from ..core.errors import FusionError, SpermfuseError
-from ..core.logits import LogitsSet
-from ..core.selective import Certificate, certify_threshold
 from ..core.transforms import Pipeline
-from ..data.images import load_rgb
-from ..store.fusion_folder import FusionSettings, fused_folds
+from ..store.fusion_folder import FusionSettings
 from ..store.run_folder import data_root_of_run, fold_folder
+from .reduced_precision import calibration_sets, judged_on_test_cells, letterboxed_batch, recertify, unique_cells
 
 if TYPE_CHECKING:  # imported where a session is made: ONNX Runtime is an optional extra
     import onnxruntime
@@ -72,16 +66,6 @@ QUANTIZATION = (
     "ONNX Runtime quantize_static: QDQ, convolutions only (stems, squeeze-and-excitation and the most sensitive "
     "kept fp32), int8 weights per channel (7-bit range), uint8 activations calibrated (min-max) on the calibration cells"
 )
-
-
-class PrecisionError(SpermfuseError):
-    """A reduced-precision model that does not agree enough with its fp32 model."""
-
-
-def letterboxed_batch(pipeline: Pipeline, paths: Sequence[Path]) -> np.ndarray:
-    """The exported graph's input for image files: letterboxed uint8 RGB, N x 3 x S x S."""
-    rng = np.random.default_rng(0)  # the evaluation geometry draws nothing; the argument is required
-    return np.stack([np.asarray(pipeline.geometry(load_rgb(p), rng)).transpose(2, 0, 1) for p in paths])
 
 
 def onnx_probabilities(session, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -294,111 +278,6 @@ def quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def recertify(decision: dict, probabilities: np.ndarray, labels: np.ndarray) -> dict:
-    """``decision`` (model.json's certified rules) fitted again on ``probabilities`` of the same
-    calibration cells, with each rule's own settings (target, delta, method; alpha, groups)."""
-    rules = {}
-    if "referral" in decision:
-        old = Certificate.from_dict(decision["referral"])
-        if old.n_calibration != len(labels):
-            raise PrecisionError(
-                f"the referral was certified on {old.n_calibration} cells, not the {len(labels)} found; fuse again"
-            )
-        correct = probabilities.argmax(axis=1) == labels
-        rules["referral"] = certify_threshold(
-            probabilities.max(axis=1), correct, old.target_accuracy, old.delta, old.method
-        ).to_dict()
-    if "prediction_sets" in decision:
-        old = SetCalibrator.from_dict(decision["prediction_sets"])
-        groups = old.group_of_class or None
-        rules["prediction_sets"] = calibrate_sets(
-            probabilities, labels, old.alpha, old.method, groups, old.lam, old.k_reg
-        ).to_dict()
-    return rules
-
-
-@dataclass
-class Comparison:
-    """The reduced-precision model beside fp32 on the same cells."""
-
-    cells: int
-    agreement: float
-    accuracy_fp32: float
-    accuracy_reduced: float
-    difference_interval: tuple[float, float]
-    mcnemar_p: float
-    held_out: bool
-
-    def to_dict(self) -> dict:
-        return {
-            "cells": self.cells,
-            "top1_agreement_with_fp32": self.agreement,
-            "accuracy_fp32": self.accuracy_fp32,
-            "accuracy": self.accuracy_reduced,
-            "accuracy_change_95": list(self.difference_interval),
-            "mcnemar_p": self.mcnemar_p,
-            "held_out": self.held_out,
-        }
-
-
-def paired_difference_interval(correct_a: np.ndarray, correct_b: np.ndarray, z: float = 1.96) -> tuple[float, float]:
-    """A 95 % interval of accuracy(b) - accuracy(a) on the same cells (Wald, paired: only the
-    cells where the two disagree add variance)."""
-    n = len(correct_a)
-    gained, lost = int(np.sum(correct_b & ~correct_a)), int(np.sum(correct_a & ~correct_b))
-    difference = (gained - lost) / n
-    spread = z * math.sqrt(max((gained + lost) / n - difference**2, 0.0) / n)
-    return difference - spread, difference + spread
-
-
-def compare_on_test_cells(fp32: np.ndarray, reduced: np.ndarray, labels: np.ndarray, held_out: bool) -> Comparison:
-    """Top-1 agreement, both accuracies and the change's interval and McNemar p on test cells."""
-    predicted_fp32, predicted_reduced = fp32.argmax(axis=1), reduced.argmax(axis=1)
-    return Comparison(
-        len(labels),
-        float(np.mean(predicted_fp32 == predicted_reduced)),
-        float(np.mean(predicted_fp32 == labels)),
-        float(np.mean(predicted_reduced == labels)),
-        paired_difference_interval(predicted_fp32 == labels, predicted_reduced == labels),
-        metrics.mcnemar_p(labels, predicted_fp32, predicted_reduced),
-        held_out,
-    )
-
-
-def check_agreement(comparison: Comparison, min_agreement: float, force: bool = False, precision: str = "int8") -> None:
-    """Refuse a reduced model (``precision``) that agrees with fp32 on fewer test cells than
-    ``min_agreement`` (unless ``force``: then a warning)."""
-    if comparison.agreement >= min_agreement:
-        return
-    message = (
-        f"--precision {precision}: top-1 agreement with fp32 is {comparison.agreement:.4f} on {comparison.cells} test cells, "
-        f"below --min-agreement {min_agreement}"
-    )
-    if not force:
-        raise PrecisionError(f"{message}; nothing was written (keep fp32, or --force-precision to write it anyway)")
-    log.warning("%s; written anyway (--force-precision)", message)
-
-
-def unique_cells(sets: Sequence[LogitsSet], root: Path) -> tuple[list[Path], np.ndarray]:
-    """The image files and labels of ``sets`` (one per fold), each cell once (a calibration
-    holdout that every fold shares is one set of cells)."""
-    seen: dict[str, int] = {}
-    for logits in sets:
-        for path, label in zip(logits.paths.tolist(), logits.labels.tolist()):
-            seen.setdefault(str(path), int(label))
-    return [root / p for p in seen], np.array(list(seen.values()), dtype=np.int64)
-
-
-def calibration_sets(runs: Path, settings: FusionSettings, folds: Sequence[int]) -> tuple[str, list[LogitsSet]]:
-    """The cells the promises were fitted on, fused as deployed: ``cal`` where train.py held
-    some out, else ``val`` (as fuse.py chose them)."""
-    weights = settings.prediction_weights(folds)
-    try:
-        return "cal", fused_folds(runs, settings.models, folds, weights, "cal")
-    except FusionError:
-        return "val", fused_folds(runs, settings.models, folds, weights, "val")
-
-
 def int8_model(
     folder: Path,
     runs: Path,
@@ -419,22 +298,11 @@ def int8_model(
     log.info("quantizing to int8, activations calibrated on %d %s cells", len(calibration_paths), split)
     mixed = quantize_int8(folder / "model.onnx", folder / INT8_FILE, calibration_images, min_agreement)
     fp32, int8 = cpu_session(folder / "model.onnx"), cpu_session(folder / INT8_FILE)
-    test_paths, test_labels = unique_cells(
-        fused_folds(runs, settings.models, folds, settings.prediction_weights(folds)), root
-    )
-    test_images = letterboxed_batch(pipeline, test_paths)
-    # One fold's test cells are held out from its pair; the folds' average has trained on each.
-    comparison = compare_on_test_cells(
-        onnx_probabilities(fp32, test_images), onnx_probabilities(int8, test_images), test_labels, len(folds) == 1
-    )
-    log.info(
-        "int8: top-1 agreement with fp32 %.4f on %d test cells; accuracy %.4f (fp32 %.4f)",
-        comparison.agreement,
-        comparison.cells,
-        comparison.accuracy_reduced,
-        comparison.accuracy_fp32,
-    )
-    check_agreement(comparison, min_agreement, force)
+
+    def both(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return onnx_probabilities(fp32, images), onnx_probabilities(int8, images)
+
+    comparison = judged_on_test_cells("int8", both, runs, settings, folds, pipeline, min_agreement, force)
     block = {
         "file": INT8_FILE,
         "quantization": QUANTIZATION,
