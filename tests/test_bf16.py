@@ -92,3 +92,12 @@ def test_a_bf16_model_below_the_agreement_floor_is_refused_and_nothing_is_writte
     error = capsys.readouterr().err
     assert "--precision bf16: top-1 agreement with fp32 is 0.9000" in error and "--min-agreement 0.99" in error
     assert not (tmp_path / "deploy").exists() and not list(tmp_path.iterdir())
+
+
+def test_an_export_without_a_bf16_model_is_refused_naming_the_file_and_the_flag(
+    demo_output, tmp_path_factory, new_cells
+):
+    int8_only = tiny_demo_export(demo_output, tmp_path_factory, "int8")["deploy"]
+    missing = fuse("--predict", str(new_cells), "--deployed", str(int8_only), "--precision", "bf16")
+    assert missing.returncode != 0
+    assert "holds no model_bf16.pt2; export it again with --precision bf16" in missing.stderr
