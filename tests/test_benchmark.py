@@ -2,15 +2,24 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_script
 from torch import nn
 
 from spermfuse.benchmarks import profiling
+from spermfuse.benchmarks.ceiling import (
+    RUNTIMES,
+    fastest_matrix_rate,
+    matrix_multiply_adds,
+    matrix_product,
+    random_matrices,
+)
 from spermfuse.benchmarks.flops import count_flops, count_flops_by_op
 from spermfuse.core.models import create_model
 from spermfuse.core.models.resnetv2 import StdConv2d
+from spermfuse.deploy.export import onnx_available
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,15 +240,65 @@ def test_samples_suite_scores_every_method_on_simulated_patients_from_held_out_l
     assert "--simulated-samples 4 --boot 30" in text and "| acc | 300 cells |" in text
 
 
-def test_sample_report_suite_times_a_200_cell_report_per_runtime(tmp_path):
+@pytest.fixture(scope="module")
+def sample_report_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    """One tiny sample-report suite run: the process and its --json results."""
+    out = tmp_path_factory.mktemp("sample_report") / "b.json"
     result = run_benchmark(
         *"--suite sample-report --models efficientnet_tiny resnetv2_tiny --img-size 32 --rounds 1 --device cpu".split(),
-        *["--json", str(tmp_path / "b.json")],
+        *["--json", str(out)],
     )
     assert result.returncode == 0, result.stderr
-    results = json.loads((tmp_path / "b.json").read_text())["results"]
-    assert results["eager"] > 0 and results["bf16 program (--precision bf16)"] > 0
+    return result, json.loads(out.read_text())["results"]
+
+
+def test_sample_report_suite_times_a_200_cell_report_per_runtime(sample_report_run):
+    result, results = sample_report_run
+    assert results["median_s"]["eager"] > 0 and results["median_s"]["bf16 program (--precision bf16)"] > 0
     assert "One 200-cell sample report" in result.stdout
+
+
+def test_no_runtime_of_the_sample_report_beats_its_arithmetic_floor(sample_report_run):
+    result, results = sample_report_run
+    assert set(results["floor_s"]) == set(results["median_s"])
+    for runtime, floor in results["floor_s"].items():
+        assert 0 < floor < results["median_s"][runtime]
+    assert "| floor s |" in result.stdout
+
+
+def test_matrix_work_counts_convolutions_and_matrix_products_not_normalisation():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+    assert matrix_multiply_adds([model, model], 10) == 2 * (8 * 10 * 10 * 3 * 3 * 3 + 8 * 5)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_timed_matrix_product_multiplies_in_its_runtimes_number_format(runtime):
+    if runtime.startswith("ONNX") and not onnx_available(runtime=True):
+        pytest.skip("needs the export extra")
+    left, right = random_matrices(runtime, 48)
+    formats = {
+        "PyTorch fp32": (torch.float32,) * 2,
+        "PyTorch bf16": (torch.bfloat16,) * 2,
+        "ONNX Runtime fp32": (np.float32,) * 2,
+        "ONNX Runtime int8": (np.uint8, np.int8),
+    }
+    assert (left.dtype, right.dtype) == formats[runtime]
+    as_float = lambda matrix: torch.as_tensor(matrix).double().numpy()  # noqa: E731
+    product = as_float(matrix_product(runtime, left, right)())
+    exact = runtime.endswith("int8")  # integers up to 48 * 255 * 128 are exact in int32
+    tolerance = 0 if exact else 0.05 if runtime.endswith("bf16") else 1e-4
+    np.testing.assert_allclose(product, as_float(left) @ as_float(right), rtol=tolerance, atol=tolerance * 10)
+
+
+def test_an_unknown_runtime_has_no_matrix_rate():
+    with pytest.raises(ValueError, match="PyTorch fp32"):
+        fastest_matrix_rate("TensorRT fp8")
 
 
 def test_an_onnx_runtime_profile_is_read_as_each_kind_of_nodes_share_of_the_kernel_time(tmp_path):

@@ -51,6 +51,7 @@ from ..store.output_folder import discard, move_aside, verify_folder, write_mani
 from ..store.run_folder import load_fold_sets
 from ..training import trainer
 from ..training.config import preset_config
+from .ceiling import fastest_matrix_rate, matrix_multiply_adds
 from .context import Benchmark
 
 
@@ -359,12 +360,24 @@ def samples_suite(bench: Benchmark) -> dict:
     return {"rows": results, "estimate_seconds": float(np.median(seconds))}
 
 
+REPORT_CELLS = 200
+# The matrix product each of the sample-report suite's runtimes is built on (ceiling.RUNTIMES).
+MATRIX_RUNTIME = {
+    "eager": "PyTorch fp32",
+    "bf16 program (--precision bf16)": "PyTorch bf16",
+    "ONNX Runtime": "ONNX Runtime fp32",
+    "ONNX Runtime int8": "ONNX Runtime int8",
+}
+
+
 def sample_report_suite(bench: Benchmark) -> dict:
     """The seconds from a folder of 200 cell images to its sample report (--models, random weights,
     one fold, a = 0.5): read and letterbox the images, the fused probabilities (eager, the bf16
     program in PyTorch, or ONNX Runtime on the exported graph, fp32 or int8, as ``--predict
     --deployed`` runs each; the program or session loaded in each round), the acc estimate with
-    2,000 replicates and the page with its two figures. Medians of --rounds rounds per runtime, interleaved."""
+    2,000 replicates and the page with its two figures. Medians of --rounds rounds per runtime,
+    interleaved; beside each, its arithmetic floor (ceiling.py): the pair's matrix work for the 200
+    cells at the fastest matrix product that runtime runs here."""
 
     classes = list(SPERM18_CLASSES)
     spec = PipelineSpec(bench.img_size)
@@ -374,7 +387,7 @@ def sample_report_suite(bench: Benchmark) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic.generate(Path(tmp) / "cells", "sperm18", seed=0, per_class=12)
         (Path(tmp) / "samples" / "patient").mkdir(parents=True)
-        for path in list_images(data)[:200]:
+        for path in list_images(data)[:REPORT_CELLS]:
             (Path(tmp) / "samples" / "patient" / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
         root = Path(tmp) / "samples"
         (Path(tmp) / "fusion.json").write_text("{}")
@@ -405,11 +418,36 @@ def sample_report_suite(bench: Benchmark) -> dict:
                 start = time.perf_counter()
                 report(runner)
                 seconds[name].append(time.perf_counter() - start)
-    rows = [[name, f"{np.median(s):.2f}", f"{min(s):.2f}", f"{max(s):.2f}"] for name, s in seconds.items()]
-    title = f"One 200-cell sample report: {' + '.join(bench.models)} at {bench.img_size} px, {torch.get_num_threads()} threads, {bench.rounds} rounds\n\n"
+    multiply_adds = matrix_multiply_adds([member.model for member in pair], bench.img_size)
+    rates = {name: fastest_matrix_rate(MATRIX_RUNTIME[name]) for name in runners}
+    floors = {name: REPORT_CELLS * multiply_adds / rate for name, rate in rates.items()}
+    rows = [
+        [
+            name,
+            f"{np.median(s):.2f}",
+            f"{min(s):.2f}",
+            f"{max(s):.2f}",
+            f"{floors[name]:.2f}",
+            f"{np.median(s) / floors[name]:.1f}x",
+        ]
+        for name, s in seconds.items()
+    ]
+    title = f"One {REPORT_CELLS}-cell sample report: {' + '.join(bench.models)} at {bench.img_size} px, {torch.get_num_threads()} threads, {bench.rounds} rounds\n\n"
+    products = ", ".join(f"{MATRIX_RUNTIME[name]} {rate / 1e9:.0f}" for name, rate in rates.items())
+    note = (
+        f"\n\nFloor: the pair's {multiply_adds / 1e9:.2f} G multiply-adds of convolutions and matrix products per cell, "
+        f"times {REPORT_CELLS} cells, at the fastest square matrix product each runtime runs on this CPU "
+        f"(G multiply-adds/s: {products}); nothing else of the report is counted."
+    )
     flags = f"--models {' '.join(bench.models)} --img-size {bench.img_size} --rounds {bench.rounds}"
-    bench.table(title + markdown_table(["runtime", "median s", "fastest s", "slowest s"], rows), flags)
-    return {name: float(np.median(s)) for name, s in seconds.items()}
+    headers = ["runtime", "median s", "fastest s", "slowest s", "floor s", "median / floor"]
+    bench.table(title + markdown_table(headers, rows) + note, flags)
+    return {
+        "median_s": {name: float(np.median(s)) for name, s in seconds.items()},
+        "floor_s": floors,
+        "matrix_multiply_adds_per_cell": multiply_adds,
+        "fastest_matrix_product_per_s": {MATRIX_RUNTIME[name]: rate for name, rate in rates.items()},
+    }
 
 
 def scale_out_suite(bench: Benchmark) -> dict:
