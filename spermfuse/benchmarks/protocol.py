@@ -427,7 +427,7 @@ def sample_report_suite(bench: Benchmark) -> dict:
             f"{np.median(s):.2f}",
             f"{min(s):.2f}",
             f"{max(s):.2f}",
-            f"{floors[name]:.2f}",
+            f"{floors[name]:.3g}",
             f"{np.median(s) / floors[name]:.1f}x",
         ]
         for name, s in seconds.items()
@@ -435,7 +435,7 @@ def sample_report_suite(bench: Benchmark) -> dict:
     title = f"One {REPORT_CELLS}-cell sample report: {' + '.join(bench.models)} at {bench.img_size} px, {torch.get_num_threads()} threads, {bench.rounds} rounds\n\n"
     products = ", ".join(f"{MATRIX_RUNTIME[name]} {rate / 1e9:.0f}" for name, rate in rates.items())
     note = (
-        f"\n\nFloor: the pair's {multiply_adds / 1e9:.2f} G multiply-adds of convolutions and matrix products per cell, "
+        f"\nFloor: the pair's {multiply_adds / 1e9:.3g} G multiply-adds of convolutions and matrix products per cell, "
         f"times {REPORT_CELLS} cells, at the fastest square matrix product each runtime runs on this CPU "
         f"(G multiply-adds/s: {products}); nothing else of the report is counted."
     )
