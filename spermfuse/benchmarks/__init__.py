@@ -8,6 +8,8 @@ data, the device, where to report) and returns its figures as a dict.
   the per-sample fractions, one sample report, training folds in parallel;
 - ``referral.py``: the certified referral's failure rate and accepted share, simulated;
 - ``real_data.py``: a classical baseline on real folds, the duplicate check's cost.
+- helpers only the suites use: ``flops.py``, ``ceiling.py`` (a runtime's arithmetic floor),
+  ``profiling.py``, ``cuda_graph.py``, ``fused_pair.py``.
 """
 
 from __future__ import annotations

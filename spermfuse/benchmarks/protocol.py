@@ -427,7 +427,7 @@ def sample_report_suite(bench: Benchmark) -> dict:
             f"{np.median(s):.2f}",
             f"{min(s):.2f}",
             f"{max(s):.2f}",
-            f"{floors[name]:.3g}",
+            f"{floors[name]:#.3g}",
             f"{np.median(s) / floors[name]:.1f}x",
         ]
         for name, s in seconds.items()
@@ -437,7 +437,7 @@ def sample_report_suite(bench: Benchmark) -> dict:
     note = (
         f"\nFloor: the pair's {multiply_adds / 1e9:.3g} G multiply-adds of convolutions and matrix products per cell, "
         f"times {REPORT_CELLS} cells, at the fastest square matrix product each runtime runs on this CPU "
-        f"(G multiply-adds/s: {products}); nothing else of the report is counted."
+        f"(G multiply-adds/s: {products}); nothing else of the report is counted.\n"
     )
     flags = f"--models {' '.join(bench.models)} --img-size {bench.img_size} --rounds {bench.rounds}"
     headers = ["runtime", "median s", "fastest s", "slowest s", "floor s", "median / floor"]
