@@ -277,6 +277,11 @@ def test_matrix_work_counts_convolutions_and_matrix_products_not_normalisation()
     assert matrix_multiply_adds([model, model], 10) == 2 * (8 * 10 * 10 * 3 * 3 * 3 + 8 * 5)
 
 
+def as_float64(matrix) -> np.ndarray:
+    """A torch tensor or numpy array as a float64 array."""
+    return torch.as_tensor(matrix).double().numpy()
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_the_timed_matrix_product_multiplies_in_its_runtimes_number_format(runtime):
     if runtime.startswith("ONNX") and not onnx_available(runtime=True):
@@ -289,11 +294,10 @@ def test_the_timed_matrix_product_multiplies_in_its_runtimes_number_format(runti
         "ONNX Runtime int8": (np.uint8, np.int8),
     }
     assert (left.dtype, right.dtype) == formats[runtime]
-    as_float = lambda matrix: torch.as_tensor(matrix).double().numpy()  # noqa: E731
-    product = as_float(matrix_product(runtime, left, right)())
+    product = as_float64(matrix_product(runtime, left, right)())
     exact = runtime.endswith("int8")  # integers up to 48 * 255 * 128 are exact in int32
     tolerance = 0 if exact else 0.05 if runtime.endswith("bf16") else 1e-4
-    np.testing.assert_allclose(product, as_float(left) @ as_float(right), rtol=tolerance, atol=tolerance * 10)
+    np.testing.assert_allclose(product, as_float64(left) @ as_float64(right), rtol=tolerance, atol=tolerance * 10)
 
 
 def test_an_unknown_runtime_has_no_matrix_rate():
