@@ -23,8 +23,7 @@ import torch
 
 from ..core.transforms import Pipeline
 from ..store.fusion_folder import FusionSettings
-from ..store.run_folder import data_root_of_run, fold_folder
-from .reduced_precision import calibration_sets, judged_on_test_cells, letterboxed_batch, recertify, unique_cells
+from .reduced_precision import calibration_cells, judged_on_test_cells, letterboxed_batch, recertify
 
 BF16_FILE = "model_bf16.pt2"
 RUNTIME = (
@@ -76,9 +75,7 @@ def bf16_model(
         return program_probabilities(fp32, images, bf16=False), program_probabilities(reduced, images, bf16=True)
 
     comparison = judged_on_test_cells("bf16", both, runs, settings, folds, pipeline, min_agreement, force)
-    root = data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
-    split, calibration = calibration_sets(runs, settings, folds)
-    calibration_paths, calibration_labels = unique_cells(calibration, root)
+    split, calibration_paths, calibration_labels = calibration_cells(runs, settings, folds)
     block = {
         "file": BF16_FILE,
         "runtime": RUNTIME,

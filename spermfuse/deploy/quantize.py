@@ -45,8 +45,7 @@ import numpy as np
 
 from ..core.transforms import Pipeline
 from ..store.fusion_folder import FusionSettings
-from ..store.run_folder import data_root_of_run, fold_folder
-from .reduced_precision import calibration_sets, judged_on_test_cells, letterboxed_batch, recertify, unique_cells
+from .reduced_precision import calibration_cells, judged_on_test_cells, letterboxed_batch, recertify
 
 if TYPE_CHECKING:  # imported where a session is made: ONNX Runtime is an optional extra
     import onnxruntime
@@ -291,9 +290,7 @@ def int8_model(
     """Write ``folder/model_int8.onnx`` from ``folder/model.onnx`` and return model.json's
     ``int8`` block: how it was made, its comparison with fp32 on the folds' test cells, and
     ``decision`` re-certified on its own probabilities (module docstring)."""
-    root = data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
-    split, calibration = calibration_sets(runs, settings, folds)
-    calibration_paths, calibration_labels = unique_cells(calibration, root)
+    split, calibration_paths, calibration_labels = calibration_cells(runs, settings, folds)
     calibration_images = letterboxed_batch(pipeline, calibration_paths)
     log.info("quantizing to int8, activations calibrated on %d %s cells", len(calibration_paths), split)
     mixed = quantize_int8(folder / "model.onnx", folder / INT8_FILE, calibration_images, min_agreement)

@@ -123,8 +123,8 @@ def judged_on_test_cells(
     """The reduced model (``precision``) beside fp32 on the folds' test cells, each once:
     ``probabilities_of(letterboxed cells)`` gives both models' probabilities. Logged, and refused
     below ``min_agreement`` (:func:`check_agreement`)."""
-    root = data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
-    paths, labels = unique_cells(fused_folds(runs, settings.models, folds, settings.prediction_weights(folds)), root)
+    test_sets = fused_folds(runs, settings.models, folds, settings.prediction_weights(folds))
+    paths, labels = unique_cells(test_sets, cells_root(runs, settings, folds))
     # One fold's test cells are held out from its pair; the folds' average has trained on each.
     comparison = compare_on_test_cells(*probabilities_of(letterboxed_batch(pipeline, paths)), labels, len(folds) == 1)
     log.info(
@@ -163,11 +163,17 @@ def unique_cells(sets: Sequence[LogitsSet], root: Path) -> tuple[list[Path], np.
     return [root / p for p in seen], np.array(list(seen.values()), dtype=np.int64)
 
 
-def calibration_sets(runs: Path, settings: FusionSettings, folds: Sequence[int]) -> tuple[str, list[LogitsSet]]:
-    """The cells the promises were fitted on, fused as deployed: ``cal`` where train.py held
-    some out, else ``val`` (as fuse.py chose them)."""
+def calibration_cells(runs: Path, settings: FusionSettings, folds: Sequence[int]) -> tuple[str, list[Path], np.ndarray]:
+    """The split, image files and labels of the cells the promises were fitted on, each once:
+    ``cal`` where train.py held some out, else ``val`` (as fuse.py chose them)."""
     weights = settings.prediction_weights(folds)
     try:
-        return "cal", fused_folds(runs, settings.models, folds, weights, "cal")
+        split, sets = "cal", fused_folds(runs, settings.models, folds, weights, "cal")
     except FusionError:
-        return "val", fused_folds(runs, settings.models, folds, weights, "val")
+        split, sets = "val", fused_folds(runs, settings.models, folds, weights, "val")
+    return split, *unique_cells(sets, cells_root(runs, settings, folds))
+
+
+def cells_root(runs: Path, settings: FusionSettings, folds: Sequence[int]) -> Path:
+    """The data folder the runs' cell paths are relative to."""
+    return data_root_of_run(fold_folder(runs / settings.models[0], folds[0]))
