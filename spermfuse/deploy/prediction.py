@@ -44,7 +44,7 @@ class PredictionRequest:
     output: Path = setting(Path("predictions.csv"), "--predict: the CSV to write", "prediction")
     deployed: Path | None = setting(
         None,
-        "--predict: run the model that fuse.py --export wrote to DIR (ONNX Runtime on the CPU, the rules in its "
+        "--predict: run the model that fuse.py --export wrote to DIR (on the CPU, the rules in its "
         "model.json) instead of the runs' members; with --precision int8 or bf16 that model and its own rules",
         "prediction",
         metavar="DIR",
