@@ -260,6 +260,7 @@ def calibration_cells(runs: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def probabilities_of(rows: list[dict]) -> np.ndarray:
+    """The ``p_<class>`` columns of predictions.csv rows, as a matrix."""
     return np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in rows])
 
 
